@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# nfguard set-up for a fresh Debian machine (run as root):
+#   ./bootstrap.sh run    install dependencies, nfguard and a default config, then run it
+#   ./bootstrap.sh test   install dependencies and run the whole test suite
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+# Build and runtime: NetfilterQueue compiles against libnetfilter-queue; the nftables
+# binding loads libnftables. Tests and benchmarks: real servers, clients and tools.
+RUNTIME_PACKAGES=(python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnftables1
+                  nftables iptables iproute2 kmod)
+TEST_PACKAGES=(curl dnsmasq-base dnsutils nginx-light wrk procps psmisc)
+PREFIX=/opt/nfguard
+
+log() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        log "run me as root (sudo $0 $*)"
+        exit 1
+    fi
+}
+
+apt_install() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "apt: installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${missing[@]}" >/dev/null
+    fi
+}
+
+make_venv() {  # make_venv DIR PIP-INSTALL-ARGS...
+    local venv=$1
+    shift
+    if [ ! -x "$venv/bin/python" ]; then
+        log "creating $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --upgrade pip
+    fi
+    log "pip: installing $* into $venv"
+    "$venv/bin/pip" install -q "$@"
+}
+
+modules() {
+    # Stock kernels build these as modules; this does nothing where they are built in.
+    for mod in nfnetlink_queue nft_queue xt_NFQUEUE nf_conntrack; do
+        modprobe -q "$mod" 2>/dev/null || true
+    done
+}
+
+cmd_run() {
+    need_root run
+    apt_install "${RUNTIME_PACKAGES[@]}"
+    modules
+    make_venv "$PREFIX/venv" .
+    ln -sf "$PREFIX/venv/bin/nfguard" /usr/local/sbin/nfguard
+    install -d -m 0755 /etc/nfguard /etc/nfguard/rules
+    [ -e /etc/nfguard/nfguard.toml ] || install -m 0644 etc/nfguard/nfguard.toml /etc/nfguard/
+    if [ -z "$(ls -A /etc/nfguard/rules)" ]; then
+        install -m 0644 rules/base.toml /etc/nfguard/rules/
+    fi
+    nfguard check --config /etc/nfguard/nfguard.toml
+    log "starting nfguard (Ctrl-C stops it; 'nfguard uninstall' removes its ruleset)"
+    exec nfguard run --config /etc/nfguard/nfguard.toml
+}
+
+cmd_test() {
+    need_root test
+    apt_install "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    modules
+    make_venv .venv -e ".[test]"
+    log "ruff"
+    .venv/bin/ruff check nfguard tests
+    log "pytest"
+    exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+}
+
+case "${1:-}" in
+    run) shift; cmd_run "$@" ;;
+    test) shift; cmd_test "$@" ;;
+    *) echo "usage: $0 run | test [pytest args]" >&2; exit 2 ;;
+esac

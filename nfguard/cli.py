@@ -1,0 +1,121 @@
+"""The `nfguard` command line (also `python -m nfguard`)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import socket
+import sys
+
+from nfguard.config import DEFAULT_PATH, load_config
+from nfguard.policy.load import PolicyError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="nfguard: %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nfguard", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func: object, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", default=DEFAULT_PATH, help=f"default {DEFAULT_PATH}")
+        sub.set_defaults(func=func)
+        return sub
+
+    command("run", _run, "run the engine in the foreground (installs the ruleset if needed)")
+    install = command("install", _install, "install the nftables ruleset")
+    install.add_argument("--dry-run", action="store_true", help="print it, load nothing")
+    command("uninstall", _uninstall, "remove everything nfguard added to the ruleset")
+    command("check", _check, "validate the config and every policy file")
+    explain = command("explain", _explain, "which client, policy and rule decide a flow, and why")
+    explain.add_argument("--to", required=True, metavar="HOST_OR_IP[:PORT]")
+    explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
+    explain.add_argument("--exe", help="executable of the client process")
+    explain.add_argument("--user", help="user name (or uid) of the client process")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nfguard.daemon import Daemon
+
+    return Daemon(args.config).run()
+
+
+def _install(args: argparse.Namespace) -> int:
+    from nfguard.nft import NATIVE, PATH_DESCRIPTIONS, Installer, NftError, render
+
+    config = load_config(args.config)
+    try:
+        installer = Installer()
+        path = installer.probe_path()
+    except (OSError, NftError) as exc:
+        if not args.dry_run:
+            raise
+        print(f"# cannot probe the kernel ({exc}); showing the native path", file=sys.stderr)
+        installer, path = None, NATIVE
+    ruleset = render(config.engine, path)
+    if args.dry_run:
+        print(ruleset.describe(), end="")
+        return 0
+    assert installer is not None
+    installer.install(ruleset)
+    print(f"nfguard ruleset installed; queue path: {PATH_DESCRIPTIONS[path]}")
+    return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    from nfguard.nft import Installer
+
+    load_config(args.config)
+    removed = Installer().uninstall()
+    print("nfguard ruleset removed" if removed else "nfguard ruleset was not installed")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from nfguard.policy.load import load_policy_dir
+
+    config = load_config(args.config)
+    policies = load_policy_dir(config.engine.policy_dir)
+    print(f"{args.config}: ok; {len(policies.files)} policy files, {len(policies.clients)} "
+          f"clients, {len(policies.policies)} policies, {policies.rule_count} rules")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from nfguard.explain import explain
+
+    config = load_config(args.config)
+    host, port = _split_target(args.to)
+    print(explain(config, host, port, args.proto, exe=args.exe, user=args.user,
+                  resolve=socket.getaddrinfo))
+    return 0
+
+
+def _split_target(target: str) -> tuple[str, int | None]:
+    """"host", "host:443", "1.2.3.4:80", "[2001:db8::1]:443", "2001:db8::1"."""
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    try:
+        ipaddress.ip_address(target)
+        return target, None
+    except ValueError:
+        pass
+    host, sep, port = target.rpartition(":")
+    if sep and port.isdigit():
+        return host, int(port)
+    return target, None

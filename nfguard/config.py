@@ -1,0 +1,109 @@
+"""The daemon's configuration file (`/etc/nfguard/nfguard.toml`), validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from nfguard.policy.load import PolicyError, Problem, parse_toml
+from nfguard.policy.model import Location
+from nfguard.policy.source import SourceMap
+
+DEFAULT_PATH = "/etc/nfguard/nfguard.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    mode: str = "enforce"  # "enforce" | "audit"
+    default: str = "deny"  # decision when no rule matches
+    fail: str = "closed"  # "closed" | "open": new flows while no engine is attached
+    queue: int = 0
+    policy_dir: str = "/etc/nfguard/rules"
+    filter_loopback: bool = False  # loopback traffic is not filtered unless asked
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    path: str = "/var/log/nfguard/audit.jsonl"  # "-" for stdout
+    format: str = "json"  # "json" | "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9808"  # "" turns it off
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str = DEFAULT_PATH
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+_SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
+    "engine": {
+        "mode": (str, ("enforce", "audit")),
+        "default": (str, ("allow", "deny")),
+        "fail": (str, ("closed", "open")),
+        "queue": (int, None),
+        "policy_dir": (str, None),
+        "filter_loopback": (bool, None),
+    },
+    "audit": {"path": (str, None), "format": (str, ("json", "text"))},
+    "metrics": {"listen": (str, None)},
+}
+_SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsConfig}
+
+
+def load_config(path: str | Path = DEFAULT_PATH) -> Config:
+    """Read and validate the config; a missing file is an error (say where it was looked for)."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([Problem(Location(path, 0), f"cannot read config: {exc}")]) from exc
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str) -> Config:
+    document = parse_toml(text, path)
+    source = SourceMap(text)
+    problems: list[Problem] = []
+
+    def problem(where: tuple, message: str) -> None:
+        problems.append(Problem(Location(path, source.line(where)), message))
+
+    sections: dict[str, Any] = {}
+    for name, table in document.items():
+        if name not in _SCHEMA or not isinstance(table, dict):
+            problem((name,), f"unknown section {name!r} (allowed: {', '.join(_SCHEMA)})")
+            continue
+        values = {}
+        for key, value in table.items():
+            spec = _SCHEMA[name].get(key)
+            if spec is None:
+                problem((name, key), f"unknown key {key!r} in [{name}] "
+                        f"(allowed: {', '.join(_SCHEMA[name])})")
+                continue
+            kind, choices = spec
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                problem((name, key), f"{name}.{key} must be a {kind.__name__}")
+            elif choices is not None and value not in choices:
+                problem((name, key), f"{name}.{key} must be one of "
+                        f"{' | '.join(map(str, choices))}, not {value!r}")
+            elif key == "queue" and not 0 <= value <= 65535:
+                problem((name, key), "engine.queue must be 0-65535")
+            else:
+                values[key] = value
+        sections[name] = _SECTIONS[name](**values)
+    if problems:
+        raise PolicyError(problems)
+    config = Config(path=path, **sections)
+    policy_dir = Path(config.engine.policy_dir)
+    if not policy_dir.is_absolute():
+        # Relative policy directories are relative to the config file, not to the cwd.
+        policy_dir = Path(path).resolve().parent / policy_dir
+        config = replace(config, engine=replace(config.engine, policy_dir=str(policy_dir)))
+    return config

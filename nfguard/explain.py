@@ -1,0 +1,97 @@
+"""`nfguard explain`: the chain of reasoning for a hypothetical flow, without the kernel."""
+
+from __future__ import annotations
+
+import ipaddress
+import pwd
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from nfguard.config import Config
+from nfguard.daemon import build_engine
+from nfguard.engine import Engine
+from nfguard.policy.match import Destination, destination_names
+from nfguard.procs import ProcessInfo
+from nfguard.wire.ip import TCP, UDP, Packet
+
+Resolver = Callable[..., list[tuple[Any, ...]]]
+
+
+def explain(
+    config: Config, host: str, port: int | None, proto: str, *, exe: str | None = None,
+    user: str | None = None, resolve: Resolver = socket.getaddrinfo,
+) -> str:
+    engine = build_engine(config)
+    process = _process(exe, user)
+    addresses, names = _addresses(host, resolve)
+    lines = [f"flow: {proto} to {host}{f':{port}' if port is not None else ' (any port)'}"]
+    if names:
+        lines.append(f"  {host} resolves to {', '.join(str(a) for a in addresses) or 'nothing'}"
+                     " (evidence: dns)")
+    if process is not None:
+        lines.append(f"  from exe={process.exe or '-'} user={process.user or process.uid or '-'}")
+    else:
+        lines.append("  from any process (no --exe/--user: only clients without a match "
+                     "table can match)")
+    for address in addresses:
+        lines.extend(_explain_one(engine, address, port or 0, proto, names, process))
+    return "\n".join(lines)
+
+
+def _explain_one(
+    engine: Engine, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int,
+    proto: str, names: tuple[tuple[str, str], ...], process: ProcessInfo | None,
+) -> list[str]:
+    packet = Packet(address.version, TCP if proto == "tcp" else UDP, "0.0.0.0", str(address),
+                    0, port, int(address), 0, 0, 0)
+    out = [f"destination {address}:"]
+    client = engine.client_for(process)
+    if client is None:
+        out.append("  client: none matched")
+    else:
+        match = " ".join(f"{k}={v}" for k, v in client.match) or "(everyone)"
+        out.append(f"  client: {client.name} [{client.location}] matched on {match}")
+        dest = Destination(address.version, int(address), proto, port, destination_names(names))
+        for name in client.policies:
+            found = engine.policies.policies[name].first_match(dest)
+            if found is None:
+                out.append(f"  policy {name}: no rule matches")
+                continue
+            via = f"{found.evidence} {found.name}" if found.name else found.evidence
+            out.append(f"  policy {name}: rule {found.rule.name} [{found.rule.location}] "
+                       f"matches ({via}) -> {found.rule.action}")
+            break
+    decision = engine.decide(packet, process, names)
+    out.append(f"  decision: {decision.action} ({decision.reason}, evidence {decision.evidence})"
+               f"; mode {decision.mode}, the kernel is told {decision.verdict}")
+    return out
+
+
+def _process(exe: str | None, user: str | None) -> ProcessInfo | None:
+    if exe is None and user is None:
+        return None
+    uid = None
+    name = user
+    if user is not None:
+        try:
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+            uid, name = entry.pw_uid, entry.pw_name
+        except KeyError:
+            uid = int(user) if user.isdigit() else None
+    return ProcessInfo(uid=uid, user=name, exe=exe)
+
+
+def _addresses(
+    host: str, resolve: Resolver
+) -> tuple[list[ipaddress.IPv4Address | ipaddress.IPv6Address], tuple[tuple[str, str], ...]]:
+    try:
+        return [ipaddress.ip_address(host)], ()
+    except ValueError:
+        pass
+    try:
+        infos = resolve(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        infos = []
+    seen = dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos)
+    return list(seen), destination_names([(host, "dns")])

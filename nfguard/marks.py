@@ -1,0 +1,18 @@
+"""Mark bits shared by the nft ruleset and the queue adapter.
+
+The verdict lives in the conntrack mark under `MASK`, so user marks outside it survive and
+a decided flow never reaches user space again. The engine hands its verdict back as packet
+mark bits; the ruleset's `verdict` chain copies them into the ct mark. Bits 28-30 are used
+because routing rules rarely look at them (a packet mark set in OUTPUT triggers a reroute).
+"""
+
+MASK = 0x70000000  # all bits nfguard owns, in packet and ct marks
+VERDICT_MASK = 0x30000000  # the verdict field inside MASK
+ALLOW = 0x10000000
+DENY = 0x20000000
+QUEUED = 0x40000000  # packet mark only: "this packet is on its way to the engine"
+
+
+def with_verdict(mark: int, verdict: int) -> int:
+    """The packet mark to hand back: the user's bits kept, ours replaced by the verdict."""
+    return (mark & ~MASK & 0xFFFFFFFF) | verdict

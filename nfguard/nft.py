@@ -1,0 +1,199 @@
+"""The nftables ruleset: rendered from the config (pure), then loaded atomically.
+
+nfguard owns one table, `inet nfguard`. Where the kernel lacks nft's native `queue`
+expression, the single queue step goes through the xt NFQUEUE target with iptables-nft
+(one rule per family, tagged with a comment so uninstall removes exactly it).
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from nfguard import marks
+from nfguard.config import EngineConfig
+
+TABLE = "nfguard"
+NATIVE = "native"
+XT = "xt"
+PATH_DESCRIPTIONS = {
+    NATIVE: "native nft queue",
+    XT: "xt NFQUEUE target via iptables-nft (this kernel has no nft queue expression)",
+}
+XT_COMMENT = "nfguard queue"
+
+# Link-local control traffic of IPv6 that must never wait for a policy.
+_NDP = (
+    "nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, "
+    "mld-listener-report, mld-listener-done, mld2-listener-report"
+)
+_KEEP_USER_BITS = f"0x{~marks.MASK & 0xFFFFFFFF:08x}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    path: str  # NATIVE | XT
+    nft: str  # text for `nft -f`
+    xt_rules: tuple[tuple[str, tuple[str, ...]], ...]  # (iptables binary, rule spec) per family
+
+    def describe(self) -> str:
+        text = f"# queue path: {PATH_DESCRIPTIONS[self.path]}\n{self.nft}"
+        for binary, spec in self.xt_rules:
+            text += f"\n# and: {binary} -I OUTPUT 1 {' '.join(_quote(a) for a in spec)}"
+        return text + ("\n" if self.xt_rules else "")
+
+
+def render(settings: EngineConfig, path: str) -> Ruleset:
+    """The whole ruleset for one queue path; `nft/` in the repository holds rendered copies."""
+    bypass = settings.fail == "open"
+    if path == NATIVE:
+        queue_step = (
+            f"\t\tqueue num {settings.queue}{' bypass' if bypass else ''}"
+            "\t# to the engine"
+        )
+    else:
+        queue_step = "\t\t# the queue step itself is the xt NFQUEUE rule in iptables' OUTPUT"
+    loopback = (
+        "" if settings.filter_loopback
+        else '\t\toifname "lo" accept\t# loopback is not filtered (engine.filter_loopback)\n'
+    )
+    if bypass:
+        unanswered = (
+            f"\t\tmeta mark & 0x{marks.QUEUED:08x} != 0 meta mark set meta mark & "
+            f"{_KEEP_USER_BITS} accept\t# fail open: no engine was bound, let it pass"
+        )
+    else:
+        unanswered = (
+            f"\t\tmeta mark & 0x{marks.QUEUED:08x} != 0 drop"
+            "\t# fail closed: queued but no verdict came back"
+        )
+    verdict_bits = f"0x{marks.MASK:08x}"
+    ct_field = f"0x{marks.VERDICT_MASK:08x}"
+    nft = f"""\
+# nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {settings.queue}).
+# Rendered by `nfguard install`; nfguard owns this table and nothing else.
+# Verdicts live in the ct mark under {ct_field}: allow 0x{marks.ALLOW:08x}, deny 0x{marks.DENY:08x}.
+table inet {TABLE} {{
+\t# Locally generated packets. Decided flows never leave the kernel; new ones are
+\t# marked 0x{marks.QUEUED:08x} and handed to the engine.
+\tchain output {{
+\t\ttype filter hook output priority filter - 10; policy accept;
+{loopback}\t\ticmpv6 type {{ {_NDP} }} accept\t# IPv6 neighbour discovery and MLD
+\t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
+\t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
+\t\tct state established,related accept\t# flows that predate nfguard, ICMP errors
+\t\tmeta mark set meta mark | 0x{marks.QUEUED:08x}
+{queue_step}
+\t}}
+
+\t# After the engine: its verdict comes back as packet mark bits; keep it in the ct mark
+\t# (user bits outside {verdict_bits} are preserved) and clear the packet bits again.
+\tchain verdict {{
+\t\ttype filter hook output priority filter + 10; policy accept;
+\t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.ALLOW:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
+\t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.DENY:08x} meta mark set meta mark & {_KEEP_USER_BITS} jump cut
+{unanswered}
+\t}}
+
+\t# A denied flow is cut so the client fails at once instead of retrying.
+\tchain cut {{
+\t\tmeta l4proto tcp reject with tcp reset
+\t\treject with icmpx admin-prohibited
+\t}}
+}}
+"""  # noqa: E501
+    xt_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    if path == XT:
+        spec = (
+            "-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
+            "-m", "comment", "--comment", XT_COMMENT,
+            "-j", "NFQUEUE", "--queue-num", str(settings.queue),
+            *(("--queue-bypass",) if bypass else ()),
+        )
+        xt_rules = tuple((binary, spec) for binary in _xt_binaries())
+    return Ruleset(path, nft, xt_rules)
+
+
+def _xt_binaries() -> tuple[str, str]:
+    if shutil.which("iptables-nft"):
+        return ("iptables-nft", "ip6tables-nft")
+    return ("iptables", "ip6tables")
+
+
+def _quote(arg: str) -> str:
+    return f'"{arg}"' if " " in arg else arg
+
+
+class NftError(RuntimeError):
+    pass
+
+
+class Installer:
+    """Applies and removes the ruleset. Needs CAP_NET_ADMIN in the target network namespace."""
+
+    def __init__(self) -> None:
+        import nftables
+
+        self._nft = nftables.Nftables()
+
+    def _cmd(self, text: str) -> None:
+        rc, _out, err = self._nft.cmd(text)
+        if rc != 0:
+            raise NftError(err.strip())
+
+    def probe_path(self) -> str:
+        """NATIVE if the kernel accepts an nft `queue` rule, else XT. Leaves nothing behind."""
+        probe = f"table inet {TABLE}_probe {{\nchain c {{\nqueue num 0 bypass\n}}\n}}\n" \
+                f"delete table inet {TABLE}_probe\n"
+        rc, _out, _err = self._nft.cmd(probe)
+        return NATIVE if rc == 0 else XT
+
+    def installed(self) -> bool:
+        rc, _out, _err = self._nft.cmd(f"list table inet {TABLE}")
+        return rc == 0
+
+    def install(self, ruleset: Ruleset) -> None:
+        """Atomic replace of our table, then the xt queue rules (idempotent)."""
+        self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
+        self._remove_xt_rules()
+        for binary, spec in ruleset.xt_rules:
+            _run([binary, "-w", "-I", "OUTPUT", "1", *spec])
+
+    def uninstall(self) -> bool:
+        """Remove exactly what install added; True if anything was there."""
+        removed = self._remove_xt_rules()
+        if self.installed():
+            self._cmd(f"delete table inet {TABLE}")
+            removed = True
+        return removed
+
+    def _remove_xt_rules(self) -> bool:
+        removed = False
+        for binary in _xt_binaries():
+            if not shutil.which(binary):
+                continue
+            for spec in _tagged_rules(binary):
+                _run([binary, "-w", "-D", "OUTPUT", *spec])
+                removed = True
+        return removed
+
+
+def _tagged_rules(binary: str) -> list[list[str]]:
+    """Our rules in OUTPUT, as `-S` prints them (so they can be passed to `-D`)."""
+    listing = subprocess.run([binary, "-w", "-S", "OUTPUT"], capture_output=True, text=True,
+                             check=False)
+    if listing.returncode != 0:
+        return []
+    return [
+        shlex.split(line)[2:]
+        for line in listing.stdout.splitlines()
+        if line.startswith("-A OUTPUT ") and f'--comment "{XT_COMMENT}"' in line
+    ]
+
+
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise NftError(f"{' '.join(argv)}: {result.stderr.strip()}")

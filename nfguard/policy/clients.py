@@ -1,0 +1,54 @@
+"""Client matching: does a `[[client]]` match table hold for the process behind a flow?"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+from nfguard.policy.model import Client
+
+
+class Process(Protocol):
+    """What attribution tells about the sender of a flow (see nfguard.procs)."""
+
+    uid: int | None
+    user: str | None
+    exe: str | None
+    cmdline: tuple[str, ...]
+    parent_exe: str | None
+    cgroup: str | None
+    unit: str | None
+
+
+def client_matches(client: Client, process: Process | None) -> bool:
+    """All keys must hold; an empty match table matches every flow, even unattributed ones."""
+    if not client.match:
+        return True
+    if process is None:
+        return False
+    return all(_holds(key, expected, process) for key, expected in client.match)
+
+
+def _holds(key: str, expected: str, process: Process) -> bool:
+    if key == "exe":
+        return process.exe is not None and fnmatchcase(process.exe, expected)
+    if key == "parent_exe":
+        return process.parent_exe is not None and fnmatchcase(process.parent_exe, expected)
+    if key == "cmdline":
+        return bool(process.cmdline) and fnmatchcase(" ".join(process.cmdline), expected)
+    if key == "user":
+        if expected.isdigit():
+            return process.uid == int(expected)
+        return process.user == expected
+    if key == "unit":
+        return process.unit == expected
+    if key == "cgroup":
+        prefix = expected.rstrip("/")
+        return process.cgroup is not None and (
+            process.cgroup == prefix or process.cgroup.startswith(prefix + "/")
+        )
+    # group and sha256 need data that only attribution with those lookups provides.
+    value = getattr(process, key, None)
+    if isinstance(value, tuple | frozenset | set):
+        return expected in value
+    return value == expected

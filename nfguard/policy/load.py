@@ -1,0 +1,348 @@
+"""Policy files (TOML) -> validated `PolicySet`, with every problem named by file and line."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nfguard.policy.model import (
+    ACTIONS,
+    MATCH_KEYS,
+    MODES,
+    PROTOS,
+    Client,
+    Location,
+    Network,
+    Policy,
+    PolicySet,
+    PortRange,
+    Rule,
+)
+from nfguard.policy.patterns import NamePattern, is_pattern_text, parse_name_pattern
+from nfguard.policy.source import SourceMap
+
+_TOP_KEYS = ("client", "policy")
+_CLIENT_KEYS = ("name", "match", "policies", "mode")
+_POLICY_KEYS = ("name", "rule")
+_RULE_KEYS = ("name", "action", "to", "ports", "proto")
+_TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    location: Location
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.location}: {self.message}"
+
+
+class PolicyError(Exception):
+    """One or more problems in the policy files; nothing of them was applied."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def parse_toml(text: str, path: str) -> dict[str, Any]:
+    """tomllib, with its syntax errors turned into a Problem that names file and line."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        found = _TOML_LINE.search(str(exc))
+        line = int(found.group(1)) if found else 0
+        message = _TOML_LINE.sub("", str(exc)).strip()
+        raise PolicyError([Problem(Location(path, line), f"invalid TOML: {message}")]) from exc
+
+
+def load_policy_dir(directory: str | Path) -> PolicySet:
+    """Load every `*.toml` in `directory`, in file-name order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise PolicyError([Problem(Location(str(directory), 0), "policy directory not found")])
+    return load_policy_files(sorted(directory.glob("*.toml")))
+
+
+def load_policy_files(paths: Iterable[str | Path]) -> PolicySet:
+    documents = []
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(Location(str(path), 0), f"cannot read: {exc}"))
+            continue
+        documents.append((str(path), text))
+    if problems:
+        raise PolicyError(problems)
+    return parse_policy_texts(documents)
+
+
+def parse_policy_texts(documents: Iterable[tuple[str, str]]) -> PolicySet:
+    """Parse (path, text) pairs as one policy set: names are global across files."""
+    builder = _Builder()
+    paths = []
+    for path, text in documents:
+        paths.append(path)
+        builder.add_document(path, text)
+    return builder.finish(tuple(paths))
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+        self.clients: list[Client] = []
+        self.policies: dict[str, Policy] = {}
+        # (client, its index in its file, that file's map) for the reference check at the end.
+        self.references: list[tuple[Client, int, SourceMap]] = []
+
+    def add_document(self, path: str, text: str) -> None:
+        try:
+            document = parse_toml(text, path)
+        except PolicyError as exc:
+            self.problems.extend(exc.problems)
+            return
+        source = _Source(path, SourceMap(text), self.problems)
+        self._unknown_keys(source, (), document, _TOP_KEYS, "top level")
+        for index, raw in enumerate(source.array_of_tables(document, "client", ())):
+            self._client(source, index, raw)
+        for index, raw in enumerate(source.array_of_tables(document, "policy", ())):
+            self._policy(source, index, raw)
+
+    def finish(self, paths: tuple[str, ...]) -> PolicySet:
+        for client, index, source_map in self.references:
+            for name in client.policies:
+                if name not in self.policies:
+                    line = source_map.line(("client", index, "policies"), f'"{name}"')
+                    self.problems.append(Problem(
+                        Location(client.location.path, line),
+                        f"client {client.name!r} references policy {name!r}, "
+                        "which no policy file defines",
+                    ))
+        if self.problems:
+            raise PolicyError(self.problems)
+        return PolicySet(tuple(self.clients), dict(self.policies), paths)
+
+    def _unknown_keys(
+        self, source: _Source, path: tuple, table: dict, allowed: tuple[str, ...], what: str
+    ) -> None:
+        for key in table:
+            if key not in allowed:
+                source.problem((*path, key), f"unknown key {key!r} in {what} "
+                               f"(allowed: {', '.join(allowed)})")
+
+    def _client(self, source: _Source, index: int, raw: dict[str, Any]) -> None:
+        path = ("client", index)
+        self._unknown_keys(source, path, raw, _CLIENT_KEYS, "[[client]]")
+        name = source.required_str(raw, path, "name")
+        if name is None:
+            return
+        if any(c.name == name for c in self.clients):
+            source.problem((*path, "name"), f"duplicate client name {name!r}")
+        match = self._match(source, path, raw.get("match", {}))
+        policies = source.str_list(raw, path, "policies", required=True)
+        mode = source.choice(raw, path, "mode", MODES)
+        if not policies:
+            return
+        client = Client(name, match, tuple(policies), mode, source.location(path))
+        self.clients.append(client)
+        self.references.append((client, index, source.map))
+
+    def _match(self, source: _Source, path: tuple, raw: Any) -> tuple[tuple[str, str], ...]:
+        if not isinstance(raw, dict):
+            source.problem((*path, "match"), 'match must be a table: { exe = "/usr/bin/git" }')
+            return ()
+        pairs = []
+        for key, value in raw.items():
+            if key not in MATCH_KEYS:
+                source.problem((*path, "match"), f"unknown match key {key!r} "
+                               f"(allowed: {', '.join(MATCH_KEYS)})", needle=key)
+                continue
+            if isinstance(value, int) and not isinstance(value, bool) and key == "user":
+                value = str(value)
+            if not isinstance(value, str) or not value:
+                source.problem((*path, "match"), f"match.{key} must be a non-empty string",
+                               needle=key)
+                continue
+            if key == "sha256" and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+                source.problem((*path, "match"), "match.sha256 must be 64 hex digits",
+                               needle=key)
+                continue
+            pairs.append((key, value.lower() if key == "sha256" else value))
+        return tuple(pairs)
+
+    def _policy(self, source: _Source, index: int, raw: dict[str, Any]) -> None:
+        path = ("policy", index)
+        self._unknown_keys(source, path, raw, _POLICY_KEYS, "[[policy]]")
+        name = source.required_str(raw, path, "name")
+        if name is None:
+            return
+        if name in self.policies:
+            first = self.policies[name].location
+            source.problem((*path, "name"), f"duplicate policy name {name!r} "
+                           f"(first defined at {first})")
+            return
+        rules = []
+        seen: set[str] = set()
+        for rule_index, raw_rule in enumerate(source.array_of_tables(raw, "rule", path)):
+            rule = self._rule(source, name, (*path, "rule", rule_index), rule_index, raw_rule)
+            if rule is None:
+                continue
+            if rule.name in seen:
+                source.problem((*path, "rule", rule_index, "name"),
+                               f"duplicate rule name {rule.name!r} in policy {name!r}")
+            seen.add(rule.name)
+            rules.append(rule)
+        self.policies[name] = Policy(name, tuple(rules), source.location(path))
+
+    def _rule(
+        self, source: _Source, policy: str, path: tuple, index: int, raw: dict[str, Any]
+    ) -> Rule | None:
+        self._unknown_keys(source, path, raw, _RULE_KEYS, "[[policy.rule]]")
+        before = len(self.problems)
+        label = source.optional_str(raw, path, "name")
+        if label is not None and "/" in label:
+            source.problem((*path, "name"), "a rule name may not contain '/'")
+        action = source.choice(raw, path, "action", ACTIONS, required=True)
+        networks, names = self._destinations(source, path, raw)
+        ports, ranges = self._ports(source, path, raw)
+        proto = source.choice(raw, path, "proto", PROTOS)
+        if len(self.problems) > before or action is None:
+            return None
+        return Rule(
+            policy=policy,
+            name=f"{policy}/{label if label is not None else f'#{index + 1}'}",
+            action=action,
+            networks=networks,
+            names=names,
+            ports=ports,
+            port_ranges=ranges,
+            proto=proto,
+            location=source.location(path),
+        )
+
+    def _destinations(
+        self, source: _Source, path: tuple, raw: dict[str, Any]
+    ) -> tuple[tuple[Network, ...], tuple[NamePattern, ...]]:
+        entries = source.str_list(raw, path, "to")
+        if entries is None:
+            return (), ()
+        if not entries:
+            source.problem((*path, "to"), "'to' is empty: leave it out to match any destination")
+        networks: list[Network] = []
+        names: list[NamePattern] = []
+        for entry in entries:
+            where = (*path, "to")
+            if is_pattern_text(entry):
+                try:
+                    names.append(parse_name_pattern(entry))
+                except ValueError as exc:
+                    source.problem(where, f"bad name pattern: {exc}", needle=entry)
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry.strip(), strict=True))
+            except ValueError as exc:
+                hint = ""
+                if "host bits set" in str(exc):
+                    fixed = ipaddress.ip_network(entry.strip(), strict=False)
+                    hint = f"; did you mean {fixed}?"
+                source.problem(where, f"bad CIDR or address {entry!r}: {exc}{hint}",
+                               needle=entry)
+        return tuple(networks), tuple(names)
+
+    def _ports(
+        self, source: _Source, path: tuple, raw: dict[str, Any]
+    ) -> tuple[frozenset[int] | None, tuple[PortRange, ...]]:
+        if "ports" not in raw:
+            return None, ()
+        value = raw["ports"]
+        where = (*path, "ports")
+        if not isinstance(value, list) or not value:
+            source.problem(where, "ports must be a non-empty list, e.g. [443] or [\"8000-8099\"]")
+            return None, ()
+        singles: set[int] = set()
+        ranges: list[PortRange] = []
+        for item in value:
+            if isinstance(item, int) and not isinstance(item, bool):
+                if 1 <= item <= 65535:
+                    singles.add(item)
+                    continue
+            elif isinstance(item, str) and re.fullmatch(r"\d{1,5}-\d{1,5}", item.strip()):
+                low, high = (int(p) for p in item.strip().split("-"))
+                if 1 <= low <= high <= 65535:
+                    ranges.append(PortRange(low, high))
+                    continue
+            source.problem(where, f"bad port {item!r}: ports are 1-65535, or \"LOW-HIGH\"",
+                           needle=str(item))
+        return (frozenset(singles) if singles else None), tuple(ranges)
+
+
+class _Source:
+    """One document's path and source map, and the helpers that report into `problems`."""
+
+    def __init__(self, path: str, source_map: SourceMap, problems: list[Problem]) -> None:
+        self.path = path
+        self.map = source_map
+        self.problems = problems
+
+    def location(self, path: tuple) -> Location:
+        return Location(self.path, self.map.line(path))
+
+    def problem(self, path: tuple, message: str, needle: str | None = None) -> None:
+        self.problems.append(Problem(Location(self.path, self.map.line(path, needle)), message))
+
+    def array_of_tables(self, table: dict, key: str, path: tuple) -> list[dict[str, Any]]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            header = ".".join([*(p for p in path if isinstance(p, str)), key])
+            self.problem((*path, key), f"{key!r} must be written as [[{header}]] tables")
+            return []
+        return value
+
+    def optional_str(self, raw: dict, path: tuple, key: str) -> str | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.problem((*path, key), f"{key} must be a non-empty string")
+            return None
+        return value
+
+    def required_str(self, raw: dict, path: tuple, key: str) -> str | None:
+        if key not in raw:
+            self.problem(path, f"missing required key {key!r}")
+            return None
+        return self.optional_str(raw, path, key)
+
+    def str_list(
+        self, raw: dict, path: tuple, key: str, required: bool = False
+    ) -> list[str] | None:
+        if key not in raw:
+            if required:
+                self.problem(path, f"missing required key {key!r}")
+            return None
+        value = raw[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.problem((*path, key), f"{key} must be a list of strings")
+            return None
+        return value
+
+    def choice(
+        self, raw: dict, path: tuple, key: str, allowed: tuple[str, ...], required: bool = False
+    ) -> str | None:
+        if key not in raw:
+            if required:
+                self.problem(path, f"missing required key {key!r} ({' | '.join(allowed)})")
+            return None
+        value = raw[key]
+        if value not in allowed:
+            self.problem((*path, key), f"{key} must be one of {' | '.join(allowed)}, "
+                         f"not {value!r}")
+            return None
+        return value

@@ -1,0 +1,144 @@
+"""Compiled policies: the first matching rule without scanning rules one by one.
+
+Each policy is compiled into indexes whose cost per flow does not grow with the number of
+rules or CIDRs: a hash table per prefix length (at most 33 probes for IPv4, 129 for IPv6,
+in practice the handful of lengths a policy uses) and a hash table of name patterns keyed
+by their literal suffix. The candidates they return are rule positions; the lowest one
+whose port/proto constraints hold is the first match.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nfguard.policy.model import Policy, PolicySet, Rule
+from nfguard.policy.patterns import NamePattern, normalize_name
+
+# Evidence kinds, as audit events name them.
+CIDR = "cidr"
+DEFAULT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """What a flow goes to: its address and every name it carries, with where each came from."""
+
+    version: int
+    address: int
+    proto: str
+    port: int
+    names: tuple[tuple[str, str], ...] = ()  # (normalised name, evidence: dns | sni | host ...)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleMatch:
+    rule: Rule
+    evidence: str  # "cidr", or the evidence of the name that matched
+    name: str | None  # the name that matched, if a name did
+
+
+class _PrefixIndex:
+    """All networks of one address family: prefix length -> {network int: [rule positions]}."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.tables: dict[int, dict[int, list[int]]] = defaultdict(dict)
+        self.masks: list[tuple[int, dict[int, list[int]]]] = []
+
+    def add(self, network_int: int, prefix: int, position: int) -> None:
+        self.tables[prefix].setdefault(network_int, []).append(position)
+
+    def freeze(self) -> None:
+        full = (1 << self.bits) - 1
+        self.masks = [
+            (full ^ ((1 << (self.bits - prefix)) - 1), table)
+            for prefix, table in sorted(self.tables.items())
+        ]
+
+    def lookup(self, address: int) -> Iterable[int]:
+        for mask, table in self.masks:
+            positions = table.get(address & mask)
+            if positions:
+                yield from positions
+
+
+class _NameIndex:
+    """Name patterns keyed by literal suffix: a name probes one key per label it has."""
+
+    def __init__(self) -> None:
+        self.by_suffix: dict[str, list[tuple[NamePattern, int]]] = defaultdict(list)
+
+    def add(self, pattern: NamePattern, position: int) -> None:
+        self.by_suffix[pattern.literal_suffix].append((pattern, position))
+
+    def lookup(self, name: str) -> Iterable[int]:
+        suffix = name
+        while True:
+            for pattern, position in self.by_suffix.get(suffix, ()):
+                if pattern.matches(name):
+                    yield position
+            if not suffix:
+                return
+            dot = suffix.find(".")
+            suffix = suffix[dot + 1:] if dot >= 0 else ""
+
+
+class CompiledPolicy:
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.rules = policy.rules
+        self.v4 = _PrefixIndex(32)
+        self.v6 = _PrefixIndex(128)
+        self.names = _NameIndex()
+        self.any_destination: list[int] = []
+        for position, rule in enumerate(policy.rules):
+            if rule.any_destination:
+                self.any_destination.append(position)
+            for network in rule.networks:
+                index = self.v4 if network.version == 4 else self.v6
+                index.add(int(network.network_address), network.prefixlen, position)
+            for pattern in rule.names:
+                self.names.add(pattern, position)
+        self.v4.freeze()
+        self.v6.freeze()
+
+    def first_match(self, dest: Destination) -> RuleMatch | None:
+        best: RuleMatch | None = None
+        best_position = len(self.rules)
+        index = self.v4 if dest.version == 4 else self.v6
+        for position in (*self.any_destination, *index.lookup(dest.address)):
+            if position < best_position and self.rules[position].allows_port(dest.proto,
+                                                                             dest.port):
+                best_position = position
+                best = RuleMatch(self.rules[position], CIDR, None)
+        for name, evidence in dest.names:
+            for position in self.names.lookup(name):
+                if position < best_position and self.rules[position].allows_port(dest.proto,
+                                                                                 dest.port):
+                    best_position = position
+                    best = RuleMatch(self.rules[position], evidence, name)
+        return best
+
+
+class CompiledPolicySet:
+    """A PolicySet ready for per-flow lookups; built once per (re)load."""
+
+    def __init__(self, policy_set: PolicySet) -> None:
+        self.source = policy_set
+        self.clients = policy_set.clients
+        self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
+
+    def first_match(self, policy_names: Iterable[str], dest: Destination) -> RuleMatch | None:
+        """First matching rule across a client's policies, tried in order."""
+        for name in policy_names:
+            found = self.policies[name].first_match(dest)
+            if found is not None:
+                return found
+        return None
+
+
+def destination_names(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """Normalise (name, evidence) pairs the way patterns are normalised."""
+    return tuple((normalize_name(name), evidence) for name, evidence in pairs)

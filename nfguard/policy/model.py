@@ -1,0 +1,99 @@
+"""The validated policy model: clients -> ordered policies -> ordered rules.
+
+Everything here is immutable and already checked; `policy.load` builds it from TOML and
+`policy.match` compiles it into lookup indexes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from nfguard.policy.patterns import NamePattern
+
+ALLOW = "allow"
+DENY = "deny"
+ACTIONS = (ALLOW, DENY)
+PROTOS = ("tcp", "udp")
+MODES = ("enforce", "audit")
+
+# Keys a client's `match` table may use, and what they test (see policy.clients).
+MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a thing was written, so every message can point at it."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    low: int
+    high: int
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    policy: str
+    name: str  # as shown in audit events: "policy/rule", or "policy/#N" (1-based) if unnamed
+    action: str
+    networks: tuple[Network, ...]
+    names: tuple[NamePattern, ...]
+    ports: frozenset[int] | None  # None: any port
+    port_ranges: tuple[PortRange, ...]
+    proto: str | None  # None: tcp and udp
+    location: Location
+
+    @property
+    def any_destination(self) -> bool:
+        return not self.networks and not self.names
+
+    def allows_port(self, proto: str, port: int) -> bool:
+        """Whether the proto/ports constraints of the rule hold for a flow."""
+        if self.proto is not None and proto != self.proto:
+            return False
+        if self.ports is None and not self.port_ranges:
+            return True
+        if proto not in PROTOS:
+            return False  # a port constraint cannot hold for a portless transport
+        if self.ports is not None and port in self.ports:
+            return True
+        return any(port in r for r in self.port_ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    rules: tuple[Rule, ...]
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    name: str
+    match: tuple[tuple[str, str], ...]  # (key, value) pairs, all must hold; empty: everyone
+    policies: tuple[str, ...]
+    mode: str | None  # overrides engine.mode for this client's flows
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    clients: tuple[Client, ...] = ()
+    policies: dict[str, Policy] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(p.rules) for p in self.policies.values())

@@ -1,0 +1,133 @@
+"""IPv4/IPv6 and TCP/UDP header parsing: the first thing the engine does with a packet.
+
+Struct-based and allocation-light because it runs for every queued packet (scapy costs
+~80 µs per SYN; this costs well under 1 µs).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+from nfguard.wire.errors import WireError
+
+TCP = 6
+UDP = 17
+ICMP = 1
+ICMPV6 = 58
+
+TRANSPORT_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "ipv6-icmp"}
+
+# IPv6 extension headers that carry a next-header field we can walk past.
+_IPV6_EXTENSIONS = {0, 43, 60, 135, 139, 140}
+_IPV6_FRAGMENT = 44
+_MAX_IPV6_EXTENSIONS = 8
+
+_v4_header = struct.Struct("!BBHHHBBH4s4s")
+_ports = struct.Struct("!HH")
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """What the engine needs from an IP packet: the 5-tuple and where the payload starts."""
+
+    version: int  # 4 | 6
+    proto: int  # IP protocol number of the transport (6 tcp, 17 udp, ...)
+    src: str
+    dst: str
+    sport: int  # 0 when the transport has no ports
+    dport: int
+    dst_int: int  # dst as an integer, for prefix lookups
+    total_length: int  # from the IP header; more than len(data) when the queue cut the copy
+    payload_offset: int  # start of the transport payload (TCP data / UDP datagram body)
+    tcp_flags: int  # 0 for non-TCP
+
+    @property
+    def transport(self) -> str:
+        return TRANSPORT_NAMES.get(self.proto, str(self.proto))
+
+    @property
+    def network_type(self) -> str:
+        return "ipv4" if self.version == 4 else "ipv6"
+
+
+def parse_packet(data: bytes) -> Packet:
+    """Parse an IP packet as handed over by NFQUEUE (starting at the IP header)."""
+    if not data:
+        raise WireError("empty packet")
+    version = data[0] >> 4
+    if version == 4:
+        return _parse_v4(data)
+    if version == 6:
+        return _parse_v6(data)
+    raise WireError(f"not an IP packet (version {version})")
+
+
+def _parse_v4(data: bytes) -> Packet:
+    if len(data) < 20:
+        raise WireError("truncated IPv4 header")
+    ver_ihl, _tos, total, _id, frag, _ttl, proto, _csum, src, dst = _v4_header.unpack_from(data)
+    ihl = (ver_ihl & 0x0F) * 4
+    if ihl < 20 or len(data) < ihl:
+        raise WireError("bad IPv4 header length")
+    if total < ihl:
+        raise WireError("bad IPv4 total length")
+    if frag & 0x1FFF:
+        raise WireError("IPv4 non-first fragment")
+    return _transport(4, proto, src, dst, socket.AF_INET, data, ihl, total)
+
+
+def _parse_v6(data: bytes) -> Packet:
+    if len(data) < 40:
+        raise WireError("truncated IPv6 header")
+    payload_length = struct.unpack_from("!H", data, 4)[0]
+    next_header = data[6]
+    offset = 40
+    for _ in range(_MAX_IPV6_EXTENSIONS):
+        if next_header in _IPV6_EXTENSIONS:
+            if len(data) < offset + 2:
+                raise WireError("truncated IPv6 extension header")
+            next_header, ext_len = data[offset], data[offset + 1]
+            offset += (ext_len + 1) * 8
+        elif next_header == _IPV6_FRAGMENT:
+            if len(data) < offset + 8:
+                raise WireError("truncated IPv6 fragment header")
+            if struct.unpack_from("!H", data, offset + 2)[0] & 0xFFF8:
+                raise WireError("IPv6 non-first fragment")
+            next_header = data[offset]
+            offset += 8
+        else:
+            break
+    else:
+        raise WireError("too many IPv6 extension headers")
+    if offset > len(data):
+        raise WireError("truncated IPv6 extension header")
+    return _transport(
+        6, next_header, data[8:24], data[24:40], socket.AF_INET6, data, offset,
+        40 + payload_length,
+    )
+
+
+def _transport(
+    version: int, proto: int, src_raw: bytes, dst_raw: bytes, family: int, data: bytes,
+    offset: int, total: int,
+) -> Packet:
+    src = socket.inet_ntop(family, src_raw)
+    dst = socket.inet_ntop(family, dst_raw)
+    dst_int = int.from_bytes(dst_raw)
+    if proto == TCP:
+        if len(data) < offset + 20:
+            raise WireError("truncated TCP header")
+        sport, dport = _ports.unpack_from(data, offset)
+        data_offset = (data[offset + 12] >> 4) * 4
+        if data_offset < 20:
+            raise WireError("bad TCP data offset")
+        return Packet(version, proto, src, dst, sport, dport, dst_int, total, offset + data_offset,
+                      data[offset + 13])
+    if proto == UDP:
+        if len(data) < offset + 8:
+            raise WireError("truncated UDP header")
+        sport, dport = _ports.unpack_from(data, offset)
+        return Packet(version, proto, src, dst, sport, dport, dst_int, total, offset + 8, 0)
+    return Packet(version, proto, src, dst, 0, 0, dst_int, total, offset, 0)

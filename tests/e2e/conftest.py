@@ -1,0 +1,34 @@
+"""End-to-end fixtures: a fresh two-namespace lab per test, always torn down."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.lab import Lab
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/e2e" in str(item.path):
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture
+def lab(tmp_path) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces and the kernel queue")
+    for tool in ("ip", "nft", "curl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (./bootstrap.sh test installs it)")
+    lab = Lab(tmp_path).start()
+    try:
+        yield lab
+    finally:
+        lab.close()
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert lab.tag not in left, f"namespaces left behind: {left}"

@@ -1,0 +1,234 @@
+"""A two-host lab in network namespaces: a client host running nfguard and a server host.
+
+Everything stays inside the lab: 198.18.0.0/15 (benchmarking range) and fd00:18::/48 live
+only on the veth pair between the two namespaces. Every name is unique per lab, and
+`close()` kills every process in both namespaces and deletes them (their nft tables go
+with them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CLIENT_V4 = "198.18.0.1"
+SERVER_V4 = "198.18.0.2"
+CLIENT_V6 = "fd00:18::1"
+SERVER_V6 = "fd00:18::2"
+# Extra server addresses, so policies can allow one destination and deny another.
+ALLOWED_V4, OTHER_V4 = "198.18.1.1", "198.18.2.1"
+ALLOWED_V6, OTHER_V6 = "fd00:18:1::1", "fd00:18:2::1"
+
+_counter = itertools.count()
+
+HTTP_SERVER = """
+import http.server, socket, sys
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"port {self.server.server_port}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+Server(("::", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+# Bound to one address, so replies come from the address the client sent to.
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+
+
+def run(
+    *argv: str, check: bool = True, timeout: float = 30, **kw: object
+) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, timeout=timeout, capture_output=True, text=True,
+                          **kw)  # type: ignore[call-overload]
+
+
+@dataclass
+class Lab:
+    workdir: Path
+    tag: str = field(default_factory=lambda: f"nfg{os.getpid() % 100000}x{next(_counter)}")
+    engine: subprocess.Popen | None = None
+    _procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def client(self) -> str:
+        return f"{self.tag}c"
+
+    @property
+    def server(self) -> str:
+        return f"{self.tag}s"
+
+    # -- set-up and tear-down -------------------------------------------------------
+    def start(self) -> Lab:
+        c, s = self.client, self.server
+        run("ip", "netns", "add", c)
+        run("ip", "netns", "add", s)
+        run("ip", "link", "add", "veth0", "netns", c, "type", "veth", "peer", "name", "veth0",
+            "netns", s)
+        for ns in (c, s):
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "link", "set", "veth0", "up")
+        run("ip", "-n", c, "addr", "add", f"{CLIENT_V4}/24", "dev", "veth0")
+        run("ip", "-n", s, "addr", "add", f"{SERVER_V4}/24", "dev", "veth0")
+        run("ip", "-n", c, "addr", "add", f"{CLIENT_V6}/64", "dev", "veth0", "nodad")
+        run("ip", "-n", s, "addr", "add", f"{SERVER_V6}/64", "dev", "veth0", "nodad")
+        for extra in (ALLOWED_V4, OTHER_V4):
+            run("ip", "-n", s, "addr", "add", f"{extra}/32", "dev", "lo")
+            run("ip", "-n", c, "route", "add", f"{extra}/32", "via", SERVER_V4)
+        for extra in (ALLOWED_V6, OTHER_V6):
+            run("ip", "-n", s, "addr", "add", f"{extra}/128", "dev", "lo", "nodad")
+            run("ip", "-n", c, "route", "add", f"{extra}/128", "via", SERVER_V6)
+        return self
+
+    def close(self) -> None:
+        self.stop_engine(signal.SIGKILL)
+        for proc in self._procs:
+            proc.kill()
+        for ns in (self.client, self.server):
+            pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            run("ip", "netns", "del", ns, check=False)
+        for proc in self._procs:
+            proc.wait(timeout=10)
+
+    # -- processes in the namespaces ------------------------------------------------
+    def exec(self, ns: str, *argv: str, check: bool = False, timeout: float = 30,
+             **kw: object) -> subprocess.CompletedProcess:
+        return run("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout, **kw)
+
+    def spawn(self, ns: str, *argv: str, **kw: object) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)  # type: ignore[call-overload]
+        self._procs.append(proc)
+        return proc
+
+    def serve_http(self, *ports: int) -> None:
+        for port in ports:
+            self.spawn(self.server, sys.executable, "-c", HTTP_SERVER, str(port),
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in ports:
+            self.wait_listening(port, "tcp")
+
+    def serve_udp_echo(self, host: str, port: int) -> None:
+        self.spawn(self.server, sys.executable, "-c", UDP_ECHO, host, str(port),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_listening(port, "udp")
+
+    def wait_listening(self, port: int, proto: str, deadline: float = 10) -> None:
+        flag = "-ltn" if proto == "tcp" else "-lun"
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            out = self.exec(self.server, "ss", "-H", flag, f"sport = :{port}").stdout
+            if out.strip():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"nothing listens on {proto}/{port} in {self.server}")
+
+    # -- nfguard --------------------------------------------------------------------
+    def write_config(self, policy: str, **engine: object) -> Path:
+        rules = self.workdir / "rules"
+        rules.mkdir(exist_ok=True)
+        (rules / "policy.toml").write_text(textwrap.dedent(policy))
+        settings = {"mode": "enforce", "default": "deny", "fail": "closed", "queue": 0,
+                    "policy_dir": str(rules), **engine}
+        lines = ["[engine]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines += ["[audit]", f'path = "{self.audit_path}"', "[metrics]", 'listen = ""']
+        config = self.workdir / "nfguard.toml"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    @property
+    def audit_path(self) -> Path:
+        return self.workdir / "audit.jsonl"
+
+    @property
+    def engine_log(self) -> Path:
+        return self.workdir / "engine.log"
+
+    def nfguard(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = self.exec(self.client, sys.executable, "-m", "nfguard", *args)
+        if check and result.returncode != 0:
+            raise AssertionError(f"nfguard {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def start_engine(self, config: Path) -> subprocess.Popen:
+        log = self.engine_log.open("a")
+        self.engine = self.spawn(self.client, sys.executable, "-m", "nfguard", "run",
+                                 "--config", str(config), stdout=log, stderr=log)
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            if "engine bound to queue" in self.engine_log.read_text():
+                return self.engine
+            if self.engine.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"engine did not start:\n{self.engine_log.read_text()}")
+
+    def stop_engine(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.engine is None or self.engine.poll() is not None:
+            return None if self.engine is None else self.engine.returncode
+        self.engine.send_signal(sig)
+        return self.engine.wait(timeout=10)
+
+    def audit_events(self) -> list[dict]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+    def wait_for_event(self, predicate, timeout: float = 5) -> dict:  # type: ignore[no-untyped-def]
+        """The audit log is flushed once a second; wait for a matching event."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for event in self.audit_events():
+                if predicate(event):
+                    return event
+            time.sleep(0.1)
+        raise AssertionError(f"no matching audit event in {self.audit_events()}")
+
+    # -- clients --------------------------------------------------------------------
+    def curl(self, host: str, port: int, timeout: float = 3) -> tuple[int, str]:
+        """(curl exit code, body). 0 is success, 7 refused/reset, 28 timed out."""
+        url_host = f"[{host}]" if ":" in host else host
+        result = self.exec(self.client, "curl", "-sS", "--max-time", str(timeout),
+                           f"http://{url_host}:{port}/", timeout=timeout + 10)
+        return result.returncode, result.stdout
+
+    def udp_echo(self, host: str, port: int, timeout: float = 2) -> str:
+        """'ok', 'refused' (ICMP error), or 'timeout'."""
+        code = (
+            "import socket,sys\n"
+            "s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET,"
+            "socket.SOCK_DGRAM)\n"
+            f"s.settimeout({timeout})\n"
+            "s.connect((sys.argv[1],int(sys.argv[2])))\n"
+            "try:\n s.send(b'ping'); print('ok' if s.recv(64)==b'ping' else 'bad')\n"
+            "except TimeoutError: print('timeout')\n"
+            "except OSError: print('refused')\n"
+        )
+        return self.exec(self.client, sys.executable, "-c", code, host, str(port),
+                         timeout=timeout + 10).stdout.strip()

@@ -1,0 +1,159 @@
+"""The core enforcement path, end to end: real kernel queue, real nftables, real servers."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import pytest
+
+from tests.e2e.lab import (
+    ALLOWED_V4,
+    ALLOWED_V6,
+    CLIENT_V4,
+    OTHER_V4,
+    OTHER_V6,
+    Lab,
+)
+
+WEB_POLICY = """
+    [[client]]
+    name = "everyone"
+    policies = ["web", "deny-rest"]
+
+    [[policy]]
+    name = "web"
+
+    [[policy.rule]]
+    name = "allowed-net-http"
+    action = "allow"
+    to = ["198.18.1.0/24", "fd00:18:1::/48"]
+    ports = [80]
+    proto = "tcp"
+
+    [[policy.rule]]
+    name = "echo"
+    action = "allow"
+    to = ["198.18.1.1"]
+    ports = [7]
+    proto = "udp"
+
+    [[policy]]
+    name = "deny-rest"
+
+    [[policy.rule]]
+    name = "everything"
+    action = "deny"
+"""
+
+REFUSED = 7  # curl: connection refused / reset
+TIMED_OUT = 28
+
+
+@pytest.mark.parametrize(("allowed", "other"), [(ALLOWED_V4, OTHER_V4), (ALLOWED_V6, OTHER_V6)],
+                         ids=["ipv4", "ipv6"])
+def test_allow_and_deny_by_cidr_and_port(lab: Lab, allowed: str, other: str) -> None:
+    lab.serve_http(80, 81)
+    lab.start_engine(lab.write_config(WEB_POLICY))
+
+    assert lab.curl(allowed, 80) == (0, "port 80\n")
+    started = time.monotonic()
+    code, _ = lab.curl(allowed, 81)
+    assert code == REFUSED, "wrong port must be cut with a reset"
+    assert time.monotonic() - started < 2.5, "a denied flow is cut at once, not timed out"
+    assert lab.curl(other, 80)[0] == REFUSED, "address outside the CIDR must be cut"
+    # Decided flows stay decided in the kernel: the allowed one keeps working.
+    assert lab.curl(allowed, 80)[0] == 0
+
+    denied = lab.wait_for_event(lambda e: e.get("destination", {}).get("port") == 81)
+    assert denied["event"]["action"] == "deny"
+    assert denied["rule"]["name"] == "deny-rest/everything"
+
+
+def test_udp_allow_and_deny(lab: Lab) -> None:
+    lab.serve_udp_echo(ALLOWED_V4, 7)
+    lab.serve_udp_echo(ALLOWED_V4, 9)
+    lab.start_engine(lab.write_config(WEB_POLICY))
+    assert lab.udp_echo(ALLOWED_V4, 7) == "ok"
+    assert lab.udp_echo(ALLOWED_V4, 9) == "refused", "denied UDP gets an ICMP error"
+    event = lab.wait_for_event(lambda e: e.get("destination", {}).get("port") == 9)
+    assert event["network"]["transport"] == "udp"
+    assert event["event"]["action"] == "deny"
+
+
+def test_audit_event_fields(lab: Lab) -> None:
+    lab.serve_http(80)
+    lab.start_engine(lab.write_config(WEB_POLICY))
+    assert lab.curl(ALLOWED_V4, 80)[0] == 0
+    event = lab.wait_for_event(lambda e: e.get("destination", {}).get("ip") == ALLOWED_V4)
+    assert event["event"]["action"] == "allow"
+    assert event["event"]["reason"] == "rule_match"
+    assert event["nfguard"] == {"mode": "enforce", "verdict": "allow", "evidence": "cidr",
+                                "client": "everyone"}
+    assert event["rule"] == {"name": "web/allowed-net-http"}
+    assert event["source"]["ip"] == CLIENT_V4
+    assert 1024 <= event["source"]["port"] <= 65535
+    assert event["destination"] == {"ip": ALLOWED_V4, "port": 80}
+    assert event["network"] == {"transport": "tcp", "type": "ipv4"}
+    assert event["@timestamp"].endswith("Z")
+    # One event per flow, not per packet: the HTTP exchange's other packets never queue.
+    flows = [e for e in lab.audit_events() if e.get("destination", {}).get("ip") == ALLOWED_V4]
+    assert len(flows) == 1
+
+
+def test_audit_mode_lets_denied_flow_through_and_records_deny(lab: Lab) -> None:
+    lab.serve_http(81)
+    lab.start_engine(lab.write_config(WEB_POLICY, mode="audit"))
+    assert lab.curl(OTHER_V4, 81) == (0, "port 81\n")
+    event = lab.wait_for_event(lambda e: e.get("destination", {}).get("port") == 81)
+    assert event["event"]["action"] == "deny"
+    assert event["nfguard"]["mode"] == "audit"
+    assert event["nfguard"]["verdict"] == "allow"
+    assert event["event"]["type"] == ["connection", "allowed"]
+
+
+@pytest.mark.parametrize("fail", ["closed", "open"])
+def test_engine_killed(lab: Lab, fail: str) -> None:
+    lab.serve_http(80)
+    engine = lab.start_engine(lab.write_config(WEB_POLICY, fail=fail))
+    assert lab.curl(ALLOWED_V4, 80)[0] == 0
+    engine.send_signal(signal.SIGKILL)
+    engine.wait(timeout=10)
+    code, _ = lab.curl(ALLOWED_V4, 80, timeout=2)
+    if fail == "closed":
+        assert code == TIMED_OUT, "with fail closed no new flow leaves while the engine is down"
+    else:
+        assert code == 0, "with fail open new flows pass while the engine is down"
+
+
+def test_clean_stop_keeps_ruleset_and_audit(lab: Lab) -> None:
+    lab.serve_http(80)
+    lab.start_engine(lab.write_config(WEB_POLICY))
+    for _ in range(5):
+        assert lab.curl(ALLOWED_V4, 80)[0] == 0
+    assert lab.stop_engine(signal.SIGTERM) == 0
+    # Flushed on stop, not lost with the buffer.
+    flows = [e for e in lab.audit_events() if e.get("destination", {}).get("port") == 80]
+    assert len(flows) == 5
+    assert "inet nfguard" in lab.exec(lab.client, "nft", "list", "tables").stdout
+    assert lab.curl(ALLOWED_V4, 80, timeout=2)[0] == TIMED_OUT
+
+
+def test_malformed_packet_does_not_stop_the_engine(lab: Lab) -> None:
+    lab.serve_http(80)
+    engine = lab.start_engine(lab.write_config(WEB_POLICY))
+    # A raw IPv4 packet claiming TCP with a 4-byte TCP header, and one with a bad IHL.
+    sender = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
+        "src = socket.inet_aton('198.18.0.1'); dst = socket.inet_aton('198.18.1.1')\n"
+        "hdr = bytes([0x45, 0, 0, 24, 0, 1, 0, 0, 64, 6, 0, 0]) + src + dst\n"
+        "s.sendto(hdr + b'\\x01\\x02\\x03\\x04', ('198.18.1.1', 0))\n"
+    )
+    result = lab.exec(lab.client, sys.executable, "-c", sender)
+    assert result.returncode == 0, result.stderr
+    event = lab.wait_for_event(lambda e: e["event"]["reason"] == "unparseable_packet")
+    assert event["event"]["action"] == "deny"
+    assert engine.poll() is None, "the engine must survive"
+    assert lab.curl(ALLOWED_V4, 80)[0] == 0, "and keep deciding"

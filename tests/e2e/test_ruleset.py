@@ -1,0 +1,95 @@
+"""The ruleset installer: owns `inet nfguard`, touches nothing else, idempotent."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.e2e.lab import Lab
+
+POLICY = """
+    [[client]]
+    name = "everyone"
+    policies = ["p"]
+
+    [[policy]]
+    name = "p"
+
+    [[policy.rule]]
+    action = "allow"
+    to = ["198.18.1.0/24"]
+"""
+
+USER_TABLE = """
+table inet usertest {
+    chain out {
+        type filter hook output priority 50; policy accept;
+        tcp dport 9999 counter accept comment "the user's own rule"
+    }
+}
+"""
+
+
+def ruleset(lab: Lab) -> str:
+    return lab.exec(lab.client, "nft", "list", "ruleset").stdout
+
+
+def tables(lab: Lab) -> list[str]:
+    """The ruleset as a sorted list of tables (reloading a table changes their order)."""
+    return sorted("table " + t.strip() for t in ("\n" + ruleset(lab)).split("\ntable ")[1:])
+
+
+def user_state(lab: Lab) -> tuple[str, str]:
+    table = lab.exec(lab.client, "nft", "list", "table", "inet", "usertest").stdout
+    chain = lab.exec(lab.client, "iptables", "-S", "USERCHAIN").stdout
+    return table, chain
+
+
+def test_user_rules_survive_the_whole_life_cycle(lab: Lab) -> None:
+    lab.exec(lab.client, "nft", "-f", "-", input=USER_TABLE, check=True)
+    lab.exec(lab.client, "iptables", "-N", "USERCHAIN", check=True)
+    lab.exec(lab.client, "iptables", "-A", "USERCHAIN", "-p", "tcp", "--dport", "9998", "-j",
+             "ACCEPT", check=True)
+    lab.exec(lab.client, "iptables", "-A", "OUTPUT", "-j", "USERCHAIN", check=True)
+    before = user_state(lab)
+    assert "9999" in before[0] and "9998" in before[1]
+
+    config = str(lab.write_config(POLICY))
+    lab.nfguard("install", "--config", config)
+    assert user_state(lab) == before
+    lab.start_engine(lab.write_config(POLICY))
+    assert user_state(lab) == before
+    lab.stop_engine(signal.SIGTERM)
+    assert user_state(lab) == before
+    out = lab.nfguard("uninstall", "--config", config).stdout
+    assert "removed" in out
+    assert user_state(lab) == before
+    assert "-A OUTPUT -j USERCHAIN" in lab.exec(lab.client, "iptables", "-S", "OUTPUT").stdout
+    after = ruleset(lab)
+    assert "table inet nfguard" not in after
+    assert "nfguard" not in after, "uninstall removes exactly what install added"
+
+
+def test_install_is_idempotent_and_says_which_path(lab: Lab) -> None:
+    config = str(lab.write_config(POLICY))
+    first = lab.nfguard("install", "--config", config).stdout
+    assert "queue path:" in first
+    once = tables(lab)
+    lab.nfguard("install", "--config", config)
+    assert tables(lab) == once
+    assert sum(t.startswith("table inet nfguard") for t in once) == 1
+    if "xt NFQUEUE" in first:
+        # The fallback path: one queue rule per family, no nft `queue` of our own.
+        for tool in ("iptables", "ip6tables"):
+            rules = lab.exec(lab.client, tool, "-S", "OUTPUT").stdout
+            assert rules.count("nfguard queue") == 1, rules
+    lab.nfguard("uninstall", "--config", config)
+    assert "nfguard" not in ruleset(lab)
+    assert "was not installed" in lab.nfguard("uninstall", "--config", config).stdout
+
+
+def test_dry_run_loads_nothing(lab: Lab) -> None:
+    config = str(lab.write_config(POLICY, fail="open"))
+    out = lab.nfguard("install", "--dry-run", "--config", config).stdout
+    assert "table inet nfguard" in out
+    assert "bypass" in out
+    assert "nfguard" not in ruleset(lab)
