@@ -6,23 +6,30 @@ buffered writer, flushed by the daemon's timer and on every clean stop.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from typing import IO, Any
 
+import orjson
+
 from nfguard.engine import Decision
 from nfguard.policy.clients import Process
 from nfguard.wire.ip import Packet
 
+_second_cache: list[Any] = [None, ""]
+
 
 def timestamp(now: float) -> str:
-    """RFC 3339 UTC with milliseconds, as ECS `@timestamp` expects."""
+    """RFC 3339 UTC with milliseconds, as ECS `@timestamp` expects.
+
+    The formatted second is cached: many events share it, and strftime is the costly part.
+    """
     seconds = int(now)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (
-        f".{int((now - seconds) * 1000):03d}Z"
-    )
+    if _second_cache[0] != seconds:
+        _second_cache[0] = seconds
+        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{_second_cache[1]}.{int((now - seconds) * 1000):03d}Z"
 
 
 def audit_event(
@@ -82,11 +89,16 @@ def _process_fields(process: Process) -> dict[str, Any]:
     return fields
 
 
-def render_json(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+def render_json(event: dict[str, Any]) -> bytes:
+    """One compact JSON line (orjson: ~0.4 µs an event where the json module takes ~5)."""
+    return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def render_text(event: dict[str, Any]) -> str:
+def render_text(event: dict[str, Any]) -> bytes:
+    return (text_line(event) + "\n").encode()
+
+
+def text_line(event: dict[str, Any]) -> str:
     """One human line: when, decision, mode, who, what, why."""
     src = event.get("source", {})
     dst = event.get("destination", {})
@@ -112,18 +124,18 @@ class AuditLog:
         self.path = path
         self.render = render_text if fmt == "text" else render_json
         self.written = 0
-        self._file: IO[str] = self._open()
+        self._file: IO[bytes] = self._open()
 
-    def _open(self) -> IO[str]:
+    def _open(self) -> IO[bytes]:
         if self.path == "-":
-            return sys.stdout
+            return sys.stdout.buffer
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, mode=0o750, exist_ok=True)
-        return open(self.path, "a", encoding="utf-8", buffering=1 << 16)
+        return open(self.path, "ab", buffering=1 << 16)
 
     def write(self, event: dict[str, Any]) -> None:
-        self._file.write(self.render(event) + "\n")
+        self._file.write(self.render(event))
         self.written += 1
 
     def flush(self) -> None:
@@ -132,11 +144,11 @@ class AuditLog:
     def reopen(self) -> None:
         """For log rotation: flush, then continue in a new file at the same path."""
         self.flush()
-        if self._file is not sys.stdout:
+        if self._file is not sys.stdout.buffer:
             self._file.close()
             self._file = self._open()
 
     def close(self) -> None:
         self.flush()
-        if self._file is not sys.stdout:
+        if self._file is not sys.stdout.buffer:
             self._file.close()

@@ -12,6 +12,7 @@ import logging
 import selectors
 import signal
 import socket
+import time
 from types import FrameType
 
 from nfguard.audit import AuditLog
@@ -80,6 +81,7 @@ class Daemon:
         selector.register(queue.fileno(), selectors.EVENT_READ)
         selector.register(wake_r, selectors.EVENT_READ)
         log.info("engine bound to queue %d", self.config.engine.queue)
+        next_flush = time.monotonic() + FLUSH_INTERVAL
         try:
             while not self._stop:
                 for key, _ in selector.select(FLUSH_INTERVAL):
@@ -90,7 +92,9 @@ class Daemon:
                 if self._reload:
                     self._reload = False
                     self._do_reload(pipeline, audit)
-                audit.flush()
+                if time.monotonic() >= next_flush:
+                    audit.flush()
+                    next_flush = time.monotonic() + FLUSH_INTERVAL
         finally:
             selector.close()
             signal.set_wakeup_fd(previous_fd)

@@ -5,7 +5,7 @@ the policy. No I/O here; the queue adapter feeds it and acts on what it returns.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nfguard.config import EngineConfig
 from nfguard.policy.clients import Process, client_matches
@@ -21,8 +21,7 @@ UNPARSEABLE = "unparseable_packet"
 ENGINE_ERROR = "engine_error"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     action: str  # what the policy decided: "allow" | "deny"
     verdict: str  # what the kernel is told; differs from action only in audit mode
     mode: str  # "enforce" | "audit"

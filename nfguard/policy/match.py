@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nfguard.policy.model import Policy, PolicySet, Rule
 from nfguard.policy.patterns import NamePattern, normalize_name
@@ -21,8 +21,7 @@ CIDR = "cidr"
 DEFAULT = "default"
 
 
-@dataclass(frozen=True, slots=True)
-class Destination:
+class Destination(NamedTuple):
     """What a flow goes to: its address and every name it carries, with where each came from."""
 
     version: int
@@ -32,8 +31,7 @@ class Destination:
     names: tuple[tuple[str, str], ...] = ()  # (normalised name, evidence: dns | sni | host ...)
 
 
-@dataclass(frozen=True, slots=True)
-class RuleMatch:
+class RuleMatch(NamedTuple):
     rule: Rule
     evidence: str  # "cidr", or the evidence of the name that matched
     name: str | None  # the name that matched, if a name did
@@ -56,12 +54,6 @@ class _PrefixIndex:
             (full ^ ((1 << (self.bits - prefix)) - 1), table)
             for prefix, table in sorted(self.tables.items())
         ]
-
-    def lookup(self, address: int) -> Iterable[int]:
-        for mask, table in self.masks:
-            positions = table.get(address & mask)
-            if positions:
-                yield from positions
 
 
 class _NameIndex:
@@ -105,21 +97,35 @@ class CompiledPolicy:
         self.v6.freeze()
 
     def first_match(self, dest: Destination) -> RuleMatch | None:
-        best: RuleMatch | None = None
-        best_position = len(self.rules)
-        index = self.v4 if dest.version == 4 else self.v6
-        for position in (*self.any_destination, *index.lookup(dest.address)):
-            if position < best_position and self.rules[position].allows_port(dest.proto,
-                                                                             dest.port):
+        # Hot path: every candidate list is in rule order, so the first position in each
+        # that passes the port/proto check is that list's best; the overall best is the min.
+        rules = self.rules
+        proto, port = dest.proto, dest.port
+        best_position = len(rules)
+        evidence, matched_name = CIDR, None
+        for position in self.any_destination:
+            if rules[position].allows_port(proto, port):
                 best_position = position
-                best = RuleMatch(self.rules[position], CIDR, None)
-        for name, evidence in dest.names:
+                break
+        index = self.v4 if dest.version == 4 else self.v6
+        address = dest.address
+        for mask, table in index.masks:
+            positions = table.get(address & mask)
+            if positions:
+                for position in positions:
+                    if position >= best_position:
+                        break
+                    if rules[position].allows_port(proto, port):
+                        best_position = position
+                        break
+        for name, name_evidence in dest.names:
             for position in self.names.lookup(name):
-                if position < best_position and self.rules[position].allows_port(dest.proto,
-                                                                                 dest.port):
+                if position < best_position and rules[position].allows_port(proto, port):
                     best_position = position
-                    best = RuleMatch(self.rules[position], evidence, name)
-        return best
+                    evidence, matched_name = name_evidence, name
+        if best_position == len(rules):
+            return None
+        return RuleMatch(rules[best_position], evidence, matched_name)
 
 
 class CompiledPolicySet:

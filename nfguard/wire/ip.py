@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nfguard.wire.errors import WireError
 
@@ -28,9 +28,12 @@ _v4_header = struct.Struct("!BBHHHBBH4s4s")
 _ports = struct.Struct("!HH")
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
-    """What the engine needs from an IP packet: the 5-tuple and where the payload starts."""
+class Packet(NamedTuple):
+    """What the engine needs from an IP packet: the 5-tuple and where the payload starts.
+
+    A NamedTuple, not a dataclass: it is built for every queued packet, and tuple
+    construction is several times cheaper.
+    """
 
     version: int  # 4 | 6
     proto: int  # IP protocol number of the transport (6 tcp, 17 udp, ...)

@@ -1,0 +1,493 @@
+"""Attribution without root: netlink bytes, cgroup paths, /proc parsing on a fake tree."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from nfguard.procs import LRU, UNKNOWN, Attributor, ProcessInfo
+from nfguard.procs.cgroups import (
+    CgroupMap,
+    find_cgroup2_root,
+    parse_mountinfo_cgroup2,
+    parse_proc_cgroup,
+    parse_procs,
+    unit_from_path,
+    walk_cgroups,
+)
+from nfguard.procs.process import (
+    ProcReader,
+    parse_cmdline,
+    parse_socket_link,
+    parse_stat,
+    split_deleted,
+)
+from nfguard.procs.sockdiag import (
+    INET_DIAG_CGROUP_ID,
+    INET_DIAG_NOCOOKIE,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    REQ_LEN,
+    SOCK_DIAG_BY_FAMILY,
+    DiagSocket,
+    SockDiagError,
+    build_request,
+    parse_attrs,
+    parse_diag_msg,
+    parse_response,
+    query_tuple,
+)
+
+# ---------------------------------------------------------------------------- netlink bytes
+
+
+def test_request_layout_v4_tcp() -> None:
+    req = build_request("tcp", socket.AF_INET, "10.1.2.3", 40000, "93.184.216.34", 443, seq=7)
+    assert len(req) == REQ_LEN == 72
+    length, kind, flags, seq, pid = struct.unpack_from("=IHHII", req)
+    assert (length, kind, flags, seq, pid) == (72, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, 7, 0)
+    fam, proto, ext, pad, states = struct.unpack_from("=BBBBI", req, 16)
+    assert (fam, proto, ext, pad, states) == (socket.AF_INET, 6, 0, 0, 0xFFFFFFFF)
+    sport, dport = struct.unpack_from("!HH", req, 24)
+    assert (sport, dport) == (40000, 443)
+    assert req[28:32] == bytes([10, 1, 2, 3]) and req[32:44] == b"\0" * 12
+    assert req[44:48] == bytes([93, 184, 216, 34])
+    ifidx, c0, c1 = struct.unpack_from("=III", req, 60)
+    assert (ifidx, c0, c1) == (0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
+
+
+def test_request_v6_udp() -> None:
+    req = build_request("udp", socket.AF_INET6, "2001:db8::1", 5353, "::1", 53)
+    assert req[17] == socket.IPPROTO_UDP
+    assert req[28:44] == socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    assert req[44:60] == socket.inet_pton(socket.AF_INET6, "::1")
+
+
+def test_query_tuple_udp_is_reversed_tcp_is_not() -> None:
+    assert query_tuple("tcp", "10.0.0.1", 1000, "10.0.0.2", 80) == (
+        "10.0.0.1",
+        1000,
+        "10.0.0.2",
+        80,
+    )
+    assert query_tuple("udp", "10.0.0.1", 1000, "10.0.0.2", 53) == (
+        "10.0.0.2",
+        53,
+        "10.0.0.1",
+        1000,
+    )
+
+
+def _rta(kind: int, payload: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(payload), kind) + payload
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _diag_answer(
+    family: int,
+    src: str,
+    sport: int,
+    dst: str,
+    dport: int,
+    *,
+    uid: int,
+    inode: int,
+    cgroup_id: int | None,
+    seq: int = 1,
+    extra_attrs: bytes = b"",
+) -> bytes:
+    body = struct.pack("=BBBB", family, 2, 0, 0)
+    body += struct.pack(
+        "!HH16s16s",
+        sport,
+        dport,
+        socket.inet_pton(family, src).ljust(16, b"\0"),
+        socket.inet_pton(family, dst).ljust(16, b"\0"),
+    )
+    body += struct.pack("=III", 0, 0x1234, 0x5678)
+    body += struct.pack("=IIIII", 0, 0, 0, uid, inode)
+    body += extra_attrs
+    if cgroup_id is not None:
+        body += _rta(INET_DIAG_CGROUP_ID, struct.pack("=Q", cgroup_id))
+    return struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 0, seq, 0) + body
+
+
+def _nl_error(err: int, seq: int = 1) -> bytes:
+    body = struct.pack("=i", err) + b"\0" * 16
+    return struct.pack("=IHHII", 16 + len(body), NLMSG_ERROR, 0, seq, 0) + body
+
+
+def test_parse_answer_v4_with_cgroup_and_odd_attrs() -> None:
+    # an attribute of 1 byte payload (padded) before the cgroup id must not shift parsing
+    data = _diag_answer(
+        socket.AF_INET,
+        "10.1.2.3",
+        40000,
+        "1.1.1.1",
+        443,
+        uid=1000,
+        inode=424242,
+        cgroup_id=(1 << 40) + 5,
+        extra_attrs=_rta(8, b"\x01"),
+    )
+    got = parse_response(data, seq=1)
+    assert got == DiagSocket(
+        family=socket.AF_INET,
+        state=2,
+        uid=1000,
+        inode=424242,
+        cgroup_id=(1 << 40) + 5,
+        src="10.1.2.3",
+        sport=40000,
+        dst="1.1.1.1",
+        dport=443,
+    )
+
+
+def test_parse_answer_v6_without_cgroup() -> None:
+    data = _diag_answer(
+        socket.AF_INET6, "::ffff:127.0.0.1", 1, "::1", 2, uid=0, inode=9, cgroup_id=None
+    )
+    got = parse_response(data)
+    assert got is not None
+    assert got.family == socket.AF_INET6 and got.cgroup_id is None
+    assert got.src == "::ffff:127.0.0.1" and got.dst == "::1"
+
+
+def test_parse_answer_skips_other_sequence_numbers() -> None:
+    stale = _diag_answer(
+        socket.AF_INET, "1.1.1.1", 1, "2.2.2.2", 2, uid=1, inode=1, cgroup_id=1, seq=5
+    )
+    fresh = _diag_answer(
+        socket.AF_INET, "3.3.3.3", 3, "4.4.4.4", 4, uid=2, inode=2, cgroup_id=1, seq=6
+    )
+    got = parse_response(stale + fresh, seq=6)
+    assert got is not None and got.inode == 2
+    assert parse_response(stale, seq=6) is None
+
+
+@pytest.mark.parametrize("err", [-errno.ENOENT, -errno.ESRCH, 0])
+def test_no_such_socket_is_none(err: int) -> None:
+    assert parse_response(_nl_error(err)) is None
+
+
+def test_done_is_none() -> None:
+    assert parse_response(struct.pack("=IHHII", 20, NLMSG_DONE, 0, 1, 0) + b"\0" * 4) is None
+
+
+def test_other_errors_raise() -> None:
+    with pytest.raises(SockDiagError):
+        parse_response(_nl_error(-errno.EPERM))
+
+
+def test_truncated_messages_raise() -> None:
+    data = _diag_answer(socket.AF_INET, "1.1.1.1", 1, "2.2.2.2", 2, uid=1, inode=1, cgroup_id=1)
+    with pytest.raises(SockDiagError):
+        parse_response(data[:40])
+    with pytest.raises(SockDiagError):
+        parse_diag_msg(data[16:60])
+
+
+def test_truncated_attribute_is_dropped() -> None:
+    attrs = _rta(5, b"\x07") + struct.pack("=HH", 12, INET_DIAG_CGROUP_ID) + b"\x01\x02"
+    assert parse_attrs(attrs) == {5: b"\x07"}
+
+
+# --------------------------------------------------------------------------------- cgroups
+
+
+@pytest.mark.parametrize(
+    ("path", "unit"),
+    [
+        ("/system.slice/nginx.service", "nginx.service"),
+        (
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/app-foo-1.scope",
+            "app-foo-1.scope",
+        ),
+        ("/user.slice/user-1000.slice/session-3.scope", "session-3.scope"),
+        ("/system.slice/docker-ab12.scope/inner", "docker-ab12.scope"),
+        ("/", None),
+        ("/system.slice", None),
+        ("/kubepods/pod1/abc", None),
+        (None, None),
+        ("/.scope", None),
+    ],
+)
+def test_unit_from_path(path: str | None, unit: str | None) -> None:
+    assert unit_from_path(path) == unit
+
+
+def test_parse_proc_cgroup_hybrid_and_unified() -> None:
+    hybrid = "9:name=systemd:/x\n4:memory:/y\n0::/system.slice/sshd.service\n"
+    assert parse_proc_cgroup(hybrid) == "/system.slice/sshd.service"
+    assert parse_proc_cgroup("0::/\n") == "/"
+    assert parse_proc_cgroup("0::/gone (deleted)\n") == "/gone"
+    assert parse_proc_cgroup("4:memory:/y\n") is None
+
+
+def test_parse_procs() -> None:
+    assert parse_procs(b"1\n22\n333\n") == [1, 22, 333]
+    assert parse_procs("") == []
+
+
+def test_parse_mountinfo() -> None:
+    text = (
+        "30 25 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n"
+        "31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw\n"
+    )
+    assert parse_mountinfo_cgroup2(text) == "/sys/fs/cgroup/unified"
+    assert parse_mountinfo_cgroup2(text.splitlines()[0]) is None
+
+
+def _fake_cgroup_tree(root: Path) -> dict[str, int]:
+    """A cgroup-v2-looking tree: directories with cgroup.procs / cgroup.controllers."""
+    ids = {}
+    for rel in ["", "system.slice", "system.slice/nginx.service", "user.slice"]:
+        d = root / rel if rel else root
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cgroup.procs").write_text("")
+        (d / "cgroup.controllers").write_text("")
+        ids["/" + rel] = d.stat().st_ino
+    return ids
+
+
+def test_walk_and_map(tmp_path: Path) -> None:
+    ids = _fake_cgroup_tree(tmp_path / "cg")
+    walked = dict(walk_cgroups(str(tmp_path / "cg")))
+    assert {path: ino for ino, path in walked.items()} == ids
+    m = CgroupMap(str(tmp_path / "cg"))
+    assert m.path(ids["/system.slice/nginx.service"]) == "/system.slice/nginx.service"
+    assert m.walks == 1
+    # a cgroup made later is found by a rewalk on miss
+    new = tmp_path / "cg" / "system.slice" / "new.service"
+    new.mkdir()
+    assert m.path(new.stat().st_ino) == "/system.slice/new.service"
+    assert m.walks == 2
+    # an unknown id costs one walk, then is remembered as gone
+    assert m.path(999_999_999) is None and m.walks == 3
+    assert m.path(999_999_999) is None and m.walks == 3
+
+
+def test_find_cgroup2_root_hybrid(tmp_path: Path) -> None:
+    (tmp_path / "unified").mkdir()
+    for f in ("cgroup.procs", "cgroup.controllers"):
+        (tmp_path / "unified" / f).write_text("")
+    assert find_cgroup2_root(str(tmp_path), str(tmp_path / "noproc")) == str(tmp_path / "unified")
+    (tmp_path / "cgroup.procs").write_text("")
+    (tmp_path / "cgroup.controllers").write_text("")
+    assert find_cgroup2_root(str(tmp_path)) == str(tmp_path)
+
+
+# ------------------------------------------------------------------------------------ /proc
+
+
+def test_parse_stat_weird_comm() -> None:
+    fields = " ".join(str(i) for i in range(4, 53))  # fields 4..52; field 22 → "22"
+    data = f"1234 (a) b (c) S {fields}\n".encode()
+    st = parse_stat(data)
+    assert st is not None
+    assert st.comm == "a) b (c" and st.state == "S" and st.ppid == 4 and st.starttime == 22
+    assert parse_stat(b"garbage") is None
+    assert parse_stat(b"1 (x) S 1 2") is None
+
+
+def test_parse_cmdline_and_links() -> None:
+    assert parse_cmdline(b"/usr/bin/curl\0-s\0http://x/\0") == ("/usr/bin/curl", "-s", "http://x/")
+    assert parse_cmdline(b"nginx: worker process") == ("nginx: worker process",)
+    assert parse_cmdline(b"") == ()
+    assert split_deleted("/usr/bin/x (deleted)") == ("/usr/bin/x", True)
+    assert split_deleted("/usr/bin/x") == ("/usr/bin/x", False)
+    assert parse_socket_link("socket:[123]") == 123
+    assert parse_socket_link("pipe:[123]") is None
+    assert parse_socket_link("socket:[x]") is None
+
+
+def _stat_line(pid: int, comm: str, ppid: int, starttime: int) -> str:
+    fields = ["S", str(ppid)] + ["0"] * 17 + [str(starttime)] + ["0"] * 30
+    return f"{pid} ({comm}) " + " ".join(fields) + "\n"
+
+
+def _fake_proc(
+    root: Path,
+    pid: int,
+    *,
+    exe: str,
+    argv: list[str],
+    ppid: int,
+    starttime: int = 100,
+    sockets: dict[int, int] | None = None,
+    cgroup: str = "/",
+) -> None:
+    d = root / str(pid)
+    (d / "fd").mkdir(parents=True, exist_ok=True)
+    (d / "stat").write_text(_stat_line(pid, Path(exe).name[:15], ppid, starttime))
+    (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (d / "cgroup").write_text(f"0::{cgroup}\n")
+    if (d / "exe").is_symlink():
+        (d / "exe").unlink()
+    (d / "exe").symlink_to(exe)
+    if not (d / "fd" / "0").is_symlink():
+        (d / "fd" / "0").symlink_to("/dev/null")
+    for fd, ino in (sockets or {}).items():
+        (d / "fd" / str(fd)).symlink_to(f"socket:[{ino}]")
+
+
+def test_proc_reader_finds_socket_and_learns(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+    _fake_proc(proc, 10, exe="/usr/bin/a", argv=["a"], ppid=1, sockets={3: 111, 4: 222})
+    _fake_proc(proc, 20, exe="/usr/bin/b", argv=["b"], ppid=1, sockets={5: 333})
+    r = ProcReader(str(proc))
+    learned: dict[int, tuple[int, int]] = {}
+    res = r.find_socket([10, 20, 99], 333, lambda i, p, f: learned.__setitem__(i, (p, f)))
+    assert res == (20, 5, 2)
+    assert learned == {111: (10, 3), 222: (10, 4)}
+    assert r.find_socket([10], 333) is None
+    assert r.fd_holds(20, 5, 333) and not r.fd_holds(20, 5, 334) and not r.fd_holds(99, 1, 1)
+    assert r.stat(99) is None and r.exe_link(99) is None and r.cmdline(99) == ()
+
+
+class FakeDiag:
+    """Stands in for the netlink socket: answers from a dict keyed by the flow tuple."""
+
+    def __init__(self) -> None:
+        self.answers: dict[tuple[str, str, int, str, int], DiagSocket] = {}
+        self.fail = False
+
+    def find(self, proto: str, family: int, src: str, sport: int, dst: str, dport: int):
+        if self.fail:
+            raise OSError(errno.ENOBUFS, "boom")
+        return self.answers.get((proto, src, sport, dst, dport))
+
+    def close(self) -> None:
+        pass
+
+
+def _setup(tmp_path: Path) -> tuple[Attributor, FakeDiag, Path, Path, dict[str, int]]:
+    proc = tmp_path / "proc"
+    cg = tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag = FakeDiag()
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag)  # type: ignore[arg-type]
+    return attr, diag, proc, cg, ids
+
+
+def _answer(diag: FakeDiag, inode: int, cgroup_id: int | None, uid: int | None = None) -> tuple:
+    flow = ("tcp", "10.0.0.1", 40000 + inode % 1000, "10.0.0.2", 443)
+    diag.answers[flow] = DiagSocket(
+        family=socket.AF_INET,
+        state=2,
+        uid=os.getuid() if uid is None else uid,
+        inode=inode,
+        cgroup_id=cgroup_id,
+        src=flow[1],
+        sport=flow[2],
+        dst=flow[3],
+        dport=flow[4],
+    )
+    return flow
+
+
+def test_attributor_cgroup_route_then_cache(tmp_path: Path) -> None:
+    attr, diag, proc, cg, ids = _setup(tmp_path)
+    _fake_proc(proc, 1, exe="/usr/lib/systemd/systemd", argv=["/sbin/init"], ppid=0)
+    _fake_proc(
+        proc,
+        500,
+        exe="/usr/sbin/nginx (deleted)",
+        argv=["nginx: worker process"],
+        ppid=1,
+        sockets={7: 5555},
+        cgroup="/system.slice/nginx.service",
+    )
+    _fake_proc(proc, 501, exe="/usr/sbin/nginx", argv=["nginx"], ppid=1, sockets={3: 6666})
+    (cg / "system.slice" / "nginx.service" / "cgroup.procs").write_text("501\n500\n")
+    flow = _answer(diag, 5555, ids["/system.slice/nginx.service"])
+
+    info = attr.lookup(flow[0], socket.AF_INET, *flow[1:])
+    assert info == ProcessInfo(
+        uid=os.getuid(),
+        user=info.user,
+        inode=5555,
+        pid=500,
+        exe="/usr/sbin/nginx",
+        exe_deleted=True,
+        cmdline=("nginx: worker process",),
+        ppid=1,
+        parent_exe="/usr/lib/systemd/systemd",
+        cgroup="/system.slice/nginx.service",
+        unit="nginx.service",
+    )
+    s = attr.stats()
+    assert (s["lookups"], s["hits"], s["misses"], s["fallbacks"], s["failures"]) == (1, 0, 1, 0, 0)
+    # the other worker's socket was learned on the way (501 is read first: newest pid)
+    flow2 = _answer(diag, 6666, ids["/system.slice/nginx.service"])
+    assert attr.lookup(flow2[0], 4, *flow2[1:]).pid == 501
+    assert attr.lookup(flow[0], 4, *flow[1:]).pid == 500
+    assert attr.stats()["hits"] == 2
+
+
+def test_attributor_cache_is_checked(tmp_path: Path) -> None:
+    """A cached inode→pid whose fd no longer holds the socket is searched again, and a
+    reused pid (other start time, other exe) gets fresh process info."""
+    attr, diag, proc, cg, ids = _setup(tmp_path)
+    _fake_proc(proc, 300, exe="/usr/bin/old", argv=["old"], ppid=1, sockets={4: 42}, starttime=10)
+    (cg / "user.slice" / "cgroup.procs").write_text("300\n")
+    flow = _answer(diag, 42, ids["/user.slice"])
+    assert attr.lookup(flow[0], 4, *flow[1:]).exe == "/usr/bin/old"
+    # pid 300 died; a new process got pid 300 and (somehow) socket 42 at another fd
+    (proc / "300" / "fd" / "4").unlink()
+    _fake_proc(proc, 300, exe="/usr/bin/new", argv=["new"], ppid=1, sockets={9: 42}, starttime=99)
+    info = attr.lookup(flow[0], 4, *flow[1:])
+    assert (info.pid, info.exe, info.cmdline) == (300, "/usr/bin/new", ("new",))
+    assert attr.stats()["misses"] == 2
+
+
+def test_attributor_fallback_by_uid(tmp_path: Path) -> None:
+    """Socket's cgroup does not hold the process (it moved): found by the owner's pids."""
+    attr, diag, proc, cg, ids = _setup(tmp_path)
+    _fake_proc(proc, 700, exe="/usr/bin/curl", argv=["curl", "x"], ppid=1, sockets={3: 77})
+    (cg / "system.slice" / "cgroup.procs").write_text("")
+    flow = _answer(diag, 77, ids["/system.slice"])
+    info = attr.lookup(flow[0], 4, *flow[1:])
+    assert info.pid == 700 and info.cgroup == "/system.slice" and info.unit is None
+    assert attr.stats()["fallbacks"] == 1
+    # a socket owned by another uid is not looked for among our (test user's) processes
+    flow2 = _answer(diag, 78, ids["/system.slice"], uid=os.getuid() + 12345)
+    _fake_proc(proc, 701, exe="/usr/bin/x", argv=["x"], ppid=1, sockets={3: 78})
+    info2 = attr.lookup(flow2[0], 4, *flow2[1:])
+    assert info2.pid is None and info2.uid == os.getuid() + 12345 and info2.inode == 78
+    assert attr.stats()["failures"] == 1
+
+
+def test_attributor_unknowns_never_raise(tmp_path: Path) -> None:
+    attr, diag, _proc, _cg, ids = _setup(tmp_path)
+    assert attr.lookup("tcp", 4, "10.0.0.1", 1, "10.0.0.2", 2) == UNKNOWN
+    # socket known, process gone: uid and cgroup are still reported
+    flow = _answer(diag, 123, ids["/user.slice"])
+    info = attr.lookup(flow[0], 4, *flow[1:])
+    assert info.uid == os.getuid() and info.inode == 123 and info.pid is None
+    assert info.cgroup == "/user.slice"
+    # inode 0 (a socket with no file, e.g. orphaned): uid only
+    flow0 = _answer(diag, 0, None)
+    assert attr.lookup(flow0[0], 4, *flow0[1:]).inode is None
+    diag.fail = True
+    assert attr.lookup(flow[0], 4, *flow[1:]) == UNKNOWN
+    s = attr.stats()
+    assert s["errors"] == 1 and s["no_socket"] == 1 and s["lookups"] == 4 and s["failures"] == 4
+    # a bad family is a caller bug, but lookup still does not raise
+    assert attr.lookup("tcp", 5, "x", 1, "y", 2) == UNKNOWN
+
+
+def test_lru_bounded() -> None:
+    lru: LRU[int, int] = LRU(2)
+    lru.put(1, 1)
+    lru.put(2, 2)
+    assert lru.get(1) == 1
+    lru.put(3, 3)
+    assert lru.get(2) is None and lru.get(1) == 1 and lru.get(3) == 3 and len(lru) == 2
