@@ -25,11 +25,12 @@ def timestamp(now: float) -> str:
 
     The formatted second is cached: many events share it, and strftime is the costly part.
     """
-    seconds = int(now)
-    if _second_cache[0] != seconds:
-        _second_cache[0] = seconds
-        _second_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{_second_cache[1]}.{int((now - seconds) * 1000):03d}Z"
+    seconds, millis = divmod(round(now * 1000), 1000)
+    cached_second, text = _second_cache
+    if cached_second != seconds:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache[:] = [seconds, text]
+    return f"{text}.{millis:03d}Z"
 
 
 def audit_event(
@@ -108,13 +109,15 @@ def text_line(event: dict[str, Any]) -> str:
     target = f"{dst.get('ip', '?')}:{dst.get('port', '?')}"
     if "domain" in dst:
         target += f" ({dst['domain']})"
-    return (
+    line = (
         f"{event['@timestamp']} {event['event']['action']} mode={nfg['mode']} "
         f"client={nfg.get('client', '-')} rule={event.get('rule', {}).get('name', '-')} "
         f"evidence={nfg['evidence']} {net.get('transport', '?')} "
         f"{src.get('ip', '?')}:{src.get('port', '?')} -> {target} exe={who} "
         f"reason={event['event']['reason']}"
     )
+    # Names and paths come from the wire and from processes: never let them forge a line.
+    return line if line.isprintable() else line.encode("unicode_escape").decode("ascii")
 
 
 class AuditLog:

@@ -57,6 +57,14 @@ _SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
 _SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsConfig}
 
 
+def parse_listen(listen: str) -> tuple[str, int]:
+    """"127.0.0.1:9808" / "[::1]:9808" -> (host, port); ValueError saying what is wrong."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"metrics.listen must be HOST:PORT (or \"\" for off), not {listen!r}")
+    return host.strip("[]"), int(port)
+
+
 def load_config(path: str | Path = DEFAULT_PATH) -> Config:
     """Read and validate the config; a missing file is an error (say where it was looked for)."""
     path = str(path)
@@ -95,6 +103,9 @@ def parse_config(text: str, path: str) -> Config:
                         f"{' | '.join(map(str, choices))}, not {value!r}")
             elif key == "queue" and not 0 <= value <= 65535:
                 problem((name, key), "engine.queue must be 0-65535")
+            elif key == "listen" and value and not _valid_listen(value):
+                problem((name, key), f"metrics.listen must be HOST:PORT (or \"\" for off), "
+                        f"not {value!r}")
             else:
                 values[key] = value
         sections[name] = _SECTIONS[name](**values)
@@ -107,3 +118,11 @@ def parse_config(text: str, path: str) -> Config:
         policy_dir = Path(path).resolve().parent / policy_dir
         config = replace(config, engine=replace(config.engine, policy_dir=str(policy_dir)))
     return config
+
+
+def _valid_listen(listen: str) -> bool:
+    try:
+        parse_listen(listen)
+    except ValueError:
+        return False
+    return True

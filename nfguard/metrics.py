@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from nfguard.config import parse_listen
 from nfguard.engine import Decision
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,6 @@ class StatsCollector:
         yield CounterMetricFamily("nfguard_engine_errors",
                                   "Internal errors turned into the fail-mode verdict",
                                   value=self.stats.errors)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """"127.0.0.1:9808" / "[::1]:9808" -> (host, port)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"metrics.listen must be HOST:PORT, not {listen!r}")
-    return host.strip("[]"), int(port)
 
 
 def serve(listen: str, stats: Stats) -> object | None:

@@ -112,14 +112,16 @@ table inet {TABLE} {{
             "-j", "NFQUEUE", "--queue-num", str(settings.queue),
             *(("--queue-bypass",) if bypass else ()),
         )
-        xt_rules = tuple((binary, spec) for binary in _xt_binaries())
+        xt_rules = tuple((binary, spec) for binary in XT_TOOLS)
     return Ruleset(path, nft, xt_rules)
 
 
-def _xt_binaries() -> tuple[str, str]:
-    if shutil.which("iptables-nft"):
-        return ("iptables-nft", "ip6tables-nft")
-    return ("iptables", "ip6tables")
+XT_TOOLS = ("iptables", "ip6tables")
+
+
+def _xt_binary(tool: str) -> str:
+    """The nft-backed variant where both are installed (iptables-legacy would not mix)."""
+    return f"{tool}-nft" if shutil.which(f"{tool}-nft") else tool
 
 
 def _quote(arg: str) -> str:
@@ -158,8 +160,8 @@ class Installer:
         """Atomic replace of our table, then the xt queue rules (idempotent)."""
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
         self._remove_xt_rules()
-        for binary, spec in ruleset.xt_rules:
-            _run([binary, "-w", "-I", "OUTPUT", "1", *spec])
+        for tool, spec in ruleset.xt_rules:
+            _run([_xt_binary(tool), "-w", "-I", "OUTPUT", "1", *spec])
 
     def uninstall(self) -> bool:
         """Remove exactly what install added; True if anything was there."""
@@ -171,7 +173,7 @@ class Installer:
 
     def _remove_xt_rules(self) -> bool:
         removed = False
-        for binary in _xt_binaries():
+        for binary in map(_xt_binary, XT_TOOLS):
             if not shutil.which(binary):
                 continue
             for spec in _tagged_rules(binary):

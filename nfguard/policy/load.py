@@ -31,6 +31,7 @@ _CLIENT_KEYS = ("name", "match", "policies", "mode")
 _POLICY_KEYS = ("name", "rule")
 _RULE_KEYS = ("name", "action", "to", "ports", "proto")
 _TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_AT_END = re.compile(r"\(at end of document\)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +57,8 @@ def parse_toml(text: str, path: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = _TOML_LINE.search(str(exc))
-        line = int(found.group(1)) if found else 0
-        message = _TOML_LINE.sub("", str(exc)).strip()
+        line = int(found.group(1)) if found else max(1, len(text.splitlines()))
+        message = _AT_END.sub("", _TOML_LINE.sub("", str(exc))).strip()
         raise PolicyError([Problem(Location(path, line), f"invalid TOML: {message}")]) from exc
 
 
@@ -119,7 +120,7 @@ class _Builder:
         for client, index, source_map in self.references:
             for name in client.policies:
                 if name not in self.policies:
-                    line = source_map.line(("client", index, "policies"), f'"{name}"')
+                    line = source_map.line(("client", index, "policies"), name)
                     self.problems.append(Problem(
                         Location(client.location.path, line),
                         f"client {client.name!r} references policy {name!r}, "
@@ -161,17 +162,17 @@ class _Builder:
         pairs = []
         for key, value in raw.items():
             if key not in MATCH_KEYS:
-                source.problem((*path, "match"), f"unknown match key {key!r} "
+                source.problem((*path, "match", key), f"unknown match key {key!r} "
                                f"(allowed: {', '.join(MATCH_KEYS)})", needle=key)
                 continue
             if isinstance(value, int) and not isinstance(value, bool) and key == "user":
                 value = str(value)
             if not isinstance(value, str) or not value:
-                source.problem((*path, "match"), f"match.{key} must be a non-empty string",
+                source.problem((*path, "match", key), f"match.{key} must be a non-empty string",
                                needle=key)
                 continue
             if key == "sha256" and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-                source.problem((*path, "match"), "match.sha256 must be 64 hex digits",
+                source.problem((*path, "match", key), "match.sha256 must be 64 hex digits",
                                needle=key)
                 continue
             pairs.append((key, value.lower() if key == "sha256" else value))

@@ -66,17 +66,20 @@ class SourceMap:
         return path
 
     def line(self, path: Path, needle: str | None = None) -> int:
-        """Line of the value at `path`; with `needle`, the line inside it where that text is.
+        """Line of the value at `path`; with `needle`, the line inside it where that token is.
 
-        Falls back to the nearest enclosing path that was seen, and to line 1.
+        Falls back to the nearest enclosing path that was seen, and to line 1. The needle
+        must stand as a whole token (so port 0 is not found in "80").
         """
+        token = None if needle is None else re.compile(
+            rf"(?<![\w.:/*-]){re.escape(needle)}(?![\w.:/*-])")
         for end in range(len(path), -1, -1):
             span = self._spans.get(path[:end])
             if span is None:
                 continue
-            if needle is not None and end == len(path):
+            if token is not None:
                 for lineno in range(span[0], span[1] + 1):
-                    if needle in self._lines[lineno - 1]:
+                    if token.search(self._lines[lineno - 1]):
                         return lineno
             return span[0]
         return 1

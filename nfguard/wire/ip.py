@@ -22,6 +22,7 @@ TRANSPORT_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp", ICMPV6: "ipv6-icmp"}
 # IPv6 extension headers that carry a next-header field we can walk past.
 _IPV6_EXTENSIONS = {0, 43, 60, 135, 139, 140}
 _IPV6_FRAGMENT = 44
+_IPV6_AH = 51  # its length field counts 4-byte words, minus 2
 _MAX_IPV6_EXTENSIONS = 8
 
 _v4_header = struct.Struct("!BBHHHBBH4s4s")
@@ -87,8 +88,13 @@ def _parse_v6(data: bytes) -> Packet:
     payload_length = struct.unpack_from("!H", data, 4)[0]
     next_header = data[6]
     offset = 40
-    for _ in range(_MAX_IPV6_EXTENSIONS):
-        if next_header in _IPV6_EXTENSIONS:
+    for _ in range(_MAX_IPV6_EXTENSIONS + 1):  # + the round that finds the transport
+        if next_header == _IPV6_AH:
+            if len(data) < offset + 2:
+                raise WireError("truncated IPv6 authentication header")
+            next_header, ext_len = data[offset], data[offset + 1]
+            offset += (ext_len + 2) * 4
+        elif next_header in _IPV6_EXTENSIONS:
             if len(data) < offset + 2:
                 raise WireError("truncated IPv6 extension header")
             next_header, ext_len = data[offset], data[offset + 1]
@@ -126,6 +132,8 @@ def _transport(
         data_offset = (data[offset + 12] >> 4) * 4
         if data_offset < 20:
             raise WireError("bad TCP data offset")
+        if offset + data_offset > len(data):
+            raise WireError("truncated TCP options")
         return Packet(version, proto, src, dst, sport, dport, dst_int, total, offset + data_offset,
                       data[offset + 13])
     if proto == UDP:

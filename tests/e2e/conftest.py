@@ -32,3 +32,18 @@ def lab(tmp_path) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
         lab.close()
         left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert lab.tag not in left, f"namespaces left behind: {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """After the whole e2e run: no lab namespace and no nfguard engine of ours remains."""
+    yield
+    if os.geteuid() != 0:
+        return
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    prefix = f"nfg{os.getpid() % 100000}x"
+    ours = [line for line in namespaces.splitlines() if line.startswith(prefix)]
+    assert not ours, f"namespaces left behind: {ours}"
+    engines = subprocess.run(["pgrep", "-f", "nfguard run --config /tmp/pytest"],
+                             capture_output=True, text=True).stdout.split()
+    assert not engines, f"engines left running: {engines}"

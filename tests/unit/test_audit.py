@@ -1,0 +1,224 @@
+"""Audit events (ECS, nested objects) and the buffered AuditLog."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+
+from nfguard import audit
+from nfguard.audit import AuditLog, audit_event, timestamp
+from nfguard.engine import Decision
+from nfguard.procs import ProcessInfo
+from nfguard.wire.ip import parse_packet
+
+NOW = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z (exact in binary floating point)
+STAMP = "2023-11-14T22:13:20.250Z"
+TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+ALLOW = Decision("allow", "allow", "enforce", "rule_match", "sni", "deploy-bot",
+                 "github/github-https", "api.github.com")
+DENY_AUDIT = Decision("deny", "allow", "audit", "no_rule_match", "default", "ci")
+NO_CLIENT = Decision("deny", "deny", "enforce", "no_client_match", "default")
+
+V4 = parse_packet(bytes(IP(src="10.0.0.2", dst="140.82.112.3")
+                        / TCP(sport=40000, dport=443, flags="S")))
+V6 = parse_packet(bytes(IPv6(src="2001:db8::2", dst="2001:db8::53") / UDP(sport=5353, dport=53)))
+
+
+
+def _line(rendered: str | bytes) -> str:
+    """One rendered event as text, without its line end (renderers may return bytes)."""
+    text = rendered.decode("utf-8") if isinstance(rendered, bytes) else rendered
+    return text[:-1] if text.endswith("\n") else text
+
+
+def render_json(event: dict) -> str:
+    return _line(audit.render_json(event))
+
+
+def render_text(event: dict) -> str:
+    return _line(audit.render_text(event))
+
+
+PROCESS = ProcessInfo(uid=1000, user="deploy", inode=77, pid=4242, exe="/usr/bin/git",
+                      cmdline=("git", "push", "origin"), ppid=4000, parent_exe="/bin/bash",
+                      cgroup="/system.slice/deploy.service", unit="deploy.service")
+
+
+def test_timestamp_format() -> None:
+    assert timestamp(NOW) == STAMP
+    assert timestamp(0) == "1970-01-01T00:00:00.000Z"
+    assert timestamp(1_700_000_000.9994) == "2023-11-14T22:13:20.999Z"
+    assert timestamp(1_700_000_000.9996) == "2023-11-14T22:13:21.000Z"  # rounded, carried
+    assert timestamp(1_700_000_001.5) == "2023-11-14T22:13:21.500Z"
+    assert timestamp(1_234_567_890.5) == "2009-02-13T23:31:30.500Z"
+    assert TS.match(timestamp(1_234_567_890.5))
+
+
+def test_timestamp_milliseconds_are_not_off_by_one() -> None:
+    assert timestamp(1_700_000_000.123) == "2023-11-14T22:13:20.123Z"
+
+
+def test_ecs_fields_are_nested_objects() -> None:
+    event = audit_event(ALLOW, V4, NOW)
+    assert event["@timestamp"] == STAMP
+    assert event["event"]["action"] == "allow"
+    assert event["event"]["reason"] == "rule_match"
+    assert event["event"]["category"] == ["network"]
+    assert "allowed" in event["event"]["type"]
+    assert event["nfguard"]["mode"] == "enforce"
+    assert event["nfguard"]["client"] == "deploy-bot"
+    assert event["nfguard"]["evidence"] == "sni"
+    assert event["nfguard"]["verdict"] == "allow"
+    assert event["rule"] == {"name": "github/github-https"}
+    assert event["source"] == {"ip": "10.0.0.2", "port": 40000}
+    assert event["destination"] == {"ip": "140.82.112.3", "port": 443,
+                                    "domain": "api.github.com"}
+    assert event["network"] == {"transport": "tcp", "type": "ipv4"}
+    # ECS wants nested objects, never dotted keys.
+    def keys(obj: object) -> list[str]:
+        if isinstance(obj, dict):
+            return [k for key, value in obj.items() for k in (key, *keys(value))]
+        return []
+    assert not [k for k in keys(event) if "." in k]
+    assert "process" not in event and "user" not in event
+
+
+def test_ipv6_udp_event_without_rule_or_domain() -> None:
+    event = audit_event(DENY_AUDIT, V6, NOW)
+    assert event["event"]["action"] == "deny"
+    assert event["nfguard"]["mode"] == "audit"
+    assert event["nfguard"]["verdict"] == "allow"
+    assert "allowed" in event["event"]["type"]
+    assert event["nfguard"]["evidence"] == "default"
+    assert "rule" not in event
+    assert event["destination"] == {"ip": "2001:db8::53", "port": 53}
+    assert event["source"] == {"ip": "2001:db8::2", "port": 5353}
+    assert event["network"] == {"transport": "udp", "type": "ipv6"}
+
+
+def test_event_without_client_or_packet() -> None:
+    event = audit_event(NO_CLIENT, None, NOW)
+    assert "client" not in event["nfguard"]
+    assert "denied" in event["event"]["type"]
+    for absent in ("source", "destination", "network", "rule"):
+        assert absent not in event
+    json.loads(render_json(event))
+    assert "\n" not in render_text(event)
+
+
+def test_process_fields() -> None:
+    event = audit_event(ALLOW, V4, NOW, PROCESS)
+    assert event["process"] == {
+        "pid": 4242, "executable": "/usr/bin/git", "command_line": "git push origin",
+        "parent": {"pid": 4000, "executable": "/bin/bash"},
+    }
+    assert event["user"] == {"id": "1000", "name": "deploy"}
+    assert event["nfguard"]["cgroup"] == "/system.slice/deploy.service"
+    assert event["nfguard"]["unit"] == "deploy.service"
+
+
+def test_partial_process_fields_leave_unknowns_out() -> None:
+    event = audit_event(ALLOW, V4, NOW, ProcessInfo(uid=0))
+    assert event["user"] == {"id": "0"}
+    assert "process" not in event
+    assert "cgroup" not in event["nfguard"] and "unit" not in event["nfguard"]
+    event = audit_event(ALLOW, V4, NOW, ProcessInfo(pid=9, exe="/bin/x"))
+    assert event["process"] == {"pid": 9, "executable": "/bin/x"}
+    assert "user" not in event
+
+
+def test_json_is_one_compact_object_per_line() -> None:
+    event = audit_event(ALLOW, V4, NOW, PROCESS)
+    line = render_json(event)
+    assert "\n" not in line
+    assert json.loads(line) == event
+    tricky = audit_event(ALLOW, V4, NOW, ProcessInfo(exe="/tmp/a\nb", cmdline=("ü", "x\ny")))
+    assert "\n" not in render_json(tricky)
+    assert json.loads(render_json(tricky))["process"]["command_line"] == "ü x\ny"
+
+
+def test_text_format_is_one_line_with_the_essentials() -> None:
+    line = render_text(audit_event(ALLOW, V4, NOW, PROCESS))
+    assert "\n" not in line
+    assert line.startswith(f"{STAMP} allow mode=enforce client=deploy-bot ")
+    for part in ("rule=github/github-https", "evidence=sni", "tcp",
+                 "10.0.0.2:40000 -> 140.82.112.3:443 (api.github.com)", "exe=/usr/bin/git",
+                 "reason=rule_match"):
+        assert part in line
+    line = render_text(audit_event(NO_CLIENT, None, NOW))
+    assert "client=- rule=-" in line and "exe=-" in line
+
+
+def test_text_format_stays_one_line_for_hostile_values() -> None:
+    hostile = ProcessInfo(exe="/tmp/x\n2023-01-01T00:00:00.000Z allow mode=enforce")
+    assert "\n" not in render_text(audit_event(ALLOW, V4, NOW, hostile))
+
+
+def test_audit_log_text_format(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(str(path), "text")
+    log.write(audit_event(ALLOW, V4, NOW))
+    log.write(audit_event(NO_CLIENT, V6, NOW))
+    log.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{STAMP} allow ")
+    assert lines[1].startswith(f"{STAMP} deny ")
+
+
+def test_audit_log_buffers_and_close_loses_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "audit.jsonl"  # created on open
+    log = AuditLog(str(path))
+    event = audit_event(ALLOW, V4, NOW, PROCESS)
+    for _ in range(10_000):
+        log.write(event)
+    assert log.written == 10_000
+    # Buffered: not everything is on disk before flush/close.
+    assert path.stat().st_size < 10_000 * (len(render_json(event).encode()) + 1)
+    log.close()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 10_000
+    assert json.loads(lines[-1]) == event
+
+
+def test_audit_log_appends(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_text('{"old":1}\n')
+    log = AuditLog(str(path))
+    log.write(audit_event(ALLOW, V4, NOW))
+    log.close()
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_reopen_after_rename_writes_a_fresh_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(str(path))
+    for _ in range(3):
+        log.write(audit_event(ALLOW, V4, NOW))
+    os.rename(path, tmp_path / "audit.jsonl.1")
+    log.write(audit_event(NO_CLIENT, V4, NOW))  # still goes to the renamed file
+    log.reopen()
+    log.write(audit_event(DENY_AUDIT, V6, NOW))
+    log.close()
+    old = (tmp_path / "audit.jsonl.1").read_text().splitlines()
+    new = path.read_text().splitlines()
+    assert len(old) == 4
+    assert json.loads(old[-1])["event"]["reason"] == "no_client_match"
+    assert len(new) == 1
+    assert json.loads(new[0])["nfguard"]["client"] == "ci"
+
+
+def test_stdout_log(capfd: pytest.CaptureFixture[str]) -> None:
+    log = AuditLog("-")
+    log.write(audit_event(ALLOW, V4, NOW))
+    log.reopen()
+    log.close()
+    out = capfd.readouterr().out.splitlines()
+    assert len(out) == 1 and json.loads(out[0])["event"]["action"] == "allow"

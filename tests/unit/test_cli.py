@@ -1,0 +1,302 @@
+"""The command line, in-process (capsys) and once as `python -m nfguard`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nfguard import cli, nft
+
+REPO = Path(__file__).resolve().parents[2]
+
+POLICY = """\
+[[client]]
+name = "git"
+match = { exe = "/usr/bin/git" }
+policies = ["deny-all"]
+
+[[client]]
+name = "everyone"
+policies = ["web", "lab"]
+
+[[policy]]
+name = "web"
+
+[[policy.rule]]
+name = "github"
+action = "allow"
+to = ["github.com", "140.82.112.0/20"]
+ports = [443]
+
+[[policy]]
+name = "lab"
+
+[[policy.rule]]
+name = "https"
+action = "allow"
+to = ["198.18.0.0/15", "2001:db8::/32"]
+ports = [443]
+proto = "tcp"
+
+[[policy.rule]]
+name = "rest"
+action = "deny"
+to = ["198.18.0.0/15"]
+
+[[policy]]
+name = "deny-all"
+
+[[policy.rule]]
+action = "deny"
+"""
+
+
+def write_config(tmp_path: Path, policy: str = POLICY, engine: str = "") -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10-main.toml").write_text(policy)
+    config = tmp_path / "nfguard.toml"
+    config.write_text(f'[engine]\npolicy_dir = "rules"\n{engine}\n[metrics]\nlisten = ""\n')
+    return config
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- check
+
+
+def test_check_good_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == 0, err
+    assert out == (f"{config}: ok; 1 policy files, 2 clients, 3 policies, 4 rules\n")
+
+
+def test_check_bad_policy_gives_file_and_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = POLICY.replace('"198.18.0.0/15", "2001:db8::/32"', '"198.18.0.1/15"')
+    config = write_config(tmp_path, bad)
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == 1
+    assert out == ""
+    policy_file = tmp_path / "rules" / "10-main.toml"
+    assert err.splitlines() == [
+        f"{policy_file}:25: bad CIDR or address '198.18.0.1/15': 198.18.0.1/15 has host bits "
+        "set; did you mean 198.18.0.0/15?",
+    ]
+
+
+def test_check_bad_config_gives_file_and_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, engine='mode = "learning"\n')
+    code, _out, err = run(capsys, "check", "--config", str(config))
+    assert code == 1
+    assert err.strip() == f"{config}:3: engine.mode must be one of enforce | audit, not 'learning'"
+
+
+def test_check_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "check", "--config", str(tmp_path / "none.toml"))
+    assert code == 1
+    assert err.startswith(f"{tmp_path / 'none.toml'}:0: cannot read config")
+
+
+def _module_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def test_check_as_python_dash_m(tmp_path: Path) -> None:
+    good = write_config(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "nfguard", "check", "--config", str(good)],
+                            capture_output=True, text=True, env=_module_env(), timeout=60,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ok; 1 policy files" in result.stdout
+    (tmp_path / "rules" / "20-bad.toml").write_text('[[policy]]\nname = "x"\n[[policy.rule]]\n'
+                                                   'action = "allow"\nproto = "icmp"\n')
+    result = subprocess.run([sys.executable, "-m", "nfguard", "check", "--config", str(good)],
+                            capture_output=True, text=True, env=_module_env(), timeout=60,
+                            cwd=tmp_path)
+    assert result.returncode == 1
+    assert (f"{tmp_path / 'rules' / '20-bad.toml'}:5: proto must be one of tcp | udp, "
+            "not 'icmp'") in result.stderr.splitlines()
+
+
+# ---------------------------------------------------------------- install --dry-run
+
+
+class _NoKernel:
+    def __init__(self) -> None:
+        raise OSError("Operation not permitted")
+
+
+def test_install_dry_run_without_root_prints_native(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nft, "Installer", _NoKernel)
+    config = write_config(tmp_path, engine="queue = 4\n")
+    code, out, err = run(capsys, "install", "--config", str(config), "--dry-run")
+    assert code == 0
+    assert out.startswith("# queue path: native nft queue\n")
+    assert "table inet nfguard {" in out
+    assert "queue num 4" in out
+    assert "cannot probe the kernel" in err
+    assert out == nft.render(cli.load_config(config).engine, nft.NATIVE).describe()
+
+
+def test_install_without_dry_run_needs_the_kernel(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(nft, "Installer", _NoKernel)
+    config = write_config(tmp_path)
+    with pytest.raises(OSError):
+        cli.main(["install", "--config", str(config)])
+
+
+def test_install_dry_run_uses_the_probed_path_and_loads_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Probed:
+        def probe_path(self) -> str:
+            return nft.XT
+
+        def install(self, ruleset: object) -> None:
+            raise AssertionError("dry run loaded the ruleset")
+
+    monkeypatch.setattr(nft, "Installer", Probed)
+    config = write_config(tmp_path, engine='fail = "open"\n')
+    code, out, _err = run(capsys, "install", "--config", str(config), "--dry-run")
+    assert code == 0
+    assert out.startswith("# queue path: xt NFQUEUE target")
+    assert out.count("--queue-bypass") == 2
+
+
+# ---------------------------------------------------------------- explain
+
+
+def test_explain_ip_and_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443")
+    assert code == 0
+    policy_file = tmp_path / "rules" / "10-main.toml"
+    lines = out.splitlines()
+    assert lines[0] == "flow: tcp to 198.18.1.5:443"
+    assert "destination 198.18.1.5:" in lines
+    assert f"  client: everyone [{policy_file}:6] matched on (everyone)" in lines
+    assert "  policy web: no rule matches" in lines
+    assert f"  policy lab: rule lab/https [{policy_file}:22] matches (cidr) -> allow" in lines
+    assert lines[-1] == ("  decision: allow (rule_match, evidence cidr); mode enforce, "
+                         "the kernel is told allow")
+
+
+def test_explain_udp_falls_to_the_deny_rule(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, engine='mode = "audit"\n')
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--proto", "udp")
+    assert code == 0
+    assert "rule lab/rest" in out and "-> deny" in out
+    assert out.splitlines()[-1] == ("  decision: deny (rule_match, evidence cidr); mode audit, "
+                                    "the kernel is told allow")
+
+
+def test_explain_ipv6_in_brackets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to",
+                          "[2001:db8::5]:443")
+    assert code == 0
+    assert "flow: tcp to 2001:db8::5:443" in out
+    assert "rule lab/https" in out and "decision: allow" in out
+
+
+def test_explain_no_rule_match_gets_default(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "192.0.2.1:80")
+    assert code == 0
+    assert "  policy web: no rule matches" in out
+    assert "  policy lab: no rule matches" in out
+    assert "decision: deny (no_rule_match, evidence default)" in out
+
+
+def test_explain_with_exe_matches_the_exe_client(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--exe", "/usr/bin/git", "--user", "root")
+    assert code == 0
+    policy_file = tmp_path / "rules" / "10-main.toml"
+    assert "  from exe=/usr/bin/git user=root" in out
+    assert f"  client: git [{policy_file}:1] matched on exe=/usr/bin/git" in out
+    assert "policy deny-all: rule deny-all/#1" in out
+    assert "decision: deny (rule_match, evidence cidr)" in out
+    # Another exe falls through to the catch-all client.
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--exe", "/usr/bin/curl", "--user", "nobody-here-12345")
+    assert code == 0
+    assert "user=nobody-here-12345" in out
+    assert "client: everyone" in out and "decision: allow" in out
+
+
+def test_explain_user_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = POLICY.replace('match = { exe = "/usr/bin/git" }', 'match = { user = "0" }')
+    config = write_config(tmp_path, policy)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--user", "root")
+    assert code == 0
+    assert "client: git" in out and "decision: deny" in out
+
+
+def test_explain_host_name_uses_dns_evidence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fake_getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list:
+        assert host.lower() == "github.com"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.77", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+    config = write_config(tmp_path)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "GitHub.com:443")
+    assert code == 0
+    assert "GitHub.com resolves to 192.0.2.77 (evidence: dns)" in out
+    assert "policy web: rule web/github" in out and "(dns github.com)" in out
+    assert "decision: allow (rule_match, evidence dns)" in out
+
+
+def test_explain_bad_policy_is_an_error(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, POLICY + "\n[[policy]]\nname = \"web\"\n")
+    code, out, err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5")
+    assert code == 1 and out == ""
+    policy_file = tmp_path / "rules" / "10-main.toml"
+    assert err.strip() == (f"{policy_file}:41: duplicate policy name 'web' "
+                           f"(first defined at {policy_file}:10)")
+
+
+@pytest.mark.parametrize(("target", "expected"), [
+    ("198.18.1.5:443", ("198.18.1.5", 443)),
+    ("198.18.1.5", ("198.18.1.5", None)),
+    ("github.com", ("github.com", None)),
+    ("github.com:8443", ("github.com", 8443)),
+    ("2001:db8::1", ("2001:db8::1", None)),
+    ("[2001:db8::1]:443", ("2001:db8::1", 443)),
+    ("[2001:db8::1]", ("2001:db8::1", None)),
+])
+def test_split_target(target: str, expected: tuple[str, int | None]) -> None:
+    assert cli._split_target(target) == expected
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["frobnicate"])
+    assert info.value.code == 2

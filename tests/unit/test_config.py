@@ -1,0 +1,178 @@
+"""The daemon config: DESIGN.md's defaults, and every error named by file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nfguard.config import (
+    DEFAULT_PATH,
+    AuditConfig,
+    Config,
+    EngineConfig,
+    MetricsConfig,
+    load_config,
+    parse_config,
+)
+from nfguard.policy.load import PolicyError
+
+
+def problems(text: str, path: str = "/etc/nfguard/nfguard.toml") -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        parse_config(text, path)
+    return [str(p) for p in info.value.problems]
+
+
+def test_defaults_are_design_md_defaults() -> None:
+    config = Config()
+    assert DEFAULT_PATH == "/etc/nfguard/nfguard.toml"
+    assert config.path == DEFAULT_PATH
+    assert config.engine == EngineConfig(
+        mode="enforce", default="deny", fail="closed", queue=0,
+        policy_dir="/etc/nfguard/rules", filter_loopback=False,
+    )
+    assert (config.engine.mode, config.engine.default, config.engine.fail,
+            config.engine.queue, config.engine.policy_dir) == (
+        "enforce", "deny", "closed", 0, "/etc/nfguard/rules")
+    assert (config.audit.path, config.audit.format) == ("/var/log/nfguard/audit.jsonl", "json")
+    assert config.metrics.listen == "127.0.0.1:9808"
+
+
+def test_empty_file_gives_defaults() -> None:
+    config = parse_config("", "/etc/nfguard/nfguard.toml")
+    assert config == Config()
+
+
+def test_design_md_example_parses_to_defaults() -> None:
+    text = """\
+[engine]
+mode = "enforce"      # "enforce" | "audit"
+default = "deny"      # decision when no rule matches
+fail = "closed"       # "closed" | "open"
+queue = 0             # NFQUEUE number
+policy_dir = "/etc/nfguard/rules"   # every *.toml in it, in file-name order
+
+[audit]
+path = "/var/log/nfguard/audit.jsonl"   # "-" for stdout
+format = "json"                          # "json" | "text"
+
+[metrics]
+listen = "127.0.0.1:9808"   # Prometheus; "" turns it off
+"""
+    assert parse_config(text, DEFAULT_PATH) == Config()
+
+
+def test_every_value_set(tmp_path: Path) -> None:
+    path = tmp_path / "nfguard.toml"
+    path.write_text("""\
+[engine]
+mode = "audit"
+default = "allow"
+fail = "open"
+queue = 65535
+policy_dir = "/srv/rules"
+filter_loopback = true
+
+[audit]
+path = "-"
+format = "text"
+
+[metrics]
+listen = ""
+""")
+    config = load_config(path)
+    assert config == Config(
+        path=str(path),
+        engine=EngineConfig("audit", "allow", "open", 65535, "/srv/rules", True),
+        audit=AuditConfig("-", "text"),
+        metrics=MetricsConfig(""),
+    )
+
+
+def test_relative_policy_dir_is_resolved_against_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "nfguard.toml"
+    path.write_text('[engine]\npolicy_dir = "rules.d"\n')
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_config(path).engine.policy_dir == str(tmp_path / "etc" / "rules.d")
+    # Also when the config itself was named by a relative path.
+    assert load_config("../etc/nfguard.toml").engine.policy_dir == \
+        str(tmp_path / "etc" / "rules.d")
+    # Absolute directories are kept as written.
+    path.write_text('[engine]\npolicy_dir = "/opt/rules"\n')
+    assert load_config(path).engine.policy_dir == "/opt/rules"
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError) as info:
+        load_config(tmp_path / "none.toml")
+    assert str(info.value).startswith(f"{tmp_path / 'none.toml'}:0: cannot read config: ")
+
+
+def test_toml_syntax_error() -> None:
+    assert problems('[engine]\nmode = enforce\n', "c.toml") == [
+        "c.toml:2: invalid TOML: Invalid value",
+    ]
+
+
+def test_unknown_section_and_key() -> None:
+    assert problems('[engine]\nmode = "audit"\nspeed = 3\n\n[logging]\nlevel = 1\n', "c.toml") \
+        == [
+            "c.toml:3: unknown key 'speed' in [engine] (allowed: mode, default, fail, queue, "
+            "policy_dir, filter_loopback)",
+            "c.toml:5: unknown section 'logging' (allowed: engine, audit, metrics)",
+        ]
+
+
+def test_top_level_key_is_an_unknown_section() -> None:
+    assert problems('mode = "audit"\n', "c.toml") == [
+        "c.toml:1: unknown section 'mode' (allowed: engine, audit, metrics)",
+    ]
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('mode = "learn"', "engine.mode must be one of enforce | audit, not 'learn'"),
+    ('default = "reject"', "engine.default must be one of allow | deny, not 'reject'"),
+    ('fail = "half"', "engine.fail must be one of closed | open, not 'half'"),
+    ("queue = 65536", "engine.queue must be 0-65535"),
+    ("queue = -1", "engine.queue must be 0-65535"),
+    ('queue = "0"', "engine.queue must be a int"),
+    ("queue = true", "engine.queue must be a int"),
+    ("queue = 1.0", "engine.queue must be a int"),
+    ("mode = 1", "engine.mode must be a str"),
+    ("policy_dir = []", "engine.policy_dir must be a str"),
+    ('filter_loopback = "yes"', "engine.filter_loopback must be a bool"),
+    ("filter_loopback = 1", "engine.filter_loopback must be a bool"),
+])
+def test_engine_errors_with_file_and_line(line: str, message: str) -> None:
+    text = f"# nfguard\n\n[engine]\n# the engine\n{line}\nqueue = 3\n"
+    if line.startswith("queue"):
+        text = text.replace("queue = 3\n", "")
+    assert problems(text, "/x/c.toml") == [f"/x/c.toml:5: {message}"]
+
+
+def test_audit_and_metrics_errors() -> None:
+    text = '[audit]\nformat = "xml"\npath = 3\n\n[metrics]\nlisten = 9808\n'
+    assert problems(text, "c.toml") == [
+        "c.toml:2: audit.format must be one of json | text, not 'xml'",
+        "c.toml:3: audit.path must be a str",
+        "c.toml:6: metrics.listen must be a str",
+    ]
+
+
+def test_section_that_is_not_a_table() -> None:
+    assert problems('engine = "enforce"\n', "c.toml") == [
+        "c.toml:1: unknown section 'engine' (allowed: engine, audit, metrics)",
+    ]
+
+
+def test_all_errors_reported_together() -> None:
+    text = '[engine]\nmode = "x"\nfail = "y"\nqueue = 99999\n[audit]\nformat = "z"\nwho = 1\n'
+    assert [p.split(": ")[0] for p in problems(text, "c.toml")] == [
+        "c.toml:2", "c.toml:3", "c.toml:4", "c.toml:6", "c.toml:7",
+    ]

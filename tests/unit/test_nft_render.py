@@ -1,0 +1,153 @@
+"""The nftables ruleset as rendered (pure text; nothing is loaded here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from nfguard import marks, nft
+from nfguard.config import EngineConfig
+from nfguard.nft import NATIVE, XT, render
+
+REPO = Path(__file__).resolve().parents[2]
+XT_BINARIES = {("iptables-nft", "ip6tables-nft"), ("iptables", "ip6tables")}
+
+
+def hexmark(value: int) -> str:
+    return f"0x{value:08x}"
+
+
+def code_lines(text: str) -> list[str]:
+    """Rule lines without comments or blank lines."""
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("queue", [0, 7, 65535])
+def test_native_closed_queues_without_bypass(queue: int) -> None:
+    ruleset = render(EngineConfig(queue=queue, fail="closed"), NATIVE)
+    assert ruleset.path == NATIVE
+    assert ruleset.xt_rules == ()
+    queue_lines = [line for line in code_lines(ruleset.nft) if line.startswith("queue")]
+    assert queue_lines == [f"queue num {queue}"]
+    assert "bypass" not in "\n".join(code_lines(ruleset.nft))
+    assert "NFQUEUE" not in ruleset.describe()
+
+
+def test_native_open_queues_with_bypass() -> None:
+    ruleset = render(EngineConfig(queue=3, fail="open"), NATIVE)
+    assert [line for line in code_lines(ruleset.nft) if line.startswith("queue")] == [
+        "queue num 3 bypass"]
+    assert ruleset.xt_rules == ()
+
+
+@pytest.mark.parametrize(("fail", "bypass"), [("closed", False), ("open", True)])
+def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) -> None:
+    ruleset = render(EngineConfig(queue=12, fail=fail), XT)
+    assert ruleset.path == XT
+    assert not [line for line in code_lines(ruleset.nft) if re.match(r"queue\b", line)]
+    assert not re.search(r"\bqueue num\b", "\n".join(code_lines(ruleset.nft)))
+    assert len(ruleset.xt_rules) == 2
+    binaries = tuple(binary for binary, _spec in ruleset.xt_rules)
+    assert binaries in XT_BINARIES
+    for _binary, spec in ruleset.xt_rules:
+        text = " ".join(spec)
+        assert "-j NFQUEUE --queue-num 12" in text
+        assert spec[spec.index("--queue-num") + 1] == "12"
+        assert ("--queue-bypass" in spec) is bypass
+        assert f"--mark {hexmark(marks.QUEUED)}/{hexmark(marks.QUEUED)}" in text
+        assert spec[spec.index("--comment") + 1] == nft.XT_COMMENT
+    described = ruleset.describe()
+    assert described.count("# and: ") == 2
+    assert described.count("-I OUTPUT 1 ") == 2
+    assert '--comment "nfguard queue"' in described
+
+
+def test_describe_states_the_queue_path() -> None:
+    assert render(EngineConfig(), NATIVE).describe().startswith(
+        "# queue path: native nft queue\n")
+    assert render(EngineConfig(), XT).describe().startswith("# queue path: xt NFQUEUE target")
+
+
+def test_loopback_accepted_by_default_and_filtered_on_request() -> None:
+    for path in (NATIVE, XT):
+        default = code_lines(render(EngineConfig(), path).nft)
+        assert 'oifname "lo" accept' in default
+        # Before anything is queued.
+        assert default.index('oifname "lo" accept') < default.index(
+            f"meta mark set meta mark | {hexmark(marks.QUEUED)}")
+        filtered = code_lines(render(EngineConfig(filter_loopback=True), path).nft)
+        assert not [line for line in filtered if '"lo"' in line]
+
+
+def test_ct_mark_rules_use_the_marks_module() -> None:
+    lines = code_lines(render(EngineConfig(), NATIVE).nft)
+    verdict, allow, deny, queued, mask = (hexmark(v) for v in (
+        marks.VERDICT_MASK, marks.ALLOW, marks.DENY, marks.QUEUED, marks.MASK))
+    keep = hexmark(~marks.MASK & 0xFFFFFFFF)
+    assert f"ct mark & {verdict} == {allow} accept" in lines
+    assert f"ct mark & {verdict} == {deny} jump cut" in lines
+    assert f"meta mark set meta mark | {queued}" in lines
+    assert (f"meta mark & {mask} == {allow} ct mark set ct mark & {keep} | {allow} "
+            f"meta mark set meta mark & {keep} accept") in lines
+    assert (f"meta mark & {mask} == {deny} ct mark set ct mark & {keep} | {deny} "
+            f"meta mark set meta mark & {keep} jump cut") in lines
+    # Decided flows are handled before anything is queued.
+    assert lines.index(f"ct mark & {verdict} == {allow} accept") < lines.index(
+        f"meta mark set meta mark | {queued}")
+    # No mark bit outside nfguard's MASK is ever set or tested.
+    for value in re.findall(r"\| (0x[0-9a-f]{8})", "\n".join(lines)):
+        assert int(value, 16) & ~marks.MASK == 0
+
+
+def test_fail_closed_drops_queued_packets_without_verdict() -> None:
+    for path in (NATIVE, XT):
+        lines = code_lines(render(EngineConfig(fail="closed"), path).nft)
+        assert f"meta mark & {hexmark(marks.QUEUED)} != 0 drop" in lines
+        assert not [line for line in lines if hexmark(marks.QUEUED) in line
+                    and line.endswith("accept")]
+
+
+def test_fail_open_lets_queued_packets_without_verdict_pass() -> None:
+    keep = hexmark(~marks.MASK & 0xFFFFFFFF)
+    for path in (NATIVE, XT):
+        lines = code_lines(render(EngineConfig(fail="open"), path).nft)
+        assert (f"meta mark & {hexmark(marks.QUEUED)} != 0 meta mark set meta mark & {keep} "
+                "accept") in lines
+        assert f"meta mark & {hexmark(marks.QUEUED)} != 0 drop" not in lines
+
+
+def test_denied_flows_are_cut_and_table_is_ours() -> None:
+    text = render(EngineConfig(), NATIVE).nft
+    assert text.count("table inet nfguard {") == 1
+    assert re.search(r"chain cut \{\s*meta l4proto tcp reject with tcp reset\s*"
+                     r"reject with icmpx admin-prohibited\s*\}", text)
+    assert "hook output priority filter - 10" in text
+    assert "hook output priority filter + 10" in text
+    assert text.count("{") == text.count("}")
+
+
+def test_header_reflects_settings() -> None:
+    text = render(EngineConfig(mode="audit", fail="open", queue=9), NATIVE).nft
+    assert "engine mode audit, fail open, queue 9" in text
+
+
+def test_render_does_not_depend_on_installed_binaries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nft.shutil, "which", lambda name: None)
+    without = render(EngineConfig(), XT).describe()
+    monkeypatch.setattr(nft.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    assert render(EngineConfig(), XT).describe() == without
+
+
+@pytest.mark.parametrize(("path", "file"), [(NATIVE, "nfguard-native.nft"),
+                                            (XT, "nfguard-xt.nft")])
+def test_repository_copies_are_current(path: str, file: str) -> None:
+    shipped = REPO / "nft" / file
+    assert shipped.is_file(), f"{shipped} is missing: render it from EngineConfig()"
+    assert shipped.read_text(encoding="utf-8") == render(EngineConfig(), path).describe()
