@@ -1,0 +1,333 @@
+"""DNS response parsing (RFC 1035) for learning which names an address belongs to.
+
+The engine accepts a DNS answer only after its names are in the cache, so this parser sits
+on the critical path of every lookup on the host: it is struct-based, linear in the message
+size, and turns every malformed input into ``WireError``.
+
+Only what the name cache needs is decoded: the header, the first question, and the A, AAAA
+and CNAME records of the answer section (class IN).  Authority and additional sections are
+ignored: the additional section is where cache-poisoning "glue" lives, and names from it
+must never be bound to addresses.
+
+Trust note: the bindings are exactly what the answer claims.  The caller must only learn
+from answers of the configured resolvers that match an outstanding query (id, question,
+5-tuple); an answer from an arbitrary server can bind any address to any name.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from nfguard.wire.errors import WireError
+
+__all__ = [
+    "MAX_BINDINGS",
+    "MAX_CNAME_HOPS",
+    "MAX_MESSAGE",
+    "DnsResponse",
+    "NameBinding",
+    "TcpDnsStream",
+    "parse_response",
+]
+
+MAX_MESSAGE = 65535  # a DNS message length is a 16-bit field (over TCP) or fits a datagram
+MAX_NAME = 255  # RFC 1035 3.1: wire length of a name, length octets included
+MAX_LABELS = 127  # 255 octets can hold at most 127 one-character labels
+MAX_CNAME_HOPS = 16  # resolvers give up far earlier (BIND: 16, Unbound: 11)
+MAX_BINDINGS = 4096  # CNAME fan-in x A records is quadratic; real answers have a few dozen
+
+TYPE_A = 1
+TYPE_CNAME = 5
+TYPE_AAAA = 28
+CLASS_IN = 1
+
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = struct.Struct("!HHIH")
+_U16 = struct.Struct("!H")
+
+# Bytes kept as-is in a rendered label; everything else becomes an RFC 1035 "\DDD" escape,
+# so that a label holding a "." can never render like two labels ("github.com" as one
+# label must not equal the two labels "github" "com"), and odd bytes never match a policy.
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
+_PLAIN_DOT = bytes(sorted(_PLAIN)) + b"."
+_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+
+
+@dataclass(frozen=True, slots=True)
+class NameBinding:
+    """An address and one name that resolves to it, valid for ``ttl`` seconds."""
+
+    ip: str
+    name: str
+    ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class DnsResponse:
+    """What the engine needs from one DNS response."""
+
+    id: int
+    rcode: int
+    truncated: bool
+    question: str | None
+    bindings: tuple[NameBinding, ...]
+
+
+def _render(labels: list[bytes]) -> str:
+    """Join labels, lower-casing ASCII and escaping anything not a plain hostname byte."""
+    joined = b".".join(labels).translate(_LOWER)
+    if not joined.translate(None, _PLAIN_DOT) and joined.count(b".") == len(labels) - 1:
+        return joined.decode("ascii")  # fast path: an ordinary host name
+    return ".".join(
+        "".join(chr(b) if b in _PLAIN else f"\\{b:03d}" for b in label.translate(_LOWER))
+        for label in labels
+    )
+
+
+class _Names:
+    """Name decoder for one message, with a memo so compression cannot amplify work.
+
+    Loop protection: every compression pointer must point strictly before the lowest offset
+    visited so far, so a walk only moves backwards (RFC 1035 only emits backward pointers).
+    Amplification protection: the decoded suffix at every name start and pointer target is
+    remembered, so thousands of records pointing at one long name cost one walk; labels
+    walked in total are capped at the message length as a backstop.
+    """
+
+    __slots__ = ("budget", "memo", "msg")
+
+    def __init__(self, msg: bytes) -> None:
+        self.msg = msg
+        self.memo: dict[int, tuple[str, int, int]] = {}  # offset -> (text, wire len, labels)
+        self.budget = max(len(msg), 64)
+
+    def read(self, pos: int) -> tuple[str, int]:
+        """Decode the name at ``pos``; return it and the offset after it in place."""
+        msg, memo = self.msg, self.memo
+        n = len(msg)
+        if pos + 1 < n and msg[pos] >= 0xC0:  # fast path: a bare pointer to a known name
+            target = ((msg[pos] & 0x3F) << 8) | msg[pos + 1]
+            cached = memo.get(target)
+            if cached is not None and target < pos:
+                return cached[0], pos + 2
+        start = pos
+        labels: list[bytes] = []
+        jumps: list[tuple[int, int, int]] = []  # (target, labels before, wire len before)
+        end = -1  # offset after the name in place (set at the first pointer)
+        low = pos
+        wire_len = 0
+        tail: tuple[str, int, int] = ("", 1, 0)  # the root
+        while True:
+            if pos >= n:
+                raise WireError("dns: name runs past the end of the message")
+            length = msg[pos]
+            if length == 0:
+                if end < 0:
+                    end = pos + 1
+                break
+            kind = length & 0xC0
+            if kind == 0xC0:
+                if pos + 1 >= n:
+                    raise WireError("dns: truncated compression pointer")
+                target = ((length & 0x3F) << 8) | msg[pos + 1]
+                if target >= low:
+                    raise WireError("dns: compression pointer does not point backwards")
+                if end < 0:
+                    end = pos + 2
+                pos = low = target
+                cached = memo.get(target)
+                if cached is not None:
+                    tail = cached
+                    break
+                jumps.append((target, len(labels), wire_len))
+                continue
+            if kind:
+                raise WireError("dns: unsupported label type")
+            wire_len += length + 1
+            if wire_len + 1 > MAX_NAME or len(labels) >= MAX_LABELS:
+                raise WireError("dns: name too long")
+            if pos + 1 + length > n:
+                raise WireError("dns: label runs past the end of the message")
+            self.budget -= 1
+            if self.budget < 0:
+                raise WireError("dns: too much name decompression")
+            labels.append(msg[pos + 1 : pos + 1 + length])
+            pos += 1 + length
+        tail_text, tail_wire, tail_count = tail
+        total_wire = wire_len + tail_wire
+        total_count = len(labels) + tail_count
+        if total_wire > MAX_NAME or total_count > MAX_LABELS:
+            raise WireError("dns: name too long")
+        text = _join(_render(labels), tail_text) if labels else tail_text
+        memo[start] = (text, total_wire, total_count)
+        for target, before, wire_before in jumps[:2]:  # usually one; bounded work
+            rest = labels[before:]
+            rest_text = _join(_render(rest), tail_text) if rest else tail_text
+            memo[target] = (rest_text, total_wire - wire_before, total_count - before)
+        return text, end
+
+
+def _join(head: str, tail: str) -> str:
+    return f"{head}.{tail}" if tail else head
+
+
+def _ttl(raw: int) -> int:
+    """RFC 2181 8: a TTL with the top bit set is treated as zero."""
+    return 0 if raw & 0x80000000 else raw
+
+
+def parse_response(msg: bytes) -> DnsResponse:
+    """Parse a DNS response and derive (address, name, ttl) bindings from its answers.
+
+    Each A/AAAA record binds its address to its owner name and to every name that reaches
+    the owner through CNAME records of the same answer; a binding's TTL is the minimum TTL
+    along the chain from that name.  Raises ``WireError`` on anything malformed, on a query
+    (QR=0), and on a non-QUERY opcode.
+    """
+    if not isinstance(msg, bytes):
+        msg = bytes(msg)
+    n = len(msg)
+    if n > MAX_MESSAGE:
+        raise WireError("dns: message larger than 65535 bytes")
+    if n < _HEADER.size:
+        raise WireError("dns: shorter than a header")
+    ident, flags, qdcount, ancount, _nscount, _arcount = _HEADER.unpack_from(msg, 0)
+    if not flags & 0x8000:
+        raise WireError("dns: not a response (QR=0)")
+    if (flags >> 11) & 0xF:
+        raise WireError("dns: opcode is not QUERY")
+    pos = _HEADER.size
+
+    names = _Names(msg)
+    question: str | None = None
+    for _ in range(qdcount):  # each question consumes >= 5 bytes, so this is bounded
+        qname, pos = names.read(pos)
+        if pos + 4 > n:
+            raise WireError("dns: truncated question")
+        pos += 4
+        if question is None:
+            question = qname
+
+    addresses: list[tuple[str, str, int]] = []  # (owner, ip, ttl)
+    cname: dict[str, tuple[str, int]] = {}  # owner -> (target, ttl); first one wins
+    for _ in range(ancount):  # each record consumes >= 11 bytes
+        owner, pos = names.read(pos)
+        if pos + _RR_FIXED.size > n:
+            raise WireError("dns: truncated resource record")
+        rtype, rclass, raw_ttl, rdlen = _RR_FIXED.unpack_from(msg, pos)
+        pos += _RR_FIXED.size
+        rdend = pos + rdlen
+        if rdend > n:
+            raise WireError("dns: rdata runs past the end of the message")
+        if rclass == CLASS_IN:
+            if rtype == TYPE_A:
+                if rdlen != 4:
+                    raise WireError("dns: A record with rdlength != 4")
+                ip = ".".join(map(str, msg[pos:rdend]))
+                addresses.append((owner, ip, _ttl(raw_ttl)))
+            elif rtype == TYPE_AAAA:
+                if rdlen != 16:
+                    raise WireError("dns: AAAA record with rdlength != 16")
+                ip = str(ipaddress.IPv6Address(msg[pos:rdend]))
+                addresses.append((owner, ip, _ttl(raw_ttl)))
+            elif rtype == TYPE_CNAME:
+                target, tend = names.read(pos)
+                if tend != rdend:
+                    raise WireError("dns: CNAME target does not fill its rdata")
+                if owner not in cname and owner != target:
+                    cname[owner] = (target, _ttl(raw_ttl))
+        pos = rdend
+
+    bindings = _bind(addresses, cname)
+    return DnsResponse(
+        id=ident,
+        rcode=flags & 0xF,
+        truncated=bool(flags & 0x0200),
+        question=question,
+        bindings=bindings,
+    )
+
+
+def _bind(
+    addresses: list[tuple[str, str, int]], cname: dict[str, tuple[str, int]]
+) -> tuple[NameBinding, ...]:
+    """Expand A/AAAA records through the CNAME graph (at most one CNAME per owner)."""
+    # For every CNAME owner, follow the chain to its end: the end name and the min TTL.
+    # Chains longer than MAX_CNAME_HOPS, and loops, bind nothing for the names on them.
+    reaches: dict[str, list[tuple[str, int]]] = {}  # chain end -> [(alias, min ttl)]
+    for alias in cname:
+        name, ttl = alias, None
+        for _ in range(MAX_CNAME_HOPS):
+            step = cname.get(name)
+            if step is None:
+                break
+            name = step[0]
+            ttl = step[1] if ttl is None else min(ttl, step[1])
+        else:
+            continue  # too long or a loop
+        if name != alias and ttl is not None:
+            reaches.setdefault(name, []).append((alias, ttl))
+
+    out: dict[tuple[str, str], int] = {}
+    for owner, ip, ttl in addresses:
+        pairs = [(owner, ttl)]
+        pairs.extend((alias, min(ttl, chain_ttl)) for alias, chain_ttl in reaches.get(owner, ()))
+        for name, t in pairs:
+            if not name:
+                continue  # the root name is no host
+            key = (ip, name)
+            if out.get(key, -1) < t:
+                out[key] = t
+                if len(out) > MAX_BINDINGS:
+                    raise WireError("dns: too many address bindings in one answer")
+    return tuple(NameBinding(ip, name, t) for (ip, name), t in out.items())
+
+
+class TcpDnsStream:
+    """Split one direction of a DNS-over-TCP stream into messages (RFC 1035 4.2.2).
+
+    Every message is preceded by a 2-byte length.  Segments may cut messages anywhere and
+    one segment may carry several.  At most one incomplete message is ever buffered, so
+    pending data stays below ``2 + max_message`` bytes; a declared length larger than
+    ``max_message`` (default: the 64 KiB protocol maximum) or shorter than a DNS header
+    raises ``WireError``, after which the stream stays broken (framing is lost).
+    """
+
+    __slots__ = ("_broken", "_buf", "max_message")
+
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        if not _HEADER.size <= max_message <= MAX_MESSAGE:
+            raise ValueError("max_message must be between 12 and 65535")
+        self.max_message = max_message
+        self._buf = bytearray()
+        self._broken = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes buffered for a message not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add the payload of one segment; return the messages it completes, in order."""
+        if self._broken:
+            raise WireError("dns/tcp: stream already failed")
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= 2:
+            (length,) = _U16.unpack_from(buf, pos)
+            if length < _HEADER.size or length > self.max_message:
+                self._broken = True
+                buf.clear()
+                raise WireError(f"dns/tcp: bad message length {length}")
+            if n - pos - 2 < length:
+                break
+            out.append(bytes(buf[pos + 2 : pos + 2 + length]))
+            pos += 2 + length
+        if pos:
+            del buf[:pos]
+        return out

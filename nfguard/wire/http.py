@@ -1,0 +1,249 @@
+"""HTTP/1.x request head parsing (RFC 9112) to learn the host a plain-HTTP flow asks for.
+
+The policy decides on the host the *server* will act on, so every construct that servers,
+proxies and this parser might read differently (request smuggling, domain-fronting tricks)
+is an error rather than a guess: conflicting duplicate Host fields, whitespace before a
+field colon, obsolete line folding, bare CR, control bytes, userinfo in an absolute URI.
+
+The target of an absolute-form request (``GET http://name:port/ HTTP/1.1``, as sent to a
+proxy) takes precedence over Host (RFC 9112 3.2.2); so does the authority of a CONNECT
+request (3.2.3), which is where a proxy will connect.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from nfguard.wire.errors import WireError
+
+__all__ = ["MAX_HEAD", "RequestHead", "RequestHeadReader", "parse_host"]
+
+MAX_HEAD = 16 * 1024
+MAX_METHOD = 32  # longest registered method is 17 characters
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
+_TARGET = re.compile(rb"[\x21-\x7e]+\Z")  # visible ASCII, no spaces or controls
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
+# Stricter than RFC 3986 reg-name on purpose: only host-name bytes (LDH and "_"), so that
+# sub-delims or percent-escapes can never make a value look like a policy name to us and
+# like something else to the server.
+_HOST = re.compile(r"[a-z0-9_-]{1,63}(\.[a-z0-9_-]{1,63})*\Z")
+_PORT = re.compile(r"[0-9]{0,5}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """The request line and the effective host (None when the request names none)."""
+
+    method: str
+    target: str
+    host: str | None
+
+
+def parse_host(value: str) -> str | None:
+    """Normalise a ``uri-host [":" port]`` authority to a lower-case host without port.
+
+    IPv6 literals lose their brackets and take their canonical text; a trailing dot is
+    dropped; an empty value gives None (RFC 9110 7.2 allows an empty Host).  Anything that
+    is not a valid authority raises ``WireError``.
+    """
+    if not value:
+        return None
+    if value.startswith("["):
+        close = value.find("]")
+        if close < 0:
+            raise WireError("http: unterminated IPv6 literal")
+        rest = value[close + 1 :]
+        if rest and not (rest.startswith(":") and _PORT.match(rest[1:])):
+            raise WireError("http: bad port after IPv6 literal")
+        try:
+            return str(ipaddress.IPv6Address(value[1:close]))
+        except ValueError:
+            raise WireError("http: bad IPv6 literal") from None
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host = value
+    elif not _PORT.match(port):
+        raise WireError("http: bad port")
+    host = host.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    if not host or len(host) > 253 or not _HOST.match(host):
+        raise WireError("http: bad host")
+    return host
+
+
+class RequestHeadReader:
+    """Sans-IO reader of one request head from client-to-server TCP payload.
+
+    ``feed()`` returns None until the empty line ending the head has arrived, then the
+    ``RequestHead`` (again on any later call).  A non-HTTP first byte fails at once; a head
+    larger than 16 KiB fails; after an error the reader stays failed.  Lines may end in
+    CRLF or bare LF (RFC 9112 2.2 lets recipients accept both).
+    """
+
+    __slots__ = ("_buf", "_error", "_result", "_scan")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._scan = 0  # offset from which the end-of-head search resumes
+        self._result: RequestHead | None = None
+        self._error: WireError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def feed(self, data: bytes) -> RequestHead | None:
+        if self._result is not None:
+            return self._result
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._feed(data)
+        except WireError as exc:
+            self._error = exc
+            self._buf.clear()
+            raise
+
+    def _feed(self, data: bytes) -> RequestHead | None:
+        buf = self._buf
+        if len(buf) + len(data) > MAX_HEAD:
+            # The head may still end inside the allowed window.
+            take = MAX_HEAD - len(buf)
+            buf += data[:take]
+            self._check_prefix()
+            end = self._find_end()
+            if end < 0:
+                raise WireError("http: request head larger than 16 KiB")
+        else:
+            buf += data
+            self._check_prefix()
+            end = self._find_end()
+            if end < 0:
+                return None
+        self._result = _parse_head(bytes(buf[:end]))
+        buf.clear()
+        return self._result
+
+    def _check_prefix(self) -> None:
+        """Reject non-HTTP quickly: the first bytes must be a method token and a space."""
+        buf = self._buf
+        start = 0
+        n = len(buf)
+        while start < n and buf[start] in b"\r\n":  # RFC 9112 2.2: ignore leading CRLFs
+            start += 1
+            if start > 8:
+                raise WireError("http: too many empty lines before the request line")
+        i = start
+        stop = min(n, start + MAX_METHOD + 1)
+        while i < stop and buf[i] in _TCHAR:
+            i += 1
+        if i == stop:
+            if stop - start > MAX_METHOD:
+                raise WireError("http: method too long")
+            return
+        if buf[i] != 0x20 or i == start:
+            raise WireError("http: not an HTTP request line")
+
+    def _find_end(self) -> int:
+        """Offset of the first byte after the empty line ending the head, or -1."""
+        buf = self._buf
+        i = self._scan
+        while True:
+            lf = buf.find(b"\n", i)
+            if lf < 0:
+                self._scan = len(buf)
+                return -1
+            nxt = lf + 1
+            # An empty line is LF or CRLF right after a line's LF.  Leading empty lines
+            # before the request line are not the end of the head.
+            if _only_newlines(buf, 0, lf + 1):
+                i = nxt
+                continue
+            if nxt < len(buf) and buf[nxt] == 0x0A:
+                return nxt + 1
+            if nxt + 1 < len(buf) and buf[nxt] == 0x0D and buf[nxt + 1] == 0x0A:
+                return nxt + 2
+            if nxt + 1 >= len(buf):
+                # Not enough bytes yet to tell; rescan from this LF next time.
+                self._scan = lf
+                return -1
+            i = nxt
+
+
+def _only_newlines(buf: bytearray, start: int, stop: int) -> bool:
+    return stop - start <= 16 and not buf[start:stop].strip(b"\r\n")
+
+
+def _split_lines(head: bytes) -> list[bytes]:
+    lines = head.split(b"\n")
+    out: list[bytes] = []
+    for line in lines:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if b"\r" in line:
+            raise WireError("http: bare CR in the request head")
+        out.append(line)
+    return out
+
+
+def _parse_head(head: bytes) -> RequestHead:
+    lines = _split_lines(head)
+    while lines and not lines[0]:
+        lines.pop(0)  # leading empty lines
+    while lines and not lines[-1]:
+        lines.pop()  # the terminating empty line(s)
+    if not lines:
+        raise WireError("http: empty request head")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise WireError("http: request line is not 'method target version'")
+    method, target, version = parts
+    if len(method) > MAX_METHOD or not _TOKEN.match(method):
+        raise WireError("http: bad method")
+    if not _TARGET.match(target):
+        raise WireError("http: bad request target")
+    if not _VERSION.match(version):
+        raise WireError("http: bad HTTP version")
+
+    host_values: list[str] = []
+    for line in lines[1:]:
+        if not line:
+            raise WireError("http: empty line inside the head")
+        if line[0] in b" \t":
+            raise WireError("http: obsolete line folding")
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.match(name):
+            raise WireError("http: bad header field name (or whitespace before colon)")
+        value = value.strip(b" \t")
+        if not _FIELD_VALUE.match(value):
+            raise WireError("http: control byte in a header field value")
+        if name.lower() == b"host":
+            host_values.append(value.decode("latin-1"))
+
+    normalized = {v.lower() for v in host_values}
+    if len(normalized) > 1:
+        raise WireError("http: several Host fields with different values")
+    host = parse_host(host_values[0]) if host_values else None
+
+    method_s = method.decode("ascii")
+    target_s = target.decode("ascii")
+    m = _ABSOLUTE.match(target)
+    if m is not None:
+        authority = m.group(2).decode("ascii")
+        if "@" in authority:
+            raise WireError("http: userinfo in the request target")
+        host = parse_host(authority)
+        if host is None:
+            raise WireError("http: absolute-form target without a host")
+    elif method_s == "CONNECT":
+        if "@" in target_s or "/" in target_s:
+            raise WireError("http: CONNECT target is not authority-form")
+        host = parse_host(target_s)
+    return RequestHead(method=method_s, target=target_s, host=host)

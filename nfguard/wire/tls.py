@@ -1,0 +1,270 @@
+"""TLS ClientHello parsing (RFC 8446 4.1.2, RFC 6066 3, RFC 7301) and reassembly.
+
+A ClientHello can span several TCP segments (post-quantum key shares make it ~1.7 KB) and
+several TLS records (record splitting is a known DPI-evasion trick), so the reader
+reassembles the handshake message across both before parsing.  Everything is bounded:
+the hello body (16 KiB), the raw bytes consumed (64 KiB), and each record (16 KiB).
+
+Only what the policy needs is extracted: the SNI host name, whether an ECH extension is
+present, and the ALPN protocols.  Ambiguities a server might resolve differently from us
+(duplicate extensions, two host names) are errors, not guesses.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+
+from nfguard.wire.errors import WireError
+
+__all__ = [
+    "MAX_HELLO",
+    "ClientHelloReader",
+    "HelloResult",
+    "parse_client_hello",
+    "validate_hostname",
+]
+
+MAX_HELLO = 16 * 1024  # ClientHello body bound; real ones are 0.2-2 KB
+MAX_RAW = 64 * 1024  # record-layer bytes the reader accepts before giving up
+MAX_RECORD = 1 << 14  # RFC 8446 5.1: TLSPlaintext.length <= 2^14
+
+CONTENT_HANDSHAKE = 22
+HANDSHAKE_CLIENT_HELLO = 1
+EXT_SERVER_NAME = 0x0000
+EXT_ALPN = 0x0010
+EXT_ECH = 0xFE0D
+
+_U16 = struct.Struct("!H")
+_EXT = struct.Struct("!HH")
+_LABEL = re.compile(r"[a-z0-9_-]{1,63}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class HelloResult:
+    """What a ClientHello says about its destination.
+
+    ``sni`` is the host name the client asked for (None when absent); ``ech`` tells that an
+    encrypted_client_hello extension is present, in which case ``sni`` is only the outer
+    public name.  GREASE ECH is common, so ``ech`` is informational only.
+    """
+
+    sni: str | None
+    ech: bool
+    alpn: tuple[str, ...]
+
+
+def validate_hostname(raw: bytes) -> str:
+    """Return ``raw`` as a lower-case host name without trailing dot, or raise WireError.
+
+    Accepts LDH labels (plus "_", seen in the wild); rejects empty labels, non-ASCII,
+    spaces, wildcards, ports, and IP literals (RFC 6066 forbids them in SNI; a last label
+    made only of digits is never a real top-level domain).
+    """
+    if not raw or len(raw) > 254:
+        raise WireError("tls: bad host name length")
+    try:
+        name = raw.decode("ascii").lower()
+    except UnicodeDecodeError:
+        raise WireError("tls: non-ASCII host name") from None
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 253:
+        raise WireError("tls: bad host name length")
+    labels = name.split(".")
+    for label in labels:
+        if not _LABEL.match(label):
+            raise WireError("tls: host name is not LDH")
+    if labels[-1].isdigit():
+        raise WireError("tls: IP literal or numeric TLD in host name")
+    return name
+
+
+def _vec(body: bytes, pos: int, end: int, width: int) -> tuple[int, int]:
+    """Read a length-prefixed vector header; return (start, stop) of its content."""
+    if pos + width > end:
+        raise WireError("tls: truncated vector length")
+    length = body[pos] if width == 1 else _U16.unpack_from(body, pos)[0]
+    start = pos + width
+    if start + length > end:
+        raise WireError("tls: vector runs past its container")
+    return start, start + length
+
+
+def _parse_sni(body: bytes, pos: int, end: int) -> str:
+    start, stop = _vec(body, pos, end, 2)
+    if stop != end or start == stop:
+        raise WireError("tls: bad server_name extension")
+    name: str | None = None
+    while start < stop:
+        if start + 3 > stop:
+            raise WireError("tls: truncated server_name entry")
+        kind = body[start]
+        nstart, nstop = _vec(body, start + 1, stop, 2)
+        if kind == 0:
+            if name is not None:
+                raise WireError("tls: more than one host_name in server_name")
+            name = validate_hostname(body[nstart:nstop])
+        start = nstop
+    if name is None:
+        raise WireError("tls: server_name without a host_name")
+    return name
+
+
+def _parse_alpn(body: bytes, pos: int, end: int) -> tuple[str, ...]:
+    start, stop = _vec(body, pos, end, 2)
+    if stop != end or start == stop:
+        raise WireError("tls: bad ALPN extension")
+    out: list[str] = []
+    while start < stop:
+        pstart, pstop = _vec(body, start, stop, 1)
+        if pstart == pstop:
+            raise WireError("tls: empty ALPN protocol name")
+        out.append(body[pstart:pstop].decode("ascii", "backslashreplace"))
+        start = pstop
+    return tuple(out)
+
+
+def parse_client_hello(handshake_body: bytes) -> HelloResult:
+    """Parse a ClientHello body (after the 4-byte handshake header); bounded, linear.
+
+    Used by ``ClientHelloReader`` (TLS over TCP) and by the QUIC assembler (CRYPTO frames).
+    """
+    body = bytes(handshake_body)
+    end = len(body)
+    if end > MAX_HELLO:
+        raise WireError("tls: ClientHello too large")
+    if end < 2 + 32 + 1 + 2 + 1:
+        raise WireError("tls: ClientHello too short")
+    if body[0] != 3:
+        raise WireError("tls: ClientHello legacy_version is not 3.x")
+    pos = 2 + 32
+    sid_start, pos = _vec(body, pos, end, 1)  # legacy_session_id
+    if pos - sid_start > 32:
+        raise WireError("tls: session id longer than 32 bytes")
+    cs_start, pos = _vec(body, pos, end, 2)  # cipher_suites
+    if (pos - cs_start) % 2 or pos == cs_start:
+        raise WireError("tls: bad cipher_suites")
+    cm_start, pos = _vec(body, pos, end, 1)  # legacy_compression_methods
+    if pos == cm_start:
+        raise WireError("tls: no compression methods")
+
+    sni: str | None = None
+    ech = False
+    alpn: tuple[str, ...] = ()
+    if pos == end:  # TLS 1.2 allows a hello without extensions
+        return HelloResult(sni=None, ech=False, alpn=())
+    ext_pos, ext_end = _vec(body, pos, end, 2)
+    if ext_end != end:
+        raise WireError("tls: bytes after the extensions")
+    seen: set[int] = set()
+    while ext_pos < ext_end:
+        if ext_pos + 4 > ext_end:
+            raise WireError("tls: truncated extension header")
+        etype, elen = _EXT.unpack_from(body, ext_pos)
+        dstart = ext_pos + 4
+        dend = dstart + elen
+        if dend > ext_end:
+            raise WireError("tls: extension runs past the extensions block")
+        if etype in seen:
+            raise WireError(f"tls: duplicate extension {etype:#06x}")
+        seen.add(etype)
+        if etype == EXT_SERVER_NAME:
+            sni = _parse_sni(body, dstart, dend)
+        elif etype == EXT_ALPN:
+            alpn = _parse_alpn(body, dstart, dend)
+        elif etype == EXT_ECH:
+            ech = True
+        ext_pos = dend
+    return HelloResult(sni=sni, ech=ech, alpn=alpn)
+
+
+class ClientHelloReader:
+    """Sans-IO reassembly of a ClientHello from client-to-server TCP payload.
+
+    ``feed()`` the payload of each segment in stream order; it returns None while more
+    bytes are needed and the ``HelloResult`` once the hello is complete (again on any later
+    call).  Raises ``WireError`` at the first byte that cannot start a TLS handshake record,
+    on any other record type before the hello is complete, on a handshake message that is
+    not a ClientHello, and when a bound is exceeded; after an error the reader stays failed.
+    """
+
+    __slots__ = ("_error", "_hs", "_raw", "_raw_total", "_result")
+
+    def __init__(self) -> None:
+        self._raw = bytearray()  # record-layer bytes not yet consumed
+        self._hs = bytearray()  # handshake-layer bytes gathered from records
+        self._raw_total = 0
+        self._result: HelloResult | None = None
+        self._error: WireError | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def feed(self, data: bytes) -> HelloResult | None:
+        if self._result is not None:
+            return self._result
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._feed(data)
+        except WireError as exc:
+            self._error = exc
+            self._raw.clear()
+            self._hs.clear()
+            raise
+
+    def _feed(self, data: bytes) -> HelloResult | None:
+        self._raw_total += len(data)
+        raw = self._raw
+        # Early data may follow the hello in the same segment: look at no more than the
+        # bound, and fail only if the hello is not complete within it.
+        raw += data[: max(0, MAX_RAW - (self._raw_total - len(data)))]
+        hs = self._hs
+        pos = 0
+        n = len(raw)
+        result: HelloResult | None = None
+        while n - pos >= 1:
+            # Check the header bytes as soon as they arrive so non-TLS fails fast.
+            if raw[pos] != CONTENT_HANDSHAKE:
+                raise WireError(f"tls: record type {raw[pos]} before the ClientHello ended")
+            if n - pos >= 2 and raw[pos + 1] != 3:
+                raise WireError("tls: record version is not 3.x")
+            if n - pos < 5:
+                break
+            (length,) = _U16.unpack_from(raw, pos + 3)
+            if length == 0 or length > MAX_RECORD:
+                raise WireError("tls: bad handshake record length")
+            if n - pos - 5 < length:
+                break
+            hs += raw[pos + 5 : pos + 5 + length]
+            pos += 5 + length
+            result = self._try_hello(hs)
+            if result is not None:
+                break
+        if pos:
+            del raw[:pos]
+        if result is None and len(hs) >= 1 and hs[0] != HANDSHAKE_CLIENT_HELLO:
+            raise WireError("tls: first handshake message is not a ClientHello")
+        if result is not None:
+            self._result = result
+            raw.clear()
+            hs.clear()
+        elif self._raw_total > MAX_RAW:
+            raise WireError("tls: no complete ClientHello within 64 KiB")
+        return result
+
+    @staticmethod
+    def _try_hello(hs: bytearray) -> HelloResult | None:
+        if len(hs) < 4:
+            return None
+        if hs[0] != HANDSHAKE_CLIENT_HELLO:
+            raise WireError("tls: first handshake message is not a ClientHello")
+        length = int.from_bytes(hs[1:4], "big")
+        if length > MAX_HELLO:
+            raise WireError("tls: ClientHello larger than 16 KiB")
+        if len(hs) < 4 + length:
+            return None
+        return parse_client_hello(bytes(hs[4 : 4 + length]))

@@ -1,0 +1,306 @@
+"""DNS response parsing and DNS-over-TCP framing."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+from nfguard.wire.dns import (
+    MAX_BINDINGS,
+    MAX_CNAME_HOPS,
+    NameBinding,
+    TcpDnsStream,
+    parse_response,
+)
+from nfguard.wire.errors import WireError
+
+
+def answer(*rrs: DNSRR, qname: str = "www.example.com", **kw: object) -> bytes:
+    fields = {"id": 0x1234, "qr": 1, "rd": 1, "ra": 1, "qd": [DNSQR(qname=qname)], **kw}
+    if rrs:
+        fields["an"] = list(rrs)
+    return bytes(DNS(**fields))
+
+
+def cname(owner: str, target: str, ttl: int) -> DNSRR:
+    return DNSRR(rrname=owner, type="CNAME", ttl=ttl, rdata=target)
+
+
+def a(owner: str, ip: str, ttl: int) -> DNSRR:
+    return DNSRR(rrname=owner, type="A", ttl=ttl, rdata=ip)
+
+
+def aaaa(owner: str, ip: str, ttl: int) -> DNSRR:
+    return DNSRR(rrname=owner, type="AAAA", ttl=ttl, rdata=ip)
+
+
+CHAIN = answer(
+    cname("www.example.com", "cdn.example.net", 300),
+    cname("cdn.example.net", "edge.cdn.net", 60),
+    a("edge.cdn.net", "1.2.3.4", 120),
+    a("edge.cdn.net", "1.2.3.5", 20),
+    aaaa("edge.cdn.net", "2001:0db8:0:0::1", 30),
+)
+
+
+def as_set(msg: bytes) -> set[NameBinding]:
+    return set(parse_response(msg).bindings)
+
+
+def test_cname_chain_binds_every_name_with_min_ttl() -> None:
+    r = parse_response(CHAIN)
+    assert r.id == 0x1234 and r.rcode == 0 and not r.truncated
+    assert r.question == "www.example.com"
+    assert set(r.bindings) == {
+        NameBinding("1.2.3.4", "edge.cdn.net", 120),
+        NameBinding("1.2.3.4", "cdn.example.net", 60),
+        NameBinding("1.2.3.4", "www.example.com", 60),
+        NameBinding("1.2.3.5", "edge.cdn.net", 20),
+        NameBinding("1.2.3.5", "cdn.example.net", 20),
+        NameBinding("1.2.3.5", "www.example.com", 20),
+        NameBinding("2001:db8::1", "edge.cdn.net", 30),  # canonical text form
+        NameBinding("2001:db8::1", "cdn.example.net", 30),
+        NameBinding("2001:db8::1", "www.example.com", 30),
+    }
+    assert len(r.bindings) == 9  # no duplicates
+
+
+def test_min_ttl_is_taken_from_the_name_down_the_chain() -> None:
+    # The first hop has the smallest TTL: only the query name is limited by it.
+    msg = answer(
+        cname("www.example.com", "mid.example.com", 5),
+        cname("mid.example.com", "end.example.com", 500),
+        a("end.example.com", "10.0.0.1", 400),
+    )
+    got = {b.name: b.ttl for b in parse_response(msg).bindings}
+    assert got == {"www.example.com": 5, "mid.example.com": 400, "end.example.com": 400}
+
+
+def test_compressed_and_uncompressed_give_the_same_bindings() -> None:
+    pkt = DNS(CHAIN)
+    compressed = bytes(pkt.compress())
+    assert len(compressed) < len(CHAIN)
+    assert b"\xc0" in compressed[12:]
+    assert as_set(compressed) == as_set(CHAIN)
+
+
+def test_reordered_answers_and_case_and_trailing_dot() -> None:
+    msg = answer(
+        a("Edge.CDN.net.", "1.2.3.4", 50),
+        cname("WWW.Example.COM.", "edge.cdn.net", 70),
+        qname="WWW.EXAMPLE.COM.",
+    )
+    r = parse_response(msg)
+    assert r.question == "www.example.com"
+    assert set(r.bindings) == {
+        NameBinding("1.2.3.4", "edge.cdn.net", 50),
+        NameBinding("1.2.3.4", "www.example.com", 50),
+    }
+
+
+def test_unrelated_and_multiple_records() -> None:
+    msg = answer(
+        a("www.example.com", "192.0.2.1", 10),
+        a("www.example.com", "192.0.2.2", 10),
+        a("other.example.org", "192.0.2.3", 10),
+        DNSRR(rrname="www.example.com", type="TXT", ttl=10, rdata="hello"),
+        DNSRR(rrname="www.example.com", type="A", rclass="CH", ttl=10, rdata="192.0.2.9"),
+    )
+    assert as_set(msg) == {
+        NameBinding("192.0.2.1", "www.example.com", 10),
+        NameBinding("192.0.2.2", "www.example.com", 10),
+        NameBinding("192.0.2.3", "other.example.org", 10),
+    }
+
+
+def test_additional_and_authority_sections_are_never_bound() -> None:
+    msg = answer(
+        a("www.example.com", "192.0.2.1", 10),
+        ns=[DNSRR(rrname="example.com", type="A", ttl=10, rdata="192.0.2.66")],
+        ar=[DNSRR(rrname="github.com", type="A", ttl=10, rdata="192.0.2.77")],
+    )
+    assert as_set(msg) == {NameBinding("192.0.2.1", "www.example.com", 10)}
+
+
+def test_flags_rcode_truncation_and_no_question() -> None:
+    r = parse_response(bytes(DNS(id=9, qr=1, rcode=3, tc=1, qd=[DNSQR(qname="nx.example")])))
+    assert (r.id, r.rcode, r.truncated, r.question, r.bindings) == (9, 3, True, "nx.example", ())
+    r = parse_response(bytes(DNS(id=1, qr=1, qd=[])))
+    assert r.question is None
+
+
+def test_ttl_with_high_bit_counts_as_zero() -> None:
+    msg = bytearray(answer(a("www.example.com", "192.0.2.1", 0x7FFFFFFF)))
+    i = msg.rfind(b"\x7f\xff\xff\xff")
+    msg[i] = 0x80
+    assert parse_response(bytes(msg)).bindings == (NameBinding("192.0.2.1", "www.example.com", 0),)
+
+
+def test_query_and_other_opcodes_are_rejected() -> None:
+    with pytest.raises(WireError):
+        parse_response(bytes(DNS(qr=0, qd=[DNSQR(qname="example.com")])))
+    with pytest.raises(WireError):
+        parse_response(bytes(DNS(qr=1, opcode=5, qd=[DNSQR(qname="example.com")])))
+
+
+def test_every_truncation_raises() -> None:
+    for cut in range(len(CHAIN)):
+        with pytest.raises(WireError):
+            parse_response(CHAIN[:cut])
+
+
+# --- hand-built messages for the hostile cases --------------------------------------------
+
+HDR = struct.pack("!HHHHHH", 1, 0x8180, 0, 1, 0, 0)  # response, 0 questions, 1 answer
+
+
+def rr(owner: bytes, rtype: int, rdata: bytes, ttl: int = 60) -> bytes:
+    return owner + struct.pack("!HHIH", rtype, 1, ttl, len(rdata)) + rdata
+
+
+def test_pointer_to_itself_is_rejected() -> None:
+    # The owner name is a pointer to offset 12: itself.
+    msg = HDR + rr(b"\xc0\x0c", 1, b"\x01\x02\x03\x04")
+    with pytest.raises(WireError, match="backwards"):
+        parse_response(msg)
+
+
+def test_pointer_loops_are_rejected() -> None:
+    # label "a" then a pointer back to the start of the same name: a.a.a.a... forever
+    msg = HDR + rr(b"\x01a\xc0\x0c", 1, b"\x01\x02\x03\x04")
+    with pytest.raises(WireError, match="backwards"):
+        parse_response(msg)
+    # any loop between two names needs a forward pointer somewhere: rejected as such
+    msg = HDR + rr(b"\xc0\x20", 1, b"\x01\x02\x03\x04")
+    with pytest.raises(WireError, match="backwards"):
+        parse_response(msg)
+    # a pointer back into the header is legal but lands on a 0 byte: the root, never bound
+    msg = HDR + rr(b"\xc0\x05", 1, b"\x01\x02\x03\x04")
+    assert parse_response(msg).bindings == ()
+
+
+def test_valid_backward_pointer_chain() -> None:
+    q = b"\x03www\x07example\x03com\x00"
+    hdr = struct.pack("!HHHHHH", 1, 0x8180, 1, 2, 0, 0)
+    qsec = q + b"\x00\x01\x00\x01"
+    # cdn.<ptr to example.com at 16> CNAME target; "www" owner is a pointer to 12
+    target = b"\x03cdn\xc0\x10"
+    msg = hdr + qsec + rr(b"\xc0\x0c", 5, target) + rr(b"\x03cdn\xc0\x10", 1, b"\x0a\x00\x00\x01")
+    got = as_set(msg)
+    assert got == {
+        NameBinding("10.0.0.1", "cdn.example.com", 60),
+        NameBinding("10.0.0.1", "www.example.com", 60),
+    }
+
+
+def test_label_and_name_bounds() -> None:
+    with pytest.raises(WireError, match="label type"):
+        parse_response(HDR + rr(b"\x40" + b"a" * 64 + b"\x00", 1, b"\x01\x02\x03\x04"))
+    long_name = b"".join(b"\x3f" + b"a" * 63 for _ in range(4)) + b"\x00"  # 257 octets
+    with pytest.raises(WireError, match="too long"):
+        parse_response(HDR + rr(long_name, 1, b"\x01\x02\x03\x04"))
+    ok_name = b"".join(b"\x3f" + b"a" * 63 for _ in range(3)) + b"\x3d" + b"a" * 61 + b"\x00"
+    assert len(ok_name) == 255
+    assert parse_response(HDR + rr(ok_name, 1, b"\x01\x02\x03\x04")).bindings
+
+
+def test_bad_rdata_lengths() -> None:
+    with pytest.raises(WireError):
+        parse_response(HDR + rr(b"\x01a\x00", 1, b"\x01\x02\x03\x04\x05"))
+    with pytest.raises(WireError):
+        parse_response(HDR + rr(b"\x01a\x00", 28, b"\x00" * 15))
+    # CNAME whose target name does not fill the rdata
+    with pytest.raises(WireError):
+        parse_response(HDR + rr(b"\x01a\x00", 5, b"\x01b\x00\x00"))
+
+
+def test_label_with_a_dot_cannot_pose_as_two_labels() -> None:
+    msg = HDR + rr(b"\x0agithub.com\x00", 1, b"\x01\x02\x03\x04")
+    (b,) = parse_response(msg).bindings
+    assert b.name == "github\\046com"
+    msg = HDR + rr(b"\x03a b\x03com\x00", 1, b"\x01\x02\x03\x04")
+    assert parse_response(msg).bindings[0].name == "a\\032b.com"
+
+
+def test_cname_loop_and_overlong_chain_bind_nothing_extra() -> None:
+    msg = answer(
+        cname("a.example", "b.example", 60),
+        cname("b.example", "a.example", 60),
+        a("c.example", "192.0.2.1", 60),
+        qname="a.example",
+    )
+    assert as_set(msg) == {NameBinding("192.0.2.1", "c.example", 60)}
+    hops = MAX_CNAME_HOPS + 2
+    rrs = [cname(f"n{i}.example", f"n{i + 1}.example", 60) for i in range(hops)]
+    rrs.append(a(f"n{hops}.example", "192.0.2.2", 60))
+    names = {b.name for b in parse_response(answer(*rrs, qname="n0.example")).bindings}
+    assert f"n{hops}.example" in names and f"n{hops - 1}.example" in names
+    assert "n0.example" not in names and "n1.example" not in names  # beyond the hop bound
+
+
+def test_second_cname_for_an_owner_is_ignored() -> None:
+    msg = answer(
+        cname("www.example.com", "good.example.com", 60),
+        cname("www.example.com", "evil.example.com", 60),
+        a("good.example.com", "192.0.2.1", 60),
+        a("evil.example.com", "192.0.2.66", 60),
+    )
+    got = {(b.ip, b.name) for b in parse_response(msg).bindings}
+    assert ("192.0.2.1", "www.example.com") in got
+    assert ("192.0.2.66", "www.example.com") not in got
+
+
+def test_binding_fan_out_is_bounded() -> None:
+    aliases = 40
+    rrs = [cname(f"x{i}.e", "t.e", 60) for i in range(aliases)]
+    rrs += [a("t.e", f"10.0.{i // 256}.{i % 256}", 60) for i in range(MAX_BINDINGS // aliases + 5)]
+    with pytest.raises(WireError, match="too many"):
+        parse_response(answer(*rrs, qname="x0.e"))
+
+
+# --- TCP framing ---------------------------------------------------------------------------
+
+M1 = CHAIN
+M2 = answer(a("www.example.com", "192.0.2.1", 10))
+STREAM = struct.pack("!H", len(M1)) + M1 + struct.pack("!H", len(M2)) + M2
+
+
+def test_tcp_every_two_and_three_way_split() -> None:
+    n = len(STREAM)
+    for i in range(n + 1):
+        s = TcpDnsStream()
+        assert s.feed(STREAM[:i]) + s.feed(STREAM[i:]) == [M1, M2]
+        assert s.pending == 0
+    for i in range(0, n + 1, 7):
+        for j in range(i, n + 1, 5):
+            s = TcpDnsStream()
+            got = s.feed(STREAM[:i]) + s.feed(STREAM[i:j]) + s.feed(STREAM[j:])
+            assert got == [M1, M2]
+
+
+def test_tcp_byte_by_byte_and_message_boundaries() -> None:
+    s = TcpDnsStream()
+    out: list[tuple[int, bytes]] = []
+    for k in range(len(STREAM)):
+        for m in s.feed(STREAM[k : k + 1]):
+            out.append((k, m))
+    assert out == [(len(M1) + 1, M1), (len(STREAM) - 1, M2)]
+    assert parse_response(out[0][1]).bindings
+
+
+def test_tcp_bad_lengths_and_bound() -> None:
+    s = TcpDnsStream()
+    with pytest.raises(WireError):
+        s.feed(b"\x00\x00")
+    with pytest.raises(WireError):  # the stream stays failed
+        s.feed(struct.pack("!H", len(M2)) + M2)
+    s = TcpDnsStream(max_message=512)
+    with pytest.raises(WireError):
+        s.feed(b"\x02\x01")
+    s = TcpDnsStream()
+    s.feed(b"\xff\xff" + b"\x00" * 65000)
+    assert s.pending == 65002
+    assert s.feed(b"\x00" * 535) == [b"\x00" * 65535]
+    assert s.pending == 0

@@ -1,0 +1,315 @@
+"""Fuzzing: every parser, on arbitrary and on mutated valid input, either returns a result
+or raises WireError, never anything else; and hostile inputs stay cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import ssl
+import struct
+import time
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+from nfguard.wire.dns import TcpDnsStream, parse_response
+from nfguard.wire.errors import WireError
+from nfguard.wire.http import RequestHeadReader
+from nfguard.wire.quic import (
+    VERSION_1,
+    VERSION_2,
+    QuicHelloAssembler,
+    crypto_frames,
+    decrypt_initials,
+    initial_keys,
+)
+from nfguard.wire.tls import ClientHelloReader, parse_client_hello
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# --- seeds ----------------------------------------------------------------------------------
+
+DNS_SEED = bytes(
+    DNS(
+        id=1,
+        qr=1,
+        qd=[DNSQR(qname="www.example.com")],
+        an=[
+            DNSRR(rrname="www.example.com", type="CNAME", ttl=60, rdata="cdn.example.net"),
+            DNSRR(rrname="cdn.example.net", type="A", ttl=30, rdata="192.0.2.1"),
+            DNSRR(rrname="cdn.example.net", type="AAAA", ttl=30, rdata="2001:db8::1"),
+        ],
+    ).compress()
+)
+
+
+def _tls_seed() -> bytes:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    sock = ctx.wrap_bio(incoming, outgoing, server_hostname="fuzz.example.org")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        sock.do_handshake()
+    return outgoing.read()
+
+
+TLS_SEED = _tls_seed()
+HELLO_BODY = TLS_SEED[9:]
+HTTP_SEED = b"GET http://a.example:80/x HTTP/1.1\r\nHost: a.example\r\nAccept: */*\r\n\r\n"
+DCID = bytes.fromhex("8394c8f03e515708")
+
+
+def protect(payload: bytes, version: int = VERSION_1, pn: int = 0) -> bytes:
+    """Protect a client Initial with the module's own keys (the fuzz target is parsing)."""
+    keys = initial_keys(DCID, version)
+    ptype = 0 if version == VERSION_1 else 1
+    length = 4 + len(payload) + 16
+    header = struct.pack("!BI", 0xC3 | ptype << 4, version) + bytes([len(DCID)]) + DCID
+    header += b"\x00\x00" + struct.pack("!H", 0x4000 | length)
+    pn_offset = len(header)
+    header += pn.to_bytes(4, "big")
+    nonce = (int.from_bytes(keys.iv, "big") ^ pn).to_bytes(12, "big")
+    packet = bytearray(header + AESGCM(keys.key).encrypt(nonce, payload, header))
+    enc = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor()
+    mask = enc.update(bytes(packet[pn_offset + 4 : pn_offset + 20]))
+    packet[0] ^= mask[0] & 0x0F
+    for i in range(4):
+        packet[pn_offset + i] ^= mask[1 + i]
+    return bytes(packet)
+
+
+QUIC_FRAMES = b"\x06\x00" + struct.pack("!H", 0x4000 | len(TLS_SEED) - 5) + TLS_SEED[5:]
+QUIC_SEED = protect(QUIC_FRAMES + bytes(1100))
+
+# --- mutation strategy ----------------------------------------------------------------------
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(1, 8))):
+        op = draw(st.sampled_from(["flip", "set", "insert", "delete", "truncate", "dup"]))
+        if not data:
+            break
+        i = draw(st.integers(0, len(data) - 1))
+        if op == "flip":
+            data[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set":
+            data[i] = draw(st.sampled_from([0x00, 0xFF, 0xC0, 0x3F, 0x40, 0x7F, 0x80, 0x0A, 0x0D]))
+        elif op == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=8))
+        elif op == "delete":
+            del data[i : i + draw(st.integers(1, 8))]
+        elif op == "truncate":
+            del data[i:]
+        else:
+            j = draw(st.integers(i, min(len(data), i + 64)))
+            data[j:j] = data[i:j]
+    return bytes(data)
+
+
+def split_points(data: bytes) -> st.SearchStrategy[list[int]]:
+    return st.lists(st.integers(0, max(0, len(data))), max_size=6).map(sorted)
+
+
+def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def only_wire_errors(fn, *args):
+    try:
+        return fn(*args)
+    except WireError:
+        return None
+
+
+# --- DNS ------------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_dns_arbitrary(data: bytes) -> None:
+    only_wire_errors(parse_response, data)
+    only_wire_errors(parse_response, DNS_SEED[:12] + data)
+
+
+@FUZZ
+@given(mutated(DNS_SEED))
+def test_dns_mutated(data: bytes) -> None:
+    r = only_wire_errors(parse_response, data)
+    if r is not None:
+        for b in r.bindings:
+            assert b.ttl >= 0 and b.name and b.ip
+
+
+@FUZZ
+@given(st.data())
+def test_dns_tcp_stream(data: st.DataObject) -> None:
+    framed = struct.pack("!H", len(DNS_SEED)) + DNS_SEED
+    blob = data.draw(st.one_of(mutated(framed * 2), st.binary(max_size=300)))
+    stream = TcpDnsStream()
+    try:
+        for piece in pieces(blob, data.draw(split_points(blob))):
+            for msg in stream.feed(piece):
+                assert 12 <= len(msg) <= 65535
+                only_wire_errors(parse_response, msg)
+    except WireError:
+        pass
+    assert stream.pending < 2 + 65535
+
+
+# --- TLS ------------------------------------------------------------------------------------
+
+
+def _feed_reader(reader, chunks):
+    result = None
+    try:
+        for chunk in chunks:
+            result = reader.feed(chunk)
+    except WireError:
+        return None
+    return result
+
+
+@FUZZ
+@given(st.binary(max_size=600), st.data())
+def test_tls_reader_arbitrary(blob: bytes, data: st.DataObject) -> None:
+    _feed_reader(ClientHelloReader(), pieces(blob, data.draw(split_points(blob))))
+    prefixed = b"\x16\x03\x01" + blob
+    _feed_reader(ClientHelloReader(), pieces(prefixed, data.draw(split_points(prefixed))))
+
+
+@FUZZ
+@given(st.data())
+def test_tls_reader_mutated(data: st.DataObject) -> None:
+    blob = data.draw(mutated(TLS_SEED))
+    result = _feed_reader(ClientHelloReader(), pieces(blob, data.draw(split_points(blob))))
+    if result is not None and result.sni is not None:
+        assert result.sni == result.sni.lower() and not result.sni.endswith(".")
+
+
+@FUZZ
+@given(mutated(HELLO_BODY))
+def test_tls_parse_body_mutated(body: bytes) -> None:
+    only_wire_errors(parse_client_hello, body)
+
+
+# --- HTTP -----------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(st.binary(max_size=600), st.data())
+def test_http_arbitrary(blob: bytes, data: st.DataObject) -> None:
+    _feed_reader(RequestHeadReader(), pieces(blob, data.draw(split_points(blob))))
+    text = b"GET / HTTP/1.1\r\n" + blob + b"\r\n\r\n"
+    _feed_reader(RequestHeadReader(), [text])
+
+
+@FUZZ
+@given(st.data())
+def test_http_mutated(data: st.DataObject) -> None:
+    blob = data.draw(mutated(HTTP_SEED))
+    result = _feed_reader(RequestHeadReader(), pieces(blob, data.draw(split_points(blob))))
+    if result is not None and result.host is not None:
+        host = result.host
+        assert host == host.lower() and not host.endswith(".")
+
+
+# --- QUIC -----------------------------------------------------------------------------------
+
+
+def _assemble(datagrams: list[bytes]) -> None:
+    asm = QuicHelloAssembler()
+    try:
+        for d in datagrams:
+            asm.feed(d)
+    except WireError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=1300))
+def test_quic_arbitrary(blob: bytes) -> None:
+    _assemble([blob])
+    _assemble([b"\xc0\x00\x00\x00\x01" + blob])
+    only_wire_errors(decrypt_initials, blob)
+    only_wire_errors(crypto_frames, blob)
+
+
+@FUZZ
+@given(mutated(QUIC_SEED))
+def test_quic_mutated_ciphertext(datagram: bytes) -> None:
+    _assemble([datagram])
+
+
+@FUZZ
+@given(mutated(QUIC_FRAMES + bytes(64)), st.sampled_from([VERSION_1, VERSION_2]))
+def test_quic_mutated_plaintext_frames(frames: bytes, version: int) -> None:
+    # Mutate the decrypted payload and protect it properly, so the frame parser and the
+    # CRYPTO reassembly (not just the AEAD) see the hostile bytes.
+    _assemble([protect(frames, version) if frames else b"", protect(QUIC_FRAMES, version, pn=1)])
+    only_wire_errors(crypto_frames, frames)
+
+
+# --- hostile inputs stay cheap --------------------------------------------------------------
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    only_wire_errors(fn, *args)
+    return time.perf_counter() - t
+
+
+def test_dns_compression_bomb_is_cheap() -> None:
+    qname = b"\x01a" * 127 + b"\x00"
+    n_rr = (65535 - 12 - len(qname) - 4) // 16
+    hdr = struct.pack("!HHHHHH", 1, 0x8180, 1, n_rr, 0, 0)
+    # thousands of records whose owner points at a 127-label name, or into its middle
+    to_start = b"".join(
+        b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + struct.pack("!I", i) for i in range(n_rr)
+    )
+    to_middle = b"".join(
+        struct.pack("!HHHIH", 0xC000 | (12 + 2 * (i % 127)), 16, 1, 60, 4) + b"abcd"
+        for i in range(n_rr)
+    )
+    for rrs in (to_start, to_middle):
+        msg = hdr + qname + b"\x00\x01\x00\x01" + rrs
+        assert len(msg) == 65535
+        assert _timed(parse_response, msg) < 0.25
+
+
+def test_tls_one_byte_records_one_byte_segments_is_linear() -> None:
+    hs = TLS_SEED[5:]
+    stream = b"".join(b"\x16\x03\x01\x00\x01" + hs[i : i + 1] for i in range(len(hs)))
+    reader = ClientHelloReader()
+    t = time.perf_counter()
+    result = None
+    for i in range(len(stream)):
+        result = reader.feed(stream[i : i + 1])
+    assert result is not None and result.sni == "fuzz.example.org"
+    assert time.perf_counter() - t < 0.5
+
+
+def test_http_byte_by_byte_near_the_bound_is_linear() -> None:
+    blob = b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 2700
+    reader = RequestHeadReader()
+    t = time.perf_counter()
+    for i in range(len(blob)):
+        assert reader.feed(blob[i : i + 1]) is None
+    assert time.perf_counter() - t < 0.5
+
+
+def test_quic_many_tiny_crypto_frames_is_bounded() -> None:
+    frames = b"".join(b"\x06" + bytes([0x40 | i >> 8, i & 0xFF]) + b"\x01\x00" for i in range(300))
+    t = time.perf_counter()
+    _assemble([protect(frames + bytes(100), pn=p) for p in range(5)])
+    assert time.perf_counter() - t < 0.5
