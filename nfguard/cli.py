@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import socket
 import sys
 
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except PolicyError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as exc:
+        # nft/netlink refusals (not root, no CAP_NET_ADMIN, queue already bound, ...).
+        hint = " (nfguard needs root or CAP_NET_ADMIN)" if os.geteuid() != 0 else ""
+        print(f"nfguard: error: {exc}{hint}", file=sys.stderr)
         return 1
 
 
