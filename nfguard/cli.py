@@ -51,6 +51,19 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
     explain.add_argument("--exe", help="executable of the client process")
     explain.add_argument("--user", help="user name (or uid) of the client process")
+    suggest = commands.add_parser("suggest", help="a policy (TOML) that allows what audit "
+                                  "events show", description="a policy (TOML on stdout) that "
+                                  "allows the flows in audit logs; with --policy, what the "
+                                  "policy in DIR would deny of them instead")
+    suggest.add_argument("audit", nargs="+", metavar="AUDIT.jsonl",
+                         help='audit logs (JSON lines; .gz read as gzip; "-" for stdin)')
+    suggest.add_argument("--policy", metavar="DIR", help="list what this policy would deny")
+    suggest.add_argument("--default", choices=("deny", "allow"), default="deny",
+                         help="engine.default assumed with --policy (default deny)")
+    suggest.add_argument("--min-siblings", type=int, default=3, metavar="N",
+                         help="names under one registrable domain that collapse into a "
+                         "wildcard (default 3; 0 never)")
+    suggest.set_defaults(func=_suggest)
     return parser
 
 
@@ -108,6 +121,41 @@ def _explain(args: argparse.Namespace) -> int:
     host, port = _split_target(args.to)
     print(explain(config, host, port, args.proto, exe=args.exe, user=args.user,
                   resolve=socket.getaddrinfo))
+    return 0
+
+
+def _suggest(args: argparse.Namespace) -> int:
+    import gzip
+
+    from nfguard import suggest
+    from nfguard.policy.load import load_policy_dir
+
+    policies = load_policy_dir(args.policy) if args.policy else None
+    sources = []
+    for path in args.audit:
+        try:
+            if path == "-":
+                sources.append(("<stdin>", sys.stdin.buffer.readlines()))
+            else:
+                opener = gzip.open if path.endswith(".gz") else open
+                with opener(path, "rb") as file:
+                    sources.append((path, file.readlines()))
+        except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
+            print(f"nfguard suggest: cannot read {path}: {exc}", file=sys.stderr)
+            return 1
+    read = suggest.read_flows(sources)
+    if read.malformed or read.without_flow:
+        print(f"nfguard suggest: skipped {read.malformed} lines that are not audit events and "
+              f"{read.without_flow} events without a flow", file=sys.stderr)
+        for example in read.examples:
+            print(f"  {suggest.comment_text(example)}", file=sys.stderr)
+    if not read.flows:
+        print("nfguard suggest: no flows found", file=sys.stderr)
+    if policies is not None:
+        found = suggest.denied(read.flows, policies, args.default)
+        print(suggest.render_denied(found, len(read.flows), args.policy, args.default), end="")
+    else:
+        print(suggest.suggest(read.flows, args.min_siblings), end="")
     return 0
 
 

@@ -1,0 +1,623 @@
+"""`nfguard suggest`: a policy that allows what audit events show, or what a policy denies of it.
+
+Pure functions over parsed events; the CLI in `nfguard.cli` only reads files and prints.
+
+- `read_flows` turns audit lines (JSON, as `nfguard.audit` writes them) into `Flow`s and
+  counts the lines that are not audit events of a flow;
+- `suggest` groups flows by who sent them (executable, user, systemd unit) into one
+  `[[client]]` and one `[[policy]]` each, rules by name where the flow had a DNS-derived
+  name (many siblings under one registrable domain collapse into `**.parent`, never past the
+  registrable domain), by address (/32, /128) where it had none, grouped by proto and the
+  set of ports seen, and renders it as TOML with counts and first/last seen as comments;
+- `denied` evaluates flows against an existing policy with the real `Engine` and reports
+  the distinct (who, destination, port, proto) it would deny.
+
+Output is deterministic: the same events in any order give the same text.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os.path
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from nfguard.config import EngineConfig
+from nfguard.engine import Decision, Engine
+from nfguard.policy.match import CompiledPolicySet
+from nfguard.policy.model import PolicySet
+from nfguard.policy.patterns import is_pattern_text, normalize_name, parse_name_pattern
+from nfguard.procs import ProcessInfo
+from nfguard.wire.ip import TCP, UDP, Packet
+
+DEFAULT_MIN_SIBLINGS = 3
+CATCH_ALL = "unattributed"
+_PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58}
+
+
+# ------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who sent a flow, as far as a client `match` table can say it; all None: unknown."""
+
+    exe: str | None = None
+    user: str | None = None  # user name, or the uid as digits when the name was unknown
+    unit: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return any(v is not None for v in (self.exe, self.user, self.unit))
+
+    def match_items(self) -> list[tuple[str, str]]:
+        """The `match` table: exe is an fnmatch pattern there, so its metacharacters are
+        escaped; everything else is compared as it is."""
+        items = []
+        if self.exe is not None:
+            items.append(("exe", fnmatch_escape(self.exe)))
+        if self.user is not None:
+            items.append(("user", self.user))
+        if self.unit is not None:
+            items.append(("unit", self.unit))
+        return items
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in (("exe", self.exe), ("user", self.user),
+                                          ("unit", self.unit)) if v is not None]
+        return " ".join(parts) or "(no process info)"
+
+    def sort_key(self) -> tuple[int, str, str, str]:
+        # Most specific first: a client whose keys are a subset of another's would otherwise
+        # take that one's flows, since the first client that matches decides.
+        keys = sum(v is not None for v in (self.exe, self.user, self.unit))
+        return (-keys, self.exe or "", self.user or "", self.unit or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One audit event of a flow, reduced to what suggest and denied need."""
+
+    timestamp: str | None
+    ip: str  # normalised address text
+    version: int
+    proto: str  # "tcp" | "udp" | another transport name
+    port: int
+    domain: str | None  # normalised destination.domain, when it is a usable name
+    identity: Identity
+    process: ProcessInfo | None  # None when the event carried no process, user or unit
+
+    @property
+    def destination(self) -> str:
+        return self.domain if self.domain is not None else self.ip
+
+
+@dataclass
+class ReadResult:
+    flows: list[Flow] = field(default_factory=list)
+    malformed: int = 0  # lines that are not JSON audit events
+    without_flow: int = 0  # valid events with no destination (unparseable packets, errors)
+    examples: list[str] = field(default_factory=list)  # "file:line: why" of the first few
+
+    def add_problem(self, where: str, why: str, malformed: bool = True) -> None:
+        if malformed:
+            self.malformed += 1
+        else:
+            self.without_flow += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{where}: {why}")
+
+
+class NotAFlow(ValueError):
+    """A valid audit event that describes no flow (e.g. an unparseable packet)."""
+
+
+def read_flows(sources: Iterable[tuple[str, Iterable[bytes | str]]]) -> ReadResult:
+    """(name, lines) pairs -> flows; bad lines are counted, never fatal."""
+    result = ReadResult()
+    for name, lines in sources:
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{name}:{lineno}"
+            try:
+                result.flows.append(parse_event(orjson.loads(line)))
+            except NotAFlow as exc:
+                result.add_problem(where, str(exc), malformed=False)
+            except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+                result.add_problem(where, str(exc) or type(exc).__name__)
+    return result
+
+
+def parse_event(event: Any) -> Flow:
+    """One decoded audit event -> Flow; ValueError (NotAFlow for flowless events) if not."""
+    if not isinstance(event, dict):
+        raise ValueError("not a JSON object")
+    destination = event.get("destination")
+    if destination is None:
+        if isinstance(event.get("event"), dict) and isinstance(event.get("nfguard"), dict):
+            raise NotAFlow("event without a destination")
+        raise ValueError("not an nfguard audit event")
+    network = _table(event, "network")
+    if not isinstance(destination, dict):
+        raise ValueError("destination is not an object")
+    address = ipaddress.ip_address(_text(destination.get("ip"), "destination.ip"))
+    port = destination.get("port", 0)
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise ValueError(f"bad destination.port {port!r}")
+    proto = _text(network.get("transport"), "network.transport").lower()
+    timestamp = event.get("@timestamp")
+    if not isinstance(timestamp, str):
+        timestamp = None
+    identity, process = _who(event)
+    return Flow(timestamp, str(address), address.version, proto, port,
+                _usable_name(destination.get("domain")), identity, process)
+
+
+def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
+    process = _table(event, "process")
+    user = _table(event, "user")
+    nfg = _table(event, "nfguard")
+    parent = process.get("parent") if isinstance(process.get("parent"), dict) else {}
+    exe = _optional_text(process.get("executable"))
+    name = _optional_text(user.get("name"))
+    uid_text = _optional_text(user.get("id"))
+    uid = int(uid_text) if uid_text is not None and uid_text.isdigit() else None
+    unit = _optional_text(nfg.get("unit"))
+    command_line = _optional_text(process.get("command_line"))
+    # A digits-only user name would be read as a uid by the client matcher: use the uid.
+    if name is not None and not name.isdigit():
+        match_user = name
+    else:
+        match_user = str(uid) if uid is not None else None
+    identity = Identity(exe, match_user, unit)
+    info = ProcessInfo(
+        uid=uid,
+        user=name,
+        pid=process.get("pid") if isinstance(process.get("pid"), int) else None,
+        exe=exe,
+        cmdline=tuple(command_line.split(" ")) if command_line else (),
+        parent_exe=_optional_text(parent.get("executable")),
+        cgroup=_optional_text(nfg.get("cgroup")),
+        unit=unit,
+    )
+    has_info = identity.known or uid is not None or info.cmdline or info.cgroup
+    return identity, (info if has_info else None)
+
+
+def _table(event: dict[str, Any], key: str) -> dict[str, Any]:
+    value = event.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} is not an object")
+    return value
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"missing or bad {what}")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value if isinstance(value, str) and value else None
+
+
+def _usable_name(value: Any) -> str | None:
+    """A destination.domain that a rule can name; anything else counts as no name."""
+    if not isinstance(value, str):
+        return None
+    name = normalize_name(value)
+    if not name or "*" in name or not is_pattern_text(name):
+        return None
+    try:
+        parse_name_pattern(name)
+    except ValueError:
+        return None
+    return name
+
+
+# ------------------------------------------------------------------------------ TOML
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped; lone
+    surrogates (which JSON can carry but TOML cannot) become U+FFFD."""
+    out = ['"']
+    for ch in value:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append("\\uFFFD")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+_SHORT_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def fnmatch_escape(text: str) -> str:
+    """Make `text` match only itself under fnmatchcase (client `exe` is a pattern)."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def comment_text(text: str) -> str:
+    """Text safe inside a one-line TOML comment (no control characters, no newline)."""
+    safe = "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?"
+                   for c in text)
+    return safe
+
+
+# ------------------------------------------------------------------------------ names
+
+
+@lru_cache(maxsize=1)
+def _psl() -> Any:
+    from publicsuffixlist import PublicSuffixList
+
+    return PublicSuffixList()
+
+
+def registrable_domain(name: str) -> str | None:
+    """example.com for a.b.example.com, example.co.uk for x.example.co.uk; None when the
+    name is itself a public suffix (com, co.uk, github.io) or under none."""
+    return _psl().privatesuffix(name)
+
+
+def collapse_names(names: Iterable[str], min_siblings: int = DEFAULT_MIN_SIBLINGS
+                   ) -> dict[str, list[str]]:
+    """Names -> {rule entry: the observed names it covers}.
+
+    Under each registrable domain R, when at least `min_siblings` distinct names lie
+    strictly below R, they become one `**.P` where P is their deepest common parent (R or
+    below, never above). R itself, if seen, stays literal (`**.R` does not match R).
+    min_siblings < 2 turns collapsing off.
+    """
+    by_domain: dict[str, set[str]] = defaultdict(set)
+    entries: dict[str, list[str]] = {}
+    for name in set(names):
+        domain = registrable_domain(name)
+        if domain is None or domain == name or min_siblings < 2:
+            entries[name] = [name]
+        else:
+            by_domain[domain].add(name)
+    for domain, below in by_domain.items():
+        if len(below) < min_siblings:
+            for name in below:
+                entries[name] = [name]
+            continue
+        parent = _common_parent(sorted(below), domain)
+        entries.setdefault(f"**.{parent}", []).extend(sorted(below))
+    return entries
+
+
+def _common_parent(names: list[str], domain: str) -> str:
+    """The longest label suffix of which every name is a strict subdomain (at least domain)."""
+    reversed_labels = [name.split(".")[::-1] for name in names]
+    limit = min(len(labels) for labels in reversed_labels) - 1
+    common: list[str] = []
+    for i in range(limit):
+        label = reversed_labels[0][i]
+        if any(labels[i] != label for labels in reversed_labels):
+            break
+        common.append(label)
+    parent = ".".join(reversed(common))
+    return parent if len(parent) >= len(domain) else domain
+
+
+# ------------------------------------------------------------------------------ suggest
+
+
+@dataclass
+class Seen:
+    """How often, and when first and last, something was observed."""
+
+    count: int = 0
+    first: str | None = None
+    last: str | None = None
+
+    def add(self, flow: Flow) -> None:
+        self.count += 1
+        if flow.timestamp is not None:
+            if self.first is None or flow.timestamp < self.first:
+                self.first = flow.timestamp
+            if self.last is None or flow.timestamp > self.last:
+                self.last = flow.timestamp
+
+    def merge(self, other: Seen) -> None:
+        self.count += other.count
+        for ts in (other.first, other.last):
+            if ts is not None:
+                self.first = ts if self.first is None or ts < self.first else self.first
+                self.last = ts if self.last is None or ts > self.last else self.last
+
+    def describe(self) -> str:
+        flows = f"{self.count} flow{'s' if self.count != 1 else ''}"
+        if self.first is None:
+            return flows
+        if self.first == self.last:
+            return f"{flows}, seen {comment_text(self.first)}"
+        first, last = comment_text(self.first), comment_text(self.last or "")
+        return f"{flows}, first seen {first}, last {last}"
+
+
+@dataclass
+class SuggestedRule:
+    name: str
+    kind: str  # "names" | "addresses"
+    proto: str | None  # None: both (a transport rules cannot name, e.g. icmp)
+    ports: tuple[int, ...]  # empty: any port
+    to: list[tuple[str, Seen, list[str]]]  # (entry, seen, names it covers if a wildcard)
+    seen: Seen
+
+
+@dataclass
+class SuggestedClient:
+    name: str
+    identity: Identity
+    rules: list[SuggestedRule]
+    seen: Seen
+
+
+@dataclass
+class Suggestion:
+    clients: list[SuggestedClient]
+    seen: Seen
+
+
+def build_suggestion(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS
+                     ) -> Suggestion:
+    by_identity: dict[Identity, list[Flow]] = defaultdict(list)
+    total = Seen()
+    for flow in flows:
+        by_identity[flow.identity].append(flow)
+        total.add(flow)
+    identities = sorted(by_identity, key=Identity.sort_key)
+    names = _client_names(identities)
+    clients = []
+    for identity in identities:
+        seen = Seen()
+        for flow in by_identity[identity]:
+            seen.add(flow)
+        rules = _rules(by_identity[identity], min_siblings)
+        clients.append(SuggestedClient(names[identity], identity, rules, seen))
+    return Suggestion(clients, total)
+
+
+def _client_names(identities: list[Identity]) -> dict[Identity, str]:
+    names: dict[Identity, str] = {}
+    used: set[str] = set()
+    for identity in identities:  # already in their stable order
+        if not identity.known:
+            base = CATCH_ALL
+        else:
+            parts = [os.path.basename(identity.exe.rstrip("/")) or identity.exe
+                     if identity.exe else None, identity.user, identity.unit]
+            base = "-".join(_slug(p) for p in parts if p is not None)
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        names[identity] = name
+    return names
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._@+-]+", "_", text).strip("_")
+    return slug or "x"
+
+
+def _rules(flows: list[Flow], min_siblings: int) -> list[SuggestedRule]:
+    # proto -> destination entry -> ports seen / Seen ; names are collapsed per proto.
+    named: dict[str | None, dict[str, list[Flow]]] = defaultdict(lambda: defaultdict(list))
+    addressed: dict[str | None, dict[str, list[Flow]]] = defaultdict(lambda: defaultdict(list))
+    for flow in flows:
+        proto = flow.proto if flow.proto in ("tcp", "udp") else None
+        if flow.domain is not None:
+            named[proto][flow.domain].append(flow)
+        else:
+            prefix = 32 if flow.version == 4 else 128
+            addressed[proto][f"{flow.ip}/{prefix}"].append(flow)
+
+    # (kind, proto, ports) -> [(entry, seen, covered)]
+    groups: dict[tuple[str, str | None, tuple[int, ...]], list[tuple[str, Seen, list[str]]]]
+    groups = defaultdict(list)
+    for proto, per_name in named.items():
+        for entry, covered in collapse_names(per_name, min_siblings).items():
+            members = [f for name in covered for f in per_name[name]]
+            wildcard = covered if entry.startswith("**.") else []
+            groups[("names", proto, _ports(proto, members))].append(
+                (entry, _seen(members), wildcard))
+    for proto, per_address in addressed.items():
+        for entry, members in per_address.items():
+            groups[("addresses", proto, _ports(proto, members))].append(
+                (entry, _seen(members), []))
+
+    rules = []
+    used: set[str] = set()
+    for (kind, proto, ports), to in sorted(groups.items(), key=_group_key):
+        to.sort(key=lambda item: _entry_key(item[0]))
+        seen = Seen()
+        for _entry, entry_seen, _covered in to:
+            seen.merge(entry_seen)
+        base = f"{kind}-{proto or 'any'}"
+        if ports:
+            base += "-" + "-".join(str(p) for p in ports[:4]) + ("-more" if len(ports) > 4 else "")
+        name, n = base, 1
+        while name in used:
+            n += 1
+            name = f"{base}-{n}"
+        used.add(name)
+        rules.append(SuggestedRule(name, kind, proto, ports, to, seen))
+    return rules
+
+
+def _ports(proto: str | None, flows: list[Flow]) -> tuple[int, ...]:
+    """The ports to allow; empty (any port) when the transport has none a rule can name."""
+    if proto is None:
+        return ()
+    ports = {f.port for f in flows}
+    if 0 in ports:
+        return ()
+    return tuple(sorted(ports))
+
+
+def _seen(flows: list[Flow]) -> Seen:
+    seen = Seen()
+    for flow in flows:
+        seen.add(flow)
+    return seen
+
+
+def _group_key(item: tuple[tuple[str, str | None, tuple[int, ...]], Any]) -> tuple:
+    (kind, proto, ports), _ = item
+    return (kind, proto or "~", ports)
+
+
+def _entry_key(entry: str) -> tuple:
+    try:
+        network = ipaddress.ip_network(entry)
+    except ValueError:
+        return (0, tuple(reversed(entry.split("."))), 0)
+    return (network.version, (), int(network.network_address))
+
+
+def render_suggestion(suggestion: Suggestion) -> str:
+    lines = [
+        "# Suggested by `nfguard suggest`: allows exactly the flows in the audit events read",
+        f"# ({suggestion.seen.describe()}; {len(suggestion.clients)} clients).",
+        "# Review it before use: every destination here was contacted, not necessarily wanted.",
+        "# Clients are tried in order, most specific match first; a flow no rule here allows",
+        "# falls to engine.default. A client with no match table matches every process.",
+    ]
+    for client in suggestion.clients:
+        who = comment_text(client.identity.describe())
+        lines += ["", "[[client]]", f"# {who}: {client.seen.describe()}"]
+        lines.append(f"name = {toml_string(client.name)}")
+        items = client.identity.match_items()
+        if items:
+            table = ", ".join(f"{key} = {toml_string(value)}" for key, value in items)
+            lines.append(f"match = {{ {table} }}")
+        lines.append(f"policies = [{toml_string(client.name)}]")
+        lines += ["", "[[policy]]", f"name = {toml_string(client.name)}"]
+        for rule in client.rules:
+            lines += ["", "[[policy.rule]]", f"# {rule.seen.describe()}"]
+            lines.append(f"name = {toml_string(rule.name)}")
+            lines.append('action = "allow"')
+            lines.append("to = [")
+            for entry, seen, covered in rule.to:
+                note = seen.describe() if len(rule.to) > 1 or covered else ""
+                if covered:
+                    shown = ", ".join(covered[:5]) + (", ..." if len(covered) > 5 else "")
+                    note += f"; {len(covered)} names: {shown}"
+                note = f"  # {comment_text(note)}" if note else ""
+                lines.append(f"    {toml_string(entry)},{note}")
+            lines.append("]")
+            if rule.ports:
+                lines.append(f"ports = [{', '.join(_port_items(rule.ports))}]")
+            if rule.proto is not None:
+                lines.append(f"proto = {toml_string(rule.proto)}")
+            else:
+                lines.append("# transport without ports (e.g. icmp): rules cannot narrow it, "
+                             "so this allows tcp and udp too")
+    return "\n".join(lines) + "\n"
+
+
+def _port_items(ports: tuple[int, ...]) -> Iterator[str]:
+    """Runs of three or more consecutive ports as "LOW-HIGH", others as numbers."""
+    i = 0
+    while i < len(ports):
+        j = i
+        while j + 1 < len(ports) and ports[j + 1] == ports[j] + 1:
+            j += 1
+        if j - i >= 2:
+            yield f'"{ports[i]}-{ports[j]}"'
+        else:
+            yield from (str(p) for p in ports[i:j + 1])
+        i = j + 1
+
+
+def suggest(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS) -> str:
+    """Flows -> TOML policy text that allows every one of them."""
+    return render_suggestion(build_suggestion(flows, min_siblings))
+
+
+# ------------------------------------------------------------------------------ denied
+
+
+@dataclass(frozen=True, slots=True)
+class DeniedFlow:
+    identity: Identity
+    destination: str
+    port: int
+    proto: str
+    clients: tuple[str, ...]  # which clients of the policy decided ("-" for none)
+    rules: tuple[str, ...]  # which rules (or reasons, when no rule matched) denied
+    seen: Seen
+
+
+def flow_packet(flow: Flow) -> Packet:
+    address = ipaddress.ip_address(flow.ip)
+    number = _PROTO_NUMBERS.get(flow.proto, 255)
+    return Packet(address.version, number, "0.0.0.0" if address.version == 4 else "::",
+                  flow.ip, 0, flow.port, int(address), 0, 0, 0)
+
+
+def decide(engine: Engine, flow: Flow) -> Decision:
+    names = [(flow.domain, "dns")] if flow.domain is not None else []
+    return engine.decide(flow_packet(flow), flow.process, names)
+
+
+def policy_engine(policies: PolicySet, default: str = "deny") -> Engine:
+    return Engine(EngineConfig(mode="enforce", default=default), CompiledPolicySet(policies))
+
+
+def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny"
+           ) -> list[DeniedFlow]:
+    """The distinct (who, destination, port, proto) that `policies` would deny."""
+    engine = policy_engine(policies, default)
+    found: dict[tuple[Identity, str, int, str], tuple[Seen, set[str], set[str]]] = {}
+    for flow in flows:
+        decision = decide(engine, flow)
+        if decision.action != "deny":
+            continue
+        key = (flow.identity, flow.destination, flow.port, flow.proto)
+        seen, clients, rules = found.setdefault(key, (Seen(), set(), set()))
+        seen.add(flow)
+        clients.add(decision.client or "-")
+        rules.add(f"rule={decision.rule}" if decision.rule else f"reason={decision.reason}")
+    out = [DeniedFlow(identity, dest, port, proto, tuple(sorted(clients)), tuple(sorted(rules)),
+                      seen)
+           for (identity, dest, port, proto), (seen, clients, rules) in found.items()]
+    out.sort(key=lambda d: (d.identity.sort_key(), d.destination, d.proto, d.port))
+    return out
+
+
+def render_denied(items: list[DeniedFlow], total: int, policy_dir: str, default: str) -> str:
+    flows = sum(d.seen.count for d in items)
+    lines = [f"# {len(items)} distinct flows denied by the policy in {comment_text(policy_dir)} "
+             f"({flows} of {total} observed flows; engine.default = {default})"]
+    for d in items:
+        dest = f"[{d.destination}]" if ":" in d.destination else d.destination
+        lines.append(comment_text(
+            f"deny {d.proto} {dest}:{d.port}  {d.seen.count} flow{'s' * (d.seen.count != 1)}"
+            f"  from {d.identity.describe()}  client={','.join(d.clients)} "
+            f"{' '.join(d.rules)}"))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,431 @@
+"""`nfguard suggest`: policies from audit events, and what a policy would deny of them."""
+
+from __future__ import annotations
+
+import json
+import random
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfguard import cli
+from nfguard.policy.load import parse_policy_texts
+from nfguard.suggest import (
+    collapse_names,
+    decide,
+    denied,
+    fnmatch_escape,
+    policy_engine,
+    read_flows,
+    registrable_domain,
+    suggest,
+    toml_string,
+)
+
+CURL = {"exe": "/usr/bin/curl", "user": "alice"}
+APT = {"exe": "/usr/lib/apt/methods/http", "user": "_apt", "unit": "apt-daily.service"}
+
+
+def event(ip: str, port: int, proto: str = "tcp", domain: str | None = None,
+          who: dict[str, str] | None = None, ts: str = "2026-11-21T13:13:09.158Z",
+          action: str = "deny", uid: str | None = None) -> dict[str, Any]:
+    ev: dict[str, Any] = {
+        "@timestamp": ts,
+        "event": {"kind": "event", "action": action, "reason": "no_rule_match"},
+        "nfguard": {"mode": "audit", "verdict": "allow", "evidence": "default"},
+        "source": {"ip": "10.9.9.9", "port": 40000},
+        "destination": {"ip": ip, "port": port},
+        "network": {"transport": proto, "type": "ipv6" if ":" in ip else "ipv4"},
+    }
+    if domain is not None:
+        ev["destination"]["domain"] = domain
+    who = who or {}
+    if "exe" in who:
+        ev["process"] = {"pid": 42, "executable": who["exe"]}
+    if "user" in who or uid is not None:
+        ev["user"] = {k: v for k, v in (("name", who.get("user")), ("id", uid)) if v}
+    if "unit" in who:
+        ev["nfguard"]["unit"] = who["unit"]
+    return ev
+
+
+def lines(*events: dict[str, Any]) -> list[str]:
+    return [json.dumps(e) for e in events]
+
+
+def flows_of(*events: dict[str, Any]):
+    result = read_flows([("audit.jsonl", lines(*events))])
+    assert result.malformed == 0
+    return result.flows
+
+
+def load(text: str):
+    return parse_policy_texts([("suggested.toml", text)])
+
+
+def all_rules(text: str) -> list[dict[str, Any]]:
+    return [r for p in tomllib.loads(text)["policy"] for r in p.get("rule", [])]
+
+
+MIXED = [
+    event("93.184.216.34", 443, domain="a.example.com", who=CURL),
+    event("93.184.216.35", 443, domain="b.example.com", who=CURL,
+          ts="2026-11-21T13:20:00.000Z"),
+    event("93.184.216.36", 443, domain="c.example.com", who=CURL, action="allow"),
+    event("93.184.216.37", 80, domain="example.com", who=CURL),
+    event("151.101.0.223", 443, domain="pypi.org", who=CURL),
+    event("192.0.2.10", 8443, who=CURL),
+    event("2001:db8::7", 8443, who=CURL),
+    event("10.0.0.53", 53, proto="udp", who=CURL),
+    event("151.101.64.223", 80, domain="deb.debian.org", who=APT),
+    event("151.101.64.224", 443, domain="security.debian.org", who=APT),
+    event("198.51.100.1", 123, proto="udp"),
+    event("198.51.100.2", 0, proto="icmp"),
+    event("203.0.113.9", 443, who={"exe": "/opt/weird \"tool\"[1]*"}, uid="1001"),
+]
+
+
+# ---------------------------------------------------------------- names
+
+
+def test_registrable_domain_uses_the_public_suffix_list() -> None:
+    assert registrable_domain("a.b.example.com") == "example.com"
+    assert registrable_domain("x.y.example.co.uk") == "example.co.uk"
+    assert registrable_domain("co.uk") is None
+    assert registrable_domain("com") is None
+
+
+def test_collapse_at_threshold_only() -> None:
+    two = collapse_names(["a.example.com", "b.example.com"], 3)
+    assert two == {"a.example.com": ["a.example.com"], "b.example.com": ["b.example.com"]}
+    three = collapse_names(["a.example.com", "b.example.com", "c.example.com"], 3)
+    assert three == {"**.example.com": ["a.example.com", "b.example.com", "c.example.com"]}
+    assert collapse_names(["a.example.com", "b.example.com"], 2) == {
+        "**.example.com": ["a.example.com", "b.example.com"]}
+    off = collapse_names(["a.example.com", "b.example.com", "c.example.com"], 0)
+    assert set(off) == {"a.example.com", "b.example.com", "c.example.com"}
+
+
+def test_collapse_never_past_the_registrable_domain() -> None:
+    # Three different registrable domains under .com and under .co.uk: no collapse at all.
+    names = ["one.com", "two.com", "three.com", "a.one.co.uk", "b.two.co.uk", "c.three.co.uk"]
+    entries = collapse_names(names, 2)
+    assert sorted(entries) == sorted(names)
+    assert not any(e in ("**.com", "**.co.uk", "**.uk") for e in entries)
+    # Siblings under a multi-part public suffix collapse to the registrable domain, no higher.
+    entries = collapse_names(["a.shop.co.uk", "b.shop.co.uk", "c.shop.co.uk", "d.other.co.uk"])
+    assert entries == {"**.shop.co.uk": ["a.shop.co.uk", "b.shop.co.uk", "c.shop.co.uk"],
+                       "d.other.co.uk": ["d.other.co.uk"]}
+
+
+def test_collapse_to_deepest_common_parent_and_keeps_the_apex() -> None:
+    entries = collapse_names(["x.cdn.example.com", "y.cdn.example.com", "z.cdn.example.com",
+                              "example.com"])
+    assert entries == {
+        "**.cdn.example.com": ["x.cdn.example.com", "y.cdn.example.com", "z.cdn.example.com"],
+        "example.com": ["example.com"],
+    }
+    # cdn.example.com itself is one of them: "**.cdn.example.com" would miss it.
+    entries = collapse_names(["cdn.example.com", "a.cdn.example.com", "b.cdn.example.com"])
+    assert entries == {"**.example.com": ["a.cdn.example.com", "b.cdn.example.com",
+                                          "cdn.example.com"]}
+
+
+# ---------------------------------------------------------------- suggest
+
+
+def test_output_loads_and_allows_every_observed_flow() -> None:
+    # The exe-only curl client must come after curl-alice, or it would take alice's flows.
+    flows = flows_of(*MIXED, event("192.0.2.50", 22, who={"exe": "/usr/bin/curl"}),
+                     event("192.0.2.51", 22, who={"user": "alice"}))
+    text = suggest(flows)
+    policies = load(text)
+    engine = policy_engine(policies)
+    for flow in flows:
+        decision = decide(engine, flow)
+        assert decision.action == "allow", (flow, decision)
+        assert decision.client is not None
+
+
+def test_nothing_else_is_allowed() -> None:
+    text = suggest(flows_of(*MIXED))
+    engine = policy_engine(load(text))
+    others = flows_of(
+        event("93.184.216.34", 80, domain="a.example.com", who=CURL),  # port not seen
+        event("93.184.216.34", 443, proto="udp", domain="a.example.com", who=CURL),
+        event("192.0.2.11", 8443, who=CURL),  # address not seen
+        event("151.101.0.223", 443, domain="evil.org", who=CURL),
+        event("151.101.64.223", 443, domain="pypi.org", who=APT),  # another client's name
+        event("93.184.216.37", 443, domain="example.com", who=CURL),
+    )
+    for flow in others:
+        assert decide(engine, flow).action == "deny", flow
+
+
+def test_clients_per_identity_most_specific_first_catch_all_last() -> None:
+    text = suggest(flows_of(*MIXED, event("192.0.2.50", 22, who={"exe": "/usr/bin/curl"})))
+    doc = tomllib.loads(text)
+    clients = doc["client"]
+    assert [c["name"] for c in clients] == [
+        "http-apt-apt-daily.service", "weird_tool_1-1001", "curl-alice", "curl",
+        "unattributed"]
+    assert clients[0]["match"] == {"exe": "/usr/lib/apt/methods/http", "user": "_apt",
+                                   "unit": "apt-daily.service"}
+    assert clients[1]["match"] == {"exe": fnmatch_escape('/opt/weird "tool"[1]*'),
+                                   "user": "1001"}
+    assert clients[2]["match"] == {"exe": "/usr/bin/curl", "user": "alice"}
+    assert clients[3]["match"] == {"exe": "/usr/bin/curl"}
+    assert "match" not in clients[-1]
+    assert all(c["policies"] == [c["name"]] for c in clients)
+    assert sorted(p["name"] for p in doc["policy"]) == sorted(c["name"] for c in clients)
+
+
+def test_same_basename_gets_unique_names() -> None:
+    text = suggest(flows_of(event("192.0.2.1", 443, who={"exe": "/usr/bin/python3"}),
+                            event("192.0.2.1", 443, who={"exe": "/opt/bin/python3"})))
+    names = [c["name"] for c in tomllib.loads(text)["client"]]
+    assert names == ["python3", "python3-2"]
+    load(text)
+
+
+def test_names_and_addresses_grouped_by_proto_and_ports() -> None:
+    text = suggest(flows_of(
+        event("192.0.2.1", 443, domain="a.example.org", who=CURL),
+        event("192.0.2.1", 80, domain="a.example.org", who=CURL),
+        event("192.0.2.2", 443, domain="b.example.net", who=CURL),
+        event("192.0.2.2", 80, domain="b.example.net", who=CURL),
+        event("192.0.2.3", 443, domain="c.example.info", who=CURL),
+        event("192.0.2.4", 53, proto="udp", who=CURL),
+        event("192.0.2.4", 53, proto="tcp", who=CURL),
+        event("2001:db8::1", 53, proto="udp", who=CURL),
+        event("192.0.2.5", 8000, who=CURL),
+        event("192.0.2.5", 8001, who=CURL),
+        event("192.0.2.5", 8002, who=CURL),
+        event("192.0.2.5", 9000, who=CURL),
+    ))
+    rules = {r["name"]: r for r in all_rules(text)}
+    assert rules == {
+        "names-tcp-80-443": {"name": "names-tcp-80-443", "action": "allow",
+                             "to": ["b.example.net", "a.example.org"], "ports": [80, 443],
+                             "proto": "tcp"},
+        "names-tcp-443": {"name": "names-tcp-443", "action": "allow",
+                          "to": ["c.example.info"], "ports": [443], "proto": "tcp"},
+        "addresses-tcp-53": {"name": "addresses-tcp-53", "action": "allow",
+                             "to": ["192.0.2.4/32"], "ports": [53], "proto": "tcp"},
+        "addresses-tcp-8000-8001-8002-9000": {
+            "name": "addresses-tcp-8000-8001-8002-9000", "action": "allow",
+            "to": ["192.0.2.5/32"], "ports": ["8000-8002", 9000], "proto": "tcp"},
+        "addresses-udp-53": {"name": "addresses-udp-53", "action": "allow",
+                             "to": ["192.0.2.4/32", "2001:db8::1/128"], "ports": [53],
+                             "proto": "udp"},
+    }
+
+
+def test_wildcard_rule_and_comments() -> None:
+    text = suggest(flows_of(*MIXED))
+    assert '"**.example.com",  # 3 flows, first seen 2026-11-21T13:13:09.158Z, last ' \
+           "2026-11-21T13:20:00.000Z; 3 names: a.example.com, b.example.com, c.example.com" \
+           in text
+    curl = next(r for r in all_rules(text) if r["name"] == "names-tcp-443"
+                and "pypi.org" in r["to"])
+    assert curl["to"] == ["**.example.com", "pypi.org"]
+    # The apex was seen on port 80 only: it stays literal, in its own rule.
+    assert {"name": "names-tcp-80", "action": "allow", "to": ["example.com"],
+            "ports": [80], "proto": "tcp"} in all_rules(text)
+
+
+def test_portless_transport_gives_rule_without_ports_or_proto() -> None:
+    text = suggest(flows_of(event("198.51.100.2", 0, proto="icmp")))
+    assert all_rules(text) == [{"name": "addresses-any", "action": "allow",
+                                "to": ["198.51.100.2/32"]}]
+    load(text)
+
+
+def test_deterministic_whatever_the_order() -> None:
+    reference = suggest(flows_of(*MIXED))
+    rng = random.Random(7)
+    for _ in range(5):
+        shuffled = list(MIXED)
+        rng.shuffle(shuffled)
+        assert suggest(flows_of(*shuffled)) == reference
+
+
+def test_toml_escaping_of_hostile_strings() -> None:
+    hostile = 'a"b\\c\nd\te\x00f\x7fg\u00e9\ud800'
+    assert tomllib.loads(f"x = {toml_string(hostile)}")["x"] == hostile.replace("\ud800",
+                                                                                "\ufffd")
+    who = {"exe": '/tmp/x"\n[[client]]\nname = "pwn', "user": 'eve"', "unit": "a\\b.service"}
+    text = suggest(flows_of(event("192.0.2.1", 443, who=who)))
+    doc = tomllib.loads(text)
+    assert len(doc["client"]) == 1
+    assert doc["client"][0]["match"]["user"] == 'eve"'
+    policies = load(text)
+    assert decide(policy_engine(policies),
+                  flows_of(event("192.0.2.1", 443, who=who))[0]).action == "allow"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_malformed_lines_are_counted_not_fatal() -> None:
+    good = lines(*MIXED[:3])
+    bad = ["not json", "[1, 2]", '{"destination": {"ip": "nope", "port": 1}, '
+           '"network": {"transport": "tcp"}}', json.dumps(event("192.0.2.1", 70000)),
+           '{"x": 1}', ""]
+    flowless = json.dumps({"@timestamp": "t", "event": {"action": "deny",
+                                                        "reason": "unparseable_packet"},
+                           "nfguard": {"mode": "enforce"}})
+    result = read_flows([("a", [*good[:1], *bad, flowless, *good[1:]])])
+    assert len(result.flows) == 3
+    assert result.malformed == 5
+    assert result.without_flow == 1
+    assert result.examples[0].startswith("a:2: ")
+
+
+def test_odd_domains_fall_back_to_the_address() -> None:
+    flows = flows_of(event("192.0.2.1", 443, domain="bad name!"),
+                     event("192.0.2.2", 443, domain="*.example.com"),
+                     event("192.0.2.3", 443, domain="Example.COM."))
+    assert [f.destination for f in flows] == ["192.0.2.1", "192.0.2.2", "example.com"]
+
+
+# ---------------------------------------------------------------- --policy
+
+
+POLICY = """\
+[[client]]
+name = "curl"
+match = { exe = "/usr/bin/curl" }
+policies = ["web"]
+
+[[client]]
+name = "everyone"
+policies = ["dns"]
+
+[[policy]]
+name = "web"
+
+[[policy.rule]]
+name = "example"
+action = "allow"
+to = ["**.example.com"]
+ports = [443]
+proto = "tcp"
+
+[[policy.rule]]
+name = "no-8443"
+action = "deny"
+to = ["192.0.2.0/24"]
+
+[[policy]]
+name = "dns"
+
+[[policy.rule]]
+action = "allow"
+ports = [53, 123]
+proto = "udp"
+"""
+
+
+def test_denied_lists_exactly_what_the_policy_denies() -> None:
+    flows = flows_of(*MIXED, *MIXED[:2])
+    policies = parse_policy_texts([("p.toml", POLICY)])
+    found = denied(flows, policies)
+    got = {(d.identity.exe, d.destination, d.port, d.proto, d.seen.count, d.rules)
+           for d in found}
+    assert got == {
+        ("/usr/bin/curl", "example.com", 80, "tcp", 1, ("reason=no_rule_match",)),
+        ("/usr/bin/curl", "pypi.org", 443, "tcp", 1, ("reason=no_rule_match",)),
+        ("/usr/bin/curl", "192.0.2.10", 8443, "tcp", 1, ("rule=web/no-8443",)),
+        ("/usr/bin/curl", "2001:db8::7", 8443, "tcp", 1, ("reason=no_rule_match",)),
+        ("/usr/bin/curl", "10.0.0.53", 53, "udp", 1, ("reason=no_rule_match",)),
+        (None, "198.51.100.2", 0, "icmp", 1, ("reason=no_rule_match",)),
+        # apt's method is no curl: it falls to "everyone", which allows only DNS and NTP.
+        (APT["exe"], "deb.debian.org", 80, "tcp", 1, ("reason=no_rule_match",)),
+        (APT["exe"], "security.debian.org", 443, "tcp", 1, ("reason=no_rule_match",)),
+        ("/opt/weird \"tool\"[1]*", "203.0.113.9", 443, "tcp", 1, ("reason=no_rule_match",)),
+    }
+    # Cross-check against the engine flow by flow.
+    engine = policy_engine(policies)
+    denied_flows = [f for f in flows if decide(engine, f).action == "deny"]
+    assert sum(d.seen.count for d in found) == len(denied_flows)
+    # With default allow, only the explicit deny rule remains.
+    assert [(d.destination, d.rules) for d in denied(flows, policies, "allow")] == [
+        ("192.0.2.10", ("rule=web/no-8443",))]
+
+
+def test_suggested_policy_denies_nothing_observed() -> None:
+    flows = flows_of(*MIXED)
+    assert denied(flows, load(suggest(flows))) == []
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_suggest_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("\n".join([*lines(*MIXED[:6]), "garbage"]) + "\n")
+    more = tmp_path / "more.jsonl"
+    more.write_text("\n".join(lines(*MIXED[6:])) + "\n")
+    code, out, err = run(capsys, "suggest", str(audit), str(more))
+    assert code == 0
+    assert "skipped 1 lines that are not audit events" in err
+    assert f"{audit}:7:" in err
+    assert out == suggest(flows_of(*MIXED))
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "50-suggested.toml").write_text(out)
+    config = tmp_path / "nfguard.toml"
+    config.write_text('[engine]\npolicy_dir = "rules"\n[metrics]\nlisten = ""\n')
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == 0, err
+
+    code, out, err = run(capsys, "suggest", str(audit), str(more), "--policy", str(rules))
+    assert code == 0
+    assert out.splitlines() == [f"# 0 distinct flows denied by the policy in {rules} "
+                                "(0 of 13 observed flows; engine.default = deny)"]
+
+
+def test_cli_policy_mode_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("\n".join(lines(*MIXED[:6], MIXED[5])) + "\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "p.toml").write_text(POLICY)
+    code, out, _err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    assert code == 0
+    assert out.splitlines() == [
+        f"# 3 distinct flows denied by the policy in {rules} (4 of 7 observed flows; "
+        "engine.default = deny)",
+        "deny tcp 192.0.2.10:8443  2 flows  from exe=/usr/bin/curl user=alice  client=curl "
+        "rule=web/no-8443",
+        "deny tcp example.com:80  1 flow  from exe=/usr/bin/curl user=alice  client=curl "
+        "reason=no_rule_match",
+        "deny tcp pypi.org:443  1 flow  from exe=/usr/bin/curl user=alice  client=curl "
+        "reason=no_rule_match",
+    ]
+
+
+def test_cli_missing_file_and_bad_policy(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "suggest", str(tmp_path / "none.jsonl"))
+    assert code == 1
+    assert "cannot read" in err
+    audit = tmp_path / "a.jsonl"
+    audit.write_text("\n".join(lines(*MIXED)) + "\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.toml").write_text('[[policy]]\nname = "x"\n[[policy.rule]]\naction = "maybe"\n')
+    code, out, err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    assert code == 1
+    assert out == ""
+    assert f"{rules / 'bad.toml'}:4: action must be one of allow | deny" in err
