@@ -35,8 +35,8 @@ def lab(tmp_path) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_behind() -> Iterator[None]:
-    """After the whole e2e run: no lab namespace and no nfguard engine of ours remains."""
+def nothing_left_behind(tmp_path_factory) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """After the whole e2e run: no lab namespace and no engine of this session remains."""
     yield
     if os.geteuid() != 0:
         return
@@ -44,6 +44,7 @@ def nothing_left_behind() -> Iterator[None]:
     prefix = f"nfg{os.getpid() % 100000}x"
     ours = [line for line in namespaces.splitlines() if line.startswith(prefix)]
     assert not ours, f"namespaces left behind: {ours}"
-    engines = subprocess.run(["pgrep", "-f", "nfguard run --config /tmp/pytest"],
+    base = str(tmp_path_factory.getbasetemp())
+    engines = subprocess.run(["pgrep", "-f", f"nfguard run --config {base}/"],
                              capture_output=True, text=True).stdout.split()
     assert not engines, f"engines left running: {engines}"
