@@ -4,13 +4,23 @@ Per flow, without scanning /proc:
 1. sock_diag exact-tuple lookup (raw netlink, ~5-10 µs) → uid, socket inode, cgroup id;
 2. cgroup id → cgroup v2 path (a lazily walked map; the id is the directory's inode);
 3. inode → pid: a cache validated by one readlink of the remembered /proc/PID/fd/N, else the
-   fds of only the pids in that cgroup's `cgroup.procs`; if that fails, a bounded scan of the
-   socket owner's processes (counted as a fallback);
+   pids of that cgroup, in the order most likely to hold a new socket (just forked or
+   exec'd, recent socket owners, then newest pid first), each probed through a kept
+   /proc/PID/fd directory fd: one fstat says whether its fd count changed since it was last
+   listed, and only new fds are read. The pid set comes from `cgroup.procs` once and is
+   then kept live by the kernel's process connector (members, cnproc); without it (not the
+   initial netns, no CAP_NET_ADMIN) `cgroup.procs` is read per miss. Pids whose fd count
+   did not change are only put off: they are read in full before giving up. If the cgroup
+   does not hold it, a bounded scan of the socket owner's processes (a fallback);
 4. pid → exe, cmdline, parent: cached, checked against the exe link (catches exec) and the
    start time (catches pid reuse).
 
 The uid comes from the kernel's socket, so it is known even when the process is not.
-`lookup` never raises: an unknown answer is a ProcessInfo with None fields.
+`lookup` never raises: an unknown answer is a ProcessInfo with None fields. Every pid
+returned was just seen holding the socket (readlink of its fd): ordering hints and cached
+memberships only decide where to look first, never what the answer is. A socket already
+closed when its packet is looked up (a UDP sender that dropped it after sendto) has no
+owner left to find: that flow gets uid None and pid None, not a guess.
 
 Not thread-safe: use one Attributor per thread (each has its own netlink socket).
 """
@@ -20,13 +30,22 @@ from __future__ import annotations
 import logging
 import pwd
 import socket
-from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from nfguard.procs.cgroups import CgroupMap, find_cgroup2_root, unit_from_path
-from nfguard.procs.process import ProcReader, split_deleted
+from nfguard.procs.cnproc import ProcEvent, ProcEvents
+from nfguard.procs.members import Group, Members
+from nfguard.procs.process import (
+    FOUND,
+    PARTIAL,
+    UNCHANGED,
+    FdDirs,
+    ProcReader,
+    split_deleted,
+)
 from nfguard.procs.sockdiag import SockDiag
 
 __all__ = ["UNKNOWN", "Attributor", "ProcessInfo"]
@@ -102,7 +121,9 @@ class _ProcEntry:
 class Counters:
     """lookups = hits + misses + (lookups that found no socket or inode) + errors.
     misses that the cgroup route could not settle are also counted in fallbacks;
-    failures counts lookups that ended without a pid."""
+    failures counts lookups that ended without a pid. pids_probed: pids looked at (one
+    fstat); pids_scanned: pids whose fd list was read; procs_reads: cgroup.procs reads;
+    events: process events folded in."""
 
     lookups: int = 0
     hits: int = 0
@@ -111,7 +132,10 @@ class Counters:
     failures: int = 0
     no_socket: int = 0
     errors: int = 0
+    pids_probed: int = 0
     pids_scanned: int = 0
+    procs_reads: int = 0
+    events: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -122,7 +146,10 @@ class Counters:
             "failures": self.failures,
             "no_socket": self.no_socket,
             "errors": self.errors,
+            "pids_probed": self.pids_probed,
             "pids_scanned": self.pids_scanned,
+            "procs_reads": self.procs_reads,
+            "events": self.events,
         }
 
 
@@ -132,6 +159,16 @@ _FAMILIES = {
     int(socket.AF_INET): socket.AF_INET,
     int(socket.AF_INET6): socket.AF_INET6,
 }
+
+
+class EventSource(Protocol):
+    """What the attributor needs of cnproc.ProcEvents (tests pass a fake)."""
+
+    lost: bool
+
+    def drain(self) -> list[ProcEvent]: ...
+
+    def close(self) -> None: ...
 
 
 class Attributor:
@@ -146,24 +183,31 @@ class Attributor:
         proc_cache_size: int = 8192,
         scan_limit: int = 4096,
         fallback_limit: int = 1024,
-        fingerprint_threshold: int = 2,
+        fd_dirs: int = 4096,
+        events: EventSource | bool | None = None,
         diag: SockDiag | None = None,
     ) -> None:
         """cache_size bounds inode→(pid, fd); proc_cache_size bounds pid→process info;
-        scan_limit / fallback_limit bound the pids whose fds one lookup may read;
-        cgroups with more pids than fingerprint_threshold are searched changed-fd-count
-        first."""
+        scan_limit / fallback_limit bound the pids whose fds one lookup may read; fd_dirs
+        bounds the kept /proc/PID/fd directory fds. events: a cn_proc source, True to open
+        one, False for none, None to open one when reading the real /proc."""
         self._diag = diag if diag is not None else SockDiag()
         self._proc = ProcReader(proc_root)
+        self._fds = FdDirs(proc_root, fd_dirs)
         self._cgroups = CgroupMap(find_cgroup2_root(cgroup_root, proc_root))
+        self._members = Members()
         self._inodes: LRU[int, tuple[int, int]] = LRU(cache_size)
         self._procs: LRU[int, _ProcEntry] = LRU(proc_cache_size)
         self._users: LRU[int, tuple[str | None]] = LRU(4096)
-        self._recent: LRU[str, deque[int]] = LRU(1024)
-        self._fdcounts: LRU[int, int] = LRU(cache_size)
+        if events is None:
+            events = proc_root == "/proc"
+        self._events: EventSource | None
+        if isinstance(events, bool):
+            self._events = ProcEvents.open() if events else None
+        else:
+            self._events = events
         self.scan_limit = scan_limit
         self.fallback_limit = fallback_limit
-        self.fingerprint_threshold = fingerprint_threshold
         self.counters = Counters()
 
     @property
@@ -171,10 +215,17 @@ class Attributor:
         """The cgroup v2 mount used (may be `/sys/fs/cgroup/unified` on hybrid hosts)."""
         return self._cgroups.root
 
+    @property
+    def live_members(self) -> bool:
+        """Whether process events keep cgroup memberships current (else re-read per miss)."""
+        return self._events is not None
+
     def stats(self) -> dict[str, int]:
         out = self.counters.as_dict()
         out["inode_cache"] = len(self._inodes)
         out["proc_cache"] = len(self._procs)
+        out["fd_dirs"] = len(self._fds)
+        out["cgroups_tracked"] = len(self._members)
         out["cgroup_walks"] = self._cgroups.walks
         return out
 
@@ -183,12 +234,31 @@ class Attributor:
         self._inodes.clear()
         self._procs.clear()
         self._users.clear()
-        self._recent.clear()
-        self._fdcounts.clear()
+        self._fds.clear()
+        self._members = Members()
         self._cgroups = CgroupMap(self._cgroups.root)
+
+    def poll_events(self) -> int:
+        """Fold in queued process events; the daemon may call this when idle so that the
+        kernel's buffer does not overflow (lookups call it on every cache miss)."""
+        ev = self._events
+        if ev is None:
+            return 0
+        events = ev.drain()
+        if ev.lost:  # the kernel dropped events: no membership can be trusted
+            ev.lost = False
+            self._members.clear()
+        for pid in self._members.apply(events):
+            self._fds.drop(pid)
+        self.counters.events += len(events)
+        return len(events)
 
     def close(self) -> None:
         self._diag.close()
+        self._fds.clear()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def __enter__(self) -> Attributor:
         return self
@@ -256,7 +326,7 @@ class Attributor:
             c.failures += 1
             return base
 
-        entry = self._entry(pid, proven)
+        entry = self._entry(pid, proven, cg_path is None)
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return base
@@ -284,29 +354,39 @@ class Attributor:
         """inode → (pid, fd): the socket's cgroup first, then the owner's processes."""
         tried: set[int] = set()
         if cg_path is not None:
-            procs = self._cgroups.procs(cg_path)
-            if procs is None and cgroup_id is not None:
-                self._cgroups.forget(cgroup_id)
-            if procs:
-                order = self._candidates(procs, cg_path)
-                res = self._proc.find_socket(
-                    order, inode, self._learn, self._fdcounts.put, limit=self.scan_limit
-                )
-                if res is not None:
-                    pid, fd, scanned = res
-                    self.counters.pids_scanned += scanned
-                    self._remember(cg_path, pid)
-                    return pid, fd
-                self.counters.pids_scanned += min(len(procs), self.scan_limit)
-                tried.update(procs)
+            later: list[int] = []  # not ruled out: fd count unchanged, or only new fds read
+            self.poll_events()
+            group = self._members.get(cg_path) if self._events is not None else None
+            fresh = group is None
+            if group is None:
+                group = self._load(cg_path, cgroup_id)
+            hit = self._sweep(group.order(), inode, tried, later) if group else None
+            if hit is None and not fresh:
+                # the live set missed: a process may have moved in (moves send no event)
+                group = self._load(cg_path, cgroup_id)
+                if group is not None:
+                    hit = self._sweep(group.order(), inode, tried, later)
+            if hit is None and later:
+                # close + socket keeps a process's fd count, and a reused fd number is not
+                # "new": read these in full before declaring the cgroup empty-handed
+                hit = self._sweep(later, inode, set(), None, full=True)
+            if hit is not None:
+                if group is not None:
+                    group.touch(hit[0])
+                return hit
         # The cgroup route failed: the process moved, the socket was passed to another
         # cgroup, or the cgroup is gone. Read only the socket owner's processes, bounded.
+        # Just-started processes first (from events: pids wrap, so "highest" is not
+        # "newest"), then highest pid first.
         self.counters.fallbacks += 1
-        cands = sorted(
-            (p for p in self._proc.pids() if p not in tried and self._proc.owner(p) == uid),
-            reverse=True,
-        )[: self.fallback_limit]
-        res = self._proc.find_socket(cands, inode, self._learn, self._fdcounts.put)
+        self.poll_events()
+        recent = [p for p in self._members.recent() if p not in tried]
+        head = set(recent)
+        rest = sorted(
+            (p for p in self._proc.pids() if p not in tried and p not in head), reverse=True
+        )
+        cands = [p for p in recent + rest if self._proc.owner(p) == uid][: self.fallback_limit]
+        res = self._proc.find_socket(cands, inode, self._learn)
         if res is None:
             self.counters.pids_scanned += len(cands)
             return None
@@ -314,50 +394,60 @@ class Attributor:
         self.counters.pids_scanned += scanned
         return pid, fd
 
-    def _candidates(self, procs: list[int], cg_path: str) -> Iterator[int]:
-        """Pids of the cgroup in the order worth reading their fds, lazily.
+    def _load(self, cg_path: str, cgroup_id: int | None) -> Group | None:
+        """Read the cgroup's `cgroup.procs` into the membership cache (None: it is gone)."""
+        self.counters.procs_reads += 1
+        procs = self._cgroups.procs(cg_path)
+        if procs is None:
+            if cgroup_id is not None:
+                self._cgroups.forget(cgroup_id)
+            return None
+        return self._members.load(cg_path, procs)
 
-        Recently seen socket owners of this cgroup first, then newest pid first (a short-lived
-        client is usually a new pid). In cgroups bigger than fingerprint_threshold, a pid whose
-        fd count (one stat()) is what it was when we last listed its fds cannot hold a socket
-        we have not seen, so it is put off to the end; stat()s stop when the holder is found.
-        """
-        recent = self._recent.get(cg_path)
-        members = set(procs)
-        head = [p for p in reversed(recent) if p in members] if recent else []
-        order = head + sorted(members.difference(head), reverse=True)
-        if len(order) <= self.fingerprint_threshold:
-            yield from order
-            return
-        deferred: list[int] = []
-        counts = self._fdcounts
-        for p in order:
-            n = self._proc.fd_count(p)
-            if n is None:
+    def _sweep(
+        self,
+        order: Iterable[int],
+        inode: int,
+        tried: set[int],
+        later: list[int] | None,
+        full: bool = False,
+    ) -> tuple[int, int] | None:
+        """Probe pids in order, stop at the first holder; put off the ones not ruled out."""
+        c = self.counters
+        listed = 0
+        for pid in order:
+            if pid in tried:
                 continue
-            if counts.get(p) == n:
-                deferred.append(p)
-            else:
-                yield p
-        yield from deferred
+            if listed >= self.scan_limit:
+                break
+            tried.add(pid)
+            c.pids_probed += 1
+            status, fd = self._fds.probe(pid, inode, self._learn, full=full)
+            if status == FOUND:
+                c.pids_scanned += 1
+                assert fd is not None
+                return pid, fd
+            if status == UNCHANGED:
+                if later is not None:
+                    later.append(pid)
+                continue
+            if status == PARTIAL and later is not None:
+                later.append(pid)
+            listed += 1
+            c.pids_scanned += 1
+        return None
 
-    def _remember(self, cg_path: str, pid: int) -> None:
-        recent = self._recent.get(cg_path)
-        if recent is None:
-            recent = deque(maxlen=8)
-            self._recent.put(cg_path, recent)
-        if pid in recent:
-            recent.remove(pid)
-        recent.append(pid)
-
-    def _entry(self, pid: int, proven: bool) -> _ProcEntry | None:
+    def _entry(self, pid: int, proven: bool, want_cgroup: bool) -> _ProcEntry | None:
         """Process info for pid, from cache when the exe link and start time still match.
 
         `proven`: the pid was just shown to hold the flow's socket through a cached fd, so
-        only an exec can have changed it; the exe link check is enough.
+        only an exec can have changed it; the exe link check is enough. `want_cgroup`: the
+        socket's cgroup is unknown, so read the process's (skipped otherwise: ~10 µs).
         """
         link = self._proc.exe_link(pid)
         entry = self._procs.get(pid)
+        if entry is not None and want_cgroup and entry.cgroup is None:
+            entry = None
         if entry is not None and entry.exe_link == link:
             if proven:
                 return entry
@@ -381,7 +471,7 @@ class Attributor:
             cmdline=self._proc.cmdline(pid),
             ppid=st.ppid if st.ppid > 0 else None,
             parent_exe=parent_exe,
-            cgroup=self._proc.cgroup(pid),
+            cgroup=self._proc.cgroup(pid) if want_cgroup else None,
         )
         self._procs.put(pid, entry)
         return entry

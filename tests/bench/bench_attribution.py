@@ -5,12 +5,17 @@ Run as root:  /tmp/v/bin/python tests/bench/bench_attribution.py [--procs 500] [
 Sets up ~2 live loopback sockets (one TCP connection, one UDP socket — half connected, half
 unconnected) in each of N sleeping processes, all in one test cgroup (a service with many
 workers), then times lookups:
-- warm:     the flow was looked up before (inode cache hit + process info cache);
-- new flow: a sleeping process opens a new TCP connection just before the lookup, caches
-            otherwise warm — the per-new-flow cost the engine actually pays;
-- cold:     every cache emptied before each lookup (includes the cgroup walk);
-- sockdiag: the netlink request/answer alone, for reference.
-Also checks that every answer names the right pid. Cleans up its processes and cgroup.
+- warm:         the flow was looked up before (inode cache hit + process info cache);
+- new process:  a process forked into the big cgroup just now connects (a short-lived
+                client: CI job step, cron, a shell's curl), caches otherwise warm; timed
+                with process events (cn_proc) and without (cgroup.procs read per miss);
+- hot worker:   one of 8 recently active workers opens another connection;
+- random idle worker: a uniformly random one of the N workers opens a connection — the
+                worst case, with no hint at all of who it is;
+- cold:         every cache emptied before each lookup (includes the cgroup walk);
+- sockdiag:     the netlink request/answer alone, for reference.
+Every new-flow lookup is a brand-new socket (inode never seen). Also checks that every
+answer names the right pid. Cleans up its processes and cgroup.
 """
 
 from __future__ import annotations
@@ -64,7 +69,17 @@ def stop(*_):
         try: os.waitpid(k, 0)
         except OSError: pass
     os._exit(0)
+def client(*_):
+    # a new process in this cgroup: connect, say who we are, leave when hung up on
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        s = socket.create_connection(("127.0.0.1", tport))
+        s.sendall(struct.pack("=I", os.getpid()))
+        s.recv(1)
+        os._exit(0)
 signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGUSR2, client)
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 print("ready", flush=True)
 while True:
     signal.pause()
@@ -79,7 +94,7 @@ def pct(values: list[float], q: float) -> float:
 def report(name: str, ns: list[int]) -> None:
     us = [v / 1000 for v in ns]
     print(
-        f"{name:<34} n={len(us):5d}  median {statistics.median(us):9.1f} µs"
+        f"{name:<36} n={len(us):5d}  median {statistics.median(us):9.1f} µs"
         f"  p99 {pct(us, 0.99):9.1f} µs  max {max(us):9.1f} µs"
     )
 
@@ -168,31 +183,126 @@ def main() -> int:
         for _ in range(args.rounds):
             warm.extend(timed(f) for f in flows)
 
-        # new flows: a sleeping worker opens a connection right before the lookup
-        newf = []
-        before = attr.stats()
-        for i in range(args.samples):
-            pid = pids[(i * 7919) % len(pids)]
-            os.kill(pid, signal.SIGUSR1)
+        def new_flow(a: Attributor, trigger: int, sig: int, spin_ns: int = 0) -> int:
+            """Make `trigger` open a brand-new connection; time its lookup with `a`.
+            spin_ns: busy-wait first, as an engine busy with other packets would be."""
+            nonlocal wrong
+            os.kill(trigger, sig)
             conn, peer = lst.accept()
-            accepted.append(conn)
             (got,) = struct.unpack("=I", conn.recv(4))
-            newf.append(timed(("tcp", peer[0], peer[1], "127.0.0.1", tport, got)))
-        after = attr.stats()
+            end = time.perf_counter_ns() + spin_ns
+            while time.perf_counter_ns() < end:
+                pass
+            t0 = time.perf_counter_ns()
+            info = a.lookup("tcp", socket.AF_INET, peer[0], peer[1], "127.0.0.1", tport)
+            dt = time.perf_counter_ns() - t0
+            if info.pid != got:
+                wrong += 1
+            if sig == signal.SIGUSR2:
+                conn.close()  # the client exits
+            else:
+                accepted.append(conn)
+            return dt
 
+        def delta(before: dict[str, int], n: int) -> str:
+            after = attr.stats()
+            d = {k: after[k] - before[k] for k in ("pids_probed", "pids_scanned", "procs_reads")}
+            return (
+                f"per lookup: {d['pids_probed'] / n:.1f} pids probed, "
+                f"{d['pids_scanned'] / n:.1f} fd lists read, "
+                f"{d['procs_reads'] / n:.2f} cgroup.procs reads"
+            )
+
+        # reference: a warm lookup of a known flow, right after the same kind of wake-up
+        # (blocked in accept/recv) the new-flow samples start from; on an idle VM a woken
+        # thread runs its first microseconds of work several times slower
+        wake = []
+        for i in range(args.samples):
+            os.kill(pids[(i * 7919) % len(pids)], signal.SIGUSR1)
+            conn, _peer = lst.accept()
+            conn.recv(4)
+            accepted.append(conn)
+            wake.append(timed(flows[(i * 31) % len(flows)]))
+
+        time.sleep(0.2)
+        attr.poll_events()
+        b = attr.stats()
+        newproc = [new_flow(attr, spawner.pid, signal.SIGUSR2) for _ in range(args.samples)]
+        newproc_note = delta(b, args.samples)
+
+        # the new-process route's own cost, CPU warm: one settled new process, its inode,
+        # pid and fd-dir caches dropped before each lookup so the whole route runs
+        os.kill(spawner.pid, signal.SIGUSR2)
+        conn, peer = lst.accept()
+        (got,) = struct.unpack("=I", conn.recv(4))
+        time.sleep(0.05)
+        attr.poll_events()
+        flow_np = ("tcp", peer[0], peer[1], "127.0.0.1", tport, got)
+        attr.lookup("tcp", socket.AF_INET, *flow_np[1:5])
+        tight = []
+        for _ in range(args.samples):
+            inode = attr.lookup("tcp", socket.AF_INET, *flow_np[1:5]).inode
+            assert inode is not None
+            attr._inodes.pop(inode)
+            attr._procs.pop(got)
+            attr._fds.drop(got)
+            tight.append(timed(flow_np))
+        conn.close()
+
+        spin = 500_000
+        newproc_busy = [
+            new_flow(attr, spawner.pid, signal.SIGUSR2, spin) for _ in range(args.samples)
+        ]
+
+        hot = pids[:8]
+        b = attr.stats()
+        hotw = [new_flow(attr, hot[i % 8], signal.SIGUSR1) for i in range(args.samples)]
+        hot_note = delta(b, args.samples)
+
+        b = attr.stats()
+        randw = [
+            new_flow(attr, pids[(i * 7919) % len(pids)], signal.SIGUSR1)
+            for i in range(args.samples)
+        ]
+        rand_note = delta(b, args.samples)
+        hotw_busy = [new_flow(attr, hot[i % 8], signal.SIGUSR1, spin) for i in range(args.samples)]
+        randw_busy = [
+            new_flow(attr, pids[(i * 7907) % len(pids)], signal.SIGUSR1, spin)
+            for i in range(args.samples)
+        ]
+
+        # the same new-process case without process events (not the initial netns, or
+        # no CAP_NET_ADMIN): cgroup.procs is read on every miss
+        plain = Attributor(events=False)
+        try:
+            for f in flows:  # warm its caches like the main one
+                plain.lookup(f[0], socket.AF_INET, f[1], f[2], f[3], f[4])
+            noev = [new_flow(plain, spawner.pid, signal.SIGUSR2) for _ in range(args.samples)]
+        finally:
+            plain.close()
+
+        print(f"process events (cn_proc): {'on' if attr.live_members else 'unavailable'}")
         report("sockdiag request alone", sd)
         report("cold (all caches empty)", cold)
         report("first pass (learning, in order)", first)
         report("warm (seen flow)", warm)
-        report("new flow (caches warm)", newf)
+        print("-- timed as soon as the engine wakes (idle engine):")
+        report("warm, right after a wake-up", wake)
+        report("new flow: new process", newproc)
+        print(f"{'':36}{newproc_note}")
+        report("new flow: new process, no cn_proc", noev)
+        report("new flow: hot worker (1 of 8)", hotw)
+        print(f"{'':36}{hot_note}")
+        report(f"new flow: random idle worker (of {len(pids)})", randw)
+        print(f"{'':36}{rand_note}")
+        print("-- tight loop, CPU warm (the code path's own cost):")
+        report("new flow: new process, route only", tight)
+        print("-- timed after 0.5 ms of busy work (an engine busy with other packets):")
+        report("new flow: new process", newproc_busy)
+        report("new flow: hot worker (1 of 8)", hotw_busy)
+        report(f"new flow: random idle worker (of {len(pids)})", randw_busy)
         print(f"wrong/unknown pids: {wrong}")
         print("cold counters:", cold_stats)
-        new_scanned = after["pids_scanned"] - before["pids_scanned"]
-        print(
-            f"new flows: {args.samples} lookups, {new_scanned} pids' fds read "
-            f"({new_scanned / args.samples:.1f}/lookup), fallbacks "
-            f"{after['fallbacks'] - before['fallbacks']}"
-        )
         print("final counters:", attr.stats())
         return 1 if wrong else 0
     finally:

@@ -300,6 +300,60 @@ def test_moved_process_found_by_fallback(
         _stop(p)
 
 
+FORKER = textwrap.dedent(
+    """
+    import json, os, socket, sys, time
+    port = int(sys.argv[1])
+    for _line in sys.stdin:   # one forked client per line, each holding a new connection
+        if os.fork() == 0:
+            t = socket.create_connection(("127.0.0.1", port))
+            print(json.dumps({"pid": os.getpid(), "tcp": t.getsockname()}), flush=True)
+            time.sleep(60)
+            os._exit(0)
+    """
+)
+
+
+def test_forked_client_found_through_process_events(
+    attr: Attributor, listener: socket.socket, test_cgroup: Path
+) -> None:
+    """A process forked inside a big cgroup is known from its fork event: found first,
+    without re-reading cgroup.procs (needs the process connector: initial netns, root)."""
+    if not attr.live_members:
+        pytest.skip("no process connector here")
+    port = listener.getsockname()[1]
+    procs = test_cgroup / "cgroup.procs"
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(50)]
+    p = subprocess.Popen(
+        [sys.executable, "-c", FORKER, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: procs.write_text(str(os.getpid())),
+    )
+    try:
+        for s in sleepers:
+            procs.write_text(str(s.pid))
+        assert p.stdin is not None and p.stdout is not None
+        reads = None
+        for _ in range(3):
+            p.stdin.write("\n")
+            p.stdin.flush()
+            got = json.loads(p.stdout.readline())
+            info = attr.lookup("tcp", 4, got["tcp"][0], got["tcp"][1], "127.0.0.1", port)
+            assert info.pid == got["pid"] and info.ppid == p.pid
+            assert info.unit == test_cgroup.name
+            st = attr.stats()
+            if reads is None:
+                reads = st["procs_reads"]
+            assert st["procs_reads"] == reads and st["fallbacks"] == 0
+        assert st["pids_probed"] <= 5, st
+    finally:
+        _stop(p)
+        for s in sleepers:
+            _stop(s)
+
+
 # --------------------------------------------------------------------------------- curl
 
 
@@ -365,9 +419,12 @@ NFQ_HELPER = textwrap.dedent(
     # curl: connects, gets its connection reset or closed right away, exits
     kids["curl"] = subprocess.Popen([curl, "-s", "-m", "5",
                                      "http://127.0.0.1:%d/" % lst.getsockname()[1]])
-    # python: fire one UDP datagram, then exit after `linger` seconds
-    udp_code = ("import socket, sys, time; socket.socket(2, 2).sendto(b'x', ('127.0.0.1', %d));"
-                " time.sleep(float(sys.argv[1]))" % usrv.getsockname()[1])
+    # python: fire one UDP datagram, then exit after `linger` seconds, holding its socket
+    # till then (a bare socket.socket(...).sendto(...) is closed by CPython as soon as
+    # sendto returns: its packet then has no owner left to find, alive sender or not)
+    udp_code = ("import socket, sys, time; s = socket.socket(2, 2);"
+                " s.sendto(b'x', ('127.0.0.1', %d)); time.sleep(float(sys.argv[1]))"
+                % usrv.getsockname()[1])
     kids["udp"] = subprocess.Popen([sys.executable, "-c", udp_code, linger])
     def serve():
         c, _ = lst.accept(); c.close()
@@ -446,9 +503,9 @@ def test_short_lived_clients_with_queued_first_packet(netns: str, linger: str) -
     # TCP: the SYN is held, so curl is blocked in connect() and still there to be found
     assert by_proto["tcp"]["pid"] == out["kids"]["curl"]
     assert by_proto["tcp"]["exe"] == os.path.realpath(CURL)
-    # UDP: sendto() returns as soon as the datagram is queued. A sender still alive at
-    # lookup time is found; one that exits at once is usually gone (socket unhashed) and
-    # is then unknown, never someone else.
+    # UDP: sendto() returns as soon as the datagram is queued. A sender still alive (and
+    # still holding its socket) at lookup time is found; one that exits at once is usually
+    # gone (socket unhashed) and is then unknown, never someone else.
     if linger == "0":
         assert by_proto["udp"]["pid"] in (out["kids"]["udp"], None)
     else:

@@ -20,7 +20,24 @@ from nfguard.procs.cgroups import (
     unit_from_path,
     walk_cgroups,
 )
+from nfguard.procs.cnproc import (
+    CN_IDX_PROC,
+    CN_VAL_PROC,
+    PROC_EVENT_EXEC,
+    PROC_EVENT_EXIT,
+    PROC_EVENT_FORK,
+    ProcEvent,
+    build_subscribe,
+    parse_events,
+)
+from nfguard.procs.members import Group, Members
 from nfguard.procs.process import (
+    FOUND,
+    GONE,
+    MISS,
+    PARTIAL,
+    UNCHANGED,
+    FdDirs,
     ProcReader,
     parse_cmdline,
     parse_socket_link,
@@ -491,3 +508,206 @@ def test_lru_bounded() -> None:
     assert lru.get(1) == 1
     lru.put(3, 3)
     assert lru.get(2) is None and lru.get(1) == 1 and lru.get(3) == 3 and len(lru) == 2
+
+
+# ------------------------------------------------------ process events, memberships, fd dirs
+
+
+def _cn_datagram(what: int, *ints: int, idx: int = 1, val: int = 1) -> bytes:
+    """One cn_proc netlink datagram as the kernel sends it."""
+    ev = struct.pack("=IIQ", what, 0, 123456789) + struct.pack(f"={len(ints)}i", *ints)
+    cn = struct.pack("=IIIIHH", idx, val, 0, 0, len(ev), 0) + ev
+    return struct.pack("=IHHII", 16 + len(cn), NLMSG_DONE, 0, 0, 0) + cn
+
+
+def test_cnproc_subscribe_layout() -> None:
+    msg = build_subscribe(4321)
+    assert len(msg) == 16 + 20 + 4
+    assert struct.unpack_from("=IHHII", msg) == (40, NLMSG_DONE, 0, 0, 4321)
+    assert struct.unpack_from("=IIIIHH", msg, 16) == (CN_IDX_PROC, CN_VAL_PROC, 0, 0, 4, 0)
+    assert struct.unpack_from("=I", msg, 36) == (1,)  # PROC_CN_MCAST_LISTEN
+    assert struct.unpack_from("=I", build_subscribe(1, listen=False), 36) == (2,)
+
+
+def test_cnproc_parse_events() -> None:
+    data = (
+        _cn_datagram(PROC_EVENT_FORK, 10, 10, 11, 11)  # process 10 forks process 11
+        + _cn_datagram(PROC_EVENT_FORK, 10, 10, 12, 10)  # a thread of 10: not a process
+        + _cn_datagram(PROC_EVENT_EXEC, 11, 11)
+        + _cn_datagram(PROC_EVENT_EXIT, 13, 10, 0, 17, 1, 1)  # a thread exits
+        + _cn_datagram(PROC_EVENT_EXIT, 11, 11, 0, 17, 10, 10)
+        + _cn_datagram(0x200, 11, 11)  # comm change: not wanted
+        + _cn_datagram(PROC_EVENT_EXEC, 20, 20, idx=2)  # another connector
+        + _cn_datagram(PROC_EVENT_FORK, 1, 1)  # short fork body
+    )
+    assert parse_events(data) == [
+        ProcEvent("fork", 11, 10),
+        ProcEvent("exec", 11),
+        ProcEvent("exit", 11),
+    ]
+    assert parse_events(data[:-3]) == parse_events(data)  # a cut last message is dropped
+    assert parse_events(b"") == [] and parse_events(b"\xff" * 10) == []
+    assert parse_events(struct.pack("=IHHII", 4, 3, 0, 0, 0)) == []  # bad length
+
+
+def test_members_follow_forks_execs_exits() -> None:
+    m = Members()
+    g = m.load("/app.service", [100, 300, 200])
+    assert list(g.order()) == [300, 200, 100]
+    exited = m.apply(
+        [
+            ProcEvent("fork", 400, 100),  # child of a member: joins, goes first
+            ProcEvent("fork", 500, 999),  # parent not tracked: ignored
+            ProcEvent("exec", 200),  # exec'd lately: before the rest
+            ProcEvent("exit", 300),
+        ]
+    )
+    assert exited == [300]
+    assert list(g.order()) == [200, 400, 100]
+    # a fresh listing keeps the recency learned from events
+    g2 = m.load("/app.service", [100, 200, 400, 401])
+    assert list(g2.order())[:2] == [200, 400] and set(g2.order()) == {100, 200, 400, 401}
+    # pid reused by a fork elsewhere: leaves its old group
+    m.load("/other.service", [7])
+    m.apply([ProcEvent("fork", 401, 7)])
+    assert 401 not in set(g2.order()) and 401 in set(m.get("/other.service").order())
+    m.clear()
+    assert m.get("/app.service") is None and len(m) == 0
+
+
+def test_members_bounded() -> None:
+    m = Members(max_groups=2, max_pids=5)
+    m.load("/a", [1, 2])
+    m.load("/b", [3])
+    m.load("/c", [4])  # evicts /a
+    assert m.get("/a") is None and m.get("/b") is not None
+    m.apply([ProcEvent("fork", 9, 1)])  # 1 left with /a: not tracked any more
+    assert 9 not in set(m.get("/b").order()) | set(m.get("/c").order())
+    m.load("/d", [10, 11, 12, 13, 14])  # over max_pids: everything else forgotten
+    assert m.get("/b") is None and set(m.get("/d").order()) == {10, 11, 12, 13, 14}
+    g = Group(range(100), recent_cap=3)
+    for p in (5, 6, 7, 8):
+        g.touch(p)
+    assert list(g.order())[:4] == [8, 7, 6, 99]
+
+
+def test_fd_dirs_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = tmp_path / "proc"
+    _fake_proc(proc, 10, exe="/usr/bin/a", argv=["a"], ppid=1, sockets={3: 111, 4: 222})
+    # the fd count a kept /proc/PID/fd reports (st_size), as the test says
+    count = {"n": 3}
+    real_stat = os.stat
+
+    def fake_stat(p, *a, **k):  # type: ignore[no-untyped-def]
+        if isinstance(p, int):
+            return os.stat_result((0,) * 6 + (count["n"], 0, 0, 0))
+        return real_stat(p, *a, **k)
+
+    monkeypatch.setattr("nfguard.procs.process.os.stat", fake_stat)
+    d = FdDirs(str(proc))
+    learned: dict[int, tuple[int, int]] = {}
+    learn = lambda i, p, f: learned.__setitem__(i, (p, f))  # noqa: E731
+    assert d.probe(10, 222, learn) == (FOUND, 4)  # highest fd first: nothing learned yet
+    assert d.probe(10, 999, learn) == (PARTIAL, None)  # only fds not read before
+    assert learned == {111: (10, 3)}
+    assert d.probe(10, 999) == (UNCHANGED, None)  # same count as listed: put off
+    assert d.probe(10, 999, full=True) == (MISS, None)
+    (proc / "10" / "fd" / "9").symlink_to("socket:[333]")
+    count["n"] = 4
+    assert d.probe(10, 333) == (FOUND, 9)
+    assert d.probe(99, 1) == (GONE, None) and len(d) == 1
+    # close + socket keeps the count: put off, and a full read still finds it
+    assert d.probe(10, 1, full=True) == (MISS, None)
+    (proc / "10" / "fd" / "3").unlink()
+    (proc / "10" / "fd" / "3").symlink_to("socket:[444]")
+    assert d.probe(10, 444) == (UNCHANGED, None)
+    assert d.probe(10, 444, full=True) == (FOUND, 3)
+    d.clear()
+    assert len(d) == 0
+
+
+class FakeEvents:
+    """Stands in for cnproc.ProcEvents."""
+
+    def __init__(self) -> None:
+        self.queue: list[ProcEvent] = []
+        self.lost = False
+        self.closed = False
+
+    def drain(self) -> list[ProcEvent]:
+        out, self.queue = self.queue, []
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_attributor_live_members(tmp_path: Path) -> None:
+    """With process events, a forked client is found without re-reading cgroup.procs; a
+    process that moved in (no event for that) is found after one re-read."""
+    proc = tmp_path / "proc"
+    cg = tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag, ev = FakeDiag(), FakeEvents()
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag, events=ev)  # type: ignore[arg-type]
+    assert attr.live_members
+    nginx = "/system.slice/nginx.service"
+    for pid in range(100, 110):
+        _fake_proc(proc, pid, exe="/usr/sbin/nginx", argv=["nginx"], ppid=1, sockets={3: pid})
+    (cg / nginx[1:] / "cgroup.procs").write_text("\n".join(str(p) for p in range(100, 110)))
+    f = _answer(diag, 105, ids[nginx])
+    assert attr.lookup(f[0], 4, *f[1:]).pid == 105
+    assert attr.stats()["procs_reads"] == 1
+    # worker 101 forks 150 (cgroup.procs file not updated: only the event tells)
+    _fake_proc(proc, 150, exe="/usr/bin/curl", argv=["curl"], ppid=101, sockets={5: 1500})
+    ev.queue = [ProcEvent("fork", 150, 101), ProcEvent("exec", 150)]
+    before = attr.stats()["pids_probed"]
+    f = _answer(diag, 1500, ids[nginx])
+    info = attr.lookup(f[0], 4, *f[1:])
+    assert info.pid == 150 and info.exe == "/usr/bin/curl"
+    s = attr.stats()
+    assert s["procs_reads"] == 1 and s["pids_probed"] - before == 1 and s["events"] == 2
+    # 170 moved into the cgroup: the live set misses it, one re-read finds it
+    _fake_proc(proc, 170, exe="/usr/bin/x", argv=["x"], ppid=1, sockets={4: 1700})
+    (cg / nginx[1:] / "cgroup.procs").write_text("170\n")
+    f = _answer(diag, 1700, ids[nginx])
+    assert attr.lookup(f[0], 4, *f[1:]).pid == 170
+    s = attr.stats()
+    assert s["procs_reads"] == 2 and s["fallbacks"] == 0
+    # events were lost: memberships are re-read, answers stay right
+    ev.lost = True
+    (proc / "107" / "fd" / "8").symlink_to("socket:[1070]")
+    f = _answer(diag, 1070, ids[nginx])
+    (cg / nginx[1:] / "cgroup.procs").write_text("107\n")
+    assert attr.lookup(f[0], 4, *f[1:]).pid == 107
+    assert attr.stats()["procs_reads"] == 3 and not ev.lost
+    attr.close()
+    assert ev.closed
+
+
+def test_attributor_unchanged_fd_count_is_never_a_reason_to_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every process's fd count looks unchanged (close + socket keeps it): the pid that holds
+    the socket is still found, in the cgroup, without the uid fallback."""
+    attr, diag, proc, cg, ids = _setup(tmp_path)
+    for pid in (200, 201, 202):
+        _fake_proc(proc, pid, exe="/usr/bin/w", argv=["w"], ppid=1, sockets={3: pid * 10})
+    (cg / "user.slice" / "cgroup.procs").write_text("200\n201\n202\n")
+    f = _answer(diag, 2010, ids["/user.slice"])
+    assert attr.lookup(f[0], 4, *f[1:]).pid == 201  # every pid listed once now
+    real_stat = os.stat
+    monkeypatch.setattr(
+        "nfguard.procs.process.os.stat",
+        lambda p, *a, **k: (
+            os.stat_result((0,) * 6 + (2, 0, 0, 0)) if isinstance(p, int) else real_stat(p, *a, **k)
+        ),
+    )
+    attr._fds.clear()
+    for pid in (200, 201, 202):  # listed with count 2 (the fake stat)
+        attr._fds.probe(pid, 1)
+    (proc / "200" / "fd" / "3").unlink()
+    (proc / "200" / "fd" / "3").symlink_to("socket:[777]")
+    f = _answer(diag, 777, ids["/user.slice"])
+    assert attr.lookup(f[0], 4, *f[1:]).pid == 200
+    assert attr.stats()["fallbacks"] == 0
