@@ -35,11 +35,21 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NamesConfig:
+    verify: bool = True  # anti-fronting: a presented name must resolve to the destination
+    grace: float = 300.0  # seconds a DNS binding outlives its TTL
+    min_ttl: float = 60.0  # shorter TTLs are raised to this
+    max_entries: int = 100_000  # (address, name) pairs kept, least recently used dropped
+    hello_timeout: float = 5.0  # seconds a pending flow may hold packets before "no name"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str = DEFAULT_PATH
     engine: EngineConfig = field(default_factory=EngineConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    names: NamesConfig = field(default_factory=NamesConfig)
 
 
 _SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
@@ -53,8 +63,23 @@ _SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
     },
     "audit": {"path": (str, None), "format": (str, ("json", "text"))},
     "metrics": {"listen": (str, None)},
+    "names": {
+        "verify": (bool, None),
+        "grace": (float, None),
+        "min_ttl": (float, None),
+        "max_entries": (int, None),
+        "hello_timeout": (float, None),
+    },
 }
-_SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsConfig}
+_SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsConfig,
+             "names": NamesConfig}
+# Lower bounds of numeric keys: (minimum, whether the minimum itself is allowed).
+_MINIMUM = {
+    ("names", "grace"): (0, True),
+    ("names", "min_ttl"): (0, True),
+    ("names", "max_entries"): (1, True),
+    ("names", "hello_timeout"): (0, False),
+}
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -96,8 +121,16 @@ def parse_config(text: str, path: str) -> Config:
                         f"(allowed: {', '.join(_SCHEMA[name])})")
                 continue
             kind, choices = spec
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # seconds may be written as integers
+            minimum = _MINIMUM.get((name, key))
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                problem((name, key), f"{name}.{key} must be a {kind.__name__}")
+                problem((name, key), f"{name}.{key} must be a "
+                        f"{'number' if kind is float else kind.__name__}")
+            elif minimum is not None and (value < minimum[0] or (
+                    value == minimum[0] and not minimum[1])):
+                problem((name, key), f"{name}.{key} must be "
+                        f"{'>=' if minimum[1] else '>'} {minimum[0]}, not {value!r}")
             elif choices is not None and value not in choices:
                 problem((name, key), f"{name}.{key} must be one of "
                         f"{' | '.join(map(str, choices))}, not {value!r}")

@@ -20,7 +20,7 @@ from nfguard.config import Config, load_config
 from nfguard.engine import Engine
 from nfguard.metrics import Stats, serve
 from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
-from nfguard.pipeline import Pipeline
+from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.load import PolicyError, load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.queue import QueueAdapter
@@ -28,12 +28,13 @@ from nfguard.queue import QueueAdapter
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 1.0  # seconds between audit buffer flushes
+SWEEP_INTERVAL = 0.25  # seconds between checks for pending flows past names.hello_timeout
 
 
 def build_engine(config: Config) -> Engine:
     """Config + every policy file -> a ready engine; raises PolicyError naming file and line."""
     policies = load_policy_dir(config.engine.policy_dir)
-    return Engine(config.engine, CompiledPolicySet(policies))
+    return Engine(config.engine, CompiledPolicySet(policies), verify=config.names.verify)
 
 
 class Daemon:
@@ -55,10 +56,13 @@ class Daemon:
                  config.engine.fail)
         stats = Stats()
         audit = AuditLog(config.audit.path, config.audit.format)
-        pipeline = Pipeline(engine, audit, stats)
+        # The name cache lives as long as the daemon: reloads keep what DNS taught it.
+        pipeline = Pipeline(engine, audit, stats, names=make_name_cache(config.names),
+                            settings=config.names)
         metrics_server = serve(config.metrics.listen, stats)
         queue = QueueAdapter(config.engine.queue, pipeline.handle,
                              fail_open=config.engine.fail == "open")
+        pipeline.release = queue.release
         self.config = config
         try:
             self._loop(queue, pipeline, audit)
@@ -84,11 +88,14 @@ class Daemon:
         next_flush = time.monotonic() + FLUSH_INTERVAL
         try:
             while not self._stop:
-                for key, _ in selector.select(FLUSH_INTERVAL):
+                # While flows hold packets, wake often enough to honour hello_timeout.
+                timeout = SWEEP_INTERVAL if pipeline.flows.holding else FLUSH_INTERVAL
+                for key, _ in selector.select(timeout):
                     if key.fileobj is wake_r:
                         _drain(wake_r)
                     else:
                         queue.process_pending()
+                pipeline.sweep()
                 if self._reload:
                     self._reload = False
                     self._do_reload(pipeline, audit)
@@ -126,6 +133,10 @@ class Daemon:
             log.warning("reload: engine.%s changed; restart nfguard to apply it",
                         ", engine.".join(restart_needed))
         pipeline.engine = engine
+        pipeline.settings = config.names
+        cache = pipeline.names  # kept, with what it learnt; its limits follow the config
+        cache.grace, cache.max_entries = config.names.grace, config.names.max_entries
+        cache.min_ttl = min(config.names.min_ttl, cache.max_ttl)
         audit.reopen()
         log.info("reloaded: %d rules", engine.policies.source.rule_count)
 

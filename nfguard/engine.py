@@ -4,14 +4,21 @@ the policy. No I/O here; the queue adapter feeds it and acts on what it returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import ipaddress
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from nfguard.config import EngineConfig
 from nfguard.policy.clients import Process, client_matches
-from nfguard.policy.match import DEFAULT, CompiledPolicySet, Destination, destination_names
-from nfguard.policy.model import ALLOW, DENY, Client
-from nfguard.wire.ip import Packet
+from nfguard.policy.match import (
+    DEFAULT,
+    CompiledPolicySet,
+    Destination,
+    RuleMatch,
+    destination_names,
+)
+from nfguard.policy.model import ALLOW, DENY, Client, Rule
+from nfguard.wire.ip import TCP, UDP, Packet
 
 # event.reason values
 RULE_MATCH = "rule_match"
@@ -19,6 +26,14 @@ NO_RULE_MATCH = "no_rule_match"
 NO_CLIENT_MATCH = "no_client_match"
 UNPARSEABLE = "unparseable_packet"
 ENGINE_ERROR = "engine_error"
+NAME_MISMATCH = "name_mismatch"  # an allowed name presented to an address it does not have
+
+# Evidence kinds of names (policy.match has "cidr" and "default").
+DNS = "dns"  # the destination address is one this host resolved the name to
+SNI = "sni"  # TLS ClientHello server_name (over TCP, or in a QUIC Initial)
+HOST = "host"  # HTTP request Host
+
+QUIC_PORT = 443
 
 
 class Decision(NamedTuple):
@@ -35,9 +50,12 @@ class Decision(NamedTuple):
 class Engine:
     """Holds the compiled policy and the engine settings; `decide` is the verdict path."""
 
-    def __init__(self, settings: EngineConfig, policies: CompiledPolicySet) -> None:
+    def __init__(
+        self, settings: EngineConfig, policies: CompiledPolicySet, verify: bool = True
+    ) -> None:
         self.settings = settings
         self.policies = policies
+        self.verify = verify  # anti-fronting ([names] verify)
 
     def decide(
         self,
@@ -52,11 +70,81 @@ class Engine:
         dest = Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
                            destination_names(names))
         found = self.policies.first_match(client.policies, dest)
+        return self._result(found, mode, client, dest.names)
+
+    def assess(
+        self,
+        packet: Packet,
+        process: Process | None = None,
+        names: Iterable[tuple[str, str]] = (),
+    ) -> Decision | None:
+        """The decision at a flow's first packet, or None: wait for the presented name.
+
+        A flow waits when a name it may present (TLS SNI, HTTP Host on TCP; SNI in a QUIC
+        Initial on udp/443) could change what the rules decide on its address and DNS names.
+        """
+        client = self.client_for(process)
+        mode = (client.mode if client is not None else None) or self.settings.mode
+        if client is None:
+            return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT)
+        dest = Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
+                           destination_names(names) if names else ())
+        found, pending = self.policies.match_and_pending(client.policies, dest)
+        if pending and (packet.proto == TCP or (packet.proto == UDP
+                                                and packet.dport == QUIC_PORT)):
+            return None
+        return self._result(found, mode, client, dest.names)
+
+    def decide_named(
+        self,
+        packet: Packet,
+        name: str | None,
+        evidence: str,
+        process: Process | None = None,
+        dns_names: Iterable[tuple[str, str]] = (),
+        resolved: Callable[[str, str], bool] | None = None,
+        aliases: Iterable[str] = (),
+    ) -> Decision:
+        """The final decision of a pending flow, once the client presented `name` (or none).
+
+        A presented name replaces the DNS names: the rules see it and the address. With no
+        name (not TLS or HTTP, no SNI), the address and DNS names decide as at the SYN.
+        Anti-fronting: an allow matched by the presented name needs the destination to be
+        an address this host resolved that name to (`resolved(ip, name)`) or inside one of
+        that rule's networks; otherwise the flow is denied with reason name_mismatch.
+        `aliases`: names one DNS answer chained to `name` for this address (CNAME
+        targets and sources); they stand with the presented name's evidence.
+        """
+        if name is None:
+            return self.decide(packet, process, dns_names)
+        client = self.client_for(process)
+        mode = (client.mode if client is not None else None) or self.settings.mode
+        if client is None:
+            return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
+                                domain=name)
+        dest = Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
+                           destination_names(((name, evidence),
+                                              *((alias, evidence) for alias in aliases))))
+        found = self.policies.first_match(client.policies, dest)
+        if (self.verify and found is not None and found.rule.action == ALLOW
+                and found.name is not None
+                and not (resolved is not None and resolved(packet.dst, found.name))
+                and not _inside(packet.dst, found.rule)):
+            return self._finish(DENY, mode, NAME_MISMATCH, evidence, client.name,
+                                found.rule.name, found.name)
+        if found is not None and found.name is None:
+            found = found._replace(name=dest.names[0][0])  # show the presented name
+        return self._result(found, mode, client, dest.names)
+
+    def _result(
+        self, found: RuleMatch | None, mode: str, client: Client,
+        names: tuple[tuple[str, str], ...],
+    ) -> Decision:
         if found is None:
             return self._finish(self.settings.default, mode, NO_RULE_MATCH, DEFAULT,
-                                client.name)
+                                client.name, domain=_some_name(names))
         return self._finish(found.rule.action, mode, RULE_MATCH, found.evidence, client.name,
-                            found.rule.name, found.name)
+                            found.rule.name, found.name or _some_name(names))
 
     def client_for(self, process: Process | None) -> Client | None:
         """The first client whose match table holds for the process (clients are ordered)."""
@@ -81,3 +169,16 @@ class Engine:
     ) -> Decision:
         verdict = ALLOW if mode == "audit" else action
         return Decision(action, verdict, mode, reason, evidence, client, rule, domain)
+
+
+def _some_name(names: tuple[tuple[str, str], ...]) -> str | None:
+    """A name to show for the destination when none decided (the smallest, for stability)."""
+    return min(name for name, _evidence in names) if names else None
+
+
+def _inside(ip: str, rule: Rule) -> bool:
+    if not rule.networks:
+        return False
+    address = ipaddress.ip_address(ip)
+    return any(address in network for network in rule.networks
+               if network.version == address.version)

@@ -10,6 +10,10 @@ MASK = 0x70000000  # all bits nfguard owns, in packet and ct marks
 VERDICT_MASK = 0x30000000  # the verdict field inside MASK
 ALLOW = 0x10000000
 DENY = 0x20000000
+# Both verdict bits: "decided to wait". In the ct mark, a flow whose verdict depends on the
+# name the client will present (TLS SNI, HTTP Host, QUIC); its packets go to the engine
+# again. In a packet mark coming to the engine (with QUEUED), "this flow is pending".
+PENDING = 0x30000000
 QUEUED = 0x40000000  # packet mark only: "this packet is on its way to the engine"
 
 

@@ -20,6 +20,13 @@ class Stats:
     packets: int = 0
     unparseable: int = 0
     errors: int = 0
+    pending_flows: int = 0  # flows that waited for a presented name
+    hello_timeouts: int = 0  # pending flows decided without a name after hello_timeout
+    dns_answers: int = 0  # DNS answers learnt from
+    dns_bindings: int = 0  # (address, name) bindings learnt
+    dns_cut: int = 0  # answers cut by the queue's copy range (accepted, not learnt)
+    dns_unparseable: int = 0  # answers that could not be parsed (accepted, not learnt)
+    dns_out_of_order: int = 0  # DNS-over-TCP segments dropped for the server to resend
     decisions: Counter[tuple[str, str, str, str, str]] = field(default_factory=Counter)
 
     def count(self, decision: Decision) -> None:
@@ -49,6 +56,20 @@ class StatsCollector:
         yield CounterMetricFamily("nfguard_engine_errors",
                                   "Internal errors turned into the fail-mode verdict",
                                   value=self.stats.errors)
+        for name, help_text in _NAME_COUNTERS:
+            yield CounterMetricFamily(f"nfguard_{name}", help_text,
+                                      value=getattr(self.stats, name))
+
+
+_NAME_COUNTERS = (
+    ("pending_flows", "Flows that waited for the name the client presents"),
+    ("hello_timeouts", "Pending flows decided without a name after names.hello_timeout"),
+    ("dns_answers", "DNS answers whose names were learnt"),
+    ("dns_bindings", "Address-name bindings learnt from DNS answers"),
+    ("dns_cut", "DNS answers cut by the queue copy range (accepted without learning)"),
+    ("dns_unparseable", "DNS answers that could not be parsed (accepted without learning)"),
+    ("dns_out_of_order", "DNS-over-TCP segments dropped out of order (the server resends)"),
+)
 
 
 def serve(listen: str, stats: Stats) -> object | None:

@@ -37,24 +37,27 @@ class Ruleset:
     path: str  # NATIVE | XT
     nft: str  # text for `nft -f`
     xt_rules: tuple[tuple[str, tuple[str, ...]], ...]  # (iptables binary, rule spec) per family
+    # The same for DNS answers, in iptables' INPUT chain.
+    xt_input_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def describe(self) -> str:
         text = f"# queue path: {PATH_DESCRIPTIONS[self.path]}\n{self.nft}"
-        for binary, spec in self.xt_rules:
-            text += f"\n# and: {binary} -I OUTPUT 1 {' '.join(_quote(a) for a in spec)}"
-        return text + ("\n" if self.xt_rules else "")
+        for chain, rules in (("OUTPUT", self.xt_rules), ("INPUT", self.xt_input_rules)):
+            for binary, spec in rules:
+                text += f"\n# and: {binary} -I {chain} 1 {' '.join(_quote(a) for a in spec)}"
+        return text + ("\n" if self.xt_rules or self.xt_input_rules else "")
 
 
 def render(settings: EngineConfig, path: str) -> Ruleset:
     """The whole ruleset for one queue path; `nft/` in the repository holds rendered copies."""
     bypass = settings.fail == "open"
+    queue_num = f"queue num {settings.queue}{' bypass' if bypass else ''}"
     if path == NATIVE:
-        queue_step = (
-            f"\t\tqueue num {settings.queue}{' bypass' if bypass else ''}"
-            "\t# to the engine"
-        )
+        queue_step = f"\t\t{queue_num}\t# to the engine"
+        dns_queue = f" {queue_num}"
     else:
         queue_step = "\t\t# the queue step itself is the xt NFQUEUE rule in iptables' OUTPUT"
+        dns_queue = ""
     loopback = (
         "" if settings.filter_loopback
         else '\t\toifname "lo" accept\t# loopback is not filtered (engine.filter_loopback)\n'
@@ -71,19 +74,25 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
         )
     verdict_bits = f"0x{marks.MASK:08x}"
     ct_field = f"0x{marks.VERDICT_MASK:08x}"
+    dns_where = (
+        "the iptables INPUT rule queues it" if path == XT else "queued to the engine"
+    )
     nft = f"""\
 # nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {settings.queue}).
 # Rendered by `nfguard install`; nfguard owns this table and nothing else.
-# Verdicts live in the ct mark under {ct_field}: allow 0x{marks.ALLOW:08x}, deny 0x{marks.DENY:08x}.
+# Verdicts live in the ct mark under {ct_field}: allow 0x{marks.ALLOW:08x}, deny 0x{marks.DENY:08x},
+# pending 0x{marks.PENDING:08x} (the decision waits for the name the client presents).
 table inet {TABLE} {{
 \t# Locally generated packets. Decided flows never leave the kernel; new ones are
-\t# marked 0x{marks.QUEUED:08x} and handed to the engine.
+\t# marked 0x{marks.QUEUED:08x} and handed to the engine, and so are the packets of pending
+\t# flows (marked 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name.
 \tchain output {{
 \t\ttype filter hook output priority filter - 10; policy accept;
 {loopback}\t\ticmpv6 type {{ {_NDP} }} accept\t# IPv6 neighbour discovery and MLD
 \t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
-\t\tct state established,related accept\t# flows that predate nfguard, ICMP errors
+\t\tct mark & {ct_field} == 0x{marks.PENDING:08x} meta mark set meta mark | 0x{marks.PENDING:08x}\t# pending: to the engine again
+\t\tct mark & {ct_field} != 0x{marks.PENDING:08x} ct state established,related accept\t# flows that predate nfguard, ICMP errors
 \t\tmeta mark set meta mark | 0x{marks.QUEUED:08x}
 {queue_step}
 \t}}
@@ -94,6 +103,25 @@ table inet {TABLE} {{
 \t\ttype filter hook output priority filter + 10; policy accept;
 \t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.ALLOW:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
 \t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.DENY:08x} meta mark set meta mark & {_KEEP_USER_BITS} jump cut
+\t\tmeta mark & {verdict_bits} == 0x{marks.PENDING:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.PENDING:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
+{unanswered}
+\t}}
+
+\t# DNS answers, on every interface (loopback too: a local stub resolver answers there),
+\t# are {dns_where} so it learns their names before the client can use them.
+\t# Only replies to queries this host sent: an unsolicited "answer" teaches nothing.
+\tchain input {{
+\t\ttype filter hook input priority filter - 10; policy accept;
+\t\tudp sport 53 ct direction reply meta mark set meta mark | 0x{marks.QUEUED:08x}{dns_queue}
+\t\ttcp sport 53 ct direction reply meta mark set meta mark | 0x{marks.QUEUED:08x}{dns_queue}
+\t}}
+
+\t# The engine accepts every answer (after learning it) or drops an out-of-order TCP
+\t# segment; the ct mark is not touched here.
+\tchain input_verdict {{
+\t\ttype filter hook input priority filter + 10; policy accept;
+\t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
+\t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} drop
 {unanswered}
 \t}}
 
@@ -105,6 +133,7 @@ table inet {TABLE} {{
 }}
 """  # noqa: E501
     xt_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    xt_input_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if path == XT:
         spec = (
             "-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
@@ -113,10 +142,12 @@ table inet {TABLE} {{
             *(("--queue-bypass",) if bypass else ()),
         )
         xt_rules = tuple((binary, spec) for binary in XT_TOOLS)
-    return Ruleset(path, nft, xt_rules)
+        xt_input_rules = xt_rules
+    return Ruleset(path, nft, xt_rules, xt_input_rules)
 
 
 XT_TOOLS = ("iptables", "ip6tables")
+XT_CHAINS = ("OUTPUT", "INPUT")
 
 
 def _xt_binary(tool: str) -> str:
@@ -160,8 +191,9 @@ class Installer:
         """Atomic replace of our table, then the xt queue rules (idempotent)."""
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
         self._remove_xt_rules()
-        for tool, spec in ruleset.xt_rules:
-            _run([_xt_binary(tool), "-w", "-I", "OUTPUT", "1", *spec])
+        for chain, rules in (("OUTPUT", ruleset.xt_rules), ("INPUT", ruleset.xt_input_rules)):
+            for tool, spec in rules:
+                _run([_xt_binary(tool), "-w", "-I", chain, "1", *spec])
 
     def uninstall(self) -> bool:
         """Remove exactly what install added; True if anything was there."""
@@ -176,22 +208,23 @@ class Installer:
         for binary in map(_xt_binary, XT_TOOLS):
             if not shutil.which(binary):
                 continue
-            for spec in _tagged_rules(binary):
-                _run([binary, "-w", "-D", "OUTPUT", *spec])
-                removed = True
+            for chain in XT_CHAINS:
+                for spec in _tagged_rules(binary, chain):
+                    _run([binary, "-w", "-D", chain, *spec])
+                    removed = True
         return removed
 
 
-def _tagged_rules(binary: str) -> list[list[str]]:
-    """Our rules in OUTPUT, as `-S` prints them (so they can be passed to `-D`)."""
-    listing = subprocess.run([binary, "-w", "-S", "OUTPUT"], capture_output=True, text=True,
+def _tagged_rules(binary: str, chain: str) -> list[list[str]]:
+    """Our rules in `chain`, as `-S` prints them (so they can be passed to `-D`)."""
+    listing = subprocess.run([binary, "-w", "-S", chain], capture_output=True, text=True,
                              check=False)
     if listing.returncode != 0:
         return []
     return [
         shlex.split(line)[2:]
         for line in listing.stdout.splitlines()
-        if line.startswith("-A OUTPUT ") and f'--comment "{XT_COMMENT}"' in line
+        if line.startswith(f"-A {chain} ") and f'--comment "{XT_COMMENT}"' in line
     ]
 
 

@@ -2,43 +2,105 @@
 
 This is the whole of what happens per packet; the queue adapter only moves bytes and
 marks between the kernel and `Pipeline.handle`.
+
+Three kinds of packet come here:
+- the first packet of a new outbound flow (LOCAL_OUT): decided at once from the address,
+  the DNS names of the address and the policy, or made PENDING when the name the client
+  will present (TLS SNI, HTTP Host, SNI in a QUIC Initial) could change the decision;
+- packets of pending flows: held (no verdict yet) until the name is known, then released
+  in stream order with the final verdict; one audit event per flow, at that point;
+- DNS answers (LOCAL_IN, source port 53): their names are learnt, then they are accepted,
+  so no client can connect before the engine knows the name.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from nfguard import marks
 from nfguard.audit import AuditLog, audit_event
-from nfguard.engine import Decision, Engine
+from nfguard.config import NamesConfig
+from nfguard.engine import DNS, Decision, Engine
+from nfguard.flows import NO_NAME, FlowTable, PendingFlow, Sniffed
 from nfguard.metrics import Stats
+from nfguard.names import NameCache
 from nfguard.policy.model import ALLOW
+from nfguard.wire.dns import TcpDnsStream, parse_response
 from nfguard.wire.errors import WireError
-from nfguard.wire.ip import Packet, parse_packet
+from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
 
 log = logging.getLogger(__name__)
+
+LOCAL_IN = 1  # NetfilterQueue packet.hook values
+LOCAL_OUT = 3
+DNS_PORT = 53
+MAX_DNS_STREAMS = 4096  # DNS-over-TCP answer streams followed at once (LRU)
+MAX_CHAINS = 65536  # (address, name) CNAME chain entries kept (LRU)
+
+_SYN, _FIN, _RST = 0x02, 0x01, 0x04
+_SEQ = 0xFFFFFFFF
+_HALF = 1 << 31
+
+
+def make_name_cache(settings: NamesConfig) -> NameCache:
+    return NameCache(max_entries=settings.max_entries, grace=settings.grace,
+                     min_ttl=min(settings.min_ttl, 86_400.0))
 
 
 class Pipeline:
     def __init__(
         self, engine: Engine, audit: AuditLog, stats: Stats,
         clock: Callable[[], float] = time.time,
+        names: NameCache | None = None,
+        settings: NamesConfig | None = None,
+        release: Callable[[Any, int], None] | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
         self.audit = audit
         self.stats = stats
         self.clock = clock
+        self.settings = settings or NamesConfig()
+        self.names = names if names is not None else make_name_cache(self.settings)
+        self.flows = FlowTable()
+        # Gives a held packet its verdict later: (token, mark); the queue adapter's.
+        self.release = release or _no_release
+        self._dns_streams: OrderedDict[tuple, list[Any]] = OrderedDict()
+        # (address, name) -> the other names one answer bound to that address with it (a
+        # CNAME chain): a client presenting alias.test, which the host resolved through
+        # "alias.test CNAME allowed.test", is going to allowed.test. Consulted only while
+        # the presented name itself resolves to the address (NameCache.resolved).
+        self._chains: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
 
-    def handle(self, payload: bytes, mark: int) -> int:
-        """The packet mark to accept the packet with; its verdict bits say allow or deny."""
+    # -- entry point ---------------------------------------------------------------------
+    def handle(self, payload: bytes, mark: int, hook: int = LOCAL_OUT,
+               token: Any = None) -> int | None:
+        """The packet mark to accept the packet with (its verdict bits say allow, deny or
+        pending), or None: the packet is held, and `release(token, mark)` answers it later.
+        """
         self.stats.packets += 1
+        if hook == LOCAL_IN:
+            return self._answer(payload, mark)
         engine = self.engine
         packet: Packet | None = None
+        now: float | None = None
         try:
             packet = parse_packet(payload)
-            decision = engine.decide(packet)
+            if mark & marks.PENDING == marks.PENDING:
+                return self._pending_packet(packet, payload, mark, token)
+            if packet.proto == UDP and len(self.flows):
+                flow = self.flows.get(_key(packet))
+                if flow is not None:
+                    return self._pending_datagram(flow, packet, payload, mark, token)
+            now = self.clock()
+            # Most addresses have no DNS names: one dict probe, no call.
+            names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
+            decision = engine.assess(packet, None, names)
+            if decision is None:
+                return self._start_pending(packet, payload, mark, token, names, now)
         except WireError:
             self.stats.unparseable += 1
             decision = engine.unparseable()
@@ -46,14 +108,225 @@ class Pipeline:
             log.exception("engine error; fail-%s verdict", engine.settings.fail)
             self.stats.errors += 1
             decision = engine.failure()
-        self.record(decision, packet)
-        return marks.with_verdict(mark, marks.ALLOW if decision.verdict == ALLOW else marks.DENY)
+        self.record(decision, packet, now)
+        return marks.with_verdict(mark, _bits(decision))
 
-    def record(self, decision: Decision, packet: Packet | None) -> None:
+    def record(self, decision: Decision, packet: Packet | None,
+               now: float | None = None) -> None:
         self.stats.count(decision)
         try:
-            self.audit.write(audit_event(decision, packet, self.clock()))
+            self.audit.write(audit_event(decision, packet, self.clock() if now is None else now))
         except Exception:
             # A full disk must not change verdicts; it is counted and logged.
             self.stats.errors += 1
             log.exception("cannot write audit event")
+
+    # -- pending flows -------------------------------------------------------------------
+    def _dns_names(self, ip: str, now: float) -> tuple[tuple[str, str], ...]:
+        found = self.names.names_for(ip, now)
+        return tuple((name, DNS) for name in sorted(found)) if found else ()
+
+    def _start_pending(self, packet: Packet, payload: bytes, mark: int, token: Any,
+                       names: tuple[tuple[str, str], ...], now: float) -> int | None:
+        base = (packet.tcp_seq + 1) & _SEQ if packet.tcp_flags & _SYN else None
+        flow = PendingFlow(_key(packet), packet, names, base)
+        for old in self.flows.add(flow):
+            self._settle(old, NO_NAME)  # evicted while holding: decided without a name
+        self.stats.pending_flows += 1
+        if packet.proto == UDP:
+            return self._pending_datagram(flow, packet, payload, mark, token)
+        if packet.total_length > packet.payload_offset:  # data on the first packet (TFO)
+            return self._pending_segment(flow, packet, payload, mark, token)
+        return marks.with_verdict(mark, marks.PENDING)
+
+    def _pending_packet(self, packet: Packet, payload: bytes, mark: int,
+                        token: Any) -> int | None:
+        """A packet of a flow whose ct mark says PENDING."""
+        flow = self.flows.get(_key(packet))
+        if flow is None:
+            # No state (the engine restarted, or the flow was evicted): start over.
+            now = self.clock()
+            names = self._dns_names(packet.dst, now)
+            decision = self.engine.assess(packet, None, names)
+            if decision is not None:
+                self.record(decision, packet)
+                return marks.with_verdict(mark, _bits(decision))
+            flow = PendingFlow(_key(packet), packet, names)
+            for old in self.flows.add(flow):
+                self._settle(old, NO_NAME)
+        if flow.decision is not None:
+            return marks.with_verdict(mark, _bits(flow.decision))
+        if packet.proto != TCP:
+            return self._pending_datagram(flow, packet, payload, mark, token)
+        if packet.total_length <= packet.payload_offset:
+            return marks.with_verdict(mark, marks.PENDING)  # ACK, FIN, RST: no bytes yet
+        return self._pending_segment(flow, packet, payload, mark, token)
+
+    def _pending_segment(self, flow: PendingFlow, packet: Packet, payload: bytes, mark: int,
+                         token: Any) -> int | None:
+        data = payload[packet.payload_offset:packet.total_length]
+        result = flow.tcp_segment(packet.tcp_seq, data, token, mark, self.clock(),
+                                  complete=packet.total_length <= len(payload))
+        return self._after_hold(flow, result)
+
+    def _pending_datagram(self, flow: PendingFlow, packet: Packet, payload: bytes, mark: int,
+                          token: Any) -> int | None:
+        if flow.decision is not None:
+            return marks.with_verdict(mark, _bits(flow.decision))
+        data = payload[packet.payload_offset:packet.total_length]
+        result = flow.datagram(data, token, mark, self.clock())
+        if packet.total_length > len(payload) and result is None:
+            result = flow.result = NO_NAME  # cut by the queue's copy range
+        return self._after_hold(flow, result)
+
+    def _after_hold(self, flow: PendingFlow, result: Sniffed | None) -> None:
+        if result is not None:
+            self._settle(flow, result)
+            return None
+        for old in self.flows.mark_holding(flow):
+            self._settle(old, NO_NAME)
+        return None
+
+    def _settle(self, flow: PendingFlow, sniffed: Sniffed) -> None:
+        """Decide a pending flow, record its one audit event, release its held packets."""
+        engine = self.engine
+        now = self.clock()
+        try:
+            if sniffed.name is None:
+                decision = engine.decide(flow.packet, flow.process, flow.dns_names)
+            else:
+                names = self.names
+                dst = flow.packet.dst
+                aliases = (self._chains.get((dst, sniffed.name), ())
+                           if names.resolved(dst, sniffed.name, now) else ())
+                decision = engine.decide_named(
+                    flow.packet, sniffed.name, sniffed.evidence or "", flow.process,
+                    flow.dns_names, resolved=lambda ip, name: names.resolved(ip, name, now),
+                    aliases=aliases)
+        except Exception:
+            log.exception("engine error; fail-%s verdict", engine.settings.fail)
+            self.stats.errors += 1
+            decision = engine.failure()
+        flow.decision = decision
+        self.flows.settled(flow)
+        self.record(decision, flow.packet)
+        bits = _bits(decision)
+        for token, mark in flow.release():
+            try:
+                self.release(token, marks.with_verdict(mark, bits))
+            except Exception:
+                self.stats.errors += 1
+                log.exception("cannot release a held packet")
+
+    def sweep(self, now: float | None = None) -> int:
+        """Decide, without a name, flows that held packets longer than hello_timeout."""
+        if not self.flows.holding:
+            return 0
+        now = self.clock() if now is None else now
+        expired = self.flows.expired(now, self.settings.hello_timeout)
+        for flow in expired:
+            self.stats.hello_timeouts += 1
+            self._settle(flow, NO_NAME)
+        return len(expired)
+
+    # -- DNS answers ---------------------------------------------------------------------
+    def _answer(self, payload: bytes, mark: int) -> int:
+        """Learn the names of a DNS answer, then accept it (never half-parsed)."""
+        accept = marks.with_verdict(mark, marks.ALLOW)
+        try:
+            packet = parse_packet(payload)
+            if packet.sport != DNS_PORT or packet.proto not in (TCP, UDP):
+                return accept
+            if packet.total_length > len(payload):
+                self.stats.dns_cut += 1
+                log.warning("DNS answer from %s cut by the queue's copy range (%d of %d "
+                            "bytes): accepted without learning its names", packet.src,
+                            len(payload), packet.total_length)
+                if packet.proto == TCP:
+                    self._dns_streams.pop(_key(packet), None)  # framing is lost
+                return accept
+            body = payload[packet.payload_offset:packet.total_length]
+            if packet.proto == UDP:
+                self._learn(body)
+                return accept
+            return self._tcp_answer(packet, body, mark, accept)
+        except WireError:
+            self.stats.dns_unparseable += 1
+            return accept
+        except Exception:
+            self.stats.errors += 1
+            log.exception("error reading a DNS answer; accepted")
+            return accept
+
+    def _tcp_answer(self, packet: Packet, body: bytes, mark: int, accept: int) -> int:
+        key = _key(packet)
+        streams = self._dns_streams
+        flags = packet.tcp_flags
+        if flags & _SYN:
+            streams[key] = [(packet.tcp_seq + 1) & _SEQ, TcpDnsStream()]
+            _bound(streams)
+            return accept
+        state = streams.get(key)
+        if body:
+            if state is None:
+                state = streams[key] = [packet.tcp_seq, TcpDnsStream()]  # no SYN-ACK seen
+                _bound(streams)
+            offset = (packet.tcp_seq - state[0]) & _SEQ
+            if offset >= _HALF:  # starts before the next byte: a retransmit, maybe overlapping
+                behind = (state[0] - packet.tcp_seq) & _SEQ
+                body = body[behind:]
+            elif offset:
+                self.stats.dns_out_of_order += 1
+                return marks.with_verdict(mark, marks.DENY)  # dropped: the server resends
+            if body:
+                state[0] = (state[0] + len(body)) & _SEQ
+                try:
+                    messages = state[1].feed(body)
+                except WireError:
+                    self.stats.dns_unparseable += 1
+                    streams.pop(key, None)  # framing lost; nothing more is learnt
+                    return accept
+                for message in messages:
+                    try:
+                        self._learn(message)
+                    except WireError:
+                        self.stats.dns_unparseable += 1
+        if flags & (_FIN | _RST):
+            streams.pop(key, None)
+        return accept
+
+    def _learn(self, message: bytes) -> None:
+        response = parse_response(message)
+        now = self.clock()
+        learn = self.names.learn
+        by_ip: dict[str, list[str]] = {}
+        for binding in response.bindings:
+            learn(binding.ip, binding.name, binding.ttl, now)
+            by_ip.setdefault(binding.ip, []).append(binding.name.lower().rstrip("."))
+        chains = self._chains
+        for ip, group in by_ip.items():
+            if len(group) > 1:
+                for name in group:
+                    chains[(ip, name)] = tuple(other for other in group if other != name)
+                    chains.move_to_end((ip, name))
+        while len(chains) > MAX_CHAINS:
+            chains.popitem(last=False)
+        self.stats.dns_answers += 1
+        self.stats.dns_bindings += len(response.bindings)
+
+
+def _key(packet: Packet) -> tuple:
+    return (packet.proto, packet.src, packet.sport, packet.dst, packet.dport)
+
+
+def _bits(decision: Decision) -> int:
+    return marks.ALLOW if decision.verdict == ALLOW else marks.DENY
+
+
+def _bound(streams: OrderedDict) -> None:
+    while len(streams) > MAX_DNS_STREAMS:
+        streams.popitem(last=False)
+
+
+def _no_release(_token: Any, _mark: int) -> None:
+    raise RuntimeError("a held packet has no queue to be released to")

@@ -20,10 +20,15 @@ QUEUE_MAXLEN = 4096
 
 
 class QueueAdapter:
-    """Binds one NFQUEUE and answers each packet with `handler(payload, mark) -> mark`."""
+    """Binds one NFQUEUE and answers each packet with
+    `handler(payload, mark, hook, packet) -> mark`, or, when the handler returns None,
+    later through `release(packet, mark)` (a held packet: NetfilterQueue takes a verdict on
+    the stored packet object after the callback has returned).
+    """
 
     def __init__(
-        self, queue_num: int, handler: Callable[[bytes, int], int], fail_open: bool
+        self, queue_num: int, handler: Callable[[bytes, int, int, object], int | None],
+        fail_open: bool,
     ) -> None:
         from netfilterqueue import COPY_PACKET, NetfilterQueue
 
@@ -48,11 +53,14 @@ class QueueAdapter:
         try:
             mark = packet.get_mark()  # type: ignore[attr-defined]
             try:
-                new_mark = self.handler(packet.get_payload(), mark)  # type: ignore[attr-defined]
+                new_mark = self.handler(packet.get_payload(), mark,  # type: ignore[attr-defined]
+                                        packet.hook, packet)  # type: ignore[attr-defined]
             except Exception:
                 self.errors += 1
                 log.exception("packet handler failed")
                 new_mark = marks.with_verdict(mark, marks.ALLOW if self.fail_open else marks.DENY)
+            if new_mark is None:
+                return  # held: released later
             packet.set_mark(new_mark)  # type: ignore[attr-defined]
             packet.accept()  # type: ignore[attr-defined]
         except BaseException:
@@ -60,3 +68,12 @@ class QueueAdapter:
             # packet when the queue closes, and the `verdict` chain drops it if accepted bare.
             self.errors += 1
             log.exception("cannot give a verdict")
+
+    def release(self, packet: object, mark: int) -> None:
+        """The deferred verdict of a held packet."""
+        try:
+            packet.set_mark(mark)  # type: ignore[attr-defined]
+            packet.accept()  # type: ignore[attr-defined]
+        except BaseException:
+            self.errors += 1
+            log.exception("cannot give a held packet its verdict")

@@ -35,6 +35,11 @@ class RuleMatch(NamedTuple):
     rule: Rule
     evidence: str  # "cidr", or the evidence of the name that matched
     name: str | None  # the name that matched, if a name did
+    position: int = 0  # of the rule in its policy
+
+
+NO_NAME_RULE = 1 << 30  # "no rule with names applies to this proto/port"
+_NAME_MEMO_MAX = 1 << 17  # (proto, port) pairs remembered per policy: all of tcp and udp
 
 
 class _PrefixIndex:
@@ -85,6 +90,10 @@ class CompiledPolicy:
         self.v6 = _PrefixIndex(128)
         self.names = _NameIndex()
         self.any_destination: list[int] = []
+        # Rules with names, for "could the name the client presents change the decision":
+        # answered per (proto, port) once and remembered, so a flow pays one dict probe.
+        self.name_rules = [p for p, rule in enumerate(policy.rules) if rule.names]
+        self._first_name_rule: dict[tuple[str, int], int] = {}
         for position, rule in enumerate(policy.rules):
             if rule.any_destination:
                 self.any_destination.append(position)
@@ -125,7 +134,18 @@ class CompiledPolicy:
                     evidence, matched_name = name_evidence, name
         if best_position == len(rules):
             return None
-        return RuleMatch(rules[best_position], evidence, matched_name)
+        return RuleMatch(rules[best_position], evidence, matched_name, best_position)
+
+    def first_name_rule(self, proto: str, port: int) -> int:
+        """Position of the first rule with names whose proto/ports hold, or NO_NAME_RULE."""
+        key = (proto, port)
+        found = self._first_name_rule.get(key)
+        if found is None:
+            found = next((p for p in self.name_rules if self.rules[p].allows_port(proto, port)),
+                         NO_NAME_RULE)
+            if len(self._first_name_rule) < _NAME_MEMO_MAX:
+                self._first_name_rule[key] = found
+        return found
 
 
 class CompiledPolicySet:
@@ -143,6 +163,31 @@ class CompiledPolicySet:
             if found is not None:
                 return found
         return None
+
+    def match_and_pending(
+        self, policy_names: Iterable[str], dest: Destination
+    ) -> tuple[RuleMatch | None, bool]:
+        """The first match, and whether a name the client presents could change it.
+
+        It could when a rule with names whose proto/ports hold for the flow stands before
+        the deciding rule, or is it and matched on DNS evidence (which a presented name
+        replaces; a rule that matched the address by CIDR matches whatever the name);
+        with no match at all, any such rule could. Flows on ports no name rule
+        covers pay one dict probe per policy with names (none for policies without).
+        """
+        pending = False
+        proto, port = dest.proto, dest.port
+        for name in policy_names:
+            policy = self.policies[name]
+            found = policy.first_match(dest)
+            if not pending and policy.name_rules:
+                first = policy.first_name_rule(proto, port)
+                pending = first != NO_NAME_RULE and (
+                    found is None or first < found.position
+                    or (first == found.position and found.evidence != CIDR))
+            if found is not None:
+                return found, pending
+        return None, pending
 
 
 def destination_names(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -27,6 +27,7 @@ _MAX_IPV6_EXTENSIONS = 8
 
 _v4_header = struct.Struct("!BBHHHBBH4s4s")
 _ports = struct.Struct("!HH")
+_tcp_head = struct.Struct("!HHI")
 
 
 class Packet(NamedTuple):
@@ -46,6 +47,7 @@ class Packet(NamedTuple):
     total_length: int  # from the IP header; more than len(data) when the queue cut the copy
     payload_offset: int  # start of the transport payload (TCP data / UDP datagram body)
     tcp_flags: int  # 0 for non-TCP
+    tcp_seq: int = 0  # TCP sequence number; 0 for non-TCP
 
     @property
     def transport(self) -> str:
@@ -128,14 +130,14 @@ def _transport(
     if proto == TCP:
         if len(data) < offset + 20:
             raise WireError("truncated TCP header")
-        sport, dport = _ports.unpack_from(data, offset)
+        sport, dport, seq = _tcp_head.unpack_from(data, offset)
         data_offset = (data[offset + 12] >> 4) * 4
         if data_offset < 20:
             raise WireError("bad TCP data offset")
         if offset + data_offset > len(data):
             raise WireError("truncated TCP options")
         return Packet(version, proto, src, dst, sport, dport, dst_int, total, offset + data_offset,
-                      data[offset + 13])
+                      data[offset + 13], seq)
     if proto == UDP:
         if len(data) < offset + 8:
             raise WireError("truncated UDP header")

@@ -49,6 +49,37 @@ class Handler(http.server.BaseHTTPRequestHandler):
 Server(("::", int(sys.argv[1])), Handler).serve_forever()
 """
 
+# HTTPS on a dual-stack socket; the handshake runs in the handler thread.
+HTTPS_SERVER = """
+import http.server, socket, ssl, sys
+class Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+    def get_request(self):
+        sock, addr = self.socket.accept()
+        return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+    def handle_error(self, request, client_address):
+        pass
+class Handler(http.server.BaseHTTPRequestHandler):
+    def setup(self):
+        self.request.settimeout(10)
+        self.request.do_handshake()
+        super().setup()
+    def do_GET(self):
+        body = f"https {self.headers.get('Host', '-')}\\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[2], sys.argv[3])
+Server(("::", int(sys.argv[1])), Handler).serve_forever()
+"""
+
 # Bound to one address, so replies come from the address the client sent to.
 UDP_ECHO = """
 import socket, sys
@@ -134,6 +165,29 @@ class Lab:
         for port in ports:
             self.wait_listening(port, "tcp")
 
+    def serve_https(self, certfile: Path, keyfile: Path, port: int = 443) -> None:
+        self.spawn(self.server, sys.executable, "-c", HTTPS_SERVER, str(port), str(certfile),
+                   str(keyfile), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_listening(port, "tcp")
+
+    def serve_dns(self, *options: str) -> None:
+        """dnsmasq on the server's veth addresses (UDP and TCP 53), answering only from
+        its options (`--host-record=...`, `--cname=...`): no upstream, no /etc/hosts."""
+        self.spawn(self.server, "dnsmasq", "--keep-in-foreground", "--no-resolv",
+                   "--no-hosts", "--no-poll", "--bind-interfaces", "--user=root",
+                   f"--listen-address={SERVER_V4}", f"--listen-address={SERVER_V6}",
+                   "--pid-file=", "--log-facility=-", *options,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_listening(53, "udp")
+        self.wait_listening(53, "tcp")
+
+    def dig(self, name: str, qtype: str = "A", tcp: bool = False,
+            server: str = SERVER_V4) -> list[str]:
+        """The answer section's data (addresses and CNAME targets), from the client."""
+        result = self.exec(self.client, "dig", f"@{server}", "+short", "+tries=2", "+time=2",
+                           *(("+tcp",) if tcp else ()), name, qtype)
+        return result.stdout.split()
+
     def serve_udp_echo(self, host: str, port: int) -> None:
         self.spawn(self.server, sys.executable, "-c", UDP_ECHO, host, str(port),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -150,7 +204,7 @@ class Lab:
         raise TimeoutError(f"nothing listens on {proto}/{port} in {self.server}")
 
     # -- nfguard --------------------------------------------------------------------
-    def write_config(self, policy: str, **engine: object) -> Path:
+    def write_config(self, policy: str, names: dict | None = None, **engine: object) -> Path:
         rules = self.workdir / "rules"
         rules.mkdir(exist_ok=True)
         (rules / "policy.toml").write_text(textwrap.dedent(policy))
@@ -158,6 +212,8 @@ class Lab:
                     "policy_dir": str(rules), **engine}
         lines = ["[engine]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
         lines += ["[audit]", f'path = "{self.audit_path}"', "[metrics]", 'listen = ""']
+        if names:
+            lines += ["[names]"] + [f"{k} = {json.dumps(v)}" for k, v in names.items()]
         config = self.workdir / "nfguard.toml"
         config.write_text("\n".join(lines) + "\n")
         return config

@@ -179,7 +179,7 @@ def test_install_dry_run_uses_the_probed_path_and_loads_nothing(
     code, out, _err = run(capsys, "install", "--config", str(config), "--dry-run")
     assert code == 0
     assert out.startswith("# queue path: xt NFQUEUE target")
-    assert out.count("--queue-bypass") == 2
+    assert out.count("--queue-bypass") == 4  # OUTPUT and INPUT (DNS answers), per family
 
 
 # ---------------------------------------------------------------- explain

@@ -278,6 +278,7 @@ def test_handle_turns_an_engine_exception_into_the_fail_verdict(
         raise RuntimeError("bug")
 
     monkeypatch.setattr(pipeline.engine, "decide", boom, raising=False)
+    monkeypatch.setattr(pipeline.engine, "assess", boom, raising=False)
     mark = pipeline.handle(v4_syn("140.82.112.3", 443), USER_BITS)
     assert mark == USER_BITS | bits
     assert stats.errors == 1 and stats.packets == 1

@@ -63,10 +63,49 @@ def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) ->
         assert ("--queue-bypass" in spec) is bypass
         assert f"--mark {hexmark(marks.QUEUED)}/{hexmark(marks.QUEUED)}" in text
         assert spec[spec.index("--comment") + 1] == nft.XT_COMMENT
+    # DNS answers: the same rule in INPUT, one per family.
+    assert ruleset.xt_input_rules == ruleset.xt_rules
     described = ruleset.describe()
-    assert described.count("# and: ") == 2
+    assert described.count("# and: ") == 4
     assert described.count("-I OUTPUT 1 ") == 2
+    assert described.count("-I INPUT 1 ") == 2
     assert '--comment "nfguard queue"' in described
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
+    text = render(EngineConfig(queue=5), path).nft
+    chain = re.search(r"chain input \{(.*?)\}", text, re.S)
+    assert chain is not None
+    lines = code_lines(chain.group(1))
+    assert lines[0] == "type filter hook input priority filter - 10; policy accept;"
+    suffix = " queue num 5" if path == NATIVE else ""
+    queued = hexmark(marks.QUEUED)
+    assert lines[1:] == [
+        f"udp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}",
+        f"tcp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}"]
+    assert "iifname" not in chain.group(1), "loopback answers (a local stub) are queued too"
+    verdict = code_lines(re.search(r"chain input_verdict \{(.*?)\}", text, re.S).group(1))
+    keep = hexmark(~marks.MASK & 0xFFFFFFFF)
+    assert verdict[0] == "type filter hook input priority filter + 10; policy accept;"
+    assert (f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.ALLOW)} "
+            f"meta mark set meta mark & {keep} accept") in verdict
+    assert not [line for line in verdict if "ct mark" in line], "answers leave the ct mark"
+    assert f"meta mark & {queued} != 0 drop" in verdict  # fail closed
+
+
+def test_pending_flows_go_to_the_engine_again() -> None:
+    lines = code_lines(render(EngineConfig(), NATIVE).nft)
+    verdict, pending, keep, mask = (hexmark(v) for v in (
+        marks.VERDICT_MASK, marks.PENDING, ~marks.MASK & 0xFFFFFFFF, marks.MASK))
+    mark_pending = f"ct mark & {verdict} == {pending} meta mark set meta mark | {pending}"
+    established = f"ct mark & {verdict} != {pending} ct state established,related accept"
+    assert mark_pending in lines and established in lines
+    # Before the established shortcut, so a pending flow's data is queued.
+    assert lines.index(mark_pending) < lines.index(established) < lines.index(
+        f"meta mark set meta mark | {hexmark(marks.QUEUED)}")
+    assert (f"meta mark & {mask} == {pending} ct mark set ct mark & {keep} | {pending} "
+            f"meta mark set meta mark & {keep} accept") in lines
 
 
 def test_describe_states_the_queue_path() -> None:

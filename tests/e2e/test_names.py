@@ -1,0 +1,413 @@
+"""Names end to end: DNS answers learnt on INPUT, SNI / Host / QUIC decided on the pending
+flow's first bytes, anti-fronting, expiry. Real dnsmasq, real TLS and HTTP servers, curl,
+dig and a real QUIC stack (aioquic) in the lab's namespaces.
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.lab import (
+    ALLOWED_V4,
+    ALLOWED_V6,
+    CLIENT_V4,
+    OTHER_V4,
+    OTHER_V6,
+    Lab,
+)
+
+POLICY = """
+    [[client]]
+    name = "everyone"
+    policies = ["names", "deny-rest"]
+
+    [[policy]]
+    name = "names"
+
+    [[policy.rule]]
+    name = "dns"
+    action = "allow"
+    to = ["198.18.0.2", "fd00:18::2"]
+    ports = [53]
+
+    [[policy.rule]]
+    name = "allowed"
+    action = "allow"
+    to = ["allowed.test"]
+    ports = [80, 443]
+
+    [[policy]]
+    name = "deny-rest"
+
+    [[policy.rule]]
+    name = "everything"
+    action = "deny"
+"""
+
+NAMES = ("allowed.test", "denied.test", "alias.test")
+DNS_RECORDS = (
+    f"--host-record=allowed.test,{ALLOWED_V4},{ALLOWED_V6}",
+    f"--host-record=denied.test,{OTHER_V4},{OTHER_V6}",
+    "--cname=alias.test,allowed.test",
+)
+CUT = {7, 35, 56}  # curl: refused / reset during connect, TLS handshake, or receive
+
+# Sends the ClientHello split across two TCP segments, or re-framed into two TLS records,
+# then completes the handshake and one request through ssl.MemoryBIO.
+SPLIT_CLIENT = r"""
+import socket, ssl, sys, time
+host, ip, port, cafile, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=cafile)
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(inc, out, server_hostname=host)
+sock = socket.create_connection((ip, port), timeout=5)
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = out.read()
+assert hello[0] == 0x16
+if mode == "segments":
+    cut = len(hello) // 2
+    sock.send(hello[:cut])
+    time.sleep(0.3)
+    sock.send(hello[cut:])
+else:
+    body, cut = hello[5:], (len(hello) - 5) // 2
+    record = lambda part: hello[:3] + len(part).to_bytes(2, "big") + part
+    sock.send(record(body[:cut]) + record(body[cut:]))
+def pump():
+    if out.pending:
+        sock.sendall(out.read())
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionError("closed")
+    inc.write(data)
+while True:
+    try:
+        tls.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        pump()
+tls.write(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+sock.sendall(out.read())
+response = b""
+while True:
+    try:
+        chunk = tls.read(65536)
+        if not chunk:
+            break
+        response += chunk
+    except ssl.SSLWantReadError:
+        try:
+            pump()
+        except ConnectionError:
+            break
+    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+        break
+print(response.split(b"\r\n\r\n", 1)[-1].decode().strip())
+"""
+
+# One QUIC Initial (a real ClientHello from aioquic) to udp/443; prints whether the
+# server's echo came back (it does only if the held datagram was released).
+QUIC_CLIENT = r"""
+import socket, sys, time
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+name, ip = sys.argv[1], sys.argv[2]
+conn = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=["h3"],
+                                                      server_name=name))
+conn.connect((ip, 443), now=time.time())
+s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((ip, 443))
+for data, _addr in conn.datagrams_to_send(now=time.time()):
+    s.send(data)
+try:
+    print("echo" if s.recv(4096) else "none")
+except OSError:
+    print("none")
+"""
+
+
+def make_certs(directory: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for every test name: (ca, cert, key) PEM paths."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nfguard test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAMES[0])]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in NAMES]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@pytest.fixture
+def named(lab: Lab, tmp_path: Path) -> Lab:
+    """The lab with DNS, HTTPS (443) and HTTP (80) servers, and the test CA in lab.ca."""
+    for tool in ("dnsmasq", "dig"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            pytest.skip(f"{tool} is not installed (./bootstrap.sh test installs it)")
+    ca, cert, key = make_certs(tmp_path)
+    lab.ca = ca  # type: ignore[attr-defined]
+    lab.serve_https(cert, key)
+    lab.serve_http(80)
+    return lab
+
+
+def start(lab: Lab, names: dict | None = None, dns: tuple[str, ...] = ()) -> None:
+    lab.serve_dns(*DNS_RECORDS, *dns)
+    lab.start_engine(lab.write_config(POLICY, names=names))
+
+
+def curl_https(lab: Lab, name: str, ip: str, timeout: float = 4) -> tuple[int, str]:
+    target = f"[{ip}]" if ":" in ip else ip
+    result = lab.exec(lab.client, "curl", "-sS", "--max-time", str(timeout), "--cacert",
+                      str(lab.ca), "--resolve", f"{name}:443:{target}",  # type: ignore[attr-defined]
+                      f"https://{name}/", timeout=timeout + 10)
+    return result.returncode, result.stdout.strip()
+
+
+def curl_http(lab: Lab, url: str, *options: str, timeout: float = 4) -> tuple[int, str]:
+    result = lab.exec(lab.client, "curl", "-sS", "--max-time", str(timeout), *options, url,
+                      timeout=timeout + 10)
+    return result.returncode, result.stdout.strip()
+
+
+def events_to(lab: Lab, port: int, proto: str = "tcp") -> list[dict]:
+    return [e for e in lab.audit_events()
+            if e.get("destination", {}).get("port") == port
+            and e.get("network", {}).get("transport") == proto]
+
+
+def wait_event(lab: Lab, port: int, domain: str, proto: str = "tcp") -> dict:
+    return lab.wait_for_event(
+        lambda e: e.get("destination", {}).get("port") == port
+        and e.get("destination", {}).get("domain") == domain
+        and e.get("network", {}).get("transport") == proto)
+
+
+@pytest.mark.parametrize(("qtype", "ip"), [("A", ALLOWED_V4), ("AAAA", ALLOWED_V6)],
+                         ids=["ipv4", "ipv6"])
+def test_allowed_sni_passes_and_denied_sni_is_cut(named: Lab, qtype: str, ip: str) -> None:
+    start(named)
+    assert named.dig("allowed.test", qtype) == [ip]
+    assert curl_https(named, "allowed.test", ip) == (0, "https allowed.test")
+    event = wait_event(named, 443, "allowed.test")
+    assert event["event"]["action"] == "allow"
+    assert event["nfguard"]["evidence"] == "sni"
+    assert event["rule"]["name"] == "names/allowed"
+    other = OTHER_V4 if qtype == "A" else OTHER_V6
+    assert named.dig("denied.test", qtype) == [other]
+    started = time.monotonic()
+    code, _ = curl_https(named, "denied.test", other)
+    assert code in CUT, f"curl exit {code}: a denied name must be cut"
+    assert time.monotonic() - started < 3, "cut at once, not timed out"
+    denied = wait_event(named, 443, "denied.test")
+    assert denied["event"]["action"] == "deny"
+    assert denied["rule"]["name"] == "deny-rest/everything"
+    time.sleep(1.2)
+    # One audit event per flow, at the final decision (none for the pending SYN).
+    assert len(events_to(named, 443)) == 2
+
+
+def test_cname_to_an_allowed_name_passes(named: Lab) -> None:
+    start(named)
+    assert named.dig("alias.test") == ["allowed.test.", ALLOWED_V4]
+    assert curl_https(named, "alias.test", ALLOWED_V4) == (0, "https alias.test")
+    event = wait_event(named, 443, "allowed.test")
+    assert event["event"]["action"] == "allow" and event["nfguard"]["evidence"] == "sni"
+
+
+def test_bare_address_without_a_name_is_denied(named: Lab) -> None:
+    start(named)
+    # No DNS answer was seen and a TLS hello to an address carries no SNI: only the
+    # address is left, and only name rules allow 443.
+    code, _ = curl_http(named, f"https://{ALLOWED_V4}/", "-k")
+    assert code in CUT
+    event = named.wait_for_event(lambda e: e.get("destination", {}).get("port") == 443)
+    assert event["event"]["action"] == "deny"
+    assert event["rule"]["name"] == "deny-rest/everything"
+    assert "domain" not in event["destination"]
+
+
+def test_allowed_sni_to_a_denied_address_is_name_mismatch(named: Lab) -> None:
+    start(named)
+    named.dig("allowed.test")
+    named.dig("denied.test")
+    code, _ = curl_https(named, "allowed.test", OTHER_V4)
+    assert code in CUT
+    event = wait_event(named, 443, "allowed.test")
+    assert event["event"]["action"] == "deny"
+    assert event["event"]["reason"] == "name_mismatch"
+    assert event["destination"]["ip"] == OTHER_V4
+
+
+def test_denied_sni_to_an_allowed_address_is_denied(named: Lab) -> None:
+    start(named)
+    named.dig("allowed.test")  # the address stands for allowed.test in the cache
+    code, _ = curl_https(named, "denied.test", ALLOWED_V4)
+    assert code in CUT, "the presented name decides, not the address's DNS names"
+    event = wait_event(named, 443, "denied.test")
+    assert event["event"]["action"] == "deny"
+    assert event["nfguard"]["evidence"] in ("sni", "cidr")
+
+
+@pytest.mark.parametrize("mode", ["segments", "records"])
+def test_client_hello_split(named: Lab, mode: str) -> None:
+    start(named)
+    named.dig("allowed.test")
+    result = named.exec(named.client, sys.executable, "-c", SPLIT_CLIENT, "allowed.test",
+                        ALLOWED_V4, "443", str(named.ca), mode)  # type: ignore[attr-defined]
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "https allowed.test"
+    event = wait_event(named, 443, "allowed.test")
+    assert event["event"]["action"] == "allow" and event["nfguard"]["evidence"] == "sni"
+    # And split the same way, a denied name is cut.
+    named.dig("denied.test")
+    result = named.exec(named.client, sys.executable, "-c", SPLIT_CLIENT, "denied.test",
+                        OTHER_V4, "443", str(named.ca), mode)  # type: ignore[attr-defined]
+    assert result.returncode != 0
+    assert wait_event(named, 443, "denied.test")["event"]["action"] == "deny"
+
+
+def test_names_learnt_from_dns_over_tcp(named: Lab) -> None:
+    start(named)
+    assert named.dig("allowed.test", tcp=True) == [ALLOWED_V4]
+    # Without the binding the SNI would be a name_mismatch (anti-fronting).
+    assert curl_https(named, "allowed.test", ALLOWED_V4) == (0, "https allowed.test")
+    event = wait_event(named, 443, "allowed.test")
+    assert event["event"]["reason"] == "rule_match"
+
+
+def test_without_dns_an_allowed_sni_is_name_mismatch(named: Lab) -> None:
+    start(named)
+    code, _ = curl_https(named, "allowed.test", ALLOWED_V4)
+    assert code in CUT
+    assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "name_mismatch"
+
+
+def test_http_host_and_spoofed_host(named: Lab) -> None:
+    start(named)
+    named.dig("allowed.test")
+    assert curl_http(named, "http://allowed.test/", "--resolve",
+                     f"allowed.test:80:{ALLOWED_V4}") == (0, "port 80")
+    event = wait_event(named, 80, "allowed.test")
+    assert event["event"]["action"] == "allow" and event["nfguard"]["evidence"] == "host"
+    code, _ = curl_http(named, f"http://{OTHER_V4}/", "-H", "Host: allowed.test")
+    assert code in CUT
+    spoofed = named.wait_for_event(
+        lambda e: e.get("destination", {}).get("ip") == OTHER_V4
+        and e.get("destination", {}).get("port") == 80)
+    assert spoofed["event"]["reason"] == "name_mismatch"
+    assert spoofed["destination"]["domain"] == "allowed.test"
+
+
+def test_binding_expires_after_ttl_and_grace(named: Lab) -> None:
+    start(named, names={"grace": 0, "min_ttl": 0}, dns=("--local-ttl=1",))
+    named.dig("allowed.test")
+    assert curl_https(named, "allowed.test", ALLOWED_V4)[0] == 0
+    time.sleep(2.5)
+    code, _ = curl_https(named, "allowed.test", ALLOWED_V4)
+    assert code in CUT, "the name rule stops allowing once the binding expired"
+    named.wait_for_event(lambda e: e.get("event", {}).get("reason") == "name_mismatch")
+    named.dig("allowed.test")  # and a fresh answer brings it back
+    assert curl_https(named, "allowed.test", ALLOWED_V4)[0] == 0
+
+
+def test_quic_initial_is_decided_by_its_sni(named: Lab) -> None:
+    pytest.importorskip("aioquic")
+    named.serve_udp_echo(ALLOWED_V4, 443)
+    named.serve_udp_echo(OTHER_V4, 443)
+    start(named)
+    named.dig("allowed.test")
+    named.dig("denied.test")
+    allowed = named.exec(named.client, sys.executable, "-c", QUIC_CLIENT, "allowed.test",
+                         ALLOWED_V4)
+    assert allowed.stdout.strip() == "echo", allowed.stderr
+    event = wait_event(named, 443, "allowed.test", "udp")
+    assert event["event"]["action"] == "allow" and event["nfguard"]["evidence"] == "sni"
+    denied = named.exec(named.client, sys.executable, "-c", QUIC_CLIENT, "denied.test",
+                        OTHER_V4)
+    assert denied.stdout.strip() == "none", denied.stderr
+    assert wait_event(named, 443, "denied.test", "udp")["event"]["action"] == "deny"
+
+
+def test_uninstall_removes_the_dns_queue(named: Lab) -> None:
+    start(named)
+    assert named.dig("allowed.test") == [ALLOWED_V4]
+    named.stop_engine()
+    assert ALLOWED_V4 not in named.dig("allowed.test"), "fail closed: no engine, no DNS"
+    listing = named.exec(named.client, "nft", "list", "table", "inet", "nfguard").stdout
+    assert "chain input {" in listing and "udp sport 53" in listing
+    named.nfguard("uninstall", "--config", str(named.workdir / "nfguard.toml"))
+    for tool in ("iptables", "ip6tables"):
+        rules = named.exec(named.client, tool, "-S", "INPUT").stdout
+        assert "nfguard" not in rules
+    assert named.dig("allowed.test") == [ALLOWED_V4], "answers flow again"
+
+
+def test_unsolicited_answers_teach_nothing(named: Lab) -> None:
+    from scapy.layers.dns import DNS, DNSQR, DNSRR
+
+    start(named)
+    forged = bytes(DNS(id=1, qr=1, qd=DNSQR(qname="allowed.test"),
+                       an=[DNSRR(rrname="allowed.test", type="A", ttl=300, rdata=OTHER_V4)]))
+    sender = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+              f"s.bind(('{OTHER_V4}',53))\n"
+              "for port in (33333, 5353, 40000):\n"
+              f" s.sendto(bytes.fromhex(sys.argv[1]),('{CLIENT_V4}',port))\n")
+    assert named.exec(named.server, sys.executable, "-c", sender, forged.hex()).returncode == 0
+    time.sleep(0.3)
+    code, _ = curl_https(named, "allowed.test", OTHER_V4)
+    assert code in CUT, "a forged answer nobody asked for must not make the address allowed"
+    assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "name_mismatch"
+
+
+def test_answers_from_a_local_stub_over_loopback_are_learnt(named: Lab) -> None:
+    start(named)
+    # A stub resolver on the client host itself, answering over lo (loopback is not
+    # filtered on the way out, but its answers are read on the way in).
+    named.spawn(named.client, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts",
+                "--no-poll", "--bind-interfaces", "--user=root", "--port=53",
+                "--listen-address=127.0.0.53", "--pid-file=", "--log-facility=-",
+                f"--host-record=allowed.test,{ALLOWED_V4}",
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(50):
+        if named.dig("allowed.test", server="127.0.0.53") == [ALLOWED_V4]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the stub resolver did not answer")
+    assert curl_https(named, "allowed.test", ALLOWED_V4) == (0, "https allowed.test")
+    assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "rule_match"

@@ -1,0 +1,505 @@
+"""Names wired into decisions (no root): pending, anti-fronting, the flow table's
+hold/release/timeout/eviction, DNS learning in the pipeline, and the [names] config."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Raw
+
+from nfguard import cli, marks
+from nfguard.audit import AuditLog
+from nfguard.config import EngineConfig, NamesConfig, parse_config
+from nfguard.engine import NAME_MISMATCH, Engine
+from nfguard.flows import NO_NAME, FlowTable, PendingFlow, Sniffed, looks_like_http
+from nfguard.metrics import Stats
+from nfguard.pipeline import LOCAL_IN, Pipeline
+from nfguard.policy.load import PolicyError, parse_policy_texts
+from nfguard.policy.match import CompiledPolicySet
+from nfguard.wire.ip import parse_packet
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENT, RESOLVER = "10.0.0.2", "10.0.0.53"
+GH, OTHER = "140.82.112.3", "203.0.113.9"
+
+POLICY = """\
+[[client]]
+name = "everyone"
+policies = ["early", "names", "rest"]
+
+[[policy]]
+name = "early"
+
+[[policy.rule]]
+name = "dns"
+action = "allow"
+to = ["10.0.0.53"]
+ports = [53]
+
+[[policy.rule]]
+name = "internal"
+action = "allow"
+to = ["10.1.0.0/16"]
+
+[[policy]]
+name = "names"
+
+[[policy.rule]]
+name = "github"
+action = "allow"
+to = ["github.com", "*.github.com"]
+ports = [443, 80]
+
+[[policy.rule]]
+name = "pinned"
+action = "allow"
+to = ["pinned.example", "198.51.100.0/24"]
+ports = [443]
+proto = "tcp"
+
+[[policy.rule]]
+name = "evil"
+action = "deny"
+to = ["evil.example"]
+ports = [8443]
+proto = "tcp"
+
+[[policy.rule]]
+name = "gh-net-22"
+action = "allow"
+to = ["140.82.112.0/20"]
+ports = [22]
+
+[[policy]]
+name = "rest"
+
+[[policy.rule]]
+name = "all"
+action = "deny"
+"""
+
+
+def make_engine(verify: bool = True, **settings: object) -> Engine:
+    policies = CompiledPolicySet(parse_policy_texts([("r.toml", POLICY)]))
+    return Engine(EngineConfig(**settings), policies, verify=verify)  # type: ignore[arg-type]
+
+
+def syn(dst: str, dport: int, sport: int = 40000, seq: int = 1000) -> bytes:
+    return bytes(IP(src=CLIENT, dst=dst) / TCP(sport=sport, dport=dport, flags="S", seq=seq))
+
+
+def seg(dst: str, dport: int, seq: int, data: bytes = b"", sport: int = 40000,
+        flags: str = "PA") -> bytes:
+    packet = IP(src=CLIENT, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq)
+    return bytes(packet / Raw(data)) if data else bytes(packet)
+
+
+def client_hello(name: str | None) -> bytes:
+    """The record-layer bytes of a real ClientHello from Python's ssl module."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    tls = context.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return out.read()
+
+
+def dns_answer(*answers: DNSRR, qname: str = "github.com", qtype: str = "A",
+               dst: str = CLIENT, tcp: bool = False) -> bytes:
+    message = DNS(id=7, qr=1, rd=1, ra=1, qd=DNSQR(qname=qname, qtype=qtype),
+                  an=list(answers))
+    if not tcp:
+        return bytes(IP(src=RESOLVER, dst=dst) / UDP(sport=53, dport=5353) / message)
+    raw = bytes(message)
+    return len(raw).to_bytes(2, "big") + raw
+
+
+class Harness:
+    """A pipeline with a controllable clock and a release callback that records verdicts."""
+
+    def __init__(self, tmp_path: Path, engine: Engine | None = None,
+                 settings: NamesConfig | None = None) -> None:
+        self.now = 1_700_000_000.0
+        self.released: list[tuple[Any, int]] = []
+        self.path = tmp_path / "audit.jsonl"
+        self.stats = Stats()
+        self.pipeline = Pipeline(engine or make_engine(), AuditLog(str(self.path)), self.stats,
+                                 clock=lambda: self.now, settings=settings,
+                                 release=lambda token, mark: self.released.append((token, mark)))
+
+    def out(self, raw: bytes, mark: int = marks.QUEUED, token: Any = None) -> int | None:
+        return self.pipeline.handle(raw, mark, 3, token)
+
+    def pending(self, raw: bytes, token: Any = None) -> int | None:
+        return self.out(raw, marks.QUEUED | marks.PENDING, token)
+
+    def answer(self, raw: bytes) -> int | None:
+        return self.pipeline.handle(raw, marks.QUEUED, LOCAL_IN)
+
+    def learn(self, name: str, ip: str, ttl: int = 300) -> None:
+        kind = "AAAA" if ":" in ip else "A"
+        assert self.answer(dns_answer(DNSRR(rrname=name, type=kind, ttl=ttl, rdata=ip),
+                                      qname=name, qtype=kind)) == marks.ALLOW
+
+    def events(self) -> list[dict]:
+        self.pipeline.audit.flush()
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- could a name change it
+
+@pytest.mark.parametrize(("dst", "port", "names", "pending"), [
+    (OTHER, 443, (), True),  # a name rule for 443 stands before the default deny
+    (OTHER, 80, (), True),
+    (OTHER, 22, (), False),  # no name rule covers port 22
+    (OTHER, 25, (), False),
+    ("10.1.2.3", 443, (), False),  # decided by CIDR in an earlier policy
+    ("198.51.100.7", 443, (), True),  # decided by CIDR, but an earlier name rule could match
+    (GH, 443, (("github.com", "dns"),), True),  # DNS evidence: a presented name replaces it
+    (GH, 22, (("github.com", "dns"),), False),  # name rule does not cover 22
+    (OTHER, 8443, (), True),  # a deny-by-name rule could change it too
+])
+def test_pending_only_when_a_presented_name_could_change_the_decision(
+    dst: str, port: int, names: tuple, pending: bool,
+) -> None:
+    decision = make_engine().assess(parse_packet(syn(dst, port)), None, names)
+    assert (decision is None) is pending
+
+
+def test_rule_that_matched_the_address_by_cidr_is_not_pending_on_its_own_names() -> None:
+    text = ('[[client]]\nname = "a"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
+            '[[policy.rule]]\naction = "allow"\nto = ["x.example", "192.0.2.0/24"]\n')
+    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("r.toml", text)])))
+    assert engine.assess(parse_packet(syn("192.0.2.1", 443))) is not None
+    assert engine.assess(parse_packet(syn("192.0.2.1", 443)),
+                         names=(("x.example", "dns"),)) is not None  # CIDR still decides
+    assert engine.assess(parse_packet(syn("198.51.100.1", 443)),
+                         names=(("x.example", "dns"),)) is None
+
+
+def test_udp_is_pending_only_on_443_for_quic() -> None:
+    engine = make_engine()
+    udp443 = bytes(IP(src=CLIENT, dst=OTHER) / UDP(sport=5000, dport=443))
+    udp80 = bytes(IP(src=CLIENT, dst=OTHER) / UDP(sport=5000, dport=80))
+    assert engine.assess(parse_packet(udp443)) is None
+    decided = engine.assess(parse_packet(udp80))
+    assert decided is not None and decided.action == "deny"
+
+
+def test_first_name_rule_is_remembered_per_port() -> None:
+    policy = make_engine().policies.policies["names"]
+    assert policy.first_name_rule("tcp", 443) == 0
+    assert policy.first_name_rule("tcp", 8443) == 2
+    assert policy.first_name_rule("udp", 8443) > len(policy.rules)
+    assert ("tcp", 443) in policy._first_name_rule
+    assert make_engine().policies.policies["early"].name_rules == []
+
+
+# ---------------------------------------------------------------- anti-fronting
+
+def named(engine: Engine, dst: str, name: str, resolved: set[tuple[str, str]],
+          port: int = 443, aliases: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    return engine.decide_named(parse_packet(syn(dst, port)), name, "sni",
+                               resolved=lambda ip, n: (ip, n) in resolved, aliases=aliases)
+
+
+def test_allowed_name_must_resolve_to_the_destination() -> None:
+    engine = make_engine()
+    ok = named(engine, GH, "github.com", {(GH, "github.com")})
+    assert (ok.action, ok.reason, ok.evidence, ok.domain) == ("allow", "rule_match", "sni",
+                                                               "github.com")
+    fronted = named(engine, OTHER, "github.com", {(GH, "github.com")})
+    assert (fronted.action, fronted.verdict, fronted.reason) == ("deny", "deny", NAME_MISMATCH)
+    assert fronted.rule == "names/github" and fronted.domain == "github.com"
+
+
+def test_destination_inside_the_allowing_rules_cidr_needs_no_dns() -> None:
+    decision = named(make_engine(), "198.51.100.7", "pinned.example", set())
+    assert decision.action == "allow" and decision.rule == "names/pinned"
+    assert decision.domain == "pinned.example"
+    outside = named(make_engine(), OTHER, "pinned.example", set())
+    assert outside.reason == NAME_MISMATCH
+
+
+def test_verify_off_trusts_the_presented_name() -> None:
+    decision = named(make_engine(verify=False), OTHER, "github.com", set())
+    assert decision.action == "allow"
+
+
+def test_presented_name_replaces_dns_names() -> None:
+    # The address stands for github.com in DNS, but the client asks for another name.
+    decision = make_engine().decide_named(
+        parse_packet(syn(GH, 443)), "example.org", "sni",
+        dns_names=(("github.com", "dns"),), resolved=lambda ip, n: True)
+    assert decision.action == "deny" and decision.domain == "example.org"
+
+
+def test_cname_aliases_stand_with_the_presented_name() -> None:
+    engine = make_engine()
+    resolved = {(GH, "alias.example"), (GH, "github.com")}
+    assert named(engine, GH, "alias.example", resolved).action == "deny"
+    decision = named(engine, GH, "alias.example", resolved, aliases=("github.com",))
+    assert decision.action == "allow" and decision.domain == "github.com"
+
+
+def test_audit_mode_records_the_mismatch_but_lets_it_pass() -> None:
+    decision = named(make_engine(mode="audit"), OTHER, "github.com", set())
+    assert (decision.action, decision.verdict, decision.reason) == ("deny", "allow",
+                                                                     NAME_MISMATCH)
+
+
+# ---------------------------------------------------------------- flow table
+
+def test_http_sniffing() -> None:
+    assert looks_like_http(b"GET / HTTP/1.1\r\n")
+    assert looks_like_http(b"GE")  # could still become a method
+    assert not looks_like_http(b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n")
+    assert not looks_like_http(b"\x16\x03\x01")
+
+
+def test_segments_out_of_order_and_retransmits_release_in_stream_order() -> None:
+    hello = client_hello("github.com")
+    a, b, c = hello[:100], hello[100:300], hello[300:]
+    flow = PendingFlow("k", parse_packet(syn(GH, 443)), (), base_seq=1)
+    assert flow.tcp_segment(1 + 100, b, "B", 0, 0.0) is None  # ahead of a gap: held
+    assert flow.tcp_segment(1, a, "A", 0, 0.1) is None  # fills the gap, feeds A and B
+    assert flow.tcp_segment(1, a, "A2", 0, 0.2) is None  # retransmit: held, not fed
+    assert flow.tcp_segment(1 + 300, c, "C", 0, 0.3) == Sniffed("github.com", "sni")
+    assert [token for token, _mark in flow.release()] == ["A", "A2", "B", "C"]
+
+
+def test_not_tls_or_http_and_hello_without_sni_have_no_name() -> None:
+    packet = parse_packet(syn(GH, 22))
+    assert PendingFlow("k", packet, (), 1).tcp_segment(1, b"SSH-2.0-x\r\n", 1, 0, 0) == NO_NAME
+    assert PendingFlow("k", packet, (), 1).tcp_segment(1, client_hello(None), 1, 0, 0) == NO_NAME
+    http = PendingFlow("k", packet, (), 1)
+    assert http.tcp_segment(1, b"GET / HTTP/1.1\r\nHo", 1, 0, 0) is None
+    assert http.tcp_segment(19, b"st: GitHub.com:80\r\n\r\n", 2, 0, 0) == Sniffed("github.com",
+                                                                                  "host")
+
+
+def test_cut_segment_without_a_complete_hello_has_no_name() -> None:
+    flow = PendingFlow("k", parse_packet(syn(GH, 443)), (), 1)
+    assert flow.tcp_segment(1, client_hello("github.com")[:50], 1, 0, 0,
+                            complete=False) == NO_NAME
+
+
+def test_flow_table_evicts_least_recently_used_and_reports_holders() -> None:
+    table = FlowTable(max_flows=2)
+    flows = [PendingFlow(i, parse_packet(syn(GH, 443, sport=1000 + i)), (), 1) for i in range(3)]
+    table.add(flows[0])
+    flows[0].tcp_segment(1, b"\x16\x03\x01", "t", 0, 0.0)
+    table.mark_holding(flows[0])
+    table.add(flows[1])
+    assert table.get(0) is flows[0]  # touched: flows[1] is now the oldest
+    assert table.add(flows[2]) == []  # flows[1] evicted, it held nothing
+    assert table.get(1) is None and len(table) == 2
+    assert table.add(PendingFlow(9, flows[0].packet, (), 1)) == [flows[0]]  # a holder
+    assert table.holding == 0
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def test_pending_flow_hold_and_release_with_one_audit_event(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.learn("github.com", GH)
+    assert h.out(syn(GH, 443, seq=1000)) == marks.PENDING
+    assert h.events() == [], "no event for the pending SYN"
+    assert h.pending(seg(GH, 443, 1001, flags="A")) == marks.PENDING  # bare ACK
+    hello = client_hello("github.com")
+    assert h.pending(seg(GH, 443, 1001, hello[:200]), "one") is None
+    assert h.released == []
+    assert h.pending(seg(GH, 443, 1201, hello[200:]), "two") is None
+    assert h.released == [("one", marks.ALLOW), ("two", marks.ALLOW)]
+    (event,) = h.events()
+    assert event["event"]["action"] == "allow"
+    assert event["nfguard"]["evidence"] == "sni"
+    assert event["destination"]["domain"] == "github.com"
+    assert event["rule"]["name"] == "names/github"
+    # A late packet of the decided flow gets the same verdict, and no new event.
+    assert h.pending(seg(GH, 443, 1201, hello[200:]), "late") == marks.ALLOW
+    assert len(h.events()) == 1
+
+
+def test_fronted_flow_is_cut(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.learn("github.com", GH)
+    assert h.out(syn(OTHER, 443)) == marks.PENDING
+    assert h.pending(seg(OTHER, 443, 1001, client_hello("github.com")), "t") is None
+    assert h.released == [("t", marks.DENY)]
+    assert h.events()[0]["event"]["reason"] == NAME_MISMATCH
+
+
+def test_hello_timeout_decides_without_a_name(tmp_path: Path) -> None:
+    h = Harness(tmp_path, settings=NamesConfig(hello_timeout=5))
+    h.learn("github.com", GH)
+    assert h.out(syn(GH, 443)) == marks.PENDING
+    assert h.pending(seg(GH, 443, 1001, client_hello("github.com")[:40]), "t") is None
+    h.now += 4.9
+    assert h.pipeline.sweep() == 0 and h.released == []
+    h.now += 0.2
+    assert h.pipeline.sweep() == 1
+    # No name: the address's DNS name decides.
+    assert h.released == [("t", marks.ALLOW)]
+    (event,) = h.events()
+    assert event["nfguard"]["evidence"] == "dns" and h.stats.hello_timeouts == 1
+
+
+def test_evicted_holder_is_decided_without_a_name(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.pipeline.flows.max_flows = 1
+    assert h.out(syn(OTHER, 443, sport=1)) == marks.PENDING
+    assert h.pending(seg(OTHER, 443, 1001, b"\x16\x03\x01\x00", sport=1), "held") is None
+    assert h.out(syn(OTHER, 443, sport=2)) == marks.PENDING
+    assert h.released == [("held", marks.DENY)]
+    assert h.events()[0]["nfguard"]["evidence"] == "cidr"  # deny-all, no name
+
+
+def test_pending_packet_without_state_starts_over(tmp_path: Path) -> None:
+    h = Harness(tmp_path)  # as after an engine restart: the ct mark says PENDING
+    h.learn("github.com", GH)
+    assert h.pending(seg(GH, 443, 5000, flags="A")) == marks.PENDING
+    assert h.pending(seg(GH, 443, 5000, client_hello("github.com")), "t") is None
+    assert h.released == [("t", marks.ALLOW)]
+
+
+def test_flows_without_name_rules_are_decided_at_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert h.out(syn(GH, 22)) == marks.ALLOW
+    assert h.out(syn(OTHER, 25)) == marks.DENY
+    assert len(h.pipeline.flows) == 0 and len(h.events()) == 2
+
+
+# ---------------------------------------------------------------- DNS answers
+
+def test_dns_answers_teach_names_a_aaaa_and_cname_chains(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    cache = h.pipeline.names
+    h.learn("github.com", GH)
+    h.learn("github.com", "2606:50c0::1")
+    chain = dns_answer(DNSRR(rrname="www.github.com", type="CNAME", ttl=300,
+                             rdata="lb.github.com"),
+                       DNSRR(rrname="lb.github.com", type="A", ttl=60, rdata="140.82.112.4"),
+                       qname="www.github.com")
+    assert h.answer(chain) == marks.ALLOW
+    assert cache.names_for(GH, h.now) == {"github.com"}
+    assert cache.names_for("2606:50c0::1", h.now) == {"github.com"}
+    assert cache.names_for("140.82.112.4", h.now) == {"www.github.com", "lb.github.com"}
+    assert h.stats.dns_answers == 3 and h.events() == []
+    # A SYN to the address of a learnt name is decided with DNS evidence.
+    decision = h.pipeline.engine.assess(parse_packet(syn("140.82.112.4", 22)), None,
+                                        h.pipeline._dns_names("140.82.112.4", h.now))
+    assert decision is not None and decision.domain == "lb.github.com"
+
+
+def test_cut_and_unparseable_answers_are_accepted_without_learning(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    full = dns_answer(*[DNSRR(rrname="big.example", type="A", ttl=300, rdata=f"192.0.2.{i}")
+                        for i in range(1, 200)], qname="big.example")
+    cut = full[:1500]
+    assert h.answer(cut) == marks.ALLOW
+    assert h.stats.dns_cut == 1 and len(h.pipeline.names) == 0
+    garbage = bytes(IP(src=RESOLVER, dst=CLIENT) / UDP(sport=53, dport=5353) / Raw(b"\x00" * 5))
+    assert h.answer(garbage) == marks.ALLOW
+    assert h.stats.dns_unparseable == 1 and len(h.pipeline.names) == 0
+    assert h.answer(full) == marks.ALLOW and len(h.pipeline.names) == 199
+
+
+def test_dns_over_tcp_in_order_only(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    stream = dns_answer(DNSRR(rrname="github.com", type="A", ttl=300, rdata=GH), tcp=True)
+
+    def tcp(seq: int, data: bytes = b"", flags: str = "PA") -> bytes:
+        packet = IP(src=RESOLVER, dst=CLIENT) / TCP(sport=53, dport=5353, flags=flags, seq=seq)
+        return bytes(packet / Raw(data)) if data else bytes(packet)
+
+    assert h.answer(tcp(99, flags="SA")) == marks.ALLOW
+    # The second half first: out of order, dropped so the server sends it again.
+    assert h.answer(tcp(100 + 10, stream[10:])) == marks.DENY
+    assert h.stats.dns_out_of_order == 1
+    assert h.answer(tcp(100, stream[:10])) == marks.ALLOW
+    assert h.answer(tcp(100, stream[:10])) == marks.ALLOW  # a duplicate changes nothing
+    assert h.pipeline.names.names_for(GH, h.now) == frozenset()
+    assert h.answer(tcp(100 + 10, stream[10:])) == marks.ALLOW
+    assert h.pipeline.names.names_for(GH, h.now) == {"github.com"}
+
+
+def test_names_expire_after_ttl_and_grace(tmp_path: Path) -> None:
+    h = Harness(tmp_path, settings=NamesConfig(grace=2, min_ttl=0))
+    h.learn("github.com", GH, ttl=1)
+    h.now += 2.9
+    assert h.pipeline.names.resolved(GH, "github.com", h.now)
+    h.now += 0.2
+    assert not h.pipeline.names.resolved(GH, "github.com", h.now)
+
+
+def test_ipv6_flows_use_names_too(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.learn("github.com", "2606:50c0::1")
+    raw = bytes(IPv6(src="2001:db8::2", dst="2606:50c0::1")
+                / TCP(sport=4, dport=443, flags="S", seq=9))
+    assert h.out(raw) == marks.PENDING
+    data = bytes(IPv6(src="2001:db8::2", dst="2606:50c0::1")
+                 / TCP(sport=4, dport=443, flags="PA", seq=10) / Raw(client_hello("github.com")))
+    assert h.pending(data, "t") is None and h.released == [("t", marks.ALLOW)]
+
+
+def test_tcp_seq_is_parsed() -> None:
+    assert parse_packet(seg(GH, 443, 0xDEADBEEF, b"x")).tcp_seq == 0xDEADBEEF
+
+
+# ---------------------------------------------------------------- config and rules
+
+def test_names_config_section() -> None:
+    config = parse_config("[names]\nverify = false\ngrace = 1\nmin_ttl = 0.5\n"
+                          "max_entries = 10\nhello_timeout = 2\n", "c.toml")
+    assert config.names == NamesConfig(False, 1.0, 0.5, 10, 2.0)
+    assert parse_config("", "c.toml").names == NamesConfig()
+    with pytest.raises(PolicyError) as bad:
+        parse_config("[names]\nverify = 1\ngrace = -1\nhello_timeout = 0\nmax_entries = 0\n"
+                     "ttl = 3\n", "c.toml")
+    text = str(bad.value)
+    for expected in ("c.toml:2: names.verify must be a bool", "c.toml:3: names.grace must be >= 0",
+                     "c.toml:4: names.hello_timeout must be > 0",
+                     "c.toml:5: names.max_entries must be >= 1", "c.toml:6: unknown key 'ttl'"):
+        assert expected in text
+
+
+def test_shipped_config_documents_names() -> None:
+    text = (REPO / "etc/nfguard/nfguard.toml").read_text()
+    assert "[names]" in text
+    assert parse_config(text, "nfguard.toml").names == NamesConfig()
+
+
+def test_encrypted_dns_policy_checks_and_denies(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "encrypted-dns.toml").write_text((REPO / "rules/encrypted-dns.toml").read_text())
+    (rules / "a-clients.toml").write_text(
+        '[[client]]\nname = "all"\npolicies = ["encrypted-dns", "allow-rest"]\n\n'
+        '[[policy]]\nname = "allow-rest"\n\n[[policy.rule]]\naction = "allow"\n')
+    config = tmp_path / "nfguard.toml"
+    config.write_text('[engine]\npolicy_dir = "rules"\n')
+    assert cli.main(["check", "--config", str(config)]) == 0
+    assert "ok" in capsys.readouterr().out
+    from nfguard.config import load_config
+    from nfguard.daemon import build_engine
+
+    engine = build_engine(load_config(config))
+    tcp = lambda dst, port: parse_packet(syn(dst, port))  # noqa: E731
+    assert engine.decide(tcp("192.0.2.1", 853)).action == "deny"
+    assert engine.decide(tcp("1.1.1.1", 443)).rule == "encrypted-dns/public-doh-by-address"
+    assert engine.decide(tcp("1.1.1.1", 53)).action == "allow"
+    by_name = engine.decide_named(tcp("192.0.2.1", 443), "dns.google", "sni")
+    assert (by_name.action, by_name.rule) == ("deny", "encrypted-dns/public-doh-by-name")
+    assert engine.decide_named(tcp("192.0.2.1", 443), "example.org", "sni").action == "allow"
