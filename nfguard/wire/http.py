@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from nfguard.wire.errors import WireError
+from nfguard.wire.reader import StickyReader
 
 __all__ = ["MAX_HEAD", "RequestHead", "RequestHeadReader", "parse_host"]
 
@@ -78,7 +79,7 @@ def parse_host(value: str) -> str | None:
     return host
 
 
-class RequestHeadReader:
+class RequestHeadReader(StickyReader[RequestHead]):
     """Sans-IO reader of one request head from client-to-server TCP payload.
 
     ``feed()`` returns None until the empty line ending the head has arrived, then the
@@ -87,29 +88,15 @@ class RequestHeadReader:
     CRLF or bare LF (RFC 9112 2.2 lets recipients accept both).
     """
 
-    __slots__ = ("_buf", "_error", "_result", "_scan")
+    __slots__ = ("_buf", "_scan")
 
     def __init__(self) -> None:
+        super().__init__()
         self._buf = bytearray()
         self._scan = 0  # offset from which the end-of-head search resumes
-        self._result: RequestHead | None = None
-        self._error: WireError | None = None
 
-    @property
-    def done(self) -> bool:
-        return self._result is not None
-
-    def feed(self, data: bytes) -> RequestHead | None:
-        if self._result is not None:
-            return self._result
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._feed(data)
-        except WireError as exc:
-            self._error = exc
-            self._buf.clear()
-            raise
+    def _discard(self) -> None:
+        self._buf.clear()
 
     def _feed(self, data: bytes) -> RequestHead | None:
         buf = self._buf

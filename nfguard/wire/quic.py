@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from nfguard.wire.errors import WireError
+from nfguard.wire.reader import StickyReader
 from nfguard.wire.tls import MAX_HELLO, HelloResult, parse_client_hello
 
 __all__ = [
@@ -399,7 +400,7 @@ class _CryptoStream:
         return bytes(self.buf[4 : 4 + length])
 
 
-class QuicHelloAssembler:
+class QuicHelloAssembler(StickyReader[HelloResult]):
     """Sans-IO: feed a flow's client datagrams; get the ClientHello's ``HelloResult``.
 
     ``feed()`` returns None while the ClientHello is incomplete and the result once it is
@@ -412,31 +413,17 @@ class QuicHelloAssembler:
     key set, and on any bound; after an error the assembler stays failed.
     """
 
-    __slots__ = ("_datagrams", "_error", "_first", "_openers", "_result", "_streams")
+    __slots__ = ("_datagrams", "_first", "_openers", "_streams")
 
     def __init__(self) -> None:
+        super().__init__()
         self._openers: dict[tuple[int, bytes], _Opener] = {}
         self._streams: dict[tuple[int, bytes], _CryptoStream] = {}
         self._first: tuple[int, bytes] | None = None
         self._datagrams = 0
-        self._result: HelloResult | None = None
-        self._error: WireError | None = None
 
-    @property
-    def done(self) -> bool:
-        return self._result is not None
-
-    def feed(self, datagram: bytes) -> HelloResult | None:
-        if self._result is not None:
-            return self._result
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._feed(bytes(datagram))
-        except WireError as exc:
-            self._error = exc
-            self._streams.clear()
-            raise
+    def _discard(self) -> None:
+        self._streams.clear()
 
     def _opener(self, ident: tuple[int, bytes]) -> _Opener:
         opener = self._openers.get(ident)

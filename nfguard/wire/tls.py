@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 
 from nfguard.wire.errors import WireError
+from nfguard.wire.reader import StickyReader
 
 __all__ = [
     "MAX_HELLO",
@@ -180,7 +181,7 @@ def parse_client_hello(handshake_body: bytes) -> HelloResult:
     return HelloResult(sni=sni, ech=ech, alpn=alpn)
 
 
-class ClientHelloReader:
+class ClientHelloReader(StickyReader[HelloResult]):
     """Sans-IO reassembly of a ClientHello from client-to-server TCP payload.
 
     ``feed()`` the payload of each segment in stream order; it returns None while more
@@ -190,31 +191,17 @@ class ClientHelloReader:
     not a ClientHello, and when a bound is exceeded; after an error the reader stays failed.
     """
 
-    __slots__ = ("_error", "_hs", "_raw", "_raw_total", "_result")
+    __slots__ = ("_hs", "_raw", "_raw_total")
 
     def __init__(self) -> None:
+        super().__init__()
         self._raw = bytearray()  # record-layer bytes not yet consumed
         self._hs = bytearray()  # handshake-layer bytes gathered from records
         self._raw_total = 0
-        self._result: HelloResult | None = None
-        self._error: WireError | None = None
 
-    @property
-    def done(self) -> bool:
-        return self._result is not None
-
-    def feed(self, data: bytes) -> HelloResult | None:
-        if self._result is not None:
-            return self._result
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._feed(data)
-        except WireError as exc:
-            self._error = exc
-            self._raw.clear()
-            self._hs.clear()
-            raise
+    def _discard(self) -> None:
+        self._raw.clear()
+        self._hs.clear()
 
     def _feed(self, data: bytes) -> HelloResult | None:
         self._raw_total += len(data)
