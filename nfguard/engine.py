@@ -30,7 +30,8 @@ NAME_MISMATCH = "name_mismatch"  # an allowed name presented to an address it do
 
 # Evidence kinds of names (policy.match has "cidr" and "default").
 DNS = "dns"  # the destination address is one this host resolved the name to
-SNI = "sni"  # TLS ClientHello server_name (over TCP, or in a QUIC Initial)
+SNI = "sni"  # TLS ClientHello server_name over TCP
+QUIC = "quic"  # the server_name of the ClientHello inside a QUIC Initial
 HOST = "host"  # HTTP request Host
 
 QUIC_PORT = 443

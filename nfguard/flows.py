@@ -18,14 +18,13 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any, NamedTuple
 
+from nfguard.engine import HOST, QUIC, SNI
 from nfguard.wire.errors import WireError
 from nfguard.wire.http import RequestHead, RequestHeadReader
 from nfguard.wire.ip import Packet
 from nfguard.wire.quic import QuicHelloAssembler
 from nfguard.wire.tls import ClientHelloReader, HelloResult
 
-SNI = "sni"
-HOST = "host"
 MAX_FLOWS = 65536  # pending flows remembered (LRU)
 MAX_HELD_PER_FLOW = 64  # packets one flow may hold; a hello needs a handful
 MAX_HELD = 2048  # packets all flows may hold together (the kernel queue holds 4096)
@@ -144,7 +143,7 @@ class PendingFlow:
             if not data or not data[0] & 0x80:
                 self.result = NO_NAME  # not a QUIC long header: not QUIC, or not its start
                 return self.result
-            self._reader, self.evidence = QuicHelloAssembler(), SNI
+            self._reader, self.evidence = QuicHelloAssembler(), QUIC
         self._result_from(data)
         if self.result is None and len(self.held) > MAX_HELD_PER_FLOW:
             self.result = NO_NAME
@@ -160,7 +159,7 @@ class PendingFlow:
             self.result = NO_NAME
             return
         if isinstance(found, HelloResult):
-            self.result = Sniffed(found.sni, SNI) if found.sni else NO_NAME
+            self.result = Sniffed(found.sni, self.evidence) if found.sni else NO_NAME
         elif isinstance(found, RequestHead):
             self.result = Sniffed(found.host, HOST) if found.host else NO_NAME
 

@@ -356,7 +356,7 @@ def test_quic_initial_is_decided_by_its_sni(named: Lab) -> None:
                          ALLOWED_V4)
     assert allowed.stdout.strip() == "echo", allowed.stderr
     event = wait_event(named, 443, "allowed.test", "udp")
-    assert event["event"]["action"] == "allow" and event["nfguard"]["evidence"] == "sni"
+    assert event["event"]["action"] == "allow" and event["nfguard"]["evidence"] == "quic"
     denied = named.exec(named.client, sys.executable, "-c", QUIC_CLIENT, "denied.test",
                         OTHER_V4)
     assert denied.stdout.strip() == "none", denied.stderr
