@@ -10,7 +10,7 @@ from typing import Any
 
 from nfguard.config import Config
 from nfguard.daemon import build_engine
-from nfguard.engine import Engine
+from nfguard.engine import SNI, Engine
 from nfguard.policy.match import Destination, destination_names
 from nfguard.procs import ProcessInfo
 from nfguard.wire.ip import TCP, UDP, Packet
@@ -62,6 +62,15 @@ def _explain_one(
             out.append(f"  policy {name}: rule {found.rule.name} [{found.rule.location}] "
                        f"matches ({via}) -> {found.rule.action}")
             break
+    if engine.assess(packet, process, names) is None:
+        # The engine would hold the flow for the name the client presents (see pipeline).
+        out.append("  first packet: pending; the name the client presents decides")
+        for presented, _ in names:
+            named = engine.decide_named(packet, presented, SNI, process, names,
+                                        resolved=lambda _ip, _name: True)
+            out.append(f"  if it presents {presented} (TLS SNI / HTTP Host): {named.action} "
+                       f"({named.reason}, rule {named.rule or '-'})")
+        out.append("  if it presents no name (not TLS or HTTP, or no SNI): decided as below")
     decision = engine.decide(packet, process, names)
     out.append(f"  decision: {decision.action} ({decision.reason}, evidence {decision.evidence})"
                f"; mode {decision.mode}, the kernel is told {decision.verdict}")

@@ -233,12 +233,13 @@ class Lab:
         return result
 
     def start_engine(self, config: Path) -> subprocess.Popen:
+        start_at = self.engine_log.stat().st_size if self.engine_log.exists() else 0
         log = self.engine_log.open("a")
         self.engine = self.spawn(self.client, sys.executable, "-m", "nfguard", "run",
                                  "--config", str(config), stdout=log, stderr=log)
         end = time.monotonic() + 20
         while time.monotonic() < end:
-            if "engine bound to queue" in self.engine_log.read_text():
+            if "engine bound to queue" in self.engine_log.read_text()[start_at:]:
                 return self.engine
             if self.engine.poll() is not None:
                 break

@@ -272,6 +272,18 @@ def test_explain_host_name_uses_dns_evidence(
     assert "GitHub.com resolves to 192.0.2.77 (evidence: dns)" in out
     assert "policy web: rule web/github" in out and "(dns github.com)" in out
     assert "decision: allow (rule_match, evidence dns)" in out
+    # A name rule on 443: the flow would wait for the name the client presents.
+    assert "first packet: pending; the name the client presents decides" in out
+    assert ("if it presents github.com (TLS SNI / HTTP Host): allow (rule_match, "
+            "rule web/github)") in out
+
+
+def test_explain_address_only_flow_is_not_pending(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:80")
+    assert code == 0
+    assert "pending" not in out
 
 
 def test_explain_bad_policy_is_an_error(tmp_path: Path,

@@ -1,0 +1,72 @@
+"""The rollout story end to end: audit-only with a policy that allows nothing, real traffic,
+`nfguard suggest` on the audit log, then enforce the suggestion."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, Lab
+from tests.e2e.test_names import CUT, DNS_RECORDS, curl_http, curl_https, make_certs
+
+NOTHING_ALLOWED = """
+    [[client]]
+    name = "everyone"
+    policies = ["nothing"]
+
+    [[policy]]
+    name = "nothing"
+
+    [[policy.rule]]
+    name = "everything"
+    action = "deny"
+"""
+
+
+@pytest.fixture
+def servers(lab: Lab, tmp_path: Path) -> Lab:
+    for tool in ("dnsmasq", "dig"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            pytest.skip(f"{tool} is not installed (./bootstrap.sh test installs it)")
+    ca, cert, key = make_certs(tmp_path)
+    lab.ca = ca  # type: ignore[attr-defined]
+    lab.serve_https(cert, key)
+    lab.serve_http(80)
+    lab.serve_dns(*DNS_RECORDS)
+    return lab
+
+
+def test_audit_then_suggest_then_enforce(servers: Lab) -> None:
+    lab = servers
+    # 1. Audit only: nothing is allowed, yet everything passes and is recorded.
+    lab.start_engine(lab.write_config(NOTHING_ALLOWED, mode="audit"))
+    assert lab.dig("allowed.test") == [ALLOWED_V4]
+    assert curl_https(lab, "allowed.test", ALLOWED_V4) == (0, "https allowed.test")
+    assert curl_http(lab, f"http://{OTHER_V4}/")[0] == 0
+    assert lab.stop_engine(signal.SIGTERM) == 0
+    observed = lab.audit_events()
+    assert observed and all(e["event"]["action"] == "deny" for e in observed)
+    assert any(e.get("destination", {}).get("domain") == "allowed.test" for e in observed)
+
+    # 2. Suggest: a policy that passes check, by name where the flows had one.
+    suggested = lab.nfguard("suggest", str(lab.audit_path)).stdout
+    assert '"allowed.test"' in suggested
+    assert f'"{OTHER_V4}/32"' in suggested
+    assert f'"{SERVER_V4}/32"' in suggested  # the DNS server, by address
+    config = lab.write_config(suggested)
+    lab.nfguard("check", "--config", str(config))
+    lab.audit_path.unlink()
+
+    # 3. Enforce it: what was observed passes, what was not is cut.
+    lab.start_engine(config)
+    assert lab.dig("allowed.test") == [ALLOWED_V4]
+    assert curl_https(lab, "allowed.test", ALLOWED_V4) == (0, "https allowed.test")
+    assert curl_http(lab, f"http://{OTHER_V4}/")[0] == 0
+    assert lab.dig("denied.test") == [OTHER_V4]
+    assert curl_https(lab, "denied.test", OTHER_V4)[0] in CUT, "never observed: denied"
+    assert curl_http(lab, f"http://{ALLOWED_V4}/")[0] in CUT, "never observed: denied"
+    denied = lab.wait_for_event(lambda e: e["event"]["action"] == "deny")
+    assert denied["nfguard"]["mode"] == "enforce"
