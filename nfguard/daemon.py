@@ -20,7 +20,7 @@ from nfguard.config import Config, load_config
 from nfguard.engine import Engine
 from nfguard.metrics import Stats, serve
 from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
-from nfguard.pipeline import Pipeline, make_name_cache
+from nfguard.pipeline import Pipeline, configure_name_cache, make_name_cache
 from nfguard.policy.load import PolicyError, load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.queue import QueueAdapter
@@ -134,9 +134,7 @@ class Daemon:
                         ", engine.".join(restart_needed))
         pipeline.engine = engine
         pipeline.settings = config.names
-        cache = pipeline.names  # kept, with what it learnt; its limits follow the config
-        cache.grace, cache.max_entries = config.names.grace, config.names.max_entries
-        cache.min_ttl = min(config.names.min_ttl, cache.max_ttl)
+        configure_name_cache(pipeline.names, config.names)  # what it learnt stays
         audit.reopen()
         log.info("reloaded: %d rules", engine.policies.source.rule_count)
 

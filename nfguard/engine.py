@@ -64,14 +64,10 @@ class Engine:
         process: Process | None = None,
         names: Iterable[tuple[str, str]] = (),
     ) -> Decision:
-        client = self.client_for(process)
-        mode = (client.mode if client is not None else None) or self.settings.mode
-        if client is None:
-            return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT)
-        dest = Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
-                           destination_names(names))
-        found = self.policies.first_match(client.policies, dest)
-        return self._result(found, mode, client, dest.names)
+        """The decision from the address and DNS names alone (no waiting for a name)."""
+        decision = self._evaluate(packet, process, names, may_wait=False)
+        assert decision is not None
+        return decision
 
     def assess(
         self,
@@ -84,17 +80,30 @@ class Engine:
         A flow waits when a name it may present (TLS SNI, HTTP Host on TCP; SNI in a QUIC
         Initial on udp/443) could change what the rules decide on its address and DNS names.
         """
-        client = self.client_for(process)
-        mode = (client.mode if client is not None else None) or self.settings.mode
+        return self._evaluate(packet, process, names, may_wait=True)
+
+    def _evaluate(
+        self, packet: Packet, process: Process | None, names: Iterable[tuple[str, str]],
+        may_wait: bool,
+    ) -> Decision | None:
+        client, mode = self._client_and_mode(process)
         if client is None:
             return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT)
         dest = Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
                            destination_names(names) if names else ())
+        if not may_wait:
+            found = self.policies.first_match(client.policies, dest)
+            return self._result(found, mode, client, dest.names)
         found, pending = self.policies.match_and_pending(client.policies, dest)
         if pending and (packet.proto == TCP or (packet.proto == UDP
                                                 and packet.dport == QUIC_PORT)):
             return None
         return self._result(found, mode, client, dest.names)
+
+    def _client_and_mode(self, process: Process | None) -> tuple[Client | None, str]:
+        """The client deciding for the process, and the mode its flows run in."""
+        client = self.client_for(process)
+        return client, (client.mode if client is not None else None) or self.settings.mode
 
     def decide_named(
         self,
@@ -118,8 +127,7 @@ class Engine:
         """
         if name is None:
             return self.decide(packet, process, dns_names)
-        client = self.client_for(process)
-        mode = (client.mode if client is not None else None) or self.settings.mode
+        client, mode = self._client_and_mode(process)
         if client is None:
             return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
                                 domain=name)

@@ -54,19 +54,23 @@ class NameCache:
         min_ttl: float = 60.0,
         max_ttl: float = 86_400.0,
     ) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be >= 1")
-        if grace < 0 or min_ttl < 0 or max_ttl < min_ttl:
-            raise ValueError("need grace >= 0 and 0 <= min_ttl <= max_ttl")
-        self.max_entries = max_entries
-        self.grace = grace
-        self.min_ttl = min_ttl
         self.max_ttl = max_ttl
+        self.configure(max_entries=max_entries, grace=grace, min_ttl=min_ttl)
         self._lru: OrderedDict[tuple[str, str], float] = OrderedDict()  # oldest first
         self._by_ip: dict[str, set[str]] = {}
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+
+    def configure(self, *, max_entries: int, grace: float, min_ttl: float) -> None:
+        """Set the limits; on a running cache (reload) what it learnt stays."""
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        if grace < 0 or min_ttl < 0 or self.max_ttl < min_ttl:
+            raise ValueError("need grace >= 0 and 0 <= min_ttl <= max_ttl")
+        self.max_entries = max_entries
+        self.grace = grace
+        self.min_ttl = min_ttl
 
     def __len__(self) -> int:
         """Stored (ip, name) pairs, including expired ones not yet purged."""

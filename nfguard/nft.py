@@ -23,6 +23,8 @@ PATH_DESCRIPTIONS = {
     XT: "xt NFQUEUE target via iptables-nft (this kernel has no nft queue expression)",
 }
 XT_COMMENT = "nfguard queue"
+XT_TOOLS = ("iptables", "ip6tables")
+XT_CHAINS = ("OUTPUT", "INPUT")
 
 # Link-local control traffic of IPv6 that must never wait for a policy.
 _NDP = (
@@ -36,16 +38,16 @@ _KEEP_USER_BITS = f"0x{~marks.MASK & 0xFFFFFFFF:08x}"
 class Ruleset:
     path: str  # NATIVE | XT
     nft: str  # text for `nft -f`
-    xt_rules: tuple[tuple[str, tuple[str, ...]], ...]  # (iptables binary, rule spec) per family
-    # The same for DNS answers, in iptables' INPUT chain.
-    xt_input_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # (iptables binary, rule spec) per family, inserted in each of XT_CHAINS: new flows in
+    # OUTPUT, DNS answers in INPUT.
+    xt_rules: tuple[tuple[str, tuple[str, ...]], ...]
 
     def describe(self) -> str:
         text = f"# queue path: {PATH_DESCRIPTIONS[self.path]}\n{self.nft}"
-        for chain, rules in (("OUTPUT", self.xt_rules), ("INPUT", self.xt_input_rules)):
-            for binary, spec in rules:
+        for chain in XT_CHAINS:
+            for binary, spec in self.xt_rules:
                 text += f"\n# and: {binary} -I {chain} 1 {' '.join(_quote(a) for a in spec)}"
-        return text + ("\n" if self.xt_rules or self.xt_input_rules else "")
+        return text + ("\n" if self.xt_rules else "")
 
 
 def render(settings: EngineConfig, path: str) -> Ruleset:
@@ -133,7 +135,6 @@ table inet {TABLE} {{
 }}
 """  # noqa: E501
     xt_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    xt_input_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if path == XT:
         spec = (
             "-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
@@ -142,12 +143,7 @@ table inet {TABLE} {{
             *(("--queue-bypass",) if bypass else ()),
         )
         xt_rules = tuple((binary, spec) for binary in XT_TOOLS)
-        xt_input_rules = xt_rules
-    return Ruleset(path, nft, xt_rules, xt_input_rules)
-
-
-XT_TOOLS = ("iptables", "ip6tables")
-XT_CHAINS = ("OUTPUT", "INPUT")
+    return Ruleset(path, nft, xt_rules)
 
 
 def _xt_binary(tool: str) -> str:
@@ -191,8 +187,8 @@ class Installer:
         """Atomic replace of our table, then the xt queue rules (idempotent)."""
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
         self._remove_xt_rules()
-        for chain, rules in (("OUTPUT", ruleset.xt_rules), ("INPUT", ruleset.xt_input_rules)):
-            for tool, spec in rules:
+        for chain in XT_CHAINS:
+            for tool, spec in ruleset.xt_rules:
                 _run([_xt_binary(tool), "-w", "-I", chain, "1", *spec])
 
     def uninstall(self) -> bool:

@@ -47,8 +47,15 @@ _HALF = 1 << 31
 
 
 def make_name_cache(settings: NamesConfig) -> NameCache:
-    return NameCache(max_entries=settings.max_entries, grace=settings.grace,
-                     min_ttl=min(settings.min_ttl, 86_400.0))
+    cache = NameCache()
+    configure_name_cache(cache, settings)
+    return cache
+
+
+def configure_name_cache(cache: NameCache, settings: NamesConfig) -> None:
+    """The config's [names] limits, at start and on reload (min_ttl capped at max_ttl)."""
+    cache.configure(max_entries=settings.max_entries, grace=settings.grace,
+                    min_ttl=min(settings.min_ttl, cache.max_ttl))
 
 
 class Pipeline:
@@ -129,15 +136,19 @@ class Pipeline:
     def _start_pending(self, packet: Packet, payload: bytes, mark: int, token: Any,
                        names: tuple[tuple[str, str], ...], now: float) -> int | None:
         base = (packet.tcp_seq + 1) & _SEQ if packet.tcp_flags & _SYN else None
-        flow = PendingFlow(_key(packet), packet, names, base)
-        for old in self.flows.add(flow):
-            self._settle(old, NO_NAME)  # evicted while holding: decided without a name
-        self.stats.pending_flows += 1
+        flow = self._track(PendingFlow(_key(packet), packet, names, base))
         if packet.proto == UDP:
             return self._pending_datagram(flow, packet, payload, mark, token)
         if packet.total_length > packet.payload_offset:  # data on the first packet (TFO)
             return self._pending_segment(flow, packet, payload, mark, token)
         return marks.with_verdict(mark, marks.PENDING)
+
+    def _track(self, flow: PendingFlow) -> PendingFlow:
+        """Remember a new pending flow; flows evicted while holding are decided nameless."""
+        for old in self.flows.add(flow):
+            self._settle(old, NO_NAME)
+        self.stats.pending_flows += 1
+        return flow
 
     def _pending_packet(self, packet: Packet, payload: bytes, mark: int,
                         token: Any) -> int | None:
@@ -151,9 +162,7 @@ class Pipeline:
             if decision is not None:
                 self.record(decision, packet)
                 return marks.with_verdict(mark, _bits(decision))
-            flow = PendingFlow(_key(packet), packet, names)
-            for old in self.flows.add(flow):
-                self._settle(old, NO_NAME)
+            flow = self._track(PendingFlow(_key(packet), packet, names))
         if flow.decision is not None:
             return marks.with_verdict(mark, _bits(flow.decision))
         if packet.proto != TCP:
@@ -264,13 +273,13 @@ class Pipeline:
         flags = packet.tcp_flags
         if flags & _SYN:
             streams[key] = [(packet.tcp_seq + 1) & _SEQ, TcpDnsStream()]
-            _bound(streams)
+            _bound(streams, MAX_DNS_STREAMS)
             return accept
         state = streams.get(key)
         if body:
             if state is None:
                 state = streams[key] = [packet.tcp_seq, TcpDnsStream()]  # no SYN-ACK seen
-                _bound(streams)
+                _bound(streams, MAX_DNS_STREAMS)
             offset = (packet.tcp_seq - state[0]) & _SEQ
             if offset >= _HALF:  # starts before the next byte: a retransmit, maybe overlapping
                 behind = (state[0] - packet.tcp_seq) & _SEQ
@@ -302,15 +311,14 @@ class Pipeline:
         by_ip: dict[str, list[str]] = {}
         for binding in response.bindings:
             learn(binding.ip, binding.name, binding.ttl, now)
-            by_ip.setdefault(binding.ip, []).append(binding.name.lower().rstrip("."))
+            by_ip.setdefault(binding.ip, []).append(binding.name)  # already normalised
         chains = self._chains
         for ip, group in by_ip.items():
             if len(group) > 1:
                 for name in group:
                     chains[(ip, name)] = tuple(other for other in group if other != name)
                     chains.move_to_end((ip, name))
-        while len(chains) > MAX_CHAINS:
-            chains.popitem(last=False)
+        _bound(chains, MAX_CHAINS)
         self.stats.dns_answers += 1
         self.stats.dns_bindings += len(response.bindings)
 
@@ -323,9 +331,10 @@ def _bits(decision: Decision) -> int:
     return marks.ALLOW if decision.verdict == ALLOW else marks.DENY
 
 
-def _bound(streams: OrderedDict) -> None:
-    while len(streams) > MAX_DNS_STREAMS:
-        streams.popitem(last=False)
+def _bound(table: OrderedDict, limit: int) -> None:
+    """Drop least recently used entries past `limit`."""
+    while len(table) > limit:
+        table.popitem(last=False)
 
 
 def _no_release(_token: Any, _mark: int) -> None:

@@ -30,28 +30,14 @@ ALLOWED_V6, OTHER_V6 = "fd00:18:1::1", "fd00:18:2::1"
 
 _counter = itertools.count()
 
-HTTP_SERVER = """
-import http.server, socket, sys
-class Server(http.server.ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f"port {self.server.server_port}\\n".encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-Server(("::", int(sys.argv[1])), Handler).serve_forever()
-"""
-
-# HTTPS on a dual-stack socket; the handshake runs in the handler thread.
-HTTPS_SERVER = """
+# HTTP, or HTTPS when given a certificate and key, on a dual-stack socket. HTTP answers
+# "port N", HTTPS "https HOST"; the TLS handshake runs in the handler thread.
+WEB_SERVER = """
 import http.server, socket, ssl, sys
+context = None
+if len(sys.argv) > 2:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[2], sys.argv[3])
 class Server(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
     def server_bind(self):
@@ -59,24 +45,28 @@ class Server(http.server.ThreadingHTTPServer):
         super().server_bind()
     def get_request(self):
         sock, addr = self.socket.accept()
+        if context is None:
+            return sock, addr
         return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
     def handle_error(self, request, client_address):
         pass
 class Handler(http.server.BaseHTTPRequestHandler):
     def setup(self):
-        self.request.settimeout(10)
-        self.request.do_handshake()
+        if context is not None:
+            self.request.settimeout(10)
+            self.request.do_handshake()
         super().setup()
     def do_GET(self):
-        body = f"https {self.headers.get('Host', '-')}\\n".encode()
+        if context is None:
+            body = f"port {self.server.server_port}\\n".encode()
+        else:
+            body = f"https {self.headers.get('Host', '-')}\\n".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-context.load_cert_chain(sys.argv[2], sys.argv[3])
 Server(("::", int(sys.argv[1])), Handler).serve_forever()
 """
 
@@ -160,13 +150,13 @@ class Lab:
 
     def serve_http(self, *ports: int) -> None:
         for port in ports:
-            self.spawn(self.server, sys.executable, "-c", HTTP_SERVER, str(port),
+            self.spawn(self.server, sys.executable, "-c", WEB_SERVER, str(port),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for port in ports:
             self.wait_listening(port, "tcp")
 
     def serve_https(self, certfile: Path, keyfile: Path, port: int = 443) -> None:
-        self.spawn(self.server, sys.executable, "-c", HTTPS_SERVER, str(port), str(certfile),
+        self.spawn(self.server, sys.executable, "-c", WEB_SERVER, str(port), str(certfile),
                    str(keyfile), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_listening(port, "tcp")
 

@@ -5,11 +5,9 @@ dig and a real QUIC stack (aioquic) in the lab's namespaces.
 
 from __future__ import annotations
 
-import datetime
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -50,7 +48,6 @@ POLICY = """
     action = "deny"
 """
 
-NAMES = ("allowed.test", "denied.test", "alias.test")
 DNS_RECORDS = (
     f"--host-record=allowed.test,{ALLOWED_V4},{ALLOWED_V6}",
     f"--host-record=denied.test,{OTHER_V4},{OTHER_V6}",
@@ -135,54 +132,6 @@ try:
 except OSError:
     print("none")
 """
-
-
-def make_certs(directory: Path) -> tuple[Path, Path, Path]:
-    """A test CA and a server certificate for every test name: (ca, cert, key) PEM paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nfguard test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAMES[0])]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in NAMES]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return paths
-
-
-@pytest.fixture
-def named(lab: Lab, tmp_path: Path) -> Lab:
-    """The lab with DNS, HTTPS (443) and HTTP (80) servers, and the test CA in lab.ca."""
-    for tool in ("dnsmasq", "dig"):
-        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
-            pytest.skip(f"{tool} is not installed (./bootstrap.sh test installs it)")
-    ca, cert, key = make_certs(tmp_path)
-    lab.ca = ca  # type: ignore[attr-defined]
-    lab.serve_https(cert, key)
-    lab.serve_http(80)
-    return lab
 
 
 def start(lab: Lab, names: dict | None = None, dns: tuple[str, ...] = ()) -> None:

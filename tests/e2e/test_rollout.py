@@ -4,13 +4,9 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-from pathlib import Path
-
-import pytest
 
 from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, Lab
-from tests.e2e.test_names import CUT, DNS_RECORDS, curl_http, curl_https, make_certs
+from tests.e2e.test_names import CUT, DNS_RECORDS, curl_http, curl_https
 
 NOTHING_ALLOWED = """
     [[client]]
@@ -26,21 +22,9 @@ NOTHING_ALLOWED = """
 """
 
 
-@pytest.fixture
-def servers(lab: Lab, tmp_path: Path) -> Lab:
-    for tool in ("dnsmasq", "dig"):
-        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
-            pytest.skip(f"{tool} is not installed (./bootstrap.sh test installs it)")
-    ca, cert, key = make_certs(tmp_path)
-    lab.ca = ca  # type: ignore[attr-defined]
-    lab.serve_https(cert, key)
-    lab.serve_http(80)
+def test_audit_then_suggest_then_enforce(named: Lab) -> None:
+    lab = named
     lab.serve_dns(*DNS_RECORDS)
-    return lab
-
-
-def test_audit_then_suggest_then_enforce(servers: Lab) -> None:
-    lab = servers
     # 1. Audit only: nothing is allowed, yet everything passes and is recorded.
     lab.start_engine(lab.write_config(NOTHING_ALLOWED, mode="audit"))
     assert lab.dig("allowed.test") == [ALLOWED_V4]
