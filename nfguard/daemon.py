@@ -23,6 +23,7 @@ from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
 from nfguard.pipeline import Pipeline, configure_name_cache, make_name_cache
 from nfguard.policy.load import PolicyError, load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
+from nfguard.procs import Attributor
 from nfguard.queue import QueueAdapter
 
 log = logging.getLogger(__name__)
@@ -57,24 +58,30 @@ class Daemon:
         stats = Stats()
         audit = AuditLog(config.audit.path, config.audit.format)
         # The name cache lives as long as the daemon: reloads keep what DNS taught it.
+        attributor = Attributor()
+        log.info("attribution: cgroup v2 at %s; process events %s",
+                 attributor.cgroup_root or "(not mounted: by owner uid)",
+                 "on" if attributor.live_members else "off (cgroup.procs read per miss)")
         pipeline = Pipeline(engine, audit, stats, names=make_name_cache(config.names),
-                            settings=config.names)
+                            settings=config.names, attributor=attributor)
         metrics_server = serve(config.metrics.listen, stats)
         queue = QueueAdapter(config.engine.queue, pipeline.handle,
                              fail_open=config.engine.fail == "open")
         pipeline.release = queue.release
         self.config = config
         try:
-            self._loop(queue, pipeline, audit)
+            self._loop(queue, pipeline, audit, attributor)
         finally:
             queue.close()
+            attributor.close()
             audit.close()
             if metrics_server is not None:
                 metrics_server.shutdown()  # type: ignore[attr-defined]
             log.info("stopped; the ruleset stays in place (fail %s)", config.engine.fail)
         return 0
 
-    def _loop(self, queue: QueueAdapter, pipeline: Pipeline, audit: AuditLog) -> None:
+    def _loop(self, queue: QueueAdapter, pipeline: Pipeline, audit: AuditLog,
+              attributor: Attributor) -> None:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -96,6 +103,7 @@ class Daemon:
                     else:
                         queue.process_pending()
                 pipeline.sweep()
+                attributor.poll_events()  # keep the kernel's process-event buffer drained
                 if self._reload:
                     self._reload = False
                     self._do_reload(pipeline, audit)

@@ -29,6 +29,7 @@ from nfguard.flows import NO_NAME, FlowTable, PendingFlow, Sniffed
 from nfguard.metrics import Stats
 from nfguard.names import NameCache
 from nfguard.policy.model import ALLOW
+from nfguard.procs import Attributor, ProcessInfo
 from nfguard.wire.dns import TcpDnsStream, parse_response
 from nfguard.wire.errors import WireError
 from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
@@ -65,8 +66,10 @@ class Pipeline:
         names: NameCache | None = None,
         settings: NamesConfig | None = None,
         release: Callable[[Any, int], None] | None = None,
+        attributor: Attributor | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
+        self.attributor = attributor  # None: flows are decided without knowing the sender
         self.audit = audit
         self.stats = stats
         self.clock = clock
@@ -94,6 +97,7 @@ class Pipeline:
         engine = self.engine
         packet: Packet | None = None
         now: float | None = None
+        process: ProcessInfo | None = None
         try:
             packet = parse_packet(payload)
             if mark & marks.PENDING == marks.PENDING:
@@ -105,9 +109,10 @@ class Pipeline:
             now = self.clock()
             # Most addresses have no DNS names: one dict probe, no call.
             names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
-            decision = engine.assess(packet, None, names)
+            process = self._sender(packet)
+            decision = engine.assess(packet, process, names)
             if decision is None:
-                return self._start_pending(packet, payload, mark, token, names, now)
+                return self._start_pending(packet, payload, mark, token, names, now, process)
         except WireError:
             self.stats.unparseable += 1
             decision = engine.unparseable()
@@ -115,18 +120,29 @@ class Pipeline:
             log.exception("engine error; fail-%s verdict", engine.settings.fail)
             self.stats.errors += 1
             decision = engine.failure()
-        self.record(decision, packet, now)
+        self.record(decision, packet, now, process)
         return marks.with_verdict(mark, _bits(decision))
 
     def record(self, decision: Decision, packet: Packet | None,
-               now: float | None = None) -> None:
+               now: float | None = None, process: ProcessInfo | None = None) -> None:
         self.stats.count(decision)
         try:
-            self.audit.write(audit_event(decision, packet, self.clock() if now is None else now))
+            self.audit.write(audit_event(decision, packet, self.clock() if now is None else now,
+                                         process))
         except Exception:
             # A full disk must not change verdicts; it is counted and logged.
             self.stats.errors += 1
             log.exception("cannot write audit event")
+
+    def _sender(self, packet: Packet) -> ProcessInfo | None:
+        """Who sent a new flow's first packet (its socket still exists: the SYN or first
+        datagram waits in the queue, so even a short-lived client is still there)."""
+        attributor = self.attributor
+        if attributor is None or packet.proto not in (TCP, UDP):
+            return None
+        return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
+                                 packet.dst, packet.dport,
+                                 hash_exe=self.engine.policies.matches_sha256)
 
     # -- pending flows -------------------------------------------------------------------
     def _dns_names(self, ip: str, now: float) -> tuple[tuple[str, str], ...]:
@@ -134,9 +150,10 @@ class Pipeline:
         return tuple((name, DNS) for name in sorted(found)) if found else ()
 
     def _start_pending(self, packet: Packet, payload: bytes, mark: int, token: Any,
-                       names: tuple[tuple[str, str], ...], now: float) -> int | None:
+                       names: tuple[tuple[str, str], ...], now: float,
+                       process: ProcessInfo | None) -> int | None:
         base = (packet.tcp_seq + 1) & _SEQ if packet.tcp_flags & _SYN else None
-        flow = self._track(PendingFlow(_key(packet), packet, names, base))
+        flow = self._track(PendingFlow(_key(packet), packet, names, base, process))
         if packet.proto == UDP:
             return self._pending_datagram(flow, packet, payload, mark, token)
         if packet.total_length > packet.payload_offset:  # data on the first packet (TFO)
@@ -158,11 +175,12 @@ class Pipeline:
             # No state (the engine restarted, or the flow was evicted): start over.
             now = self.clock()
             names = self._dns_names(packet.dst, now)
-            decision = self.engine.assess(packet, None, names)
+            process = self._sender(packet)
+            decision = self.engine.assess(packet, process, names)
             if decision is not None:
-                self.record(decision, packet)
+                self.record(decision, packet, now, process)
                 return marks.with_verdict(mark, _bits(decision))
-            flow = self._track(PendingFlow(_key(packet), packet, names))
+            flow = self._track(PendingFlow(_key(packet), packet, names, process=process))
         if flow.decision is not None:
             return marks.with_verdict(mark, _bits(flow.decision))
         if packet.proto != TCP:
@@ -218,7 +236,7 @@ class Pipeline:
             decision = engine.failure()
         flow.decision = decision
         self.flows.settled(flow)
-        self.record(decision, flow.packet)
+        self.record(decision, flow.packet, now, flow.process)
         bits = _bits(decision)
         for token, mark in flow.release():
             try:

@@ -18,6 +18,9 @@ class Process(Protocol):
     parent_exe: str | None
     cgroup: str | None
     unit: str | None
+    gids: tuple[int, ...]
+    groups: tuple[str, ...]
+    sha256: str | None
 
 
 def client_matches(client: Client, process: Process | None) -> bool:
@@ -40,6 +43,10 @@ def _holds(key: str, expected: str, process: Process) -> bool:
         if expected.isdigit():
             return process.uid == int(expected)
         return process.user == expected
+    if key == "group":
+        if expected.isdigit():
+            return int(expected) in process.gids
+        return expected in process.groups
     if key == "unit":
         return process.unit == expected
     if key == "cgroup":
@@ -47,8 +54,6 @@ def _holds(key: str, expected: str, process: Process) -> bool:
         return process.cgroup is not None and (
             process.cgroup == prefix or process.cgroup.startswith(prefix + "/")
         )
-    # group and sha256 need data that only attribution with those lookups provides.
-    value = getattr(process, key, None)
-    if isinstance(value, tuple | frozenset | set):
-        return expected in value
-    return value == expected
+    if key == "sha256":
+        return process.sha256 == expected  # both lower-case hex
+    raise ValueError(f"unknown match key {key!r}")  # the loader admits only MATCH_KEYS

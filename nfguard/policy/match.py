@@ -154,6 +154,9 @@ class CompiledPolicySet:
     def __init__(self, policy_set: PolicySet) -> None:
         self.source = policy_set
         self.clients = policy_set.clients
+        # Hashing executables costs a read of each new binary: only when a client asks.
+        self.matches_sha256 = any(key == "sha256" for client in self.clients
+                                  for key, _value in client.match)
         self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
 
     def first_match(self, policy_names: Iterable[str], dest: Destination) -> RuleMatch | None:

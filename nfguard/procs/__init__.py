@@ -27,16 +27,18 @@ Not thread-safe: use one Attributor per thread (each has its own netlink socket)
 
 from __future__ import annotations
 
+import grp
 import logging
 import pwd
 import socket
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
+from nfguard.lru import LRU
 from nfguard.procs.cgroups import CgroupMap, find_cgroup2_root, unit_from_path
 from nfguard.procs.cnproc import ProcEvent, ProcEvents
+from nfguard.procs.exehash import ExeHashes
 from nfguard.procs.members import Group, Members
 from nfguard.procs.process import (
     FOUND,
@@ -51,10 +53,6 @@ from nfguard.procs.sockdiag import SockDiag
 __all__ = ["UNKNOWN", "Attributor", "ProcessInfo"]
 
 log = logging.getLogger(__name__)
-
-K = TypeVar("K")
-V = TypeVar("V")
-
 
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
@@ -71,38 +69,12 @@ class ProcessInfo:
     parent_exe: str | None = None
     cgroup: str | None = None
     unit: str | None = None
+    gids: tuple[int, ...] = ()  # effective gid first, then supplementary ones
+    groups: tuple[str, ...] = ()  # their names, where the system knows them
+    sha256: str | None = None  # of the executable; only looked up when a policy asks
 
 
 UNKNOWN = ProcessInfo()
-
-
-class LRU(Generic[K, V]):
-    """A small bounded mapping; the least recently used entry goes first."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = max(1, cap)
-        self._d: OrderedDict[K, V] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        val = self._d.get(key)
-        if val is not None:
-            self._d.move_to_end(key)
-        return val
-
-    def put(self, key: K, val: V) -> None:
-        self._d[key] = val
-        self._d.move_to_end(key)
-        if len(self._d) > self.cap:
-            self._d.popitem(last=False)
-
-    def pop(self, key: K) -> None:
-        self._d.pop(key, None)
-
-    def clear(self) -> None:
-        self._d.clear()
-
-    def __len__(self) -> int:
-        return len(self._d)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +87,7 @@ class _ProcEntry:
     ppid: int | None
     parent_exe: str | None
     cgroup: str | None
+    gids: tuple[int, ...]
 
 
 @dataclass
@@ -199,6 +172,8 @@ class Attributor:
         self._inodes: LRU[int, tuple[int, int]] = LRU(cache_size)
         self._procs: LRU[int, _ProcEntry] = LRU(proc_cache_size)
         self._users: LRU[int, tuple[str | None]] = LRU(4096)
+        self._groups: LRU[int, tuple[str | None]] = LRU(4096)
+        self._hashes = ExeHashes(proc_root)
         if events is None:
             events = proc_root == "/proc"
         self._events: EventSource | None
@@ -223,7 +198,11 @@ class Attributor:
     def stats(self) -> dict[str, int]:
         out = self.counters.as_dict()
         out["inode_cache"] = len(self._inodes)
+        out["inode_cache_evictions"] = self._inodes.evictions
         out["proc_cache"] = len(self._procs)
+        out["proc_cache_evictions"] = self._procs.evictions
+        out["exe_hashes"] = len(self._hashes.digests)
+        out["exe_hashed"] = self._hashes.hashed
         out["fd_dirs"] = len(self._fds)
         out["cgroups_tracked"] = len(self._members)
         out["cgroup_walks"] = self._cgroups.walks
@@ -234,6 +213,7 @@ class Attributor:
         self._inodes.clear()
         self._procs.clear()
         self._users.clear()
+        self._groups.clear()
         self._fds.clear()
         self._members = Members()
         self._cgroups = CgroupMap(self._cgroups.root)
@@ -269,12 +249,16 @@ class Attributor:
     # -- the lookup -------------------------------------------------------------------------
 
     def lookup(
-        self, proto: str, family: int, src: str, sport: int, dst: str, dport: int
+        self, proto: str, family: int, src: str, sport: int, dst: str, dport: int,
+        hash_exe: bool = False,
     ) -> ProcessInfo:
-        """Who sent (proto, src:sport → dst:dport) out of this host. Never raises."""
+        """Who sent (proto, src:sport → dst:dport) out of this host. Never raises.
+
+        `hash_exe`: also give the executable's SHA-256 (a policy matches on it); hashed
+        once per file, but the first time costs a read of the whole binary."""
         self.counters.lookups += 1
         try:
-            return self._lookup(proto, _FAMILIES[family], src, sport, dst, dport)
+            return self._lookup(proto, _FAMILIES[family], src, sport, dst, dport, hash_exe)
         except Exception:
             self.counters.errors += 1
             self.counters.failures += 1
@@ -290,7 +274,8 @@ class Attributor:
             return UNKNOWN
 
     def _lookup(
-        self, proto: str, family: int, src: str, sport: int, dst: str, dport: int
+        self, proto: str, family: int, src: str, sport: int, dst: str, dport: int,
+        hash_exe: bool,
     ) -> ProcessInfo:
         c = self.counters
         d = self._diag.find(proto, family, src, sport, dst, dport)
@@ -343,6 +328,9 @@ class Attributor:
             parent_exe=entry.parent_exe,
             cgroup=cgroup,
             unit=unit_from_path(cgroup),
+            gids=entry.gids,
+            groups=tuple(name for name in map(self._group, entry.gids) if name is not None),
+            sha256=self._hashes.sha256(pid) if hash_exe else None,
         )
 
     def _learn(self, inode: int, pid: int, fd: int) -> None:
@@ -472,17 +460,27 @@ class Attributor:
             ppid=st.ppid if st.ppid > 0 else None,
             parent_exe=parent_exe,
             cgroup=self._proc.cgroup(pid) if want_cgroup else None,
+            gids=self._proc.gids(pid),
         )
         self._procs.put(pid, entry)
         return entry
 
+    def _group(self, gid: int) -> str | None:
+        return _name_of(self._groups, gid, lambda g: grp.getgrgid(g).gr_name)
+
     def _user(self, uid: int) -> str | None:
-        hit = self._users.get(uid)
-        if hit is not None:
-            return hit[0]
-        try:
-            name: str | None = pwd.getpwuid(uid).pw_name
-        except (KeyError, OverflowError):
-            name = None
-        self._users.put(uid, (name,))
-        return name
+        return _name_of(self._users, uid, lambda u: pwd.getpwuid(u).pw_name)
+
+
+def _name_of(cache: LRU[int, tuple[str | None]], ident: int,
+             resolve: Callable[[int], str]) -> str | None:
+    """A user or group name by id, cached (misses too: NSS lookups can be slow)."""
+    hit = cache.get(ident)
+    if hit is not None:
+        return hit[0]
+    try:
+        name: str | None = resolve(ident)
+    except (KeyError, OverflowError):
+        name = None
+    cache.put(ident, (name,))
+    return name

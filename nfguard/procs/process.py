@@ -62,6 +62,23 @@ def parse_cmdline(data: bytes) -> tuple[str, ...]:
     return tuple(arg.decode("utf-8", "surrogateescape") for arg in data.split(b"\0"))
 
 
+def parse_status_gids(data: bytes) -> tuple[int, ...]:
+    """/proc/PID/status → (effective gid, then supplementary gids), deduplicated, in order.
+
+    The effective gid is what file access checks use; supplementary groups are what
+    `id` lists. Both count for a `group` match."""
+    effective: list[int] = []
+    extra: list[int] = []
+    for line in data.split(b"\n"):
+        if line.startswith(b"Gid:"):
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].isdigit():
+                effective = [int(fields[2])]
+        elif line.startswith(b"Groups:"):
+            extra = [int(f) for f in line.split()[1:] if f.isdigit()]
+    return tuple(dict.fromkeys(effective + extra))
+
+
 def split_deleted(target: str) -> tuple[str, bool]:
     """`/usr/bin/x (deleted)` → (`/usr/bin/x`, True): the binary was replaced or removed
     while it ran — worth flagging (upgrades do it, so does malware that unlinks itself)."""
@@ -126,6 +143,10 @@ class ProcReader:
     def cmdline(self, pid: int) -> tuple[str, ...]:
         data = _read(f"{self.root}/{pid}/cmdline", 1 << 20)
         return parse_cmdline(data) if data else ()
+
+    def gids(self, pid: int) -> tuple[int, ...]:
+        data = _read(f"{self.root}/{pid}/status", 16384)
+        return parse_status_gids(data) if data else ()
 
     def cgroup(self, pid: int) -> str | None:
         data = _read(f"{self.root}/{pid}/cgroup", 65536)

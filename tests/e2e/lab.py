@@ -88,6 +88,11 @@ def run(
                           **kw)  # type: ignore[call-overload]
 
 
+def in_netns(ns: str) -> tuple[str, ...]:
+    """The command prefix that runs a program in network namespace `ns`."""
+    return ("nsenter", f"--net=/run/netns/{ns}", "--")
+
+
 @dataclass
 class Lab:
     workdir: Path
@@ -139,12 +144,14 @@ class Lab:
             proc.wait(timeout=10)
 
     # -- processes in the namespaces ------------------------------------------------
+    # nsenter joins only the network namespace. `ip netns exec` would also remount /sys,
+    # hiding the cgroup v2 tree from the engine (a host daemon sees it).
     def exec(self, ns: str, *argv: str, check: bool = False, timeout: float = 30,
              **kw: object) -> subprocess.CompletedProcess:
-        return run("ip", "netns", "exec", ns, *argv, check=check, timeout=timeout, **kw)
+        return run(*in_netns(ns), *argv, check=check, timeout=timeout, **kw)
 
     def spawn(self, ns: str, *argv: str, **kw: object) -> subprocess.Popen:
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)  # type: ignore[call-overload]
+        proc = subprocess.Popen([*in_netns(ns), *argv], **kw)  # type: ignore[call-overload]
         self._procs.append(proc)
         return proc
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -89,9 +92,20 @@ def test_audit_event_fields(lab: Lab) -> None:
     event = lab.wait_for_event(lambda e: e.get("destination", {}).get("ip") == ALLOWED_V4)
     assert event["event"]["action"] == "allow"
     assert event["event"]["reason"] == "rule_match"
+    cgroup = Path("/proc/self/cgroup").read_text().split("0::", 1)[1].split("\n")[0]
+    unit = event["nfguard"].pop("unit", None)  # present when the cgroup is a unit's
     assert event["nfguard"] == {"mode": "enforce", "verdict": "allow", "evidence": "cidr",
-                                "client": "everyone"}
+                                "client": "everyone", "cgroup": cgroup}
+    assert unit is None or cgroup.endswith("/" + unit)
     assert event["rule"] == {"name": "web/allowed-net-http"}
+    # who: curl, run by root from this test's cgroup; nsenter execs it, so its parent is us
+    curl = os.path.realpath(shutil.which("curl") or "curl")
+    assert event["process"]["executable"] == curl
+    assert event["process"]["command_line"].startswith("curl -sS")
+    assert event["process"]["pid"] > 1
+    assert event["process"]["parent"] == {"pid": os.getpid(),
+                                          "executable": os.readlink("/proc/self/exe")}
+    assert event["user"] == {"id": "0", "name": "root"}
     assert event["source"]["ip"] == CLIENT_V4
     assert 1024 <= event["source"]["port"] <= 65535
     assert event["destination"] == {"ip": ALLOWED_V4, "port": 80}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nfguard.procs import LRU, UNKNOWN, Attributor, ProcessInfo
+from nfguard.lru import LRU
+from nfguard.procs import UNKNOWN, Attributor, ProcessInfo
 from nfguard.procs.cgroups import (
     CgroupMap,
     find_cgroup2_root,
@@ -508,6 +509,7 @@ def test_lru_bounded() -> None:
     assert lru.get(1) == 1
     lru.put(3, 3)
     assert lru.get(2) is None and lru.get(1) == 1 and lru.get(3) == 3 and len(lru) == 2
+    assert lru.evictions == 1
 
 
 # ------------------------------------------------------ process events, memberships, fd dirs
