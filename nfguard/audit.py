@@ -14,7 +14,7 @@ from typing import IO, Any
 import orjson
 
 from nfguard.engine import Decision
-from nfguard.policy.clients import Process
+from nfguard.procs import ProcessInfo
 from nfguard.wire.ip import Packet
 
 _second_cache: list[Any] = [None, ""]
@@ -34,7 +34,7 @@ def timestamp(now: float) -> str:
 
 
 def audit_event(
-    decision: Decision, packet: Packet | None, now: float, process: Process | None = None
+    decision: Decision, packet: Packet | None, now: float, process: ProcessInfo | None = None
 ) -> dict[str, Any]:
     event: dict[str, Any] = {
         "@timestamp": timestamp(now),
@@ -67,17 +67,21 @@ def audit_event(
             event["nfguard"]["cgroup"] = process.cgroup
         if process.unit is not None:
             event["nfguard"]["unit"] = process.unit
+        if process.exe_deleted:  # replaced or unlinked while running
+            event["nfguard"]["exe_deleted"] = True
     return event
 
 
-def _process_fields(process: Process) -> dict[str, Any]:
+def _process_fields(process: ProcessInfo) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     info = {
-        "pid": getattr(process, "pid", None),
+        "pid": process.pid,
         "executable": process.exe,
         "command_line": " ".join(process.cmdline) if process.cmdline else None,
     }
-    parent = {"pid": getattr(process, "ppid", None), "executable": process.parent_exe}
+    if process.sha256 is not None:
+        info["hash"] = {"sha256": process.sha256}
+    parent = {"pid": process.ppid, "executable": process.parent_exe}
     if any(v is not None for v in parent.values()):
         info["parent"] = {k: v for k, v in parent.items() if v is not None}
     info = {k: v for k, v in info.items() if v is not None}

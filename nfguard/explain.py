@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import ipaddress
+import os
 import pwd
 import socket
 from collections.abc import Callable
@@ -82,13 +84,26 @@ def _process(exe: str | None, user: str | None) -> ProcessInfo | None:
         return None
     uid = None
     name = user
+    gids: tuple[int, ...] = ()
     if user is not None:
         try:
             entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
             uid, name = entry.pw_uid, entry.pw_name
+            # as after login: the primary group first, then the supplementary ones
+            gids = tuple(dict.fromkeys([entry.pw_gid,
+                                        *os.getgrouplist(entry.pw_name, entry.pw_gid)]))
         except KeyError:
             uid = int(user) if user.isdigit() else None
-    return ProcessInfo(uid=uid, user=name, exe=exe)
+    groups = tuple(_group_name(gid) for gid in gids)
+    return ProcessInfo(uid=uid, user=name, exe=exe, gids=gids,
+                       groups=tuple(g for g in groups if g is not None))
+
+
+def _group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
 
 
 def _addresses(

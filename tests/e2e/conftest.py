@@ -6,11 +6,14 @@ import datetime
 import os
 import shutil
 import subprocess
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from nfguard.procs.cgroups import find_cgroup2_root
 from tests.e2e.lab import Lab
 
 
@@ -86,6 +89,26 @@ def lab(tmp_path) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
         lab.close()
         left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert lab.tag not in left, f"namespaces left behind: {left}"
+
+
+@pytest.fixture
+def test_cgroup() -> Iterator[Path]:
+    root = find_cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 mount")
+    path = Path(root) / f"nfguard-test-{uuid.uuid4().hex[:8]}.service"
+    path.mkdir()
+    yield path
+    kill = path / "cgroup.kill"
+    if kill.exists():
+        kill.write_text("1")
+    for _ in range(100):
+        try:
+            path.rmdir()
+            break
+        except OSError:
+            time.sleep(0.05)
+    assert not path.exists()
 
 
 @pytest.fixture(scope="session", autouse=True)

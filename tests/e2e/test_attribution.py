@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,26 +229,6 @@ def test_renamed_process_shows_real_exe(attr: Attributor, listener: socket.socke
         assert info.exe == SELF_EXE
     finally:
         _stop(p)
-
-
-@pytest.fixture
-def test_cgroup() -> Iterator[Path]:
-    root = find_cgroup2_root()
-    if root is None:
-        pytest.skip("no cgroup v2 mount")
-    path = Path(root) / f"nfguard-test-{uuid.uuid4().hex[:8]}.service"
-    path.mkdir()
-    yield path
-    kill = path / "cgroup.kill"
-    if kill.exists():
-        kill.write_text("1")
-    for _ in range(100):
-        try:
-            path.rmdir()
-            break
-        except OSError:
-            time.sleep(0.05)
-    assert not path.exists()
 
 
 @pytest.mark.skipif(SYS_PY is None, reason="no /usr/bin/python3")

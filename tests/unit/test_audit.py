@@ -132,6 +132,15 @@ def test_partial_process_fields_leave_unknowns_out() -> None:
     event = audit_event(ALLOW, V4, NOW, ProcessInfo(pid=9, exe="/bin/x"))
     assert event["process"] == {"pid": 9, "executable": "/bin/x"}
     assert "user" not in event
+    assert "exe_deleted" not in event["nfguard"]
+
+
+def test_replaced_executable_is_flagged_and_hash_shown() -> None:
+    event = audit_event(ALLOW, V4, NOW, ProcessInfo(pid=9, exe="/usr/bin/x", exe_deleted=True,
+                                                    sha256="ab" * 32))
+    assert event["nfguard"]["exe_deleted"] is True
+    assert event["process"] == {"pid": 9, "executable": "/usr/bin/x",
+                                "hash": {"sha256": "ab" * 32}}
 
 
 def test_json_is_one_compact_object_per_line() -> None:

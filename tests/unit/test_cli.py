@@ -313,3 +313,17 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_explain_group_client_uses_the_users_groups(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    policy = POLICY.replace('match = { exe = "/usr/bin/git" }', 'match = { group = "root" }')
+    config = write_config(tmp_path, policy)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--user", "root")
+    assert code == 0
+    assert "client: git" in out and "decision: deny" in out
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--user", "nobody")
+    assert code == 0
+    assert "client: everyone" in out

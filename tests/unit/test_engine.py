@@ -314,3 +314,68 @@ def test_with_verdict_replaces_only_nfguard_bits() -> None:
     assert marks.DENY & marks.VERDICT_MASK == marks.DENY
     assert marks.QUEUED & marks.VERDICT_MASK == 0
     assert (marks.ALLOW | marks.DENY | marks.QUEUED) & ~marks.MASK == 0
+
+
+# -- every match key, and the pipeline asking attribution -------------------------------
+
+MATCHES = [
+    ({"exe": "/usr/bin/*"}, ProcessInfo(exe="/usr/bin/curl"), True),
+    ({"exe": "/usr/bin/*"}, ProcessInfo(exe="/opt/bin/curl"), False),
+    ({"exe": "/usr/bin/*"}, ProcessInfo(), False),
+    ({"cmdline": "curl -s *"}, ProcessInfo(cmdline=("curl", "-s", "x")), True),
+    ({"cmdline": "curl -s *"}, ProcessInfo(cmdline=("wget", "x")), False),
+    ({"user": "alice"}, ProcessInfo(uid=1000, user="alice"), True),
+    ({"user": "1000"}, ProcessInfo(uid=1000, user="alice"), True),
+    ({"user": "1000"}, ProcessInfo(uid=1001), False),
+    ({"group": "adm"}, ProcessInfo(gids=(1000, 4), groups=("alice", "adm")), True),
+    ({"group": "4"}, ProcessInfo(gids=(1000, 4), groups=("alice", "adm")), True),
+    ({"group": "27"}, ProcessInfo(gids=(1000, 4), groups=("alice", "adm")), False),
+    ({"unit": "cron.service"}, ProcessInfo(unit="cron.service"), True),
+    ({"unit": "cron.service"}, ProcessInfo(unit="ssh.service"), False),
+    ({"cgroup": "/system.slice"}, ProcessInfo(cgroup="/system.slice/cron.service"), True),
+    ({"cgroup": "/system.slice/"}, ProcessInfo(cgroup="/system.slice"), True),
+    ({"cgroup": "/system.slice"}, ProcessInfo(cgroup="/system.slicer/x"), False),
+    ({"parent_exe": "/usr/sbin/cron"}, ProcessInfo(parent_exe="/usr/sbin/cron"), True),
+    ({"sha256": "ab" * 32}, ProcessInfo(sha256="ab" * 32), True),
+    ({"sha256": "ab" * 32}, ProcessInfo(sha256="cd" * 32), False),
+    ({"sha256": "ab" * 32}, ProcessInfo(), False),
+    ({"exe": "/usr/bin/curl", "user": "ci"}, ProcessInfo(exe="/usr/bin/curl", user="ci"), True),
+    ({"exe": "/usr/bin/curl", "user": "ci"}, ProcessInfo(exe="/usr/bin/curl", user="x"), False),
+]
+
+
+@pytest.mark.parametrize(("match", "process", "holds"), MATCHES)
+def test_match_keys(match: dict[str, str], process: ProcessInfo, holds: bool) -> None:
+    table = ", ".join(f'{key} = "{value}"' for key, value in match.items())
+    text = (f'[[client]]\nname = "c"\nmatch = {{ {table} }}\npolicies = ["p"]\n'
+            '[[policy]]\nname = "p"\n[[policy.rule]]\naction = "allow"\n')
+    engine = Engine(EngineConfig(default="deny"),
+                    CompiledPolicySet(parse_policy_texts([("r.toml", text)])))
+    assert engine.client_for(process) is (engine.policies.clients[0] if holds else None)
+    assert engine.policies.matches_sha256 is ("sha256" in match)
+
+
+class Senders:
+    """Stands in for nfguard.procs.Attributor (the real one is proven in e2e)."""
+
+    def __init__(self, process: ProcessInfo) -> None:
+        self.process = process
+        self.asked: list[tuple] = []
+
+    def lookup(self, *flow: object, hash_exe: bool = False) -> ProcessInfo:
+        self.asked.append((*flow, hash_exe))
+        return self.process
+
+
+def test_pipeline_attributes_new_flows_and_records_the_sender(tmp_path: Path) -> None:
+    pipeline, _stats, path = make_pipeline(tmp_path, default="allow")
+    senders = Senders(GIT)
+    pipeline.attributor = senders  # type: ignore[assignment]
+    assert pipeline.handle(v4_syn("140.82.112.3", 22), 0) == marks.DENY  # git's rule
+    assert pipeline.handle(v4_udp("9.9.9.9", 53), 0) == marks.ALLOW
+    assert senders.asked == [("tcp", 4, "10.0.0.2", 40000, "140.82.112.3", 22, False),
+                             ("udp", 4, "10.0.0.2", 5000, "9.9.9.9", 53, False)]
+    event = events(pipeline, path)[0]
+    assert event["nfguard"]["client"] == "git"
+    assert event["process"] == {"pid": 42, "executable": "/usr/bin/git"}
+    assert event["user"] == {"id": "1000", "name": "alice"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import socket
 import struct
@@ -31,6 +32,7 @@ from nfguard.procs.cnproc import (
     build_subscribe,
     parse_events,
 )
+from nfguard.procs.exehash import ExeHashes
 from nfguard.procs.members import Group, Members
 from nfguard.procs.process import (
     FOUND,
@@ -43,6 +45,7 @@ from nfguard.procs.process import (
     parse_cmdline,
     parse_socket_link,
     parse_stat,
+    parse_status_gids,
     split_deleted,
 )
 from nfguard.procs.sockdiag import (
@@ -713,3 +716,26 @@ def test_attributor_unchanged_fd_count_is_never_a_reason_to_skip(
     f = _answer(diag, 777, ids["/user.slice"])
     assert attr.lookup(f[0], 4, *f[1:]).pid == 200
     assert attr.stats()["fallbacks"] == 0
+
+
+def test_parse_status_gids() -> None:
+    status = (b"Name:\tcurl\nUid:\t1000\t1000\t1000\t1000\nGid:\t100\t1000\t1000\t1000\n"
+              b"Groups:\t4 24 1000 \n")
+    assert parse_status_gids(status) == (1000, 4, 24)
+    assert parse_status_gids(b"Name:\tx\n") == ()
+
+
+def test_exe_hashes_once_per_file(tmp_path: Path) -> None:
+    binary = tmp_path / "bin"
+    binary.write_bytes(b"\x7fELF" + b"x" * 100_000)
+    (tmp_path / "proc" / "7").mkdir(parents=True)
+    (tmp_path / "proc" / "7" / "exe").symlink_to(binary)
+    hashes = ExeHashes(str(tmp_path / "proc"))
+    want = hashlib.sha256(binary.read_bytes()).hexdigest()
+    assert hashes.sha256(7) == want and hashes.sha256(7) == want
+    assert hashes.hashed == 1
+    binary.write_bytes(b"\x7fELF" + b"y" * 100_000)  # rebuilt in place: mtime moves
+    os.utime(binary, ns=(1, 1))
+    assert hashes.sha256(7) == hashlib.sha256(binary.read_bytes()).hexdigest()
+    assert hashes.hashed == 2
+    assert hashes.sha256(8) is None  # no such process
