@@ -55,7 +55,7 @@ def start(lab: Lab, *clients: str) -> None:
     lab.start_engine(lab.write_config(POLICY.format(clients="\n".join(clients))))
 
 
-def urllib_get(lab: Lab, *prefix: str) -> str:
+def urllib_get(lab: Lab, url: str = URL) -> str:
     """'ok' or the error python's urllib met."""
     code = ("import sys, urllib.request\n"
             "try:\n"
@@ -63,7 +63,7 @@ def urllib_get(lab: Lab, *prefix: str) -> str:
             "    print('ok')\n"
             "except Exception as exc:\n"
             "    print(type(exc).__name__)\n")
-    return lab.exec(lab.client, *prefix, PYTHON, "-c", code, URL).stdout.strip()
+    return lab.exec(lab.client, PYTHON, "-c", code, url).stdout.strip()
 
 
 def events_from(lab: Lab, exe: str) -> list[dict]:

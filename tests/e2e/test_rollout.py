@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 
 from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, Lab
+from tests.e2e.test_clients import CURL, PYTHON, urllib_get
 from tests.e2e.test_names import CUT, DNS_RECORDS, curl_http, curl_https
+
+DIG = os.path.realpath(shutil.which("dig") or "/usr/bin/dig")
 
 NOTHING_ALLOWED = """
     [[client]]
@@ -40,6 +45,9 @@ def test_audit_then_suggest_then_enforce(named: Lab) -> None:
     assert '"allowed.test"' in suggested
     assert f'"{OTHER_V4}/32"' in suggested
     assert f'"{SERVER_V4}/32"' in suggested  # the DNS server, by address
+    # one client per program seen: dig asked the DNS server, curl made the web requests
+    assert f'match = {{ exe = "{DIG}", user = "root" }}' in suggested
+    assert f'match = {{ exe = "{CURL}", user = "root" }}' in suggested
     config = lab.write_config(suggested)
     lab.nfguard("check", "--config", str(config))
     lab.audit_path.unlink()
@@ -52,5 +60,16 @@ def test_audit_then_suggest_then_enforce(named: Lab) -> None:
     assert lab.dig("denied.test") == [OTHER_V4]
     assert curl_https(lab, "denied.test", OTHER_V4)[0] in CUT, "never observed: denied"
     assert curl_http(lab, f"http://{ALLOWED_V4}/")[0] in CUT, "never observed: denied"
-    denied = lab.wait_for_event(lambda e: e["event"]["action"] == "deny")
-    assert denied["nfguard"]["mode"] == "enforce"
+    # The destination curl was seen reaching is not open to another program.
+    assert urllib_get(lab, f"http://{OTHER_V4}/") != "ok"
+    denied = lab.wait_for_event(lambda e: e["event"]["action"] == "deny"
+                                and e["process"]["executable"] == PYTHON)
+    assert denied["nfguard"]["mode"] == "enforce" and "client" not in denied["nfguard"]
+    assert lab.stop_engine(signal.SIGTERM) == 0
+
+    # 4. Switch on one client at a time: engine in audit, curl's client enforcing.
+    one_by_one = suggested.replace('name = "curl-root"\n',
+                                   'name = "curl-root"\nmode = "enforce"\n', 1)
+    lab.start_engine(lab.write_config(one_by_one, mode="audit"))
+    assert curl_http(lab, f"http://{ALLOWED_V4}/")[0] in CUT, "curl's client enforces"
+    assert urllib_get(lab, f"http://{ALLOWED_V4}/") == "ok", "other programs: audit only"
