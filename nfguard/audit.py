@@ -6,16 +6,19 @@ buffered writer, flushed by the daemon's timer and on every clean stop.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from nfguard.engine import Decision
 from nfguard.procs import ProcessInfo
 from nfguard.wire.ip import Packet
+
+log = logging.getLogger(__name__)
 
 _second_cache: list[Any] = [None, ""]
 
@@ -125,37 +128,73 @@ def text_line(event: dict[str, Any]) -> str:
 
 
 class AuditLog:
-    """Buffered line writer; `flush` on a timer and `close` on stop lose nothing."""
+    """Buffered line writer; `flush` on a timer and `close` on stop lose nothing.
+
+    Lines are kept whole in memory and written with one `write` to a file opened with
+    O_APPEND, so several engine workers can share one audit file without interleaving.
+    """
+
+    BUFFER = 1 << 16  # bytes kept before a write is due anyway
+    KEEP = 16 << 20  # bytes kept for a retry while the file cannot be written (disk full)
 
     def __init__(self, path: str, fmt: str = "json") -> None:
         self.path = path
         self.render = render_text if fmt == "text" else render_json
         self.written = 0
-        self._file: IO[bytes] = self._open()
+        self.errors = 0  # failed writes (the data is kept for the next flush, up to KEEP)
+        self.lost = 0  # bytes dropped past KEEP
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._fd: int | None = self._open()
 
-    def _open(self) -> IO[bytes]:
+    def _open(self) -> int:
         if self.path == "-":
-            return sys.stdout.buffer
+            return sys.stdout.fileno()
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, mode=0o750, exist_ok=True)
-        return open(self.path, "ab", buffering=1 << 16)
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
     def write(self, event: dict[str, Any]) -> None:
-        self._file.write(self.render(event))
+        if self._fd is None:
+            raise ValueError("the audit log is closed")
+        line = self.render(event)
+        self._lines.append(line)
+        self._size += len(line)
         self.written += 1
+        if self._size >= self.BUFFER:
+            self.flush()
 
     def flush(self) -> None:
-        self._file.flush()
+        """Write what is buffered. A failure (disk full) never reaches the verdict path:
+        it is logged and counted, and the data waits for the next flush (up to KEEP)."""
+        if not self._lines or self._fd is None:
+            return
+        data = memoryview(b"".join(self._lines))
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as exc:
+            self.errors += 1
+            if self.errors == 1 or self.errors % 1000 == 0:
+                log.error("cannot write the audit log %s: %s (%d failures)", self.path, exc,
+                          self.errors)
+            if len(data) > self.KEEP:  # drop the oldest whole lines
+                cut = bytes(data).find(b"\n", len(data) - self.KEEP) + 1
+                self.lost += cut
+                data = data[cut:]
+        self._lines = [bytes(data)] if data else []
+        self._size = len(data)
 
     def reopen(self) -> None:
         """For log rotation: flush, then continue in a new file at the same path."""
         self.flush()
-        if self._file is not sys.stdout.buffer:
-            self._file.close()
-            self._file = self._open()
+        if self.path != "-" and self._fd is not None:
+            os.close(self._fd)
+            self._fd = self._open()
 
     def close(self) -> None:
         self.flush()
-        if self._file is not sys.stdout.buffer:
-            self._file.close()
+        if self.path != "-" and self._fd is not None:
+            os.close(self._fd)
+        self._fd = None

@@ -28,6 +28,7 @@ from nfguard.engine import DNS, Decision, Engine
 from nfguard.flows import NO_NAME, FlowTable, PendingFlow, Sniffed
 from nfguard.metrics import Stats
 from nfguard.names import NameCache
+from nfguard.peers import Peers
 from nfguard.policy.model import ALLOW
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.wire.dns import TcpDnsStream, parse_response
@@ -67,9 +68,11 @@ class Pipeline:
         settings: NamesConfig | None = None,
         release: Callable[[Any, int], None] | None = None,
         attributor: Attributor | None = None,
+        peers: Peers | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
         self.attributor = attributor  # None: flows are decided without knowing the sender
+        self.peers = peers  # the other workers, with engine.workers > 1
         self.audit = audit
         self.stats = stats
         self.clock = clock
@@ -325,11 +328,19 @@ class Pipeline:
     def _learn(self, message: bytes) -> None:
         response = parse_response(message)
         now = self.clock()
+        bindings = [(b.ip, b.name, b.ttl) for b in response.bindings]
+        self.learn(now, bindings)
+        if self.peers is not None and bindings:
+            self.peers.publish(now, bindings)  # before the answer is accepted
+        self.stats.dns_answers += 1
+
+    def learn(self, now: float, bindings: list[tuple[str, str, int]]) -> None:
+        """Bind names to addresses (one DNS answer's, or what another worker learnt)."""
         learn = self.names.learn
         by_ip: dict[str, list[str]] = {}
-        for binding in response.bindings:
-            learn(binding.ip, binding.name, binding.ttl, now)
-            by_ip.setdefault(binding.ip, []).append(binding.name)  # already normalised
+        for ip, name, ttl in bindings:
+            learn(ip, name, ttl, now)
+            by_ip.setdefault(ip, []).append(name)  # already normalised
         chains = self._chains
         for ip, group in by_ip.items():
             if len(group) > 1:
@@ -337,8 +348,16 @@ class Pipeline:
                     chains[(ip, name)] = tuple(other for other in group if other != name)
                     chains.move_to_end((ip, name))
         _bound(chains, MAX_CHAINS)
-        self.stats.dns_answers += 1
-        self.stats.dns_bindings += len(response.bindings)
+        self.stats.dns_bindings += len(bindings)
+
+    def receive_peers(self) -> int:
+        """Learn what other workers' DNS answers taught; call before each batch of packets."""
+        if self.peers is None:
+            return 0
+        messages = self.peers.receive()
+        for learnt_at, bindings in messages:
+            self.learn(learnt_at, bindings)
+        return len(messages)
 
 
 def _key(packet: Packet) -> tuple:

@@ -231,3 +231,34 @@ def test_stdout_log(capfd: pytest.CaptureFixture[str]) -> None:
     log.close()
     out = capfd.readouterr().out.splitlines()
     assert len(out) == 1 and json.loads(out[0])["event"]["action"] == "allow"
+
+
+def test_lines_stay_whole_when_workers_share_the_file(tmp_path: Path) -> None:
+    """Two writers (as two engine workers) append to one file: no line is torn."""
+    path = str(tmp_path / "shared.jsonl")
+    first, second = AuditLog(path), AuditLog(path)
+    first.BUFFER = second.BUFFER = 700  # flush mid-stream, often
+    for i in range(500):
+        first.write(audit_event(ALLOW, V4, NOW, ProcessInfo(pid=i, exe="/a" * 40)))
+        second.write(audit_event(ALLOW, V4, NOW, ProcessInfo(pid=i, exe="/b" * 40)))
+    first.close()
+    second.close()
+    lines = Path(path).read_text().splitlines()
+    assert len(lines) == 1000
+    assert {json.loads(line)["process"]["executable"][:2] for line in lines} == {"/a", "/b"}
+
+
+def test_a_failing_disk_keeps_the_buffer_for_later(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(str(path))
+    log.write(audit_event(ALLOW, V4, NOW))
+    good = log._fd
+    log._fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+    log.flush()
+    log.write(audit_event(ALLOW, V4, NOW))
+    log.flush()
+    assert log.errors == 2 and log.lost == 0 and not path.read_text()
+    os.close(log._fd)
+    log._fd = good  # space again
+    log.close()
+    assert len(path.read_text().splitlines()) == 2
