@@ -21,6 +21,7 @@ class EngineConfig:
     queue: int = 0
     policy_dir: str = "/etc/nfguard/rules"
     filter_loopback: bool = False  # loopback traffic is not filtered unless asked
+    workers: int = 1  # engine processes, one queue each (queue .. queue + workers - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
         "queue": (int, None),
         "policy_dir": (str, None),
         "filter_loopback": (bool, None),
+        "workers": (int, None),
     },
     "audit": {"path": (str, None), "format": (str, ("json", "text"))},
     "metrics": {"listen": (str, None)},
@@ -75,6 +77,7 @@ _SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsCon
              "names": NamesConfig}
 # Lower bounds of numeric keys: (minimum, whether the minimum itself is allowed).
 _MINIMUM = {
+    ("engine", "workers"): (1, True),
     ("names", "grace"): (0, True),
     ("names", "min_ttl"): (0, True),
     ("names", "max_entries"): (1, True),
@@ -136,6 +139,8 @@ def parse_config(text: str, path: str) -> Config:
                         f"{' | '.join(map(str, choices))}, not {value!r}")
             elif key == "queue" and not 0 <= value <= 65535:
                 problem((name, key), "engine.queue must be 0-65535")
+            elif key == "workers" and value > 64:
+                problem((name, key), f"engine.workers must be 1-64, not {value}")
             elif key == "listen" and value and not _valid_listen(value):
                 problem((name, key), f"metrics.listen must be HOST:PORT (or \"\" for off), "
                         f"not {value!r}")

@@ -53,7 +53,11 @@ class Ruleset:
 def render(settings: EngineConfig, path: str) -> Ruleset:
     """The whole ruleset for one queue path; `nft/` in the repository holds rendered copies."""
     bypass = settings.fail == "open"
-    queue_num = f"queue num {settings.queue}{' bypass' if bypass else ''}"
+    # Several workers: the kernel hashes each packet's two addresses onto one of their
+    # queues, so every packet of a flow (and of its replies) meets the same worker.
+    last = settings.queue + settings.workers - 1
+    queues = f"{settings.queue}-{last}" if last > settings.queue else str(settings.queue)
+    queue_num = f"queue num {queues}{' bypass' if bypass else ''}"
     if path == NATIVE:
         queue_step = f"\t\t{queue_num}\t# to the engine"
         dns_queue = f" {queue_num}"
@@ -80,7 +84,7 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
         "the iptables INPUT rule queues it" if path == XT else "queued to the engine"
     )
     nft = f"""\
-# nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {settings.queue}).
+# nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {queues}).
 # Rendered by `nfguard install`; nfguard owns this table and nothing else.
 # Verdicts live in the ct mark under {ct_field}: allow 0x{marks.ALLOW:08x}, deny 0x{marks.DENY:08x},
 # pending 0x{marks.PENDING:08x} (the decision waits for the name the client presents).
@@ -139,7 +143,9 @@ table inet {TABLE} {{
         spec = (
             "-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
             "-m", "comment", "--comment", XT_COMMENT,
-            "-j", "NFQUEUE", "--queue-num", str(settings.queue),
+            "-j", "NFQUEUE",
+            *(("--queue-balance", f"{settings.queue}:{last}") if last > settings.queue
+              else ("--queue-num", str(settings.queue))),
             *(("--queue-bypass",) if bypass else ()),
         )
         xt_rules = tuple((binary, spec) for binary in XT_TOOLS)

@@ -124,7 +124,7 @@ def test_unknown_section_and_key() -> None:
     assert problems('[engine]\nmode = "audit"\nspeed = 3\n\n[logging]\nlevel = 1\n', "c.toml") \
         == [
             "c.toml:3: unknown key 'speed' in [engine] (allowed: mode, default, fail, queue, "
-            "policy_dir, filter_loopback)",
+            "policy_dir, filter_loopback, workers)",
             "c.toml:5: unknown section 'logging' (allowed: engine, audit, metrics, names)",
         ]
 
@@ -176,3 +176,12 @@ def test_all_errors_reported_together() -> None:
     assert [p.split(": ")[0] for p in problems(text, "c.toml")] == [
         "c.toml:2", "c.toml:3", "c.toml:4", "c.toml:6", "c.toml:7",
     ]
+
+
+def test_workers_bounds() -> None:
+    assert parse_config("[engine]\nworkers = 2\n", "c.toml").engine.workers == 2
+    for bad, message in (("0", "engine.workers must be >= 1"),
+                         ("65", "engine.workers must be 1-64")):
+        with pytest.raises(PolicyError) as err:
+            parse_config(f"[engine]\nworkers = {bad}\n", "c.toml")
+        assert f"c.toml:2: {message}" in str(err.value)

@@ -47,6 +47,17 @@ def test_native_open_queues_with_bypass() -> None:
     assert ruleset.xt_rules == ()
 
 
+def test_workers_spread_over_consecutive_queues() -> None:
+    native = render(EngineConfig(queue=4, workers=3, fail="open"), NATIVE)
+    assert [line for line in code_lines(native.nft) if "queue num" in line] == [
+        "queue num 4-6 bypass", "udp sport 53 ct direction reply meta mark set meta mark | "
+        f"{hexmark(marks.QUEUED)} queue num 4-6 bypass", "tcp sport 53 ct direction reply "
+        f"meta mark set meta mark | {hexmark(marks.QUEUED)} queue num 4-6 bypass"]
+    for _binary, spec in render(EngineConfig(queue=4, workers=3), XT).xt_rules:
+        assert spec[spec.index("--queue-balance") + 1] == "4:6"
+        assert "--queue-num" not in spec
+
+
 @pytest.mark.parametrize(("fail", "bypass"), [("closed", False), ("open", True)])
 def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) -> None:
     ruleset = render(EngineConfig(queue=12, fail=fail), XT)
