@@ -201,14 +201,19 @@ class Lab:
         raise TimeoutError(f"nothing listens on {proto}/{port} in {self.server}")
 
     # -- nfguard --------------------------------------------------------------------
-    def write_config(self, policy: str, names: dict | None = None, **engine: object) -> Path:
+    def write_config(self, policy: str, names: dict | None = None, metrics: dict | None = None,
+                     **engine: object) -> Path:
+        """The lab's config: metrics off unless given, the control socket in the workdir."""
         rules = self.workdir / "rules"
         rules.mkdir(exist_ok=True)
         (rules / "policy.toml").write_text(textwrap.dedent(policy))
         settings = {"mode": "enforce", "default": "deny", "fail": "closed", "queue": 0,
                     "policy_dir": str(rules), **engine}
         lines = ["[engine]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-        lines += ["[audit]", f'path = "{self.audit_path}"', "[metrics]", 'listen = ""']
+        lines += ["[audit]", f'path = "{self.audit_path}"']
+        lines += ["[metrics]"] + [f"{k} = {json.dumps(v)}"
+                                  for k, v in (metrics or {"listen": ""}).items()]
+        lines += ["[control]", f"socket = {json.dumps(str(self.control_socket))}"]
         if names:
             lines += ["[names]"] + [f"{k} = {json.dumps(v)}" for k, v in names.items()]
         config = self.workdir / "nfguard.toml"
@@ -218,6 +223,10 @@ class Lab:
     @property
     def audit_path(self) -> Path:
         return self.workdir / "audit.jsonl"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.workdir / "nfguard.sock"
 
     @property
     def engine_log(self) -> Path:

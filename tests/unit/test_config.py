@@ -124,14 +124,14 @@ def test_unknown_section_and_key() -> None:
     assert problems('[engine]\nmode = "audit"\nspeed = 3\n\n[logging]\nlevel = 1\n', "c.toml") \
         == [
             "c.toml:3: unknown key 'speed' in [engine] (allowed: mode, default, fail, queue, "
-            "policy_dir, filter_loopback)",
-            "c.toml:5: unknown section 'logging' (allowed: engine, audit, metrics, names)",
+            "policy_dir, filter_loopback, queue_maxlen)",
+            "c.toml:5: unknown section 'logging' (allowed: engine, audit, metrics, names, control)",
         ]
 
 
 def test_top_level_key_is_an_unknown_section() -> None:
     assert problems('mode = "audit"\n', "c.toml") == [
-        "c.toml:1: unknown section 'mode' (allowed: engine, audit, metrics, names)",
+        "c.toml:1: unknown section 'mode' (allowed: engine, audit, metrics, names, control)",
     ]
 
 
@@ -167,7 +167,7 @@ def test_audit_and_metrics_errors() -> None:
 
 def test_section_that_is_not_a_table() -> None:
     assert problems('engine = "enforce"\n', "c.toml") == [
-        "c.toml:1: unknown section 'engine' (allowed: engine, audit, metrics, names)",
+        "c.toml:1: unknown section 'engine' (allowed: engine, audit, metrics, names, control)",
     ]
 
 
