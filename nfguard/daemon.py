@@ -259,6 +259,7 @@ class Daemon:
         """Swap in the new config and engine whole, or keep the running ones."""
         stats = self.pipeline.stats
         if isinstance(result, Exception):
+            self.audit.reopen()  # log rotation works whatever state the policy is in
             stats.reload_failures += 1
             if isinstance(result, PolicyError):
                 message = str(result)
