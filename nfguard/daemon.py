@@ -114,7 +114,7 @@ class Daemon:
         self.config = config
         stats = Stats(policy_loaded_at=time.time(), policy_rules=engine.policies.source.rule_count)
         self.audit = AuditLog(config.audit.path, config.audit.format)
-        attributor = Attributor()
+        self.attributor = attributor = Attributor()
         log.info("attribution: cgroup v2 at %s; process events %s",
                  attributor.cgroup_root or "(not mounted: by owner uid)",
                  "on" if attributor.live_members else "off (cgroup.procs read per miss)")
@@ -183,7 +183,7 @@ class Daemon:
                 for key, _ in selector.select(timeout):
                     key.data()
                 pipeline.sweep()
-                pipeline.attributor.poll_events()  # keep the kernel's event buffer drained
+                self.attributor.poll_events()  # keep the kernel's event buffer drained
                 if self._sighup:
                     self._sighup = False
                     self._request_reload(None)

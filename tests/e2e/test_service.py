@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -471,11 +472,18 @@ def test_unit_capabilities_are_enough_and_each_is_needed(lab: Lab) -> None:
     assert capabilities == list(CAPABILITIES)
     lab.serve_http(80, 81)
 
-    # The engine, with only the unit's capabilities: installs, binds, decides.
+    # The engine, with only the unit's capabilities: installs, binds, decides, and names
+    # the process behind another user's flow.
     config = lab.write_config(policy())
     lab.start_engine(config, prefix=setpriv(capabilities))
-    assert lab.curl(ALLOWED_V4, 80)[0] == 0
     assert lab.curl(ALLOWED_V4, 81)[0] == REFUSED
+    as_nobody = lab.exec(lab.client, "setpriv", "--reuid", "nobody", "--regid", "nogroup",
+                         "--clear-groups", "curl", "-sS", "--max-time", "3",
+                         f"http://{ALLOWED_V4}:80/")
+    assert as_nobody.stdout == "port 80\n", as_nobody.stderr
+    event = lab.wait_for_event(lambda e: e.get("user", {}).get("name") == "nobody")
+    assert event["process"]["executable"] == os.path.realpath(shutil.which("curl") or "curl")
+    assert event["rule"]["name"] == "lab/web"
     lab.stop_engine()
 
     # Attribution of another user's socket needs the two /proc capabilities.
