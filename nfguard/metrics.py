@@ -124,7 +124,8 @@ def read_nfqueue(queue: int, path: str = NFQUEUE_PROC) -> QueueCounters | None:
 
 
 # Attribution figures that are sizes (gauges); every other key is a counter.
-ATTRIBUTION_GAUGES = frozenset({"inode_cache", "proc_cache", "fd_dirs", "cgroups_tracked"})
+ATTRIBUTION_GAUGES = frozenset({"inode_cache", "proc_cache", "exe_hashes", "fd_dirs",
+                                "cgroups_tracked"})
 
 
 @dataclass

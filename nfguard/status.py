@@ -49,8 +49,11 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append(f"name cache:   {names['entries']} entries, {names['hits']} hits, "
                  f"{names['misses']} misses, {names['evictions']} evictions")
     if s["attribution"] is not None:
-        figures = s["attribution"]
-        lines.append("attribution:  " + ", ".join(f"{k} {v}" for k, v in sorted(figures.items())))
+        a = s["attribution"]
+        lines.append(f"attribution:  {a.get('lookups', 0)} lookups, {a.get('hits', 0)} cache "
+                     f"hits, {a.get('failures', 0)} without a process, {a.get('errors', 0)} "
+                     f"errors; caches: {a.get('inode_cache', 0)} sockets, "
+                     f"{a.get('proc_cache', 0)} processes")
     lines.append(f"audit:        {s['audit']['path']} ({s['audit']['written']} events written)")
     lines.append(f"metrics:      {s['metrics'] or 'off'}")
     errors = counters["engine_errors"] + counters["queue_errors"]
