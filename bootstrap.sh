@@ -9,7 +9,9 @@ cd "$(dirname "$(readlink -f "$0")")"
 # binding loads libnftables. Tests and benchmarks: real servers, clients and tools.
 RUNTIME_PACKAGES=(python3 python3-venv python3-dev gcc libnetfilter-queue-dev libnftables1
                   nftables iptables iproute2 kmod)
-TEST_PACKAGES=(curl dnsmasq-base dnsutils nginx-light wrk procps psmisc)
+# systemd: `systemd-analyze verify` checks the unit; util-linux: setpriv drops the engine to
+# the unit's capabilities.
+TEST_PACKAGES=(curl dnsmasq-base dnsutils nginx-light wrk procps psmisc systemd util-linux)
 PREFIX=/opt/nfguard
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }

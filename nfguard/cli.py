@@ -42,10 +42,23 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", _run, "run the engine in the foreground (installs the ruleset if needed)")
-    install = command("install", _install, "install the nftables ruleset")
+    install = command("install", _install, "install the nftables ruleset, or with --systemd "
+                      "the systemd unit")
     install.add_argument("--dry-run", action="store_true", help="print it, load nothing")
+    install.add_argument("--systemd", action="store_true",
+                         help="install the systemd unit (nfguard.service) instead; the service "
+                         "installs the ruleset when it starts")
+    install.add_argument("--unit-dir", default=None, metavar="DIR",
+                         help="where --systemd writes the unit (default /etc/systemd/system)")
     command("uninstall", _uninstall, "remove everything nfguard added to the ruleset")
     command("check", _check, "validate the config and every policy file")
+    status = command("status", _status, "what the running daemon is doing")
+    status.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+    reload = command("reload", _reload, "re-read config and policy in the running daemon; "
+                     "exit 1 (and the running policy stays) if they have errors")
+    for sub in (status, reload):
+        sub.add_argument("--socket", metavar="PATH",
+                         help="the daemon's control socket (default: control.socket of --config)")
     explain = command("explain", _explain, "which client, policy and rule decide a flow, and why")
     explain.add_argument("--to", required=True, metavar="HOST_OR_IP[:PORT]")
     explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
@@ -77,6 +90,8 @@ def _install(args: argparse.Namespace) -> int:
     from nfguard.nft import NATIVE, PATH_DESCRIPTIONS, Installer, NftError, render
 
     config = load_config(args.config)
+    if args.systemd:
+        return _install_unit(args)
     try:
         installer = Installer()
         path = installer.probe_path()
@@ -92,6 +107,77 @@ def _install(args: argparse.Namespace) -> int:
     assert installer is not None
     installer.install(ruleset)
     print(f"nfguard ruleset installed; queue path: {PATH_DESCRIPTIONS[path]}")
+    return 0
+
+
+def _install_unit(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from nfguard import service
+
+    unit = service.render_unit(service.this_command(), os.path.abspath(args.config))
+    if args.dry_run:
+        print(unit, end="")
+        return 0
+    directory = Path(args.unit_dir or service.UNIT_DIR)
+    path = directory / service.UNIT_NAME
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(unit, encoding="utf-8")
+    temporary.chmod(0o644)
+    temporary.replace(path)
+    print(f"installed {path}")
+    if args.unit_dir is None and os.path.isdir("/run/systemd/system"):  # systemd is running
+        subprocess.run(["systemctl", "daemon-reload"], check=True)
+        print("start it with: systemctl enable --now nfguard")
+    return 0
+
+
+def _daemon_request(args: argparse.Namespace, command: str) -> dict | None:
+    from nfguard.config import control_socket
+    from nfguard.control import ControlError, request
+
+    path = args.socket or control_socket(args.config)
+    if not path:
+        print(f"nfguard: control.socket is off in {args.config}", file=sys.stderr)
+        return None
+    try:
+        return request(path, command)
+    except ControlError as exc:
+        print(f"nfguard: {exc}", file=sys.stderr)
+        return None
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from nfguard.status import render_status
+
+    answer = _daemon_request(args, "status")
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"nfguard: {answer.get('error')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer["status"], indent=2))
+    else:
+        print(render_status(answer["status"]), end="")
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    answer = _daemon_request(args, "reload")
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"nfguard: reload rejected, the running policy stays:\n{answer.get('error')}",
+              file=sys.stderr)
+        return 1
+    for warning in answer.get("warnings", []):
+        print(f"nfguard: warning: {warning}", file=sys.stderr)
+    print(f"nfguard: reloaded, {answer.get('rules')} rules")
     return 0
 
 

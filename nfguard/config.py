@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ class EngineConfig:
     policy_dir: str = "/etc/nfguard/rules"
     filter_loopback: bool = False  # loopback traffic is not filtered unless asked
     workers: int = 1  # engine processes, one queue each (queue .. queue + workers - 1)
+    queue_maxlen: int = 4096  # packets the kernel holds for the engine; more are dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,13 @@ class AuditConfig:
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9808"  # "" turns it off
+    tls_cert: str = ""  # PEM certificate (chain): serve HTTPS; needs tls_key
+    tls_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    socket: str = "/run/nfguard/nfguard.sock"  # for `nfguard status` / `reload`; "" turns it off
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     names: NamesConfig = field(default_factory=NamesConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
 
 _SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
@@ -62,9 +72,10 @@ _SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
         "policy_dir": (str, None),
         "filter_loopback": (bool, None),
         "workers": (int, None),
+        "queue_maxlen": (int, None),
     },
     "audit": {"path": (str, None), "format": (str, ("json", "text"))},
-    "metrics": {"listen": (str, None)},
+    "metrics": {"listen": (str, None), "tls_cert": (str, None), "tls_key": (str, None)},
     "names": {
         "verify": (bool, None),
         "grace": (float, None),
@@ -72,12 +83,14 @@ _SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
         "max_entries": (int, None),
         "hello_timeout": (float, None),
     },
+    "control": {"socket": (str, None)},
 }
 _SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsConfig,
-             "names": NamesConfig}
+             "names": NamesConfig, "control": ControlConfig}
 # Lower bounds of numeric keys: (minimum, whether the minimum itself is allowed).
 _MINIMUM = {
     ("engine", "workers"): (1, True),
+    ("engine", "queue_maxlen"): (1, True),
     ("names", "grace"): (0, True),
     ("names", "min_ttl"): (0, True),
     ("names", "max_entries"): (1, True),
@@ -144,18 +157,32 @@ def parse_config(text: str, path: str) -> Config:
             elif key == "listen" and value and not _valid_listen(value):
                 problem((name, key), f"metrics.listen must be HOST:PORT (or \"\" for off), "
                         f"not {value!r}")
+            elif key == "socket" and value and not value.startswith("/"):
+                problem((name, key), f"control.socket must be an absolute path (or \"\" for "
+                        f"off), not {value!r}")
             else:
                 values[key] = value
+        if name == "metrics" and bool(values.get("tls_cert")) != bool(values.get("tls_key")):
+            given = "tls_cert" if values.get("tls_cert") else "tls_key"
+            problem((name, given), "metrics.tls_cert and metrics.tls_key go together: "
+                    "set both (HTTPS) or neither")
         sections[name] = _SECTIONS[name](**values)
     if problems:
         raise PolicyError(problems)
     config = Config(path=path, **sections)
-    policy_dir = Path(config.engine.policy_dir)
-    if not policy_dir.is_absolute():
-        # Relative policy directories are relative to the config file, not to the cwd.
-        policy_dir = Path(path).resolve().parent / policy_dir
-        config = replace(config, engine=replace(config.engine, policy_dir=str(policy_dir)))
-    return config
+    # Relative paths are relative to the config file, not to the cwd.
+    base = Path(path).resolve().parent
+    engine, metrics = config.engine, config.metrics
+    return replace(
+        config,
+        engine=replace(engine, policy_dir=_beside(base, engine.policy_dir)),
+        metrics=replace(metrics, tls_cert=_beside(base, metrics.tls_cert),
+                        tls_key=_beside(base, metrics.tls_key)),
+    )
+
+
+def _beside(base: Path, path: str) -> str:
+    return path if not path or Path(path).is_absolute() else str(base / path)
 
 
 def _valid_listen(listen: str) -> bool:
@@ -164,3 +191,18 @@ def _valid_listen(listen: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def control_socket(path: str | Path = DEFAULT_PATH) -> str:
+    """The daemon's control socket as the config at `path` sets it, read leniently:
+    `nfguard reload` must reach the daemon even when the file it will re-read has errors."""
+    try:
+        return load_config(path).control.socket
+    except PolicyError:
+        pass
+    try:
+        control = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("control")
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        control = None
+    value = control.get("socket") if isinstance(control, dict) else None
+    return value if isinstance(value, str) else ControlConfig().socket

@@ -1,35 +1,56 @@
 """`nfguard run`: load, install the ruleset, bind the queue, loop; reload on SIGHUP.
 
-The loop waits on the queue socket and a signal wake-up socket together, so SIGTERM and
-SIGINT stop it cleanly between packets and the audit buffer is flushed on the way out.
-The ruleset stays in place after exit: with fail closed, no new flow leaves while the
-engine is down.
+The loop waits on the queue socket, a signal wake-up socket and the control socket
+together, so SIGTERM and SIGINT stop it cleanly between packets and the audit buffer is
+flushed on the way out. The ruleset stays in place after exit: with fail closed, no new
+flow leaves while the engine is down.
+
+A reload (SIGHUP, `nfguard reload`) builds the new config and policy in a worker thread
+while the loop keeps answering packets, then swaps the engine in one assignment between two
+packets: no queued packet waits for a policy to compile, and none is decided by half of
+one. A config or policy with any error is rejected whole (file and line in the log and in
+the reply); the running policy stays. Flows already decided keep their verdict (it lives
+in the kernel's ct mark); flows waiting for a name keep their state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import selectors
 import signal
 import socket
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
+from nfguard import __version__
 from nfguard.audit import AuditLog
 from nfguard.config import Config, load_config
+from nfguard.control import ControlServer, Reply
 from nfguard.engine import Engine
-from nfguard.metrics import Stats, serve
+from nfguard.metrics import Latency, Sources, Stats, serve
 from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
 from nfguard.pipeline import Pipeline, configure_name_cache, make_name_cache
 from nfguard.policy.load import PolicyError, load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor
 from nfguard.queue import QueueAdapter
+from nfguard.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 1.0  # seconds between audit buffer flushes
 SWEEP_INTERVAL = 0.25  # seconds between checks for pending flows past names.hello_timeout
+RECENT_ERRORS = 10  # error log lines `nfguard status` shows
+# Config keys a reload cannot apply: the ruleset, the queue binding and the listeners.
+RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loopback"),
+                ("engine", "queue_maxlen"), ("metrics", "listen"), ("metrics", "tls_cert"),
+                ("metrics", "tls_key"), ("control", "socket"))
 
 
 def build_engine(config: Config) -> Engine:
@@ -38,79 +59,143 @@ def build_engine(config: Config) -> Engine:
     return Engine(config.engine, CompiledPolicySet(policies), verify=config.names.verify)
 
 
+class RecentErrors(logging.Handler):
+    """Keeps the last error log lines (one line each) for `nfguard status`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: deque[tuple[float, str]] = deque(maxlen=RECENT_ERRORS)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                exc = record.exc_info[1]
+                message += f": {type(exc).__name__}: {exc}"
+            self.lines.append((record.created, message))
+        except Exception:
+            self.handleError(record)
+
+
+@dataclass
+class _Reload:
+    """One build of config + engine in a worker thread, and who waits for its outcome."""
+
+    waiters: list[Reply]
+    result: tuple[Config, Engine] | Exception | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
 class Daemon:
     def __init__(self, config_path: str) -> None:
         self.config_path = config_path
         self._stop = False
-        self._reload = False
+        self._sighup = False
+        self._reload: _Reload | None = None  # the build running now
+        self._reload_waiters: list[Reply] = []  # for the build after it
+        self._reload_again = False
+        self._last_rejection: tuple[float, str] | None = None
+        self._errors = RecentErrors()
+        self._wake_w: socket.socket | None = None
+        self.started_at = time.time()
+        self.notifier = Notifier()
 
     def run(self) -> int:
         config = load_config(self.config_path)
         engine = build_engine(config)
         installer = Installer()
-        path = installer.probe_path()
-        installer.install(render(config.engine, path))
-        log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[path])
+        self.queue_path = installer.probe_path()
+        installer.install(render(config.engine, self.queue_path))
+        log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[self.queue_path])
         log.info("policy: %d clients, %d policies, %d rules; mode %s, default %s, fail %s",
                  len(engine.policies.clients), len(engine.policies.policies),
                  engine.policies.source.rule_count, config.engine.mode, config.engine.default,
                  config.engine.fail)
-        stats = Stats()
-        audit = AuditLog(config.audit.path, config.audit.format)
-        # The name cache lives as long as the daemon: reloads keep what DNS taught it.
-        attributor = Attributor()
+        self.config = config
+        stats = Stats(policy_loaded_at=time.time(), policy_rules=engine.policies.source.rule_count)
+        self.audit = AuditLog(config.audit.path, config.audit.format)
+        self.attributor = attributor = Attributor()
         log.info("attribution: cgroup v2 at %s; process events %s",
                  attributor.cgroup_root or "(not mounted: by owner uid)",
                  "on" if attributor.live_members else "off (cgroup.procs read per miss)")
-        pipeline = Pipeline(engine, audit, stats, names=make_name_cache(config.names),
+        # The name cache lives as long as the daemon: reloads keep what DNS taught it.
+        pipeline = Pipeline(engine, self.audit, stats, names=make_name_cache(config.names),
                             settings=config.names, attributor=attributor)
-        metrics_server = serve(config.metrics.listen, stats)
+        self.pipeline = pipeline
+        latency = Latency()
         queue = QueueAdapter(config.engine.queue, pipeline.handle,
-                             fail_open=config.engine.fail == "open")
+                             fail_open=config.engine.fail == "open",
+                             maxlen=config.engine.queue_maxlen, latency=latency)
         pipeline.release = queue.release
-        self.config = config
+        self.sources = Sources(stats, latency, queue=config.engine.queue, names=pipeline.names,
+                               attribution=attributor.stats, queue_errors=lambda: queue.errors)
+        logging.getLogger().addHandler(self._errors)
+        metrics_server = control = None
         try:
-            self._loop(queue, pipeline, audit, attributor)
+            metrics_server = serve(config.metrics, self.sources)
+            if config.control.socket:
+                control = ControlServer(config.control.socket, self._on_request)
+            self._loop(queue, control)
         finally:
+            self.notifier.stopping()
             queue.close()
             attributor.close()
-            audit.close()
+            self.audit.close()
+            if control is not None:
+                control.close()
             if metrics_server is not None:
                 metrics_server.shutdown()  # type: ignore[attr-defined]
+            logging.getLogger().removeHandler(self._errors)
             log.info("stopped; the ruleset stays in place (fail %s)", config.engine.fail)
+            self.notifier.close()
         return 0
 
-    def _loop(self, queue: QueueAdapter, pipeline: Pipeline, audit: AuditLog,
-              attributor: Attributor) -> None:
+    # -- the loop ------------------------------------------------------------------------
+    def _loop(self, queue: QueueAdapter, control: ControlServer | None) -> None:
+        pipeline = self.pipeline
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
+        self._wake_w = wake_w
         previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         handlers = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         selector = selectors.DefaultSelector()
-        selector.register(queue.fileno(), selectors.EVENT_READ)
-        selector.register(wake_r, selectors.EVENT_READ)
+        selector.register(queue.fileno(), selectors.EVENT_READ, queue.process_pending)
+        selector.register(wake_r, selectors.EVENT_READ, lambda: _drain(wake_r))
+        if control is not None:
+            control.register(selector)
         log.info("engine bound to queue %d", self.config.engine.queue)
+        self.notifier.ready(self._summary())
+        watchdog = self.notifier.watchdog_interval
         next_flush = time.monotonic() + FLUSH_INTERVAL
+        next_ping = time.monotonic()
         try:
             while not self._stop:
+                now = time.monotonic()
+                if watchdog is not None and now >= next_ping:
+                    self.notifier.watchdog()
+                    next_ping = now + watchdog
                 # While flows hold packets, wake often enough to honour hello_timeout.
                 timeout = SWEEP_INTERVAL if pipeline.flows.holding else FLUSH_INTERVAL
+                if watchdog is not None:
+                    timeout = max(0.0, min(timeout, next_ping - now))
                 for key, _ in selector.select(timeout):
-                    if key.fileobj is wake_r:
-                        _drain(wake_r)
-                    else:
-                        queue.process_pending()
+                    key.data()
                 pipeline.sweep()
-                attributor.poll_events()  # keep the kernel's process-event buffer drained
-                if self._reload:
-                    self._reload = False
-                    self._do_reload(pipeline, audit)
+                self.attributor.poll_events()  # keep the kernel's event buffer drained
+                if self._sighup:
+                    self._sighup = False
+                    self._request_reload(None)
+                if self._reload is not None and self._reload.done.is_set():
+                    self._finish_reload()
                 if time.monotonic() >= next_flush:
-                    audit.flush()
+                    self.audit.flush()
+                    if control is not None:
+                        control.expire()
                     next_flush = time.monotonic() + FLUSH_INTERVAL
         finally:
+            self._wake_w = None
             selector.close()
             signal.set_wakeup_fd(previous_fd)
             for sig, handler in handlers.items():
@@ -120,31 +205,173 @@ class Daemon:
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
-            self._reload = True
+            self._sighup = True
         else:
             log.info("signal %s: stopping", signal.Signals(signum).name)
             self._stop = True
 
-    def _do_reload(self, pipeline: Pipeline, audit: AuditLog) -> None:
-        """Swap in the new policy whole, or keep the running one if anything is wrong."""
+    # -- reload --------------------------------------------------------------------------
+    def _request_reload(self, reply: Reply | None) -> None:
+        """Start a build now, or after the running one (the files may have changed since
+        it read them); `reply` gets the outcome of the build that includes this request."""
+        if reply is not None:
+            self._reload_waiters.append(reply)
+        if self._reload is not None:
+            self._reload_again = True
+            return
+        self._start_build()
+
+    def _start_build(self) -> None:
+        job = _Reload(self._reload_waiters)
+        self._reload_waiters = []
+        self._reload_again = False
+        self._reload = job
+        self.notifier.reloading()
+        threading.Thread(target=self._build, args=(job, self._wake_w), name="nfguard-reload",
+                         daemon=True).start()
+
+    def _build(self, job: _Reload, wake: socket.socket | None) -> None:
+        """In the worker thread: read and compile; never touches the running state."""
         try:
             config = load_config(self.config_path)
-            engine = build_engine(config)
-        except PolicyError as exc:
-            log.error("reload rejected, the running policy stays:\n%s", exc)
-            return
-        restart_needed = [
-            key for key in ("queue", "fail", "filter_loopback")
-            if getattr(config.engine, key) != getattr(self.config.engine, key)
+            job.result = (config, build_engine(config))
+        except Exception as exc:
+            job.result = exc
+        job.done.set()
+        if wake is not None:
+            # The loop's select returns; if the socket is full or closed, the loop sees
+            # `done` on its next turn anyway.
+            with contextlib.suppress(OSError):
+                wake.send(b"r")
+
+    def _finish_reload(self) -> None:
+        job = self._reload
+        assert job is not None and job.result is not None
+        self._reload = None
+        outcome = self._apply(job.result)
+        self.notifier.ready(self._summary())
+        for reply in job.waiters:
+            reply.send(outcome)
+        if self._reload_again or self._reload_waiters:
+            self._start_build()
+
+    def _apply(self, result: tuple[Config, Engine] | Exception) -> dict[str, Any]:
+        """Swap in the new config and engine whole, or keep the running ones."""
+        stats = self.pipeline.stats
+        if isinstance(result, Exception):
+            self.audit.reopen()  # log rotation works whatever state the policy is in
+            stats.reload_failures += 1
+            if isinstance(result, PolicyError):
+                message = str(result)
+                log.error("reload rejected, the running policy stays:\n%s", message)
+            else:
+                message = f"{type(result).__name__}: {result}"
+                log.error("reload failed, the running policy stays: %s", message,
+                          exc_info=result)
+            self._last_rejection = (time.time(), message)
+            return {"ok": False, "error": message}
+        config, engine = result
+        warnings = [
+            f"{section}.{key} changed; restart nfguard to apply it"
+            for section, key in RESTART_KEYS
+            if getattr(getattr(config, section), key) != getattr(getattr(self.config, section),
+                                                                key)
         ]
-        if restart_needed:
-            log.warning("reload: engine.%s changed; restart nfguard to apply it",
-                        ", engine.".join(restart_needed))
+        for warning in warnings:
+            log.warning("reload: %s", warning)
+        pipeline = self.pipeline
         pipeline.engine = engine
         pipeline.settings = config.names
         configure_name_cache(pipeline.names, config.names)  # what it learnt stays
-        audit.reopen()
-        log.info("reloaded: %d rules", engine.policies.source.rule_count)
+        if (config.audit.path, config.audit.format) != (self.config.audit.path,
+                                                        self.config.audit.format):
+            old, self.audit = self.audit, AuditLog(config.audit.path, config.audit.format)
+            pipeline.audit = self.audit
+            old.close()
+        else:
+            self.audit.reopen()  # log rotation: continue in a new file at the same path
+        self.config = config
+        stats.reloads += 1
+        stats.policy_loaded_at = time.time()
+        stats.policy_rules = engine.policies.source.rule_count
+        log.info("reloaded: %d rules", stats.policy_rules)
+        return {"ok": True, "rules": stats.policy_rules, "warnings": warnings}
+
+    # -- control socket ------------------------------------------------------------------
+    def _on_request(self, request: dict[str, Any], reply: Reply) -> dict[str, Any] | None:
+        command = request["command"]
+        if command == "status":
+            return {"ok": True, "status": self.status()}
+        if command == "reload":
+            self._request_reload(reply)
+            return None
+        return {"ok": False, "error": f"unknown command {command!r} (status, reload)"}
+
+    def _summary(self) -> str:
+        engine = self.pipeline.engine
+        return (f"{self.config.engine.mode}, {engine.policies.source.rule_count} rules, "
+                f"queue {self.config.engine.queue}")
+
+    def status(self) -> dict[str, Any]:
+        """What `nfguard status` shows: plain data, rendered by nfguard.status."""
+        config, pipeline, src = self.config, self.pipeline, self.sources
+        stats = src.stats
+        policies = pipeline.engine.policies
+        by_action: dict[str, int] = {}
+        for (action, *_), count in dict(stats.decisions).items():
+            by_action[action] = by_action.get(action, 0) + count
+        kernel = src.kernel_queue()
+        names = pipeline.names
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "started_at": self.started_at,
+            "now": time.time(),
+            "config": self.config_path,
+            "mode": config.engine.mode,
+            "default": config.engine.default,
+            "fail": config.engine.fail,
+            "queue": config.engine.queue,
+            "queue_path": PATH_DESCRIPTIONS[self.queue_path],
+            "policy": {
+                "dir": config.engine.policy_dir,
+                "files": len(policies.source.files),
+                "clients": len(policies.clients),
+                "policies": len(policies.policies),
+                "rules": policies.source.rule_count,
+                "loaded_at": stats.policy_loaded_at,
+            },
+            "reloads": {"ok": stats.reloads, "failed": stats.reload_failures,
+                        "last_rejection": self._last_rejection},
+            "decisions": by_action,
+            "counters": {
+                "packets": stats.packets,
+                "unparseable": stats.unparseable,
+                "pending_flows": stats.pending_flows,
+                "hello_timeouts": stats.hello_timeouts,
+                "dns_answers": stats.dns_answers,
+                "engine_errors": stats.errors,
+                "queue_errors": src.queue_errors() if src.queue_errors else 0,
+            },
+            "pending_now": len(pipeline.flows),
+            "latency": {"p50": src.latency.quantile(0.5), "p99": src.latency.quantile(0.99)},
+            "kernel_queue": None if kernel is None else {
+                "length": kernel.length, "dropped": kernel.dropped,
+                "user_dropped": kernel.user_dropped},
+            "names": {"entries": len(names), "hits": names.hits, "misses": names.misses,
+                      "evictions": names.evictions},
+            "attribution": src.attribution() if src.attribution else None,
+            "audit": {"path": config.audit.path, "written": self.audit.written},
+            "metrics": _metrics_url(config),
+            "errors": list(self._errors.lines),
+        }
+
+
+def _metrics_url(config: Config) -> str | None:
+    if not config.metrics.listen:
+        return None
+    scheme = "https" if config.metrics.tls_cert else "http"
+    return f"{scheme}://{config.metrics.listen}/metrics"
 
 
 def _drain(sock: socket.socket) -> None:
@@ -153,3 +380,4 @@ def _drain(sock: socket.socket) -> None:
             pass
     except BlockingIOError:
         pass
+

@@ -1,18 +1,27 @@
 """Counters kept on the verdict path as plain ints and dicts (cheap), exported to
 Prometheus by a collector that reads them only when scraped.
+
+Nothing here runs per packet except `Stats.count` and `Latency.observe` (an int add and a
+bisect); the kernel's queue counters, cache sizes and attribution figures are read at
+scrape time.
 """
 
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from nfguard.config import parse_listen
+from nfguard.config import MetricsConfig, parse_listen
 from nfguard.engine import Decision
+from nfguard.names import NameCache
 
 log = logging.getLogger(__name__)
+
+NFQUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"  # per network namespace
 
 
 @dataclass
@@ -27,6 +36,10 @@ class Stats:
     dns_cut: int = 0  # answers cut by the queue's copy range (accepted, not learnt)
     dns_unparseable: int = 0  # answers that could not be parsed (accepted, not learnt)
     dns_out_of_order: int = 0  # DNS-over-TCP segments dropped for the server to resend
+    reloads: int = 0  # reloads that swapped in a new policy
+    reload_failures: int = 0  # reloads rejected; the running policy stayed
+    policy_loaded_at: float = 0.0  # wall-clock time the running policy was loaded
+    policy_rules: int = 0
     decisions: Counter[tuple[str, str, str, str, str]] = field(default_factory=Counter)
 
     def count(self, decision: Decision) -> None:
@@ -34,31 +47,201 @@ class Stats:
                         decision.rule or "", decision.evidence)] += 1
 
 
+# Upper bounds of the verdict latency buckets, in nanoseconds (10 µs .. 1 s).
+LATENCY_BOUNDS_NS = (10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+                     5_000_000, 10_000_000, 25_000_000, 100_000_000, 1_000_000_000)
+
+
+class Latency:
+    """A histogram of plain ints: the time the engine took to answer a queued packet."""
+
+    __slots__ = ("counts", "total_ns")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BOUNDS_NS) + 1)  # the last one is +Inf
+        self.total_ns = 0
+
+    def observe(self, ns: int) -> None:
+        self.counts[bisect_left(LATENCY_BOUNDS_NS, ns)] += 1
+        self.total_ns += ns
+
+    def quantile(self, q: float) -> float | None:
+        """The upper bound (seconds) of the bucket holding quantile `q`; None before any
+        packet, inf past the last bound."""
+        counts = list(self.counts)
+        total = sum(counts)
+        if not total:
+            return None
+        running = 0
+        for bound, count in zip((*LATENCY_BOUNDS_NS, None), counts, strict=True):
+            running += count
+            if running >= q * total:
+                return float("inf") if bound is None else bound / 1e9
+        return float("inf")
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative (le, count) pairs in seconds, as Prometheus histograms want them."""
+        counts = list(self.counts)  # one consistent copy (the packet thread keeps adding)
+        out, running = [], 0
+        for bound, count in zip((*LATENCY_BOUNDS_NS, None), counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound is None else repr(bound / 1e9), running))
+        return out
+
+
+class QueueCounters(NamedTuple):
+    """One line of /proc/net/netfilter/nfnetlink_queue."""
+
+    queue: int
+    peer_portid: int  # the bound listener's netlink port id
+    length: int  # packets waiting for a verdict now
+    copy_mode: int
+    copy_range: int
+    dropped: int  # dropped because the queue was full
+    user_dropped: int  # dropped because the listener's socket buffer was full (ENOBUFS)
+    id_sequence: int
+
+
+def parse_nfqueue(text: str) -> dict[int, QueueCounters]:
+    """The kernel's per-queue counters; lines that do not parse are skipped."""
+    found = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8 or not all(f.isdigit() for f in fields[:8]):
+            continue
+        counters = QueueCounters(*(int(f) for f in fields[:8]))
+        found[counters.queue] = counters
+    return found
+
+
+def read_nfqueue(queue: int, path: str = NFQUEUE_PROC) -> QueueCounters | None:
+    """The counters of one queue in this process's network namespace, or None."""
+    try:
+        with open(path, encoding="ascii") as file:
+            return parse_nfqueue(file.read()).get(queue)
+    except OSError:
+        return None
+
+
+# Attribution figures that are sizes (gauges); every other key is a counter.
+ATTRIBUTION_GAUGES = frozenset({"inode_cache", "proc_cache", "exe_hashes", "fd_dirs",
+                                "cgroups_tracked"})
+
+
+@dataclass
+class Sources:
+    """Everything the collector (and `nfguard status`) reads, at scrape time."""
+
+    stats: Stats
+    latency: Latency = field(default_factory=Latency)
+    queue: int | None = None  # NFQUEUE number whose kernel counters are exported
+    names: NameCache | None = None
+    attribution: Callable[[], dict[str, int]] | None = None
+    queue_errors: Callable[[], int] | None = None  # verdicts the queue adapter could not give
+    nfqueue_path: str = NFQUEUE_PROC
+
+    def kernel_queue(self) -> QueueCounters | None:
+        return None if self.queue is None else read_nfqueue(self.queue, self.nfqueue_path)
+
+
 class StatsCollector:
-    def __init__(self, stats: Stats) -> None:
-        self.stats = stats
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[object]:
-        from prometheus_client.core import CounterMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
+        src = self.sources
+        stats = src.stats
         decisions = CounterMetricFamily(
             "nfguard_decisions", "Flows decided, by policy decision and what the kernel was told",
             labels=["action", "verdict", "client", "rule", "evidence"],
         )
-        for labels, value in dict(self.stats.decisions).items():
+        for labels, value in dict(stats.decisions).items():
             decisions.add_metric(list(labels), value)
         yield decisions
         yield CounterMetricFamily("nfguard_packets", "Packets the engine received",
-                                  value=self.stats.packets)
+                                  value=stats.packets)
         yield CounterMetricFamily("nfguard_unparseable_packets",
                                   "Packets that could not be parsed (denied in enforce mode)",
-                                  value=self.stats.unparseable)
-        yield CounterMetricFamily("nfguard_engine_errors",
-                                  "Internal errors turned into the fail-mode verdict",
-                                  value=self.stats.errors)
+                                  value=stats.unparseable)
+        errors = CounterMetricFamily(
+            "nfguard_engine_errors", "Internal errors: in the pipeline they become the "
+            "fail-mode verdict; in the queue adapter a verdict could not be given",
+            labels=["stage"])
+        errors.add_metric(["pipeline"], stats.errors)
+        errors.add_metric(["queue"], src.queue_errors() if src.queue_errors else 0)
+        yield errors
         for name, help_text in _NAME_COUNTERS:
-            yield CounterMetricFamily(f"nfguard_{name}", help_text,
-                                      value=getattr(self.stats, name))
+            yield CounterMetricFamily(f"nfguard_{name}", help_text, value=getattr(stats, name))
+
+        latency = HistogramMetricFamily(
+            "nfguard_verdict_latency_seconds",
+            "Time the engine took to answer a queued packet (a held packet: until it was held)")
+        latency.add_metric([], src.latency.buckets(), sum_value=src.latency.total_ns / 1e9)
+        yield latency
+
+        reloads = CounterMetricFamily("nfguard_reloads", "Reloads of config and policy",
+                                      labels=["result"])
+        reloads.add_metric(["ok"], stats.reloads)
+        reloads.add_metric(["failed"], stats.reload_failures)
+        yield reloads
+        yield GaugeMetricFamily("nfguard_policy_loaded_timestamp_seconds",
+                                "When the running policy was loaded (Unix time)",
+                                value=stats.policy_loaded_at)
+        yield GaugeMetricFamily("nfguard_policy_rules", "Rules in the running policy",
+                                value=stats.policy_rules)
+
+        yield from self._kernel_queue(CounterMetricFamily, GaugeMetricFamily)
+        yield from self._name_cache(CounterMetricFamily, GaugeMetricFamily)
+        yield from self._attribution(CounterMetricFamily, GaugeMetricFamily)
+
+    def _kernel_queue(self, counter: type, gauge: type) -> Iterator[object]:
+        kernel = self.sources.kernel_queue()
+        if kernel is None:
+            return
+        label = [str(kernel.queue)]
+        families = (
+            (gauge, "nfguard_queue_length", "Packets waiting in the kernel queue for a verdict",
+             kernel.length),
+            (counter, "nfguard_queue_dropped",
+             "Packets the kernel dropped because the queue was full", kernel.dropped),
+            (counter, "nfguard_queue_user_dropped", "Packets the kernel dropped because the "
+             "engine's netlink socket buffer was full", kernel.user_dropped),
+        )
+        for kind, name, help_text, value in families:
+            family = kind(name, help_text, labels=["queue"])
+            family.add_metric(label, value)
+            yield family
+
+    def _name_cache(self, counter: type, gauge: type) -> Iterator[object]:
+        names = self.sources.names
+        if names is None:
+            return
+        yield gauge("nfguard_name_cache_entries", "(address, name) pairs in the DNS name cache",
+                    value=len(names))
+        yield counter("nfguard_name_cache_hits", "Name cache lookups that found a live name",
+                      value=names.hits)
+        yield counter("nfguard_name_cache_misses", "Name cache lookups that found none",
+                      value=names.misses)
+        yield counter("nfguard_name_cache_evictions",
+                      "Pairs dropped from the name cache to stay within names.max_entries",
+                      value=names.evictions)
+
+    def _attribution(self, counter: type, gauge: type) -> Iterator[object]:
+        if self.sources.attribution is None:
+            return
+        for key, value in sorted(self.sources.attribution().items()):
+            if key in ATTRIBUTION_GAUGES:
+                yield gauge(f"nfguard_attribution_{key}", f"Process attribution: {key} size",
+                            value=value)
+            else:
+                yield counter(f"nfguard_attribution_{key}", f"Process attribution: {key}",
+                              value=value)
 
 
 _NAME_COUNTERS = (
@@ -72,15 +255,19 @@ _NAME_COUNTERS = (
 )
 
 
-def serve(listen: str, stats: Stats) -> object | None:
-    """Start the exporter thread; returns the server (to shut down) or None when disabled."""
-    if not listen:
+def serve(settings: MetricsConfig, sources: Sources) -> object | None:
+    """Start the exporter thread (HTTPS when a certificate is configured); returns the
+    server (to shut down) or None when disabled."""
+    if not settings.listen:
         return None
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
-    registry.register(StatsCollector(stats))  # type: ignore[arg-type]
-    host, port = parse_listen(listen)
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    log.info("metrics on http://%s/metrics", listen)
+    registry.register(StatsCollector(sources))  # type: ignore[arg-type]
+    host, port = parse_listen(settings.listen)
+    server, _thread = start_http_server(port, addr=host, registry=registry,
+                                        certfile=settings.tls_cert or None,
+                                        keyfile=settings.tls_key or None)
+    scheme = "https" if settings.tls_cert else "http"
+    log.info("metrics on %s://%s/metrics", scheme, settings.listen)
     return server

@@ -70,6 +70,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
 Server(("::", int(sys.argv[1])), Handler).serve_forever()
 """
 
+# Echoes every TCP connection line by line, for flows that outlive a change.
+TCP_ECHO = """
+import socket, sys, threading
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(16)
+def echo(conn):
+    with conn:
+        while data := conn.recv(2048):
+            conn.sendall(data)
+while True:
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+"""
+
 # Bound to one address, so replies come from the address the client sent to.
 UDP_ECHO = """
 import socket, sys
@@ -190,6 +205,11 @@ class Lab:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_listening(port, "udp")
 
+    def serve_tcp_echo(self, host: str, port: int) -> None:
+        self.spawn(self.server, sys.executable, "-c", TCP_ECHO, host, str(port),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_listening(port, "tcp")
+
     def wait_listening(self, port: int, proto: str, deadline: float = 10) -> None:
         flag = "-ltn" if proto == "tcp" else "-lun"
         end = time.monotonic() + deadline
@@ -201,14 +221,19 @@ class Lab:
         raise TimeoutError(f"nothing listens on {proto}/{port} in {self.server}")
 
     # -- nfguard --------------------------------------------------------------------
-    def write_config(self, policy: str, names: dict | None = None, **engine: object) -> Path:
+    def write_config(self, policy: str, names: dict | None = None, metrics: dict | None = None,
+                     **engine: object) -> Path:
+        """The lab's config: metrics off unless given, the control socket in the workdir."""
         rules = self.workdir / "rules"
         rules.mkdir(exist_ok=True)
         (rules / "policy.toml").write_text(textwrap.dedent(policy))
         settings = {"mode": "enforce", "default": "deny", "fail": "closed", "queue": 0,
                     "policy_dir": str(rules), **engine}
         lines = ["[engine]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-        lines += ["[audit]", f'path = "{self.audit_path}"', "[metrics]", 'listen = ""']
+        lines += ["[audit]", f'path = "{self.audit_path}"']
+        lines += ["[metrics]"] + [f"{k} = {json.dumps(v)}"
+                                  for k, v in (metrics or {"listen": ""}).items()]
+        lines += ["[control]", f"socket = {json.dumps(str(self.control_socket))}"]
         if names:
             lines += ["[names]"] + [f"{k} = {json.dumps(v)}" for k, v in names.items()]
         config = self.workdir / "nfguard.toml"
@@ -220,6 +245,10 @@ class Lab:
         return self.workdir / "audit.jsonl"
 
     @property
+    def control_socket(self) -> Path:
+        return self.workdir / "nfguard.sock"
+
+    @property
     def engine_log(self) -> Path:
         return self.workdir / "engine.log"
 
@@ -229,11 +258,15 @@ class Lab:
             raise AssertionError(f"nfguard {' '.join(args)} failed:\n{result.stderr}")
         return result
 
-    def start_engine(self, config: Path) -> subprocess.Popen:
+    def start_engine(self, config: Path, prefix: tuple[str, ...] = (),
+                     env: dict[str, str] | None = None) -> subprocess.Popen:
+        """`nfguard run` in the client namespace (behind `prefix`, e.g. setpriv, with extra
+        environment `env`); returns once it has bound the queue."""
         start_at = self.engine_log.stat().st_size if self.engine_log.exists() else 0
         log = self.engine_log.open("a")
-        self.engine = self.spawn(self.client, sys.executable, "-m", "nfguard", "run",
-                                 "--config", str(config), stdout=log, stderr=log)
+        self.engine = self.spawn(self.client, *prefix, sys.executable, "-m", "nfguard", "run",
+                                 "--config", str(config), stdout=log, stderr=log,
+                                 env={**os.environ, **(env or {})})
         end = time.monotonic() + 20
         while time.monotonic() < end:
             if "engine bound to queue" in self.engine_log.read_text()[start_at:]:
@@ -272,6 +305,14 @@ class Lab:
                            f"http://{url_host}:{port}/", timeout=timeout + 10)
         return result.returncode, result.stdout
 
+    def open_conversation(self, host: str, port: int) -> Conversation:
+        """A TCP connection from the client namespace that stays open between exchanges."""
+        proc = self.spawn(self.client, sys.executable, "-u", "-c", CONVERSATION, host, str(port),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        conversation = Conversation(proc)
+        assert conversation.exchange("hello") == "hello", "the connection did not open"
+        return conversation
+
     def udp_echo(self, host: str, port: int, timeout: float = 2) -> str:
         """'ok', 'refused' (ICMP error), or 'timeout'."""
         code = (
@@ -286,3 +327,31 @@ class Lab:
         )
         return self.exec(self.client, sys.executable, "-c", code, host, str(port),
                          timeout=timeout + 10).stdout.strip()
+
+
+# Connects once, then for every line on stdin sends it and prints what came back
+# ("timeout" or "error ..." when nothing did).
+CONVERSATION = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+for line in sys.stdin:
+    try:
+        s.sendall(line.encode())
+        print(s.recv(2048).decode().strip() or "closed")
+    except TimeoutError:
+        print("timeout")
+    except OSError as exc:
+        print(f"error {exc}")
+"""
+
+
+@dataclass
+class Conversation:
+    proc: subprocess.Popen
+
+    def exchange(self, text: str) -> str:
+        """Send one line over the open connection; what came back."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip() or "connection failed"

@@ -36,6 +36,13 @@ WEB_POLICY = """
     proto = "tcp"
 
     [[policy.rule]]
+    name = "echo-tcp"
+    action = "allow"
+    to = ["198.18.1.1"]
+    ports = [7000]
+    proto = "tcp"
+
+    [[policy.rule]]
     name = "echo"
     action = "allow"
     to = ["198.18.1.1"]
@@ -130,8 +137,10 @@ def test_audit_mode_lets_denied_flow_through_and_records_deny(lab: Lab) -> None:
 @pytest.mark.parametrize("fail", ["closed", "open"])
 def test_engine_killed(lab: Lab, fail: str) -> None:
     lab.serve_http(80)
+    lab.serve_tcp_echo(ALLOWED_V4, 7000)
     engine = lab.start_engine(lab.write_config(WEB_POLICY, fail=fail))
     assert lab.curl(ALLOWED_V4, 80)[0] == 0
+    established = lab.open_conversation(ALLOWED_V4, 7000)
     engine.send_signal(signal.SIGKILL)
     engine.wait(timeout=10)
     code, _ = lab.curl(ALLOWED_V4, 80, timeout=2)
@@ -139,6 +148,8 @@ def test_engine_killed(lab: Lab, fail: str) -> None:
         assert code == TIMED_OUT, "with fail closed no new flow leaves while the engine is down"
     else:
         assert code == 0, "with fail open new flows pass while the engine is down"
+    # Decided flows never needed the engine: their verdict is in the kernel's ct mark.
+    assert established.exchange("still there") == "still there"
 
 
 def test_clean_stop_keeps_ruleset_and_audit(lab: Lab) -> None:

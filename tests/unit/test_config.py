@@ -10,8 +10,10 @@ from nfguard.config import (
     DEFAULT_PATH,
     AuditConfig,
     Config,
+    ControlConfig,
     EngineConfig,
     MetricsConfig,
+    control_socket,
     load_config,
     parse_config,
 )
@@ -73,20 +75,28 @@ fail = "open"
 queue = 65535
 policy_dir = "/srv/rules"
 filter_loopback = true
+queue_maxlen = 128
 
 [audit]
 path = "-"
 format = "text"
 
 [metrics]
-listen = ""
+listen = "[::1]:9100"
+tls_cert = "/etc/nfguard/tls/cert.pem"
+tls_key = "tls/key.pem"
+
+[control]
+socket = "/run/other/nfguard.sock"
 """)
     config = load_config(path)
     assert config == Config(
         path=str(path),
-        engine=EngineConfig("audit", "allow", "open", 65535, "/srv/rules", True),
+        engine=EngineConfig("audit", "allow", "open", 65535, "/srv/rules", True, queue_maxlen=128),
         audit=AuditConfig("-", "text"),
-        metrics=MetricsConfig(""),
+        metrics=MetricsConfig("[::1]:9100", "/etc/nfguard/tls/cert.pem",
+                              str(tmp_path / "tls" / "key.pem")),
+        control=ControlConfig("/run/other/nfguard.sock"),
     )
 
 
@@ -124,14 +134,15 @@ def test_unknown_section_and_key() -> None:
     assert problems('[engine]\nmode = "audit"\nspeed = 3\n\n[logging]\nlevel = 1\n', "c.toml") \
         == [
             "c.toml:3: unknown key 'speed' in [engine] (allowed: mode, default, fail, queue, "
-            "policy_dir, filter_loopback, workers)",
-            "c.toml:5: unknown section 'logging' (allowed: engine, audit, metrics, names)",
+            "policy_dir, filter_loopback, workers, queue_maxlen)",
+            "c.toml:5: unknown section 'logging' "
+            "(allowed: engine, audit, metrics, names, control)",
         ]
 
 
 def test_top_level_key_is_an_unknown_section() -> None:
     assert problems('mode = "audit"\n', "c.toml") == [
-        "c.toml:1: unknown section 'mode' (allowed: engine, audit, metrics, names)",
+        "c.toml:1: unknown section 'mode' (allowed: engine, audit, metrics, names, control)",
     ]
 
 
@@ -167,7 +178,7 @@ def test_audit_and_metrics_errors() -> None:
 
 def test_section_that_is_not_a_table() -> None:
     assert problems('engine = "enforce"\n', "c.toml") == [
-        "c.toml:1: unknown section 'engine' (allowed: engine, audit, metrics, names)",
+        "c.toml:1: unknown section 'engine' (allowed: engine, audit, metrics, names, control)",
     ]
 
 
@@ -185,3 +196,35 @@ def test_workers_bounds() -> None:
         with pytest.raises(PolicyError) as err:
             parse_config(f"[engine]\nworkers = {bad}\n", "c.toml")
         assert f"c.toml:2: {message}" in str(err.value)
+def test_service_defaults() -> None:
+    config = Config()
+    assert config.control.socket == "/run/nfguard/nfguard.sock"
+    assert config.engine.queue_maxlen == 4096
+    assert (config.metrics.tls_cert, config.metrics.tls_key) == ("", "")
+    assert parse_config('[control]\nsocket = ""\n', "c.toml").control.socket == ""
+
+
+def test_service_key_errors() -> None:
+    assert problems('[metrics]\nlisten = "127.0.0.1:9808"\ntls_cert = "c.pem"\n', "c.toml") \
+        == ["c.toml:3: metrics.tls_cert and metrics.tls_key go together: set both (HTTPS) or "
+            "neither"]
+    assert problems('[metrics]\n\ntls_key = "k.pem"\n', "c.toml") == [
+        "c.toml:3: metrics.tls_cert and metrics.tls_key go together: set both (HTTPS) or "
+        "neither"]
+    assert problems('[control]\nsocket = "nfguard.sock"\n', "c.toml") == [
+        "c.toml:2: control.socket must be an absolute path (or \"\" for off), "
+        "not 'nfguard.sock'"]
+    assert problems('[engine]\nqueue_maxlen = 0\n', "c.toml") == [
+        "c.toml:2: engine.queue_maxlen must be >= 1, not 0"]
+
+
+def test_control_socket_is_found_even_in_a_broken_config(tmp_path: Path) -> None:
+    """`nfguard reload` must reach the daemon to be told what is wrong with the file."""
+    path = tmp_path / "nfguard.toml"
+    path.write_text('[engine]\nmode = "loud"\n[control]\nsocket = "/run/x/n.sock"\n')
+    assert control_socket(path) == "/run/x/n.sock"
+    path.write_text('[engine\n')
+    assert control_socket(path) == "/run/nfguard/nfguard.sock"
+    assert control_socket(tmp_path / "missing.toml") == "/run/nfguard/nfguard.sock"
+    path.write_text('[control]\nsocket = "/run/y/n.sock"\n')
+    assert control_socket(path) == "/run/y/n.sock"

@@ -1,0 +1,222 @@
+"""The control socket: `nfguard status` and `nfguard reload` talking to the running daemon.
+
+A Unix stream socket (mode 0600; only root, or the daemon's own user, may talk to it).
+One request per connection: a JSON object on one line (`{"command": "status"}`), answered
+by one JSON object on one line. The server never blocks the daemon: it lives in the
+daemon's select loop, reads what is there, and answers when the answer is ready (a reload
+answers after the new policy was built, or rejected).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import selectors
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST = 4096  # bytes; requests are one short line
+MAX_CLIENTS = 16  # connections served at once; more wait in the listen backlog
+IDLE_TIMEOUT = 10.0  # seconds a connection may take to send its request
+
+
+class ControlError(Exception):
+    """The daemon could not be reached, or answered with nonsense."""
+
+
+class Reply:
+    """Where the answer to one request goes; `send` may be called later (a reload)."""
+
+    def __init__(self, server: ControlServer, conn: socket.socket) -> None:
+        self._server = server
+        self._conn = conn
+
+    def send(self, answer: dict[str, Any]) -> None:
+        data = json.dumps(answer, separators=(",", ":"), default=str).encode() + b"\n"
+        try:
+            # Answers are a few KiB: far below the socket buffer, so this does not wait
+            # unless the peer stopped reading, and then only for the timeout.
+            self._conn.settimeout(1.0)
+            self._conn.sendall(data)
+        except OSError as exc:
+            log.debug("control client went away: %s", exc)
+        finally:
+            self._server.drop(self._conn)
+
+
+# A request handler answers at once (a dict) or later through the Reply (None).
+Handler = Callable[[dict[str, Any], Reply], "dict[str, Any] | None"]
+
+
+class ControlServer:
+    def __init__(self, path: str, handler: Handler) -> None:
+        self.path = path
+        self.handler = handler
+        self._reading: dict[socket.socket, tuple[bytearray, float]] = {}
+        self._answering: set[socket.socket] = set()  # request read, answer not sent yet
+        self._selector: selectors.BaseSelector | None = None
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        _remove_stale(path)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old_umask = os.umask(0o177)  # the socket is created 0600: no window with wider bits
+        try:
+            self._listener.bind(path)
+        finally:
+            os.umask(old_umask)
+        self._listener.listen(MAX_CLIENTS)
+        self._listener.setblocking(False)
+
+    def register(self, selector: selectors.BaseSelector) -> None:
+        """Serve from `selector`; each key's data is the callable to run when it is ready."""
+        self._selector = selector
+        selector.register(self._listener, selectors.EVENT_READ, self._accept)
+
+    def _accept(self) -> None:
+        while len(self._reading) + len(self._answering) < MAX_CLIENTS:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("control socket: accept failed: %s", exc)
+                return
+            if not _trusted(conn):
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self._reading[conn] = (bytearray(), time.monotonic())
+            assert self._selector is not None
+            self._selector.register(conn, selectors.EVENT_READ, lambda c=conn: self._read(c))
+
+    def _read(self, conn: socket.socket) -> None:
+        buffer, _ = self._reading[conn]
+        try:
+            data = conn.recv(MAX_REQUEST)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        buffer += data
+        if b"\n" not in buffer and data and len(buffer) < MAX_REQUEST:
+            return  # more to come
+        assert self._selector is not None
+        self._selector.unregister(conn)  # one request per connection
+        del self._reading[conn]
+        self._answering.add(conn)
+        reply = Reply(self, conn)
+        try:
+            request = json.loads(bytes(buffer).split(b"\n", 1)[0])
+            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+                raise ValueError("want a JSON object with a \"command\"")
+        except ValueError as exc:
+            reply.send({"ok": False, "error": f"bad request: {exc}"})
+            return
+        try:
+            answer = self.handler(request, reply)
+        except Exception as exc:
+            log.exception("control request %r failed", request.get("command"))
+            answer = {"ok": False, "error": f"internal error: {exc}"}
+        if answer is not None:
+            reply.send(answer)
+
+    def expire(self, now: float | None = None) -> None:
+        """Close connections that sent no complete request within IDLE_TIMEOUT."""
+        now = time.monotonic() if now is None else now
+        for conn, (_, since) in list(self._reading.items()):
+            if now - since > IDLE_TIMEOUT:
+                self.drop(conn)
+
+    def drop(self, conn: socket.socket) -> None:
+        if self._reading.pop(conn, None) is not None and self._selector is not None:
+            self._selector.unregister(conn)
+        self._answering.discard(conn)
+        conn.close()
+
+    def close(self) -> None:
+        for conn in [*self._reading, *self._answering]:
+            self.drop(conn)
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._listener)
+        self._listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def request(path: str, command: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Send one command to the daemon at `path`; its answer (a dict with "ok")."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise ControlError(f"nfguard is not running (no daemon at {path}: "
+                               f"{exc.strerror})") from exc
+        except PermissionError as exc:
+            raise ControlError(f"cannot talk to the daemon at {path}: {exc.strerror} "
+                               "(run as root)") from exc
+        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        data = bytearray()
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError as exc:
+        raise ControlError(f"the daemon at {path} did not answer within {timeout:g} s") from exc
+    except OSError as exc:
+        raise ControlError(f"talking to the daemon at {path} failed: {exc}") from exc
+    finally:
+        sock.close()
+    try:
+        answer = json.loads(bytes(data))
+    except ValueError as exc:
+        raise ControlError(f"the daemon at {path} sent no answer (it may have stopped)") from exc
+    if not isinstance(answer, dict):
+        raise ControlError(f"the daemon at {path} sent an unexpected answer: {answer!r}")
+    return answer
+
+
+def _trusted(conn: socket.socket) -> bool:
+    """Only root and the daemon's own user; the socket mode says the same, this makes sure."""
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return False
+    pid, uid, _gid = struct.unpack("3i", creds)
+    if uid in (0, os.geteuid()):
+        return True
+    log.warning("control socket: refused pid %d (uid %d)", pid, uid)
+    return False
+
+
+def _remove_stale(path: str) -> None:
+    """Unlink a socket left by a daemon that died; refuse if one still answers there."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"another nfguard answers on {path}")

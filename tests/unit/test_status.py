@@ -1,0 +1,81 @@
+"""`nfguard status` text: every part of the daemon's answer shown, nothing invented."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nfguard.status import render_status
+
+
+def answer(**changes: Any) -> dict[str, Any]:
+    now = time.time()
+    status = {
+        "pid": 4242, "version": "0.1.0", "started_at": now - 3 * 3600 - 120, "now": now,
+        "config": "/etc/nfguard/nfguard.toml", "mode": "enforce", "default": "deny",
+        "fail": "closed", "queue": 0, "queue_path": "nft queue expression",
+        "policy": {"dir": "/etc/nfguard/rules", "files": 1, "clients": 2, "policies": 1,
+                   "rules": 12, "loaded_at": now - 65},
+        "reloads": {"ok": 3, "failed": 0, "last_rejection": None},
+        "decisions": {"allow": 90, "deny": 10},
+        "counters": {"packets": 130, "unparseable": 1, "pending_flows": 4,
+                     "hello_timeouts": 0, "dns_answers": 20, "engine_errors": 0,
+                     "queue_errors": 0},
+        "pending_now": 2,
+        "latency": {"p50": 50e-6, "p99": 0.0025},
+        "kernel_queue": {"length": 0, "dropped": 17, "user_dropped": 3},
+        "names": {"entries": 40, "hits": 80, "misses": 5, "evictions": 0},
+        "attribution": None,
+        "audit": {"path": "/var/log/nfguard/audit.jsonl", "written": 100},
+        "metrics": "http://127.0.0.1:9808/metrics",
+        "errors": [],
+    }
+    status.update(changes)
+    return status
+
+
+def test_summary_lines() -> None:
+    text = render_status(answer())
+    assert text.startswith("nfguard 0.1.0 running, pid 4242, since ")
+    assert "(up 3h 2m)" in text
+    assert "engine:       mode enforce, default deny, fail closed\n" in text
+    assert "queue:        0 via nft queue expression\n" in text
+    assert "policy:       12 rules in 1 file under /etc/nfguard/rules (2 clients, 1 policy)" in text
+    assert "(1m 5s ago)" in text
+    assert "reloads:      3 applied, 0 rejected\n" in text
+    assert "flows:        100 decided (90 allow, 10 deny), 2 waiting for a name now\n" in text
+    assert "latency:      half under 50 µs, 99% under 2.5 ms" in text
+    assert "kernel queue: 0 waiting, 17 dropped (queue full), 3 dropped (socket buffer full)" \
+        in text
+    assert "name cache:   40 entries, 80 hits, 5 misses, 0 evictions\n" in text
+    assert "audit:        /var/log/nfguard/audit.jsonl (100 events written)\n" in text
+    assert "metrics:      http://127.0.0.1:9808/metrics\n" in text
+    assert "errors:       0 (0 in the engine, 0 giving verdicts)\n" in text
+    assert "attribution" not in text and "last errors" not in text
+
+
+def test_rejection_errors_and_optional_parts() -> None:
+    now = time.time()
+    text = render_status(answer(
+        reloads={"ok": 0, "failed": 1, "last_rejection": [now, "a.toml:3: bad\nb.toml:9: worse"]},
+        counters={**answer()["counters"], "engine_errors": 2, "queue_errors": 1},
+        errors=[[now, "reload rejected, the running policy stays:\na.toml:3: bad"]],
+        decisions={}, latency={"p50": None, "p99": None}, kernel_queue=None, metrics=None,
+        attribution={"lookups": 5, "hits": 4, "failures": 1, "errors": 0, "inode_cache": 3,
+                     "proc_cache": 2, "events": 9},
+    ))
+    assert "0 applied, 1 rejected\n  last rejected " in text
+    assert "\n    a.toml:3: bad\n    b.toml:9: worse\n" in text
+    assert "errors:       3 (2 in the engine, 1 giving verdicts)\n  last errors:\n" in text
+    assert "reload rejected, the running policy stays:\n      a.toml:3: bad\n" in text
+    assert "0 decided (none yet)" in text
+    assert "latency:" not in text
+    assert "kernel queue: not found" in text
+    assert "metrics:      off" in text
+    assert ("attribution:  5 lookups, 4 cache hits, 1 without a process, 0 errors; caches: "
+            "3 sockets, 2 processes\n") in text
+
+
+def test_latency_past_the_last_bucket() -> None:
+    text = render_status(answer(latency={"p50": 0.5, "p99": float("inf")}))
+    assert "half under 500 ms, 99% under more than 1 s" in text
