@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    command("run", _run, "run the engine in the foreground (installs the ruleset if needed)")
+    run = command("run", _run, "run the engine in the foreground (installs the ruleset if needed)")
+    # engine.workers > 1: how the main process starts the others (nfguard.workers)
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     install = command("install", _install, "install the nftables ruleset, or with --systemd "
                       "the systemd unit")
     install.add_argument("--dry-run", action="store_true", help="print it, load nothing")
@@ -82,8 +84,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from nfguard.daemon import Daemon
+    from nfguard.workers import ENV, WorkerLink
 
-    return Daemon(args.config).run()
+    worker = None
+    if args.worker is not None:
+        if ENV not in os.environ:
+            raise RuntimeError("--worker is started by the main nfguard process only")
+        worker = WorkerLink.from_env(os.environ[ENV])
+    return Daemon(args.config, worker).run()
 
 
 def _install(args: argparse.Namespace) -> int:

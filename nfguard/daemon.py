@@ -35,12 +35,14 @@ from nfguard.control import ControlServer, Reply
 from nfguard.engine import Engine
 from nfguard.metrics import Latency, Sources, Stats, serve
 from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
+from nfguard.peers import Peers
 from nfguard.pipeline import Pipeline, configure_name_cache, make_name_cache
 from nfguard.policy.load import PolicyError, load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor
 from nfguard.queue import QueueAdapter
 from nfguard.sdnotify import Notifier
+from nfguard.workers import Team, WorkerLink, send_report
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +89,10 @@ class _Reload:
 
 
 class Daemon:
-    def __init__(self, config_path: str) -> None:
+    def __init__(self, config_path: str, worker: WorkerLink | None = None) -> None:
         self.config_path = config_path
+        self.worker = worker  # None: the main process (installs, serves metrics and control)
+        self.team: Team | None = None
         self._stop = False
         self._sighup = False
         self._reload: _Reload | None = None  # the build running now
@@ -103,10 +107,15 @@ class Daemon:
     def run(self) -> int:
         config = load_config(self.config_path)
         engine = build_engine(config)
-        installer = Installer()
-        self.queue_path = installer.probe_path()
-        installer.install(render(config.engine, self.queue_path))
-        log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[self.queue_path])
+        worker = self.worker
+        if worker is None:
+            installer = Installer()
+            self.queue_path = installer.probe_path()
+            installer.install(render(config.engine, self.queue_path))
+            log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[self.queue_path])
+        else:
+            self.queue_path = worker.queue_path
+        queue_num = config.engine.queue + (worker.index if worker is not None else 0)
         log.info("policy: %d clients, %d policies, %d rules; mode %s, default %s, fail %s",
                  len(engine.policies.clients), len(engine.policies.policies),
                  engine.policies.source.rule_count, config.engine.mode, config.engine.default,
@@ -119,25 +128,36 @@ class Daemon:
                  attributor.cgroup_root or "(not mounted: by owner uid)",
                  "on" if attributor.live_members else "off (cgroup.procs read per miss)")
         # The name cache lives as long as the daemon: reloads keep what DNS taught it.
+        if worker is None and config.engine.workers > 1:
+            self.team = Team(self.config_path, config.engine.workers, self.queue_path,
+                             verbose=log.isEnabledFor(logging.DEBUG)).start()
+        peers = (worker.peers() if worker is not None
+                 else Peers(self.team.inbox, self.team.outboxes) if self.team is not None
+                 else None)
         pipeline = Pipeline(engine, self.audit, stats, names=make_name_cache(config.names),
-                            settings=config.names, attributor=attributor)
+                            settings=config.names, attributor=attributor, peers=peers)
         self.pipeline = pipeline
         latency = Latency()
-        queue = QueueAdapter(config.engine.queue, pipeline.handle,
+        queue = QueueAdapter(queue_num, pipeline.handle,
                              fail_open=config.engine.fail == "open",
                              maxlen=config.engine.queue_maxlen, latency=latency)
         pipeline.release = queue.release
-        self.sources = Sources(stats, latency, queue=config.engine.queue, names=pipeline.names,
-                               attribution=attributor.stats, queue_errors=lambda: queue.errors)
+        self.sources = Sources(stats, latency, queue=queue_num, names=pipeline.names,
+                               attribution=attributor.stats, queue_errors=lambda: queue.errors,
+                               workers=self.team.snapshots if self.team is not None else None)
+        self.queue_num = queue_num
         logging.getLogger().addHandler(self._errors)
         metrics_server = control = None
         try:
-            metrics_server = serve(config.metrics, self.sources)
-            if config.control.socket:
-                control = ControlServer(config.control.socket, self._on_request)
+            if worker is None:
+                metrics_server = serve(config.metrics, self.sources)
+                if config.control.socket:
+                    control = ControlServer(config.control.socket, self._on_request)
             self._loop(queue, control)
         finally:
             self.notifier.stopping()
+            if self.team is not None:
+                self.team.stop()
             queue.close()
             attributor.close()
             self.audit.close()
@@ -161,12 +181,29 @@ class Daemon:
         handlers = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         selector = selectors.DefaultSelector()
-        selector.register(queue.fileno(), selectors.EVENT_READ, queue.process_pending)
+
+        def on_queue() -> None:
+            # What other workers learnt from DNS first: a flow may use those names.
+            pipeline.receive_peers()
+            queue.process_pending()
+
+        selector.register(queue.fileno(), selectors.EVENT_READ, on_queue)
         selector.register(wake_r, selectors.EVENT_READ, lambda: _drain(wake_r))
+        if pipeline.peers is not None:
+            selector.register(pipeline.peers.fileno(), selectors.EVENT_READ,
+                              pipeline.receive_peers)
+        team = self.team
+        if team is not None:
+            for fd, reports in team.report_fds():
+                selector.register(fd, selectors.EVENT_READ, reports.read)
         if control is not None:
             control.register(selector)
-        log.info("engine bound to queue %d", self.config.engine.queue)
-        self.notifier.ready(self._summary())
+        log.info("engine bound to queue %d", self.queue_num)
+        waiting_for_workers = team is not None
+        if self.worker is not None:
+            self._report(queue)
+        elif not waiting_for_workers:
+            self.notifier.ready(self._summary())
         watchdog = self.notifier.watchdog_interval
         next_flush = time.monotonic() + FLUSH_INTERVAL
         next_ping = time.monotonic()
@@ -184,6 +221,12 @@ class Daemon:
                     key.data()
                 pipeline.sweep()
                 self.attributor.poll_events()  # keep the kernel's event buffer drained
+                if team is not None:
+                    team.tend()
+                    if waiting_for_workers and len(team.snapshots()) == len(team.workers):
+                        waiting_for_workers = False
+                        log.info("all %d workers bound to their queues", team.count)
+                        self.notifier.ready(self._summary())
                 if self._sighup:
                     self._sighup = False
                     self._request_reload(None)
@@ -191,6 +234,8 @@ class Daemon:
                     self._finish_reload()
                 if time.monotonic() >= next_flush:
                     self.audit.flush()
+                    if self.worker is not None:
+                        self._report(queue)
                     if control is not None:
                         control.expire()
                     next_flush = time.monotonic() + FLUSH_INTERVAL
@@ -202,6 +247,15 @@ class Daemon:
                 signal.signal(sig, handler)
             wake_r.close()
             wake_w.close()
+
+    def _report(self, queue: QueueAdapter) -> None:
+        """A worker's counters, for the main process to add up (metrics, status)."""
+        assert self.worker is not None
+        latency = self.sources.latency
+        send_report(self.worker.report, {
+            "queue": self.queue_num, "pid": os.getpid(), "stats": self.pipeline.stats,
+            "latency": (list(latency.counts), latency.total_ns),
+            "attribution": self.attributor.stats(), "queue_errors": queue.errors})
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -231,7 +285,7 @@ class Daemon:
                          daemon=True).start()
 
     def _build(self, job: _Reload, wake: socket.socket | None) -> None:
-        """In the worker thread: read and compile; never touches the running state."""
+        """In the reload thread: read and compile; never touches the running state."""
         try:
             config = load_config(self.config_path)
             job.result = (config, build_engine(config))
@@ -292,6 +346,8 @@ class Daemon:
             self.audit.reopen()  # log rotation: continue in a new file at the same path
         self.config = config
         stats.reloads += 1
+        if self.team is not None:
+            self.team.signal(signal.SIGHUP)  # each worker reloads the same files itself
         stats.policy_loaded_at = time.time()
         stats.policy_rules = engine.policies.source.rule_count
         log.info("reloaded: %d rules", stats.policy_rules)
@@ -315,12 +371,13 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """What `nfguard status` shows: plain data, rendered by nfguard.status."""
         config, pipeline, src = self.config, self.pipeline, self.sources
-        stats = src.stats
+        stats = src.total_stats()
         policies = pipeline.engine.policies
         by_action: dict[str, int] = {}
         for (action, *_), count in dict(stats.decisions).items():
             by_action[action] = by_action.get(action, 0) + count
-        kernel = src.kernel_queue()
+        kernels = src.kernel_queues()
+        latency = src.total_latency()
         names = pipeline.names
         return {
             "pid": os.getpid(),
@@ -351,16 +408,20 @@ class Daemon:
                 "hello_timeouts": stats.hello_timeouts,
                 "dns_answers": stats.dns_answers,
                 "engine_errors": stats.errors,
-                "queue_errors": src.queue_errors() if src.queue_errors else 0,
+                "queue_errors": src.total_queue_errors(),
             },
             "pending_now": len(pipeline.flows),
-            "latency": {"p50": src.latency.quantile(0.5), "p99": src.latency.quantile(0.99)},
-            "kernel_queue": None if kernel is None else {
-                "length": kernel.length, "dropped": kernel.dropped,
-                "user_dropped": kernel.user_dropped},
+            "latency": {"p50": latency.quantile(0.5), "p99": latency.quantile(0.99)},
+            "kernel_queue": None if not kernels else {
+                "length": sum(k.length for k in kernels),
+                "dropped": sum(k.dropped for k in kernels),
+                "user_dropped": sum(k.user_dropped for k in kernels)},
+            "workers": None if self.team is None else {
+                "count": self.team.count, "alive": 1 + self.team.alive(),
+                "restarts": self.team.restarts()},
             "names": {"entries": len(names), "hits": names.hits, "misses": names.misses,
                       "evictions": names.evictions},
-            "attribution": src.attribution() if src.attribution else None,
+            "attribution": src.total_attribution(),
             "audit": {"path": config.audit.path, "written": self.audit.written},
             "metrics": _metrics_url(config),
             "errors": list(self._errors.lines),

@@ -12,8 +12,8 @@ import logging
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 from nfguard.config import MetricsConfig, parse_listen
 from nfguard.engine import Decision
@@ -139,9 +139,68 @@ class Sources:
     attribution: Callable[[], dict[str, int]] | None = None
     queue_errors: Callable[[], int] | None = None  # verdicts the queue adapter could not give
     nfqueue_path: str = NFQUEUE_PROC
+    # engine.workers > 1: the other workers' latest reports (see nfguard.workers.snapshot)
+    workers: Callable[[], list[dict[str, Any]]] | None = None
 
     def kernel_queue(self) -> QueueCounters | None:
         return None if self.queue is None else read_nfqueue(self.queue, self.nfqueue_path)
+
+    def kernel_queues(self) -> list[QueueCounters]:
+        """The counters of this process's queue and of every worker's."""
+        numbers = [] if self.queue is None else [self.queue]
+        numbers += [report["queue"] for report in self._reports()]
+        found = []
+        for number in sorted(set(numbers)):
+            counters = read_nfqueue(number, self.nfqueue_path)
+            if counters is not None:
+                found.append(counters)
+        return found
+
+    def _reports(self) -> list[dict[str, Any]]:
+        return self.workers() if self.workers is not None else []
+
+    def total_stats(self) -> Stats:
+        """This process's counters plus every worker's (policy fields: this process's)."""
+        reports = self._reports()
+        if not reports:
+            return self.stats
+        total = replace(self.stats, decisions=Counter(self.stats.decisions))
+        for report in reports:
+            other: Stats = report["stats"]
+            for name in _SUMMED:
+                setattr(total, name, getattr(total, name) + getattr(other, name))
+            total.decisions.update(other.decisions)
+        return total
+
+    def total_latency(self) -> Latency:
+        reports = self._reports()
+        if not reports:
+            return self.latency
+        total = Latency()
+        total.counts = list(self.latency.counts)
+        total.total_ns = self.latency.total_ns
+        for report in reports:
+            counts, total_ns = report["latency"]
+            total.counts = [a + b for a, b in zip(total.counts, counts, strict=True)]
+            total.total_ns += total_ns
+        return total
+
+    def total_attribution(self) -> dict[str, int] | None:
+        if self.attribution is None:
+            return None
+        total = Counter(self.attribution())
+        for report in self._reports():
+            total.update(report["attribution"])
+        return dict(total)
+
+    def total_queue_errors(self) -> int:
+        own = self.queue_errors() if self.queue_errors is not None else 0
+        return own + sum(report["queue_errors"] for report in self._reports())
+
+
+# Stats fields that add up over workers (the rest describe the policy this process runs).
+_SUMMED = ("packets", "unparseable", "errors", "pending_flows", "hello_timeouts",
+           "dns_answers", "dns_bindings", "dns_cut", "dns_unparseable", "dns_out_of_order")
 
 
 class StatsCollector:
@@ -156,7 +215,7 @@ class StatsCollector:
         )
 
         src = self.sources
-        stats = src.stats
+        stats = src.total_stats()
         decisions = CounterMetricFamily(
             "nfguard_decisions", "Flows decided, by policy decision and what the kernel was told",
             labels=["action", "verdict", "client", "rule", "evidence"],
@@ -174,7 +233,7 @@ class StatsCollector:
             "fail-mode verdict; in the queue adapter a verdict could not be given",
             labels=["stage"])
         errors.add_metric(["pipeline"], stats.errors)
-        errors.add_metric(["queue"], src.queue_errors() if src.queue_errors else 0)
+        errors.add_metric(["queue"], src.total_queue_errors())
         yield errors
         for name, help_text in _NAME_COUNTERS:
             yield CounterMetricFamily(f"nfguard_{name}", help_text, value=getattr(stats, name))
@@ -182,7 +241,8 @@ class StatsCollector:
         latency = HistogramMetricFamily(
             "nfguard_verdict_latency_seconds",
             "Time the engine took to answer a queued packet (a held packet: until it was held)")
-        latency.add_metric([], src.latency.buckets(), sum_value=src.latency.total_ns / 1e9)
+        total_latency = src.total_latency()
+        latency.add_metric([], total_latency.buckets(), sum_value=total_latency.total_ns / 1e9)
         yield latency
 
         reloads = CounterMetricFamily("nfguard_reloads", "Reloads of config and policy",
@@ -201,21 +261,21 @@ class StatsCollector:
         yield from self._attribution(CounterMetricFamily, GaugeMetricFamily)
 
     def _kernel_queue(self, counter: type, gauge: type) -> Iterator[object]:
-        kernel = self.sources.kernel_queue()
-        if kernel is None:
+        queues = self.sources.kernel_queues()
+        if not queues:
             return
-        label = [str(kernel.queue)]
         families = (
             (gauge, "nfguard_queue_length", "Packets waiting in the kernel queue for a verdict",
-             kernel.length),
+             "length"),
             (counter, "nfguard_queue_dropped",
-             "Packets the kernel dropped because the queue was full", kernel.dropped),
+             "Packets the kernel dropped because the queue was full", "dropped"),
             (counter, "nfguard_queue_user_dropped", "Packets the kernel dropped because the "
-             "engine's netlink socket buffer was full", kernel.user_dropped),
+             "engine's netlink socket buffer was full", "user_dropped"),
         )
-        for kind, name, help_text, value in families:
+        for kind, name, help_text, key in families:
             family = kind(name, help_text, labels=["queue"])
-            family.add_metric(label, value)
+            for kernel in queues:
+                family.add_metric([str(kernel.queue)], getattr(kernel, key))
             yield family
 
     def _name_cache(self, counter: type, gauge: type) -> Iterator[object]:
@@ -233,9 +293,10 @@ class StatsCollector:
                       value=names.evictions)
 
     def _attribution(self, counter: type, gauge: type) -> Iterator[object]:
-        if self.sources.attribution is None:
+        figures = self.sources.total_attribution()
+        if figures is None:
             return
-        for key, value in sorted(self.sources.attribution().items()):
+        for key, value in sorted(figures.items()):
             if key in ATTRIBUTION_GAUGES:
                 yield gauge(f"nfguard_attribution_{key}", f"Process attribution: {key} size",
                             value=value)

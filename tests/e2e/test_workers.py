@@ -1,0 +1,126 @@
+"""engine.workers = 2: two engine processes, two kernel queues, one set of DNS names."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from tests.e2e.lab import SERVER_V4, Lab, run
+
+# Sixteen web addresses: the kernel hashes each (client, server) pair onto a queue, so with
+# this many both workers decide flows, and most flows land on the worker that did not
+# read the DNS answer (that one is fixed: the resolver's pair).
+ADDRESSES = [f"198.18.3.{i}" for i in range(1, 17)]
+
+POLICY = """
+    [[client]]
+    name = "everyone"
+    policies = ["web"]
+
+    [[policy]]
+    name = "web"
+
+    [[policy.rule]]
+    name = "dns"
+    action = "allow"
+    to = ["198.18.0.2"]
+    ports = [53]
+
+    [[policy.rule]]
+    name = "by-name"
+    action = "allow"
+    to = ["**.test"]
+    ports = [80]
+    proto = "tcp"
+"""
+
+
+def queue_counts(lab: Lab) -> dict[int, int]:
+    """Packets each kernel queue has handed out (id_sequence), in the client namespace."""
+    text = lab.exec(lab.client, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+    return {int(f[0]): int(f[7]) for f in (line.split() for line in text.splitlines())}
+
+
+def status(lab: Lab, config: object) -> dict:
+    return json.loads(lab.nfguard("status", "--json", "--config", str(config)).stdout)
+
+
+def start(lab: Lab) -> object:
+    for address in ADDRESSES:
+        run("ip", "-n", lab.server, "addr", "add", f"{address}/32", "dev", "lo")
+        run("ip", "-n", lab.client, "route", "add", f"{address}/32", "via", SERVER_V4)
+    lab.serve_http(80)
+    lab.serve_dns(*(f"--host-record=w{i}.test,{address}"
+                    for i, address in enumerate(ADDRESSES, 1)))
+    config = lab.write_config(POLICY, workers=2)
+    lab.start_engine(config)
+    deadline = time.monotonic() + 20
+    while "all 2 workers bound" not in lab.engine_log.read_text():
+        assert time.monotonic() < deadline, lab.engine_log.read_text()
+        time.sleep(0.05)
+    return config
+
+
+def fetch_all(lab: Lab) -> list[int]:
+    """dig then curl every name; the curl exit codes."""
+    codes = []
+    for i, address in enumerate(ADDRESSES, 1):
+        assert lab.dig(f"w{i}.test") == [address]
+        result = lab.exec(lab.client, "curl", "-sS", "--max-time", "3", f"http://w{i}.test/",
+                          "--resolve", f"w{i}.test:80:{address}")
+        codes.append(result.returncode)
+    return codes
+
+
+def test_two_workers_share_names_and_both_decide(lab: Lab) -> None:
+    config = start(lab)
+    assert fetch_all(lab) == [0] * len(ADDRESSES), lab.engine_log.read_text()
+    counts = queue_counts(lab)
+    assert set(counts) == {0, 1} and all(counts.values()), counts
+
+    def web_events() -> list[dict]:
+        return [e for e in lab.audit_events() if e["destination"]["port"] == 80]
+
+    lab.wait_for_event(lambda _e: len(web_events()) >= len(ADDRESSES))  # both files flushed
+    events = web_events()
+    assert len(events) == len(ADDRESSES)
+    assert {e["rule"]["name"] for e in events} == {"web/by-name"}
+    assert {e["destination"]["domain"] for e in events} == {
+        f"w{i}.test" for i in range(1, 17)}
+    # the main process adds up both workers' counters
+    deadline = time.monotonic() + 5
+    while True:
+        shown = status(lab, config)
+        if sum(shown["decisions"].values()) >= 2 * len(ADDRESSES):  # dig + curl per name
+            break
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.2)
+    assert shown["workers"] == {"count": 2, "alive": 2, "restarts": 0}
+    assert shown["counters"]["dns_answers"] == len(ADDRESSES)
+
+
+def test_a_killed_worker_is_restarted_and_stop_stops_all(lab: Lab) -> None:
+    config = start(lab)
+    main = lab.engine
+    assert main is not None
+    children = subprocess.run(["pgrep", "-P", str(main.pid)], capture_output=True,
+                              text=True).stdout.split()
+    # the engine runs behind nsenter's exec, so its children are the workers
+    assert len(children) == 1, children
+    os.kill(int(children[0]), signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while status(lab, config)["workers"] != {"count": 2, "alive": 2, "restarts": 1}:
+        assert time.monotonic() < deadline, lab.engine_log.read_text()
+        time.sleep(0.2)
+    while "worker 1 started" not in lab.engine_log.read_text().split("restarting it", 1)[-1]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.5)  # the new worker binds its queue
+    assert fetch_all(lab) == [0] * len(ADDRESSES), lab.engine_log.read_text()
+    assert lab.stop_engine(signal.SIGTERM) == 0
+    left = subprocess.run(["pgrep", "-f", f"nfguard run --config {config}"],
+                          capture_output=True, text=True).stdout.split()
+    assert not left, "workers outlived the main process"
