@@ -32,7 +32,6 @@ _TEMPLATE = """\
 # Rendered by `nfguard install --systemd`; see nfguard/service.py for why it looks so.
 [Unit]
 Description=nfguard host egress firewall
-Documentation=man:nft(8)
 Wants=network-pre.target
 Before=network-pre.target shutdown.target
 Conflicts=shutdown.target
