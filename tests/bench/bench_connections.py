@@ -21,6 +21,7 @@ rounds would measure the hunt for a free port or a full conntrack table, not the
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -33,6 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from tests.bench.policies import BODY, allow_rule, body_rules, client
@@ -44,6 +46,7 @@ METRICS = "127.0.0.1:9808"  # inside the client namespace
 RATE_TARGET = 0.6  # of the unfiltered rate
 OPENSNITCH_TARGET = 40  # times OpenSnitch's rate
 LATENCY_TARGET_MS = 1.0  # p99 connect time added
+WRK_CONNECTIONS = 32
 
 NGINX_CONF = """
 worker_processes 1;
@@ -74,8 +77,8 @@ q.run()
 """
 
 # Sequential new connections, each timed: connect() (SYN to established) and the whole
-# request (connect, GET with a Host header, answer read to the server's close). Runs
-# `count` times, or until SIGINT when count is 0; prints JSON.
+# request (connect, GET with a Host header, answer read to the server's close); "starts"
+# are wall-clock times. Runs `count` times, or until SIGINT when count is 0; prints JSON.
 PROBE = r"""
 import json, socket, sys, time
 host, port, name, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -96,7 +99,7 @@ try:
             if not answer.startswith(b"HTTP/1.1 200"):
                 raise OSError(f"answer {answer[:20]!r}")
             done = time.monotonic()
-            out["starts"].append(start)
+            out["starts"].append(time.time() - (done - start))
             out["connect"].append(connected - start)
             out["request"].append(done - start)
         except OSError:
@@ -149,7 +152,7 @@ def parse_wrk(out: str) -> WrkRun:
     return WrkRun(float(rate.group(1)), int(requests.group(1)), ", ".join(problems))
 
 
-def wrk_argv(seconds: int, connections: int = 32, threads: int = 2) -> list[str]:
+def wrk_argv(seconds: int, connections: int = WRK_CONNECTIONS, threads: int = 2) -> list[str]:
     return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s",
             "-H", "Connection: close", "-H", f"Host: {WEB_NAME}", f"http://{ALLOWED_V4}/"]
 
@@ -243,23 +246,32 @@ def metrics(lab: Lab) -> dict[str, float]:
     return dict(values)
 
 
-def web_decisions(lab: Lab) -> Counter[tuple[str, str, str]]:
-    """(client, rule, action) of every audit event for a flow to the web server."""
-    decided: Counter[tuple[str, str, str]] = Counter()
+def web_events(lab: Lab) -> list[tuple[float, str, str, str]]:
+    """(wall-clock time, client, rule, action) of every audit event for a flow to the web
+    server, in the order decided."""
+    found = []
     for event in lab.audit_events():
         if event.get("destination", {}).get("port") == 80:
-            decided[(event["nfguard"].get("client", "-"), event.get("rule", {}).get("name", "-"),
-                     event["event"]["action"])] += 1
-    return decided
+            when = datetime.fromisoformat(event["@timestamp"].replace("Z", "+00:00"))
+            found.append((when.timestamp(), event["nfguard"].get("client", "-"),
+                          event.get("rule", {}).get("name", "-"), event["event"]["action"]))
+    return found
 
 
-def verified(decided: Counter[tuple[str, str, str]], client_name: str,
-             least: int) -> tuple[bool, str]:
-    """Whether (nearly) every web flow was allowed by `client_name` -> web/server, with at
-    least `least` events; and a note saying what the audit log showed."""
+def web_decisions(lab: Lab, until: float = float("inf")) -> Counter[tuple[str, str, str]]:
+    """How many web flows each (client, rule, action) decided, up to wall-clock `until`."""
+    return Counter((c, r, a) for when, c, r, a in web_events(lab) if when < until)
+
+
+def verified(decided: Counter[tuple[str, str, str]], client_name: str, least: int,
+             in_flight: int = 0) -> tuple[bool, str]:
+    """Whether every web flow was allowed by `client_name` -> web/server, at least `least`
+    of them, but for up to `in_flight` others: the connections a client had under way
+    when it stopped, whose sockets are gone by the time the engine looks for their
+    sender (decided as nobody's, by the catch-all client). And what the audit log showed."""
     intended = decided[(client_name, "web/server", "allow")]
     total = sum(decided.values())
-    ok = intended >= least and intended >= 0.999 * total
+    ok = intended >= least and total - intended <= in_flight
     others = ", ".join(f"{c} -> {r}: {a} {n:,}" for (c, r, a), n in decided.most_common(3)
                        if (c, r, a) != (client_name, "web/server", "allow"))
     note = f"audit: {intended:,} of {total:,} by {client_name} -> web/server"
@@ -271,7 +283,7 @@ def nfguard_rate(lab: Lab, seconds: int, body: int, by_name: bool) -> tuple[WrkR
         run = wrk(lab, seconds)
         scraped = metrics(lab)
         drops = queue_drops(lab)
-    ok, note = verified(web_decisions(lab), "wrk", run.requests)
+    ok, note = verified(web_decisions(lab), "wrk", run.requests, in_flight=WRK_CONNECTIONS)
     per_flow = scraped.get("nfguard_packets_total", 0) / max(1, run.requests)
     note += f"; {per_flow:.1f} queued packets per connection"
     if drops:
@@ -293,7 +305,7 @@ def opensnitch_version() -> str:
 def opensnitch_running(lab: Lab) -> Iterator[None]:
     """opensnitchd in the client namespace: headless (no UI listens on its socket), default
     allow, proc monitor, its own rules directory. It reads its configuration from a fixed
-    path, so a copy is bind-mounted over /etc/opensnitchd in its private mount namespace.
+    path, so a copy is bind-mounted over /etc/opensnitchd in a mount namespace of its own.
     Killed on the way out; its iptables rules, inside the namespace, are flushed."""
     home = lab.workdir / "opensnitchd"
     (home / "rules").mkdir(parents=True, exist_ok=True)
@@ -306,7 +318,8 @@ def opensnitch_running(lab: Lab) -> Iterator[None]:
     (home / "system-fw.json").write_text(json.dumps({"SystemRules": []}))
     log = home / "daemon.log"
     daemon = lab.spawn(
-        lab.client, "sh", "-c", 'mount --bind "$0" /etc/opensnitchd && exec opensnitchd '
+        lab.client, "unshare", "--mount", "sh", "-c",
+        'mount --bind "$0" /etc/opensnitchd && exec opensnitchd '
         '-rules-path "$0/rules" -process-monitor-method proc -log-file "$0/daemon.log"',
         str(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -343,7 +356,7 @@ def connection_rates(lab: Lab, seconds: int = 10, body: int = 1000, rounds: int 
     runs: dict[str, list[WrkRun]] = {}
     notes: dict[str, str] = {}
     valid: dict[str, bool] = {}
-    names = ("none", "bare", "names", "cidr", "opensnitch")
+    keys = ("none", "bare", "names", "cidr", "opensnitch")
     wrk(lab, 2)  # warm up
     for _ in range(rounds):
         runs.setdefault("none", []).append(wrk(lab, seconds))
@@ -370,12 +383,13 @@ def connection_rates(lab: Lab, seconds: int = 10, body: int = 1000, rounds: int 
             valid["opensnitch"] = queued >= run.requests and not run.errors
     control = wrk(lab, seconds)
     rate = {key: sorted(r.rate for r in runs[key])[len(runs[key]) // 2]
-            for key in names if key in runs}
+            for key in keys if key in runs}
     base = rate["none"]
 
     def shown(key: str) -> str:
         errors = [r.errors for r in runs[key] if r.errors]
         return (f"{rate[key]:,.0f}/s ({rate[key] / base:.2f})" +
+                ("" if valid.get(key, True) else " **not verified**") +
                 (f"; wrk errors: {errors[0]}" if errors else "") +
                 (f"; {notes[key]}" if key in notes else ""))
 
@@ -390,8 +404,7 @@ def connection_rates(lab: Lab, seconds: int = 10, body: int = 1000, rounds: int 
                f">= {RATE_TARGET} of no filter",
                valid["names"] and rate["names"] >= RATE_TARGET * base),
         Figure(f"... nfguard, same, server allowed by CIDR ahead of the {body:,} rules "
-               "(decided at the SYN)", shown("cidr"), "",
-               None if valid["cidr"] else False),
+               "(decided at the SYN)", shown("cidr")),
     ]
     if "opensnitch" in rate:
         times = rate["names"] / rate["opensnitch"]
@@ -437,7 +450,8 @@ def connect_latency(lab: Lab, connects: int = 2000, body: int = 1000) -> list[Fi
 
 def reload_under_load(lab: Lab, body: int = 100_000, settle: float = 1.0) -> list[Figure]:
     """SIGHUP with a `body`-rule policy while wrk and the probe open connections: how long
-    the loop stops, and whether any flow failed or any packet was dropped meanwhile."""
+    the loop stops deciding (the longest gap between decisions in the audit log), and
+    whether any flow failed or any packet was dropped meanwhile."""
     start = time.monotonic()
     with nfguard_running(lab, full_policy(body)):
         started = time.monotonic() - start
@@ -449,19 +463,19 @@ def reload_under_load(lab: Lab, body: int = 100_000, settle: float = 1.0) -> lis
             time.sleep(settle)
             log_at = lab.engine_log.stat().st_size
             assert lab.engine is not None
-            hup = time.monotonic()
+            hup = time.time()
             lab.engine.send_signal(signal.SIGHUP)
-            end = hup + 120
             while True:
                 log = lab.engine_log.read_text()[log_at:]
-                if "reloaded:" in log or "reload rejected" in log or time.monotonic() > end:
+                if "reloaded:" in log or "reload rejected" in log or time.time() > hup + 120:
                     break
                 time.sleep(0.02)
-            reloaded = time.monotonic()
+            reloaded = time.time()
             if "reloaded:" not in log:
                 raise RuntimeError(f"the engine did not reload:\n{log}")
             time.sleep(settle)
         finally:
+            stopped = time.time()
             for proc in (load, prober):
                 proc.send_signal(signal.SIGINT)
             wrk_out, _ = load.communicate(timeout=30)
@@ -469,22 +483,26 @@ def reload_under_load(lab: Lab, body: int = 100_000, settle: float = 1.0) -> lis
         drops = queue_drops(lab)
     run = parse_wrk(wrk_out)
     probed = json.loads(probe_out)
-    during = [(s, d) for s, d in zip(probed["starts"], probed["request"], strict=True)
-              if s + d >= hup and s <= reloaded]
-    longest = max((d for _s, d in during), default=0.0)
-    decided = web_decisions(lab)
+    events = [e for e in web_events(lab) if e[0] < stopped]  # not flows cut by the stop
+    times = [e[0] for e in events if hup - settle <= e[0] <= reloaded + settle]
+    stall = max((b - a for a, b in itertools.pairwise(sorted(times))), default=0.0)
+    longest = max((d for s, d in zip(probed["starts"], probed["request"], strict=True)
+                   if s + d >= hup - settle), default=0.0)
+    decided = Counter(e[1:] for e in events)
     denied = sum(n for (_c, _r, action), n in decided.items() if action != "allow")
     intended = decided[("wrk", "web/server", "allow")] + decided[("probe", "web/server",
                                                                     "allow")]
     ok = (not drops and not run.errors and not probed["failures"] and not denied
-          and intended == sum(decided.values()) and intended > 0)
+          and intended == sum(decided.values()) and intended > 0 and len(times) > 1)
     return [
-        Figure(f"Start with a {body:,}-rule policy (load, install, bind)", f"{started:.1f} s"),
+        Figure(f"Start with a {body:,}-rule policy (load, install, bind, first DNS answer)",
+               f"{started:.1f} s"),
         Figure(f"Reload (SIGHUP) of the {body:,}-rule policy under load (wrk -c8 and "
                "sequential requests)",
-               f"loop blocked {reloaded - hup:.2f} s (longest request across it "
-               f"{longest:.2f} s); failed: wrk {run.errors or 0}, probe "
-               f"{probed['failures']} of {len(probed['starts']) + probed['failures']:,}; "
-               f"denied {denied}; queue drops {drops}; {intended:,} flows by the "
-               "intended rule", "no verdict dropped, no flow failed", ok),
+               f"no decision for {stall:.2f} s (longest request {longest:.2f} s); "
+               f"reloaded {reloaded - hup:.1f} s after SIGHUP; failed: wrk "
+               f"{run.errors or 0}, probe {probed['failures']} of "
+               f"{len(probed['starts']) + probed['failures']:,}; denied {denied}; queue drops "
+               f"{drops}; {intended:,} flows by the intended rule",
+               "no verdict dropped, no flow failed", ok),
     ]
