@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from nfguard.procs.cgroups import find_cgroup2_root, parse_proc_cgroup
 from tests.bench.policies import BODY, allow_rule, body_rules, client
 from tests.bench.report import Figure, percentile
 from tests.e2e.lab import ALLOWED_V4, SERVER_V4, Lab
@@ -113,12 +114,51 @@ print(json.dumps(out))
 
 
 # -- the lab -------------------------------------------------------------------------------
-@contextlib.contextmanager
-def web_lab() -> Iterator[Lab]:
-    """The e2e lab with nginx on the allowed server address and dnsmasq naming it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        lab = Lab(Path(tmp)).start()
+@dataclass
+class WebLab(Lab):
+    """The e2e lab, and the cgroup its client programs (wrk, the probe) run in: one of their
+    own, as systemd gives every service and login session, or None: the one they inherit
+    (in a container, often the root cgroup, shared with every process of the machine)."""
+
+    client_cgroup: str | None = None
+
+    def client_argv(self, argv: tuple[str, ...]) -> tuple[str, ...]:
+        if self.client_cgroup is None:
+            return argv
+        return ("sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.client_cgroup,
+                *argv)
+
+    def run_client(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return self.exec(self.client, *self.client_argv(argv), timeout=timeout)
+
+    def spawn_client(self, *argv: str, **kw: object) -> subprocess.Popen:
+        return self.spawn(self.client, *self.client_argv(argv), **kw)
+
+    @contextlib.contextmanager
+    def clients_in_shared_cgroup(self) -> Iterator[int]:
+        """Run the clients in the inherited cgroup meanwhile; yields its process count."""
+        own, self.client_cgroup = self.client_cgroup, None
         try:
+            root = find_cgroup2_root()
+            mine = parse_proc_cgroup(Path("/proc/self/cgroup").read_text()) or "/"
+            procs = Path(f"{root}{mine.rstrip('/')}/cgroup.procs")
+            yield len(procs.read_text().split()) if root and procs.exists() else 0
+        finally:
+            self.client_cgroup = own
+
+
+@contextlib.contextmanager
+def web_lab() -> Iterator[WebLab]:
+    """The e2e lab with nginx on the allowed server address, dnsmasq naming it, and a
+    cgroup for the clients; all removed on the way out."""
+    root = find_cgroup2_root()
+    cgroup = f"{root}/nfguard-bench-{os.getpid()}.scope" if root else None
+    with tempfile.TemporaryDirectory() as tmp:
+        lab = WebLab(Path(tmp), client_cgroup=cgroup)
+        try:
+            if cgroup is not None:
+                os.mkdir(cgroup)
+            lab.start()
             (Path(tmp) / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, addr=ALLOWED_V4))
             lab.spawn(lab.server, "nginx", "-c", f"{tmp}/nginx.conf",
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -130,6 +170,22 @@ def web_lab() -> Iterator[Lab]:
             yield lab
         finally:
             lab.close()
+            if cgroup is not None:
+                remove_cgroup(cgroup)
+
+
+def remove_cgroup(path: str) -> None:
+    kill = Path(path) / "cgroup.kill"
+    for _ in range(100):
+        try:
+            if kill.exists():
+                kill.write_text("1")
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
 
 
 @dataclass(frozen=True)
@@ -157,14 +213,16 @@ def wrk_argv(seconds: int, connections: int = WRK_CONNECTIONS, threads: int = 2)
             "-H", "Connection: close", "-H", f"Host: {WEB_NAME}", f"http://{ALLOWED_V4}/"]
 
 
-def wrk(lab: Lab, seconds: int) -> WrkRun:
-    return parse_wrk(lab.exec(lab.client, *wrk_argv(seconds), timeout=seconds + 60).stdout)
+def wrk(lab: WebLab, seconds: int) -> WrkRun:
+    return parse_wrk(lab.run_client(*wrk_argv(seconds), timeout=seconds + 60).stdout)
 
 
-def probe(lab: Lab, count: int) -> dict:
-    out = lab.exec(lab.client, sys.executable, "-c", PROBE, ALLOWED_V4, "80", WEB_NAME,
-                   str(count), timeout=120).stdout
-    return json.loads(out)
+def probe_argv(count: int) -> list[str]:
+    return [sys.executable, "-c", PROBE, ALLOWED_V4, "80", WEB_NAME, str(count)]
+
+
+def probe(lab: WebLab, count: int) -> dict:
+    return json.loads(lab.run_client(*probe_argv(count), timeout=120).stdout)
 
 
 def queue_drops(lab: Lab) -> int:
@@ -278,7 +336,7 @@ def verified(decided: Counter[tuple[str, str, str]], client_name: str, least: in
     return ok, note + (f" (others: {others})" if others else "")
 
 
-def nfguard_rate(lab: Lab, seconds: int, body: int, by_name: bool) -> tuple[WrkRun, str, bool]:
+def nfguard_rate(lab: WebLab, seconds: int, body: int, by_name: bool) -> tuple[WrkRun, str, bool]:
     with nfguard_running(lab, full_policy(body, by_name)):
         run = wrk(lab, seconds)
         scraped = metrics(lab)
@@ -341,7 +399,7 @@ def opensnitch_running(lab: Lab) -> Iterator[None]:
         lab.exec(lab.client, "nft", "flush", "ruleset", check=True)
 
 
-def opensnitch_rate(lab: Lab, seconds: int) -> tuple[WrkRun, int]:
+def opensnitch_rate(lab: WebLab, seconds: int) -> tuple[WrkRun, int]:
     with opensnitch_running(lab):
         before = queued_packets(lab)
         run = wrk(lab, seconds)
@@ -350,37 +408,43 @@ def opensnitch_rate(lab: Lab, seconds: int) -> tuple[WrkRun, int]:
 
 
 # -- the parts -----------------------------------------------------------------------------
-def connection_rates(lab: Lab, seconds: int = 10, body: int = 1000, rounds: int = 1,
+def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: int = 1,
                      with_opensnitch: bool = True) -> list[Figure]:
     """New connections per second, every configuration `rounds` times in turn (medians)."""
     runs: dict[str, list[WrkRun]] = {}
     notes: dict[str, str] = {}
     valid: dict[str, bool] = {}
-    keys = ("none", "bare", "names", "cidr", "opensnitch")
+    keys = ("none", "bare", "names", "cidr", "shared", "opensnitch")
+
+    def record(key: str, run: WrkRun, note: str = "", ok: bool = True) -> None:
+        runs.setdefault(key, []).append(run)
+        if note:
+            notes[key] = note
+        valid[key] = valid.get(key, True) and ok
+
     wrk(lab, 2)  # warm up
     for _ in range(rounds):
-        runs.setdefault("none", []).append(wrk(lab, seconds))
+        record("none", wrk(lab, seconds))
         config = nfguard_config(lab, full_policy(body))
         lab.nfguard("install", "--config", str(config))
         bare = lab.spawn(lab.client, sys.executable, "-c", ACCEPT_ALL,
                          stdout=subprocess.PIPE, text=True)
         try:
             assert bare.stdout is not None and bare.stdout.readline().strip() == "bound"
-            runs.setdefault("bare", []).append(wrk(lab, seconds))
+            record("bare", wrk(lab, seconds))
         finally:
             bare.kill()
             bare.wait()
             lab.nfguard("uninstall", "--config", str(config))
-        for key, by_name in (("names", True), ("cidr", False)):
-            run, notes[key], ok = nfguard_rate(lab, seconds, body, by_name)
-            runs.setdefault(key, []).append(run)
-            valid[key] = valid.get(key, True) and ok
+        record("names", *nfguard_rate(lab, seconds, body, by_name=True))
+        record("cidr", *nfguard_rate(lab, seconds, body, by_name=False))
+        with lab.clients_in_shared_cgroup() as shared_procs:
+            record("shared", *nfguard_rate(lab, seconds, body, by_name=True))
         if with_opensnitch and opensnitch_installed():
             run, queued = opensnitch_rate(lab, seconds)
-            runs.setdefault("opensnitch", []).append(run)
-            notes["opensnitch"] = f"{queued / max(1, run.requests):.1f} queued packets per " \
-                                  "connection"
-            valid["opensnitch"] = queued >= run.requests and not run.errors
+            record("opensnitch", run,
+                   f"{queued / max(1, run.requests):.1f} queued packets per connection",
+                   queued >= run.requests and not run.errors)
     control = wrk(lab, seconds)
     rate = {key: sorted(r.rate for r in runs[key])[len(runs[key]) // 2]
             for key in keys if key in runs}
@@ -405,6 +469,9 @@ def connection_rates(lab: Lab, seconds: int = 10, body: int = 1000, rounds: int 
                valid["names"] and rate["names"] >= RATE_TARGET * base),
         Figure(f"... nfguard, same, server allowed by CIDR ahead of the {body:,} rules "
                "(decided at the SYN)", shown("cidr")),
+        Figure(f"... nfguard, full pipeline, wrk in a cgroup shared with {shared_procs} "
+               "processes (above: one of its own, as systemd gives each service)",
+               shown("shared")),
     ]
     if "opensnitch" in rate:
         times = rate["names"] / rate["opensnitch"]
@@ -421,7 +488,7 @@ def connection_rates(lab: Lab, seconds: int = 10, body: int = 1000, rounds: int 
     return figures
 
 
-def connect_latency(lab: Lab, connects: int = 2000, body: int = 1000) -> list[Figure]:
+def connect_latency(lab: WebLab, connects: int = 2000, body: int = 1000) -> list[Figure]:
     """p50/p99 of connect() and of a whole request, sequential, no filter vs nfguard."""
     probe(lab, 200)  # warm up
     plain = probe(lab, connects)
@@ -448,17 +515,16 @@ def connect_latency(lab: Lab, connects: int = 2000, body: int = 1000) -> list[Fi
     return figures
 
 
-def reload_under_load(lab: Lab, body: int = 100_000, settle: float = 1.0) -> list[Figure]:
+def reload_under_load(lab: WebLab, body: int = 100_000, settle: float = 1.0) -> list[Figure]:
     """SIGHUP with a `body`-rule policy while wrk and the probe open connections: how long
     the loop stops deciding (the longest gap between decisions in the audit log), and
     whether any flow failed or any packet was dropped meanwhile."""
     start = time.monotonic()
     with nfguard_running(lab, full_policy(body)):
         started = time.monotonic() - start
-        load = lab.spawn(lab.client, *wrk_argv(300, connections=8, threads=1),
-                         stdout=subprocess.PIPE, text=True)
-        prober = lab.spawn(lab.client, sys.executable, "-c", PROBE, ALLOWED_V4, "80",
-                           WEB_NAME, "0", stdout=subprocess.PIPE, text=True)
+        load = lab.spawn_client(*wrk_argv(300, connections=8, threads=1),
+                                stdout=subprocess.PIPE, text=True)
+        prober = lab.spawn_client(*probe_argv(0), stdout=subprocess.PIPE, text=True)
         try:
             time.sleep(settle)
             log_at = lab.engine_log.stat().st_size
