@@ -6,14 +6,17 @@ nginx serves in the server namespace; wrk opens a new connection per request
 one run: no filter; a bare accept-all NetfilterQueue loop (the ceiling for any Python
 engine); nfguard with its whole pipeline and a per-exe, name-based policy (wrk's client
 allows the server by a name this host resolved through the engine, behind a body of
-generated rules; audit log and metrics on); nfguard with the server allowed by CIDR ahead
-of the body (decided at the SYN); OpenSnitch, headless, default allow, proc monitor; no
-filter again, a control for drift. Every nfguard figure is checked against the audit log:
-the flows must have been decided by the intended client and rule.
+generated rules; audit log and metrics on); the same with the server allowed by CIDR ahead
+of the body (decided at the SYN); the same with the clients in the cgroup shared with
+every process of the machine; OpenSnitch, headless, default allow, proc monitor; no filter
+again, a control for drift. Every nfguard figure is checked against the audit log: the
+flows must have been decided by the intended client and rule.
 
-The client namespace reuses TIME_WAIT ports and lets conntrack forget TIME_WAIT entries
-after a few seconds: every round opens ~10^5 connections, and without these the later
-rounds would measure the hunt for a free port or a full conntrack table, not the filter.
+The clients run in a cgroup of their own, as systemd gives every service and session: the
+engine finds a flow's process among its cgroup's. The client namespace reuses TIME_WAIT
+ports and lets conntrack forget TIME_WAIT entries after a few seconds: every round opens
+~10^5 connections, and without these the later rounds would measure the hunt for a free
+port or a full conntrack table, not the filter.
 
     sudo .venv/bin/python -m tests.bench --parts connections latency reload
 """
