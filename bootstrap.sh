@@ -2,6 +2,8 @@
 # nfguard set-up for a fresh Debian machine (run as root):
 #   ./bootstrap.sh run    install dependencies, nfguard and a default config, then run it
 #   ./bootstrap.sh test   install dependencies and run the whole test suite
+#   ./bootstrap.sh bench  install dependencies (and OpenSnitch, to compare) and run the
+#                         benchmark suite (python -m tests.bench; options pass through)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -12,6 +14,8 @@ RUNTIME_PACKAGES=(python3 python3-venv python3-dev gcc libnetfilter-queue-dev li
 # systemd: `systemd-analyze verify` checks the unit; util-linux: setpriv drops the engine to
 # the unit's capabilities.
 TEST_PACKAGES=(curl dnsmasq-base dnsutils nginx-light wrk procps psmisc systemd util-linux)
+# Benchmarks only (not CI): what users would run instead, measured side by side.
+BENCH_PACKAGES=(opensnitch)
 PREFIX=/opt/nfguard
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
@@ -23,11 +27,14 @@ need_root() {
     fi
 }
 
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
 apt_install() {
     local missing=()
     for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$pkg")
+        installed "$pkg" || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then
         log "apt: installing ${missing[*]}"
@@ -83,8 +90,27 @@ cmd_test() {
     exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 }
 
+cmd_bench() {
+    need_root bench
+    local had_opensnitch=yes
+    installed opensnitch || had_opensnitch=no
+    apt_install "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${BENCH_PACKAGES[@]}"
+    if [ "$had_opensnitch" = no ] && [ -d /run/systemd/system ]; then
+        # The package starts its daemon on the host; the benchmark runs its own, in a
+        # network namespace, and only while it measures it.
+        log "disabling the opensnitch service the package just started"
+        systemctl disable --now opensnitch.service >/dev/null 2>&1 || true
+    fi
+    modules
+    make_venv .venv -e ".[test]"
+    log "benchmarks (a few minutes)"
+    exec .venv/bin/python -m tests.bench "$@"
+}
+
 case "${1:-}" in
     run) shift; cmd_run "$@" ;;
     test) shift; cmd_test "$@" ;;
-    *) echo "usage: $0 run | test [pytest args]" >&2; exit 2 ;;
+    bench) shift; cmd_bench "$@" ;;
+    *) echo "usage: $0 run | test [pytest args] | bench [python -m tests.bench args]" >&2
+       exit 2 ;;
 esac

@@ -1,27 +1,56 @@
-"""New TCP connections per second through nfguard versus no filter, in the same run.
+"""New TCP connections per second, connect latency and a policy reload under load, in the
+e2e lab's namespaces (needs root, nginx, wrk, dnsmasq; OpenSnitch when installed).
 
-nginx serves in one namespace; wrk opens a new connection per request (`Connection: close`)
-from another, where the ruleset and the engine run. Three rounds: no filter, a bare
-accept-all NetfilterQueue loop (the ceiling for any Python engine), and nfguard with a
-CIDR policy (and its audit log). Prints the rates and the ratios. Needs root, nginx, wrk.
+nginx serves in the server namespace; wrk opens a new connection per request
+(`Connection: close`) from the client namespace, where the ruleset and the filter run. In
+one run: no filter; a bare accept-all NetfilterQueue loop (the ceiling for any Python
+engine); nfguard with its whole pipeline and a per-exe, name-based policy (wrk's client
+allows the server by a name this host resolved through the engine, behind a body of
+generated rules; audit log and metrics on); the same with the server allowed by CIDR ahead
+of the body (decided at the SYN); the same with the clients in the cgroup shared with
+every process of the machine; OpenSnitch, headless, default allow, proc monitor; no filter
+again, a control for drift. Every nfguard figure is checked against the audit log: the
+flows must have been decided by the intended client and rule.
 
-    sudo .venv/bin/python -m tests.bench.bench_connections [--seconds 10] [--rules 1000]
+The clients run in a cgroup of their own, as systemd gives every service and session: the
+engine finds a flow's process among its cgroup's. The client namespace reuses TIME_WAIT
+ports and lets conntrack forget TIME_WAIT entries after a few seconds: every round opens
+~10^5 connections, and without these the later rounds would measure the hunt for a free
+port or a full conntrack table, not the filter.
+
+    sudo .venv/bin/python -m tests.bench --parts connections latency reload
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import random
+import contextlib
+import itertools
+import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from tests.e2e.lab import ALLOWED_V4, Lab
+from nfguard.procs.cgroups import find_cgroup2_root, parse_proc_cgroup
+from tests.bench.policies import BODY, allow_rule, body_rules, client
+from tests.bench.report import Figure, percentile
+from tests.e2e.lab import ALLOWED_V4, SERVER_V4, Lab
+
+WEB_NAME = "web.bench.test"
+METRICS = "127.0.0.1:9808"  # inside the client namespace
+RATE_TARGET = 0.6  # of the unfiltered rate
+OPENSNITCH_TARGET = 40  # times OpenSnitch's rate
+LATENCY_TARGET_MS = 1.0  # p99 connect time added
+WRK_CONNECTIONS = 32
 
 NGINX_CONF = """
 worker_processes 1;
@@ -40,7 +69,6 @@ http {{
 """
 
 ACCEPT_ALL = """
-import sys
 from netfilterqueue import NetfilterQueue
 from nfguard import marks
 def accept(packet):
@@ -52,94 +80,498 @@ print("bound", flush=True)
 q.run()
 """
 
-
-def policy(extra_cidrs: int) -> str:
-    """An allow rule for the server among `extra_cidrs` other networks in deny rules."""
-    rng = random.Random(7)
-    nets = sorted({str(ipaddress.ip_network((rng.getrandbits(32) & 0xFFFFFF00, 24)))
-                   for _ in range(extra_cidrs)} - {"198.18.1.0/24"})
-    to = ", ".join(f'"{n}"' for n in nets) or '"203.0.113.0/24"'
-    return textwrap.dedent(f"""
-        [[client]]
-        name = "everyone"
-        policies = ["blocklist", "web"]
-
-        [[policy]]
-        name = "blocklist"
-        [[policy.rule]]
-        name = "bad-nets"
-        action = "deny"
-        to = [{to}]
-
-        [[policy]]
-        name = "web"
-        [[policy.rule]]
-        name = "server"
-        action = "allow"
-        to = ["198.18.1.0/24"]
-        ports = [80]
-        proto = "tcp"
-    """)
-
-
-def wrk(lab: Lab, seconds: int) -> float:
-    out = lab.exec(lab.client, "wrk", "-t2", "-c32", f"-d{seconds}s", "-H", "Connection: close",
-                   f"http://{ALLOWED_V4}/", timeout=seconds + 30).stdout
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
-        raise RuntimeError(f"wrk said:\n{out}")
-    errors = re.search(r"Socket errors: (.*)", out)
-    if errors:
-        print(f"    wrk socket errors: {errors.group(1)}", file=sys.stderr)
-    return float(match.group(1))
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rules", type=int, default=1000, help="CIDRs in the deny rule")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        lab = Lab(Path(tmp)).start()
+# Sequential new connections, each timed: connect() (SYN to established) and the whole
+# request (connect, GET with a Host header, answer read to the server's close); "starts"
+# are wall-clock times. Runs `count` times, or until SIGINT when count is 0; prints JSON.
+PROBE = r"""
+import json, socket, sys, time
+host, port, name, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+request = f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
+out = {"starts": [], "connect": [], "request": [], "failures": 0}
+try:
+    while count == 0 or len(out["starts"]) + out["failures"] < count:
+        s = socket.socket()
+        s.settimeout(30)
+        start = time.monotonic()
         try:
+            s.connect((host, port))
+            connected = time.monotonic()
+            s.sendall(request)
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+            if not answer.startswith(b"HTTP/1.1 200"):
+                raise OSError(f"answer {answer[:20]!r}")
+            done = time.monotonic()
+            out["starts"].append(time.time() - (done - start))
+            out["connect"].append(connected - start)
+            out["request"].append(done - start)
+        except OSError:
+            out["failures"] += 1
+        finally:
+            s.close()
+except KeyboardInterrupt:
+    pass
+print(json.dumps(out))
+"""
+
+
+# -- the lab -------------------------------------------------------------------------------
+@dataclass
+class WebLab(Lab):
+    """The e2e lab, and the cgroup its client programs (wrk, the probe) run in: one of their
+    own, as systemd gives every service and login session, or None: the one they inherit
+    (in a container, often the root cgroup, shared with every process of the machine)."""
+
+    client_cgroup: str | None = None
+
+    def client_argv(self, argv: tuple[str, ...]) -> tuple[str, ...]:
+        if self.client_cgroup is None:
+            return argv
+        return ("sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', self.client_cgroup,
+                *argv)
+
+    def run_client(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return self.exec(self.client, *self.client_argv(argv), timeout=timeout)
+
+    def spawn_client(self, *argv: str, **kw: object) -> subprocess.Popen:
+        return self.spawn(self.client, *self.client_argv(argv), **kw)
+
+    @contextlib.contextmanager
+    def clients_in_shared_cgroup(self) -> Iterator[int]:
+        """Run the clients in the inherited cgroup meanwhile; yields its process count."""
+        own, self.client_cgroup = self.client_cgroup, None
+        try:
+            root = find_cgroup2_root()
+            mine = parse_proc_cgroup(Path("/proc/self/cgroup").read_text()) or "/"
+            procs = Path(f"{root}{mine.rstrip('/')}/cgroup.procs")
+            yield len(procs.read_text().split()) if root and procs.exists() else 0
+        finally:
+            self.client_cgroup = own
+
+
+@contextlib.contextmanager
+def web_lab() -> Iterator[WebLab]:
+    """The e2e lab with nginx on the allowed server address, dnsmasq naming it, and a
+    cgroup for the clients; all removed on the way out."""
+    root = find_cgroup2_root()
+    cgroup = f"{root}/nfguard-bench-{os.getpid()}.scope" if root else None
+    with tempfile.TemporaryDirectory() as tmp:
+        lab = WebLab(Path(tmp), client_cgroup=cgroup)
+        try:
+            if cgroup is not None:
+                os.mkdir(cgroup)
+            lab.start()
             (Path(tmp) / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, addr=ALLOWED_V4))
             lab.spawn(lab.server, "nginx", "-c", f"{tmp}/nginx.conf",
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             lab.wait_listening(80, "tcp")
-            # Every round leaves ~10^5 TIME_WAIT sockets; without these the later rounds
-            # measure the kernel's hunt for a free port, not the filter.
+            lab.serve_dns(f"--host-record={WEB_NAME},{ALLOWED_V4}")
             lab.exec(lab.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535",
-                     "net.ipv4.tcp_tw_reuse=1", check=True)
-            wrk(lab, 2)  # warm up
-            results = {"no filter": wrk(lab, args.seconds)}
-
-            config = lab.write_config(policy(args.rules))
-            lab.nfguard("install", "--config", str(config))
-            bare = lab.spawn(lab.client, sys.executable, "-c", ACCEPT_ALL,
-                             stdout=subprocess.PIPE, text=True)
-            assert bare.stdout is not None and bare.stdout.readline().strip() == "bound"
-            results["accept-all NetfilterQueue loop"] = wrk(lab, args.seconds)
-            bare.kill()
-            bare.wait()
-
-            lab.start_engine(config)
-            time.sleep(0.5)
-            results[f"nfguard, CIDR policy ({args.rules} CIDRs), audit log"] = wrk(
-                lab, args.seconds)
-            lab.stop_engine()
-            events = sum(1 for _ in lab.audit_path.open())
-            lab.nfguard("uninstall", "--config", str(config))
-            results["no filter, again (control for drift)"] = wrk(lab, args.seconds)
+                     "net.ipv4.tcp_tw_reuse=1",
+                     "net.netfilter.nf_conntrack_tcp_timeout_time_wait=5", check=True)
+            yield lab
         finally:
             lab.close()
-    base = results["no filter"]
-    print(f"\nnew TCP connections/s, {args.seconds}s each, wrk -t2 -c32, Connection: close")
-    print(f"{'':44} {'conn/s':>10} {'ratio':>7}")
-    for name, rate in results.items():
-        print(f"{name:44} {rate:10.0f} {rate / base:7.2f}")
-    print(f"audit events written by nfguard: {events}")
-    return 0
+            if cgroup is not None:
+                remove_cgroup(cgroup)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def remove_cgroup(path: str) -> None:
+    kill = Path(path) / "cgroup.kill"
+    for _ in range(100):
+        try:
+            if kill.exists():
+                kill.write_text("1")
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    rate: float  # requests (= new connections) per second
+    requests: int
+    errors: str  # wrk's "Socket errors" line, "" when none
+
+
+def parse_wrk(out: str) -> WrkRun:
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    requests = re.search(r"(\d+) requests in", out)
+    if not rate or not requests:
+        raise RuntimeError(f"wrk said:\n{out}")
+    errors = re.search(r"Socket errors: (.*)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    problems = [errors.group(1)] if errors else []
+    if non_2xx:
+        problems.append(f"non-2xx {non_2xx.group(1)}")
+    return WrkRun(float(rate.group(1)), int(requests.group(1)), ", ".join(problems))
+
+
+def wrk_argv(seconds: int, connections: int = WRK_CONNECTIONS, threads: int = 2) -> list[str]:
+    return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s",
+            "-H", "Connection: close", "-H", f"Host: {WEB_NAME}", f"http://{ALLOWED_V4}/"]
+
+
+def wrk(lab: WebLab, seconds: int) -> WrkRun:
+    return parse_wrk(lab.run_client(*wrk_argv(seconds), timeout=seconds + 60).stdout)
+
+
+def probe_argv(count: int) -> list[str]:
+    return [sys.executable, "-c", PROBE, ALLOWED_V4, "80", WEB_NAME, str(count)]
+
+
+def probe(lab: WebLab, count: int) -> dict:
+    return json.loads(lab.run_client(*probe_argv(count), timeout=120).stdout)
+
+
+def queue_drops(lab: Lab) -> int:
+    """Packets the kernel dropped on queue 0 (queue full, or not delivered to user space)
+    since it was bound; read while the filter is bound."""
+    table = lab.exec(lab.client, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+    for line in table.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "0":
+            return int(fields[5]) + int(fields[6])
+    raise RuntimeError(f"queue 0 is not bound:\n{table}")
+
+
+def queued_packets(lab: Lab) -> int:
+    """Packets queue 0 has handed to user space since it was bound (its id sequence)."""
+    table = lab.exec(lab.client, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+    return next((int(line.split()[7]) for line in table.splitlines()
+                 if line.split()[:1] == ["0"]), 0)
+
+
+# -- nfguard -------------------------------------------------------------------------------
+def realpath_of(program: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        raise RuntimeError(f"{program} is not installed")
+    return os.path.realpath(found)
+
+
+def full_policy(body: int, by_name: bool = True) -> str:
+    """wrk and the latency probe, each matched by its executable, reach the server through
+    `body` generated rules and then a rule naming it (`by_name`), or by a CIDR rule ahead
+    of the body; every other process may only query the lab's DNS server."""
+    order = [BODY, "web"] if by_name else ["web", BODY]
+    to = [WEB_NAME] if by_name else [f"{ALLOWED_V4}/32"]
+    return "\n".join([
+        client("wrk", order, exe=realpath_of("wrk")),
+        client("probe", order, exe=os.path.realpath(sys.executable)),
+        client("resolver", ["dns"]),
+        body_rules(body),
+        allow_rule("web", "server", to, [80], "tcp"),
+        allow_rule("dns", "lab-dns", [SERVER_V4], [53]),
+    ])
+
+
+def nfguard_config(lab: Lab, policy: str) -> Path:
+    config = lab.write_config(policy)
+    text = config.read_text()
+    assert text.count('listen = ""') == 1, text
+    config.write_text(text.replace('listen = ""', f'listen = "{METRICS}"'))
+    return config
+
+
+@contextlib.contextmanager
+def nfguard_running(lab: Lab, policy: str) -> Iterator[Path]:
+    """The engine on `policy` (audit log emptied first), the server's name learnt through
+    it; stopped and its ruleset removed on the way out."""
+    lab.audit_path.unlink(missing_ok=True)
+    config = nfguard_config(lab, policy)
+    lab.start_engine(config)
+    try:
+        answer = lab.dig(WEB_NAME)
+        if answer != [ALLOWED_V4]:
+            raise RuntimeError(f"{WEB_NAME} did not resolve through the engine: {answer}")
+        yield config
+    finally:
+        lab.stop_engine()
+        lab.nfguard("uninstall", "--config", str(config))
+
+
+def metrics(lab: Lab) -> dict[str, float]:
+    """The engine's Prometheus exporter, scraped from inside the client namespace:
+    unlabelled samples by name, labelled ones summed by name."""
+    text = lab.exec(lab.client, "curl", "-sf", f"http://{METRICS}/metrics", check=True).stdout
+    values: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name.split("{", 1)[0]] += float(value)
+    return dict(values)
+
+
+def web_events(lab: Lab) -> list[tuple[float, str, str, str]]:
+    """(wall-clock time, client, rule, action) of every audit event for a flow to the web
+    server, in the order decided."""
+    found = []
+    for event in lab.audit_events():
+        if event.get("destination", {}).get("port") == 80:
+            when = datetime.fromisoformat(event["@timestamp"].replace("Z", "+00:00"))
+            found.append((when.timestamp(), event["nfguard"].get("client", "-"),
+                          event.get("rule", {}).get("name", "-"), event["event"]["action"]))
+    return found
+
+
+def web_decisions(lab: Lab, until: float = float("inf")) -> Counter[tuple[str, str, str]]:
+    """How many web flows each (client, rule, action) decided, up to wall-clock `until`."""
+    return Counter((c, r, a) for when, c, r, a in web_events(lab) if when < until)
+
+
+def verified(decided: Counter[tuple[str, str, str]], client_name: str, least: int,
+             in_flight: int = 0) -> tuple[bool, str]:
+    """Whether every web flow was allowed by `client_name` -> web/server, at least `least`
+    of them, but for up to `in_flight` others: the connections a client had under way
+    when it stopped, whose sockets are gone by the time the engine looks for their
+    sender (decided as nobody's, by the catch-all client). And what the audit log showed."""
+    intended = decided[(client_name, "web/server", "allow")]
+    total = sum(decided.values())
+    ok = intended >= least and total - intended <= in_flight
+    others = ", ".join(f"{c} -> {r}: {a} {n:,}" for (c, r, a), n in decided.most_common(3)
+                       if (c, r, a) != (client_name, "web/server", "allow"))
+    note = f"audit: {intended:,} of {total:,} by {client_name} -> web/server"
+    return ok, note + (f" (others: {others})" if others else "")
+
+
+def nfguard_rate(lab: WebLab, seconds: int, body: int, by_name: bool) -> tuple[WrkRun, str, bool]:
+    with nfguard_running(lab, full_policy(body, by_name)):
+        run = wrk(lab, seconds)
+        scraped = metrics(lab)
+        drops = queue_drops(lab)
+    ok, note = verified(web_decisions(lab), "wrk", run.requests, in_flight=WRK_CONNECTIONS)
+    per_flow = scraped.get("nfguard_packets_total", 0) / max(1, run.requests)
+    note += f"; {per_flow:.1f} queued packets per connection"
+    if drops:
+        note += f"; **{drops} packets dropped by the queue**"
+    return run, note, ok and not drops and not run.errors
+
+
+# -- OpenSnitch ----------------------------------------------------------------------------
+def opensnitch_installed() -> bool:
+    return shutil.which("opensnitchd") is not None
+
+
+def opensnitch_version() -> str:
+    return subprocess.run(["dpkg-query", "-W", "-f=${Version}", "opensnitch"],
+                          capture_output=True, text=True, check=False).stdout or "?"
+
+
+@contextlib.contextmanager
+def opensnitch_running(lab: Lab) -> Iterator[None]:
+    """opensnitchd in the client namespace: headless (no UI listens on its socket), default
+    allow, proc monitor, its own rules directory. It reads its configuration from a fixed
+    path, so a copy is bind-mounted over /etc/opensnitchd in a mount namespace of its own.
+    Killed on the way out; its iptables rules, inside the namespace, are flushed."""
+    home = lab.workdir / "opensnitchd"
+    (home / "rules").mkdir(parents=True, exist_ok=True)
+    (home / "default-config.json").write_text(json.dumps({
+        "Server": {"Address": f"unix://{home}/ui.sock", "LogFile": str(home / "daemon.log")},
+        "DefaultAction": "allow", "DefaultDuration": "once", "InterceptUnknown": False,
+        "ProcMonitorMethod": "proc", "LogLevel": 2, "Firewall": "iptables",
+        "Stats": {"MaxEvents": 150, "MaxStats": 25},
+    }))
+    (home / "system-fw.json").write_text(json.dumps({"SystemRules": []}))
+    log = home / "daemon.log"
+    daemon = lab.spawn(
+        lab.client, "unshare", "--mount", "sh", "-c",
+        'mount --bind "$0" /etc/opensnitchd && exec opensnitchd '
+        '-rules-path "$0/rules" -process-monitor-method proc -log-file "$0/daemon.log"',
+        str(home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        end = time.monotonic() + 20
+        while "NFQUEUE" not in lab.exec(lab.client, "iptables-save").stdout:
+            if daemon.poll() is not None or time.monotonic() > end:
+                raise RuntimeError("opensnitchd did not start:\n" +
+                                   (log.read_text() if log.exists() else "(no log)"))
+            time.sleep(0.1)
+        time.sleep(1)  # its queue is bound once its rules are in
+        yield
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
+        lab.exec(lab.client, "nft", "flush", "ruleset", check=True)
+
+
+def opensnitch_rate(lab: WebLab, seconds: int) -> tuple[WrkRun, int]:
+    with opensnitch_running(lab):
+        before = queued_packets(lab)
+        run = wrk(lab, seconds)
+        queued = queued_packets(lab) - before
+    return run, queued
+
+
+# -- the parts -----------------------------------------------------------------------------
+def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: int = 1,
+                     with_opensnitch: bool = True) -> list[Figure]:
+    """New connections per second, every configuration `rounds` times in turn (medians)."""
+    runs: dict[str, list[WrkRun]] = {}
+    notes: dict[str, str] = {}
+    valid: dict[str, bool] = {}
+    keys = ("none", "bare", "names", "cidr", "shared", "opensnitch")
+
+    def record(key: str, run: WrkRun, note: str = "", ok: bool = True) -> None:
+        runs.setdefault(key, []).append(run)
+        if note:
+            notes[key] = note
+        valid[key] = valid.get(key, True) and ok
+
+    wrk(lab, 2)  # warm up
+    for _ in range(rounds):
+        record("none", wrk(lab, seconds))
+        config = nfguard_config(lab, full_policy(body))
+        lab.nfguard("install", "--config", str(config))
+        bare = lab.spawn(lab.client, sys.executable, "-c", ACCEPT_ALL,
+                         stdout=subprocess.PIPE, text=True)
+        try:
+            assert bare.stdout is not None and bare.stdout.readline().strip() == "bound"
+            record("bare", wrk(lab, seconds))
+        finally:
+            bare.kill()
+            bare.wait()
+            lab.nfguard("uninstall", "--config", str(config))
+        record("names", *nfguard_rate(lab, seconds, body, by_name=True))
+        record("cidr", *nfguard_rate(lab, seconds, body, by_name=False))
+        with lab.clients_in_shared_cgroup() as shared_procs:
+            record("shared", *nfguard_rate(lab, seconds, body, by_name=True))
+        if with_opensnitch and opensnitch_installed():
+            run, queued = opensnitch_rate(lab, seconds)
+            record("opensnitch", run,
+                   f"{queued / max(1, run.requests):.1f} queued packets per connection",
+                   queued >= run.requests and not run.errors)
+    control = wrk(lab, seconds)
+    rate = {key: sorted(r.rate for r in runs[key])[len(runs[key]) // 2]
+            for key in keys if key in runs}
+    base = rate["none"]
+
+    def shown(key: str) -> str:
+        errors = [r.errors for r in runs[key] if r.errors]
+        return (f"{rate[key]:,.0f}/s ({rate[key] / base:.2f})" +
+                ("" if valid.get(key, True) else " **not verified**") +
+                (f"; wrk errors: {errors[0]}" if errors else "") +
+                (f"; {notes[key]}" if key in notes else ""))
+
+    how = f"{seconds} s, wrk -t2 -c32, Connection: close"
+    if rounds > 1:
+        how += f", median of {rounds} rounds"
+    figures = [
+        Figure(f"New TCP connections/s, no filter ({how})", f"{base:,.0f}/s (1.00)"),
+        Figure("... bare accept-all NetfilterQueue loop (Python)", shown("bare")),
+        Figure(f"... nfguard, full pipeline: wrk matched by exe, server allowed by DNS-learnt "
+               f"name behind {body:,} rules, audit + metrics on", shown("names"),
+               f">= {RATE_TARGET} of no filter",
+               valid["names"] and rate["names"] >= RATE_TARGET * base),
+        Figure(f"... nfguard, same, server allowed by CIDR ahead of the {body:,} rules "
+               "(decided at the SYN)", shown("cidr")),
+        Figure(f"... nfguard, full pipeline, wrk in a cgroup shared with {shared_procs} "
+               "processes (above: one of its own, as systemd gives each service)",
+               shown("shared")),
+    ]
+    if "opensnitch" in rate:
+        times = rate["names"] / rate["opensnitch"]
+        figures.append(Figure(
+            f"... OpenSnitch {opensnitch_version()} (Debian), headless, default allow, proc "
+            f"monitor; nfguard (full pipeline) {times:,.0f}x", shown("opensnitch"),
+            f">= {OPENSNITCH_TARGET}x slower than nfguard",
+            valid["opensnitch"] and valid["names"] and times >= OPENSNITCH_TARGET))
+    elif with_opensnitch:
+        figures.append(Figure("... OpenSnitch", "not installed (`./bootstrap.sh bench` "
+                              "installs it); skipped"))
+    figures.append(Figure("... no filter again (control for drift)",
+                          f"{control.rate:,.0f}/s ({control.rate / base:.2f})"))
+    return figures
+
+
+def connect_latency(lab: WebLab, connects: int = 2000, body: int = 1000) -> list[Figure]:
+    """p50/p99 of connect() and of a whole request, sequential, no filter vs nfguard."""
+    probe(lab, 200)  # warm up
+    plain = probe(lab, connects)
+    with nfguard_running(lab, full_policy(body)):
+        probe(lab, 200)
+        filtered = probe(lab, connects)
+        drops = queue_drops(lab)
+    ok, note = verified(web_decisions(lab), "probe", connects)
+    ok = ok and not drops and not plain["failures"] and not filtered["failures"]
+    figures = []
+    for key, what in (("connect", "Connect time (SYN to established)"),
+                      ("request", "Request time (connect, GET, answer; the request is held "
+                                  "until its Host is read)")):
+        p50, p99 = (percentile(plain[key], q) * 1e3 for q in (0.5, 0.99))
+        f50, f99 = (percentile(filtered[key], q) * 1e3 for q in (0.5, 0.99))
+        result = (f"no filter {p50:.3f}/{p99:.3f} ms, nfguard {f50:.3f}/{f99:.3f} ms: added "
+                  f"{f50 - p50:+.3f}/{f99 - p99:+.3f} ms")
+        if key == "connect":
+            figures.append(Figure(f"{what} p50/p99, {connects:,} sequential connections",
+                                  f"{result}; {note}", f"p99 added < {LATENCY_TARGET_MS:g} ms",
+                                  ok and f99 - p99 < LATENCY_TARGET_MS))
+        else:
+            figures.append(Figure(f"{what} p50/p99", result))
+    return figures
+
+
+def reload_under_load(lab: WebLab, body: int = 100_000, settle: float = 1.0) -> list[Figure]:
+    """SIGHUP with a `body`-rule policy while wrk and the probe open connections: how long
+    the loop stops deciding (the longest gap between decisions in the audit log), and
+    whether any flow failed or any packet was dropped meanwhile."""
+    start = time.monotonic()
+    with nfguard_running(lab, full_policy(body)):
+        started = time.monotonic() - start
+        load = lab.spawn_client(*wrk_argv(300, connections=8, threads=1),
+                                stdout=subprocess.PIPE, text=True)
+        prober = lab.spawn_client(*probe_argv(0), stdout=subprocess.PIPE, text=True)
+        try:
+            time.sleep(settle)
+            log_at = lab.engine_log.stat().st_size
+            assert lab.engine is not None
+            hup = time.time()
+            lab.engine.send_signal(signal.SIGHUP)
+            while True:
+                log = lab.engine_log.read_text()[log_at:]
+                if "reloaded:" in log or "reload rejected" in log or time.time() > hup + 120:
+                    break
+                time.sleep(0.02)
+            reloaded = time.time()
+            if "reloaded:" not in log:
+                raise RuntimeError(f"the engine did not reload:\n{log}")
+            time.sleep(settle)
+        finally:
+            stopped = time.time()
+            for proc in (load, prober):
+                proc.send_signal(signal.SIGINT)
+            wrk_out, _ = load.communicate(timeout=30)
+            probe_out, _ = prober.communicate(timeout=30)
+        drops = queue_drops(lab)
+    run = parse_wrk(wrk_out)
+    probed = json.loads(probe_out)
+    events = [e for e in web_events(lab) if e[0] < stopped]  # not flows cut by the stop
+    times = [e[0] for e in events if hup - settle <= e[0] <= reloaded + settle]
+    stall = max((b - a for a, b in itertools.pairwise(sorted(times))), default=0.0)
+    longest = max((d for s, d in zip(probed["starts"], probed["request"], strict=True)
+                   if s + d >= hup - settle), default=0.0)
+    decided = Counter(e[1:] for e in events)
+    denied = sum(n for (_c, _r, action), n in decided.items() if action != "allow")
+    intended = decided[("wrk", "web/server", "allow")] + decided[("probe", "web/server",
+                                                                    "allow")]
+    ok = (not drops and not run.errors and not probed["failures"] and not denied
+          and intended == sum(decided.values()) and intended > 0 and len(times) > 1)
+    return [
+        Figure(f"Start with a {body:,}-rule policy (load, install, bind, first DNS answer)",
+               f"{started:.1f} s"),
+        Figure(f"Reload (SIGHUP) of the {body:,}-rule policy under load (wrk -c8 and "
+               "sequential requests)",
+               f"no decision for {stall:.2f} s (longest request {longest:.2f} s); "
+               f"reloaded {reloaded - hup:.1f} s after SIGHUP; failed: wrk "
+               f"{run.errors or 0}, probe {probed['failures']} of "
+               f"{len(probed['starts']) + probed['failures']:,}; denied {denied}; queue drops "
+               f"{drops}; {intended:,} flows by the intended rule",
+               "no verdict dropped, no flow failed", ok),
+    ]

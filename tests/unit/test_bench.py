@@ -1,0 +1,88 @@
+"""The benchmark suite stays runnable: its pure parts at tiny sizes, and its parsers."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from nfguard.audit import AuditLog
+from nfguard.config import EngineConfig
+from nfguard.engine import Engine
+from nfguard.metrics import Stats
+from nfguard.pipeline import LOCAL_IN, Pipeline
+from nfguard.policy.load import parse_policy_texts
+from nfguard.policy.match import CompiledPolicySet
+from nfguard.wire.dns import parse_response
+from nfguard.wire.ip import parse_packet
+from tests.bench import __main__ as suite
+from tests.bench.bench_connections import full_policy, parse_wrk, verified
+from tests.bench.bench_memory import dns_answer, ipv4, tcp
+from tests.bench.policies import scale_policy
+from tests.bench.report import Figure, percentile, table
+
+WRK_OUTPUT = """Running 3s test @ http://198.18.1.1/
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   240.35us  671.88us  10.32ms   93.98%
+    Req/Sec     2.16k   655.20     3.35k    61.67%
+  12881 requests in 3.00s, 1.78MB read
+  Socket errors: connect 0, read 3, write 0, timeout 0
+Requests/sec:   4287.04
+Transfer/sec:    607.05KB
+"""
+
+
+def test_pure_parts_run_and_print_one_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert suite.main(["--parts", "scale", "dns", "memory", "--sizes", "100",
+                       "--dns-answers", "50", "--flows", "2000"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| Measure | Result | Target |"
+    assert len(rows) == 1 + 1 + 3  # header, separator, one figure per part
+    assert "Policy of 100 rules" in out and "DNS answers" in out and "2,000:" in out
+
+
+def test_generated_packets_parse_as_the_engine_reads_them() -> None:
+    syn = parse_packet(ipv4(6, 0xC6120001, 0x0A000005, tcp(1234, 443, 7, 0x02)))
+    assert (syn.dst, syn.sport, syn.dport, syn.tcp_seq, syn.tcp_flags) == \
+        ("10.0.0.5", 1234, 443, 7, 0x02)
+    raw = ipv4(17, 0xC6120002, 0xC6120001, dns_answer(9, "n1.mem.example", 0x0A000001))
+    packet = parse_packet(raw)
+    bindings = parse_response(raw[packet.payload_offset:]).bindings
+    assert [(b.ip, b.name) for b in bindings] == [("10.0.0.1", "n1.mem.example")]
+
+
+def test_generated_policies_load() -> None:
+    assert parse_policy_texts([("s.toml", scale_policy(8))]).rule_count == 9
+    policies = parse_policy_texts([("f.toml", full_policy(8))])
+    assert [c.name for c in policies.clients] == ["wrk", "probe", "resolver"]
+
+
+def test_dns_answers_are_learnt_by_the_pipeline() -> None:
+    pipeline = Pipeline(Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([]))),
+                        AuditLog("/dev/null"), Stats())
+    pipeline.handle(ipv4(17, 1, 2, dns_answer(1, "a.example", 0x0A000001)), 0, LOCAL_IN)
+    assert pipeline.names.names_for("10.0.0.1", pipeline.clock()) == {"a.example"}
+
+
+def test_wrk_output_and_audit_verification() -> None:
+    run = parse_wrk(WRK_OUTPUT)
+    assert (run.rate, run.requests) == (4287.04, 12881)
+    assert run.errors == "connect 0, read 3, write 0, timeout 0"
+    with pytest.raises(RuntimeError):
+        parse_wrk("wrk: connection refused")
+    decided = Counter({("wrk", "web/server", "allow"): 100, ("resolver", "-", "deny"): 3})
+    assert verified(decided, "wrk", 100, in_flight=3)[0]
+    assert not verified(decided, "wrk", 100, in_flight=2)[0]
+    assert not verified(decided, "wrk", 101, in_flight=3)[0]
+    assert not verified(decided, "probe", 1)[0]
+
+
+def test_table_and_percentile() -> None:
+    text = table([Figure("a", "1"), Figure("b", "2", "< 3", True), Figure("c", "4", "< 3",
+                                                                           False)])
+    assert text.splitlines()[2:] == ["| a | 1 |  |", "| b | 2 | < 3 (met) |",
+                                     "| c | 4 | < 3 (**not met**) |"]
+    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
+    assert percentile(list(range(100)), 0.99) == 99
