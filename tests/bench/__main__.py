@@ -5,10 +5,11 @@
     ./bootstrap.sh bench [options]                             # installs what it needs first
 
 Parts: connections (new TCP connections/s: no filter, a bare NetfilterQueue loop, nfguard,
-OpenSnitch when installed), latency (connect and request time added), reload (a 100k-rule
-policy swapped under load), scale (policy load, memory and decision cost at 1k-100k rules),
-dns (DNS answers learnt per second), memory (engine memory over a million flows). The lab
-parts need root, nginx, wrk and dnsmasq; the others are pure user space.
+OpenSnitch when installed), workers (engine.workers 1 against 2), latency (connect and
+request time added), reload (a 100k-rule policy swapped under load), scale (policy load,
+memory and decision cost at 1k-100k rules), dns (DNS answers learnt per second), memory
+(engine memory over a million flows). The lab parts need root, nginx, wrk and dnsmasq; the
+others are pure user space.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 
 from tests.bench.report import Figure, conditions, table
 
-LAB_PARTS = ("connections", "latency", "reload")
+LAB_PARTS = ("connections", "workers", "latency", "reload")
 PURE_PARTS = ("scale", "dns", "memory")
 PARTS = LAB_PARTS + PURE_PARTS
 
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> list[Figure]:
                     figures += lab_bench.connection_rates(
                         lab, args.seconds, args.body, args.rounds,
                         with_opensnitch=not args.no_opensnitch)
+                elif part == "workers":
+                    figures += lab_bench.workers_rates(lab, args.seconds, args.body)
                 elif part == "latency":
                     figures += lab_bench.connect_latency(lab, args.connects, args.body)
                 else:

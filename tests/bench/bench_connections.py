@@ -43,7 +43,7 @@ from pathlib import Path
 from nfguard.procs.cgroups import find_cgroup2_root, parse_proc_cgroup
 from tests.bench.policies import BODY, allow_rule, body_rules, client
 from tests.bench.report import Figure, percentile
-from tests.e2e.lab import ALLOWED_V4, SERVER_V4, Lab
+from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, Lab
 
 WEB_NAME = "web.bench.test"
 METRICS = "127.0.0.1:9808"  # inside the client namespace
@@ -63,6 +63,7 @@ http {{
     keepalive_timeout 0;
     server {{
         listen {addr}:80 reuseport backlog=4096;
+        listen {other}:80 reuseport backlog=4096;
         location / {{ return 200 "ok\\n"; }}
     }}
 }}
@@ -162,7 +163,8 @@ def web_lab() -> Iterator[WebLab]:
             if cgroup is not None:
                 os.mkdir(cgroup)
             lab.start()
-            (Path(tmp) / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, addr=ALLOWED_V4))
+            (Path(tmp) / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, addr=ALLOWED_V4,
+                                                                      other=OTHER_V4))
             lab.spawn(lab.server, "nginx", "-c", f"{tmp}/nginx.conf",
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             lab.wait_listening(80, "tcp")
@@ -489,6 +491,46 @@ def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: i
     figures.append(Figure("... no filter again (control for drift)",
                           f"{control.rate:,.0f}/s ({control.rate / base:.2f})"))
     return figures
+
+
+def workers_rates(lab: WebLab, seconds: int = 10, body: int = 1000) -> list[Figure]:
+    """engine.workers = 1 against 2. The kernel spreads flows over the queues by their two
+    addresses, so two wrk (-t1 -c16 each) aim at two server addresses at once; the server
+    is allowed by CIDR ahead of `body` rules (no name: both addresses are the server's)."""
+    policy = full_policy(body, by_name=False).replace(
+        f'"{ALLOWED_V4}/32"', f'"{ALLOWED_V4}/32", "{OTHER_V4}/32"')
+    rates = {}
+    for workers in (1, 2):
+        lab.audit_path.unlink(missing_ok=True)
+        config = nfguard_config(lab, policy)
+        text = config.read_text().replace("[engine]\n", f"[engine]\nworkers = {workers}\n", 1)
+        config.write_text(text)
+        lab.start_engine(config)
+        try:
+            if workers > 1:
+                deadline = time.monotonic() + 20
+                while "workers bound" not in lab.engine_log.read_text():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(lab.engine_log.read_text())
+                    time.sleep(0.05)
+            loads = [lab.spawn_client(*wrk_argv(seconds, connections=16, threads=1)[:-1],
+                                      f"http://{address}/", stdout=subprocess.PIPE,
+                                      text=True)
+                     for address in (ALLOWED_V4, OTHER_V4)]
+            runs = [parse_wrk(load.communicate(timeout=seconds + 60)[0]) for load in loads]
+        finally:
+            lab.stop_engine()
+            lab.nfguard("uninstall", "--config", str(config))
+        rates[workers] = (sum(r.rate for r in runs), "; ".join(r.errors for r in runs
+                                                             if r.errors))
+    one, two = rates[1][0], rates[2][0]
+    return [
+        Figure(f"engine.workers = 1, two wrk -t1 -c16 to two server addresses ({seconds} s)",
+               f"{one:,.0f}/s" + (f"; wrk errors: {rates[1][1]}" if rates[1][1] else "")),
+        Figure("... engine.workers = 2 (two queues, two processes)",
+               f"{two:,.0f}/s ({two / one:.2f} of one worker)"
+               + (f"; wrk errors: {rates[2][1]}" if rates[2][1] else "")),
+    ]
 
 
 def connect_latency(lab: WebLab, connects: int = 2000, body: int = 1000) -> list[Figure]:
