@@ -14,6 +14,9 @@ RUNTIME_PACKAGES=(python3 python3-venv python3-dev gcc libnetfilter-queue-dev li
 # systemd: `systemd-analyze verify` checks the unit; util-linux: setpriv drops the engine to
 # the unit's capabilities.
 TEST_PACKAGES=(curl dnsmasq-base dnsutils nginx-light wrk procps psmisc systemd util-linux)
+# The VM test boots Debian's stock kernel on a snapshot of this machine (virtme-ng needs a
+# static busybox for its initramfs); vagrant and its libvirt plugin validate the Vagrantfile.
+VM_TEST_PACKAGES=(linux-image-amd64 qemu-system-x86 busybox-static vagrant vagrant-libvirt)
 # Benchmarks only (not CI): what users would run instead, measured side by side.
 BENCH_PACKAGES=(opensnitch)
 PREFIX=/opt/nfguard
@@ -81,11 +84,11 @@ cmd_run() {
 
 cmd_test() {
     need_root test
-    apt_install "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    apt_install "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${VM_TEST_PACKAGES[@]}"
     modules
     make_venv .venv -e ".[test]"
     log "ruff"
-    .venv/bin/ruff check nfguard tests
+    .venv/bin/ruff check nfguard tests vagrant/vm-test
     log "pytest"
     exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 }

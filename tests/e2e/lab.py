@@ -30,6 +30,10 @@ ALLOWED_V6, OTHER_V6 = "fd00:18:1::1", "fd00:18:2::1"
 
 _counter = itertools.count()
 
+# Waits for engines, servers and audit events stretch by this factor where everything runs
+# slower (the VM test's emulated CPU sets it).
+SLOWDOWN = float(os.environ.get("NFGUARD_TEST_SLOWDOWN", "1"))
+
 # HTTP, or HTTPS when given a certificate and key, on a dual-stack socket. HTTP answers
 # "port N", HTTPS "https HOST"; the TLS handshake runs in the handler thread.
 WEB_SERVER = """
@@ -212,7 +216,7 @@ class Lab:
 
     def wait_listening(self, port: int, proto: str, deadline: float = 10) -> None:
         flag = "-ltn" if proto == "tcp" else "-lun"
-        end = time.monotonic() + deadline
+        end = time.monotonic() + deadline * SLOWDOWN
         while time.monotonic() < end:
             out = self.exec(self.server, "ss", "-H", flag, f"sport = :{port}").stdout
             if out.strip():
@@ -267,7 +271,7 @@ class Lab:
         self.engine = self.spawn(self.client, *prefix, sys.executable, "-m", "nfguard", "run",
                                  "--config", str(config), stdout=log, stderr=log,
                                  env={**os.environ, **(env or {})})
-        end = time.monotonic() + 20
+        end = time.monotonic() + 20 * SLOWDOWN
         while time.monotonic() < end:
             if "engine bound to queue" in self.engine_log.read_text()[start_at:]:
                 return self.engine
@@ -280,7 +284,7 @@ class Lab:
         if self.engine is None or self.engine.poll() is not None:
             return None if self.engine is None else self.engine.returncode
         self.engine.send_signal(sig)
-        return self.engine.wait(timeout=10)
+        return self.engine.wait(timeout=10 * SLOWDOWN)
 
     def audit_events(self) -> list[dict]:
         if not self.audit_path.exists():
@@ -289,7 +293,7 @@ class Lab:
 
     def wait_for_event(self, predicate, timeout: float = 5) -> dict:  # type: ignore[no-untyped-def]
         """The audit log is flushed once a second; wait for a matching event."""
-        end = time.monotonic() + timeout
+        end = time.monotonic() + timeout * SLOWDOWN
         while time.monotonic() < end:
             for event in self.audit_events():
                 if predicate(event):
