@@ -230,6 +230,21 @@ def probe(lab: WebLab, count: int) -> dict:
     return json.loads(lab.run_client(*probe_argv(count), timeout=120).stdout)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_costing(lab: WebLab, seconds: int, pid: int) -> tuple[WrkRun, str]:
+    """A wrk run, and the CPU time process `pid` (the filter) spent per connection: a
+    figure other load on the machine disturbs less than the rate."""
+    before = cpu_seconds(pid)
+    run = wrk(lab, seconds)
+    used = cpu_seconds(pid) - before
+    return run, f"{used / max(1, run.requests) * 1e6:.0f} µs CPU per connection"
+
+
 def queue_drops(lab: Lab) -> int:
     """Packets the kernel dropped on queue 0 (queue full, or not delivered to user space)
     since it was bound; read while the filter is bound."""
@@ -343,12 +358,13 @@ def verified(decided: Counter[tuple[str, str, str]], client_name: str, least: in
 
 def nfguard_rate(lab: WebLab, seconds: int, body: int, by_name: bool) -> tuple[WrkRun, str, bool]:
     with nfguard_running(lab, full_policy(body, by_name)):
-        run = wrk(lab, seconds)
+        assert lab.engine is not None
+        run, cost = wrk_costing(lab, seconds, lab.engine.pid)
         scraped = metrics(lab)
         drops = queue_drops(lab)
     ok, note = verified(web_decisions(lab), "wrk", run.requests, in_flight=WRK_CONNECTIONS)
     per_flow = scraped.get("nfguard_packets_total", 0) / max(1, run.requests)
-    note += f"; {per_flow:.1f} queued packets per connection"
+    note = f"{cost}, {per_flow:.1f} queued packets; {note}"
     if drops:
         note += f"; **{drops} packets dropped by the queue**"
     return run, note, ok and not drops and not run.errors
@@ -365,11 +381,12 @@ def opensnitch_version() -> str:
 
 
 @contextlib.contextmanager
-def opensnitch_running(lab: Lab) -> Iterator[None]:
+def opensnitch_running(lab: Lab) -> Iterator[int]:
     """opensnitchd in the client namespace: headless (no UI listens on its socket), default
     allow, proc monitor, its own rules directory. It reads its configuration from a fixed
     path, so a copy is bind-mounted over /etc/opensnitchd in a mount namespace of its own.
-    Killed on the way out; its iptables rules, inside the namespace, are flushed."""
+    Yields its pid. Killed on the way out; its iptables rules, inside the namespace, are
+    flushed."""
     home = lab.workdir / "opensnitchd"
     (home / "rules").mkdir(parents=True, exist_ok=True)
     (home / "default-config.json").write_text(json.dumps({
@@ -393,7 +410,7 @@ def opensnitch_running(lab: Lab) -> Iterator[None]:
                                    (log.read_text() if log.exists() else "(no log)"))
             time.sleep(0.1)
         time.sleep(1)  # its queue is bound once its rules are in
-        yield
+        yield daemon.pid
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -404,12 +421,13 @@ def opensnitch_running(lab: Lab) -> Iterator[None]:
         lab.exec(lab.client, "nft", "flush", "ruleset", check=True)
 
 
-def opensnitch_rate(lab: WebLab, seconds: int) -> tuple[WrkRun, int]:
-    with opensnitch_running(lab):
+def opensnitch_rate(lab: WebLab, seconds: int) -> tuple[WrkRun, str, bool]:
+    with opensnitch_running(lab) as pid:
         before = queued_packets(lab)
-        run = wrk(lab, seconds)
+        run, cost = wrk_costing(lab, seconds, pid)
         queued = queued_packets(lab) - before
-    return run, queued
+    note = f"{cost}, {queued / max(1, run.requests):.1f} queued packets"
+    return run, note, queued >= run.requests and not run.errors
 
 
 # -- the parts -----------------------------------------------------------------------------
@@ -436,7 +454,7 @@ def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: i
                          stdout=subprocess.PIPE, text=True)
         try:
             assert bare.stdout is not None and bare.stdout.readline().strip() == "bound"
-            record("bare", wrk(lab, seconds))
+            record("bare", *wrk_costing(lab, seconds, bare.pid))
         finally:
             bare.kill()
             bare.wait()
@@ -446,10 +464,7 @@ def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: i
         with lab.clients_in_shared_cgroup() as shared_procs:
             record("shared", *nfguard_rate(lab, seconds, body, by_name=True))
         if with_opensnitch and opensnitch_installed():
-            run, queued = opensnitch_rate(lab, seconds)
-            record("opensnitch", run,
-                   f"{queued / max(1, run.requests):.1f} queued packets per connection",
-                   queued >= run.requests and not run.errors)
+            record("opensnitch", *opensnitch_rate(lab, seconds))
     control = wrk(lab, seconds)
     rate = {key: sorted(r.rate for r in runs[key])[len(runs[key]) // 2]
             for key in keys if key in runs}
