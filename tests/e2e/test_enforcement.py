@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -68,10 +67,8 @@ def test_allow_and_deny_by_cidr_and_port(lab: Lab, allowed: str, other: str) -> 
     lab.start_engine(lab.write_config(WEB_POLICY))
 
     assert lab.curl(allowed, 80) == (0, "port 80\n")
-    started = time.monotonic()
-    code, _ = lab.curl(allowed, 81)
-    assert code == REFUSED, "wrong port must be cut with a reset"
-    assert time.monotonic() - started < 2.5, "a denied flow is cut at once, not timed out"
+    # 7, not 28 (--max-time): cut with a reset at once, not left to time out
+    assert lab.curl(allowed, 81)[0] == REFUSED, "wrong port must be cut with a reset"
     assert lab.curl(other, 80)[0] == REFUSED, "address outside the CIDR must be cut"
     # Decided flows stay decided in the kernel: the allowed one keeps working.
     assert lab.curl(allowed, 80)[0] == 0
