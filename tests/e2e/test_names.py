@@ -178,10 +178,8 @@ def test_allowed_sni_passes_and_denied_sni_is_cut(named: Lab, qtype: str, ip: st
     assert event["rule"]["name"] == "names/allowed"
     other = OTHER_V4 if qtype == "A" else OTHER_V6
     assert named.dig("denied.test", qtype) == [other]
-    started = time.monotonic()
     code, _ = curl_https(named, "denied.test", other)
-    assert code in CUT, f"curl exit {code}: a denied name must be cut"
-    assert time.monotonic() - started < 3, "cut at once, not timed out"
+    assert code in CUT, f"curl exit {code}: a denied name must be cut (28 would be a timeout)"
     denied = wait_event(named, 443, "denied.test")
     assert denied["event"]["action"] == "deny"
     assert denied["rule"]["name"] == "deny-rest/everything"
