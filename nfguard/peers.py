@@ -24,7 +24,6 @@ import orjson
 
 PIPE_BUF = select.PIPE_BUF  # writes up to this size are atomic
 PIPE_SIZE = 1 << 20  # each inbox holds this much before a writer would have to wait
-_F_SETPIPE_SZ = 1031
 
 # (address, name, ttl) as nfguard.wire.dns gives them
 Binding = tuple[str, str, int]
@@ -75,7 +74,7 @@ class Peers:
             read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             # above /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE: the default stays
             with contextlib.suppress(OSError):
-                fcntl.fcntl(write, _F_SETPIPE_SZ, PIPE_SIZE)
+                fcntl.fcntl(write, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
             made.append((read, write))
         return made
 
@@ -92,7 +91,7 @@ class Peers:
                     self.sent += 1
                 except BlockingIOError:
                     self.dropped += 1
-                except OSError:  # that worker is gone; its replacement gets a new pipe
+                except OSError:  # cannot happen while the main process holds every inbox
                     self.dropped += 1
 
     def receive(self) -> list[tuple[float, list[Binding]]]:

@@ -248,19 +248,16 @@ def wrk_costing(lab: WebLab, seconds: int, pid: int) -> tuple[WrkRun, str]:
 def queue_drops(lab: Lab) -> int:
     """Packets the kernel dropped on queue 0 (queue full, or not delivered to user space)
     since it was bound; read while the filter is bound."""
-    table = lab.exec(lab.client, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
-    for line in table.splitlines():
-        fields = line.split()
-        if fields and fields[0] == "0":
-            return int(fields[5]) + int(fields[6])
-    raise RuntimeError(f"queue 0 is not bound:\n{table}")
+    counters = lab.queue_counters().get(0)
+    if counters is None:
+        raise RuntimeError("queue 0 is not bound")
+    return counters.dropped + counters.user_dropped
 
 
 def queued_packets(lab: Lab) -> int:
     """Packets queue 0 has handed to user space since it was bound (its id sequence)."""
-    table = lab.exec(lab.client, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
-    return next((int(line.split()[7]) for line in table.splitlines()
-                 if line.split()[:1] == ["0"]), 0)
+    counters = lab.queue_counters().get(0)
+    return counters.id_sequence if counters is not None else 0
 
 
 # -- nfguard -------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nfguard.metrics import NFQUEUE_PROC, QueueCounters, parse_nfqueue
+
 CLIENT_V4 = "198.18.0.1"
 SERVER_V4 = "198.18.0.2"
 CLIENT_V6 = "fd00:18::1"
@@ -285,6 +287,10 @@ class Lab:
             return None if self.engine is None else self.engine.returncode
         self.engine.send_signal(sig)
         return self.engine.wait(timeout=10 * SLOWDOWN)
+
+    def queue_counters(self) -> dict[int, QueueCounters]:
+        """The kernel's NFQUEUE counters in the client namespace, by queue number."""
+        return parse_nfqueue(self.exec(self.client, "cat", NFQUEUE_PROC, check=True).stdout)
 
     def audit_events(self) -> list[dict]:
         if not self.audit_path.exists():

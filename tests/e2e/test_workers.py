@@ -38,12 +38,6 @@ POLICY = """
 """
 
 
-def queue_counts(lab: Lab) -> dict[int, int]:
-    """Packets each kernel queue has handed out (id_sequence), in the client namespace."""
-    text = lab.exec(lab.client, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
-    return {int(f[0]): int(f[7]) for f in (line.split() for line in text.splitlines())}
-
-
 def status(lab: Lab, config: object) -> dict:
     return json.loads(lab.nfguard("status", "--json", "--config", str(config)).stdout)
 
@@ -78,7 +72,7 @@ def fetch_all(lab: Lab) -> list[int]:
 def test_two_workers_share_names_and_both_decide(lab: Lab) -> None:
     config = start(lab)
     assert fetch_all(lab) == [0] * len(ADDRESSES), lab.engine_log.read_text()
-    counts = queue_counts(lab)
+    counts = {number: q.id_sequence for number, q in lab.queue_counters().items()}
     assert set(counts) == {0, 1} and all(counts.values()), counts
 
     def web_events() -> list[dict]:
