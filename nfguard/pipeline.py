@@ -333,6 +333,7 @@ class Pipeline:
         if self.peers is not None and bindings:
             self.peers.publish(now, bindings)  # before the answer is accepted
         self.stats.dns_answers += 1
+        self.stats.dns_bindings += len(bindings)  # here, not in learn: workers' sums stay true
 
     def learn(self, now: float, bindings: list[tuple[str, str, int]]) -> None:
         """Bind names to addresses (one DNS answer's, or what another worker learnt)."""
@@ -348,7 +349,6 @@ class Pipeline:
                     chains[(ip, name)] = tuple(other for other in group if other != name)
                     chains.move_to_end((ip, name))
         _bound(chains, MAX_CHAINS)
-        self.stats.dns_bindings += len(bindings)
 
     def receive_peers(self) -> int:
         """Learn what other workers' DNS answers taught; call before each batch of packets."""

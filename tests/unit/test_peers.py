@@ -76,3 +76,18 @@ def test_a_full_inbox_drops_and_counts_never_blocks() -> None:
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_bindings_are_counted_once_across_workers(tmp_path: Path) -> None:
+    (read_a, write_a), (read_b, write_b) = Peers.pipes(2)
+    try:
+        a, b = Harness(tmp_path / "a"), Harness(tmp_path / "b")
+        a.pipeline.peers = Peers(read_a, [write_b])
+        b.pipeline.peers = Peers(read_b, [write_a])
+        a.answer(dns_answer(DNSRR(rrname="github.com", type="A", ttl=300, rdata=GH)))
+        b.pipeline.receive_peers()
+        assert (a.stats.dns_bindings, b.stats.dns_bindings) == (1, 0)
+        assert (a.stats.dns_answers, b.stats.dns_answers) == (1, 0)
+    finally:
+        for fd in (read_a, write_a, read_b, write_b):
+            os.close(fd)
