@@ -126,6 +126,13 @@ class Counters:
         }
 
 
+# Per lookup, the first HINTED_PIDS pids tried re-read up to HINTED_FDS fds each, those of
+# their oldest known sockets: a client that keeps many connections (a pool, a load
+# generator, a crawler) closes one and opens the next on the fd number just freed, so its
+# fd count does not change and a full read would cost one readlink per open fd.
+HINTED_PIDS = 4
+HINTED_FDS = 8
+
 _FAMILIES = {
     4: socket.AF_INET,
     6: socket.AF_INET6,
@@ -344,11 +351,19 @@ class Attributor:
         if cg_path is not None:
             later: list[int] = []  # not ruled out: fd count unchanged, or only new fds read
             self.poll_events()
-            group = self._members.get(cg_path) if self._events is not None else None
+            group = self._members.get(cg_path)
+            hit = None
+            if group is not None and self._events is None:
+                # no events keep this set current: only its recent socket owners are worth
+                # a look before re-reading cgroup.procs (a busy client usually is one)
+                hit = self._sweep(group.recent_first(), inode, tried, later)
+                if hit is None:
+                    group = None
             fresh = group is None
-            if group is None:
+            if hit is None and group is None:
                 group = self._load(cg_path, cgroup_id)
-            hit = self._sweep(group.order(), inode, tried, later) if group else None
+            if hit is None and group is not None:
+                hit = self._sweep(group.order(), inode, tried, later)
             if hit is None and not fresh:
                 # the live set missed: a process may have moved in (moves send no event)
                 group = self._load(cg_path, cgroup_id)
@@ -400,8 +415,11 @@ class Attributor:
         later: list[int] | None,
         full: bool = False,
     ) -> tuple[int, int] | None:
-        """Probe pids in order, stop at the first holder; put off the ones not ruled out."""
+        """Probe pids in order, stop at the first holder; put off the ones not ruled out.
+        The first HINTED_PIDS pids (the likeliest) get their oldest sockets re-read first
+        (a full read starts there anyway)."""
         c = self.counters
+        probed_before = c.pids_probed
         listed = 0
         for pid in order:
             if pid in tried:
@@ -409,8 +427,9 @@ class Attributor:
             if listed >= self.scan_limit:
                 break
             tried.add(pid)
+            hint = HINTED_FDS if not full and c.pids_probed - probed_before < HINTED_PIDS else 0
             c.pids_probed += 1
-            status, fd = self._fds.probe(pid, inode, self._learn, full=full)
+            status, fd = self._fds.probe(pid, inode, self._learn, full=full, hint=hint)
             if status == FOUND:
                 c.pids_scanned += 1
                 assert fd is not None

@@ -48,10 +48,14 @@ class Group:
             self._sorted = None
         self.recent.pop(pid, None)
 
+    def recent_first(self) -> list[int]:
+        """The recently started / exec'd / socket-owning members, newest first."""
+        return [p for p in reversed(self.recent) if p in self.pids]
+
     def order(self) -> Iterator[int]:
         """Recent first (newest first), then every other member, highest pid first.
         Lazy: a caller that stops at the first hit pays for what it read."""
-        head = [p for p in reversed(self.recent) if p in self.pids]
+        head = self.recent_first()
         yield from head
         if self._sorted is None:
             self._sorted = sorted(self.pids, reverse=True)

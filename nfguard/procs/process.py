@@ -9,10 +9,11 @@ we look at them.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nfguard.procs.cgroups import parse_proc_cgroup
 
@@ -237,6 +238,9 @@ class _FdDir:
     count: int  # st_size of /proc/PID/fd when last listed (open-fd count); -1: list again
     fds: frozenset[str]  # fd names whose links were read (meaningful once `listed`)
     listed: bool = False
+    # fd name → socket inode last read there, oldest first: a busy client closes its
+    # oldest connection and the next socket takes the freed (lowest) fd number
+    socks: dict[str, int] = field(default_factory=dict)
 
 
 def _nofile_soft() -> int:
@@ -300,13 +304,20 @@ class FdDirs:
         inode: int,
         learn: Callable[[int, int, int], None] | None = None,
         full: bool = False,
+        hint: int = 0,
     ) -> tuple[str, int | None]:
         """Does pid hold `socket:[inode]`? → (FOUND, fd) or (UNCHANGED | PARTIAL | MISS |
-        GONE, None). Without `full`, a pid listed before is put off when its fd count did
-        not change, and otherwise only its new fd names are read (highest first: a new
-        socket usually is the newest fd). Other sockets met are passed to `learn`."""
+        GONE, None). `hint`: first re-read that many of the fds that held this pid's oldest
+        known sockets (where a busy client's next socket lands). Without `full`, a pid
+        listed before is then put off when its fd count did not change, and otherwise only
+        its new fd names are read (highest first: a new socket usually is the newest fd).
+        Other sockets met are passed to `learn`."""
         ent = self._d.get(pid)
         if ent is not None:
+            if hint and ent.socks:
+                fd = _reread_oldest(ent, pid, inode, hint, learn)
+                if fd is not None:
+                    return FOUND, fd
             if not full and ent.count > 0:  # fast path: one fstat, no LRU bump
                 try:
                     if os.stat(ent.dirfd).st_size == ent.count:
@@ -337,25 +348,87 @@ class FdDirs:
         partial = not full and ent.listed
         known = ent.fds.intersection(names) if partial else frozenset()
         todo = sorted((n for n in names if n not in known), key=_fdnum, reverse=True)
+        if full and ent.socks:  # where a reused fd number most likely is: oldest sockets
+            first = [n for n in ent.socks if n in names]
+            todo = first + [n for n in todo if n not in ent.socks]
         want = f"socket:[{inode}]"
         dirfd = ent.dirfd
         done: list[str] = []
+        met: list[tuple[int, str]] = []  # sockets first seen here: added oldest (inode) first
         for name in todo:
             try:
                 target = os.readlink(name, dir_fd=dirfd)
             except OSError:
+                ent.socks.pop(name, None)
                 continue
             if target == want:
                 # not every new fd was read: no count to trust, but what was read stays read
                 ent.count, ent.fds, ent.listed = -1, known.union(done, (name,)), True
+                _remember_all(ent, met)
+                _remember(ent, name, inode)
                 return FOUND, int(name)
             done.append(name)
-            if learn is not None and target.startswith("socket:["):
-                other = parse_socket_link(target)
-                if other is not None:
-                    learn(other, pid, int(name))
+            _note_link(ent, pid, name, target, learn, met)
+        _remember_all(ent, met)
         ent.count, ent.fds, ent.listed = count, frozenset(names), True
+        if not partial:
+            for gone in [n for n in ent.socks if n not in ent.fds]:
+                del ent.socks[gone]
         return (PARTIAL if partial else MISS), None
+
+
+def _remember(ent: _FdDir, name: str, inode: int) -> None:
+    """fd `name` now holds socket `inode`: the newest known socket of this pid."""
+    if ent.socks.get(name) != inode:
+        ent.socks.pop(name, None)
+        ent.socks[name] = inode
+
+
+def _remember_all(ent: _FdDir, met: list[tuple[int, str]]) -> None:
+    """Sockets met in a listing, in inode order: the kernel numbers sockets as it makes
+    them, so this is their age, as far as we can tell."""
+    for inode, name in sorted(met):
+        _remember(ent, name, inode)
+
+
+def _note_link(
+    ent: _FdDir, pid: int, name: str, target: str,
+    learn: Callable[[int, int, int], None] | None,
+    met: list[tuple[int, str]] | None = None,
+) -> None:
+    """Keep `socks` in step with a link just read (sockets not known before go to `met`
+    when given); pass other sockets to `learn`."""
+    other = parse_socket_link(target) if target.startswith("socket:[") else None
+    if other is None:
+        ent.socks.pop(name, None)
+        return
+    if met is not None and ent.socks.get(name) != other:
+        ent.socks.pop(name, None)
+        met.append((other, name))
+    else:
+        _remember(ent, name, other)
+    if learn is not None:
+        learn(other, pid, int(name))
+
+
+def _reread_oldest(
+    ent: _FdDir, pid: int, inode: int, count: int,
+    learn: Callable[[int, int, int], None] | None,
+) -> int | None:
+    """Re-read the fds of up to `count` of pid's oldest known sockets; the fd now holding
+    `inode`, if one does. One readlink each, no listing."""
+    want = f"socket:[{inode}]"
+    for name in list(itertools.islice(ent.socks, count)):
+        try:
+            target = os.readlink(name, dir_fd=ent.dirfd)
+        except OSError:
+            ent.socks.pop(name, None)
+            continue
+        if target == want:
+            _remember(ent, name, inode)
+            return int(name)
+        _note_link(ent, pid, name, target, learn)
+    return None
 
 
 def _fdnum(name: str) -> int:

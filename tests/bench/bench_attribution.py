@@ -12,6 +12,10 @@ workers), then times lookups:
 - hot worker:   one of 8 recently active workers opens another connection;
 - random idle worker: a uniformly random one of the N workers opens a connection — the
                 worst case, with no hint at all of who it is;
+- busy client:  one process keeps 32 connections open and replaces one at a time (a
+                connection pool, a load generator): its fd count never changes and the new
+                socket reuses the freed fd number; the oldest connection closes first, or a
+                random one;
 - cold:         every cache emptied before each lookup (includes the cgroup walk);
 - sockdiag:     the netlink request/answer alone, for reference.
 Every new-flow lookup is a brand-new socket (inode never seen). Also checks that every
@@ -86,6 +90,24 @@ while True:
 """
 
 
+BUSY = r"""
+import os, random, socket, struct, sys
+tport, cgdir = int(sys.argv[1]), sys.argv[2]
+if cgdir:
+    with open(os.path.join(cgdir, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+me = struct.pack("=I", os.getpid())
+def dial():
+    s = socket.create_connection(("127.0.0.1", tport)); s.sendall(me); return s
+conns = [dial() for _ in range(32)]
+print("ready", flush=True)
+for line in sys.stdin:
+    i = 0 if line.startswith("oldest") else random.randrange(len(conns))
+    conns.pop(i).close()
+    conns.append(dial())
+"""
+
+
 def pct(values: list[float], q: float) -> float:
     vals = sorted(values)
     return vals[min(len(vals) - 1, int(q * len(vals)))]
@@ -129,6 +151,7 @@ def main() -> int:
         text=True,
     )
     accepted: list[socket.socket] = []
+    busy: subprocess.Popen | None = None
     attr = Attributor()
     try:
         assert spawner.stdout is not None
@@ -271,6 +294,38 @@ def main() -> int:
             for i in range(args.samples)
         ]
 
+        busy = subprocess.Popen(
+            [sys.executable, "-c", BUSY, str(tport), cgdir],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert busy.stdin is not None and busy.stdout is not None
+        busy.stdout.readline()
+        for _ in range(32):
+            accepted.append(lst.accept()[0])
+
+        def busy_flow(a: Attributor, which: str) -> int:
+            nonlocal wrong
+            assert busy.stdin is not None
+            busy.stdin.write(which + "\n")
+            busy.stdin.flush()
+            conn, peer = lst.accept()
+            conn.recv(4)
+            accepted.append(conn)
+            t0 = time.perf_counter_ns()
+            info = a.lookup("tcp", socket.AF_INET, peer[0], peer[1], "127.0.0.1", tport)
+            dt = time.perf_counter_ns() - t0
+            if info.pid != busy.pid:
+                wrong += 1
+            return dt
+
+        busy_flow(attr, "oldest")
+        b = attr.stats()
+        busy_fifo = [busy_flow(attr, "oldest") for _ in range(args.samples)]
+        busy_fifo_note = delta(b, args.samples)
+        b = attr.stats()
+        busy_rand = [busy_flow(attr, "random") for _ in range(args.samples)]
+        busy_rand_note = delta(b, args.samples)
+
         # the same new-process case without process events (not the initial netns, or
         # no CAP_NET_ADMIN): cgroup.procs is read on every miss
         plain = Attributor(events=False)
@@ -278,6 +333,8 @@ def main() -> int:
             for f in flows:  # warm its caches like the main one
                 plain.lookup(f[0], socket.AF_INET, f[1], f[2], f[3], f[4])
             noev = [new_flow(plain, spawner.pid, signal.SIGUSR2) for _ in range(args.samples)]
+            busy_flow(plain, "oldest")
+            busy_noev = [busy_flow(plain, "oldest") for _ in range(args.samples)]
         finally:
             plain.close()
 
@@ -295,6 +352,11 @@ def main() -> int:
         print(f"{'':36}{hot_note}")
         report(f"new flow: random idle worker (of {len(pids)})", randw)
         print(f"{'':36}{rand_note}")
+        report("new flow: busy client, oldest closed", busy_fifo)
+        print(f"{'':36}{busy_fifo_note}")
+        report("new flow: busy client, random closed", busy_rand)
+        print(f"{'':36}{busy_rand_note}")
+        report("new flow: busy client, no cn_proc", busy_noev)
         print("-- tight loop, CPU warm (the code path's own cost):")
         report("new flow: new process, route only", tight)
         print("-- timed after 0.5 ms of busy work (an engine busy with other packets):")
@@ -307,6 +369,9 @@ def main() -> int:
         return 1 if wrong else 0
     finally:
         attr.close()
+        if busy is not None:
+            busy.kill()
+            busy.wait()
         spawner.send_signal(signal.SIGTERM)
         try:
             spawner.wait(timeout=30)

@@ -739,3 +739,71 @@ def test_exe_hashes_once_per_file(tmp_path: Path) -> None:
     assert hashes.sha256(7) == hashlib.sha256(binary.read_bytes()).hexdigest()
     assert hashes.hashed == 2
     assert hashes.sha256(8) is None  # no such process
+
+
+def _same_count(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Every kept /proc/PID/fd reports `n` open fds (close + socket keeps the count)."""
+    real_stat = os.stat
+    monkeypatch.setattr(
+        "nfguard.procs.process.os.stat",
+        lambda p, *a, **k: (
+            os.stat_result((0,) * 6 + (n, 0, 0, 0)) if isinstance(p, int) else real_stat(p, *a, **k)
+        ),
+    )
+
+
+def _replace_socket(proc: Path, pid: int, fd: int, inode: int) -> None:
+    link = proc / str(pid) / "fd" / str(fd)
+    link.unlink()
+    link.symlink_to(f"socket:[{inode}]")
+
+
+def test_fd_dirs_hint_reads_the_oldest_sockets_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy client replaces its oldest connection on the fd just freed: the hint finds the
+    new socket there with one readlink, without listing the directory."""
+    proc = tmp_path / "proc"
+    # the oldest socket on the lowest fd: a listing (highest fd first) must order by inode
+    _fake_proc(proc, 10, exe="/usr/bin/a", argv=["a"], ppid=1,
+               sockets={3: 200, 4: 300, 5: 400, 6: 500})
+    _same_count(monkeypatch, 4)
+    d = FdDirs(str(proc))
+    assert d.probe(10, 999) == (MISS, None)  # listed once: 200 (fd 3) is the oldest
+    _replace_socket(proc, 10, 3, 600)
+    listdir = os.listdir
+    monkeypatch.setattr("nfguard.procs.process.os.listdir", lambda *a: pytest.fail("listed"))
+    assert d.probe(10, 600, hint=1) == (FOUND, 3)
+    # 600 is now the newest: the next oldest is 300 on fd 4, then 400 on fd 5
+    _replace_socket(proc, 10, 5, 700)
+    assert d.probe(10, 700, hint=1) == (UNCHANGED, None)  # fd 4 read, not it: put off
+    assert d.probe(10, 700, hint=2) == (FOUND, 5)
+    monkeypatch.setattr("nfguard.procs.process.os.listdir", listdir)
+    _replace_socket(proc, 10, 6, 800)
+    assert d.probe(10, 800, full=True) == (FOUND, 6)
+
+
+def test_attributor_finds_a_busy_client_without_rereading_cgroup_procs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process events: a process that owned a socket lately is checked (its oldest
+    sockets first) before cgroup.procs is read again."""
+    attr, diag, proc, cg, ids = _setup(tmp_path)
+    assert not attr.live_members
+    pids = range(300, 340)
+    for pid in pids:
+        _fake_proc(proc, pid, exe="/usr/bin/w", argv=["w"], ppid=1, sockets={3: pid * 10})
+    _fake_proc(proc, 400, exe="/usr/bin/pool", argv=["pool"], ppid=1,
+               sockets={fd: 4000 + fd for fd in range(3, 35)})
+    (cg / "user.slice" / "cgroup.procs").write_text("\n".join(map(str, [*pids, 400])))
+    f = _answer(diag, 4034, ids["/user.slice"])
+    assert attr.lookup(f[0], 4, *f[1:]).pid == 400
+    _same_count(monkeypatch, 34)
+    before = attr.stats()
+    for step, inode in enumerate(range(5000, 5010)):
+        _replace_socket(proc, 400, 3 + step, inode)  # the oldest connection closes
+        f = _answer(diag, inode, ids["/user.slice"])
+        assert attr.lookup(f[0], 4, *f[1:]).pid == 400
+    after = attr.stats()
+    assert after["procs_reads"] == before["procs_reads"]
+    assert after["pids_probed"] - before["pids_probed"] == 10
