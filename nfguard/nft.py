@@ -97,10 +97,19 @@ table inet {TABLE} {{
 {loopback}\t\ticmpv6 type {{ {_NDP} }} accept\t# IPv6 neighbour discovery and MLD
 \t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
+\t\tct mark & {ct_field} == 0x{marks.PENDING:08x} meta l4proto tcp jump bare\t# pending, no payload: nothing to read
 \t\tct mark & {ct_field} == 0x{marks.PENDING:08x} meta mark set meta mark | 0x{marks.PENDING:08x}\t# pending: to the engine again
 \t\tct mark & {ct_field} != 0x{marks.PENDING:08x} ct state established,related accept\t# flows that predate nfguard, ICMP errors
 \t\tmeta mark set meta mark | 0x{marks.QUEUED:08x}
 {queue_step}
+\t}}
+
+\t# TCP segments of pending flows that carry no payload (the handshake's ACK, window
+\t# updates, FIN, RST): the engine waits for the bytes that hold the name, these have none,
+\t# so they pass here instead of costing a trip through the queue each. Packets with IPv4
+\t# options or IPv6 extension headers still go to the engine.
+\tchain bare {{
+{_bare_tcp_rules()}
 \t}}
 
 \t# After the engine: its verdict comes back as packet mark bits; keep it in the ct mark
@@ -150,6 +159,16 @@ table inet {TABLE} {{
         )
         xt_rules = tuple((binary, spec) for binary in XT_TOOLS)
     return Ruleset(path, nft, xt_rules)
+
+
+def _bare_tcp_rules() -> str:
+    """One rule per TCP header length (data offset 5-15 words, the common 8 and 5 first):
+    the IP length says the packet ends with its TCP header. nft compares a field with a
+    constant, not with another field, hence the list."""
+    offsets = (8, 5, *(d for d in range(6, 16) if d != 8))
+    v4 = [f"\t\tip hdrlength 5 ip length {20 + 4 * d} tcp doff {d} accept" for d in offsets]
+    v6 = [f"\t\tip6 nexthdr tcp ip6 length {4 * d} tcp doff {d} accept" for d in offsets]
+    return "\n".join(v4 + v6)
 
 
 def _xt_binary(tool: str) -> str:

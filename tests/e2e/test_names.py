@@ -188,6 +188,20 @@ def test_allowed_sni_passes_and_denied_sni_is_cut(named: Lab, qtype: str, ip: st
     assert len(events_to(named, 443)) == 2
 
 
+@pytest.mark.parametrize(("qtype", "ip"), [("A", ALLOWED_V4), ("AAAA", ALLOWED_V6)],
+                         ids=["ipv4", "ipv6"])
+def test_a_flow_decided_by_sni_costs_two_trips_through_the_queue(
+    named: Lab, qtype: str, ip: str
+) -> None:
+    """The SYN (sender, pending) and the ClientHello (decision) reach the engine; the
+    handshake's bare ACK carries no name and passes in the kernel."""
+    start(named)
+    assert named.dig("allowed.test", qtype) == [ip]
+    before = sum(c.id_sequence for c in named.queue_counters().values())
+    assert curl_https(named, "allowed.test", ip) == (0, "https allowed.test")
+    assert sum(c.id_sequence for c in named.queue_counters().values()) - before == 2
+
+
 def test_cname_to_an_allowed_name_passes(named: Lab) -> None:
     start(named)
     assert named.dig("alias.test") == ["allowed.test.", ALLOWED_V4]

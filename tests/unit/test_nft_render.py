@@ -119,6 +119,29 @@ def test_pending_flows_go_to_the_engine_again() -> None:
             f"meta mark set meta mark & {keep} accept") in lines
 
 
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_pending_flows_bare_tcp_segments_pass_in_the_kernel(path: str) -> None:
+    """Only segments whose IP length is exactly IP header + TCP header (no payload)."""
+    text = render(EngineConfig(), path).nft
+    lines = code_lines(text)
+    verdict, pending = hexmark(marks.VERDICT_MASK), hexmark(marks.PENDING)
+    jump = f"ct mark & {verdict} == {pending} meta l4proto tcp jump bare"
+    assert lines.index(jump) < lines.index(
+        f"ct mark & {verdict} == {pending} meta mark set meta mark | {pending}")
+    bare = text[text.index("chain bare {"):]
+    bare_rules = code_lines(bare[:bare.index("}")])[1:]
+    seen = set()
+    for rule in bare_rules:
+        v4 = re.fullmatch(r"ip hdrlength 5 ip length (\d+) tcp doff (\d+) accept", rule)
+        v6 = re.fullmatch(r"ip6 nexthdr tcp ip6 length (\d+) tcp doff (\d+) accept", rule)
+        m = v4 or v6
+        assert m, rule
+        length, doff = int(m[1]), int(m[2])
+        assert length == (20 if v4 else 0) + 4 * doff
+        seen.add((4 if v4 else 6, doff))
+    assert seen == {(f, d) for f in (4, 6) for d in range(5, 16)}
+
+
 def test_describe_states_the_queue_path() -> None:
     assert render(EngineConfig(), NATIVE).describe().startswith(
         "# queue path: native nft queue\n")
