@@ -75,7 +75,23 @@ def audit_event(
     return event
 
 
+_PROCESS_MEMO_MAX = 4096
+_process_memo: dict[tuple, dict[str, Any]] = {}
+
+
 def _process_fields(process: ProcessInfo) -> dict[str, Any]:
+    """The `process` and `user` fields, shared by the events of one process (read-only)."""
+    key = (process.pid, process.exe, process.cmdline, process.ppid, process.parent_exe,
+           process.sha256, process.uid, process.user)
+    fields = _process_memo.get(key)
+    if fields is None:
+        if len(_process_memo) >= _PROCESS_MEMO_MAX:
+            _process_memo.clear()
+        fields = _process_memo[key] = _build_process_fields(process)
+    return fields
+
+
+def _build_process_fields(process: ProcessInfo) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     info = {
         "pid": process.pid,

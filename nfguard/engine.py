@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from nfguard.config import EngineConfig
-from nfguard.policy.clients import Process, client_matches
+from nfguard.policy.clients import Process, client_matches, match_key
 from nfguard.policy.match import (
     DEFAULT,
     CompiledPolicySet,
@@ -35,6 +35,7 @@ QUIC = "quic"  # the server_name of the ClientHello inside a QUIC Initial
 HOST = "host"  # HTTP request Host
 
 QUIC_PORT = 443
+CLIENT_MEMO_MAX = 4096  # process identities whose client is remembered (emptied when full)
 
 
 class Decision(NamedTuple):
@@ -57,6 +58,7 @@ class Engine:
         self.settings = settings
         self.policies = policies
         self.verify = verify  # anti-fronting ([names] verify)
+        self._clients: dict[tuple | None, Client | None] = {}  # see client_for
 
     def decide(
         self,
@@ -156,11 +158,17 @@ class Engine:
                             found.rule.name, found.name or _some_name(names))
 
     def client_for(self, process: Process | None) -> Client | None:
-        """The first client whose match table holds for the process (clients are ordered)."""
-        for client in self.policies.clients:
-            if client_matches(client, process):
-                return client
-        return None
+        """The first client whose match table holds for the process (clients are ordered).
+        Remembered per process identity: one busy program opens flow after flow."""
+        key = None if process is None else match_key(process)
+        memo = self._clients
+        if key in memo:
+            return memo[key]
+        found = next((c for c in self.policies.clients if client_matches(c, process)), None)
+        if len(memo) >= CLIENT_MEMO_MAX:
+            memo.clear()
+        memo[key] = found
+        return found
 
     def unparseable(self) -> Decision:
         """A packet we cannot read is never let through silently in enforce mode."""

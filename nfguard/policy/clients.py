@@ -23,6 +23,12 @@ class Process(Protocol):
     sha256: str | None
 
 
+def match_key(process: Process) -> tuple:
+    """Everything a match table can look at: processes equal here match the same clients."""
+    return (process.exe, process.parent_exe, process.cmdline, process.uid, process.user,
+            process.gids, process.groups, process.unit, process.cgroup, process.sha256)
+
+
 def client_matches(client: Client, process: Process | None) -> bool:
     """All keys must hold; an empty match table matches every flow, even unattributed ones."""
     if not client.match:

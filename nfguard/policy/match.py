@@ -40,6 +40,7 @@ class RuleMatch(NamedTuple):
 
 NO_NAME_RULE = 1 << 30  # "no rule with names applies to this proto/port"
 _NAME_MEMO_MAX = 1 << 17  # (proto, port) pairs remembered per policy: all of tcp and udp
+MATCH_MEMO_MAX = 1 << 16  # (policies, destination) answers remembered per compiled set
 
 
 class _PrefixIndex:
@@ -158,16 +159,32 @@ class CompiledPolicySet:
         self.matches_sha256 = any(key == "sha256" for client in self.clients
                                   for key, _value in client.match)
         self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
+        # Answers by (policies, destination): a busy client opens flow after flow to the
+        # same few destinations, and the set is immutable (a reload builds a new one).
+        # Emptied when full, which bounds it without an LRU's per-hit bookkeeping.
+        self._memo: dict[tuple, tuple[RuleMatch | None, bool]] = {}
 
     def first_match(self, policy_names: Iterable[str], dest: Destination) -> RuleMatch | None:
         """First matching rule across a client's policies, tried in order."""
-        for name in policy_names:
-            found = self.policies[name].first_match(dest)
-            if found is not None:
-                return found
-        return None
+        return self.match_and_pending(policy_names, dest)[0]
 
     def match_and_pending(
+        self, policy_names: Iterable[str], dest: Destination
+    ) -> tuple[RuleMatch | None, bool]:
+        """See `_match_and_pending`; remembered per (policies, destination)."""
+        if not isinstance(policy_names, tuple):
+            policy_names = tuple(policy_names)
+        key = (policy_names, dest)
+        memo = self._memo
+        answer = memo.get(key)
+        if answer is None:
+            answer = self._match_and_pending(policy_names, dest)
+            if len(memo) >= MATCH_MEMO_MAX:
+                memo.clear()
+            memo[key] = answer
+        return answer
+
+    def _match_and_pending(
         self, policy_names: Iterable[str], dest: Destination
     ) -> tuple[RuleMatch | None, bool]:
         """The first match, and whether a name the client presents could change it.

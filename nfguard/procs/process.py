@@ -238,6 +238,7 @@ class _FdDir:
     count: int  # st_size of /proc/PID/fd when last listed (open-fd count); -1: list again
     fds: frozenset[str]  # fd names whose links were read (meaningful once `listed`)
     listed: bool = False
+    serial: int = 0  # which opening of /proc/PID/fd this is: the same one, the same process
     # fd name → socket inode last read there, oldest first: a busy client closes its
     # oldest connection and the next socket takes the freed (lowest) fd number
     socks: dict[str, int] = field(default_factory=dict)
@@ -272,16 +273,25 @@ class FdDirs:
         self.root = proc_root
         self.cap = max(8, min(cap, _nofile_soft() // 4))
         self._d: OrderedDict[int, _FdDir] = OrderedDict()
+        self._opened = 0
 
     def __len__(self) -> int:
         return len(self._d)
+
+    def serial(self, pid: int) -> int | None:
+        """Which opening of pid's fd directory is kept (None: none is). A directory fd
+        stops working when its process exits, so while the serial stays the same, so does
+        the process behind the pid: a cache keyed by it needs no start-time check."""
+        ent = self._d.get(pid)
+        return ent.serial if ent is not None else None
 
     def _open(self, pid: int) -> _FdDir | None:
         try:
             fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
-        ent = _FdDir(fd, -1, frozenset())
+        self._opened += 1
+        ent = _FdDir(fd, -1, frozenset(), serial=self._opened)
         self._d[pid] = ent
         if len(self._d) > self.cap:
             _pid, old = self._d.popitem(last=False)

@@ -22,7 +22,7 @@ import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -58,9 +58,8 @@ class SockDiagError(Exception):
     """A malformed or unexpected netlink answer (not 'no such socket')."""
 
 
-@dataclass(frozen=True, slots=True)
-class DiagSocket:
-    """What the kernel says about one socket."""
+class DiagSocket(NamedTuple):
+    """What the kernel says about one socket (a NamedTuple: one per new flow)."""
 
     family: int
     state: int
