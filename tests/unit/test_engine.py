@@ -379,3 +379,30 @@ def test_pipeline_attributes_new_flows_and_records_the_sender(tmp_path: Path) ->
     assert event["nfguard"]["client"] == "git"
     assert event["process"] == {"pid": 42, "executable": "/usr/bin/git"}
     assert event["user"] == {"id": "1000", "name": "alice"}
+
+
+MATCHED = ProcessInfo(uid=1000, user="deploy", pid=7, exe="/usr/bin/git", cmdline=("git", "push"),
+                      ppid=1, parent_exe="/usr/bin/bash", cgroup="/system.slice/ci.service",
+                      unit="ci.service", gids=(1000, 27), groups=("deploy", "sudo"),
+                      sha256="ab" * 32)
+MATCH_VALUES = {"exe": "/usr/bin/git", "cmdline": "git push", "user": "deploy", "group": "sudo",
+                "unit": "ci.service", "cgroup": "/system.slice", "parent_exe": "/usr/bin/bash",
+                "sha256": "ab" * 32}
+ONE_FIELD_OFF = {"exe": {"exe": "/usr/bin/ssh"}, "cmdline": {"cmdline": ("git", "pull")},
+                 "user": {"user": "root"}, "group": {"groups": ("deploy",), "gids": (1000,)},
+                 "unit": {"unit": "web.service"}, "cgroup": {"cgroup": "/user.slice"},
+                 "parent_exe": {"parent_exe": "/usr/bin/zsh"}, "sha256": {"sha256": "cd" * 32}}
+
+
+@pytest.mark.parametrize("key", sorted(ONE_FIELD_OFF))
+def test_remembered_clients_tell_processes_apart_by_every_match_key(key: str) -> None:
+    """client_for remembers its answer per process identity: a process that differs in
+    the one field a client matches on must not be given the remembered client."""
+    text = (f'[[client]]\nname = "by-{key}"\nmatch = {{ {key} = "{MATCH_VALUES[key]}" }}\n'
+            'policies = ["p"]\n\n[[policy]]\nname = "p"\n\n[[policy.rule]]\nname = "r"\n'
+            'action = "allow"\n')
+    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("c.toml", text)])))
+    assert engine.client_for(MATCHED).name == f"by-{key}"
+    other = MATCHED._replace(**ONE_FIELD_OFF[key])
+    assert engine.client_for(other) is None
+    assert engine.client_for(MATCHED).name == f"by-{key}"
