@@ -389,7 +389,7 @@ MATCH_VALUES = {"exe": "/usr/bin/git", "cmdline": "git push", "user": "deploy", 
                 "unit": "ci.service", "cgroup": "/system.slice", "parent_exe": "/usr/bin/bash",
                 "sha256": "ab" * 32}
 ONE_FIELD_OFF = {"exe": {"exe": "/usr/bin/ssh"}, "cmdline": {"cmdline": ("git", "pull")},
-                 "user": {"user": "root"}, "group": {"groups": ("deploy",), "gids": (1000,)},
+                 "user": {"user": "root"}, "group": {"groups": ("deploy",)},
                  "unit": {"unit": "web.service"}, "cgroup": {"cgroup": "/user.slice"},
                  "parent_exe": {"parent_exe": "/usr/bin/zsh"}, "sha256": {"sha256": "cd" * 32}}
 
