@@ -23,20 +23,19 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from nfguard.procs.netlink import NLMSG_DONE, NLMSGHDR
+
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
 CN_VAL_PROC = 1
 PROC_CN_MCAST_LISTEN = 1
 PROC_CN_MCAST_IGNORE = 2
-NLMSG_DONE = 3
 
 PROC_EVENT_NONE = 0
 PROC_EVENT_FORK = 1
 PROC_EVENT_EXEC = 2
 PROC_EVENT_EXIT = 0x80000000
 
-# struct nlmsghdr: len, type, flags, seq, pid
-_NLMSGHDR = struct.Struct("=IHHII")
 # struct cn_msg: id.idx, id.val, seq, ack, len, flags
 _CN_MSG = struct.Struct("=IIIIHH")
 # struct proc_event head: what, cpu, timestamp_ns
@@ -62,7 +61,7 @@ def build_subscribe(port_id: int, listen: bool = True) -> bytes:
     event filter, but older kernels ignore a message of that size)."""
     op = _OP.pack(PROC_CN_MCAST_LISTEN if listen else PROC_CN_MCAST_IGNORE)
     cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(cn), NLMSG_DONE, 0, 0, port_id) + cn
+    return NLMSGHDR.pack(NLMSGHDR.size + len(cn), NLMSG_DONE, 0, 0, port_id) + cn
 
 
 def parse_events(data: bytes) -> list[ProcEvent]:
@@ -70,11 +69,11 @@ def parse_events(data: bytes) -> list[ProcEvent]:
     other connector ids and truncated messages are skipped, never raised on."""
     out: list[ProcEvent] = []
     off = 0
-    while off + _NLMSGHDR.size <= len(data):
-        length = _NLMSGHDR.unpack_from(data, off)[0]
-        if length < _NLMSGHDR.size or off + length > len(data):
+    while off + NLMSGHDR.size <= len(data):
+        length = NLMSGHDR.unpack_from(data, off)[0]
+        if length < NLMSGHDR.size or off + length > len(data):
             break
-        body = data[off + _NLMSGHDR.size : off + length]
+        body = data[off + NLMSGHDR.size : off + length]
         off += (length + 3) & ~3
         if len(body) < _CN_MSG.size + _EV_HEAD.size:
             continue

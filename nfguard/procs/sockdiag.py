@@ -24,18 +24,15 @@ import socket
 import struct
 from typing import NamedTuple
 
+from nfguard.procs.netlink import NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST = 0x01
-NLMSG_ERROR = 0x02
-NLMSG_DONE = 0x03
 
 INET_DIAG_NOCOOKIE = 0xFFFFFFFF
 INET_DIAG_CGROUP_ID = 21
 INET_DIAG_SKV6ONLY = 11
 
-# struct nlmsghdr: len, type, flags, seq, pid
-_NLMSGHDR = struct.Struct("=IHHII")
 # struct inet_diag_req_v2 header: family, protocol, ext, pad, states
 _REQ_HEAD = struct.Struct("=BBBBI")
 # struct inet_diag_sockid: sport, dport (be16), src[16], dst[16], if (host u32), cookie[2]
@@ -48,7 +45,7 @@ _MSG_TAIL = struct.Struct("=IIIII")
 _RTA = struct.Struct("=HH")
 _U64 = struct.Struct("=Q")
 
-REQ_LEN = _NLMSGHDR.size + _REQ_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size  # 16 + 56
+REQ_LEN = NLMSGHDR.size + _REQ_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size  # 16 + 56
 MSG_LEN = _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size + _MSG_TAIL.size  # 72
 
 PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
@@ -115,7 +112,7 @@ def build_request(
         + _SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
     )
     return (
-        _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0)
+        NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0)
         + body
     )
 
@@ -165,14 +162,14 @@ def parse_response(data: bytes, seq: int | None = None) -> DiagSocket | None:
     Other netlink errors raise SockDiagError; so do messages for another sequence number.
     """
     off = 0
-    while off + _NLMSGHDR.size <= len(data):
-        length, kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if length < _NLMSGHDR.size or off + length > len(data):
+    while off + NLMSGHDR.size <= len(data):
+        length, kind, _flags, mseq, _pid = NLMSGHDR.unpack_from(data, off)
+        if length < NLMSGHDR.size or off + length > len(data):
             raise SockDiagError("truncated netlink message")
         if seq is not None and mseq != seq:
             off += (length + 3) & ~3
             continue
-        body = data[off + _NLMSGHDR.size : off + length]
+        body = data[off + NLMSGHDR.size : off + length]
         if kind == NLMSG_ERROR:
             (err,) = struct.unpack_from("=i", body, 0)
             if err == 0:
@@ -226,11 +223,11 @@ class SockDiag:
 
 def _has_seq(data: bytes, seq: int) -> bool:
     off = 0
-    while off + _NLMSGHDR.size <= len(data):
-        length, _kind, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
+    while off + NLMSGHDR.size <= len(data):
+        length, _kind, _flags, mseq, _pid = NLMSGHDR.unpack_from(data, off)
         if mseq == seq:
             return True
-        if length < _NLMSGHDR.size:
+        if length < NLMSGHDR.size:
             return False
         off += (length + 3) & ~3
     return False
