@@ -16,6 +16,7 @@ in the kernel's ct mark); flows waiting for a name keep their state.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import selectors
@@ -24,7 +25,9 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -57,8 +60,30 @@ RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loop
 
 def build_engine(config: Config) -> Engine:
     """Config + every policy file -> a ready engine; raises PolicyError naming file and line."""
-    policies = load_policy_dir(config.engine.policy_dir)
-    return Engine(config.engine, CompiledPolicySet(policies), verify=config.names.verify)
+    return Engine(config.engine, compile_policy_dir(config.engine.policy_dir),
+                  verify=config.names.verify)
+
+
+def compile_policy_dir(directory: str | Path) -> CompiledPolicySet:
+    """Read, check and compile every policy file, as at start and on reload.
+
+    The cyclic garbage collector is paused meanwhile: a build makes millions of objects and
+    no cycles, and each full collection it would set off scans every live object (the
+    running policy too) while holding the GIL: at 100k rules, seconds of the build and
+    pauses of the packet loop of up to ~0.7 s."""
+    with _collector_paused():
+        return CompiledPolicySet(load_policy_dir(directory))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class RecentErrors(logging.Handler):
@@ -153,6 +178,9 @@ class Daemon:
                 metrics_server = serve(config.metrics, self.sources)
                 if config.control.socket:
                     control = ControlServer(config.control.socket, self._on_request)
+            # What is alive now, the policy above all, is immutable and acyclic: left out
+            # of later collections, which then do not rescan it and stall the packet loop.
+            gc.freeze()
             self._loop(queue, control)
         finally:
             self.notifier.stopping()
@@ -350,6 +378,7 @@ class Daemon:
             self.team.signal(signal.SIGHUP)  # each worker reloads the same files itself
         stats.policy_loaded_at = time.time()
         stats.policy_rules = engine.policies.source.rule_count
+        gc.freeze()  # see below, in run()
         log.info("reloaded: %d rules", stats.policy_rules)
         return {"ok": True, "rules": stats.policy_rules, "warnings": warnings}
 

@@ -21,10 +21,11 @@ from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, raw
 
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig
+from nfguard.daemon import compile_policy_dir
 from nfguard.engine import Engine
 from nfguard.metrics import Stats
 from nfguard.pipeline import LOCAL_IN, Pipeline
-from nfguard.policy.load import load_policy_dir, parse_policy_texts
+from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.wire.ip import parse_packet
 from tests.bench.policies import BODY, body_name, scale_policy
@@ -44,21 +45,18 @@ def per_call_us(fn: Callable[[], object], rounds: int) -> tuple[float, float]:
     return statistics.median(samples) / 1000, samples[int(len(samples) * 0.99)] / 1000
 
 
-def load(directory: Path) -> CompiledPolicySet:
-    """What the daemon does at start and on reload."""
-    return CompiledPolicySet(load_policy_dir(directory))
 
 
 def policy_scale(size: int, rounds: int = 20000) -> Figure:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "scale.toml").write_text(scale_policy(size))
         start = time.perf_counter()
-        compiled = load(Path(tmp))
+        compiled = compile_policy_dir(Path(tmp))
         load_s = time.perf_counter() - start
         assert compiled.source.rule_count == size + 1
         del compiled
         tracemalloc.start()  # a second load, for memory (tracemalloc slows it down)
-        compiled = load(Path(tmp))
+        compiled = compile_policy_dir(Path(tmp))
         memory = tracemalloc.get_traced_memory()[0] / 2**20
         tracemalloc.stop()
     engine = Engine(EngineConfig(), compiled)
