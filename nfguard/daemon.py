@@ -190,6 +190,8 @@ class Daemon:
             attributor.close()
             self.audit.close()
             if control is not None:
+                self._answer_reload_waiters({"ok": False, "error": "nfguard stopped before the "
+                                             "reload was applied; the policy is as it was"})
                 control.close()
             if metrics_server is not None:
                 metrics_server.shutdown()  # type: ignore[attr-defined]
@@ -325,6 +327,13 @@ class Daemon:
             # `done` on its next turn anyway.
             with contextlib.suppress(OSError):
                 wake.send(b"r")
+
+    def _answer_reload_waiters(self, answer: dict[str, Any]) -> None:
+        """Everyone waiting on a reload that will not be applied now."""
+        waiters = self._reload_waiters + (self._reload.waiters if self._reload else [])
+        self._reload_waiters = []
+        for reply in waiters:
+            reply.send(answer)
 
     def _finish_reload(self) -> None:
         job = self._reload

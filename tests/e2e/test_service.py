@@ -157,6 +157,31 @@ def test_broken_policy_is_rejected_with_file_and_line_and_the_running_one_stays(
     assert engine.poll() is None
 
 
+def test_a_reload_the_stop_cuts_short_is_answered(lab: Lab) -> None:
+    """`nfguard reload` waits for the build; if the daemon stops first, it is told so."""
+    config = lab.write_config(policy())
+    engine = lab.start_engine(config)
+    slow = lab.workdir / "rules" / "zz-slow.toml"
+    os.mkfifo(slow)  # the build blocks reading it until it is written to
+    waiting = lab.spawn(lab.client, sys.executable, "-m", "nfguard", "reload", "--config",
+                        str(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = None
+    deadline = time.monotonic() + 10
+    while writer is None and time.monotonic() < deadline:
+        try:  # succeeds once the build has the FIFO open; the build then waits for data
+            writer = os.open(slow, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            time.sleep(0.02)
+    assert writer is not None, "the reload never started reading the policy"
+    try:
+        assert lab.stop_engine() == 0 and engine.returncode == 0
+        _out, err = waiting.communicate(timeout=10)
+    finally:
+        os.close(writer)
+    assert waiting.returncode == 1
+    assert "stopped before the reload was applied" in err
+
+
 def test_no_queued_packet_is_lost_while_reloading(lab: Lab) -> None:
     """New flows keep coming while reloads of a large policy run: every one is answered."""
     lab.serve_udp_echo(ALLOWED_V4, 7000)
