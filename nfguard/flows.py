@@ -185,6 +185,8 @@ class FlowTable:
         self.max_held = max_held
         self._flows: OrderedDict[Hashable, PendingFlow] = OrderedDict()
         self._holding: dict[Hashable, PendingFlow] = {}  # in order of `since`
+        self._counted: dict[Hashable, int] = {}  # held packets per holding flow, last seen
+        self.held_packets = 0  # their sum, kept as it changes (summed, it cost O(flows))
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -194,10 +196,6 @@ class FlowTable:
     def holding(self) -> int:
         """Flows that hold packets now."""
         return len(self._holding)
-
-    @property
-    def held_packets(self) -> int:
-        return sum(len(flow.held) for flow in self._holding.values())
 
     def get(self, key: Hashable) -> PendingFlow | None:
         flow = self._flows.get(key)
@@ -213,13 +211,20 @@ class FlowTable:
         while len(self._flows) > self.max_flows:
             _key, old = self._flows.popitem(last=False)
             self.evictions += 1
-            if self._holding.pop(old.key, None) is not None:
+            if self._unhold(old.key) is not None:
                 evicted.append(old)
         return evicted
+
+    def _unhold(self, key: Hashable) -> PendingFlow | None:
+        self.held_packets -= self._counted.pop(key, 0)
+        return self._holding.pop(key, None)
 
     def mark_holding(self, flow: PendingFlow) -> list[PendingFlow]:
         """Note that `flow` holds packets; return the oldest holders over the packet budget."""
         self._holding.setdefault(flow.key, flow)
+        now_held = len(flow.held)
+        self.held_packets += now_held - self._counted.get(flow.key, 0)
+        self._counted[flow.key] = now_held
         over = []
         if len(self._holding) > 1 and self.held_packets > self.max_held:
             oldest = next(iter(self._holding.values()))
@@ -229,11 +234,11 @@ class FlowTable:
 
     def settled(self, flow: PendingFlow) -> None:
         """The flow is decided; it stays known (late packets get the same verdict)."""
-        self._holding.pop(flow.key, None)
+        self._unhold(flow.key)
 
     def remove(self, key: Hashable) -> None:
         self._flows.pop(key, None)
-        self._holding.pop(key, None)
+        self._unhold(key)
 
     def expired(self, now: float, timeout: float) -> list[PendingFlow]:
         """Holding flows that have waited `timeout` seconds or more, oldest first."""

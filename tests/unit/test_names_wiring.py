@@ -299,12 +299,15 @@ def test_flow_table_evicts_least_recently_used_and_reports_holders() -> None:
     table.add(flows[0])
     flows[0].tcp_segment(1, b"\x16\x03\x01", "t", 0, 0.0)
     table.mark_holding(flows[0])
+    flows[0].tcp_segment(4, b"\x02\x00", "u", 0, 0.0)
+    table.mark_holding(flows[0])
+    assert table.held_packets == 2  # counted once per packet, not per call
     table.add(flows[1])
     assert table.get(0) is flows[0]  # touched: flows[1] is now the oldest
     assert table.add(flows[2]) == []  # flows[1] evicted, it held nothing
     assert table.get(1) is None and len(table) == 2
     assert table.add(PendingFlow(9, flows[0].packet, (), 1)) == [flows[0]]  # a holder
-    assert table.holding == 0
+    assert table.holding == 0 and table.held_packets == 0
 
 
 # ---------------------------------------------------------------- the pipeline
