@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -68,20 +67,17 @@ def compile_policy_dir(directory: str | Path) -> CompiledPolicySet:
     """Read, check and compile every policy file, as at start and on reload.
 
     The cyclic garbage collector is paused meanwhile: a build makes millions of objects and
-    no cycles, and each full collection it would set off scans every live object (the
-    running policy too) while holding the GIL: at 100k rules, seconds of the build and
-    pauses of the packet loop of up to ~0.7 s."""
-    with _collector_paused():
-        return CompiledPolicySet(load_policy_dir(directory))
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+    no cycles, and each collection it would set off scans them (full ones every live object,
+    the running policy too) while holding the GIL: at 100k rules, seconds of the build and
+    pauses of the packet loop of up to ~0.7 s. Before it runs again, what the build made is
+    frozen (gc.freeze, moved out of the collector's reach), else the first collection after
+    the pause would scan it all at once."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
+        return CompiledPolicySet(load_policy_dir(directory))
     finally:
+        gc.freeze()
         if was_enabled:
             gc.enable()
 
@@ -178,9 +174,6 @@ class Daemon:
                 metrics_server = serve(config.metrics, self.sources)
                 if config.control.socket:
                     control = ControlServer(config.control.socket, self._on_request)
-            # What is alive now, the policy above all, is immutable and acyclic: left out
-            # of later collections, which then do not rescan it and stall the packet loop.
-            gc.freeze()
             self._loop(queue, control)
         finally:
             self.notifier.stopping()
@@ -387,7 +380,6 @@ class Daemon:
             self.team.signal(signal.SIGHUP)  # each worker reloads the same files itself
         stats.policy_loaded_at = time.time()
         stats.policy_rules = engine.policies.source.rule_count
-        gc.freeze()  # see below, in run()
         log.info("reloaded: %d rules", stats.policy_rules)
         return {"ok": True, "rules": stats.policy_rules, "warnings": warnings}
 

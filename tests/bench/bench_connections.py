@@ -321,21 +321,22 @@ def metrics(lab: Lab) -> dict[str, float]:
     return dict(values)
 
 
-def web_events(lab: Lab) -> list[tuple[float, str, str, str]]:
-    """(wall-clock time, client, rule, action) of every audit event for a flow to the web
-    server, in the order decided."""
+def web_events(lab: Lab) -> list[tuple[float, str, str, str, str]]:
+    """(wall-clock time, client, rule, action, reason) of every audit event for a flow to
+    the web server, in the order decided."""
     found = []
     for event in lab.audit_events():
         if event.get("destination", {}).get("port") == 80:
             when = datetime.fromisoformat(event["@timestamp"].replace("Z", "+00:00"))
             found.append((when.timestamp(), event["nfguard"].get("client", "-"),
-                          event.get("rule", {}).get("name", "-"), event["event"]["action"]))
+                          event.get("rule", {}).get("name", "-"), event["event"]["action"],
+                          event["event"]["reason"]))
     return found
 
 
 def web_decisions(lab: Lab, until: float = float("inf")) -> Counter[tuple[str, str, str]]:
     """How many web flows each (client, rule, action) decided, up to wall-clock `until`."""
-    return Counter((c, r, a) for when, c, r, a in web_events(lab) if when < until)
+    return Counter((c, r, a) for when, c, r, a, _why in web_events(lab) if when < until)
 
 
 def verified(decided: Counter[tuple[str, str, str]], client_name: str, least: int,
@@ -611,8 +612,9 @@ def reload_under_load(lab: WebLab, body: int = 100_000, settle: float = 1.0) -> 
     stall = max((b - a for a, b in itertools.pairwise(sorted(times))), default=0.0)
     longest = max((d for s, d in zip(probed["starts"], probed["request"], strict=True)
                    if s + d >= hup - settle), default=0.0)
-    decided = Counter(e[1:] for e in events)
+    decided = Counter(e[1:4] for e in events)
     denied = sum(n for (_c, _r, action), n in decided.items() if action != "allow")
+    why = Counter(f"{c} {r} {reason}" for _t, c, r, a, reason in events if a != "allow")
     intended = decided[("wrk", "web/server", "allow")] + decided[("probe", "web/server",
                                                                     "allow")]
     ok = (not drops and not run.errors and not probed["failures"] and not denied
@@ -625,7 +627,8 @@ def reload_under_load(lab: WebLab, body: int = 100_000, settle: float = 1.0) -> 
                f"no decision for {stall:.2f} s (longest request {longest:.2f} s); "
                f"reloaded {reloaded - hup:.1f} s after SIGHUP; failed: wrk "
                f"{run.errors or 0}, probe {probed['failures']} of "
-               f"{len(probed['starts']) + probed['failures']:,}; denied {denied}; queue drops "
+               f"{len(probed['starts']) + probed['failures']:,}; denied {denied}"
+               f"{f' ({dict(why)})' if why else ''}; queue drops "
                f"{drops}; {intended:,} flows by the intended rule",
                "no verdict dropped, no flow failed", ok),
     ]
