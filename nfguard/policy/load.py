@@ -23,6 +23,7 @@ from nfguard.policy.model import (
     PortRange,
     Rule,
 )
+from nfguard.policy.networks import parse_network
 from nfguard.policy.patterns import NamePattern, is_pattern_text, parse_name_pattern
 from nfguard.policy.source import SourceMap
 
@@ -247,7 +248,7 @@ class _Builder:
                     source.problem(where, f"bad name pattern: {exc}", needle=entry)
                 continue
             try:
-                networks.append(ipaddress.ip_network(entry.strip(), strict=True))
+                networks.append(parse_network(entry.strip()))
             except ValueError as exc:
                 hint = ""
                 if "host bits set" in str(exc):

@@ -99,7 +99,7 @@ class CompiledPolicy:
                 self.any_destination.append(position)
             for network in rule.networks:
                 index = self.v4 if network.version == 4 else self.v6
-                index.add(int(network.network_address), network.prefixlen, position)
+                index.add(network.address, network.prefixlen, position)
             for pattern in rule.names:
                 self.names.add(pattern, position)
         self.v4.freeze()

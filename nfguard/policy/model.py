@@ -6,9 +6,9 @@ Everything here is immutable and already checked; `policy.load` builds it from T
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
+from nfguard.policy.networks import Network
 from nfguard.policy.patterns import NamePattern
 
 ALLOW = "allow"
@@ -19,8 +19,6 @@ MODES = ("enforce", "audit")
 
 # Keys a client's `match` table may use, and what they test (see policy.clients).
 MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
