@@ -15,6 +15,11 @@ ONE_LABEL = "*"
 ANY_LABELS = "**"
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+# A whole name of wildcards and valid labels: every label passes the check below, which
+# alone words the errors (and decides the rare texts this does not match).
+_WILDCARD_OR_LABEL = r"(?:\*\*?|(?!-)[a-z0-9_-]{1,63}(?<!-))"
+_VALID_NAME = re.compile(rf"(?:{_WILDCARD_OR_LABEL}\.)*{_WILDCARD_OR_LABEL}")
+_ASCII_LETTER_OR_STAR = re.compile(r"[A-Za-z*]")
 
 
 def normalize_name(name: str) -> str:
@@ -49,6 +54,8 @@ def parse_name_pattern(text: str) -> NamePattern:
     if len(name) > 253:
         raise ValueError(f"name {text!r} is longer than 253 characters")
     labels = tuple(name.split("."))
+    if _VALID_NAME.fullmatch(name):
+        return NamePattern(name, labels)
     for label in labels:
         if label in (ONE_LABEL, ANY_LABELS):
             continue
@@ -63,7 +70,11 @@ def parse_name_pattern(text: str) -> NamePattern:
 
 def is_pattern_text(text: str) -> bool:
     """A `to` entry is a name pattern when it is not an address or network."""
-    return any(c.isalpha() or c == "*" for c in text) and ":" not in text
+    if ":" in text:
+        return False
+    if text.isascii():
+        return _ASCII_LETTER_OR_STAR.search(text) is not None
+    return any(c.isalpha() or c == "*" for c in text)
 
 
 @lru_cache(maxsize=65536)
