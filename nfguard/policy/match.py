@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from nfguard.policy.collector import collector_paused
 from nfguard.policy.model import Policy, PolicySet, Rule
 from nfguard.policy.patterns import NamePattern, normalize_name
 
@@ -157,7 +158,8 @@ class CompiledPolicySet:
         # Hashing executables costs a read of each new binary: only when a client asks.
         self.matches_sha256 = any(key == "sha256" for client in self.clients
                                   for key, _value in client.match)
-        self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
+        with collector_paused():
+            self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
 
     def first_match(self, policy_names: Iterable[str], dest: Destination) -> RuleMatch | None:
         """First matching rule across a client's policies, tried in order."""
