@@ -105,6 +105,7 @@ class _Builder:
         self.policies: dict[str, Policy] = {}
         # (client, its index in its file, that file's map) for the reference check at the end.
         self.references: list[tuple[Client, int, SourceMap]] = []
+        self.port_sets: dict[frozenset[int], frozenset[int]] = {}
 
     def add_document(self, path: str, text: str) -> None:
         try:
@@ -219,17 +220,9 @@ class _Builder:
         proto = source.choice(raw, path, "proto", PROTOS)
         if len(self.problems) > before or action is None:
             return None
-        return Rule(
-            policy=policy,
-            name=f"{policy}/{label if label is not None else f'#{index + 1}'}",
-            action=action,
-            networks=networks,
-            names=names,
-            ports=ports,
-            port_ranges=ranges,
-            proto=proto,
-            location=source.location(path),
-        )
+        name = f"{policy}/{label}" if label is not None else f"{policy}/#{index + 1}"
+        return Rule(policy, name, action, networks, names, ports, ranges, proto,
+                    source.location(path))
 
     def _destinations(
         self, source: _Source, path: tuple, raw: dict[str, Any]
@@ -242,12 +235,11 @@ class _Builder:
         networks: list[Network] = []
         names: list[NamePattern] = []
         for entry in entries:
-            where = (*path, "to")
             if is_pattern_text(entry):
                 try:
                     names.append(parse_name_pattern(entry))
                 except ValueError as exc:
-                    source.problem(where, f"bad name pattern: {exc}", needle=entry)
+                    source.problem((*path, "to"), f"bad name pattern: {exc}", needle=entry)
                 continue
             try:
                 networks.append(parse_network(entry.strip()))
@@ -256,7 +248,7 @@ class _Builder:
                 if "host bits set" in str(exc):
                     fixed = ipaddress.ip_network(entry.strip(), strict=False)
                     hint = f"; did you mean {fixed}?"
-                source.problem(where, f"bad CIDR or address {entry!r}: {exc}{hint}",
+                source.problem((*path, "to"), f"bad CIDR or address {entry!r}: {exc}{hint}",
                                needle=entry)
         return tuple(networks), tuple(names)
 
@@ -284,7 +276,10 @@ class _Builder:
                     continue
             source.problem(where, f"bad port {item!r}: ports are 1-65535, or \"LOW-HIGH\"",
                            needle=str(item))
-        return (frozenset(singles) if singles else None), tuple(ranges)
+        if not singles:
+            return None, tuple(ranges)
+        ports = frozenset(singles)
+        return self.port_sets.setdefault(ports, ports), tuple(ranges)  # one per distinct set
 
 
 class _Source:

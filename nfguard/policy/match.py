@@ -52,7 +52,12 @@ class _PrefixIndex:
         self.masks: list[tuple[int, dict[int, list[int]]]] = []
 
     def add(self, network_int: int, prefix: int, position: int) -> None:
-        self.tables[prefix].setdefault(network_int, []).append(position)
+        table = self.tables[prefix]
+        positions = table.get(network_int)
+        if positions is None:
+            table[network_int] = [position]
+        else:
+            positions.append(position)
 
     def freeze(self) -> None:
         full = (1 << self.bits) - 1

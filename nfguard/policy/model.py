@@ -1,12 +1,15 @@
 """The validated policy model: clients -> ordered policies -> ordered rules.
 
 Everything here is immutable and already checked; `policy.load` builds it from TOML and
-`policy.match` compiles it into lookup indexes.
+`policy.match` compiles it into lookup indexes. What there is one of per rule is a named
+tuple, built several times faster than a frozen dataclass: a policy can have 100k rules,
+built on every start and reload.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from nfguard.policy.networks import Network
 from nfguard.policy.patterns import NamePattern
@@ -21,8 +24,7 @@ MODES = ("enforce", "audit")
 MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256")
 
 
-@dataclass(frozen=True, slots=True)
-class Location:
+class Location(NamedTuple):
     """Where a thing was written, so every message can point at it."""
 
     path: str
@@ -41,8 +43,7 @@ class PortRange:
         return isinstance(port, int) and self.low <= port <= self.high
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
+class Rule(NamedTuple):
     policy: str
     name: str  # as shown in audit events: "policy/rule", or "policy/#N" (1-based) if unnamed
     action: str

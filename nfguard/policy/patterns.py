@@ -8,8 +8,9 @@ patterns that share its literal suffix.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import sys
 from functools import lru_cache
+from typing import NamedTuple
 
 ONE_LABEL = "*"
 ANY_LABELS = "**"
@@ -27,20 +28,15 @@ def normalize_name(name: str) -> str:
     return name.strip().lower().rstrip(".")
 
 
-@dataclass(frozen=True, slots=True)
-class NamePattern:
+class NamePattern(NamedTuple):
     text: str  # as written, normalised
     labels: tuple[str, ...]
 
     @property
     def literal_suffix(self) -> str:
         """The labels after the last wildcard: every name the pattern matches ends with them."""
-        tail: list[str] = []
-        for label in reversed(self.labels):
-            if label in (ONE_LABEL, ANY_LABELS):
-                break
-            tail.append(label)
-        return ".".join(reversed(tail))
+        star = self.text.rfind("*")  # the end of the last wildcard, a label of its own
+        return self.text if star < 0 else self.text[star + 2:]
 
     def matches(self, name: str) -> bool:
         return _match_labels(self.labels, tuple(name.split(".")))
@@ -53,7 +49,7 @@ def parse_name_pattern(text: str) -> NamePattern:
         raise ValueError("empty name")
     if len(name) > 253:
         raise ValueError(f"name {text!r} is longer than 253 characters")
-    labels = tuple(name.split("."))
+    labels = tuple(map(sys.intern, name.split(".")))  # "com", "corp": one copy each
     if _VALID_NAME.fullmatch(name):
         return NamePattern(name, labels)
     for label in labels:

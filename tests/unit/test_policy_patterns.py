@@ -50,3 +50,16 @@ def test_pattern_or_address_as_defined(text: str) -> None:
     # A `to` entry is a name when it has a letter or a wildcard and no colon.
     assert is_pattern_text(text) == (any(c.isalpha() or c == "*" for c in text)
                                      and ":" not in text)
+
+
+@MANY
+@given(NAMES)
+def test_literal_suffix_is_the_labels_after_the_last_wildcard(text: str) -> None:
+    try:
+        pattern = parse_name_pattern(text)
+    except ValueError:
+        return
+    labels = list(pattern.labels)
+    while any(label in ("*", "**") for label in labels):
+        labels.pop(0)
+    assert pattern.literal_suffix == ".".join(labels)
