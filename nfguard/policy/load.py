@@ -344,4 +344,4 @@ class _Source:
             self.problem((*path, key), f"{key} must be one of {' | '.join(allowed)}, "
                          f"not {value!r}")
             return None
-        return value
+        return allowed[allowed.index(value)]  # the constant: one string, not one per rule

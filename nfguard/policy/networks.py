@@ -39,12 +39,15 @@ def parse_network(text: str) -> Network:
         packed = inet_pton(family, address)
     except (OSError, ValueError):  # not an address, or not text inet_pton takes
         packed = b""
-    if packed and inet_ntop(family, packed) == address and (
-        not slash or (prefix.isascii() and prefix.isdigit() and int(prefix) <= bits)
-    ):
-        length = int(prefix) if slash else bits
+    if packed and inet_ntop(family, packed) == address:
+        if not slash:
+            length = bits
+        elif prefix.isascii() and prefix.isdigit():
+            length = int(prefix)
+        else:
+            length = bits + 1  # not a prefix length: ipaddress says what it is
         value = int.from_bytes(packed, "big")
-        if not value & ((1 << (bits - length)) - 1):  # else: "host bits set", said below
-            return Network(version, value, length)
+        if length <= bits and not value & ((1 << (bits - length)) - 1):
+            return Network(version, value, length)  # else "host bits set" and others, below
     network = ipaddress.ip_network(text, strict=True)
     return Network(network.version, int(network.network_address), network.prefixlen)
