@@ -8,7 +8,6 @@ patterns that share its literal suffix.
 from __future__ import annotations
 
 import re
-import sys
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -49,7 +48,7 @@ def parse_name_pattern(text: str) -> NamePattern:
         raise ValueError("empty name")
     if len(name) > 253:
         raise ValueError(f"name {text!r} is longer than 253 characters")
-    labels = tuple(map(sys.intern, name.split(".")))  # "com", "corp": one copy each
+    labels = tuple(name.split("."))
     if _VALID_NAME.fullmatch(name):
         return NamePattern(name, labels)
     for label in labels:
