@@ -1,4 +1,4 @@
-"""Line numbers for TOML values: tomllib reports them only for syntax errors.
+"""Line numbers for TOML values: the parser reports them only for syntax errors.
 
 A light scan of the text records the line of every table header and key, by the path the
 parsed document gives that value ("policy", 0, "rule", 2, "to"), so a validation message
