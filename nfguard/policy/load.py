@@ -234,12 +234,13 @@ class _Builder:
             source.problem((*path, "to"), "'to' is empty: leave it out to match any destination")
         networks: list[Network] = []
         names: list[NamePattern] = []
+        where = (*path, "to")
         for entry in entries:
             if is_pattern_text(entry):
                 try:
                     names.append(parse_name_pattern(entry))
                 except ValueError as exc:
-                    source.problem((*path, "to"), f"bad name pattern: {exc}", needle=entry)
+                    source.problem(where, f"bad name pattern: {exc}", needle=entry)
                 continue
             try:
                 networks.append(parse_network(entry.strip()))
@@ -248,7 +249,7 @@ class _Builder:
                 if "host bits set" in str(exc):
                     fixed = ipaddress.ip_network(entry.strip(), strict=False)
                     hint = f"; did you mean {fixed}?"
-                source.problem((*path, "to"), f"bad CIDR or address {entry!r}: {exc}{hint}",
+                source.problem(where, f"bad CIDR or address {entry!r}: {exc}{hint}",
                                needle=entry)
         return tuple(networks), tuple(names)
 

@@ -1,9 +1,9 @@
 """The validated policy model: clients -> ordered policies -> ordered rules.
 
 Everything here is immutable and already checked; `policy.load` builds it from TOML and
-`policy.match` compiles it into lookup indexes. What there is one of per rule is a named
-tuple, built several times faster than a frozen dataclass: a policy can have 100k rules,
-built on every start and reload.
+`policy.match` compiles it into lookup indexes. The records made once per rule (Rule and
+its Location, NamePattern and Network) are named tuples, built several times faster than
+frozen dataclasses: a policy can have 100k rules, built on every start and reload.
 """
 
 from __future__ import annotations
