@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from nfguard.policy import document
 from nfguard.policy.load import PolicyError, Problem, parse_toml
 from nfguard.policy.model import Location
 from nfguard.policy.source import SourceMap
@@ -201,8 +201,8 @@ def control_socket(path: str | Path = DEFAULT_PATH) -> str:
     except PolicyError:
         pass
     try:
-        control = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("control")
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        control = document.loads(Path(path).read_text(encoding="utf-8")).get("control")
+    except (OSError, UnicodeDecodeError, document.TOMLDecodeError):
         control = None
     value = control.get("socket") if isinstance(control, dict) else None
     return value if isinstance(value, str) else ControlConfig().socket

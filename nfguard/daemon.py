@@ -39,6 +39,7 @@ from nfguard.metrics import Latency, Sources, Stats, serve
 from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
 from nfguard.peers import Peers
 from nfguard.pipeline import Pipeline, configure_name_cache, make_name_cache
+from nfguard.policy.collector import collector_paused
 from nfguard.policy.load import PolicyError, load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor
@@ -66,20 +67,15 @@ def build_engine(config: Config) -> Engine:
 def compile_policy_dir(directory: str | Path) -> CompiledPolicySet:
     """Read, check and compile every policy file, as at start and on reload.
 
-    The cyclic garbage collector is paused meanwhile: a build makes millions of objects and
-    no cycles, and each collection it would set off scans them (full ones every live object,
-    the running policy too) while holding the GIL: at 100k rules, seconds of the build and
-    pauses of the packet loop of up to ~0.7 s. Before it runs again, what the build made is
-    frozen (gc.freeze, moved out of the collector's reach), else the first collection after
-    the pause would scan it all at once."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return CompiledPolicySet(load_policy_dir(directory))
-    finally:
+    The build pauses the cyclic garbage collector (see policy.collector). Before it runs
+    again, what the build made is frozen (gc.freeze: left out of every later collection),
+    else its first collections would scan the whole new policy, and each full one later
+    would again, while holding the GIL and stalling the packet loop. The policy is
+    immutable and acyclic; reference counting still frees it when a reload replaces it."""
+    with collector_paused():
+        compiled = CompiledPolicySet(load_policy_dir(directory))
         gc.freeze()
-        if was_enabled:
-            gc.enable()
+    return compiled
 
 
 class RecentErrors(logging.Handler):

@@ -197,5 +197,4 @@ def _inside(ip: str, rule: Rule) -> bool:
     if not rule.networks:
         return False
     address = ipaddress.ip_address(ip)
-    return any(address in network for network in rule.networks
-               if network.version == address.version)
+    return any(network.contains(address) for network in rule.networks)

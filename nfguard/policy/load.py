@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nfguard.policy import document
+from nfguard.policy.collector import collector_paused
 from nfguard.policy.model import (
     ACTIONS,
     MATCH_KEYS,
@@ -23,6 +24,7 @@ from nfguard.policy.model import (
     PortRange,
     Rule,
 )
+from nfguard.policy.networks import parse_network
 from nfguard.policy.patterns import NamePattern, is_pattern_text, parse_name_pattern
 from nfguard.policy.source import SourceMap
 
@@ -52,10 +54,10 @@ class PolicyError(Exception):
 
 
 def parse_toml(text: str, path: str) -> dict[str, Any]:
-    """tomllib, with its syntax errors turned into a Problem that names file and line."""
+    """TOML, with its syntax errors turned into a Problem that names file and line."""
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        return document.loads(text)
+    except document.TOMLDecodeError as exc:
         found = _TOML_LINE.search(str(exc))
         line = int(found.group(1)) if found else max(1, len(text.splitlines()))
         message = _AT_END.sub("", _TOML_LINE.sub("", str(exc))).strip()
@@ -89,10 +91,11 @@ def parse_policy_texts(documents: Iterable[tuple[str, str]]) -> PolicySet:
     """Parse (path, text) pairs as one policy set: names are global across files."""
     builder = _Builder()
     paths = []
-    for path, text in documents:
-        paths.append(path)
-        builder.add_document(path, text)
-    return builder.finish(tuple(paths))
+    with collector_paused():
+        for path, text in documents:
+            paths.append(path)
+            builder.add_document(path, text)
+        return builder.finish(tuple(paths))
 
 
 class _Builder:
@@ -102,6 +105,7 @@ class _Builder:
         self.policies: dict[str, Policy] = {}
         # (client, its index in its file, that file's map) for the reference check at the end.
         self.references: list[tuple[Client, int, SourceMap]] = []
+        self.port_sets: dict[frozenset[int], frozenset[int]] = {}
 
     def add_document(self, path: str, text: str) -> None:
         try:
@@ -216,17 +220,9 @@ class _Builder:
         proto = source.choice(raw, path, "proto", PROTOS)
         if len(self.problems) > before or action is None:
             return None
-        return Rule(
-            policy=policy,
-            name=f"{policy}/{label if label is not None else f'#{index + 1}'}",
-            action=action,
-            networks=networks,
-            names=names,
-            ports=ports,
-            port_ranges=ranges,
-            proto=proto,
-            location=source.location(path),
-        )
+        name = f"{policy}/{label}" if label is not None else f"{policy}/#{index + 1}"
+        return Rule(policy, name, action, networks, names, ports, ranges, proto,
+                    source.location(path))
 
     def _destinations(
         self, source: _Source, path: tuple, raw: dict[str, Any]
@@ -238,8 +234,8 @@ class _Builder:
             source.problem((*path, "to"), "'to' is empty: leave it out to match any destination")
         networks: list[Network] = []
         names: list[NamePattern] = []
+        where = (*path, "to")
         for entry in entries:
-            where = (*path, "to")
             if is_pattern_text(entry):
                 try:
                     names.append(parse_name_pattern(entry))
@@ -247,7 +243,7 @@ class _Builder:
                     source.problem(where, f"bad name pattern: {exc}", needle=entry)
                 continue
             try:
-                networks.append(ipaddress.ip_network(entry.strip(), strict=True))
+                networks.append(parse_network(entry.strip()))
             except ValueError as exc:
                 hint = ""
                 if "host bits set" in str(exc):
@@ -281,7 +277,10 @@ class _Builder:
                     continue
             source.problem(where, f"bad port {item!r}: ports are 1-65535, or \"LOW-HIGH\"",
                            needle=str(item))
-        return (frozenset(singles) if singles else None), tuple(ranges)
+        if not singles:
+            return None, tuple(ranges)
+        ports = frozenset(singles)
+        return self.port_sets.setdefault(ports, ports), tuple(ranges)  # one per distinct set
 
 
 class _Source:
@@ -346,4 +345,4 @@ class _Source:
             self.problem((*path, key), f"{key} must be one of {' | '.join(allowed)}, "
                          f"not {value!r}")
             return None
-        return value
+        return allowed[allowed.index(value)]  # the constant: one string, not one per rule

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from nfguard.policy.collector import collector_paused
 from nfguard.policy.model import Policy, PolicySet, Rule
 from nfguard.policy.patterns import NamePattern, normalize_name
 
@@ -52,7 +53,12 @@ class _PrefixIndex:
         self.masks: list[tuple[int, dict[int, list[int]]]] = []
 
     def add(self, network_int: int, prefix: int, position: int) -> None:
-        self.tables[prefix].setdefault(network_int, []).append(position)
+        table = self.tables[prefix]
+        positions = table.get(network_int)
+        if positions is None:
+            table[network_int] = [position]
+        else:
+            positions.append(position)
 
     def freeze(self) -> None:
         full = (1 << self.bits) - 1
@@ -100,7 +106,7 @@ class CompiledPolicy:
                 self.any_destination.append(position)
             for network in rule.networks:
                 index = self.v4 if network.version == 4 else self.v6
-                index.add(int(network.network_address), network.prefixlen, position)
+                index.add(network.address, network.prefixlen, position)
             for pattern in rule.names:
                 self.names.add(pattern, position)
         self.v4.freeze()
@@ -158,7 +164,8 @@ class CompiledPolicySet:
         # Hashing executables costs a read of each new binary: only when a client asks.
         self.matches_sha256 = any(key == "sha256" for client in self.clients
                                   for key, _value in client.match)
-        self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
+        with collector_paused():
+            self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
         # Answers by (policies, destination): a busy client opens flow after flow to the
         # same few destinations, and the set is immutable (a reload builds a new one).
         # Emptied when full, which bounds it without an LRU's per-hit bookkeeping.

@@ -8,13 +8,18 @@ patterns that share its literal suffix.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 ONE_LABEL = "*"
 ANY_LABELS = "**"
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
+# A whole name of wildcards and valid labels: every label passes the check below, which
+# alone words the errors (and decides the rare texts this does not match).
+_WILDCARD_OR_LABEL = r"(?:\*\*?|(?!-)[a-z0-9_-]{1,63}(?<!-))"
+_VALID_NAME = re.compile(rf"(?:{_WILDCARD_OR_LABEL}\.)*{_WILDCARD_OR_LABEL}")
+_ASCII_LETTER_OR_STAR = re.compile(r"[A-Za-z*]")
 
 
 def normalize_name(name: str) -> str:
@@ -22,20 +27,15 @@ def normalize_name(name: str) -> str:
     return name.strip().lower().rstrip(".")
 
 
-@dataclass(frozen=True, slots=True)
-class NamePattern:
+class NamePattern(NamedTuple):
     text: str  # as written, normalised
     labels: tuple[str, ...]
 
     @property
     def literal_suffix(self) -> str:
         """The labels after the last wildcard: every name the pattern matches ends with them."""
-        tail: list[str] = []
-        for label in reversed(self.labels):
-            if label in (ONE_LABEL, ANY_LABELS):
-                break
-            tail.append(label)
-        return ".".join(reversed(tail))
+        star = self.text.rfind("*")  # the end of the last wildcard, a label of its own
+        return self.text if star < 0 else self.text[star + 2:]
 
     def matches(self, name: str) -> bool:
         return _match_labels(self.labels, tuple(name.split(".")))
@@ -49,6 +49,8 @@ def parse_name_pattern(text: str) -> NamePattern:
     if len(name) > 253:
         raise ValueError(f"name {text!r} is longer than 253 characters")
     labels = tuple(name.split("."))
+    if _VALID_NAME.fullmatch(name):
+        return NamePattern(name, labels)
     for label in labels:
         if label in (ONE_LABEL, ANY_LABELS):
             continue
@@ -63,7 +65,11 @@ def parse_name_pattern(text: str) -> NamePattern:
 
 def is_pattern_text(text: str) -> bool:
     """A `to` entry is a name pattern when it is not an address or network."""
-    return any(c.isalpha() or c == "*" for c in text) and ":" not in text
+    if ":" in text:
+        return False
+    if text.isascii():
+        return _ASCII_LETTER_OR_STAR.search(text) is not None
+    return any(c.isalpha() or c == "*" for c in text)
 
 
 @lru_cache(maxsize=65536)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import pytest
@@ -90,9 +89,7 @@ def test_valid_policy_dir_in_file_name_order_with_global_policy_ids(tmp_path: Pa
     assert first.proto == "tcp"
     assert first.ports == frozenset({443})
     assert first.port_ranges == (PortRange(8000, 8099),)
-    assert first.networks == (
-        ipaddress.ip_network("140.82.112.0/20"), ipaddress.ip_network("2606:50c0::/32"),
-    )
+    assert [str(n) for n in first.networks] == ["140.82.112.0/20", "2606:50c0::/32"]
     assert [p.text for p in first.names] == ["github.com", "*.github.com"]
     assert str(first.location) == f"{tmp_path / '10-a.toml'}:9"
     # Unnamed rules are shown by their 1-based index.

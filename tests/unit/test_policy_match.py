@@ -20,7 +20,7 @@ from nfguard.policy.match import (
     Destination,
     destination_names,
 )
-from nfguard.policy.model import Location, Policy, PortRange, Rule
+from nfguard.policy.model import Location, Network, Policy, PortRange, Rule
 from nfguard.policy.patterns import normalize_name, parse_name_pattern
 
 
@@ -416,15 +416,18 @@ def _random_rule_constraints(rng: random.Random) -> dict:
     return {"proto": rng.choice(("tcp", "udp"))}
 
 
-def _random_network(rng: random.Random, version: int) -> ipaddress.IPv4Network | \
-        ipaddress.IPv6Network:
+def _random_network(rng: random.Random, version: int) -> Network:
     bits = 32 if version == 4 else 128
     if version == 4:
         prefix = rng.choice([8, 10, 12, 16, 16, 20, 22, 24, 24, 24, 26, 28, 30, 32, 32])
     else:
         prefix = rng.choice([16, 24, 32, 32, 40, 48, 48, 56, 64, 64, 96, 128])
     address = rng.getrandbits(bits) & ~((1 << (bits - prefix)) - 1)
-    return ipaddress.ip_network((address, prefix))
+    return Network(version, address, prefix)
+
+
+def _size(network: Network) -> int:
+    return 1 << ((32 if network.version == 4 else 128) - network.prefixlen)
 
 
 class Reference:
@@ -440,8 +443,8 @@ class Reference:
         for position, rule in enumerate(rules):
             for network in rule.networks:
                 keys = by_version[network.version]
-                low = int(network.network_address)
-                high = int(network.broadcast_address)
+                low = network.address
+                high = low + _size(network) - 1
                 for i in range(bisect.bisect_left(keys, low), bisect.bisect_right(keys, high)):
                     hits = self.containing[(network.version, keys[i])]
                     self.entries[(network.version, keys[i])] += 1
@@ -465,8 +468,7 @@ def _addresses(rng: random.Random, networks: list, version: int, count: int) -> 
             out.append(rng.getrandbits(bits))
         else:
             network = rng.choice(networks)
-            out.append(int(network.network_address)
-                       + rng.randrange(network.num_addresses))
+            out.append(network.address + rng.randrange(_size(network)))
     return out
 
 

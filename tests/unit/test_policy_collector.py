@@ -1,0 +1,60 @@
+"""The collector pause around a policy build: nests, and leaves the collector as it was."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+
+from nfguard.policy.collector import collector_paused
+
+
+@pytest.fixture(autouse=True)
+def collector_on() -> object:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    if not was:
+        gc.disable()
+
+
+def test_paused_inside_and_running_after() -> None:
+    with collector_paused():
+        assert not gc.isenabled()
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+
+
+def test_running_after_an_error() -> None:
+    with pytest.raises(ValueError), collector_paused():
+        raise ValueError("bad policy")
+    assert gc.isenabled()
+
+
+def test_left_off_when_it_was_off() -> None:
+    gc.disable()
+    with collector_paused():
+        pass
+    assert not gc.isenabled()
+
+
+def test_overlapping_pauses_in_two_threads() -> None:
+    inside, release = threading.Event(), threading.Event()
+
+    def build() -> None:
+        with collector_paused():
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    assert inside.wait(5)
+    with collector_paused():
+        pass
+    assert not gc.isenabled()  # the other build is still running
+    release.set()
+    thread.join(5)
+    assert gc.isenabled()
