@@ -236,11 +236,15 @@ class Attributor:
         if ev is None:
             return 0
         events = ev.drain()
-        if ev.lost:  # the kernel dropped events: no membership can be trusted
+        if ev.lost:  # the kernel dropped events: no membership nor process can be trusted
             ev.lost = False
             self._members.clear()
+            self._procs.clear()
         for pid in self._members.apply(events):
             self._fds.drop(pid)
+        for event in events:
+            if event.kind == "exec":  # a new program: what was read of the process is stale
+                self._procs.pop(event.pid)
         self.counters.events += len(events)
         return len(events)
 
@@ -319,7 +323,7 @@ class Attributor:
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
 
-        entry = self._entry(pid, proven, cg_path is None)
+        entry = self._entry(pid, proven, cg_path is None, watched=not proven)
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
@@ -412,6 +416,9 @@ class Attributor:
             return None
         pid, fd, scanned = res
         self.counters.pids_scanned += scanned
+        # Found by path, not through a kept fd directory: one kept for this pid may belong
+        # to a process that exited since, and must not vouch for the one found (_entry).
+        self._fds.drop(pid)
         return pid, fd
 
     def _load(self, cg_path: str, cgroup_id: int | None) -> Group | None:
@@ -461,22 +468,28 @@ class Attributor:
             c.pids_scanned += 1
         return None
 
-    def _entry(self, pid: int, proven: bool, want_cgroup: bool) -> _ProcEntry | None:
+    def _entry(self, pid: int, proven: bool, want_cgroup: bool,
+               watched: bool = False) -> _ProcEntry | None:
         """Process info for pid, from cache when the exe link and start time still match.
 
         `proven`: the pid was just shown to hold the flow's socket through a cached fd, so
         only an exec can have changed it; the exe link check is enough. So it is when the
         socket was found through the same kept fd directory the entry was read with.
+        `watched`: process events were drained during this lookup; an exec would have
+        dropped the entry, so with the same kept fd directory nothing needs reading.
         `want_cgroup`: the socket's cgroup is unknown, so read the process's (skipped
         otherwise: ~10 µs).
         """
-        link = self._proc.exe_link(pid)
         entry = self._procs.get(pid)
         serial = self._fds.serial(pid)
         if entry is not None and want_cgroup and entry.cgroup is None:
             entry = None
+        same_process = entry is not None and serial is not None and serial == entry.fd_serial
+        if same_process and watched and self._events is not None:
+            return entry
+        link = self._proc.exe_link(pid)
         if entry is not None and entry.exe_link == link:
-            if proven or (serial is not None and serial == entry.fd_serial):
+            if proven or same_process:
                 return entry
             st = self._proc.stat(pid)
             if st is not None and st.starttime == entry.starttime:

@@ -807,3 +807,31 @@ def test_attributor_finds_a_busy_client_without_rereading_cgroup_procs(
     after = attr.stats()
     assert after["procs_reads"] == before["procs_reads"]
     assert after["pids_probed"] - before["pids_probed"] == 10
+
+
+def test_attributor_with_events_rereads_a_known_process_only_after_an_exec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With process events, a process found again through the same kept fd directory is
+    taken from the cache without a read; its exec event makes the next lookup read it."""
+    proc, cg = tmp_path / "proc", tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag, ev = FakeDiag(), FakeEvents()
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag, events=ev)  # type: ignore[arg-type]
+    nginx = "/system.slice/nginx.service"
+    _fake_proc(proc, 100, exe="/usr/sbin/nginx", argv=["nginx"], ppid=1, sockets={3: 1000})
+    (cg / nginx[1:] / "cgroup.procs").write_text("100\n")
+    f = _answer(diag, 1000, ids[nginx])
+    assert attr.lookup(f[0], 4, *f[1:]).exe == "/usr/sbin/nginx"
+    read: list[int] = []
+    real = ProcReader.exe_link
+    monkeypatch.setattr(ProcReader, "exe_link",
+                        lambda self, pid: read.append(pid) or real(self, pid))
+    (proc / "100" / "fd" / "4").symlink_to("socket:[1001]")
+    f = _answer(diag, 1001, ids[nginx])
+    assert attr.lookup(f[0], 4, *f[1:]).pid == 100 and read == []
+    _fake_proc(proc, 100, exe="/usr/bin/python3", argv=["python3"], ppid=1, sockets={5: 1002})
+    ev.queue = [ProcEvent("exec", 100)]
+    f = _answer(diag, 1002, ids[nginx])
+    info = attr.lookup(f[0], 4, *f[1:])
+    assert info.exe == "/usr/bin/python3" and info.cmdline == ("python3",) and read[0] == 100
