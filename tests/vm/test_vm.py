@@ -68,6 +68,31 @@ def test_e2e_suite_in_a_stock_kernel_uses_the_native_queue(
                 print(f"    {line}")
 
 
+def test_unit_under_systemd_in_a_stock_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+    """systemd as init in the guest: the shipped unit starts (READY=1), reloads, rejects a
+    broken policy and keeps running, is restarted by the watchdog when hung, and stops."""
+    missing = runner().missing_prerequisites(systemd=True)
+    if missing:
+        skip_or_fail("the systemd VM test needs " + "; ".join(missing))
+    result = subprocess.run([sys.executable, str(RUNNER), "--systemd", "--timeout", "900"],
+                            cwd=RUNNER.parent.parent, capture_output=True, text=True,
+                            timeout=1000)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert re.search(r"^vm-test: guest kernel \S+, init systemd, systemd \d+", out, re.M), out
+    checks = re.findall(r"^vm-test: (ok|FAILED): (.*)$", out, re.M)
+    assert [name for state, name in checks if state == "FAILED"] == [], out
+    names = " ".join(name for _, name in checks)
+    for step in ("systemctl start", "native nft queue", "systemctl reload", "broken policy",
+                 "watchdog and restarted", "systemctl stop"):
+        assert step in names, f"{step!r} was not checked:\n{out}"
+    with capsys.disabled():
+        print()
+        for line in out.splitlines():
+            if line.startswith("vm-test: "):
+                print(f"    {line}")
+
+
 def test_vagrantfile_is_valid(tmp_path: Path) -> None:
     if shutil.which("vagrant") is None:
         skip_or_fail("vagrant is not installed (apt: vagrant, vagrant-libvirt)")
