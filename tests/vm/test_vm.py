@@ -39,21 +39,36 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def test_e2e_suite_in_a_stock_kernel_uses_the_native_queue(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+@pytest.fixture(scope="module")
+def vm_run() -> str:
+    """One boot for both tests: systemd as init, the e2e subset, then the unit checks."""
     missing = runner().missing_prerequisites()
     if missing:
         skip_or_fail("the VM test needs " + "; ".join(missing))
-    result = subprocess.run([sys.executable, str(RUNNER), "--timeout", "1200"],
+    result = subprocess.run([sys.executable, str(RUNNER), "--systemd", "--timeout", "1800"],
                             cwd=RUNNER.parent.parent, capture_output=True, text=True,
-                            timeout=1300)
+                            timeout=1900)
     out = result.stdout + result.stderr
-    assert result.returncode == 0, out
+    assert re.search(r"^vm-test: guest \S+ exited \d+ after \d+ s$", out, re.M), out
+    return out
+
+
+def show(lines: list[str]) -> None:
+    """What the guest proved, in the CI log even when all is well."""
+    print()
+    for line in lines:
+        print(f"    {line}")
+
+
+def test_e2e_suite_in_a_stock_kernel_uses_the_native_queue(
+    vm_run: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = vm_run.partition("vm-test: systemd unit checks\n")[0]
     guest_kernel = re.search(r"^vm-test: guest kernel (\S+),", out, re.M)
     assert guest_kernel, out
     assert guest_kernel[1] != os.uname().release, "the guest must boot its own kernel"
     assert "nfguard install --dry-run: # queue path: native nft queue" in out, out
+    assert re.search(r"^vm-test: guest suite exited 0 after \d+ s$", out, re.M), out
     engines = re.search(r"^vm-test: engines started in the guest: (\d+) on the native nft "
                         r"queue path, (\d+) on the xt NFQUEUE fallback$", out, re.M)
     assert engines, out
@@ -61,36 +76,50 @@ def test_e2e_suite_in_a_stock_kernel_uses_the_native_queue(
     summary = re.search(r"^=+ (\d+) passed in [^=]+=+$", out, re.M)
     assert summary and int(summary[1]) > 0, out
     assert not re.search(r"^(FAILED|ERROR) ", out, re.M), out
-    with capsys.disabled():  # what the guest proved, in the CI log even when all is well
-        print()
-        for line in out.splitlines():
-            if line.startswith("vm-test: ") or " PASSED" in line:
-                print(f"    {line}")
+    with capsys.disabled():
+        show([line for line in out.splitlines()
+              if line.startswith("vm-test: ") or " PASSED" in line])
 
 
-def test_unit_under_systemd_in_a_stock_kernel(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unit_under_systemd_in_a_stock_kernel(
+    vm_run: str, capsys: pytest.CaptureFixture[str],
+) -> None:
     """systemd as init in the guest: the shipped unit starts (READY=1), reloads, rejects a
     broken policy and keeps running, is restarted by the watchdog when hung, and stops."""
-    missing = runner().missing_prerequisites(systemd=True)
-    if missing:
-        skip_or_fail("the systemd VM test needs " + "; ".join(missing))
-    result = subprocess.run([sys.executable, str(RUNNER), "--systemd", "--timeout", "900"],
-                            cwd=RUNNER.parent.parent, capture_output=True, text=True,
-                            timeout=1000)
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
-    assert re.search(r"^vm-test: guest kernel \S+, init systemd, systemd \d+", out, re.M), out
+    assert re.search(r"^vm-test: guest kernel \S+, \d+ CPUs, init systemd, systemd \d+",
+                     vm_run, re.M), vm_run
+    _, marker, out = vm_run.partition("vm-test: systemd unit checks\n")
+    assert marker, vm_run
     checks = re.findall(r"^vm-test: (ok|FAILED): (.*)$", out, re.M)
-    assert [name for state, name in checks if state == "FAILED"] == [], out
+    assert [name for state, name in checks if state == "FAILED"] == [], vm_run
     names = " ".join(name for _, name in checks)
-    for step in ("systemctl start", "native nft queue", "systemctl reload", "broken policy",
-                 "watchdog and restarted", "systemctl stop"):
-        assert step in names, f"{step!r} was not checked:\n{out}"
+    for step in ("is systemd/nfguard.service", "systemctl start", "native nft queue",
+                 "systemctl reload", "broken policy", "watchdog and restarted",
+                 "systemctl stop"):
+        assert step in names, f"{step!r} was not checked:\n{vm_run}"
+    assert re.search(r"^vm-test: systemd checks: 0 failed$", out, re.M), vm_run
     with capsys.disabled():
-        print()
-        for line in out.splitlines():
-            if line.startswith("vm-test: "):
-                print(f"    {line}")
+        show([line for line in out.splitlines() if line.startswith("vm-test: ")])
+
+
+def test_sandbox_dropin_binds_only_what_the_unit_hides() -> None:
+    dropin = runner().sandbox_dropin
+    assert dropin(["/work/project", "/opt/venv"]) == []
+    assert dropin(["/var/tmp/ci.1"]) == [
+        ("BindReadOnlyPaths=/var/tmp/ci.1", "PrivateTmp=yes hides /var/tmp")]
+    settings = [setting for setting, _ in dropin(
+        ["/root/.pyenv/versions/3.11.7", "/tmp/ci.2", "/home/me/nfguard"])]
+    assert settings == ["ProtectHome=tmpfs", "BindReadOnlyPaths=/root/.pyenv/versions/3.11.7",
+                        "BindReadOnlyPaths=/tmp/ci.2", "BindReadOnlyPaths=/home/me/nfguard"]
+    assert dropin(["/tmpfoo/x", "/rooted"]) == []
+
+
+def test_runtime_dirs_are_the_project_venv_and_interpreter_outside_usr() -> None:
+    module = runner()
+    root = str(module.ROOT)
+    assert module.runtime_dirs(f"{root}/.venv", "/usr") == [root]
+    assert module.runtime_dirs("/opt/venv", "/opt/python") == sorted(
+        [root, "/opt/venv", "/opt/python"])
 
 
 def test_vagrantfile_is_valid(tmp_path: Path) -> None:
