@@ -52,7 +52,10 @@ make_venv() {  # make_venv DIR PIP-INSTALL-ARGS...
     shift
     if [ ! -x "$venv/bin/python" ]; then
         log "creating $venv"
-        python3 -m venv "$venv"
+        # Debian's interpreter (the python3 package), not whatever python3 comes first on
+        # PATH: one under /root or /home would be hidden from the systemd unit's sandbox
+        # (ProtectHome=yes), and python3-dev's headers are the ones NetfilterQueue builds with.
+        /usr/bin/python3 -m venv "$venv"
         "$venv/bin/pip" install -q --upgrade pip
     fi
     log "pip: installing $* into $venv"
