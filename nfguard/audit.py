@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from nfguard.engine import Decision
+from nfguard.lru import Memo
 from nfguard.procs import ProcessInfo
 from nfguard.wire.ip import Packet
 
@@ -75,8 +76,7 @@ def audit_event(
     return event
 
 
-_PROCESS_MEMO_MAX = 4096
-_process_memo: dict[tuple, dict[str, Any]] = {}
+_process_memo: Memo[tuple, dict[str, Any]] = Memo(4096)
 
 
 def _process_fields(process: ProcessInfo) -> dict[str, Any]:
@@ -85,9 +85,7 @@ def _process_fields(process: ProcessInfo) -> dict[str, Any]:
            process.sha256, process.uid, process.user)
     fields = _process_memo.get(key)
     if fields is None:
-        if len(_process_memo) >= _PROCESS_MEMO_MAX:
-            _process_memo.clear()
-        fields = _process_memo[key] = _build_process_fields(process)
+        fields = _process_memo.put(key, _build_process_fields(process))
     return fields
 
 

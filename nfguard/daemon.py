@@ -16,7 +16,6 @@ in the kernel's ct mark); flows waiting for a name keep their state.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import selectors
@@ -65,17 +64,10 @@ def build_engine(config: Config) -> Engine:
 
 
 def compile_policy_dir(directory: str | Path) -> CompiledPolicySet:
-    """Read, check and compile every policy file, as at start and on reload.
-
-    The build pauses the cyclic garbage collector (see policy.collector). Before it runs
-    again, what the build made is frozen (gc.freeze: left out of every later collection),
-    else its first collections would scan the whole new policy, and each full one later
-    would again, while holding the GIL and stalling the packet loop. The policy is
-    immutable and acyclic; reference counting still frees it when a reload replaces it."""
+    """Read, check and compile every policy file, as at start and on reload, in one
+    collector pause (see policy.collector: what the build made is frozen at its end)."""
     with collector_paused():
-        compiled = CompiledPolicySet(load_policy_dir(directory))
-        gc.freeze()
-    return compiled
+        return CompiledPolicySet(load_policy_dir(directory))
 
 
 class RecentErrors(logging.Handler):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from nfguard.config import EngineConfig
+from nfguard.lru import Memo
 from nfguard.policy.clients import Process, client_matches, match_key
 from nfguard.policy.match import (
     DEFAULT,
@@ -35,7 +36,7 @@ QUIC = "quic"  # the server_name of the ClientHello inside a QUIC Initial
 HOST = "host"  # HTTP request Host
 
 QUIC_PORT = 443
-CLIENT_MEMO_MAX = 4096  # process identities whose client is remembered (emptied when full)
+CLIENT_MEMO_MAX = 4096  # process identities whose client is remembered
 
 
 class Decision(NamedTuple):
@@ -58,7 +59,7 @@ class Engine:
         self.settings = settings
         self.policies = policies
         self.verify = verify  # anti-fronting ([names] verify)
-        self._clients: dict[tuple | None, Client | None] = {}  # see client_for
+        self._clients: Memo[tuple | None, Client | None] = Memo(CLIENT_MEMO_MAX)
 
     def decide(
         self,
@@ -161,14 +162,10 @@ class Engine:
         """The first client whose match table holds for the process (clients are ordered).
         Remembered per process identity: one busy program opens flow after flow."""
         key = None if process is None else match_key(process)
-        memo = self._clients
-        if key in memo:
-            return memo[key]
-        found = next((c for c in self.policies.clients if client_matches(c, process)), None)
-        if len(memo) >= CLIENT_MEMO_MAX:
-            memo.clear()
-        memo[key] = found
-        return found
+        if key in self._clients:
+            return self._clients[key]
+        return self._clients.put(
+            key, next((c for c in self.policies.clients if client_matches(c, process)), None))
 
     def unparseable(self) -> Decision:
         """A packet we cannot read is never let through silently in enforce mode."""

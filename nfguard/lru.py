@@ -1,4 +1,5 @@
-"""A small bounded mapping: the least recently used entry goes first, and is counted."""
+"""Small bounded mappings: an LRU (the least recently used entry goes first, and is
+counted), and a memo of answers that is emptied when full."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ class LRU(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._d)
+
+
+class Memo(dict[K, V]):
+    """Remembered answers, emptied when full: bounded without an LRU's bookkeeping on every
+    hit (a hit is a plain dict lookup), for answers that are cheap to work out again."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = max(1, cap)
+
+    def put(self, key: K, value: V) -> V:
+        if len(self) >= self.cap:
+            self.clear()
+        self[key] = value
+        return value

@@ -6,6 +6,11 @@ and the rest of the daemon): 1.6 s of a 3.6 s load, in pauses of up to 0.2 s tha
 GIL, so the packet thread stalls while a reload builds. Paused, nothing is lost: reference
 counting frees what it always freed, and collections go on as due once the build is done.
 The collector is process-wide, so pauses nest and end with the last one.
+
+When the last one ends well, what is alive is frozen first (gc.freeze: left out of every
+later collection), else the first collections would scan the whole new policy at once,
+and each full one later would again. Reference counting still frees a replaced policy.
+After an error nothing is frozen: a traceback's reference cycles must stay collectable.
 """
 
 from __future__ import annotations
@@ -28,10 +33,15 @@ def collector_paused() -> Iterator[None]:
             _was_enabled = gc.isenabled()
             gc.disable()
         _pauses += 1
+    ok = False
     try:
         yield
+        ok = True
     finally:
         with _lock:
             _pauses -= 1
-            if _pauses == 0 and _was_enabled:
-                gc.enable()
+            if _pauses == 0:
+                if ok:
+                    gc.freeze()
+                if _was_enabled:
+                    gc.enable()

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from nfguard.lru import Memo
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.model import Policy, PolicySet, Rule
 from nfguard.policy.patterns import NamePattern, normalize_name
@@ -168,8 +169,7 @@ class CompiledPolicySet:
             self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
         # Answers by (policies, destination): a busy client opens flow after flow to the
         # same few destinations, and the set is immutable (a reload builds a new one).
-        # Emptied when full, which bounds it without an LRU's per-hit bookkeeping.
-        self._memo: dict[tuple, tuple[RuleMatch | None, bool]] = {}
+        self._memo: Memo[tuple, tuple[RuleMatch | None, bool]] = Memo(MATCH_MEMO_MAX)
 
     def first_match(self, policy_names: Iterable[str], dest: Destination) -> RuleMatch | None:
         """First matching rule across a client's policies, tried in order."""
@@ -182,13 +182,9 @@ class CompiledPolicySet:
         if not isinstance(policy_names, tuple):
             policy_names = tuple(policy_names)
         key = (policy_names, dest)
-        memo = self._memo
-        answer = memo.get(key)
+        answer = self._memo.get(key)
         if answer is None:
-            answer = self._match_and_pending(policy_names, dest)
-            if len(memo) >= MATCH_MEMO_MAX:
-                memo.clear()
-            memo[key] = answer
+            answer = self._memo.put(key, self._match_and_pending(policy_names, dest))
         return answer
 
     def _match_and_pending(

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from nfguard.lru import LRU
+from nfguard.lru import LRU, Memo
 from nfguard.procs.cgroups import CgroupMap, find_cgroup2_root, unit_from_path
 from nfguard.procs.cnproc import ProcEvent, ProcEvents
 from nfguard.procs.exehash import ExeHashes
@@ -183,7 +183,7 @@ class Attributor:
         self._procs: LRU[int, _ProcEntry] = LRU(proc_cache_size)
         self._users: LRU[int, tuple[str | None]] = LRU(4096)
         self._groups: LRU[int, tuple[str | None]] = LRU(4096)
-        self._units: dict[str | None, str | None] = {}
+        self._units: Memo[str | None, str | None] = Memo(4096)
         self._hashes = ExeHashes(proc_root)
         if events is None:
             events = proc_root == "/proc"
@@ -353,13 +353,9 @@ class Attributor:
 
     def _unit(self, cgroup: str | None) -> str | None:
         """unit_from_path, remembered: a busy host has a few hundred cgroups at most."""
-        units = self._units
-        if cgroup in units:
-            return units[cgroup]
-        if len(units) >= 4096:
-            units.clear()
-        unit = units[cgroup] = unit_from_path(cgroup)
-        return unit
+        if cgroup in self._units:
+            return self._units[cgroup]
+        return self._units.put(cgroup, unit_from_path(cgroup))
 
     def _learn(self, inode: int, pid: int, fd: int) -> None:
         self._inodes.put(inode, (pid, fd))
@@ -443,15 +439,15 @@ class Attributor:
         The first HINTED_PIDS pids (the likeliest) get their oldest sockets re-read first
         (a full read starts there anyway)."""
         c = self.counters
-        probed_before = c.pids_probed
-        listed = 0
+        listed = probed = 0
         for pid in order:
             if pid in tried:
                 continue
             if listed >= self.scan_limit:
                 break
             tried.add(pid)
-            hint = HINTED_FDS if not full and c.pids_probed - probed_before < HINTED_PIDS else 0
+            hint = HINTED_FDS if not full and probed < HINTED_PIDS else 0
+            probed += 1
             c.pids_probed += 1
             status, fd = self._fds.probe(pid, inode, self._learn, full=full, hint=hint)
             if status == FOUND:

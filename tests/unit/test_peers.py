@@ -4,8 +4,10 @@ where one learns an answer and the other decides a flow by that name."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.dns import DNSRR
@@ -42,24 +44,32 @@ def test_decode_gives_bindings_or_value_error(data: bytes) -> None:
                for ip, name, ttl in bindings)
 
 
-def test_a_flow_on_one_worker_sees_what_another_worker_learnt(tmp_path: Path) -> None:
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[tuple[Harness, Harness]]:
+    """Two pipelines, each publishing to the other's inbox."""
     (read_a, write_a), (read_b, write_b) = Peers.pipes(2)
     try:
         a, b = Harness(tmp_path / "a"), Harness(tmp_path / "b")
         a.pipeline.peers = Peers(read_a, [write_b])
         b.pipeline.peers = Peers(read_b, [write_a])
-        assert b.pipeline.names.names_for(GH, b.now) == set()
-        # worker a gets the answer; it is published before the answer is accepted
-        answer = dns_answer(DNSRR(rrname="github.com", type="A", ttl=300, rdata=GH))
-        assert a.answer(answer) == marks.with_verdict(marks.QUEUED, marks.ALLOW)
-        assert b.pipeline.receive_peers() == 1
-        assert b.pipeline.names.names_for(GH, b.now) == {"github.com"}
-        assert b.pipeline.receive_peers() == 0  # nothing twice
-        assert a.pipeline.receive_peers() == 0  # no echo to the sender
-        assert a.pipeline.peers.sent == 1 and a.pipeline.peers.dropped == 0
+        yield a, b
     finally:
         for fd in (read_a, write_a, read_b, write_b):
             os.close(fd)
+
+
+def test_a_flow_on_one_worker_sees_what_another_worker_learnt(
+        two_workers: tuple[Harness, Harness]) -> None:
+    a, b = two_workers
+    assert b.pipeline.names.names_for(GH, b.now) == set()
+    # worker a gets the answer; it is published before the answer is accepted
+    answer = dns_answer(DNSRR(rrname="github.com", type="A", ttl=300, rdata=GH))
+    assert a.answer(answer) == marks.with_verdict(marks.QUEUED, marks.ALLOW)
+    assert b.pipeline.receive_peers() == 1
+    assert b.pipeline.names.names_for(GH, b.now) == {"github.com"}
+    assert b.pipeline.receive_peers() == 0  # nothing twice
+    assert a.pipeline.receive_peers() == 0  # no echo to the sender
+    assert a.pipeline.peers.sent == 1 and a.pipeline.peers.dropped == 0
 
 
 def test_a_full_inbox_drops_and_counts_never_blocks() -> None:
@@ -78,16 +88,9 @@ def test_a_full_inbox_drops_and_counts_never_blocks() -> None:
         os.close(write)
 
 
-def test_bindings_are_counted_once_across_workers(tmp_path: Path) -> None:
-    (read_a, write_a), (read_b, write_b) = Peers.pipes(2)
-    try:
-        a, b = Harness(tmp_path / "a"), Harness(tmp_path / "b")
-        a.pipeline.peers = Peers(read_a, [write_b])
-        b.pipeline.peers = Peers(read_b, [write_a])
-        a.answer(dns_answer(DNSRR(rrname="github.com", type="A", ttl=300, rdata=GH)))
-        b.pipeline.receive_peers()
-        assert (a.stats.dns_bindings, b.stats.dns_bindings) == (1, 0)
-        assert (a.stats.dns_answers, b.stats.dns_answers) == (1, 0)
-    finally:
-        for fd in (read_a, write_a, read_b, write_b):
-            os.close(fd)
+def test_bindings_are_counted_once_across_workers(two_workers: tuple[Harness, Harness]) -> None:
+    a, b = two_workers
+    a.answer(dns_answer(DNSRR(rrname="github.com", type="A", ttl=300, rdata=GH)))
+    b.pipeline.receive_peers()
+    assert (a.stats.dns_bindings, b.stats.dns_bindings) == (1, 0)
+    assert (a.stats.dns_answers, b.stats.dns_answers) == (1, 0)

@@ -58,3 +58,17 @@ def test_overlapping_pauses_in_two_threads() -> None:
     release.set()
     thread.join(5)
     assert gc.isenabled()
+
+
+def test_what_a_build_made_is_frozen_unless_it_failed() -> None:
+    gc.unfreeze()
+    with pytest.raises(ValueError), collector_paused():
+        kept = [[i] for i in range(100)]
+        raise ValueError("bad policy")
+    assert gc.get_freeze_count() == 0
+    with collector_paused():
+        with collector_paused():
+            kept = [[i] for i in range(100)]
+        assert gc.get_freeze_count() == 0  # not before the outer pause ends
+    assert gc.get_freeze_count() >= len(kept)
+    gc.unfreeze()
