@@ -55,15 +55,14 @@ def _explain_one(
         match = " ".join(f"{k}={v}" for k, v in client.match) or "(everyone)"
         out.append(f"  client: {client.name} [{client.location}] matched on {match}")
         dest = Destination(address.version, int(address), proto, port, destination_names(names))
-        for name in client.policies:
-            found = engine.policies.policies[name].first_match(dest)
+        for policy, found in engine.policies.walk(client.policies, dest):
+            name = policy.policy.name
             if found is None:
                 out.append(f"  policy {name}: no rule matches")
                 continue
             via = f"{found.evidence} {found.name}" if found.name else found.evidence
             out.append(f"  policy {name}: rule {found.rule.name} [{found.rule.location}] "
                        f"matches ({via}) -> {found.rule.action}")
-            break
     if engine.assess(packet, process, names) is None:
         # The engine would hold the flow for the name the client presents (see pipeline).
         out.append("  first packet: pending; the name the client presents decides")

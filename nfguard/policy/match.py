@@ -10,7 +10,7 @@ whose port/proto constraints hold is the first match.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from nfguard.lru import Memo
@@ -200,9 +200,7 @@ class CompiledPolicySet:
         """
         pending = False
         proto, port = dest.proto, dest.port
-        for name in policy_names:
-            policy = self.policies[name]
-            found = policy.first_match(dest)
+        for policy, found in self.walk(policy_names, dest):
             if not pending and policy.name_rules:
                 first = policy.first_name_rule(proto, port)
                 pending = first != NO_NAME_RULE and (
@@ -211,6 +209,17 @@ class CompiledPolicySet:
             if found is not None:
                 return found, pending
         return None, pending
+
+    def walk(self, policy_names: Iterable[str],
+             dest: Destination) -> Iterator[tuple[CompiledPolicy, RuleMatch | None]]:
+        """Each policy tried, in order, with its first matching rule, up to the first
+        policy that has one: the walk behind every decision, and `explain`'s trace."""
+        for name in policy_names:
+            policy = self.policies[name]
+            found = policy.first_match(dest)
+            yield policy, found
+            if found is not None:
+                return
 
 
 def destination_names(pairs: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

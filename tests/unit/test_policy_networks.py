@@ -79,22 +79,26 @@ def test_same_result_and_message_as_ipaddress(text: str) -> None:
     assert parsed(text) == reference(text)
 
 
+ADDRESS_TYPES = {4: ipaddress.IPv4Address, 6: ipaddress.IPv6Address}
+BITS = {4: 32, 6: 128}
+
+
+def networks_of(version: int) -> st.SearchStrategy[tuple[int, int, int]]:
+    """(version, any address value, any prefix length) of one IP version."""
+    bits = BITS[version]
+    return st.tuples(st.just(version), st.integers(0, 2**bits - 1), st.integers(0, bits))
+
+
 @MANY
-@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
-def test_every_ipv4_network(value: int, prefix: int) -> None:
-    network = value & ~((1 << (32 - prefix)) - 1)
-    text = f"{ipaddress.IPv4Address(network)}/{prefix}"
-    assert parse_network(text) == Network(4, network, prefix) == reference(text)[1]
-    host = f"{ipaddress.IPv4Address(value)}/{prefix}"
+@given(st.one_of(networks_of(4), networks_of(6)))
+def test_every_network(case: tuple[int, int, int]) -> None:
+    version, value, prefix = case
+    address = ADDRESS_TYPES[version]
+    network = value & ~((1 << (BITS[version] - prefix)) - 1)
+    text = f"{address(network)}/{prefix}"
+    assert parse_network(text) == Network(version, network, prefix) == reference(text)[1]
+    host = f"{address(value)}/{prefix}"  # host bits set, or not
     assert parsed(host) == reference(host)
-
-
-@MANY
-@given(st.integers(0, 2**128 - 1), st.integers(0, 128))
-def test_every_ipv6_network(value: int, prefix: int) -> None:
-    network = value & ~((1 << (128 - prefix)) - 1)
-    text = f"{ipaddress.IPv6Address(network)}/{prefix}"
-    assert parse_network(text) == Network(6, network, prefix) == reference(text)[1]
 
 
 @pytest.mark.parametrize("text, message", [
