@@ -7,6 +7,7 @@ expression, the single queue step goes through the xt NFQUEUE target with iptabl
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -35,29 +36,46 @@ _KEEP_USER_BITS = f"0x{~marks.MASK & 0xFFFFFFFF:08x}"
 
 
 @dataclass(frozen=True, slots=True)
+class XtRule:
+    """One xt NFQUEUE rule: new flows in OUTPUT, DNS answers in INPUT; `position` in the
+    chain (1 is the top) keeps a family's per-worker rules in order, catch-all last."""
+
+    binary: str
+    chain: str
+    position: int
+    spec: tuple[str, ...]
+
+    def command(self) -> str:
+        return f"{self.binary} -I {self.chain} {self.position} " + " ".join(
+            _quote(a) for a in self.spec)
+
+
+@dataclass(frozen=True, slots=True)
 class Ruleset:
     path: str  # NATIVE | XT
     nft: str  # text for `nft -f`
-    # (iptables binary, rule spec) per family, inserted in each of XT_CHAINS: new flows in
-    # OUTPUT, DNS answers in INPUT.
-    xt_rules: tuple[tuple[str, tuple[str, ...]], ...]
+    xt_rules: tuple[XtRule, ...]
 
     def describe(self) -> str:
         text = f"# queue path: {PATH_DESCRIPTIONS[self.path]}\n{self.nft}"
-        for chain in XT_CHAINS:
-            for binary, spec in self.xt_rules:
-                text += f"\n# and: {binary} -I {chain} 1 {' '.join(_quote(a) for a in spec)}"
+        for rule in self.xt_rules:
+            text += f"\n# and: {rule.command()}"
         return text + ("\n" if self.xt_rules else "")
 
 
 def render(settings: EngineConfig, path: str) -> Ruleset:
     """The whole ruleset for one queue path; `nft/` in the repository holds rendered copies."""
     bypass = settings.fail == "open"
-    # Several workers: the kernel hashes each packet's two addresses onto one of their
-    # queues, so every packet of a flow (and of its replies) meets the same worker.
     last = settings.queue + settings.workers - 1
     queues = f"{settings.queue}-{last}" if last > settings.queue else str(settings.queue)
-    queue_num = f"queue num {queues}{' bypass' if bypass else ''}"
+    if settings.workers == 1:
+        queue_num = f"queue num {queues}{' bypass' if bypass else ''}"
+    else:
+        # Several workers: a symmetric hash of addresses and ports picks the queue, so
+        # flows between the same two hosts spread, and every packet of a flow meets the
+        # same worker. (`queue num a-b` would hash the addresses only.)
+        queue_num = (f"queue {'flags bypass ' if bypass else ''}to symhash mod "
+                     f"{settings.workers} offset {settings.queue}")
     if path == NATIVE:
         queue_step = f"\t\t{queue_num}\t# to the engine"
         dns_queue = f" {queue_num}"
@@ -147,18 +165,47 @@ table inet {TABLE} {{
 \t}}
 }}
 """  # noqa: E501
-    xt_rules: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    if path == XT:
-        spec = (
-            "-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
-            "-m", "comment", "--comment", XT_COMMENT,
-            "-j", "NFQUEUE",
-            *(("--queue-balance", f"{settings.queue}:{last}") if last > settings.queue
-              else ("--queue-num", str(settings.queue))),
-            *(("--queue-bypass",) if bypass else ()),
-        )
-        xt_rules = tuple((binary, spec) for binary in XT_TOOLS)
+    xt_rules = _xt_rules(settings, bypass) if path == XT else ()
     return Ruleset(path, nft, xt_rules)
+
+
+def _xt_rules(settings: EngineConfig, bypass: bool) -> tuple[XtRule, ...]:
+    """Per chain and family, one NFQUEUE rule per worker. The xt target can only hash
+    addresses (`--queue-balance`), which would put every flow between two hosts on one
+    worker; so each worker's rule takes its share of the local port instead (`u32`), and
+    the last rule takes what is left, so no queued packet passes unanswered. A flow keeps
+    its port: every packet of a flow meets the same worker."""
+    common = ("-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
+              "-m", "comment", "--comment", XT_COMMENT)
+    tail = ("--queue-bypass",) if bypass else ()
+    workers = settings.workers
+    shares = _port_shares(workers)
+    rules = []
+    for chain, shift in zip(XT_CHAINS, (17, 1), strict=True):  # local port: src, dst
+        for binary, transport in zip(XT_TOOLS, _TRANSPORT_HEADER, strict=True):
+            for worker in range(workers):
+                share = (() if worker == workers - 1 else (
+                    "-m", "u32", "--u32", f"{transport}>>{shift}&{shares[worker]}"))
+                rules.append(XtRule(binary, chain, worker + 1, (
+                    *common, *share, "-j", "NFQUEUE",
+                    "--queue-num", str(settings.queue + worker), *tail)))
+    return tuple(rules)
+
+
+def _port_shares(workers: int) -> list[str]:
+    """Each worker's u32 test of the port's low bits, above bit 0: connect() picks even
+    ports, each a few steps of 2 after the last, so these bits take turns flow by flow
+    (ranges of the port would keep a run of flows on one worker). Values are dealt out in
+    turn; at least 16 of them, and never more than u32's 11 per test."""
+    values = 1 << max(4, (workers - 1).bit_length())
+    return [f"0x{values - 1:X}=" + ",".join(str(v) for v in range(worker, values, workers))
+            for worker in range(workers)]
+
+
+# Where u32 finds the transport header's first 32 bits (source port, destination port):
+# IPv4 after its header length, IPv6 after its fixed header. Shifted right by 17 they
+# give the source port from bit 1 up, by 1 the destination port's.
+_TRANSPORT_HEADER = ("0>>22&0x3C@0", "40")
 
 
 def _bare_tcp_rules() -> str:
@@ -177,7 +224,7 @@ def _xt_binary(tool: str) -> str:
 
 
 def _quote(arg: str) -> str:
-    return f'"{arg}"' if " " in arg else arg
+    return arg if re.fullmatch(r"[\w.:/,=+-]+", arg) else f'"{arg}"'
 
 
 class NftError(RuntimeError):
@@ -212,9 +259,9 @@ class Installer:
         """Atomic replace of our table, then the xt queue rules (idempotent)."""
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
         self._remove_xt_rules()
-        for chain in XT_CHAINS:
-            for tool, spec in ruleset.xt_rules:
-                _run([_xt_binary(tool), "-w", "-I", chain, "1", *spec])
+        for rule in ruleset.xt_rules:
+            _run([_xt_binary(rule.binary), "-w", "-I", rule.chain, str(rule.position),
+                  *rule.spec])
 
     def uninstall(self) -> bool:
         """Remove exactly what install added; True if anything was there."""

@@ -69,11 +69,18 @@ http {{
 }}
 """
 
+# The ceiling for any Python engine: every queued packet accepted, nothing looked at. With
+# "two-trips", a flow's first packet is accepted as pending, so its first data segment
+# comes back too (as for a flow decided by the name the client presents), then allowed.
 ACCEPT_ALL = """
+import sys
 from netfilterqueue import NetfilterQueue
 from nfguard import marks
+first = marks.PENDING if sys.argv[1:] == ["two-trips"] else marks.ALLOW
 def accept(packet):
-    packet.set_mark(marks.with_verdict(packet.get_mark(), marks.ALLOW))
+    mark = packet.get_mark()
+    again = mark & marks.PENDING == marks.PENDING
+    packet.set_mark(marks.with_verdict(mark, marks.ALLOW if again else first))
     packet.accept()
 q = NetfilterQueue()
 q.bind(0, accept, max_len=4096, range=4016)
@@ -231,9 +238,15 @@ def probe(lab: WebLab, count: int) -> dict:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process (all its threads) and of its live
+    children (engine.workers > 1)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [pid, *map(int, children.read_text().split())] if children.exists() else [pid]
+    total = 0
+    for one in pids:
+        fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def wrk_costing(lab: WebLab, seconds: int, pid: int) -> tuple[WrkRun, str]:
@@ -246,12 +259,12 @@ def wrk_costing(lab: WebLab, seconds: int, pid: int) -> tuple[WrkRun, str]:
 
 
 def queue_drops(lab: Lab) -> int:
-    """Packets the kernel dropped on queue 0 (queue full, or not delivered to user space)
-    since it was bound; read while the filter is bound."""
-    counters = lab.queue_counters().get(0)
-    if counters is None:
+    """Packets the kernel dropped on the bound queues (queue full, or not delivered to
+    user space) since they were bound; read while the filter is bound."""
+    counters = lab.queue_counters()
+    if 0 not in counters:
         raise RuntimeError("queue 0 is not bound")
-    return counters.dropped + counters.user_dropped
+    return sum(c.dropped + c.user_dropped for c in counters.values())
 
 
 def queued_packets(lab: Lab) -> int:
@@ -284,8 +297,8 @@ def full_policy(body: int, by_name: bool = True) -> str:
     ])
 
 
-def nfguard_config(lab: Lab, policy: str) -> Path:
-    config = lab.write_config(policy)
+def nfguard_config(lab: Lab, policy: str, workers: int = 1) -> Path:
+    config = lab.write_config(policy, workers=workers)
     text = config.read_text()
     assert text.count('listen = ""') == 1, text
     config.write_text(text.replace('listen = ""', f'listen = "{METRICS}"'))
@@ -293,13 +306,18 @@ def nfguard_config(lab: Lab, policy: str) -> Path:
 
 
 @contextlib.contextmanager
-def nfguard_running(lab: Lab, policy: str) -> Iterator[Path]:
+def nfguard_running(lab: Lab, policy: str, workers: int = 1) -> Iterator[Path]:
     """The engine on `policy` (audit log emptied first), the server's name learnt through
     it; stopped and its ruleset removed on the way out."""
     lab.audit_path.unlink(missing_ok=True)
-    config = nfguard_config(lab, policy)
+    config = nfguard_config(lab, policy, workers)
     lab.start_engine(config)
     try:
+        deadline = time.monotonic() + 20
+        while workers > 1 and "workers bound" not in lab.engine_log.read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError(lab.engine_log.read_text())
+            time.sleep(0.05)
         answer = lab.dig(WEB_NAME)
         if answer != [ALLOWED_V4]:
             raise RuntimeError(f"{WEB_NAME} did not resolve through the engine: {answer}")
@@ -354,8 +372,9 @@ def verified(decided: Counter[tuple[str, str, str]], client_name: str, least: in
     return ok, note + (f" (others: {others})" if others else "")
 
 
-def nfguard_rate(lab: WebLab, seconds: int, body: int, by_name: bool) -> tuple[WrkRun, str, bool]:
-    with nfguard_running(lab, full_policy(body, by_name)):
+def nfguard_rate(lab: WebLab, seconds: int, body: int, by_name: bool,
+                 workers: int = 1) -> tuple[WrkRun, str, bool]:
+    with nfguard_running(lab, full_policy(body, by_name), workers):
         assert lab.engine is not None
         run, cost = wrk_costing(lab, seconds, lab.engine.pid)
         scraped = metrics(lab)
@@ -366,6 +385,19 @@ def nfguard_rate(lab: WebLab, seconds: int, body: int, by_name: bool) -> tuple[W
     if drops:
         note += f"; **{drops} packets dropped by the queue**"
     return run, note, ok and not drops and not run.errors
+
+
+def bare_rate(lab: WebLab, seconds: int, argv: tuple[str, ...]) -> tuple[WrkRun, str]:
+    """wrk through the ACCEPT_ALL loop (nfguard's ruleset already installed)."""
+    bare = lab.spawn(lab.client, sys.executable, "-c", ACCEPT_ALL, *argv,
+                     stdout=subprocess.PIPE, text=True)
+    try:
+        assert bare.stdout is not None and bare.stdout.readline().strip() == "bound"
+        run, cost = wrk_costing(lab, seconds, bare.pid)
+        return run, f"{cost}, {queued_packets(lab) / max(1, run.requests):.1f} queued packets"
+    finally:
+        bare.kill()
+        bare.wait()
 
 
 # -- OpenSnitch ----------------------------------------------------------------------------
@@ -435,7 +467,7 @@ def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: i
     runs: dict[str, list[WrkRun]] = {}
     notes: dict[str, str] = {}
     valid: dict[str, bool] = {}
-    keys = ("none", "bare", "names", "cidr", "shared", "opensnitch")
+    keys = ("none", "bare", "bare2", "names", "cidr", "shared", "opensnitch")
 
     def record(key: str, run: WrkRun, note: str = "", ok: bool = True) -> None:
         runs.setdefault(key, []).append(run)
@@ -448,14 +480,10 @@ def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: i
         record("none", wrk(lab, seconds))
         config = nfguard_config(lab, full_policy(body))
         lab.nfguard("install", "--config", str(config))
-        bare = lab.spawn(lab.client, sys.executable, "-c", ACCEPT_ALL,
-                         stdout=subprocess.PIPE, text=True)
         try:
-            assert bare.stdout is not None and bare.stdout.readline().strip() == "bound"
-            record("bare", *wrk_costing(lab, seconds, bare.pid))
+            for key, argv in (("bare", ()), ("bare2", ("two-trips",))):
+                record(key, *bare_rate(lab, seconds, argv))
         finally:
-            bare.kill()
-            bare.wait()
             lab.nfguard("uninstall", "--config", str(config))
         record("names", *nfguard_rate(lab, seconds, body, by_name=True))
         record("cidr", *nfguard_rate(lab, seconds, body, by_name=False))
@@ -481,6 +509,8 @@ def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: i
     figures = [
         Figure(f"New TCP connections/s, no filter ({how})", f"{base:,.0f}/s (1.00)"),
         Figure("... bare accept-all NetfilterQueue loop (Python)", shown("bare")),
+        Figure("... the same loop, two trips per connection (SYN, then first data "
+               "segment: the trips of a flow decided by name)", shown("bare2")),
         Figure(f"... nfguard, full pipeline: wrk matched by exe, server allowed by DNS-learnt "
                f"name behind {body:,} rules, audit + metrics on", shown("names"),
                f">= {RATE_TARGET} of no filter",
@@ -507,43 +537,22 @@ def connection_rates(lab: WebLab, seconds: int = 10, body: int = 1000, rounds: i
 
 
 def workers_rates(lab: WebLab, seconds: int = 10, body: int = 1000) -> list[Figure]:
-    """engine.workers = 1 against 2. The kernel spreads flows over the queues by their two
-    addresses, so two wrk (-t1 -c16 each) aim at two server addresses at once; the server
-    is allowed by CIDR ahead of `body` rules (no name: both addresses are the server's)."""
-    policy = full_policy(body, by_name=False).replace(
-        f'"{ALLOWED_V4}/32"', f'"{ALLOWED_V4}/32", "{OTHER_V4}/32"')
-    rates = {}
+    """engine.workers = 1 against 2, the full pipeline by name as in `connections`: the
+    flows between wrk and the server spread over the queues by port."""
+    figures = []
+    one = 0.0
     for workers in (1, 2):
-        lab.audit_path.unlink(missing_ok=True)
-        config = nfguard_config(lab, policy)
-        text = config.read_text().replace("[engine]\n", f"[engine]\nworkers = {workers}\n", 1)
-        config.write_text(text)
-        lab.start_engine(config)
-        try:
-            if workers > 1:
-                deadline = time.monotonic() + 20
-                while "workers bound" not in lab.engine_log.read_text():
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(lab.engine_log.read_text())
-                    time.sleep(0.05)
-            loads = [lab.spawn_client(*wrk_argv(seconds, connections=16, threads=1)[:-1],
-                                      f"http://{address}/", stdout=subprocess.PIPE,
-                                      text=True)
-                     for address in (ALLOWED_V4, OTHER_V4)]
-            runs = [parse_wrk(load.communicate(timeout=seconds + 60)[0]) for load in loads]
-        finally:
-            lab.stop_engine()
-            lab.nfguard("uninstall", "--config", str(config))
-        rates[workers] = (sum(r.rate for r in runs), "; ".join(r.errors for r in runs
-                                                             if r.errors))
-    one, two = rates[1][0], rates[2][0]
-    return [
-        Figure(f"engine.workers = 1, two wrk -t1 -c16 to two server addresses ({seconds} s)",
-               f"{one:,.0f}/s" + (f"; wrk errors: {rates[1][1]}" if rates[1][1] else "")),
-        Figure("... engine.workers = 2 (two queues, two processes)",
-               f"{two:,.0f}/s ({two / one:.2f} of one worker)"
-               + (f"; wrk errors: {rates[2][1]}" if rates[2][1] else "")),
-    ]
+        run, note, ok = nfguard_rate(lab, seconds, body, by_name=True, workers=workers)
+        one = one or run.rate
+        shown = (f"{run.rate:,.0f}/s" + (f" ({run.rate / one:.2f} of one worker)"
+                                         if workers > 1 else "")
+                 + ("" if ok else " **not verified**")
+                 + (f"; wrk errors: {run.errors}" if run.errors else "") + f"; {note}")
+        figures.append(Figure(
+            f"engine.workers = 1, full pipeline by name, wrk -t2 -c32 ({seconds} s)"
+            if workers == 1 else
+            "... engine.workers = 2 (two queues, two processes; CPU of both)", shown))
+    return figures
 
 
 def connect_latency(lab: WebLab, connects: int = 2000, body: int = 1000) -> list[Figure]:

@@ -10,9 +10,8 @@ import time
 
 from tests.e2e.lab import SERVER_V4, Lab, run
 
-# Sixteen web addresses: the kernel hashes each (client, server) pair onto a queue, so with
-# this many both workers decide flows, and most flows land on the worker that did not
-# read the DNS answer (that one is fixed: the resolver's pair).
+# Sixteen web addresses, each with its name: flows to every one of them must get their
+# names from whichever worker read the DNS answer.
 ADDRESSES = [f"198.18.3.{i}" for i in range(1, 17)]
 
 POLICY = """
@@ -94,6 +93,31 @@ def test_two_workers_share_names_and_both_decide(lab: Lab) -> None:
         time.sleep(0.2)
     assert shown["workers"] == {"count": 2, "alive": 2, "restarts": 0}
     assert shown["counters"]["dns_answers"] == len(ADDRESSES)
+
+
+def test_flows_between_two_hosts_spread_and_each_stays_on_its_worker(lab: Lab) -> None:
+    """The queue is picked per flow (by port), not per pair of hosts: a client talking to
+    one server keeps both workers busy. Each flow waits for its Host header on the worker
+    that saw its SYN: a data packet on the other worker would start the flow over there
+    (a second pending flow)."""
+    config = start(lab)
+    assert lab.dig("w1.test") == [ADDRESSES[0]]
+    before = {number: q.id_sequence for number, q in lab.queue_counters().items()}
+    flows = 16
+    for _ in range(flows):
+        result = lab.exec(lab.client, "curl", "-sS", "--max-time", "3", "http://w1.test/",
+                          "--resolve", f"w1.test:80:{ADDRESSES[0]}")
+        assert result.returncode == 0, lab.engine_log.read_text()
+    after = {number: q.id_sequence for number, q in lab.queue_counters().items()}
+    assert all(after[number] > before[number] for number in (0, 1)), (before, after)
+    deadline = time.monotonic() + 5
+    while (shown := status(lab, config))["counters"]["pending_flows"] < flows:
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.2)
+    lab.wait_for_event(lambda _e: sum(e["destination"]["port"] == 80
+                                      for e in lab.audit_events()) >= flows)
+    assert status(lab, config)["counters"]["pending_flows"] == flows
+    assert sum(e["destination"]["port"] == 80 for e in lab.audit_events()) == flows
 
 
 def test_a_killed_worker_is_restarted_and_stop_stops_all(lab: Lab) -> None:

@@ -47,15 +47,55 @@ def test_native_open_queues_with_bypass() -> None:
     assert ruleset.xt_rules == ()
 
 
-def test_workers_spread_over_consecutive_queues() -> None:
-    native = render(EngineConfig(queue=4, workers=3, fail="open"), NATIVE)
-    assert [line for line in code_lines(native.nft) if "queue num" in line] == [
-        "queue num 4-6 bypass", "udp sport 53 ct direction reply meta mark set meta mark | "
-        f"{hexmark(marks.QUEUED)} queue num 4-6 bypass", "tcp sport 53 ct direction reply "
-        f"meta mark set meta mark | {hexmark(marks.QUEUED)} queue num 4-6 bypass"]
-    for _binary, spec in render(EngineConfig(queue=4, workers=3), XT).xt_rules:
-        assert spec[spec.index("--queue-balance") + 1] == "4:6"
-        assert "--queue-num" not in spec
+@pytest.mark.parametrize(("fail", "flags"), [("open", "flags bypass "), ("closed", "")])
+def test_native_workers_hash_addresses_and_ports_over_consecutive_queues(
+        fail: str, flags: str) -> None:
+    native = render(EngineConfig(queue=4, workers=3, fail=fail), NATIVE)
+    step = f"queue {flags}to symhash mod 3 offset 4"
+    assert [line for line in code_lines(native.nft) if "queue" in line] == [
+        step, "udp sport 53 ct direction reply meta mark set meta mark | "
+        f"{hexmark(marks.QUEUED)} {step}", "tcp sport 53 ct direction reply "
+        f"meta mark set meta mark | {hexmark(marks.QUEUED)} {step}"]
+
+
+def u32_share(spec: tuple[str, ...]) -> tuple[str, int, list[int]] | None:
+    """(where the port is read, the mask, the values) of a rule's u32 test, if any."""
+    if "--u32" not in spec:
+        return None
+    test = spec[spec.index("--u32") + 1]
+    where, _, mask_values = test.rpartition("&")
+    mask, _, values = mask_values.partition("=")
+    return where, int(mask, 16), [int(v) for v in values.split(",")]
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7, 64])
+def test_xt_workers_share_the_local_port_and_the_last_takes_the_rest(workers: int) -> None:
+    rules = render(EngineConfig(queue=4, workers=workers), XT).xt_rules
+    local_port = {("iptables", "OUTPUT"): "0>>22&0x3C@0>>17",  # IPv4 source port, from bit 1
+                  ("iptables", "INPUT"): "0>>22&0x3C@0>>1",  # IPv4 destination port
+                  ("ip6tables", "OUTPUT"): "40>>17", ("ip6tables", "INPUT"): "40>>1"}
+    for (binary, chain), where in local_port.items():
+        group = [r for r in rules if (r.binary, r.chain) == (binary, chain)]
+        assert [r.position for r in group] == list(range(1, workers + 1))
+        assert [r.spec[r.spec.index("--queue-num") + 1] for r in group] == [
+            str(4 + w) for w in range(workers)]
+        shares = [u32_share(r.spec) for r in group]
+        assert shares[-1] is None, "the last rule queues whatever the others left"
+        assert {(share[0], share[1]) for share in shares[:-1]} == {(where, shares[0][1])}
+        mask = shares[0][1]
+        assert mask >= 0xF and mask & (mask + 1) == 0, "the low bits, at least four"
+        taken = [value for share in shares[:-1] for value in share[2]]
+        assert len(taken) == len(set(taken)) and set(taken) < set(range(mask + 1))
+        # u32 takes at most 11 values per test; every worker gets about an equal share,
+        # and neighbouring values (a run of connect()s) go to different workers
+        assert max(len(share[2]) for share in shares[:-1]) <= 11
+        sizes = [len(share[2]) for share in shares[:-1]] + [mask + 1 - len(taken)]
+        assert max(sizes) - min(sizes) <= 1, sizes
+        owner = {value: w for w, share in enumerate(shares[:-1]) for value in share[2]}
+        assert all(owner.get(v, workers - 1) != owner.get(v + 1, workers - 1)
+                   for v in range(mask))
+        for rule in group:
+            assert "--queue-balance" not in rule.spec
 
 
 @pytest.mark.parametrize(("fail", "bypass"), [("closed", False), ("open", True)])
@@ -64,10 +104,14 @@ def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) ->
     assert ruleset.path == XT
     assert not [line for line in code_lines(ruleset.nft) if re.match(r"queue\b", line)]
     assert not re.search(r"\bqueue num\b", "\n".join(code_lines(ruleset.nft)))
-    assert len(ruleset.xt_rules) == 2
-    binaries = tuple(binary for binary, _spec in ruleset.xt_rules)
+    assert len(ruleset.xt_rules) == 4
+    binaries = tuple(dict.fromkeys(rule.binary for rule in ruleset.xt_rules))
     assert binaries in XT_BINARIES
-    for _binary, spec in ruleset.xt_rules:
+    assert {(rule.chain, rule.position) for rule in ruleset.xt_rules} == {
+        ("OUTPUT", 1), ("INPUT", 1)}
+    for rule in ruleset.xt_rules:
+        spec = rule.spec
+        assert "--u32" not in spec, "one worker: every queued packet to it"
         text = " ".join(spec)
         assert "-j NFQUEUE --queue-num 12" in text
         assert spec[spec.index("--queue-num") + 1] == "12"
