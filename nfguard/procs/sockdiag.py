@@ -42,10 +42,18 @@ _SOCKID_TAIL = struct.Struct("=III")
 _MSG_HEAD = struct.Struct("=BBBB")
 # inet_diag_msg tail: expires, rqueue, wqueue, uid, inode
 _MSG_TAIL = struct.Struct("=IIIII")
+# the fields of inet_diag_msg read per flow: family, state, src, dst (after the ports),
+# then uid and inode (after interface, cookie, expires, rqueue, wqueue)
+_MSG_FIELDS = struct.Struct("=BB2x4x16s16s8x4x4x4x4xII")
+_PORTS = struct.Struct("!HH")
 _RTA = struct.Struct("=HH")
 _U64 = struct.Struct("=Q")
 
 REQ_LEN = NLMSGHDR.size + _REQ_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size  # 16 + 56
+# A request is the netlink header and the request head, in one pack; the socket id; then
+# interface 0 and no cookie.
+_REQ_START = struct.Struct(NLMSGHDR.format + _REQ_HEAD.format[1:])
+_ANY_INTERFACE_NO_COOKIE = _SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
 MSG_LEN = _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size + _MSG_TAIL.size  # 72
 
 PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
@@ -67,12 +75,6 @@ class DiagSocket(NamedTuple):
     sport: int
     dst: str
     dport: int
-
-
-def _pack_addr(family: int, addr: str) -> bytes:
-    """16-byte idiag address field: IPv4 goes in the first 4 bytes."""
-    raw = socket.inet_pton(family, addr)
-    return raw.ljust(16, b"\0")
 
 
 def _unpack_addr(family: int, raw: bytes) -> str:
@@ -105,55 +107,42 @@ def build_request(
     states: int = 0xFFFFFFFF,
     ext: int = 0,
 ) -> bytes:
-    """An SOCK_DIAG_BY_FAMILY exact-lookup request (no NLM_F_DUMP), tuple taken as given."""
-    body = (
-        _REQ_HEAD.pack(family, PROTOS[proto], ext, 0, states)
-        + _SOCKID.pack(sport, dport, _pack_addr(family, src), _pack_addr(family, dst))
-        + _SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
-    )
+    """An SOCK_DIAG_BY_FAMILY exact-lookup request (no NLM_F_DUMP), tuple taken as given.
+    An IPv4 address fills the first 4 bytes of its 16-byte field (struct pads with zeros)."""
     return (
-        NLMSGHDR.pack(NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0)
-        + body
+        _REQ_START.pack(REQ_LEN, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0,
+                        family, PROTOS[proto], ext, 0, states)
+        + _SOCKID.pack(sport, dport, socket.inet_pton(family, src),
+                       socket.inet_pton(family, dst))
+        + _ANY_INTERFACE_NO_COOKIE
     )
 
 
-def parse_attrs(data: bytes) -> dict[int, bytes]:
-    """rtattr list → {type: payload}; stops at a truncated attribute instead of raising."""
-    attrs: dict[int, bytes] = {}
-    off = 0
-    while off + _RTA.size <= len(data):
-        length, kind = _RTA.unpack_from(data, off)
-        if length < _RTA.size or off + length > len(data):
-            break
-        attrs[kind & 0x3FFF] = data[off + _RTA.size : off + length]
-        off += (length + 3) & ~3
-    return attrs
-
-
-def parse_diag_msg(payload: bytes) -> DiagSocket:
-    """One inet_diag_msg (+ attributes) → DiagSocket."""
-    if len(payload) < MSG_LEN:
-        raise SockDiagError(f"inet_diag_msg too short: {len(payload)} bytes")
-    family, state, _timer, _retrans = _MSG_HEAD.unpack_from(payload, 0)
-    sport, dport, rsrc, rdst = _SOCKID.unpack_from(payload, _MSG_HEAD.size)
-    tail_off = _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size
-    _exp, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(payload, tail_off)
-    attrs = parse_attrs(payload[MSG_LEN:])
-    cg = attrs.get(INET_DIAG_CGROUP_ID)
-    cgroup_id = _U64.unpack(cg[:8])[0] if cg is not None and len(cg) >= 8 else None
+def parse_diag_msg(payload: bytes, offset: int = 0, end: int | None = None) -> DiagSocket:
+    """One inet_diag_msg (+ attributes), in payload[offset:end] → DiagSocket."""
+    if end is None:
+        end = len(payload)
+    if end - offset < MSG_LEN:
+        raise SockDiagError(f"inet_diag_msg too short: {end - offset} bytes")
+    family, state, rsrc, rdst, uid, inode = _MSG_FIELDS.unpack_from(payload, offset)
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise SockDiagError(f"unexpected family {family}")
-    return DiagSocket(
-        family=family,
-        state=state,
-        uid=uid,
-        inode=inode,
-        cgroup_id=cgroup_id,
-        src=_unpack_addr(family, rsrc),
-        sport=sport,
-        dst=_unpack_addr(family, rdst),
-        dport=dport,
-    )
+    sport, dport = _PORTS.unpack_from(payload, offset + _MSG_HEAD.size)
+    # positional: a NamedTuple takes keywords at twice the cost, and this runs per flow
+    return DiagSocket(family, state, uid, inode, _cgroup_id(payload, offset + MSG_LEN, end),
+                      _unpack_addr(family, rsrc), sport, _unpack_addr(family, rdst), dport)
+
+
+def _cgroup_id(data: bytes, off: int, end: int) -> int | None:
+    """INET_DIAG_CGROUP_ID among the attributes in data[off:end], if there."""
+    while off + _RTA.size <= end:
+        length, kind = _RTA.unpack_from(data, off)
+        if length < _RTA.size or off + length > end:
+            return None
+        if kind & 0x3FFF == INET_DIAG_CGROUP_ID:
+            return _U64.unpack_from(data, off + _RTA.size)[0] if length >= 12 else None
+        off += (length + 3) & ~3
+    return None
 
 
 def parse_response(data: bytes, seq: int | None = None) -> DiagSocket | None:
@@ -169,9 +158,10 @@ def parse_response(data: bytes, seq: int | None = None) -> DiagSocket | None:
         if seq is not None and mseq != seq:
             off += (length + 3) & ~3
             continue
-        body = data[off + NLMSGHDR.size : off + length]
         if kind == NLMSG_ERROR:
-            (err,) = struct.unpack_from("=i", body, 0)
+            if length < NLMSGHDR.size + 4:
+                raise SockDiagError("truncated netlink error")
+            (err,) = struct.unpack_from("=i", data, off + NLMSGHDR.size)
             if err == 0:
                 return None
             if -err in (errno.ENOENT, errno.ESRCH):
@@ -180,7 +170,7 @@ def parse_response(data: bytes, seq: int | None = None) -> DiagSocket | None:
         if kind == NLMSG_DONE:
             return None
         if kind == SOCK_DIAG_BY_FAMILY:
-            return parse_diag_msg(body)
+            return parse_diag_msg(data, off + NLMSGHDR.size, off + length)
         off += (length + 3) & ~3
     return None
 

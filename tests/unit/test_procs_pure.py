@@ -7,9 +7,12 @@ import hashlib
 import os
 import socket
 import struct
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfguard.lru import LRU, Memo
 from nfguard.procs import UNKNOWN, Attributor, ProcessInfo
@@ -59,7 +62,6 @@ from nfguard.procs.sockdiag import (
     DiagSocket,
     SockDiagError,
     build_request,
-    parse_attrs,
     parse_diag_msg,
     parse_response,
     query_tuple,
@@ -216,8 +218,49 @@ def test_truncated_messages_raise() -> None:
 
 
 def test_truncated_attribute_is_dropped() -> None:
-    attrs = _rta(5, b"\x07") + struct.pack("=HH", 12, INET_DIAG_CGROUP_ID) + b"\x01\x02"
-    assert parse_attrs(attrs) == {5: b"\x07"}
+    cut = struct.pack("=HH", 12, INET_DIAG_CGROUP_ID) + b"\x01\x02"  # says 12, holds 6
+    data = _diag_answer(socket.AF_INET, "1.1.1.1", 1, "2.2.2.2", 2, uid=1, inode=7,
+                        cgroup_id=None, extra_attrs=_rta(5, b"\x07") + cut)
+    got = parse_response(data)
+    assert got is not None and got.inode == 7 and got.cgroup_id is None
+
+
+_ADDRESSES = {socket.AF_INET: st.ip_addresses(v=4).map(str),
+              socket.AF_INET6: st.ip_addresses(v=6).map(str)}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([socket.AF_INET, socket.AF_INET6]).flatmap(lambda family: st.tuples(
+    st.just(family), _ADDRESSES[family], st.integers(0, 65535), _ADDRESSES[family],
+    st.integers(0, 65535), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+    st.one_of(st.none(), st.integers(0, 2**64 - 1)),
+    st.lists(st.tuples(st.integers(1, 20), st.binary(max_size=9)), max_size=3))))
+def test_answers_parse_back_to_what_was_packed(case: tuple) -> None:
+    family, src, sport, dst, dport, uid, inode, cgroup_id, others = case
+    extra = b"".join(_rta(kind, payload) for kind, payload in others)
+    data = _diag_answer(family, src, sport, dst, dport, uid=uid, inode=inode,
+                        cgroup_id=cgroup_id, extra_attrs=extra, seq=9)
+    got = parse_response(data, seq=9)
+    assert got is not None
+    # the C library spells some IPv6 addresses differently (::ffff:0.0.0.0, not ::ffff:0:0)
+    assert got._replace(src=ip_address(got.src), dst=ip_address(got.dst)) == DiagSocket(
+        family, 2, uid, inode, cgroup_id, ip_address(src), sport, ip_address(dst), dport)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 120), st.binary(max_size=8))
+def test_any_netlink_bytes_give_an_answer_none_or_sockdiag_error(
+        data: bytes, at: int, patch: bytes) -> None:
+    """Arbitrary bytes, and a real answer with bytes overwritten anywhere."""
+    answer = _diag_answer(socket.AF_INET, "10.0.0.1", 1, "10.0.0.2", 2, uid=1, inode=2,
+                          cgroup_id=3)
+    mutated = answer[:at] + patch + answer[at + len(patch):]
+    for blob in (data, mutated):
+        try:
+            got = parse_response(blob, seq=1)
+        except SockDiagError:
+            continue
+        assert got is None or isinstance(got, DiagSocket)
 
 
 # --------------------------------------------------------------------------------- cgroups
