@@ -118,6 +118,16 @@ def test_flows_between_two_hosts_spread_and_each_stays_on_its_worker(lab: Lab) -
                                       for e in lab.audit_events()) >= flows)
     assert status(lab, config)["counters"]["pending_flows"] == flows
     assert sum(e["destination"]["port"] == 80 for e in lab.audit_events()) == flows
+    # every per-worker rule goes with uninstall (xt path; on the native path there are none)
+    xt = "queue path: xt" in lab.engine_log.read_text()
+    listed = lab.exec(lab.client, "iptables", "-w", "-S", "OUTPUT").stdout
+    assert listed.count("nfguard queue") == (2 if xt else 0), listed
+    assert lab.stop_engine() == 0
+    lab.nfguard("uninstall", "--config", str(config))
+    for binary in ("iptables", "ip6tables"):
+        for chain in ("OUTPUT", "INPUT"):
+            listed = lab.exec(lab.client, binary, "-w", "-S", chain).stdout
+            assert "nfguard queue" not in listed, listed
 
 
 def test_a_killed_worker_is_restarted_and_stop_stops_all(lab: Lab) -> None:
