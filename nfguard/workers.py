@@ -4,8 +4,9 @@ Python runs one thread at a time, so a second core needs a second process. The m
 process (worker 0) installs the ruleset, serves metrics, status and reload, and starts
 workers 1..N-1 as fresh `nfguard run --worker I` processes (exec, not a bare fork: nothing
 of the parent's queue binding, sockets or caches leaks into them). Each worker binds
-queue `engine.queue + I`; the kernel hashes a packet's two addresses onto one of the
-queues, so all packets of a flow meet the same worker.
+queue `engine.queue + I`; the ruleset picks the queue per flow (nfguard.nft: by a hash of
+addresses and ports, or by the local port on the xt path), so all packets of a flow meet
+the same worker.
 
 What they share, through pipes the main process creates and keeps open (so a restarted
 worker gets the same ones):

@@ -43,7 +43,7 @@ from pathlib import Path
 from nfguard.procs.cgroups import find_cgroup2_root, parse_proc_cgroup
 from tests.bench.policies import BODY, allow_rule, body_rules, client
 from tests.bench.report import Figure, percentile
-from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, Lab
+from tests.e2e.lab import ALLOWED_V4, SERVER_V4, Lab
 
 WEB_NAME = "web.bench.test"
 METRICS = "127.0.0.1:9808"  # inside the client namespace
@@ -63,7 +63,6 @@ http {{
     keepalive_timeout 0;
     server {{
         listen {addr}:80 reuseport backlog=4096;
-        listen {other}:80 reuseport backlog=4096;
         location / {{ return 200 "ok\\n"; }}
     }}
 }}
@@ -170,8 +169,7 @@ def web_lab() -> Iterator[WebLab]:
             if cgroup is not None:
                 os.mkdir(cgroup)
             lab.start()
-            (Path(tmp) / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, addr=ALLOWED_V4,
-                                                                      other=OTHER_V4))
+            (Path(tmp) / "nginx.conf").write_text(NGINX_CONF.format(dir=tmp, addr=ALLOWED_V4))
             lab.spawn(lab.server, "nginx", "-c", f"{tmp}/nginx.conf",
                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             lab.wait_listening(80, "tcp")
