@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,17 @@ def test_repository_copies_are_current(path: str, file: str) -> None:
     shipped = REPO / "nft" / file
     assert shipped.is_file(), f"{shipped} is missing: render it from EngineConfig()"
     assert shipped.read_text(encoding="utf-8") == render(EngineConfig(), path).describe()
+
+
+def test_described_xt_commands_paste_into_a_shell_as_they_run() -> None:
+    """`install --dry-run` prints each xt rule as a command; a shell must split it into
+    exactly the arguments the installer passes (the u32 tests hold & and >)."""
+    ruleset = render(EngineConfig(queue=2, workers=3, fail="open"), XT)
+    lines = [line.removeprefix("# and: ") for line in ruleset.describe().splitlines()
+             if line.startswith("# and: ")]
+    assert len(lines) == len(ruleset.xt_rules) == 12
+    for line, rule in zip(lines, ruleset.xt_rules, strict=True):
+        # as a shell splits: & and > are operators unless quoted
+        words = shlex.shlex(line, posix=True, punctuation_chars=True)
+        words.whitespace_split = True
+        assert list(words) == [rule.binary, "-I", rule.chain, str(rule.position), *rule.spec]
