@@ -100,10 +100,14 @@ def test_reload_changes_policy_without_restart_and_keeps_decided_flows(lab: Lab)
     assert lab.curl(ALLOWED_V4, 81)[0] == REFUSED
     established = lab.open_conversation(ALLOWED_V4, 7000)
 
-    # The new policy allows 81 instead of 80, and no longer allows the echo flow.
+    # The new policy allows 81 instead of 80, and no longer allows the echo flow; the
+    # config asks for a second worker, which takes a restart: the reload says so.
     write_policy(lab, policy(web=81).replace("ports = [7000]", "ports = [7999]"))
+    config.write_text(config.read_text().replace("[engine]\n", "[engine]\nworkers = 2\n", 1))
     result = lab.nfguard("reload", "--config", str(config))
     assert "reloaded" in result.stdout
+    assert "engine.workers changed; restart nfguard to apply it" in result.stdout + \
+        result.stderr
 
     assert lab.curl(ALLOWED_V4, 81) == (0, "port 81\n")
     assert lab.curl(ALLOWED_V4, 80)[0] == REFUSED
