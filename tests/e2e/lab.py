@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -267,7 +268,10 @@ class Lab:
     def start_engine(self, config: Path, prefix: tuple[str, ...] = (),
                      env: dict[str, str] | None = None) -> subprocess.Popen:
         """`nfguard run` in the client namespace (behind `prefix`, e.g. setpriv, with extra
-        environment `env`); returns once it has bound the queue."""
+        environment `env`); returns once it has bound the queue, or, with engine.workers
+        above 1, once every worker has bound its own."""
+        workers = tomllib.loads(config.read_text()).get("engine", {}).get("workers", 1)
+        ready = f"all {workers} workers bound" if workers > 1 else "engine bound to queue"
         start_at = self.engine_log.stat().st_size if self.engine_log.exists() else 0
         log = self.engine_log.open("a")
         self.engine = self.spawn(self.client, *prefix, sys.executable, "-m", "nfguard", "run",
@@ -275,7 +279,7 @@ class Lab:
                                  env={**os.environ, **(env or {})})
         end = time.monotonic() + 20 * SLOWDOWN
         while time.monotonic() < end:
-            if "engine bound to queue" in self.engine_log.read_text()[start_at:]:
+            if ready in self.engine_log.read_text()[start_at:]:
                 return self.engine
             if self.engine.poll() is not None:
                 break
