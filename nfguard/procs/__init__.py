@@ -27,12 +27,12 @@ Not thread-safe: use one Attributor per thread (each has its own netlink socket)
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import logging
 import pwd
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from nfguard.lru import LRU, Memo
@@ -78,7 +78,7 @@ class ProcessInfo(NamedTuple):
 UNKNOWN = ProcessInfo()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _ProcEntry:
     starttime: int
     exe_link: str | None
@@ -93,7 +93,7 @@ class _ProcEntry:
     fd_serial: int | None  # FdDirs.serial(pid) when read: the same one proves the same process
 
 
-@dataclass
+@dataclasses.dataclass
 class Counters:
     """lookups = hits + misses + (lookups that found no socket or inode) + errors.
     misses that the cgroup route could not settle are also counted in fallbacks;
@@ -311,10 +311,23 @@ class Attributor:
 
         pid: int | None = None
         cached = self._inodes.get(inode)
-        if cached is not None and self._proc.fd_holds(cached[0], cached[1], inode):
+        held: bool | None = False
+        kept = False  # the cached fd was read through the pid's kept fd directory
+        if cached is not None:
+            held = self._fds.holds(cached[0], cached[1], inode)
+            kept = held is not None
+            if not kept:
+                held = self._proc.fd_holds(cached[0], cached[1], inode)
+        if held:
+            assert cached is not None
             c.hits += 1
             pid = cached[0]
             proven = True
+            if kept:
+                # An exec since the entry was read has been reported by now (the kernel
+                # sends it before the program can send anything): drained, it drops the
+                # entry, so the entry needs no exe link check.
+                self.poll_events()
         else:
             c.misses += 1
             proven = False
@@ -326,7 +339,7 @@ class Attributor:
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
 
-        entry = self._entry(pid, proven, cg_path is None, watched=not proven)
+        entry = self._entry(pid, proven, cg_path is None, watched=not proven or kept)
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
@@ -489,10 +502,10 @@ class Attributor:
         link = self._proc.exe_link(pid)
         if entry is not None and entry.exe_link == link:
             if proven or same_process:
-                return entry
+                return self._vouched(pid, entry, serial)
             st = self._proc.stat(pid)
             if st is not None and st.starttime == entry.starttime:
-                return entry
+                return self._vouched(pid, entry, serial)
         st = self._proc.stat(pid)
         if st is None:
             self._procs.pop(pid)
@@ -516,6 +529,16 @@ class Attributor:
             groups=tuple(name for name in map(self._group, gids) if name is not None),
             fd_serial=serial,
         )
+        self._procs.put(pid, entry)
+        return entry
+
+    def _vouched(self, pid: int, entry: _ProcEntry, serial: int | None) -> _ProcEntry:
+        """The entry, just shown to describe pid's process, tied to the fd directory kept
+        for pid now: a lookup through that directory proves it alive, hence the same
+        process, and skips the exe link check (`_entry`, watched)."""
+        if serial is None or serial == entry.fd_serial:
+            return entry
+        entry = dataclasses.replace(entry, fd_serial=serial)
         self._procs.put(pid, entry)
         return entry
 

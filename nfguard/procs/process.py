@@ -285,6 +285,17 @@ class FdDirs:
         ent = self._d.get(pid)
         return ent.serial if ent is not None else None
 
+    def holds(self, pid: int, fd: int, inode: int) -> bool | None:
+        """Whether fd `fd` of pid is socket `inode`, read through the kept directory (None:
+        none is kept). True also proves the process the directory was opened for is alive."""
+        ent = self._d.get(pid)
+        if ent is None:
+            return None
+        try:
+            return os.readlink(str(fd), dir_fd=ent.dirfd) == f"socket:[{inode}]"
+        except OSError:
+            return False
+
     def _open(self, pid: int) -> _FdDir | None:
         try:
             fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -863,8 +863,9 @@ def test_attributor_finds_a_busy_client_without_rereading_cgroup_procs(
 def test_attributor_with_events_rereads_a_known_process_only_after_an_exec(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With process events, a process found again through the same kept fd directory is
-    taken from the cache without a read; its exec event makes the next lookup read it."""
+    """With process events, a process found again through the same kept fd directory (a
+    new socket found there, or a known one read through it) is taken from the cache
+    without a read; its exec event makes the next lookup read it, even of a cached socket."""
     proc, cg = tmp_path / "proc", tmp_path / "cg"
     ids = _fake_cgroup_tree(cg)
     diag, ev = FakeDiag(), FakeEvents()
@@ -881,8 +882,12 @@ def test_attributor_with_events_rereads_a_known_process_only_after_an_exec(
     (proc / "100" / "fd" / "4").symlink_to("socket:[1001]")
     f = _answer(diag, 1001, ids[nginx])
     assert attr.lookup(f[0], 4, *f[1:]).pid == 100 and read == []
-    _fake_proc(proc, 100, exe="/usr/bin/python3", argv=["python3"], ppid=1, sockets={5: 1002})
+    hits = attr.stats()["hits"]
+    assert attr.lookup(f[0], 4, *f[1:]).pid == 100 and read == []  # the inode cache
+    assert attr.stats()["hits"] == hits + 1
+    # exec keeps the fds: the cached socket now belongs to another program
+    _fake_proc(proc, 100, exe="/usr/bin/python3", argv=["python3"], ppid=1)
     ev.queue = [ProcEvent("exec", 100)]
-    f = _answer(diag, 1002, ids[nginx])
     info = attr.lookup(f[0], 4, *f[1:])
     assert info.exe == "/usr/bin/python3" and info.cmdline == ("python3",) and read[0] == 100
+    assert attr.stats()["hits"] == hits + 2
