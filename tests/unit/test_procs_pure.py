@@ -891,3 +891,21 @@ def test_attributor_with_events_rereads_a_known_process_only_after_an_exec(
     info = attr.lookup(f[0], 4, *f[1:])
     assert info.exe == "/usr/bin/python3" and info.cmdline == ("python3",) and read[0] == 100
     assert attr.stats()["hits"] == hits + 2
+
+
+def test_attributor_without_events_sees_an_exec_behind_a_cached_socket(tmp_path: Path) -> None:
+    """No process events: a cached socket found again through the kept fd directory is
+    still checked against the exe link, so a program exec'd on the same fds is seen."""
+    attr, diag, proc, cg, ids = _setup(tmp_path)
+    assert not attr.live_members
+    nginx = "/system.slice/nginx.service"
+    _fake_proc(proc, 100, exe="/usr/sbin/nginx", argv=["nginx"], ppid=1, sockets={3: 1000})
+    (cg / nginx[1:] / "cgroup.procs").write_text("100\n")
+    f = _answer(diag, 1000, ids[nginx])
+    assert attr.lookup(f[0], 4, *f[1:]).exe == "/usr/sbin/nginx"
+    assert attr.lookup(f[0], 4, *f[1:]).exe == "/usr/sbin/nginx"
+    hits = attr.stats()["hits"]
+    _fake_proc(proc, 100, exe="/usr/bin/python3", argv=["python3"], ppid=1)
+    info = attr.lookup(f[0], 4, *f[1:])
+    assert info.exe == "/usr/bin/python3" and info.pid == 100
+    assert attr.stats()["hits"] == hits + 1
