@@ -3,7 +3,8 @@
 Per flow, without scanning /proc:
 1. sock_diag exact-tuple lookup (raw netlink, ~5-10 µs) → uid, socket inode, cgroup id;
 2. cgroup id → cgroup v2 path (a lazily walked map; the id is the directory's inode);
-3. inode → pid: a cache validated by one readlink of the remembered /proc/PID/fd/N, else the
+3. inode → pid: a cache validated by one readlink of the remembered fd (through the pid's
+   kept /proc/PID/fd directory when there is one, which also proves the process alive), else the
    pids of that cgroup, in the order most likely to hold a new socket (just forked or
    exec'd, recent socket owners, then newest pid first), each probed through a kept
    /proc/PID/fd directory fd: one fstat says whether its fd count changed since it was last
@@ -13,7 +14,8 @@ Per flow, without scanning /proc:
    did not change are only put off: they are read in full before giving up. If the cgroup
    does not hold it, a bounded scan of the socket owner's processes (a fallback);
 4. pid → exe, cmdline, parent: cached, checked against the exe link (catches exec) and the
-   start time (catches pid reuse).
+   start time (catches pid reuse). With process events, an exec event drops the entry
+   instead, so a process found again through the same kept directory needs no read.
 
 The uid comes from the kernel's socket, so it is known even when the process is not.
 `lookup` never raises: an unknown answer is a ProcessInfo with None fields. Every pid
