@@ -313,23 +313,14 @@ class Attributor:
 
         pid: int | None = None
         cached = self._inodes.get(inode)
-        held: bool | None = False
-        kept = False  # the cached fd was read through the pid's kept fd directory
-        if cached is not None:
-            held = self._fds.holds(cached[0], cached[1], inode)
-            kept = held is not None
-            if not kept:
-                held = self._proc.fd_holds(cached[0], cached[1], inode)
-        if held:
-            assert cached is not None
+        if cached is not None and self._fds.holds(cached[0], cached[1], inode):
             c.hits += 1
             pid = cached[0]
             proven = True
-            if kept:
-                # An exec since the entry was read has been reported by now (the kernel
-                # sends it before the program can send anything): drained, it drops the
-                # entry, so the entry needs no exe link check.
-                self.poll_events()
+            # An exec since the entry was read has been reported by now (the kernel sends
+            # it before the program can send anything): drained, it drops the entry, so
+            # the entry needs no exe link check (the miss route drains them too).
+            self.poll_events()
         else:
             c.misses += 1
             proven = False
@@ -341,7 +332,7 @@ class Attributor:
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
 
-        entry = self._entry(pid, proven, cg_path is None, watched=not proven or kept)
+        entry = self._entry(pid, proven, cg_path is None)
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
@@ -482,14 +473,13 @@ class Attributor:
             c.pids_scanned += 1
         return None
 
-    def _entry(self, pid: int, proven: bool, want_cgroup: bool,
-               watched: bool = False) -> _ProcEntry | None:
+    def _entry(self, pid: int, proven: bool, want_cgroup: bool) -> _ProcEntry | None:
         """Process info for pid, from cache when the exe link and start time still match.
 
         `proven`: the pid was just shown to hold the flow's socket through a cached fd, so
         only an exec can have changed it; the exe link check is enough. So it is when the
         socket was found through the same kept fd directory the entry was read with.
-        `watched`: process events were drained during this lookup; an exec would have
+        With process events (drained by every lookup before this), an exec would have
         dropped the entry, so with the same kept fd directory nothing needs reading.
         `want_cgroup`: the socket's cgroup is unknown, so read the process's (skipped
         otherwise: ~10 µs).
@@ -499,7 +489,7 @@ class Attributor:
         if entry is not None and want_cgroup and entry.cgroup is None:
             entry = None
         same_process = entry is not None and serial is not None and serial == entry.fd_serial
-        if same_process and watched and self._events is not None:
+        if same_process and self._events is not None:
             return entry
         link = self._proc.exe_link(pid)
         if entry is not None and entry.exe_link == link:
@@ -537,7 +527,7 @@ class Attributor:
     def _vouched(self, pid: int, entry: _ProcEntry, serial: int | None) -> _ProcEntry:
         """The entry, just shown to describe pid's process, tied to the fd directory kept
         for pid now: a lookup through that directory proves it alive, hence the same
-        process, and skips the exe link check (`_entry`, watched)."""
+        process, and skips the exe link check (`_entry`)."""
         if serial is None or serial == entry.fd_serial:
             return entry
         entry = dataclasses.replace(entry, fd_serial=serial)

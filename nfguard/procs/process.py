@@ -174,13 +174,6 @@ class ProcReader:
         except OSError:
             return None
 
-    def fd_holds(self, pid: int, fd: int, inode: int) -> bool:
-        """Whether /proc/PID/fd/FD is still socket INODE: one readlink, the cache check."""
-        try:
-            return os.readlink(f"{self.root}/{pid}/fd/{fd}") == f"socket:[{inode}]"
-        except OSError:
-            return False
-
     def find_socket(
         self,
         pids: Iterable[int],
@@ -285,13 +278,14 @@ class FdDirs:
         ent = self._d.get(pid)
         return ent.serial if ent is not None else None
 
-    def holds(self, pid: int, fd: int, inode: int) -> bool | None:
-        """Whether fd `fd` of pid is socket `inode`, read through the kept directory (None:
-        none is kept). True also proves the process the directory was opened for is alive."""
+    def holds(self, pid: int, fd: int, inode: int) -> bool:
+        """Whether fd `fd` of pid is socket `inode`: one readlink, through pid's kept
+        directory (True then also proves its process alive) or else by path (a directory
+        is not opened for it: that would take a slot from the pids being searched)."""
         ent = self._d.get(pid)
-        if ent is None:
-            return None
         try:
+            if ent is None:
+                return os.readlink(f"{self.root}/{pid}/fd/{fd}") == f"socket:[{inode}]"
             return os.readlink(str(fd), dir_fd=ent.dirfd) == f"socket:[{inode}]"
         except OSError:
             return False

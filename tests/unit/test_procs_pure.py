@@ -412,7 +412,8 @@ def test_proc_reader_finds_socket_and_learns(tmp_path: Path) -> None:
     assert res == (20, 5, 2)
     assert learned == {111: (10, 3), 222: (10, 4)}
     assert r.find_socket([10], 333) is None
-    assert r.fd_holds(20, 5, 333) and not r.fd_holds(20, 5, 334) and not r.fd_holds(99, 1, 1)
+    d = FdDirs(str(proc))
+    assert d.holds(20, 5, 333) and not d.holds(20, 5, 334) and not d.holds(99, 1, 1)
     assert r.stat(99) is None and r.exe_link(99) is None and r.cmdline(99) == ()
 
 
