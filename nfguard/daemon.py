@@ -133,9 +133,11 @@ class Daemon:
         stats = Stats(policy_loaded_at=time.time(), policy_rules=engine.policies.source.rule_count)
         self.audit = AuditLog(config.audit.path, config.audit.format)
         self.attributor = attributor = Attributor()
-        log.info("attribution: cgroup v2 at %s; process events %s",
-                 attributor.cgroup_root or "(not mounted: by owner uid)",
-                 "on" if attributor.live_members else "off (cgroup.procs read per miss)")
+        log.info("attribution: cgroup v2 at %s; process events %s; socket owners recorded "
+                 "by eBPF: %s", attributor.cgroup_root or "(not mounted: by owner uid)",
+                 "on" if attributor.live_members else "off (cgroup.procs read per miss)",
+                 "on" if attributor.recorded_owners
+                 else f"off ({attributor.owners_error or 'no cgroup v2'}; /proc searched)")
         # The name cache lives as long as the daemon: reloads keep what DNS taught it.
         if worker is None and config.engine.workers > 1:
             self.team = Team(self.config_path, config.engine.workers, self.queue_path,

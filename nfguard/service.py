@@ -8,10 +8,13 @@ Why the unit looks the way it does:
 - ExecReload runs `nfguard reload`, which waits for the outcome: a rejected policy fails
   `systemctl reload` with the file and line, and the running policy stays.
 - Root, but only the capabilities the engine uses: CAP_NET_ADMIN (nftables, NFQUEUE,
-  sock_diag, the process connector), CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (reading
-  /proc/PID/fd and /proc/PID/exe of other users' processes to name who opened a socket).
-  No CAP_DAC_OVERRIDE, CAP_SETUID, CAP_SYS_ADMIN, ...; ptrace() itself is not in the
-  system call filter. The file system is read-only but for the log and runtime directories.
+  sock_diag, the process connector, attaching the socket-owner recorder to the cgroup
+  root), CAP_BPF (loading that recorder and its map), CAP_SYS_PTRACE and
+  CAP_DAC_READ_SEARCH (reading /proc/PID/fd and /proc/PID/exe of other users' processes to
+  name who opened a socket). No CAP_DAC_OVERRIDE, CAP_SETUID, CAP_SYS_ADMIN, ...;
+  ptrace() itself is not in the system call filter; bpf() is let back in (the @privileged
+  set holds it). Without CAP_BPF the engine searches /proc instead. The file system is
+  read-only but for the log and runtime directories.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from nfguard.config import DEFAULT_PATH
 UNIT_NAME = "nfguard.service"
 UNIT_DIR = "/etc/systemd/system"
 BOOTSTRAP_COMMAND = "/usr/local/sbin/nfguard"  # the link ./bootstrap.sh run makes
-CAPABILITIES = ("CAP_NET_ADMIN", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
+CAPABILITIES = ("CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
 
 _TEMPLATE = """\
 # nfguard: host egress firewall (nftables -> NFQUEUE -> engine).
@@ -80,6 +83,7 @@ RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
 SystemCallFilter=~@privileged
+SystemCallFilter=bpf
 SystemCallErrorNumber=EPERM
 
 [Install]

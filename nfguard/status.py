@@ -50,7 +50,8 @@ def render_status(status: dict[str, Any]) -> str:
                  f"{names['misses']} misses, {names['evictions']} evictions")
     if s["attribution"] is not None:
         a = s["attribution"]
-        lines.append(f"attribution:  {a.get('lookups', 0)} lookups, {a.get('hits', 0)} cache "
+        lines.append(f"attribution:  {a.get('lookups', 0)} lookups, {a.get('recorded', 0)} "
+                     f"recorded by the kernel, {a.get('hits', 0)} cache "
                      f"hits, {a.get('failures', 0)} without a process, {a.get('errors', 0)} "
                      f"errors; caches: {a.get('inode_cache', 0)} sockets, "
                      f"{a.get('proc_cache', 0)} processes")

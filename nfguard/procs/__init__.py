@@ -1,28 +1,33 @@
 """Who is talking: process, user and systemd unit of a new outbound flow.
 
 Per flow, without scanning /proc:
-1. sock_diag exact-tuple lookup (raw netlink, ~5-10 µs) → uid, socket inode, cgroup id;
+1. sock_diag exact-tuple lookup (raw netlink, ~5-10 µs) → uid, socket inode, cookie,
+   cgroup id;
 2. cgroup id → cgroup v2 path (a lazily walked map; the id is the directory's inode);
 3. inode → pid: a cache validated by one readlink of the remembered fd (through the pid's
-   kept /proc/PID/fd directory when there is one, which also proves the process alive), else the
-   pids of that cgroup, in the order most likely to hold a new socket (just forked or
-   exec'd, recent socket owners, then newest pid first), each probed through a kept
-   /proc/PID/fd directory fd: one fstat says whether its fd count changed since it was last
-   listed, and only new fds are read. The pid set comes from `cgroup.procs` once and is
-   then kept live by the kernel's process connector (members, cnproc); without it (not the
-   initial netns, no CAP_NET_ADMIN) `cgroup.procs` is read per miss. Pids whose fd count
-   did not change are only put off: they are read in full before giving up. If the cgroup
-   does not hold it, a bounded scan of the socket owner's processes (a fallback);
-4. pid → exe, cmdline, parent: cached, checked against the exe link (catches exec) and the
-   start time (catches pid reuse). With process events, an exec event drops the entry
-   instead, so a process found again through the same kept directory needs no read.
+   kept /proc/PID/fd directory when there is one, which also proves the process alive);
+4. on a miss, the pid the kernel recorded when the socket was connected or sent on (an
+   eBPF map keyed by socket cookie, see owners), trusted while that process lives;
+5. else the pids of the socket's cgroup, in the order most likely to hold a new socket
+   (just forked or exec'd, recent socket owners, then newest pid first), each probed
+   through a kept /proc/PID/fd directory fd: one fstat says whether its fd count changed
+   since it was last listed, and only new fds are read. The pid set comes from
+   `cgroup.procs` once and is then kept live by the kernel's process connector (members,
+   cnproc); without it (not the initial netns, no CAP_NET_ADMIN) `cgroup.procs` is read
+   per miss. Pids whose fd count did not change are only put off: they are read in full
+   before giving up. If the cgroup does not hold it, a bounded scan of the socket owner's
+   processes (a fallback);
+6. pid → exe, cmdline, parent: cached, checked against the exe link (catches exec) and the
+   start time (catches pid reuse). With process events, exec, fork and exit events drop
+   the entry instead, so a cached entry needs no read.
 
 The uid comes from the kernel's socket, so it is known even when the process is not.
 `lookup` never raises: an unknown answer is a ProcessInfo with None fields. Every pid
-returned was just seen holding the socket (readlink of its fd): ordering hints and cached
-memberships only decide where to look first, never what the answer is. A socket already
-closed when its packet is looked up (a UDP sender that dropped it after sendto) has no
-owner left to find: that flow gets uid None and pid None, not a guess.
+returned was just seen holding the socket (readlink of its fd), or is the live process the
+kernel saw connect it: ordering hints and cached memberships only decide where to look
+first, never what the answer is. A socket already closed when its packet is looked up (a
+UDP sender that dropped it after sendto) has no owner left to find: that flow gets uid
+None and pid None, not a guess.
 
 Not thread-safe: use one Attributor per thread (each has its own netlink socket).
 """
@@ -32,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import logging
+import os
 import pwd
 import socket
 from collections.abc import Callable, Iterable
@@ -42,6 +48,7 @@ from nfguard.procs.cgroups import CgroupMap, find_cgroup2_root, unit_from_path
 from nfguard.procs.cnproc import ProcEvent, ProcEvents
 from nfguard.procs.exehash import ExeHashes
 from nfguard.procs.members import Group, Members
+from nfguard.procs.owners import SocketOwners, started_before
 from nfguard.procs.process import (
     FOUND,
     PARTIAL,
@@ -97,13 +104,15 @@ class _ProcEntry:
 
 @dataclasses.dataclass
 class Counters:
-    """lookups = hits + misses + (lookups that found no socket or inode) + errors.
+    """lookups = recorded + hits + misses + (lookups that found no socket or inode) + errors;
+    recorded: settled by the kernel's record of the socket's owner (owners).
     misses that the cgroup route could not settle are also counted in fallbacks;
     failures counts lookups that ended without a pid. pids_probed: pids looked at (one
     fstat); pids_scanned: pids whose fd list was read; procs_reads: cgroup.procs reads;
     events: process events folded in."""
 
     lookups: int = 0
+    recorded: int = 0
     hits: int = 0
     misses: int = 0
     fallbacks: int = 0
@@ -118,6 +127,7 @@ class Counters:
     def as_dict(self) -> dict[str, int]:
         return {
             "lookups": self.lookups,
+            "recorded": self.recorded,
             "hits": self.hits,
             "misses": self.misses,
             "fallbacks": self.fallbacks,
@@ -149,6 +159,14 @@ _FAMILIES = {
 }
 
 
+class Owners(Protocol):
+    """What the attributor needs of owners.SocketOwners (tests pass a fake)."""
+
+    def lookup(self, cookie: int) -> tuple[int, int] | None: ...
+
+    def close(self) -> None: ...
+
+
 class EventSource(Protocol):
     """What the attributor needs of cnproc.ProcEvents (tests pass a fake)."""
 
@@ -173,12 +191,14 @@ class Attributor:
         fallback_limit: int = 1024,
         fd_dirs: int = 4096,
         events: EventSource | bool | None = None,
+        owners: Owners | bool | None = None,
         diag: SockDiag | None = None,
     ) -> None:
         """cache_size bounds inode→(pid, fd); proc_cache_size bounds pid→process info;
         scan_limit / fallback_limit bound the pids whose fds one lookup may read; fd_dirs
         bounds the kept /proc/PID/fd directory fds. events: a cn_proc source, True to open
-        one, False for none, None to open one when reading the real /proc."""
+        one, False for none, None to open one when reading the real /proc. owners: the
+        same for the kernel's record of socket owners (see owners), where it loads."""
         self._diag = diag if diag is not None else SockDiag()
         self._proc = ProcReader(proc_root)
         self._fds = FdDirs(proc_root, fd_dirs)
@@ -197,6 +217,15 @@ class Attributor:
             self._events = ProcEvents.open() if events else None
         else:
             self._events = events
+        self._owners: Owners | None
+        if owners is None:
+            owners = proc_root == "/proc" and self._cgroups.root is not None
+        self.owners_error: str | None = None  # why the record could not be opened
+        if isinstance(owners, bool):
+            self._owners = self._open_owners() if owners else None
+        else:
+            self._owners = owners
+        self._hz = os.sysconf("SC_CLK_TCK")
         self.scan_limit = scan_limit
         self.fallback_limit = fallback_limit
         self.counters = Counters()
@@ -205,6 +234,19 @@ class Attributor:
     def cgroup_root(self) -> str | None:
         """The cgroup v2 mount used (may be `/sys/fs/cgroup/unified` on hybrid hosts)."""
         return self._cgroups.root
+
+    def _open_owners(self) -> SocketOwners | None:
+        assert self._cgroups.root is not None
+        try:
+            return SocketOwners.open(self._cgroups.root)
+        except OSError as e:
+            self.owners_error = str(e)
+            return None
+
+    @property
+    def recorded_owners(self) -> bool:
+        """Whether the kernel records socket owners for this attributor (owners)."""
+        return self._owners is not None
 
     @property
     def live_members(self) -> bool:
@@ -247,15 +289,17 @@ class Attributor:
             self._procs.clear()
         for pid in self._members.apply(events):
             self._fds.drop(pid)
-        for event in events:
-            if event.kind == "exec":  # a new program: what was read of the process is stale
-                self._procs.pop(event.pid)
+        for event in events:  # a new program, or another process: what was read is stale
+            self._procs.pop(event.pid)
         self.counters.events += len(events)
         return len(events)
 
     def close(self) -> None:
         self._diag.close()
         self._fds.clear()
+        if self._owners is not None:
+            self._owners.close()
+            self._owners = None
         if self._events is not None:
             self._events.close()
             self._events = None
@@ -322,6 +366,10 @@ class Attributor:
             # the entry needs no exe link check (the miss route drains them too).
             self.poll_events()
         else:
+            recorded = self._recorded(d.cookie, cg_path is None)
+            if recorded is not None:
+                c.recorded += 1
+                return self._info(uid, user, inode, recorded[0], recorded[1], cg_path, hash_exe)
             c.misses += 1
             proven = False
             found = self._search(inode, uid, d.cgroup_id, cg_path)
@@ -336,6 +384,25 @@ class Attributor:
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
+        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe)
+
+    def _recorded(self, cookie: int, want_cgroup: bool) -> tuple[int, _ProcEntry] | None:
+        """The process the kernel saw connect (or send on) the socket, if it still lives:
+        gone, or its pid reused since, the socket may live on in a child; then search."""
+        record = self._owners.lookup(cookie) if self._owners is not None else None
+        if record is None:
+            return None
+        pid, connected_at = record
+        self.poll_events()
+        if self._events is None:  # an entry read through a kept directory that still
+            self._fds.refresh(pid)  # works describes the live process (_entry)
+        entry = self._entry(pid, False, want_cgroup)
+        if entry is None or not started_before(entry.starttime, connected_at, self._hz):
+            return None
+        return pid, entry
+
+    def _info(self, uid: int, user: str | None, inode: int, pid: int, entry: _ProcEntry,
+              cg_path: str | None, hash_exe: bool) -> ProcessInfo:
         cgroup = cg_path if cg_path is not None else entry.cgroup
         return ProcessInfo(
             uid=uid,
@@ -476,21 +543,22 @@ class Attributor:
     def _entry(self, pid: int, proven: bool, want_cgroup: bool) -> _ProcEntry | None:
         """Process info for pid, from cache when the exe link and start time still match.
 
-        `proven`: the pid was just shown to hold the flow's socket through a cached fd, so
-        only an exec can have changed it; the exe link check is enough. So it is when the
-        socket was found through the same kept fd directory the entry was read with.
-        With process events (drained by every lookup before this), an exec would have
-        dropped the entry, so with the same kept fd directory nothing needs reading.
+        With process events (drained by every lookup before this), an exec, exit or fork
+        of the pid would have dropped the entry, so a cached one needs no reading.
+        Without: `proven`, the pid was just shown to hold the flow's socket through a
+        cached fd, so only an exec can have changed it; the exe link check is enough. So it
+        is when the socket was found through the same kept fd directory the entry was read
+        with.
         `want_cgroup`: the socket's cgroup is unknown, so read the process's (skipped
         otherwise: ~10 µs).
         """
         entry = self._procs.get(pid)
-        serial = self._fds.serial(pid)
         if entry is not None and want_cgroup and entry.cgroup is None:
             entry = None
-        same_process = entry is not None and serial is not None and serial == entry.fd_serial
-        if same_process and self._events is not None:
+        if entry is not None and self._events is not None:
             return entry
+        serial = self._fds.serial(pid)
+        same_process = entry is not None and serial is not None and serial == entry.fd_serial
         link = self._proc.exe_link(pid)
         if entry is not None and entry.exe_link == link:
             if proven or same_process:

@@ -290,6 +290,19 @@ class FdDirs:
         except OSError:
             return False
 
+    def refresh(self, pid: int) -> None:
+        """Drop pid's kept directory if the process it was opened for has exited (one
+        fstat), so that a cache entry tied to a kept serial describes a live process; with
+        none kept, open one for next time."""
+        ent = self._d.get(pid)
+        if ent is None:
+            self._open(pid)
+            return
+        try:
+            os.fstat(ent.dirfd)
+        except OSError:
+            self.drop(pid)
+
     def _open(self, pid: int) -> _FdDir | None:
         try:
             fd = os.open(f"{self.root}/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -43,8 +43,9 @@ _MSG_HEAD = struct.Struct("=BBBB")
 # inet_diag_msg tail: expires, rqueue, wqueue, uid, inode
 _MSG_TAIL = struct.Struct("=IIIII")
 # the fields of inet_diag_msg read per flow: family, state, src, dst (after the ports),
-# then uid and inode (after interface, cookie, expires, rqueue, wqueue)
-_MSG_FIELDS = struct.Struct("=BB2x4x16s16s8x4x4x4x4xII")
+# the cookie's two halves (after the interface), then uid and inode (after expires,
+# rqueue, wqueue)
+_MSG_FIELDS = struct.Struct("=BB2x4x16s16s4xII4x4x4xII")
 _PORTS = struct.Struct("!HH")
 _RTA = struct.Struct("=HH")
 _U64 = struct.Struct("=Q")
@@ -75,6 +76,7 @@ class DiagSocket(NamedTuple):
     sport: int
     dst: str
     dport: int
+    cookie: int = 0  # the socket's cookie, as bpf_get_socket_cookie() gives it
 
 
 def _unpack_addr(family: int, raw: bytes) -> str:
@@ -124,13 +126,15 @@ def parse_diag_msg(payload: bytes, offset: int = 0, end: int | None = None) -> D
         end = len(payload)
     if end - offset < MSG_LEN:
         raise SockDiagError(f"inet_diag_msg too short: {end - offset} bytes")
-    family, state, rsrc, rdst, uid, inode = _MSG_FIELDS.unpack_from(payload, offset)
+    family, state, rsrc, rdst, cookie_low, cookie_high, uid, inode = _MSG_FIELDS.unpack_from(
+        payload, offset)
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise SockDiagError(f"unexpected family {family}")
     sport, dport = _PORTS.unpack_from(payload, offset + _MSG_HEAD.size)
     # positional: a NamedTuple takes keywords at twice the cost, and this runs per flow
     return DiagSocket(family, state, uid, inode, _cgroup_id(payload, offset + MSG_LEN, end),
-                      _unpack_addr(family, rsrc), sport, _unpack_addr(family, rdst), dport)
+                      _unpack_addr(family, rsrc), sport, _unpack_addr(family, rdst), dport,
+                      cookie_low | cookie_high << 32)
 
 
 def _cgroup_id(data: bytes, off: int, end: int) -> int | None:

@@ -1,6 +1,6 @@
 """Benchmark: what does `Attributor.lookup` cost per flow? (a script, not a pytest test)
 
-Run as root:  /tmp/v/bin/python tests/bench/bench_attribution.py [--procs 500] [--samples 300]
+Run as root:  python tests/bench/bench_attribution.py [--procs 500] [--samples 300] [--search]
 
 Sets up ~2 live loopback sockets (one TCP connection, one UDP socket — half connected, half
 unconnected) in each of N sleeping processes, all in one test cgroup (a service with many
@@ -127,6 +127,8 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5, help="warm passes over all flows")
     ap.add_argument("--root-cgroup", action="store_true", help="leave children in our cgroup")
+    ap.add_argument("--search", action="store_true",
+                    help="without the kernel's record of socket owners (eBPF): search /proc")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -152,7 +154,7 @@ def main() -> int:
     )
     accepted: list[socket.socket] = []
     busy: subprocess.Popen | None = None
-    attr = Attributor()
+    attr = Attributor(owners=not args.search)
     try:
         assert spawner.stdout is not None
         spawner.stdout.readline()
@@ -328,7 +330,7 @@ def main() -> int:
 
         # the same new-process case without process events (not the initial netns, or
         # no CAP_NET_ADMIN): cgroup.procs is read on every miss
-        plain = Attributor(events=False)
+        plain = Attributor(events=False, owners=not args.search)
         try:
             for f in flows:  # warm its caches like the main one
                 plain.lookup(f[0], socket.AF_INET, f[1], f[2], f[3], f[4])
@@ -338,7 +340,8 @@ def main() -> int:
         finally:
             plain.close()
 
-        print(f"process events (cn_proc): {'on' if attr.live_members else 'unavailable'}")
+        print(f"process events (cn_proc): {'on' if attr.live_members else 'unavailable'}; "
+              f"socket owners recorded by eBPF: {'on' if attr.recorded_owners else 'off'}")
         report("sockdiag request alone", sd)
         report("cold (all caches empty)", cold)
         report("first pass (learning, in order)", first)

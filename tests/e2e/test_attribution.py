@@ -31,9 +31,15 @@ CURL = shutil.which("curl")
 SYS_PY = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else None
 
 
-@pytest.fixture
-def attr() -> Iterator[Attributor]:
-    a = Attributor()
+@pytest.fixture(params=["recorded", "searched"])
+def attr(request: pytest.FixtureRequest) -> Iterator[Attributor]:
+    """Both routes to the process: the kernel's record of who connected the socket (eBPF),
+    and the /proc search that stands in where it cannot load."""
+    recorded = request.param == "recorded"
+    if recorded and find_cgroup2_root() is None:
+        pytest.skip("no cgroup v2: the record hooks there")
+    a = Attributor(owners=recorded)
+    assert a.recorded_owners == recorded, a.owners_error
     yield a
     a.close()
 
@@ -76,7 +82,11 @@ def test_tcp_v4_in_process(attr: Attributor, listener: socket.socket) -> None:
         info = _look(attr, "tcp", c)
         _assert_me(info, c)
         assert _look(attr, "tcp", c) == info
-        assert attr.stats()["hits"] == 1
+        st = attr.stats()
+        if attr.recorded_owners:
+            assert st["recorded"] == 2 and st["pids_probed"] == 0, st
+        else:
+            assert st["hits"] == 1
     finally:
         c.close()
 
@@ -274,9 +284,40 @@ def test_moved_process_found_by_fallback(
         info = attr.lookup(*tcp)
         assert info.pid == p.pid and info.uid == 65534
         assert info.cgroup == sock_cg
-        assert attr.stats()["fallbacks"] == 1
+        assert attr.stats()["fallbacks"] == (0 if attr.recorded_owners else 1)
     finally:
         _stop(p)
+
+
+HANDOVER = textwrap.dedent(
+    """
+    import json, os, socket, sys, time
+    t = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    if os.fork() == 0:  # the child keeps the socket; the process that connected it exits
+        print(json.dumps({"pid": os.getpid(), "tcp": t.getsockname()}), flush=True)
+        time.sleep(60)
+    os._exit(0)
+    """
+)
+
+
+def test_socket_outliving_its_connector_is_found_on_its_holder(
+    attr: Attributor, listener: socket.socket
+) -> None:
+    """The kernel recorded the parent as the socket's owner; the parent exited and its
+    child holds the socket: the record is not trusted, the search finds the child."""
+    port = listener.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-c", HANDOVER, str(port)], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout is not None
+    got = json.loads(p.stdout.readline())
+    p.wait(timeout=10)
+    try:
+        info = attr.lookup("tcp", 4, got["tcp"][0], got["tcp"][1], "127.0.0.1", port)
+        assert info.pid == got["pid"] and info.exe == SELF_EXE
+        assert attr.stats()["recorded"] == 0
+    finally:
+        os.kill(got["pid"], 9)
 
 
 FORKER = textwrap.dedent(

@@ -497,7 +497,7 @@ from nfguard.procs import Attributor
 with Attributor() as attributor:
     found = attributor.lookup("udp", socket.AF_INET, sys.argv[1], int(sys.argv[2]), sys.argv[3],
                               9)
-print(found.pid, found.exe)
+    print(found.pid, found.exe, "recorded" if attributor.recorded_owners else "searched")
 """
 
 
@@ -540,10 +540,15 @@ def test_unit_capabilities_are_enough_and_each_is_needed(lab: Lab) -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
-    assert attribute(capabilities).startswith(f"{owner.pid} /"), "pid and executable"
+    named = attribute(capabilities)
+    assert named.startswith(f"{owner.pid} /"), "pid and executable"
+    assert named.endswith(" recorded"), "the socket-owner recorder loads"
     for missing in ("CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"):
         fewer = [c for c in capabilities if c != missing]
-        assert attribute(fewer) == "None None", f"{missing} is needed to name the process"
+        assert attribute(fewer) == "None None recorded", f"{missing} is needed to name it"
+    # Without CAP_BPF the recorder does not load; /proc is searched instead.
+    fewer = [c for c in capabilities if c != "CAP_BPF"]
+    assert attribute(fewer) == f"{named.rsplit(' ', 1)[0]} searched", "CAP_BPF loads it"
 
     # Without CAP_NET_ADMIN the engine cannot start, and says why.
     fewer = [c for c in capabilities if c != "CAP_NET_ADMIN"]

@@ -37,6 +37,7 @@ from nfguard.procs.cnproc import (
 )
 from nfguard.procs.exehash import ExeHashes
 from nfguard.procs.members import Group, Members
+from nfguard.procs.owners import started_before
 from nfguard.procs.process import (
     FOUND,
     GONE,
@@ -124,6 +125,7 @@ def _diag_answer(
     cgroup_id: int | None,
     seq: int = 1,
     extra_attrs: bytes = b"",
+    cookie: int = 0x5678_0000_1234,
 ) -> bytes:
     body = struct.pack("=BBBB", family, 2, 0, 0)
     body += struct.pack(
@@ -133,7 +135,7 @@ def _diag_answer(
         socket.inet_pton(family, src).ljust(16, b"\0"),
         socket.inet_pton(family, dst).ljust(16, b"\0"),
     )
-    body += struct.pack("=III", 0, 0x1234, 0x5678)
+    body += struct.pack("=III", 0, cookie & 0xFFFFFFFF, cookie >> 32)
     body += struct.pack("=IIIII", 0, 0, 0, uid, inode)
     body += extra_attrs
     if cgroup_id is not None:
@@ -170,6 +172,7 @@ def test_parse_answer_v4_with_cgroup_and_odd_attrs() -> None:
         sport=40000,
         dst="1.1.1.1",
         dport=443,
+        cookie=0x5678_0000_1234,
     )
 
 
@@ -234,17 +237,19 @@ _ADDRESSES = {socket.AF_INET: st.ip_addresses(v=4).map(str),
     st.just(family), _ADDRESSES[family], st.integers(0, 65535), _ADDRESSES[family],
     st.integers(0, 65535), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
     st.one_of(st.none(), st.integers(0, 2**64 - 1)),
-    st.lists(st.tuples(st.integers(1, 20), st.binary(max_size=9)), max_size=3))))
+    st.lists(st.tuples(st.integers(1, 20), st.binary(max_size=9)), max_size=3),
+    st.integers(0, 2**64 - 1))))
 def test_answers_parse_back_to_what_was_packed(case: tuple) -> None:
-    family, src, sport, dst, dport, uid, inode, cgroup_id, others = case
+    family, src, sport, dst, dport, uid, inode, cgroup_id, others, cookie = case
     extra = b"".join(_rta(kind, payload) for kind, payload in others)
     data = _diag_answer(family, src, sport, dst, dport, uid=uid, inode=inode,
-                        cgroup_id=cgroup_id, extra_attrs=extra, seq=9)
+                        cgroup_id=cgroup_id, extra_attrs=extra, seq=9, cookie=cookie)
     got = parse_response(data, seq=9)
     assert got is not None
     # the C library spells some IPv6 addresses differently (::ffff:0.0.0.0, not ::ffff:0:0)
     assert got._replace(src=ip_address(got.src), dst=ip_address(got.dst)) == DiagSocket(
-        family, 2, uid, inode, cgroup_id, ip_address(src), sport, ip_address(dst), dport)
+        family, 2, uid, inode, cgroup_id, ip_address(src), sport, ip_address(dst), dport,
+        cookie)
 
 
 @settings(max_examples=1000, deadline=None)
@@ -454,6 +459,7 @@ def _answer(diag: FakeDiag, inode: int, cgroup_id: int | None, uid: int | None =
         sport=flow[2],
         dst=flow[3],
         dport=flow[4],
+        cookie=inode << 8,
     )
     return flow
 
@@ -495,6 +501,62 @@ def test_attributor_cgroup_route_then_cache(tmp_path: Path) -> None:
     assert attr.lookup(flow2[0], 4, *flow2[1:]).pid == 501
     assert attr.lookup(flow[0], 4, *flow[1:]).pid == 500
     assert attr.stats()["hits"] == 2
+
+
+class FakeOwners:
+    """Stands in for the eBPF map: socket cookie → (pid, boot ns at connect)."""
+
+    def __init__(self) -> None:
+        self.records: dict[int, tuple[int, int]] = {}
+
+    def lookup(self, cookie: int) -> tuple[int, int] | None:
+        return self.records.get(cookie)
+
+    def close(self) -> None:
+        pass
+
+
+def test_started_before_allows_the_start_tick() -> None:
+    second = 1_000_000_000
+    assert started_before(1000, 10 * second, 100)
+    assert started_before(1000, 10 * second + second // 200, 100)  # within the tick
+    assert not started_before(1001, 10 * second, 100)
+    assert started_before(250, 10 * second, 25)
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_attributor_trusts_the_kernel_record_only_while_its_process_lives(
+        tmp_path: Path, events: bool) -> None:
+    proc, cg = tmp_path / "proc", tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag, owners = FakeDiag(), FakeOwners()
+    ev = FakeEvents() if events else False
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
+                      owners=owners, events=ev)
+    hz = os.sysconf("SC_CLK_TCK")
+    second = 1_000_000_000
+    _fake_proc(proc, 700, exe="/usr/bin/client", argv=["client"], ppid=1, sockets={5: 71},
+               starttime=10 * hz)
+    _fake_proc(proc, 702, exe="/usr/bin/holder", argv=["holder"], ppid=1, sockets={6: 72},
+               starttime=10 * hz)
+    (cg / "user.slice" / "cgroup.procs").write_text("700\n702\n")
+    owned = _answer(diag, 71, ids["/user.slice"])
+    owners.records[71 << 8] = (700, 11 * second)  # connected after the process started
+    info = attr.lookup(owned[0], 4, *owned[1:])
+    assert (info.pid, info.exe, info.cmdline, info.inode) == (700, "/usr/bin/client",
+                                                              ("client",), 71)
+    assert info.cgroup == "/user.slice"
+    st = attr.stats()
+    assert (st["recorded"], st["misses"], st["pids_probed"]) == (1, 0, 0)
+    # a record older than the process now at its pid: that pid was reused, so search
+    reused = _answer(diag, 72, ids["/user.slice"])
+    owners.records[72 << 8] = (700, 5 * second)
+    assert attr.lookup(reused[0], 4, *reused[1:]).pid == 702
+    # a record of a process that is gone: search
+    owners.records[72 << 8] = (799, 11 * second)
+    assert attr.lookup(reused[0], 4, *reused[1:]).pid == 702
+    st = attr.stats()
+    assert (st["recorded"], st["misses"] + st["hits"]) == (1, 2)
 
 
 def test_attributor_cache_is_checked(tmp_path: Path) -> None:

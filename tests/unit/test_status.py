@@ -61,8 +61,8 @@ def test_rejection_errors_and_optional_parts() -> None:
         counters={**answer()["counters"], "engine_errors": 2, "queue_errors": 1},
         errors=[[now, "reload rejected, the running policy stays:\na.toml:3: bad"]],
         decisions={}, latency={"p50": None, "p99": None}, kernel_queue=None, metrics=None,
-        attribution={"lookups": 5, "hits": 4, "failures": 1, "errors": 0, "inode_cache": 3,
-                     "proc_cache": 2, "events": 9},
+        attribution={"lookups": 7, "recorded": 2, "hits": 4, "failures": 1, "errors": 0,
+                     "inode_cache": 3, "proc_cache": 2, "events": 9},
     ))
     assert "0 applied, 1 rejected\n  last rejected " in text
     assert "\n    a.toml:3: bad\n    b.toml:9: worse\n" in text
@@ -72,8 +72,8 @@ def test_rejection_errors_and_optional_parts() -> None:
     assert "latency:" not in text
     assert "kernel queue: not found" in text
     assert "metrics:      off" in text
-    assert ("attribution:  5 lookups, 4 cache hits, 1 without a process, 0 errors; caches: "
-            "3 sockets, 2 processes\n") in text
+    assert ("attribution:  7 lookups, 2 recorded by the kernel, 4 cache hits, 1 without a "
+            "process, 0 errors; caches: 3 sockets, 2 processes\n") in text
 
 
 def test_latency_past_the_last_bucket() -> None:

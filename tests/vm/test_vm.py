@@ -94,8 +94,8 @@ def test_unit_under_systemd_in_a_stock_kernel(
     assert [name for state, name in checks if state == "FAILED"] == [], vm_run
     names = " ".join(name for _, name in checks)
     for step in ("is systemd/nfguard.service", "systemctl start", "native nft queue",
-                 "systemctl reload", "broken policy", "watchdog and restarted",
-                 "systemctl stop"):
+                 "record socket owners", "systemctl reload", "broken policy",
+                 "watchdog and restarted", "systemctl stop"):
         assert step in names, f"{step!r} was not checked:\n{vm_run}"
     assert re.search(r"^vm-test: systemd checks: 0 failed, after \d+ s$", out, re.M), vm_run
     with capsys.disabled():
