@@ -137,7 +137,7 @@ class Daemon:
                  "by eBPF: %s", attributor.cgroup_root or "(not mounted: by owner uid)",
                  "on" if attributor.live_members else "off (cgroup.procs read per miss)",
                  "on" if attributor.recorded_owners
-                 else f"off ({attributor.owners_error or 'no cgroup v2'}; /proc searched)")
+                 else f"off ({attributor.owners_error}; /proc searched)")
         # The name cache lives as long as the daemon: reloads keep what DNS taught it.
         if worker is None and config.engine.workers > 1:
             self.team = Team(self.config_path, config.engine.workers, self.queue_path,

@@ -219,7 +219,7 @@ class Attributor:
             self._events = events
         self._owners: Owners | None
         if owners is None:
-            owners = proc_root == "/proc" and self._cgroups.root is not None
+            owners = proc_root == "/proc"
         self.owners_error: str | None = None  # why the record could not be opened
         if isinstance(owners, bool):
             self._owners = self._open_owners() if owners else None
@@ -236,7 +236,9 @@ class Attributor:
         return self._cgroups.root
 
     def _open_owners(self) -> SocketOwners | None:
-        assert self._cgroups.root is not None
+        if self._cgroups.root is None:
+            self.owners_error = "no cgroup v2 to attach to"
+            return None
         try:
             return SocketOwners.open(self._cgroups.root)
         except OSError as e:

@@ -7,7 +7,7 @@ root's connect (IPv4, IPv6) and UDP sendmsg hooks writes, for every socket that 
 or sends to an address, `socket cookie → (pid, CLOCK_BOOTTIME ns)` into an LRU hash map.
 sock_diag already gives the flow's socket cookie, so one map lookup names the process.
 
-The program is assembled here (sixteen instructions, no compiler, no BTF), loaded and
+The program is assembled here (seventeen instructions, no compiler, no BTF), loaded and
 attached through bpf links, so it detaches when the engine exits, however it exits. It
 only records: it always allows the call. Needs CAP_BPF and CAP_NET_ADMIN; without them,
 or without cgroup v2, `SocketOwners.open` raises OSError and the attributor searches /proc.
@@ -33,8 +33,8 @@ _MAP_TYPE_LRU_HASH = 9
 _PROG_TYPE_CGROUP_SOCK_ADDR = 18
 _ATTACH_INET4_CONNECT, _ATTACH_INET6_CONNECT = 10, 11
 _ATTACH_UDP4_SENDMSG, _ATTACH_UDP6_SENDMSG = 14, 15
-HOOKS = (_ATTACH_INET4_CONNECT, _ATTACH_INET6_CONNECT,
-         _ATTACH_UDP4_SENDMSG, _ATTACH_UDP6_SENDMSG)
+_HOOKS = (_ATTACH_INET4_CONNECT, _ATTACH_INET6_CONNECT,
+          _ATTACH_UDP4_SENDMSG, _ATTACH_UDP6_SENDMSG)
 
 # helper ids
 _MAP_UPDATE_ELEM = 2
@@ -111,7 +111,7 @@ class SocketOwners:
         try:
             cgroup = os.open(cgroup2_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                for hook in HOOKS:
+                for hook in _HOOKS:
                     prog = _load(map_fd, hook)
                     try:  # the link holds the program loaded; its fd goes
                         links.append(_bpf(_LINK_CREATE, struct.pack("=IIII", prog, cgroup,

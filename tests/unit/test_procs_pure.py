@@ -972,3 +972,12 @@ def test_attributor_without_events_sees_an_exec_behind_a_cached_socket(tmp_path:
     info = attr.lookup(f[0], 4, *f[1:])
     assert info.exe == "/usr/bin/python3" and info.pid == 100
     assert attr.stats()["hits"] == hits + 1
+
+
+def test_recorder_without_cgroup_v2_is_off_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "cg").mkdir()
+    attr = Attributor(proc_root=str(tmp_path / "proc"), cgroup_root=str(tmp_path / "cg"),
+                      diag=FakeDiag(), events=False, owners=True)  # type: ignore[arg-type]
+    assert attr.cgroup_root is None
+    assert not attr.recorded_owners and attr.owners_error == "no cgroup v2 to attach to"
