@@ -133,6 +133,16 @@ except OSError:
     print("none")
 """
 
+# An HTTP request head sent in two parts, `pause` seconds apart; prints the status line.
+SLOW_HEAD = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+s.sendall(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n")
+time.sleep(float(sys.argv[2]))
+s.sendall(b"\r\n")
+print(s.recv(4096).split(b"\r\n")[0].decode())
+"""
+
 
 def start(lab: Lab, names: dict | None = None, dns: tuple[str, ...] = ()) -> None:
     lab.serve_dns(*DNS_RECORDS, *dns)
@@ -292,6 +302,22 @@ def test_http_host_and_spoofed_host(named: Lab) -> None:
         and e.get("destination", {}).get("port") == 80)
     assert spoofed["event"]["reason"] == "name_mismatch"
     assert spoofed["destination"]["domain"] == "allowed.test"
+
+
+def test_a_head_left_unfinished_is_decided_at_hello_timeout_and_let_go(named: Lab) -> None:
+    """After names.hello_timeout the address's DNS names decide, and the held segment gets
+    its verdict at once, from outside any batch of queued packets: none stays waiting in
+    the kernel's queue for the client's next segment to come."""
+    start(named, names={"hello_timeout": 0.5})
+    assert named.dig("allowed.test") == [ALLOWED_V4]
+    client = named.spawn(named.client, sys.executable, "-c", SLOW_HEAD, ALLOWED_V4, "4",
+                         stdout=subprocess.PIPE, text=True)
+    event = wait_event(named, 80, "allowed.test")
+    assert (event["event"]["action"], event["nfguard"]["evidence"]) == ("allow", "dns")
+    assert client.poll() is None, "the client is still before its second part"
+    assert named.queue_counters()[0].length == 0, "the held segment is still queued"
+    out, _ = client.communicate(timeout=15)
+    assert out.startswith("HTTP/1.") and " 200 " in out, out
 
 
 def test_binding_expires_after_ttl_and_grace(named: Lab) -> None:

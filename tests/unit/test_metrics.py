@@ -3,10 +3,8 @@ exports, and the Grafana dashboard asking only for what is exported."""
 
 from __future__ import annotations
 
-import errno
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,6 @@ from nfguard.metrics import (
 )
 from nfguard.names import NameCache
 from nfguard.procs import Attributor
-from nfguard.queue import _Batch
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "contrib" / "grafana" / "nfguard-dashboard.json"
@@ -190,20 +187,3 @@ def test_dashboard_is_importable_grafana_json() -> None:
             assert 'instance=~"$instance"' in target["expr"]
             assert target["expr"].count("(") == target["expr"].count(")")
 
-
-def test_batch_view_stops_after_its_reads() -> None:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with a, b:
-        b.setblocking(False)
-        for i in range(5):
-            a.send(b"packet %d" % i)
-        batch = _Batch(b)
-        batch.left = 3
-        assert [batch.recv(64) for _ in range(3)] == [b"packet 0", b"packet 1", b"packet 2"]
-        with pytest.raises(BlockingIOError) as info:
-            batch.recv(64)
-        assert info.value.args[0] == errno.EAGAIN, "what run_socket() takes as 'no more'"
-        batch.left = 10
-        assert [batch.recv(64) for _ in range(2)] == [b"packet 3", b"packet 4"]
-        with pytest.raises(BlockingIOError):
-            batch.recv(64)  # the socket itself is empty
