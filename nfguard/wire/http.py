@@ -24,8 +24,8 @@ __all__ = ["MAX_HEAD", "RequestHead", "RequestHeadReader", "parse_host"]
 MAX_HEAD = 16 * 1024
 MAX_METHOD = 32  # longest registered method is 17 characters
 
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"  # RFC 9110 tchar
+_TOKEN = re.compile(_TCHARS + rb"+\Z")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]\Z")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")  # visible ASCII, no spaces or controls
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?#]*)")
@@ -120,102 +120,47 @@ class RequestHeadReader(StickyReader[RequestHead]):
 
     def _check_prefix(self) -> None:
         """Reject non-HTTP quickly: the first bytes must be a method token and a space."""
-        buf = self._buf
-        start = 0
-        n = len(buf)
-        while start < n and buf[start] in b"\r\n":  # RFC 9112 2.2: ignore leading CRLFs
-            start += 1
-            if start > 8:
-                raise WireError("http: too many empty lines before the request line")
-        i = start
-        stop = min(n, start + MAX_METHOD + 1)
-        while i < stop and buf[i] in _TCHAR:
-            i += 1
-        if i == stop:
-            if stop - start > MAX_METHOD:
-                raise WireError("http: method too long")
-            return
-        if buf[i] != 0x20 or i == start:
+        start = _START.match(self._buf)
+        assert start is not None  # every part of it may be empty
+        if start.start(1) > 8:  # RFC 9112 2.2: ignore leading CRLFs (a few)
+            raise WireError("http: too many empty lines before the request line")
+        method, after = start.group(1, 2)
+        if len(method) > MAX_METHOD:
+            raise WireError("http: method too long")
+        if after and (after != b" " or not method):
             raise WireError("http: not an HTTP request line")
 
     def _find_end(self) -> int:
-        """Offset of the first byte after the empty line ending the head, or -1."""
+        """Offset of the first byte after the empty line ending the head, or -1. Empty
+        lines before the request line do not end it."""
         buf = self._buf
-        i = self._scan
-        while True:
-            lf = buf.find(b"\n", i)
-            if lf < 0:
-                self._scan = len(buf)
-                return -1
-            nxt = lf + 1
-            # An empty line is LF or CRLF right after a line's LF.  Leading empty lines
-            # before the request line are not the end of the head.
-            if _only_newlines(buf, 0, lf + 1):
-                i = nxt
-                continue
-            if nxt < len(buf) and buf[nxt] == 0x0A:
-                return nxt + 1
-            if nxt + 1 < len(buf) and buf[nxt] == 0x0D and buf[nxt + 1] == 0x0A:
-                return nxt + 2
-            if nxt + 1 >= len(buf):
-                # Not enough bytes yet to tell; rescan from this LF next time.
-                self._scan = lf
-                return -1
-            i = nxt
+        end = _END.search(buf, max(self._scan, _START.match(buf).start(1)))  # type: ignore[union-attr]
+        if end is None:
+            self._scan = max(0, len(buf) - 2)  # an end may straddle this and the next feed
+            return -1
+        return end.end()
 
 
-def _only_newlines(buf: bytearray, start: int, stop: int) -> bool:
-    return stop - start <= 16 and not buf[start:stop].strip(b"\r\n")
-
-
-def _split_lines(head: bytes) -> list[bytes]:
-    lines = head.split(b"\n")
-    out: list[bytes] = []
-    for line in lines:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if b"\r" in line:
-            raise WireError("http: bare CR in the request head")
-        out.append(line)
-    return out
+# The start of a request: empty lines, a method token, and what follows it (a space).
+_START = re.compile(rb"[\r\n]*(" + _TCHARS + rb"*)(.?)", re.DOTALL)
+_END = re.compile(rb"\n\r?\n")  # a line's end, then an empty line
+# A whole head as RFC 9112 has it (lines ending in CRLF or LF; no bare CR, no control bytes,
+# no obsolete folding, no whitespace before a colon), the header fields in one group.
+_HEAD = re.compile(
+    rb"(?:\r?\n)*"
+    rb"(" + _TCHARS + rb"{1,%d}) ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])\r?\n" % MAX_METHOD
+    + rb"((?:" + _TCHARS + rb"+:[\t\x20-\x7e\x80-\xff]*\r?\n)*)"
+    rb"\r?\n")
+_HOST_FIELD = re.compile(rb"^host:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 def _parse_head(head: bytes) -> RequestHead:
-    lines = _split_lines(head)
-    while lines and not lines[0]:
-        lines.pop(0)  # leading empty lines
-    while lines and not lines[-1]:
-        lines.pop()  # the terminating empty line(s)
-    if not lines:
-        raise WireError("http: empty request head")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3:
-        raise WireError("http: request line is not 'method target version'")
-    method, target, version = parts
-    if len(method) > MAX_METHOD or not _TOKEN.match(method):
-        raise WireError("http: bad method")
-    if not _TARGET.match(target):
-        raise WireError("http: bad request target")
-    if not _VERSION.match(version):
-        raise WireError("http: bad HTTP version")
-
-    host_values: list[str] = []
-    for line in lines[1:]:
-        if not line:
-            raise WireError("http: empty line inside the head")
-        if line[0] in b" \t":
-            raise WireError("http: obsolete line folding")
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):
-            raise WireError("http: bad header field name (or whitespace before colon)")
-        value = value.strip(b" \t")
-        if not _FIELD_VALUE.match(value):
-            raise WireError("http: control byte in a header field value")
-        if name.lower() == b"host":
-            host_values.append(value.decode("latin-1"))
-
-    normalized = {v.lower() for v in host_values}
-    if len(normalized) > 1:
+    parsed = _HEAD.fullmatch(head)
+    if parsed is None:
+        raise WireError(_fault(head))
+    method, target, _version, fields = parsed.groups()
+    host_values = [value.decode("latin-1") for value in _HOST_FIELD.findall(fields)]
+    if len({value.lower() for value in host_values}) > 1:
         raise WireError("http: several Host fields with different values")
     host = parse_host(host_values[0]) if host_values else None
 
@@ -234,3 +179,37 @@ def _parse_head(head: bytes) -> RequestHead:
             raise WireError("http: CONNECT target is not authority-form")
         host = parse_host(target_s)
     return RequestHead(method=method_s, target=target_s, host=host)
+
+
+def _fault(head: bytes) -> str:
+    """What is wrong with a head `_HEAD` does not match, line by line, for the error."""
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
+    if any(b"\r" in line for line in lines):
+        return "http: bare CR in the request head"
+    while lines and not lines[0]:
+        lines.pop(0)  # leading empty lines
+    while lines and not lines[-1]:
+        lines.pop()  # the terminating empty line(s)
+    if not lines:
+        return "http: empty request head"
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        return "http: request line is not 'method target version'"
+    method, target, version = parts
+    if len(method) > MAX_METHOD or not _TOKEN.match(method):
+        return "http: bad method"
+    if not _TARGET.match(target):
+        return "http: bad request target"
+    if not _VERSION.match(version):
+        return "http: bad HTTP version"
+    for line in lines[1:]:
+        if not line:
+            return "http: empty line inside the head"
+        if line[0] in b" \t":
+            return "http: obsolete line folding"
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.match(name):
+            return "http: bad header field name (or whitespace before colon)"
+        if not _FIELD_VALUE.match(value):
+            return "http: control byte in a header field value"
+    return "http: malformed request head"
