@@ -3,14 +3,16 @@ e2e lab's namespaces (needs root, nginx, wrk, dnsmasq; OpenSnitch when installed
 
 nginx serves in the server namespace; wrk opens a new connection per request
 (`Connection: close`) from the client namespace, where the ruleset and the filter run. In
-one run: no filter; a bare accept-all NetfilterQueue loop (the ceiling for any Python
-engine); nfguard with its whole pipeline and a per-exe, name-based policy (wrk's client
-allows the server by a name this host resolved through the engine, behind a body of
-generated rules; audit log and metrics on); the same with the server allowed by CIDR ahead
-of the body (decided at the SYN); the same with the clients in the cgroup shared with
-every process of the machine; OpenSnitch, headless, default allow, proc monitor; no filter
-again, a control for drift. Every nfguard figure is checked against the audit log: the
-flows must have been decided by the intended client and rule.
+one run: no filter; a bare accept-all NetfilterQueue loop (what Python costs before it
+looks at anything, one verdict call per packet; nfguard's adapter sends its verdicts in
+trains, which the loop does not); nfguard with its whole pipeline and a per-exe,
+name-based policy (wrk's client allows the server by a name this host resolved through
+the engine, behind a body of generated rules; audit log and metrics on); the same with
+the server allowed by CIDR ahead of the body (decided at the SYN); the same with the
+clients in the cgroup shared with every process of the machine; OpenSnitch, headless,
+default allow, proc monitor; no filter again, a control for drift. Every nfguard figure
+is checked against the audit log: the flows must have been decided by the intended client
+and rule.
 
 The clients run in a cgroup of their own, as systemd gives every service and session: the
 engine finds a flow's process among its cgroup's. The client namespace reuses TIME_WAIT
@@ -68,7 +70,7 @@ http {{
 }}
 """
 
-# The ceiling for any Python engine: every queued packet accepted, nothing looked at. With
+# A Python loop's cost alone: every queued packet accepted, nothing looked at. With
 # "two-trips", a flow's first packet is accepted as pending, so its first data segment
 # comes back too (as for a flow decided by the name the client presents), then allowed.
 ACCEPT_ALL = """
