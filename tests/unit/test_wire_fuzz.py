@@ -12,13 +12,15 @@ import time
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
 from nfguard.wire.dns import TcpDnsStream, parse_response
 from nfguard.wire.errors import WireError
+from nfguard.wire.http import _HEAD as HTTP_HEAD
 from nfguard.wire.http import RequestHeadReader
+from nfguard.wire.http import _fault as http_fault
 from nfguard.wire.quic import (
     VERSION_1,
     VERSION_2,
@@ -222,6 +224,46 @@ def test_http_mutated(data: st.DataObject) -> None:
     if result is not None and result.host is not None:
         host = result.host
         assert host == host.lower() and not host.endswith(".")
+
+
+def mostly(good: bytes, *bad: bytes) -> st.SearchStrategy[bytes]:
+    """`good` about four times in five, else one of `bad`."""
+    return st.sampled_from([good] * (4 * len(bad)) + list(bad))
+
+
+# Heads built from request-line and field pieces, each mostly valid, so that one head in a
+# few is valid as a whole and the rest fail in one place or several. No empty field: the
+# reader cuts a head at its first empty line.
+HEAD_LINES = st.tuples(
+    st.sampled_from([b"", b"\r\n", b"\n\r\n"]),
+    mostly(b"GET", b"G\xe9T", b"", b"M" * 33),
+    mostly(b" ", b"  "),
+    st.sampled_from([b"/", b"http://u@a.example/", b"a.example:443", b"/x y", b"/\x7f"]),
+    mostly(b" HTTP/1.1", b" HTTP/11", b" http/1.0", b""),
+    st.lists(mostly(b"Host: a.example", b"HOST:\tA.example.", b"X-A: \x80\xff", b" folded",
+                    b"Bad Name: x", b"Host : a", b"X: \x00", b"X: a\rb", b"NoColon", b":x"),
+             max_size=4),
+    st.lists(mostly(b"\r\n", b"\n", b"\r"), min_size=5, max_size=5),
+    st.sampled_from([b"\r\n", b"\n"]),  # the empty line the reader cut the head at
+)
+
+
+@FUZZ
+@given(HEAD_LINES)
+def test_http_head_rule_and_fault_finder_agree(parts: tuple) -> None:
+    """The head's one regular expression and the walk that names a rejected head's fault
+    must judge alike: every head the expression rejects has a named fault, and no head it
+    accepts has one."""
+    lead, method, space, target, version, fields, ends, last = parts
+    head = lead + method + space + target + version + ends[0]
+    head += b"".join(field + end for field, end in zip(fields, ends[1:], strict=False))
+    assume(head.endswith(b"\n"))  # else the reader had not cut the head here
+    head += last
+    fault = http_fault(head)
+    if HTTP_HEAD.fullmatch(head) is None:
+        assert fault != "http: malformed request head", head
+    else:
+        assert fault == "http: malformed request head", (head, fault)
 
 
 # --- QUIC -----------------------------------------------------------------------------------
