@@ -240,8 +240,8 @@ class StatsCollector:
 
         latency = HistogramMetricFamily(
             "nfguard_verdict_latency_seconds",
-            "Time the engine took to decide a queued packet (the verdict leaves with its batch's; "
-            "a held packet: until it was held)")
+            "Time the engine took to decide a queued packet (the verdict then leaves in a train "
+            "of up to eight; a held packet: until it was held)")
         total_latency = src.total_latency()
         latency.add_metric([], total_latency.buckets(), sum_value=total_latency.total_ns / 1e9)
         yield latency

@@ -100,26 +100,20 @@ class RequestHeadReader(StickyReader[RequestHead]):
 
     def _feed(self, data: bytes) -> RequestHead | None:
         buf = self._buf
-        if len(buf) + len(data) > MAX_HEAD:
-            # The head may still end inside the allowed window.
-            take = MAX_HEAD - len(buf)
-            buf += data[:take]
-            self._check_prefix()
-            end = self._find_end()
-            if end < 0:
+        over = len(buf) + len(data) > MAX_HEAD
+        buf += data[:MAX_HEAD - len(buf)]  # the head may still end inside the window
+        end = self._find_end(self._request_line_start())
+        if end < 0:
+            if over:
                 raise WireError("http: request head larger than 16 KiB")
-        else:
-            buf += data
-            self._check_prefix()
-            end = self._find_end()
-            if end < 0:
-                return None
+            return None
         self._result = _parse_head(bytes(buf[:end]))
         buf.clear()
         return self._result
 
-    def _check_prefix(self) -> None:
-        """Reject non-HTTP quickly: the first bytes must be a method token and a space."""
+    def _request_line_start(self) -> int:
+        """Where the request line starts, after any empty lines. Rejects non-HTTP quickly:
+        the first bytes must be a method token and a space."""
         start = _START.match(self._buf)
         assert start is not None  # every part of it may be empty
         if start.start(1) > 8:  # RFC 9112 2.2: ignore leading CRLFs (a few)
@@ -129,12 +123,13 @@ class RequestHeadReader(StickyReader[RequestHead]):
             raise WireError("http: method too long")
         if after and (after != b" " or not method):
             raise WireError("http: not an HTTP request line")
+        return start.start(1)
 
-    def _find_end(self) -> int:
+    def _find_end(self, line_start: int) -> int:
         """Offset of the first byte after the empty line ending the head, or -1. Empty
-        lines before the request line do not end it."""
+        lines before the request line (before `line_start`) do not end it."""
         buf = self._buf
-        end = _END.search(buf, max(self._scan, _START.match(buf).start(1)))  # type: ignore[union-attr]
+        end = _END.search(buf, max(self._scan, line_start))
         if end is None:
             self._scan = max(0, len(buf) - 2)  # an end may straddle this and the next feed
             return -1
