@@ -92,6 +92,8 @@ cmd_test() {
     make_venv .venv -e ".[test]"
     log "ruff"
     .venv/bin/ruff check nfguard tests vagrant/vm-test
+    log "mypy"
+    .venv/bin/mypy
     log "pytest"
     exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 }

@@ -91,7 +91,7 @@ def _process_fields(process: ProcessInfo) -> dict[str, Any]:
 
 def _build_process_fields(process: ProcessInfo) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    info = {
+    info: dict[str, Any] = {
         "pid": process.pid,
         "executable": process.exe,
         "command_line": " ".join(process.cmdline) if process.cmdline else None,

@@ -63,7 +63,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
 
 
-_SCHEMA: dict[str, dict[str, tuple[type, tuple[Any, ...] | None]]] = {
+_SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
     "engine": {
         "mode": (str, ("enforce", "audit")),
         "default": (str, ("allow", "deny")),

@@ -197,7 +197,8 @@ class Pipeline:
         data = payload[packet.payload_offset:packet.total_length]
         result = flow.tcp_segment(packet.tcp_seq, data, token, mark, self.clock(),
                                   complete=packet.total_length <= len(payload))
-        return self._after_hold(flow, result)
+        self._after_hold(flow, result)
+        return None
 
     def _pending_datagram(self, flow: PendingFlow, packet: Packet, payload: bytes, mark: int,
                           token: Any) -> int | None:
@@ -207,15 +208,17 @@ class Pipeline:
         result = flow.datagram(data, token, mark, self.clock())
         if packet.total_length > len(payload) and result is None:
             result = flow.result = NO_NAME  # cut by the queue's copy range
-        return self._after_hold(flow, result)
+        self._after_hold(flow, result)
+        return None
 
     def _after_hold(self, flow: PendingFlow, result: Sniffed | None) -> None:
+        """Decide the flow once its name is read; until then it holds packets (holders
+        past the table's limit are decided without a name)."""
         if result is not None:
             self._settle(flow, result)
-            return None
+            return
         for old in self.flows.mark_holding(flow):
             self._settle(old, NO_NAME)
-        return None
 
     def _settle(self, flow: PendingFlow, sniffed: Sniffed) -> None:
         """Decide a pending flow, record its one audit event, release its held packets."""

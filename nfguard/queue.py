@@ -72,7 +72,7 @@ class QueueAdapter:
         self._batch.left = BATCH
         self._in_batch = True
         try:
-            self._queue.run_socket(self._batch)
+            self._queue.run_socket(self._batch)  # type: ignore[arg-type]  # reads .recv only
         finally:
             self._in_batch = False
             self._send_verdicts()

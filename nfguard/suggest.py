@@ -164,7 +164,9 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
     process = _table(event, "process")
     user = _table(event, "user")
     nfg = _table(event, "nfguard")
-    parent = process.get("parent") if isinstance(process.get("parent"), dict) else {}
+    parent: dict[str, Any] = process.get("parent") or {}
+    if not isinstance(parent, dict):
+        parent = {}
     exe = _optional_text(process.get("executable"))
     name = _optional_text(user.get("name"))
     uid_text = _optional_text(user.get("id"))
@@ -172,10 +174,8 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
     unit = _optional_text(nfg.get("unit"))
     command_line = _optional_text(process.get("command_line"))
     # A digits-only user name would be read as a uid by the client matcher: use the uid.
-    if name is not None and not name.isdigit():
-        match_user = name
-    else:
-        match_user = str(uid) if uid is not None else None
+    match_user = name if name is not None and not name.isdigit() else (
+        str(uid) if uid is not None else None)
     identity = Identity(exe, match_user, unit)
     info = ProcessInfo(
         uid=uid,

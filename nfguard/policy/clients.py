@@ -9,18 +9,29 @@ from nfguard.policy.model import Client
 
 
 class Process(Protocol):
-    """What attribution tells about the sender of a flow (see nfguard.procs)."""
+    """What attribution tells about the sender of a flow (see nfguard.procs); read-only,
+    as the NamedTuple attribution builds."""
 
-    uid: int | None
-    user: str | None
-    exe: str | None
-    cmdline: tuple[str, ...]
-    parent_exe: str | None
-    cgroup: str | None
-    unit: str | None
-    gids: tuple[int, ...]
-    groups: tuple[str, ...]
-    sha256: str | None
+    @property
+    def uid(self) -> int | None: ...
+    @property
+    def user(self) -> str | None: ...
+    @property
+    def exe(self) -> str | None: ...
+    @property
+    def cmdline(self) -> tuple[str, ...]: ...
+    @property
+    def parent_exe(self) -> str | None: ...
+    @property
+    def cgroup(self) -> str | None: ...
+    @property
+    def unit(self) -> str | None: ...
+    @property
+    def gids(self) -> tuple[int, ...]: ...
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+    @property
+    def sha256(self) -> str | None: ...
 
 
 def match_key(process: Process) -> tuple:
