@@ -18,13 +18,14 @@ Kernel facts this relies on (checked on 6.18, see tests/e2e/test_attribution.py)
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import struct
 from typing import NamedTuple
 
 from nfguard.procs.netlink import NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR
+
+Buffer = bytes | memoryview  # a whole answer, or the part of the read buffer it fills
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -42,11 +43,10 @@ _SOCKID_TAIL = struct.Struct("=III")
 _MSG_HEAD = struct.Struct("=BBBB")
 # inet_diag_msg tail: expires, rqueue, wqueue, uid, inode
 _MSG_TAIL = struct.Struct("=IIIII")
-# the fields of inet_diag_msg read per flow: family, state, src, dst (after the ports),
-# the cookie's two halves (after the interface), then uid and inode (after expires,
-# rqueue, wqueue)
-_MSG_FIELDS = struct.Struct("=BB2x4x16s16s4xII4x4x4xII")
-_PORTS = struct.Struct("!HH")
+# the fields of inet_diag_msg attribution reads: family, state, the cookie's two halves
+# (after timer, retrans, the ports, the addresses and the interface), then uid and inode
+# (after expires, rqueue, wqueue)
+_MSG_FIELDS = struct.Struct("=BB2x4x32x4xII12xII")
 _RTA = struct.Struct("=HH")
 _U64 = struct.Struct("=Q")
 
@@ -65,24 +65,15 @@ class SockDiagError(Exception):
 
 
 class DiagSocket(NamedTuple):
-    """What the kernel says about one socket (a NamedTuple: one per new flow)."""
+    """What the kernel says about one socket that attribution uses (a NamedTuple: one per
+    new flow). Its addresses are the flow's, known already."""
 
     family: int
     state: int
     uid: int
     inode: int
     cgroup_id: int | None
-    src: str
-    sport: int
-    dst: str
-    dport: int
     cookie: int = 0  # the socket's cookie, as bpf_get_socket_cookie() gives it
-
-
-def _unpack_addr(family: int, raw: bytes) -> str:
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[:4])
-    return socket.inet_ntop(socket.AF_INET6, raw[:16])
 
 
 def query_tuple(
@@ -120,24 +111,22 @@ def build_request(
     )
 
 
-def parse_diag_msg(payload: bytes, offset: int = 0, end: int | None = None) -> DiagSocket:
+def parse_diag_msg(payload: Buffer, offset: int = 0, end: int | None = None) -> DiagSocket:
     """One inet_diag_msg (+ attributes), in payload[offset:end] → DiagSocket."""
     if end is None:
         end = len(payload)
     if end - offset < MSG_LEN:
         raise SockDiagError(f"inet_diag_msg too short: {end - offset} bytes")
-    family, state, rsrc, rdst, cookie_low, cookie_high, uid, inode = _MSG_FIELDS.unpack_from(
+    family, state, cookie_low, cookie_high, uid, inode = _MSG_FIELDS.unpack_from(
         payload, offset)
     if family not in (socket.AF_INET, socket.AF_INET6):
         raise SockDiagError(f"unexpected family {family}")
-    sport, dport = _PORTS.unpack_from(payload, offset + _MSG_HEAD.size)
     # positional: a NamedTuple takes keywords at twice the cost, and this runs per flow
     return DiagSocket(family, state, uid, inode, _cgroup_id(payload, offset + MSG_LEN, end),
-                      _unpack_addr(family, rsrc), sport, _unpack_addr(family, rdst), dport,
                       cookie_low | cookie_high << 32)
 
 
-def _cgroup_id(data: bytes, off: int, end: int) -> int | None:
+def _cgroup_id(data: Buffer, off: int, end: int) -> int | None:
     """INET_DIAG_CGROUP_ID among the attributes in data[off:end], if there."""
     while off + _RTA.size <= end:
         length, kind = _RTA.unpack_from(data, off)
@@ -149,7 +138,7 @@ def _cgroup_id(data: bytes, off: int, end: int) -> int | None:
     return None
 
 
-def parse_response(data: bytes, seq: int | None = None) -> DiagSocket | None:
+def parse_response(data: Buffer, seq: int | None = None) -> DiagSocket | None:
     """A whole netlink answer → the first socket, or None when the kernel says ENOENT.
 
     Other netlink errors raise SockDiagError; so do messages for another sequence number.
@@ -179,21 +168,14 @@ def parse_response(data: bytes, seq: int | None = None) -> DiagSocket | None:
     return None
 
 
-def is_v4_mapped(addr: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
-
-
 class SockDiag:
     """A NETLINK_SOCK_DIAG socket that answers one exact-tuple question at a time."""
 
     def __init__(self, bufsize: int = 8192) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
         self._sock.bind((0, 0))
-        self._bufsize = bufsize
+        self._buffer = bytearray(bufsize)  # answers are read into it, not into new bytes
+        self._view = memoryview(self._buffer)
         self._seq = 0
 
     def find(
@@ -205,7 +187,7 @@ class SockDiag:
         seq = self._seq
         self._sock.send(build_request(proto, family, qsrc, qsport, qdst, qdport, seq=seq))
         while True:
-            data = self._sock.recv(self._bufsize)
+            data = self._view[:self._sock.recv_into(self._buffer)]
             res = parse_response(data, seq)
             # A stale answer from an earlier, abandoned request has another seq: read on.
             if res is not None or _has_seq(data, seq):
@@ -215,7 +197,7 @@ class SockDiag:
         self._sock.close()
 
 
-def _has_seq(data: bytes, seq: int) -> bool:
+def _has_seq(data: Buffer, seq: int) -> bool:
     off = 0
     while off + NLMSGHDR.size <= len(data):
         length, _kind, _flags, mseq, _pid = NLMSGHDR.unpack_from(data, off)
