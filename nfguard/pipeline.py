@@ -90,9 +90,10 @@ class Pipeline:
 
     # -- entry point ---------------------------------------------------------------------
     def handle(self, payload: bytes, mark: int, hook: int = LOCAL_OUT,
-               token: Any = None) -> int | None:
+               token: Any = None, uid: int | None = None) -> int | None:
         """The packet mark to accept the packet with (its verdict bits say allow, deny or
         pending), or None: the packet is held, and `release(token, mark)` answers it later.
+        `uid`: the owner of the packet's socket as the kernel gave it with the packet.
         """
         self.stats.packets += 1
         if hook == LOCAL_IN:
@@ -104,7 +105,7 @@ class Pipeline:
         try:
             packet = parse_packet(payload)
             if mark & marks.PENDING == marks.PENDING:
-                return self._pending_packet(packet, payload, mark, token)
+                return self._pending_packet(packet, payload, mark, token, uid)
             if packet.proto == UDP and len(self.flows):
                 flow = self.flows.get(_key(packet))
                 if flow is not None:
@@ -112,7 +113,7 @@ class Pipeline:
             now = self.clock()
             # Most addresses have no DNS names: one dict probe, no call.
             names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
-            process = self._sender(packet)
+            process = self._sender(packet, uid)
             decision = engine.assess(packet, process, names)
             if decision is None:
                 return self._start_pending(packet, payload, mark, token, names, now, process)
@@ -137,15 +138,16 @@ class Pipeline:
             self.stats.errors += 1
             log.exception("cannot write audit event")
 
-    def _sender(self, packet: Packet) -> ProcessInfo | None:
-        """Who sent a new flow's first packet (its socket still exists: the SYN or first
-        datagram waits in the queue, so even a short-lived client is still there)."""
+    def _sender(self, packet: Packet, uid: int | None) -> ProcessInfo | None:
+        """Who sent a new flow's first packet (a TCP socket still exists: the SYN waits in
+        the queue, so even a short-lived client is still there; a UDP sender may have closed
+        its socket already, and then `uid`, the kernel's word, is what is known)."""
         attributor = self.attributor
         if attributor is None or packet.proto not in (TCP, UDP):
             return None
         return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
                                  packet.dst, packet.dport,
-                                 hash_exe=self.engine.policies.matches_sha256)
+                                 hash_exe=self.engine.policies.matches_sha256, uid=uid)
 
     # -- pending flows -------------------------------------------------------------------
     def _dns_names(self, ip: str, now: float) -> tuple[tuple[str, str], ...]:
@@ -171,14 +173,14 @@ class Pipeline:
         return flow
 
     def _pending_packet(self, packet: Packet, payload: bytes, mark: int,
-                        token: Any) -> int | None:
+                        token: Any, uid: int | None) -> int | None:
         """A packet of a flow whose ct mark says PENDING."""
         flow = self.flows.get(_key(packet))
         if flow is None:
             # No state (the engine restarted, or the flow was evicted): start over.
             now = self.clock()
             names = self._dns_names(packet.dst, now)
-            process = self._sender(packet)
+            process = self._sender(packet, uid)
             decision = self.engine.assess(packet, process, names)
             if decision is not None:
                 self.record(decision, packet, now, process)

@@ -26,8 +26,8 @@ The uid comes from the kernel's socket, so it is known even when the process is 
 returned was just seen holding the socket (readlink of its fd), or is the live process the
 kernel saw connect it: ordering hints and cached memberships only decide where to look
 first, never what the answer is. A socket already closed when its packet is looked up (a
-UDP sender that dropped it after sendto) has no owner left to find: that flow gets uid
-None and pid None, not a guess.
+UDP sender that dropped it after sendto) has no owner left to find: that flow gets the uid
+the kernel sent with the packet (the queue's NFQA_UID) and pid None, not a guess.
 
 Not thread-safe: use one Attributor per thread (each has its own netlink socket).
 """
@@ -316,15 +316,18 @@ class Attributor:
 
     def lookup(
         self, proto: str, family: int, src: str, sport: int, dst: str, dport: int,
-        hash_exe: bool = False,
+        hash_exe: bool = False, uid: int | None = None,
     ) -> ProcessInfo:
         """Who sent (proto, src:sport → dst:dport) out of this host. Never raises.
 
         `hash_exe`: also give the executable's SHA-256 (a policy matches on it); hashed
-        once per file, but the first time costs a read of the whole binary."""
+        once per file, but the first time costs a read of the whole binary.
+        `uid`: the socket's owner as the kernel gave it with the packet; the answer when
+        the socket is gone."""
         self.counters.lookups += 1
         try:
-            return self._lookup(proto, _FAMILIES[family], src, sport, dst, dport, hash_exe)
+            return self._lookup(proto, _FAMILIES[family], src, sport, dst, dport, hash_exe,
+                                uid)
         except Exception:
             self.counters.errors += 1
             self.counters.failures += 1
@@ -337,18 +340,18 @@ class Attributor:
                 dport,
                 exc_info=True,
             )
-            return UNKNOWN
+            return self._uid_only(uid)
 
     def _lookup(
         self, proto: str, family: int, src: str, sport: int, dst: str, dport: int,
-        hash_exe: bool,
+        hash_exe: bool, kernel_uid: int | None,
     ) -> ProcessInfo:
         c = self.counters
         d = self._diag.find(proto, family, src, sport, dst, dport)
         if d is None:
             c.no_socket += 1
             c.failures += 1
-            return UNKNOWN
+            return self._uid_only(kernel_uid)
         uid = d.uid
         user = self._user(uid)
         cg_path = self._cgroups.path(d.cgroup_id)
@@ -422,6 +425,10 @@ class Attributor:
             groups=entry.groups,
             sha256=self._hashes.sha256(pid) if hash_exe else None,
         )
+
+    def _uid_only(self, uid: int | None) -> ProcessInfo:
+        """What is known with no socket to look at: the uid the kernel gave, if any."""
+        return UNKNOWN if uid is None else ProcessInfo(uid=uid, user=self._user(uid))
 
     def _socket_only(self, uid: int, user: str | None, inode: int | None,
                      cg_path: str | None) -> ProcessInfo:

@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,6 +292,13 @@ class Lab:
             return None if self.engine is None else self.engine.returncode
         self.engine.send_signal(sig)
         return self.engine.wait(timeout=10 * SLOWDOWN)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 5) -> None:
+        end = time.monotonic() + timeout * SLOWDOWN
+        while not condition():
+            if time.monotonic() > end:
+                raise AssertionError(f"still not so after {timeout * SLOWDOWN:.0f} s")
+            time.sleep(0.05)
 
     def queue_counters(self) -> dict[int, QueueCounters]:
         """The kernel's NFQUEUE counters in the client namespace, by queue number."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -108,6 +109,28 @@ def test_rule_by_user_and_group(lab: Lab) -> None:
     assert nobody["user"]["id"] == str(65534)
     root = lab.wait_for_event(lambda e: e.get("user", {}).get("name") == "root")
     assert root["nfguard"]["client"] == "root-group" and root["event"]["action"] == "deny"
+
+
+@pytest.mark.skipif(shutil.which("runuser") is None, reason="no runuser")
+def test_udp_sender_gone_before_its_lookup_is_known_by_its_uid(lab: Lab) -> None:
+    """nobody's shell sends one datagram and exits while the engine is stopped, so when the
+    engine reads the packet the socket is gone: the uid the kernel queued with the packet
+    still picks nobody's client and names the user in the audit event."""
+    start(lab, client("nobody", user="nobody"))
+    lab.engine.send_signal(signal.SIGSTOP)
+    try:
+        sent = lab.exec(lab.client, "runuser", "-u", "nobody", "--", "bash", "-c",
+                        f"echo ping > /dev/udp/{ALLOWED_V4}/9999")
+        assert sent.returncode == 0, sent.stderr
+        lab.wait_until(lambda: lab.queue_counters()[0].length == 1)
+        sockets = lab.exec(lab.client, "ss", "-Hun", "dport = :9999").stdout
+        assert sockets.strip() == "", "the sender's socket is gone before the lookup"
+    finally:
+        lab.engine.send_signal(signal.SIGCONT)
+    event = lab.wait_for_event(lambda e: e.get("destination", {}).get("port") == 9999)
+    assert event["nfguard"]["client"] == "nobody"
+    assert event["user"] == {"id": "65534", "name": "nobody"}
+    assert "process" not in event, "no process is made up for a socket that is gone"
 
 
 def test_rule_by_cgroup_and_unit(lab: Lab, test_cgroup: Path) -> None:

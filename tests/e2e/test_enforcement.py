@@ -149,6 +149,34 @@ def test_engine_killed(lab: Lab, fail: str) -> None:
     assert established.exchange("still there") == "still there"
 
 
+@pytest.mark.parametrize("fail", ["closed", "open"])
+def test_engine_fallen_behind(lab: Lab, fail: str) -> None:
+    """A bound engine that cannot take more (stopped, its queue of one packet full): with
+    fail open the kernel lets new flows pass (the queue's fail-open flag), with fail closed
+    it drops them."""
+    lab.serve_http(80)
+    engine = lab.start_engine(lab.write_config(WEB_POLICY, fail=fail, queue_maxlen=1))
+    assert lab.curl(ALLOWED_V4, 80)[0] == 0
+    engine.send_signal(signal.SIGSTOP)
+    try:
+        waiting = lab.spawn(lab.client, "curl", "-s", "--max-time", "5", "-o", "/dev/null",
+                            f"http://{ALLOWED_V4}:80/")
+        try:
+            lab.wait_until(lambda: lab.queue_counters()[0].length == 1)
+            code, _ = lab.curl(ALLOWED_V4, 80, timeout=2)
+            dropped = lab.queue_counters()[0].dropped
+        finally:
+            waiting.kill()
+            waiting.wait()
+    finally:
+        engine.send_signal(signal.SIGCONT)
+    if fail == "closed":
+        assert code == TIMED_OUT and dropped >= 1, "a full queue drops with fail closed"
+    else:
+        assert code == 0 and dropped == 0, "a full queue lets flows pass with fail open"
+    assert lab.curl(ALLOWED_V4, 80)[0] == 0, "the engine carries on once it runs again"
+
+
 def test_clean_stop_keeps_ruleset_and_audit(lab: Lab) -> None:
     lab.serve_http(80)
     lab.start_engine(lab.write_config(WEB_POLICY))

@@ -362,8 +362,9 @@ class Senders:
         self.process = process
         self.asked: list[tuple] = []
 
-    def lookup(self, *flow: object, hash_exe: bool = False) -> ProcessInfo:
-        self.asked.append((*flow, hash_exe))
+    def lookup(self, *flow: object, hash_exe: bool = False,
+               uid: int | None = None) -> ProcessInfo:
+        self.asked.append((*flow, hash_exe, uid))
         return self.process
 
 
@@ -372,9 +373,10 @@ def test_pipeline_attributes_new_flows_and_records_the_sender(tmp_path: Path) ->
     senders = Senders(GIT)
     pipeline.attributor = senders  # type: ignore[assignment]
     assert pipeline.handle(v4_syn("140.82.112.3", 22), 0) == marks.DENY  # git's rule
-    assert pipeline.handle(v4_udp("9.9.9.9", 53), 0) == marks.ALLOW
-    assert senders.asked == [("tcp", 4, "10.0.0.2", 40000, "140.82.112.3", 22, False),
-                             ("udp", 4, "10.0.0.2", 5000, "9.9.9.9", 53, False)]
+    # the socket's owner as the kernel gave it with the packet goes to the lookup
+    assert pipeline.handle(v4_udp("9.9.9.9", 53), 0, 3, None, 1000) == marks.ALLOW
+    assert senders.asked == [("tcp", 4, "10.0.0.2", 40000, "140.82.112.3", 22, False, None),
+                             ("udp", 4, "10.0.0.2", 5000, "9.9.9.9", 53, False, 1000)]
     event = events(pipeline, path)[0]
     assert event["nfguard"]["client"] == "git"
     assert event["process"] == {"pid": 42, "executable": "/usr/bin/git"}

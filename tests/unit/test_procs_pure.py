@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import pwd
 import socket
 import struct
 from pathlib import Path
@@ -596,6 +597,19 @@ def test_attributor_unknowns_never_raise(tmp_path: Path) -> None:
     assert s["errors"] == 1 and s["no_socket"] == 1 and s["lookups"] == 4 and s["failures"] == 4
     # a bad family is a caller bug, but lookup still does not raise
     assert attr.lookup("tcp", 5, "x", 1, "y", 2) == UNKNOWN
+
+
+def test_attributor_without_a_socket_reports_the_kernels_uid(tmp_path: Path) -> None:
+    """A UDP sender that closed its socket before the lookup: the uid the queue gave with
+    the packet is the answer, with its user name, and nothing else is made up."""
+    attr, diag, _proc, _cg, _ids = _setup(tmp_path)
+    me = os.getuid()
+    name = pwd.getpwuid(me).pw_name
+    assert attr.lookup("udp", 4, "10.0.0.1", 1, "10.0.0.2", 53, uid=me) == ProcessInfo(
+        uid=me, user=name)
+    diag.fail = True  # the lookup itself failing leaves the kernel's word too
+    assert attr.lookup("udp", 4, "10.0.0.1", 1, "10.0.0.2", 53, uid=me).uid == me
+    assert attr.lookup("udp", 4, "10.0.0.1", 1, "10.0.0.2", 53) == UNKNOWN
 
 
 def test_lru_bounded() -> None:
