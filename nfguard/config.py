@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ class NamesConfig:
     min_ttl: float = 60.0  # shorter TTLs are raised to this
     max_entries: int = 100_000  # (address, name) pairs kept, least recently used dropped
     hello_timeout: float = 5.0  # seconds a pending flow may hold packets before "no name"
+    # Addresses and networks of the DNS servers whose answers teach names; empty: every
+    # server this host queried (a process allowed to ask some other server could teach
+    # the engine a false binding).
+    resolvers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "min_ttl": (float, None),
         "max_entries": (int, None),
         "hello_timeout": (float, None),
+        "resolvers": (list, None),
     },
     "control": {"socket": (str, None)},
 }
@@ -160,6 +166,11 @@ def parse_config(text: str, path: str) -> Config:
             elif key == "socket" and value and not value.startswith("/"):
                 problem((name, key), f"control.socket must be an absolute path (or \"\" for "
                         f"off), not {value!r}")
+            elif key == "resolvers" and (bad := _bad_networks(value)):
+                problem((name, key), f"names.resolvers takes addresses and networks "
+                        f"(\"10.0.0.53\", \"127.0.0.0/8\"), not {', '.join(map(repr, bad))}")
+            elif key == "resolvers":
+                values[key] = tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
             else:
                 values[key] = value
         if name == "metrics" and bool(values.get("tls_cert")) != bool(values.get("tls_key")):
@@ -179,6 +190,19 @@ def parse_config(text: str, path: str) -> Config:
         metrics=replace(metrics, tls_cert=_beside(base, metrics.tls_cert),
                         tls_key=_beside(base, metrics.tls_key)),
     )
+
+
+def _bad_networks(values: list[Any]) -> list[Any]:
+    """The entries that are not an IP address or network."""
+    bad = []
+    for value in values:
+        try:
+            if not isinstance(value, str):
+                raise TypeError(value)
+            ipaddress.ip_network(value, strict=False)
+        except (TypeError, ValueError):
+            bad.append(value)
+    return bad
 
 
 def _beside(base: Path, path: str) -> str:

@@ -35,6 +35,7 @@ class Stats:
     dns_bindings: int = 0  # (address, name) bindings learnt
     dns_cut: int = 0  # answers cut by the queue's copy range (accepted, not learnt)
     dns_unparseable: int = 0  # answers that could not be parsed (accepted, not learnt)
+    dns_untrusted: int = 0  # answers from servers not in [names] resolvers (accepted, not learnt)
     dns_out_of_order: int = 0  # DNS-over-TCP segments dropped for the server to resend
     reloads: int = 0  # reloads that swapped in a new policy
     reload_failures: int = 0  # reloads rejected; the running policy stayed
@@ -200,7 +201,8 @@ class Sources:
 
 # Stats fields that add up over workers (the rest describe the policy this process runs).
 _SUMMED = ("packets", "unparseable", "errors", "pending_flows", "hello_timeouts",
-           "dns_answers", "dns_bindings", "dns_cut", "dns_unparseable", "dns_out_of_order")
+           "dns_answers", "dns_bindings", "dns_cut", "dns_unparseable", "dns_untrusted",
+           "dns_out_of_order")
 
 
 class StatsCollector:
@@ -313,6 +315,8 @@ _NAME_COUNTERS = (
     ("dns_bindings", "Address-name bindings learnt from DNS answers"),
     ("dns_cut", "DNS answers cut by the queue copy range (accepted without learning)"),
     ("dns_unparseable", "DNS answers that could not be parsed (accepted without learning)"),
+    ("dns_untrusted", "DNS answers from servers not in [names] resolvers (accepted without "
+     "learning)"),
     ("dns_out_of_order", "DNS-over-TCP segments dropped out of order (the server resends)"),
 )
 

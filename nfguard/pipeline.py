@@ -15,6 +15,7 @@ Three kinds of packet come here:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -26,6 +27,7 @@ from nfguard.audit import AuditLog, audit_event
 from nfguard.config import NamesConfig
 from nfguard.engine import DNS, Decision, Engine
 from nfguard.flows import NO_NAME, FlowTable, PendingFlow, Sniffed
+from nfguard.lru import Memo
 from nfguard.metrics import Stats
 from nfguard.names import NameCache
 from nfguard.peers import Peers
@@ -42,6 +44,7 @@ LOCAL_OUT = 3
 DNS_PORT = 53
 MAX_DNS_STREAMS = 4096  # DNS-over-TCP answer streams followed at once (LRU)
 MAX_CHAINS = 65536  # (address, name) CNAME chain entries kept (LRU)
+MAX_DNS_SERVERS = 1024  # DNS server addresses whose standing ([names] resolvers) is remembered
 
 _SYN, _FIN, _RST = 0x02, 0x01, 0x04
 _SEQ = 0xFFFFFFFF
@@ -87,6 +90,8 @@ class Pipeline:
         # "alias.test CNAME allowed.test", is going to allowed.test. Consulted only while
         # the presented name itself resolves to the address (NameCache.resolved).
         self._chains: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
+        # DNS server address -> whether its answers teach names, for these [names] resolvers
+        self._servers: tuple[tuple[str, ...], Memo[str, bool]] = ((), Memo(MAX_DNS_SERVERS))
 
     # -- entry point ---------------------------------------------------------------------
     def handle(self, payload: bytes, mark: int, hook: int = LOCAL_OUT,
@@ -272,6 +277,9 @@ class Pipeline:
             packet = parse_packet(payload)
             if packet.sport != DNS_PORT or packet.proto not in (TCP, UDP):
                 return accept
+            if not self._trusted_server(packet.src):
+                self.stats.dns_untrusted += 1
+                return accept
             if packet.total_length > len(payload):
                 self.stats.dns_cut += 1
                 log.warning("DNS answer from %s cut by the queue's copy range (%d of %d "
@@ -292,6 +300,27 @@ class Pipeline:
             self.stats.errors += 1
             log.exception("error reading a DNS answer; accepted")
             return accept
+
+    def _trusted_server(self, ip: str) -> bool:
+        """Whether answers from `ip` may teach names: [names] resolvers lists it, or lists
+        nothing. An answer from another server is let through unread (the policy allowed
+        the query), and the first one from each such server is logged."""
+        resolvers = self.settings.resolvers
+        if not resolvers:
+            return True
+        listed, known = self._servers
+        if listed is not resolvers:  # a reload changed the list
+            known = Memo(MAX_DNS_SERVERS)
+            self._servers = (resolvers, known)
+        trusted = known.get(ip)
+        if trusted is None:
+            address = ipaddress.ip_address(ip)
+            trusted = known.put(ip, any(address in ipaddress.ip_network(network)
+                                        for network in resolvers))
+            if not trusted:
+                log.warning("DNS answers from %s teach no names: it is not among "
+                            "[names] resolvers", ip)
+        return trusted
 
     def _tcp_answer(self, packet: Packet, body: bytes, mark: int, accept: int) -> int:
         key = _key(packet)

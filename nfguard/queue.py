@@ -62,7 +62,6 @@ class QueueAdapter:
         self.handler = handler
         self.fail_open = fail_open
         self.errors = 0
-        self.overruns = 0  # ENOBUFS: the kernel could not hand us some packets
         self.latency = latency if latency is not None else Latency()
         self._queue = NetfilterQueue()
         self._queue.bind(queue_num, _never_called, max_len=maxlen, mode=COPY_PACKET,
@@ -94,8 +93,7 @@ class QueueAdapter:
                 except OSError as exc:
                     if exc.errno != errno.ENOBUFS:
                         raise
-                    self.overruns += 1  # counted by the kernel too (user_dropped)
-                    continue
+                    continue  # the kernel could not hand us some packets: user_dropped
                 self._on_datagram(self._view[:size])
         finally:
             self._in_batch = False

@@ -381,6 +381,23 @@ def test_unsolicited_answers_teach_nothing(named: Lab) -> None:
     assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "name_mismatch"
 
 
+@pytest.mark.parametrize(("resolvers", "learnt"), [(["198.18.0.0/31", "127.0.0.0/8"], False),
+                                                   (["198.18.0.2", "::1"], True)],
+                         ids=["server-not-listed", "server-listed"])
+def test_only_answers_from_listed_resolvers_teach_names(named: Lab, resolvers: list[str],
+                                                        learnt: bool) -> None:
+    """[names] resolvers: the lab's DNS server answers either way, but only a listed
+    server's answer lets the name rule allow the address."""
+    start(named, names={"resolvers": resolvers})
+    assert named.dig("allowed.test") == [ALLOWED_V4], "the answer itself is let through"
+    code, _ = curl_https(named, "allowed.test", ALLOWED_V4)
+    if learnt:
+        assert code == 0
+    else:
+        assert code in CUT
+        assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "name_mismatch"
+
+
 def test_answers_from_a_local_stub_over_loopback_are_learnt(named: Lab) -> None:
     start(named)
     # A stub resolver on the client host itself, answering over lo (loopback is not

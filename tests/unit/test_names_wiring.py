@@ -417,6 +417,28 @@ def test_cut_and_unparseable_answers_are_accepted_without_learning(tmp_path: Pat
     assert h.answer(full) == marks.ALLOW and len(h.pipeline.names) == 199
 
 
+def test_only_listed_resolvers_teach_names(tmp_path: Path) -> None:
+    """[names] resolvers: an answer from another server is accepted but teaches nothing;
+    a reload that lists it makes its next answers count."""
+    h = Harness(tmp_path, settings=NamesConfig(resolvers=("127.0.0.0/8", "10.0.0.0/24")))
+    h.learn("github.com", "140.82.112.3")  # RESOLVER is 10.0.0.53
+    assert h.pipeline.names.names_for("140.82.112.3", h.now) == {"github.com"}
+    stranger = bytes(IP(src="203.0.113.9", dst=CLIENT) / UDP(sport=53, dport=5353) /
+                     DNS(id=7, qr=1, qd=DNSQR(qname="evil.example"),
+                         an=[DNSRR(rrname="github.com", type="A", ttl=300, rdata="198.51.100.66")]))
+    assert h.answer(stranger) == marks.ALLOW, "let through: the policy allowed the query"
+    assert h.pipeline.names.names_for("198.51.100.66", h.now) == frozenset()
+    assert h.stats.dns_untrusted == 1 and h.stats.dns_answers == 1
+    h.pipeline.settings = NamesConfig(resolvers=("203.0.113.0/24",))
+    assert h.answer(stranger) == marks.ALLOW
+    assert h.pipeline.names.names_for("198.51.100.66", h.now) == {"github.com"}
+    h.pipeline.settings = NamesConfig()  # none listed: every server the host asked
+    assert h.answer(dns_answer(DNSRR(rrname="x.example", type="A", ttl=300, rdata="192.0.2.8"),
+                               qname="x.example")) == marks.ALLOW
+    assert h.pipeline.names.names_for("192.0.2.8", h.now) == {"x.example"}
+    assert h.stats.dns_untrusted == 1
+
+
 def test_dns_over_tcp_in_order_only(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     stream = dns_answer(DNSRR(rrname="github.com", type="A", ttl=300, rdata=GH), tcp=True)
