@@ -7,6 +7,8 @@ its socket and writes the verdicts itself (the codec is at the end of this modul
   it after sendto) still has its user;
 - with `fail = "open"` it sets NFQA_CFG_F_FAIL_OPEN: a packet the kernel cannot hand to
   the engine (queue full, socket buffer full) passes instead of being dropped;
+- it has whole packets copied (NetfilterQueue stops at 4016 bytes), so a DNS answer of
+  EDNS size, reassembled from fragments, is read, not cut;
 - verdicts leave in trains of up to VERDICT_TRAIN messages, one sendmsg() each, instead of
   one per packet: the kernel moves every accepted packet on inside that call, and doing
   so several at a time cut the engine's CPU per connection by a quarter to a third in the
@@ -33,15 +35,18 @@ from nfguard.metrics import Latency
 
 log = logging.getLogger(__name__)
 
-# Headers for decisions now; ClientHellos and DNS answers need more, up to what
-# NetfilterQueue's bind asks for (4016 bytes).
-COPY_RANGE = 4016
+# Bytes of each packet copied to the engine: all of it (the kernel's maximum, 0xFFFF less
+# an attribute header). NetfilterQueue's bind takes at most BIND_COPY_RANGE; the adapter's
+# config request raises it.
+COPY_RANGE = 0xFFFF - 4
+BIND_COPY_RANGE = 4016
+NFQNL_COPY_PACKET = 2
 BATCH = 256  # packets read per process_pending() call before the loop gets a turn
 # Verdicts sent together at most: the saving is all there by 8 in the connection benchmark
 # (one per send costs a third more CPU per connection), and a packet waits for at most
 # seven others' decisions before its own verdict leaves.
 VERDICT_TRAIN = 8
-RECEIVE_SIZE = 1 << 16  # a packet message is at most COPY_RANGE plus some 200 bytes
+RECEIVE_SIZE = 1 << 17  # a packet message is at most COPY_RANGE plus some 200 bytes
 
 # handler(payload, mark, hook, token, uid) -> the mark to accept with, or None (held: the
 # verdict comes later through release(token, mark)). `uid`: the sending socket's owner,
@@ -65,7 +70,7 @@ class QueueAdapter:
         self.latency = latency if latency is not None else Latency()
         self._queue = NetfilterQueue()
         self._queue.bind(queue_num, _never_called, max_len=maxlen, mode=COPY_PACKET,
-                         range=COPY_RANGE)
+                         range=BIND_COPY_RANGE)
         self._sock = socket.socket(fileno=os.dup(self._queue.get_fd()))
         self._sock.setblocking(False)
         self._buffer = bytearray(RECEIVE_SIZE)
@@ -74,9 +79,9 @@ class QueueAdapter:
         self._verdicts: list[bytes] = []
         self._in_batch = False
         # Acknowledged (or refused) later, in the packet stream: see _on_error.
-        self._sock.send(queue_flags(queue_num, NFQA_CFG_F_UID_GID
-                                    | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0),
-                                    NFQA_CFG_F_UID_GID | NFQA_CFG_F_FAIL_OPEN))
+        self._sock.send(queue_config(queue_num, COPY_RANGE, NFQA_CFG_F_UID_GID
+                                     | (NFQA_CFG_F_FAIL_OPEN if fail_open else 0),
+                                     NFQA_CFG_F_UID_GID | NFQA_CFG_F_FAIL_OPEN))
 
     def fileno(self) -> int:
         return self._queue.get_fd()
@@ -136,15 +141,16 @@ class QueueAdapter:
         self.latency.observe(time.perf_counter_ns() - started)
 
     def _on_error(self, data: memoryview, start: int, end: int) -> None:
-        """The kernel's answer to the flags request: 0 is its acknowledgement."""
+        """The kernel's answer to the config request: 0 is its acknowledgement."""
         code = netlink_error(data, start, end)
-        flags = "uid with each packet" + (", fail open when full" if self.fail_open else "")
+        settings = ("whole packets, the uid with each"
+                    + (", fail open when full" if self.fail_open else ""))
         if code:
             self.errors += 1
-            log.error("the kernel refused the queue's flags (%s): %s", flags,
+            log.error("the kernel refused the queue's settings (%s): %s", settings,
                       os.strerror(code))
         else:
-            log.info("queue flags set: %s", flags)
+            log.info("queue set: %s", settings)
 
     def release(self, token: int, mark: int) -> None:
         """The deferred verdict of a held packet (sent at once outside a batch)."""
@@ -193,7 +199,7 @@ NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG = 0, 1, 2
 PACKET_MESSAGE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
 NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_PAYLOAD, NFQA_UID = 1, 2, 3, 10, 16
-NFQA_CFG_MASK, NFQA_CFG_FLAGS = 4, 5
+NFQA_CFG_PARAMS, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 2, 4, 5
 NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_UID_GID = 1 << 0, 1 << 3
 NF_ACCEPT = 1
 _NLMSGHDR = struct.Struct("=IHHII")
@@ -274,9 +280,12 @@ def netlink_error(data: Buffer, start: int, end: int) -> int:
     return -_ERROR.unpack_from(data, start + _NLMSGHDR.size)[0]
 
 
-def queue_flags(queue_num: int, flags: int, mask: int) -> bytes:
-    """NFQNL_MSG_CONFIG setting the queue's `mask` flags to `flags`, acknowledged."""
-    attributes = (_ATTR.pack(8, NFQA_CFG_MASK) + _BE32.pack(mask)
+def queue_config(queue_num: int, copy_range: int, flags: int, mask: int) -> bytes:
+    """NFQNL_MSG_CONFIG copying packets up to `copy_range` bytes and setting the queue's
+    `mask` flags to `flags`, acknowledged."""
+    attributes = (_ATTR.pack(9, NFQA_CFG_PARAMS) + struct.pack(">IB3x", copy_range,
+                                                               NFQNL_COPY_PACKET)
+                  + _ATTR.pack(8, NFQA_CFG_MASK) + _BE32.pack(mask)
                   + _ATTR.pack(8, NFQA_CFG_FLAGS) + _BE32.pack(flags))
     return (_NLMSGHDR.pack(_NLMSGHDR.size + _NFGENMSG_SIZE + len(attributes),
                            NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG,

@@ -17,6 +17,7 @@ from tests.e2e.lab import (
     CLIENT_V4,
     OTHER_V4,
     OTHER_V6,
+    SERVER_V4,
     Lab,
 )
 
@@ -141,6 +142,25 @@ s.sendall(b"GET / HTTP/1.1\r\nHost: allowed.test\r\n")
 time.sleep(float(sys.argv[2]))
 s.sendall(b"\r\n")
 print(s.recv(4096).split(b"\r\n")[0].decode())
+"""
+
+# A DNS server answering every A query with `count` records for the asked name, the first
+# the address given: an 8 KB UDP answer, fragmented on the wire, one packet after the
+# kernel has reassembled it for conntrack.
+BIG_ANSWERS = r"""
+import socket, sys
+from scapy.layers.dns import DNS, DNSRR
+server, first, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+addresses = [first] + [f"10.77.{i // 250}.{i % 250 + 1}" for i in range(count - 1)]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((server, 53))
+while True:
+    data, peer = s.recvfrom(4096)
+    query = DNS(data)
+    answer = DNS(id=query.id, qr=1, aa=1, rd=query.rd, ra=1, qd=query.qd,
+                 an=[DNSRR(rrname=query.qd.qname, type="A", ttl=300, rdata=a)
+                     for a in addresses])
+    s.sendto(bytes(answer), peer)
 """
 
 
@@ -396,6 +416,20 @@ def test_only_answers_from_listed_resolvers_teach_names(named: Lab, resolvers: l
     else:
         assert code in CUT
         assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "name_mismatch"
+
+
+def test_an_answer_larger_than_4016_bytes_is_learnt_whole(named: Lab) -> None:
+    """NetfilterQueue copies at most 4016 bytes of a packet; the engine has the queue copy
+    whole packets, so a big answer's names are learnt, not skipped as cut."""
+    named.spawn(named.server, sys.executable, "-c", BIG_ANSWERS, SERVER_V4, ALLOWED_V4, "300",
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    named.wait_listening(53, "udp")
+    named.start_engine(named.write_config(POLICY))
+    answer = named.exec(named.client, "dig", f"@{SERVER_V4}", "+short", "+bufsize=65000",
+                        "+tries=1", "+time=3", "allowed.test", "A").stdout.split()
+    assert len(answer) == 300 and answer[0] == ALLOWED_V4
+    assert curl_https(named, "allowed.test", ALLOWED_V4) == (0, "https allowed.test")
+    assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "rule_match"
 
 
 def test_answers_from_a_local_stub_over_loopback_are_learnt(named: Lab) -> None:

@@ -18,7 +18,7 @@ from nfguard.queue import (
     accept_verdict,
     netlink_error,
     netlink_messages,
-    queue_flags,
+    queue_config,
     read_packet,
     verdict_header,
 )
@@ -133,12 +133,15 @@ def test_message_without_packet_header_or_overrunning_is_an_error() -> None:
         read_one(bytes(overrun))
 
 
-def test_flags_request_sets_masked_flags_and_asks_for_an_ack() -> None:
-    [(kind, flags, body)] = walk(queue_flags(3, 0x9, 0x9))
+def test_config_request_sets_copy_range_and_masked_flags_and_asks_for_an_ack() -> None:
+    [(kind, flags, body)] = walk(queue_config(3, 65531, 0x8, 0x9))
     assert kind == 0x0302, "NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG"
     assert flags == 1 | 4, "NLM_F_REQUEST | NLM_F_ACK"
     assert struct.unpack_from(">BBH", body) == (socket.AF_UNSPEC, 0, 3)
-    assert attributes(body[4:]) == {4: struct.pack(">I", 0x9), 5: struct.pack(">I", 0x9)}
+    found = attributes(body[4:])
+    # struct nfqnl_msg_config_params is packed: copy_range (be32), copy_mode (NFQNL_COPY_PACKET)
+    assert found[2] == struct.pack(">IB", 65531, 2)
+    assert found[4] == struct.pack(">I", 0x9) and found[5] == struct.pack(">I", 0x8)
 
 
 @pytest.mark.parametrize("code", [0, errno.EPERM, errno.EOPNOTSUPP])
