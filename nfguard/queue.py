@@ -141,8 +141,14 @@ class QueueAdapter:
         self.latency.observe(time.perf_counter_ns() - started)
 
     def _on_error(self, data: memoryview, start: int, end: int) -> None:
-        """The kernel's answer to the config request: 0 is its acknowledgement."""
-        code = netlink_error(data, start, end)
+        """The kernel's answer to the config request (0: its acknowledgement), or its
+        complaint about a verdict (sent without asking for acknowledgements)."""
+        code, request = netlink_error(data, start, end)
+        if request != CONFIG_MESSAGE:
+            if code:
+                self.errors += 1
+                log.error("the kernel refused a verdict: %s", os.strerror(code))
+            return
         settings = ("whole packets, the uid with each"
                     + (", fail open when full" if self.fail_open else ""))
         if code:
@@ -198,6 +204,7 @@ NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG = 0, 1, 2
 PACKET_MESSAGE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
+CONFIG_MESSAGE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG
 NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_PAYLOAD, NFQA_UID = 1, 2, 3, 10, 16
 NFQA_CFG_PARAMS, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 2, 4, 5
 NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_UID_GID = 1 << 0, 1 << 3
@@ -273,11 +280,15 @@ def read_packet(data: Buffer, start: int, end: int) -> QueuedPacket:
     return QueuedPacket(packet_id, hook, mark, payload, uid)
 
 
-def netlink_error(data: Buffer, start: int, end: int) -> int:
-    """The errno of an NLMSG_ERROR message (0: an acknowledgement)."""
-    if end - start < _NLMSGHDR.size + _ERROR.size:
+def netlink_error(data: Buffer, start: int, end: int) -> tuple[int, int]:
+    """(errno, type of the request it answers) of an NLMSG_ERROR message, which carries
+    the request's header after the error (errno 0: an acknowledgement)."""
+    if end - start < 2 * _NLMSGHDR.size + _ERROR.size:
         raise QueueMessageError("netlink error message too short")
-    return -_ERROR.unpack_from(data, start + _NLMSGHDR.size)[0]
+    (error,) = _ERROR.unpack_from(data, start + _NLMSGHDR.size)
+    _length, request, _flags, _seq, _pid = _NLMSGHDR.unpack_from(
+        data, start + _NLMSGHDR.size + _ERROR.size)
+    return -error, request
 
 
 def queue_config(queue_num: int, copy_range: int, flags: int, mask: int) -> bytes:
@@ -288,7 +299,7 @@ def queue_config(queue_num: int, copy_range: int, flags: int, mask: int) -> byte
                   + _ATTR.pack(8, NFQA_CFG_MASK) + _BE32.pack(mask)
                   + _ATTR.pack(8, NFQA_CFG_FLAGS) + _BE32.pack(flags))
     return (_NLMSGHDR.pack(_NLMSGHDR.size + _NFGENMSG_SIZE + len(attributes),
-                           NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG,
+                           CONFIG_MESSAGE,
                            NLM_F_REQUEST | NLM_F_ACK, 0, 0)
             + struct.pack(">BBH", socket.AF_UNSPEC, 0, queue_num) + attributes)
 

@@ -144,13 +144,17 @@ def test_config_request_sets_copy_range_and_masked_flags_and_asks_for_an_ack() -
     assert found[4] == struct.pack(">I", 0x9) and found[5] == struct.pack(">I", 0x8)
 
 
-@pytest.mark.parametrize("code", [0, errno.EPERM, errno.EOPNOTSUPP])
-def test_netlink_error_reads_the_errno(code: int) -> None:
-    message = struct.pack("=IHHIIi", 36, 2, 0, 0, 0, -code) + b"\0" * 16
+@pytest.mark.parametrize(("code", "answering"), [(0, 0x0302), (errno.EPERM, 0x0302),
+                                                 (errno.ENOENT, 0x0301)])
+def test_netlink_error_reads_the_errno_and_the_request_it_answers(code: int,
+                                                                  answering: int) -> None:
+    """struct nlmsgerr: the error, then the header of the request it answers."""
+    message = (struct.pack("=IHHIIi", 36, 2, 0, 0, 0, -code)
+               + struct.pack("=IHHII", 40, answering, 5, 0, 0))
     [(kind, start, end)] = netlink_messages(message)
-    assert kind == 2 and netlink_error(message, start, end) == code
+    assert kind == 2 and netlink_error(message, start, end) == (code, answering)
     with pytest.raises(QueueMessageError):
-        netlink_error(message[:18], 0, 18)
+        netlink_error(message[:30], 0, 30)
 
 
 @settings(max_examples=1000, deadline=None)
