@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 from nfguard import marks
 from nfguard.metrics import Latency
+from nfguard.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSGHDR, Buffer
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,6 @@ def _never_called(_packet: object) -> None:
 # nfnetlink_queue's messages (linux/netfilter/nfnetlink_queue.h): a netlink header, an
 # nfgenmsg naming the queue (big-endian), then attributes: host-order headers, big-endian
 # values.
-NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG = 0, 1, 2
 PACKET_MESSAGE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
@@ -209,7 +208,6 @@ NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_PAYLOAD, NFQA_UID = 1, 2, 3, 
 NFQA_CFG_PARAMS, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 2, 4, 5
 NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_UID_GID = 1 << 0, 1 << 3
 NF_ACCEPT = 1
-_NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG_SIZE = 4
 _ATTR = struct.Struct("=HH")
 _ATTR_TYPE = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
@@ -223,8 +221,6 @@ _unpack_be32 = _BE32.unpack_from
 VERDICT_SIZE = 40  # 16 netlink + 4 nfgenmsg + 12 verdict attribute + 8 mark attribute
 _VERDICT_BODY = struct.Struct(">IIII")  # verdict, packet id, mark attribute header, mark
 _MARK_ATTR = int.from_bytes(struct.pack("=HH", 8, NFQA_MARK), "big")
-
-Buffer = bytes | bytearray | memoryview
 
 
 class QueueMessageError(ValueError):
@@ -243,9 +239,9 @@ def netlink_messages(data: Buffer) -> Iterator[tuple[int, int, int]]:
     """(type, start, end) of each netlink message in one datagram from the kernel."""
     off = 0
     size = len(data)
-    while off + _NLMSGHDR.size <= size:
-        length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if length < _NLMSGHDR.size or off + length > size:
+    while off + NLMSGHDR.size <= size:
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, off)
+        if length < NLMSGHDR.size or off + length > size:
             raise QueueMessageError(f"netlink message of {length} bytes at {off} of {size}")
         yield kind, off, off + length
         off += (length + 3) & ~3
@@ -258,7 +254,7 @@ def read_packet(data: Buffer, start: int, end: int) -> QueuedPacket:
     mark = 0
     payload = b""
     uid = None
-    off = start + _NLMSGHDR.size + _NFGENMSG_SIZE
+    off = start + NLMSGHDR.size + _NFGENMSG_SIZE
     while off + 4 <= end:
         length, kind = _unpack_attr(data, off)
         if length < 4 or off + length > end:
@@ -283,11 +279,11 @@ def read_packet(data: Buffer, start: int, end: int) -> QueuedPacket:
 def netlink_error(data: Buffer, start: int, end: int) -> tuple[int, int]:
     """(errno, type of the request it answers) of an NLMSG_ERROR message, which carries
     the request's header after the error (errno 0: an acknowledgement)."""
-    if end - start < 2 * _NLMSGHDR.size + _ERROR.size:
+    if end - start < 2 * NLMSGHDR.size + _ERROR.size:
         raise QueueMessageError("netlink error message too short")
-    (error,) = _ERROR.unpack_from(data, start + _NLMSGHDR.size)
-    _length, request, _flags, _seq, _pid = _NLMSGHDR.unpack_from(
-        data, start + _NLMSGHDR.size + _ERROR.size)
+    (error,) = _ERROR.unpack_from(data, start + NLMSGHDR.size)
+    _length, request, _flags, _seq, _pid = NLMSGHDR.unpack_from(
+        data, start + NLMSGHDR.size + _ERROR.size)
     return -error, request
 
 
@@ -298,7 +294,7 @@ def queue_config(queue_num: int, copy_range: int, flags: int, mask: int) -> byte
                                                                NFQNL_COPY_PACKET)
                   + _ATTR.pack(8, NFQA_CFG_MASK) + _BE32.pack(mask)
                   + _ATTR.pack(8, NFQA_CFG_FLAGS) + _BE32.pack(flags))
-    return (_NLMSGHDR.pack(_NLMSGHDR.size + _NFGENMSG_SIZE + len(attributes),
+    return (NLMSGHDR.pack(NLMSGHDR.size + _NFGENMSG_SIZE + len(attributes),
                            CONFIG_MESSAGE,
                            NLM_F_REQUEST | NLM_F_ACK, 0, 0)
             + struct.pack(">BBH", socket.AF_UNSPEC, 0, queue_num) + attributes)
@@ -306,7 +302,7 @@ def queue_config(queue_num: int, copy_range: int, flags: int, mask: int) -> byte
 
 def verdict_header(queue_num: int) -> bytes:
     """Everything before a verdict's own fields, the same for every packet of a queue."""
-    return (_NLMSGHDR.pack(VERDICT_SIZE, NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT,
+    return (NLMSGHDR.pack(VERDICT_SIZE, NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_VERDICT,
                            NLM_F_REQUEST, 0, 0)
             + struct.pack(">BBH", socket.AF_UNSPEC, 0, queue_num)
             + _ATTR.pack(12, NFQA_VERDICT_HDR))

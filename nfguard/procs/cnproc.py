@@ -23,7 +23,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from nfguard.procs.netlink import NLMSG_DONE, NLMSGHDR
+from nfguard.netlink import NLMSG_DONE, NLMSGHDR
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1

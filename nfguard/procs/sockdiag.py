@@ -23,9 +23,7 @@ import socket
 import struct
 from typing import NamedTuple
 
-from nfguard.procs.netlink import NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR
-
-Buffer = bytes | memoryview  # a whole answer, or the part of the read buffer it fills
+from nfguard.netlink import NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSGHDR, Buffer
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
