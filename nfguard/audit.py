@@ -73,6 +73,8 @@ def audit_event(
             event["nfguard"]["unit"] = process.unit
         if process.exe_deleted:  # replaced or unlinked while running
             event["nfguard"]["exe_deleted"] = True
+        if process.interface is not None:  # forwarded: a container's or a VM's flow
+            event["observer"] = {"ingress": {"interface": {"name": process.interface}}}
     return event
 
 
@@ -127,6 +129,9 @@ def text_line(event: dict[str, Any]) -> str:
     net = event.get("network", {})
     nfg = event["nfguard"]
     who = event.get("process", {}).get("executable") or "-"
+    ingress = event.get("observer", {}).get("ingress", {}).get("interface", {}).get("name")
+    if ingress is not None:
+        who += f" via={ingress}"  # forwarded
     target = f"{dst.get('ip', '?')}:{dst.get('port', '?')}"
     if "domain" in dst:
         target += f" ({dst['domain']})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,10 @@ from nfguard.policy.model import Location
 from nfguard.policy.source import SourceMap
 
 DEFAULT_PATH = "/etc/nfguard/nfguard.toml"
+# The bridges of Docker (docker0, br-<network>), Podman, CNI, libvirt and LXC.
+DEFAULT_FORWARD_FROM = ("docker0", "br-*", "podman*", "cni*", "virbr*", "lxcbr*")
+# An interface name (at most 15 bytes) or a prefix of one followed by *.
+_INTERFACE_PATTERN = re.compile(r"[A-Za-z0-9_.@+-]{1,15}|[A-Za-z0-9_.@+-]{1,14}\*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +30,9 @@ class EngineConfig:
     filter_loopback: bool = False  # loopback traffic is not filtered unless asked
     workers: int = 1  # engine processes, one queue each (queue .. queue + workers - 1)
     queue_maxlen: int = 4096  # packets the kernel holds for the engine; more are dropped
+    # Interfaces (a trailing * matches any rest) whose forwarded flows are this host's
+    # egress too: containers and VMs behind these bridges are judged like local processes.
+    forward_from: tuple[str, ...] = DEFAULT_FORWARD_FROM
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "filter_loopback": (bool, None),
         "workers": (int, None),
         "queue_maxlen": (int, None),
+        "forward_from": (list, None),
     },
     "audit": {"path": (str, None), "format": (str, ("json", "text"))},
     "metrics": {"listen": (str, None), "tls_cert": (str, None), "tls_key": (str, None)},
@@ -171,6 +180,13 @@ def parse_config(text: str, path: str) -> Config:
                         f"(\"10.0.0.53\", \"127.0.0.0/8\"), not {', '.join(map(repr, bad))}")
             elif key == "resolvers":
                 values[key] = tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
+            elif key == "forward_from" and (bad := [
+                    v for v in value
+                    if not isinstance(v, str) or not _INTERFACE_PATTERN.fullmatch(v)]):
+                problem((name, key), f"engine.forward_from takes interface names, or a "
+                        f"prefix and * (\"docker0\", \"br-*\"), not {', '.join(map(repr, bad))}")
+            elif key == "forward_from":
+                values[key] = tuple(dict.fromkeys(value))
             else:
                 values[key] = value
         if name == "metrics" and bool(values.get("tls_cert")) != bool(values.get("tls_key")):

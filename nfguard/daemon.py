@@ -53,8 +53,9 @@ SWEEP_INTERVAL = 0.25  # seconds between checks for pending flows past names.hel
 RECENT_ERRORS = 10  # error log lines `nfguard status` shows
 # Config keys a reload cannot apply: the ruleset, the queue binding and the listeners.
 RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loopback"),
-                ("engine", "queue_maxlen"), ("engine", "workers"), ("metrics", "listen"),
-                ("metrics", "tls_cert"), ("metrics", "tls_key"), ("control", "socket"))
+                ("engine", "forward_from"), ("engine", "queue_maxlen"), ("engine", "workers"),
+                ("metrics", "listen"), ("metrics", "tls_cert"), ("metrics", "tls_key"),
+                ("control", "socket"))
 
 
 def build_engine(config: Config) -> Engine:

@@ -22,16 +22,19 @@ Resolver = Callable[..., list[tuple[Any, ...]]]
 
 def explain(
     config: Config, host: str, port: int | None, proto: str, *, exe: str | None = None,
-    user: str | None = None, resolve: Resolver = socket.getaddrinfo,
+    user: str | None = None, interface: str | None = None,
+    resolve: Resolver = socket.getaddrinfo,
 ) -> str:
     engine = build_engine(config)
-    process = _process(exe, user)
+    process = ProcessInfo(interface=interface) if interface is not None else _process(exe, user)
     addresses, names = _addresses(host, resolve)
     lines = [f"flow: {proto} to {host}{f':{port}' if port is not None else ' (any port)'}"]
     if names:
         lines.append(f"  {host} resolves to {', '.join(str(a) for a in addresses) or 'nothing'}"
                      " (evidence: dns)")
-    if process is not None:
+    if interface is not None:
+        lines.append(f"  forwarded from interface {interface} (a container or VM: no process)")
+    elif process is not None:
         lines.append(f"  from exe={process.exe or '-'} user={process.user or process.uid or '-'}")
     else:
         lines.append("  from any process (no --exe/--user: only clients without a match "

@@ -15,6 +15,14 @@ DENY = 0x20000000
 # again. In a packet mark coming to the engine (with QUEUED), "this flow is pending".
 PENDING = 0x30000000
 QUEUED = 0x40000000  # packet mark only: "this packet is on its way to the engine"
+# With QUEUED on a forwarded packet: "a DNS answer on its way to a container", which the
+# engine learns from instead of judging (on LOCAL_IN the hook says so already).
+ANSWER = QUEUED | ALLOW
+
+
+def is_answer(mark: int) -> bool:
+    """Whether a queued packet's mark says DNS answer (see ANSWER)."""
+    return mark & MASK == ANSWER
 
 
 def with_verdict(mark: int, verdict: int) -> int:

@@ -25,7 +25,15 @@ PATH_DESCRIPTIONS = {
 }
 XT_COMMENT = "nfguard queue"
 XT_TOOLS = ("iptables", "ip6tables")
-XT_CHAINS = ("OUTPUT", "INPUT")
+XT_CHAINS = ("OUTPUT", "INPUT", "FORWARD")
+# The xt rules live in iptables' security table, which runs after the filter table: a
+# queued packet's accept ends only the chain that queued it, so in the filter table it
+# would skip the host's own iptables rules after ours (Docker's isolation, ufw).
+XT_TABLE = "security"
+XT_OLD_TABLES = ("filter",)  # where earlier versions put them: removed on install too
+# The verdict chains run after that table (iptables-nft gives it priority 150, older
+# versions 50) and after the filter table, so another firewall's drop comes first.
+VERDICT_PRIORITY = 200
 
 # Link-local control traffic of IPv6 that must never wait for a policy.
 _NDP = (
@@ -37,8 +45,9 @@ _KEEP_USER_BITS = f"0x{~marks.MASK & 0xFFFFFFFF:08x}"
 
 @dataclass(frozen=True, slots=True)
 class XtRule:
-    """One xt NFQUEUE rule: new flows in OUTPUT, DNS answers in INPUT; `position` in the
-    chain (1 is the top) keeps a family's per-worker rules in order, catch-all last."""
+    """One xt NFQUEUE rule in XT_TABLE: new flows in OUTPUT, DNS answers in INPUT, both in
+    FORWARD; `position` in the chain (1 is the top) keeps a family's per-worker rules in
+    order, catch-all last."""
 
     binary: str
     chain: str
@@ -46,7 +55,7 @@ class XtRule:
     spec: tuple[str, ...]
 
     def command(self) -> str:
-        return f"{self.binary} -I {self.chain} {self.position} " + " ".join(
+        return f"{self.binary} -t {XT_TABLE} -I {self.chain} {self.position} " + " ".join(
             _quote(a) for a in self.spec)
 
 
@@ -80,7 +89,8 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
         queue_step = f"\t\t{queue_num}\t# to the engine"
         dns_queue = f" {queue_num}"
     else:
-        queue_step = "\t\t# the queue step itself is the xt NFQUEUE rule in iptables' OUTPUT"
+        queue_step = (f"\t\t# the queue step itself is the xt NFQUEUE rule in iptables' "
+                      f"{XT_TABLE} table")
         dns_queue = ""
     loopback = (
         "" if settings.filter_loopback
@@ -98,27 +108,32 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
         )
     verdict_bits = f"0x{marks.MASK:08x}"
     ct_field = f"0x{marks.VERDICT_MASK:08x}"
-    dns_where = (
-        "the iptables INPUT rule queues it" if path == XT else "queued to the engine"
-    )
+    queued = f"0x{marks.QUEUED:08x}"
+    dns_where = "queued to the engine" + (
+        f" (by the xt rule in iptables' {XT_TABLE} INPUT)" if path == XT else "")
     nft = f"""\
 # nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {queues}).
 # Rendered by `nfguard install`; nfguard owns this table and nothing else.
 # Verdicts live in the ct mark under {ct_field}: allow 0x{marks.ALLOW:08x}, deny 0x{marks.DENY:08x},
 # pending 0x{marks.PENDING:08x} (the decision waits for the name the client presents).
 table inet {TABLE} {{
-\t# Locally generated packets. Decided flows never leave the kernel; new ones are
-\t# marked 0x{marks.QUEUED:08x} and handed to the engine, and so are the packets of pending
-\t# flows (marked 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name.
+\t# Locally generated packets.
 \tchain output {{
 \t\ttype filter hook output priority filter - 10; policy accept;
 {loopback}\t\ticmpv6 type {{ {_NDP} }} accept\t# IPv6 neighbour discovery and MLD
+\t\tjump egress
+\t}}
+{_forward_chain(settings.forward_from, dns_queue)}
+\t# A flow's packets. Decided flows never leave the kernel; new ones are marked {queued}
+\t# and handed to the engine, and so are the packets of pending flows (marked
+\t# 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name.
+\tchain egress {{
 \t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
 \t\tct mark & {ct_field} == 0x{marks.PENDING:08x} meta l4proto tcp jump bare\t# pending, no payload: nothing to read
 \t\tct mark & {ct_field} == 0x{marks.PENDING:08x} meta mark set meta mark | 0x{marks.PENDING:08x}\t# pending: to the engine again
 \t\tct mark & {ct_field} != 0x{marks.PENDING:08x} ct state established,related accept\t# flows that predate nfguard, ICMP errors
-\t\tmeta mark set meta mark | 0x{marks.QUEUED:08x}
+\t\tmeta mark set meta mark | {queued}
 {queue_step}
 \t}}
 
@@ -130,10 +145,15 @@ table inet {TABLE} {{
 {_bare_tcp_rules()}
 \t}}
 
-\t# After the engine: its verdict comes back as packet mark bits; keep it in the ct mark
-\t# (user bits outside {verdict_bits} are preserved) and clear the packet bits again.
+\t# After the engine and the host's own iptables: the verdict comes back as mark bits.
 \tchain verdict {{
-\t\ttype filter hook output priority filter + 10; policy accept;
+\t\ttype filter hook output priority {VERDICT_PRIORITY}; policy accept;
+\t\tjump settle
+\t}}
+
+\t# A flow's verdict: keep it in the ct mark (user bits outside {verdict_bits} are
+\t# preserved) and clear the packet bits again.
+\tchain settle {{
 \t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.ALLOW:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
 \t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.DENY:08x} meta mark set meta mark & {_KEEP_USER_BITS} jump cut
 \t\tmeta mark & {verdict_bits} == 0x{marks.PENDING:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.PENDING:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
@@ -145,14 +165,18 @@ table inet {TABLE} {{
 \t# Only replies to queries this host sent: an unsolicited "answer" teaches nothing.
 \tchain input {{
 \t\ttype filter hook input priority filter - 10; policy accept;
-\t\tudp sport 53 ct direction reply meta mark set meta mark | 0x{marks.QUEUED:08x}{dns_queue}
-\t\ttcp sport 53 ct direction reply meta mark set meta mark | 0x{marks.QUEUED:08x}{dns_queue}
+\t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
+\t\ttcp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
+\t}}
+
+\tchain input_verdict {{
+\t\ttype filter hook input priority {VERDICT_PRIORITY}; policy accept;
+\t\tjump settle_answer
 \t}}
 
 \t# The engine accepts every answer (after learning it) or drops an out-of-order TCP
 \t# segment; the ct mark is not touched here.
-\tchain input_verdict {{
-\t\ttype filter hook input priority filter + 10; policy accept;
+\tchain settle_answer {{
 \t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
 \t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} drop
 {unanswered}
@@ -169,25 +193,64 @@ table inet {TABLE} {{
     return Ruleset(path, nft, xt_rules)
 
 
+def _forward_chain(interfaces: tuple[str, ...], dns_queue: str) -> str:
+    """The forward hook's chains, for flows from engine.forward_from's interfaces (none:
+    forwarded traffic is left alone). Their new flows go through `egress` like the host's
+    own, in their original direction only (a pending flow's server data is not the
+    client's); DNS answers on their way to those interfaces are learnt first, marked
+    ANSWER so the engine tells them from flows (sport 53 alone is the sender's choice)."""
+    if not interfaces:
+        return ""
+    names = "{ " + ", ".join(f'"{name}"' for name in interfaces) + " }"
+    answer = f"0x{marks.ANSWER:08x}"
+    return f"""
+\t# Forwarded packets of containers and VMs behind {names}
+\t# (engine.forward_from): their flows are this host's egress too.
+\tchain forward {{
+\t\ttype filter hook forward priority filter - 10; policy accept;
+\t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
+\t\ttcp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
+\t\tct direction original iifname {names} jump egress
+\t}}
+
+\tchain forward_verdict {{
+\t\ttype filter hook forward priority {VERDICT_PRIORITY}; policy accept;
+\t\tct direction reply jump settle_answer
+\t\tct direction original jump settle
+\t}}
+"""
+
+
 def _xt_rules(settings: EngineConfig, bypass: bool) -> tuple[XtRule, ...]:
     """Per chain and family, one NFQUEUE rule per worker. The xt target can only hash
     addresses (`--queue-balance`), which would put every flow between two hosts on one
     worker; so each worker's rule takes its share of the local port instead (`u32`), and
     the last rule takes what is left, so no queued packet passes unanswered. A flow keeps
-    its port: every packet of a flow meets the same worker."""
+    its port: every packet of a flow meets the same worker. In FORWARD the container's
+    port is the source of a flow's packets and the destination of its DNS answers."""
     common = ("-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
               "-m", "comment", "--comment", XT_COMMENT)
     tail = ("--queue-bypass",) if bypass else ()
     workers = settings.workers
     shares = _port_shares(workers)
+    source, destination = 17, 1  # u32 shifts: the local port is the source / destination
+    groups: list[tuple[str, int, tuple[str, ...]]] = [("OUTPUT", source, ()),
+                                                      ("INPUT", destination, ())]
+    if settings.forward_from and workers == 1:
+        groups.append(("FORWARD", source, ()))
+    elif settings.forward_from:
+        groups += [("FORWARD", source, ("-m", "conntrack", "--ctdir", "ORIGINAL")),
+                   ("FORWARD", destination, ("-m", "conntrack", "--ctdir", "REPLY"))]
     rules = []
-    for chain, shift in zip(XT_CHAINS, (17, 1), strict=True):  # local port: src, dst
-        for binary, transport in zip(XT_TOOLS, _TRANSPORT_HEADER, strict=True):
+    for binary, transport in zip(XT_TOOLS, _TRANSPORT_HEADER, strict=True):
+        positions: dict[str, int] = {}
+        for chain, shift, direction in groups:
             for worker in range(workers):
                 share = (() if worker == workers - 1 else (
                     "-m", "u32", "--u32", f"{transport}>>{shift}&{shares[worker]}"))
-                rules.append(XtRule(binary, chain, worker + 1, (
-                    *common, *share, "-j", "NFQUEUE",
+                positions[chain] = positions.get(chain, 0) + 1
+                rules.append(XtRule(binary, chain, positions[chain], (
+                    *common, *direction, *share, "-j", "NFQUEUE",
                     "--queue-num", str(settings.queue + worker), *tail)))
     return tuple(rules)
 
@@ -260,8 +323,8 @@ class Installer:
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
         self._remove_xt_rules()
         for rule in ruleset.xt_rules:
-            _run([_xt_binary(rule.binary), "-w", "-I", rule.chain, str(rule.position),
-                  *rule.spec])
+            _run([_xt_binary(rule.binary), "-w", "-t", XT_TABLE, "-I", rule.chain,
+                  str(rule.position), *rule.spec])
 
     def uninstall(self) -> bool:
         """Remove exactly what install added; True if anything was there."""
@@ -276,17 +339,18 @@ class Installer:
         for binary in map(_xt_binary, XT_TOOLS):
             if not shutil.which(binary):
                 continue
-            for chain in XT_CHAINS:
-                for spec in _tagged_rules(binary, chain):
-                    _run([binary, "-w", "-D", chain, *spec])
-                    removed = True
+            for table in (XT_TABLE, *XT_OLD_TABLES):
+                for chain in XT_CHAINS:
+                    for spec in _tagged_rules(binary, table, chain):
+                        _run([binary, "-w", "-t", table, "-D", chain, *spec])
+                        removed = True
         return removed
 
 
-def _tagged_rules(binary: str, chain: str) -> list[list[str]]:
-    """Our rules in `chain`, as `-S` prints them (so they can be passed to `-D`)."""
-    listing = subprocess.run([binary, "-w", "-S", chain], capture_output=True, text=True,
-                             check=False)
+def _tagged_rules(binary: str, table: str, chain: str) -> list[list[str]]:
+    """Our rules in `table`'s `chain`, as `-S` prints them (so they can be passed to `-D`)."""
+    listing = subprocess.run([binary, "-w", "-t", table, "-S", chain], capture_output=True,
+                             text=True, check=False)
     if listing.returncode != 0:
         return []
     return [

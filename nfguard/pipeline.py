@@ -4,19 +4,21 @@ This is the whole of what happens per packet; the queue adapter only moves bytes
 marks between the kernel and `Pipeline.handle`.
 
 Three kinds of packet come here:
-- the first packet of a new outbound flow (LOCAL_OUT): decided at once from the address,
+- the first packet of a new outbound flow (LOCAL_OUT, or FORWARD from a container or VM
+  behind engine.forward_from's interfaces): decided at once from the address,
   the DNS names of the address and the policy, or made PENDING when the name the client
   will present (TLS SNI, HTTP Host, SNI in a QUIC Initial) could change the decision;
 - packets of pending flows: held (no verdict yet) until the name is known, then released
   in stream order with the final verdict; one audit event per flow, at that point;
-- DNS answers (LOCAL_IN, source port 53): their names are learnt, then they are accepted,
-  so no client can connect before the engine knows the name.
+- DNS answers (LOCAL_IN, source port 53; forwarded ones marked ANSWER): their names are
+  learnt, then they are accepted, so no client can connect before the engine knows the name.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -39,7 +41,8 @@ from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
 
 log = logging.getLogger(__name__)
 
-LOCAL_IN = 1  # NetfilterQueue packet.hook values
+LOCAL_IN = 1  # netfilter hooks (NFQA_PACKET_HDR's hook)
+FORWARD = 2
 LOCAL_OUT = 3
 DNS_PORT = 53
 MAX_DNS_STREAMS = 4096  # DNS-over-TCP answer streams followed at once (LRU)
@@ -95,13 +98,14 @@ class Pipeline:
 
     # -- entry point ---------------------------------------------------------------------
     def handle(self, payload: bytes, mark: int, hook: int = LOCAL_OUT,
-               token: Any = None, uid: int | None = None) -> int | None:
+               token: Any = None, uid: int | None = None, indev: int = 0) -> int | None:
         """The packet mark to accept the packet with (its verdict bits say allow, deny or
         pending), or None: the packet is held, and `release(token, mark)` answers it later.
-        `uid`: the owner of the packet's socket as the kernel gave it with the packet.
+        `uid`: the owner of the packet's socket as the kernel gave it with the packet;
+        `indev`: the interface index a forwarded packet came in on (0: sent by this host).
         """
         self.stats.packets += 1
-        if hook == LOCAL_IN:
+        if hook == LOCAL_IN or (hook == FORWARD and marks.is_answer(mark)):
             return self._answer(payload, mark)
         engine = self.engine
         packet: Packet | None = None
@@ -110,7 +114,7 @@ class Pipeline:
         try:
             packet = parse_packet(payload)
             if mark & marks.PENDING == marks.PENDING:
-                return self._pending_packet(packet, payload, mark, token, uid)
+                return self._pending_packet(packet, payload, mark, token, uid, indev)
             if packet.proto == UDP and len(self.flows):
                 flow = self.flows.get(_key(packet))
                 if flow is not None:
@@ -118,7 +122,7 @@ class Pipeline:
             now = self.clock()
             # Most addresses have no DNS names: one dict probe, no call.
             names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
-            process = self._sender(packet, uid)
+            process = self._sender(packet, uid, indev)
             decision = engine.assess(packet, process, names)
             if decision is None:
                 return self._start_pending(packet, payload, mark, token, names, now, process)
@@ -143,10 +147,13 @@ class Pipeline:
             self.stats.errors += 1
             log.exception("cannot write audit event")
 
-    def _sender(self, packet: Packet, uid: int | None) -> ProcessInfo | None:
+    def _sender(self, packet: Packet, uid: int | None, indev: int) -> ProcessInfo | None:
         """Who sent a new flow's first packet (a TCP socket still exists: the SYN waits in
         the queue, so even a short-lived client is still there; a UDP sender may have closed
-        its socket already, and then `uid`, the kernel's word, is what is known)."""
+        its socket already, and then `uid`, the kernel's word, is what is known). A
+        forwarded flow's sender is in another network namespace: its interface is known."""
+        if indev:
+            return ProcessInfo(interface=_interface_name(indev))
         attributor = self.attributor
         if attributor is None or packet.proto not in (TCP, UDP):
             return None
@@ -178,14 +185,14 @@ class Pipeline:
         return flow
 
     def _pending_packet(self, packet: Packet, payload: bytes, mark: int,
-                        token: Any, uid: int | None) -> int | None:
+                        token: Any, uid: int | None, indev: int) -> int | None:
         """A packet of a flow whose ct mark says PENDING."""
         flow = self.flows.get(_key(packet))
         if flow is None:
             # No state (the engine restarted, or the flow was evicted): start over.
             now = self.clock()
             names = self._dns_names(packet.dst, now)
-            process = self._sender(packet, uid)
+            process = self._sender(packet, uid, indev)
             decision = self.engine.assess(packet, process, names)
             if decision is not None:
                 self.record(decision, packet, now, process)
@@ -406,6 +413,14 @@ def _bound(table: OrderedDict, limit: int) -> None:
     """Drop least recently used entries past `limit`."""
     while len(table) > limit:
         table.popitem(last=False)
+
+
+def _interface_name(index: int) -> str:
+    """The interface's name; one gone since the packet came in keeps a name by its index."""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return f"#{index}"
 
 
 def _no_release(_token: Any, _mark: int) -> None:

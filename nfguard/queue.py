@@ -49,10 +49,11 @@ BATCH = 256  # packets read per process_pending() call before the loop gets a tu
 VERDICT_TRAIN = 8
 RECEIVE_SIZE = 1 << 17  # a packet message is at most COPY_RANGE plus some 200 bytes
 
-# handler(payload, mark, hook, token, uid) -> the mark to accept with, or None (held: the
-# verdict comes later through release(token, mark)). `uid`: the sending socket's owner,
-# as the kernel gave it with the packet (None for packets without a local socket).
-Handler = Callable[[bytes, int, int, int, "int | None"], "int | None"]
+# handler(payload, mark, hook, token, uid, indev) -> the mark to accept with, or None (held:
+# the verdict comes later through release(token, mark)). `uid`: the sending socket's
+# owner, as the kernel gave it with the packet (None for packets without a local socket);
+# `indev`: the index of the interface the packet came in on (0 for locally sent ones).
+Handler = Callable[[bytes, int, int, int, "int | None", int], "int | None"]
 
 
 class QueueAdapter:
@@ -126,7 +127,7 @@ class QueueAdapter:
         try:
             try:
                 new_mark = self.handler(queued.payload, queued.mark, queued.hook,
-                                        queued.packet_id, queued.uid)
+                                        queued.packet_id, queued.uid, queued.indev)
             except Exception:
                 self.errors += 1
                 log.exception("packet handler failed")
@@ -204,7 +205,8 @@ NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_VERDICT, NFQNL_MSG_CONFIG = 0, 1, 2
 PACKET_MESSAGE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
 CONFIG_MESSAGE = NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_CONFIG
-NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_PAYLOAD, NFQA_UID = 1, 2, 3, 10, 16
+NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_IFINDEX_INDEV = 1, 2, 3, 5
+NFQA_PAYLOAD, NFQA_UID = 10, 16
 NFQA_CFG_PARAMS, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 2, 4, 5
 NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_UID_GID = 1 << 0, 1 << 3
 NF_ACCEPT = 1
@@ -233,6 +235,7 @@ class QueuedPacket(NamedTuple):
     mark: int
     payload: bytes  # the packet from its IP header, cut at the copy range
     uid: int | None  # the owner of the packet's local socket, when it has one
+    indev: int = 0  # the interface it came in on (forwarded, received), 0 if none
 
 
 def netlink_messages(data: Buffer) -> Iterator[tuple[int, int, int]]:
@@ -254,6 +257,7 @@ def read_packet(data: Buffer, start: int, end: int) -> QueuedPacket:
     mark = 0
     payload = b""
     uid = None
+    indev = 0
     off = start + NLMSGHDR.size + _NFGENMSG_SIZE
     while off + 4 <= end:
         length, kind = _unpack_attr(data, off)
@@ -270,10 +274,12 @@ def read_packet(data: Buffer, start: int, end: int) -> QueuedPacket:
             payload = bytes(data[off + 4:off + length])
         elif kind == NFQA_UID and length >= 8:
             (uid,) = _unpack_be32(data, off + 4)
+        elif kind == NFQA_IFINDEX_INDEV and length >= 8:
+            (indev,) = _unpack_be32(data, off + 4)
         off += (length + 3) & ~3
     if packet_id < 0:
         raise QueueMessageError("packet message without a packet header")
-    return QueuedPacket(packet_id, hook, mark, payload, uid)
+    return QueuedPacket(packet_id, hook, mark, payload, uid, indev)
 
 
 def netlink_error(data: Buffer, start: int, end: int) -> tuple[int, int]:

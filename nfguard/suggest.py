@@ -46,38 +46,37 @@ _PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who sent a flow, as far as a client `match` table can say it; all None: unknown."""
+    """Who sent a flow, as far as a client `match` table can say it; all None: unknown.
+    A forwarded flow (a container's) has only its ingress interface."""
 
     exe: str | None = None
     user: str | None = None  # user name, or the uid as digits when the name was unknown
     unit: str | None = None
+    interface: str | None = None
+
+    def _given(self) -> list[tuple[str, str]]:
+        return [(key, value) for key, value in (
+            ("exe", self.exe), ("user", self.user), ("unit", self.unit),
+            ("interface", self.interface)) if value is not None]
 
     @property
     def known(self) -> bool:
-        return any(v is not None for v in (self.exe, self.user, self.unit))
+        return bool(self._given())
 
     def match_items(self) -> list[tuple[str, str]]:
-        """The `match` table: exe is an fnmatch pattern there, so its metacharacters are
-        escaped; everything else is compared as it is."""
-        items = []
-        if self.exe is not None:
-            items.append(("exe", fnmatch_escape(self.exe)))
-        if self.user is not None:
-            items.append(("user", self.user))
-        if self.unit is not None:
-            items.append(("unit", self.unit))
-        return items
+        """The `match` table: exe and interface are fnmatch patterns there, so their
+        metacharacters are escaped; everything else is compared as it is."""
+        return [(key, fnmatch_escape(value) if key in ("exe", "interface") else value)
+                for key, value in self._given()]
 
     def describe(self) -> str:
-        parts = [f"{k}={v}" for k, v in (("exe", self.exe), ("user", self.user),
-                                          ("unit", self.unit)) if v is not None]
-        return " ".join(parts) or "(no process info)"
+        return " ".join(f"{k}={v}" for k, v in self._given()) or "(no process info)"
 
-    def sort_key(self) -> tuple[int, str, str, str]:
+    def sort_key(self) -> tuple[int, str, str, str, str]:
         # Most specific first: a client whose keys are a subset of another's would otherwise
         # take that one's flows, since the first client that matches decides.
-        keys = sum(v is not None for v in (self.exe, self.user, self.unit))
-        return (-keys, self.exe or "", self.user or "", self.unit or "")
+        return (-len(self._given()), self.exe or "", self.user or "", self.unit or "",
+                self.interface or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,11 +171,13 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
     uid_text = _optional_text(user.get("id"))
     uid = int(uid_text) if uid_text is not None and uid_text.isdigit() else None
     unit = _optional_text(nfg.get("unit"))
+    ingress = _table(_table(_table(event, "observer"), "ingress"), "interface")
+    interface = _optional_text(ingress.get("name"))
     command_line = _optional_text(process.get("command_line"))
     # A digits-only user name would be read as a uid by the client matcher: use the uid.
     match_user = name if name is not None and not name.isdigit() else (
         str(uid) if uid is not None else None)
-    identity = Identity(exe, match_user, unit)
+    identity = Identity(exe, match_user, unit, interface)
     info = ProcessInfo(
         uid=uid,
         user=name,
@@ -186,6 +187,7 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
         parent_exe=_optional_text(parent.get("executable")),
         cgroup=_optional_text(nfg.get("cgroup")),
         unit=unit,
+        interface=interface,
     )
     has_info = identity.known or uid is not None or info.cmdline or info.cgroup
     return identity, (info if has_info else None)
@@ -408,7 +410,8 @@ def _client_names(identities: list[Identity]) -> dict[Identity, str]:
             base = CATCH_ALL
         else:
             parts = [os.path.basename(identity.exe.rstrip("/")) or identity.exe
-                     if identity.exe else None, identity.user, identity.unit]
+                     if identity.exe else None, identity.user, identity.unit,
+                     identity.interface]
             base = "-".join(_slug(p) for p in parts if p is not None)
         name, n = base, 1
         while name in used:

@@ -1,4 +1,7 @@
-"""Client matching: does a `[[client]]` match table hold for the process behind a flow?"""
+"""Client matching: does a `[[client]]` match table hold for the process behind a flow?
+
+A forwarded flow (engine.forward_from) has no process here: only its ingress interface,
+which the `interface` key matches, and which no process key (exe, user, ...) does."""
 
 from __future__ import annotations
 
@@ -32,12 +35,15 @@ class Process(Protocol):
     def groups(self) -> tuple[str, ...]: ...
     @property
     def sha256(self) -> str | None: ...
+    @property
+    def interface(self) -> str | None: ...
 
 
 def match_key(process: Process) -> tuple:
     """Everything a match table can look at: processes equal here match the same clients."""
     return (process.exe, process.parent_exe, process.cmdline, process.uid, process.user,
-            process.gids, process.groups, process.unit, process.cgroup, process.sha256)
+            process.gids, process.groups, process.unit, process.cgroup, process.sha256,
+            process.interface)
 
 
 def client_matches(client: Client, process: Process | None) -> bool:
@@ -73,4 +79,6 @@ def _holds(key: str, expected: str, process: Process) -> bool:
         )
     if key == "sha256":
         return process.sha256 == expected  # both lower-case hex
+    if key == "interface":
+        return process.interface is not None and fnmatchcase(process.interface, expected)
     raise ValueError(f"unknown match key {key!r}")  # the loader admits only MATCH_KEYS

@@ -21,7 +21,8 @@ PROTOS = ("tcp", "udp")
 MODES = ("enforce", "audit")
 
 # Keys a client's `match` table may use, and what they test (see policy.clients).
-MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256")
+MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256",
+              "interface")
 
 
 class Location(NamedTuple):

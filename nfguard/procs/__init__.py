@@ -82,6 +82,8 @@ class ProcessInfo(NamedTuple):
     gids: tuple[int, ...] = ()  # effective gid first, then supplementary ones
     groups: tuple[str, ...] = ()  # their names, where the system knows them
     sha256: str | None = None  # of the executable; only looked up when a policy asks
+    # A forwarded flow (a container's, a VM's): the interface it came in on, and no process.
+    interface: str | None = None
 
 
 UNKNOWN = ProcessInfo()

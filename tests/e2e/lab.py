@@ -1,4 +1,5 @@
-"""A two-host lab in network namespaces: a client host running nfguard and a server host.
+"""A two-host lab in network namespaces: a client host running nfguard and a server host,
+and, on request, a container behind a bridge on the client host (`add_container`).
 
 Everything stays inside the lab: 198.18.0.0/15 (benchmarking range) and fd00:18::/48 live
 only on the veth pair between the two namespaces. Every name is unique per lab, and
@@ -31,6 +32,9 @@ SERVER_V6 = "fd00:18::2"
 # Extra server addresses, so policies can allow one destination and deny another.
 ALLOWED_V4, OTHER_V4 = "198.18.1.1", "198.18.2.1"
 ALLOWED_V6, OTHER_V6 = "fd00:18:1::1", "fd00:18:2::1"
+# The container's network: the client host's bridge has .1, the container .2.
+BRIDGE_V4, CONTAINER_V4 = "198.18.4.1", "198.18.4.2"
+BRIDGE_V6, CONTAINER_V6 = "fd00:18:4::1", "fd00:18:4::2"
 
 _counter = itertools.count()
 
@@ -122,6 +126,7 @@ class Lab:
     tag: str = field(default_factory=lambda: f"nfg{os.getpid() % 100000}x{next(_counter)}")
     engine: subprocess.Popen | None = None
     _procs: list[subprocess.Popen] = field(default_factory=list)
+    _namespaces: list[str] = field(default_factory=list)
 
     @property
     def client(self) -> str:
@@ -131,11 +136,16 @@ class Lab:
     def server(self) -> str:
         return f"{self.tag}s"
 
+    @property
+    def container(self) -> str:
+        return f"{self.tag}k"
+
     # -- set-up and tear-down -------------------------------------------------------
     def start(self) -> Lab:
         c, s = self.client, self.server
-        run("ip", "netns", "add", c)
-        run("ip", "netns", "add", s)
+        for ns in (c, s):
+            run("ip", "netns", "add", ns)
+            self._namespaces.append(ns)
         run("ip", "link", "add", "veth0", "netns", c, "type", "veth", "peer", "name", "veth0",
             "netns", s)
         for ns in (c, s):
@@ -153,11 +163,34 @@ class Lab:
             run("ip", "-n", c, "route", "add", f"{extra}/128", "via", SERVER_V6)
         return self
 
+    def add_container(self, bridge: str = "docker0") -> None:
+        """A container as Docker sets one up: its own namespace, a veth pair whose host end
+        is a port of `bridge` on the client host, which routes (forwards) its traffic. The
+        server routes the container's network back (no NAT: the addresses stay readable)."""
+        c, s, k = self.client, self.server, self.container
+        run("ip", "netns", "add", k)
+        self._namespaces.append(k)
+        run("ip", "-n", c, "link", "add", bridge, "type", "bridge")
+        run("ip", "link", "add", "eth0", "netns", k, "type", "veth", "peer", "name", "port0",
+            "netns", c)
+        run("ip", "-n", c, "link", "set", "port0", "master", bridge)
+        for ns, link in ((c, bridge), (c, "port0"), (k, "lo"), (k, "eth0")):
+            run("ip", "-n", ns, "link", "set", link, "up")
+        for host, gateway, length in ((CONTAINER_V4, BRIDGE_V4, 24),
+                                      (CONTAINER_V6, BRIDGE_V6, 64)):
+            run("ip", "-n", c, "addr", "add", f"{gateway}/{length}", "dev", bridge, "nodad")
+            run("ip", "-n", k, "addr", "add", f"{host}/{length}", "dev", "eth0", "nodad")
+            run("ip", "-n", k, "route", "add", "default", "via", gateway)
+        run("ip", "-n", s, "route", "add", "198.18.4.0/24", "via", CLIENT_V4)
+        run("ip", "-n", s, "route", "add", "fd00:18:4::/64", "via", CLIENT_V6)
+        for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
+            self.exec(c, "sysctl", "-qw", f"{key}=1", check=True)
+
     def close(self) -> None:
         self.stop_engine(signal.SIGKILL)
         for proc in self._procs:
             proc.kill()
-        for ns in (self.client, self.server):
+        for ns in self._namespaces:
             pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -202,9 +235,10 @@ class Lab:
         self.wait_listening(53, "tcp")
 
     def dig(self, name: str, qtype: str = "A", tcp: bool = False,
-            server: str = SERVER_V4) -> list[str]:
-        """The answer section's data (addresses and CNAME targets), from the client."""
-        result = self.exec(self.client, "dig", f"@{server}", "+short", "+tries=2", "+time=2",
+            server: str = SERVER_V4, ns: str | None = None) -> list[str]:
+        """The answer section's data (addresses and CNAME targets), from the client (or
+        namespace `ns`)."""
+        result = self.exec(ns or self.client, "dig", f"@{server}", "+short", "+tries=2", "+time=2",
                            *(("+tcp",) if tcp else ()), name, qtype)
         return result.stdout.split()
 
@@ -320,10 +354,12 @@ class Lab:
         raise AssertionError(f"no matching audit event in {self.audit_events()}")
 
     # -- clients --------------------------------------------------------------------
-    def curl(self, host: str, port: int, timeout: float = 3) -> tuple[int, str]:
-        """(curl exit code, body). 0 is success, 7 refused/reset, 28 timed out."""
+    def curl(self, host: str, port: int, timeout: float = 3,
+             ns: str | None = None) -> tuple[int, str]:
+        """(curl exit code, body), from the client host or namespace `ns`. 0 is success,
+        7 refused/reset, 28 timed out."""
         url_host = f"[{host}]" if ":" in host else host
-        result = self.exec(self.client, "curl", "-sS", "--max-time", str(timeout),
+        result = self.exec(ns or self.client, "curl", "-sS", "--max-time", str(timeout),
                            f"http://{url_host}:{port}/", timeout=timeout + 10)
         return result.returncode, result.stdout
 
@@ -335,8 +371,8 @@ class Lab:
         assert conversation.exchange("hello") == "hello", "the connection did not open"
         return conversation
 
-    def udp_echo(self, host: str, port: int, timeout: float = 2) -> str:
-        """'ok', 'refused' (ICMP error), or 'timeout'."""
+    def udp_echo(self, host: str, port: int, timeout: float = 2, ns: str | None = None) -> str:
+        """'ok', 'refused' (ICMP error), or 'timeout'; from the client or namespace `ns`."""
         code = (
             "import socket,sys\n"
             "s=socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET,"
@@ -347,7 +383,7 @@ class Lab:
             "except TimeoutError: print('timeout')\n"
             "except OSError: print('refused')\n"
         )
-        return self.exec(self.client, sys.executable, "-c", code, host, str(port),
+        return self.exec(ns or self.client, sys.executable, "-c", code, host, str(port),
                          timeout=timeout + 10).stdout.strip()
 
 

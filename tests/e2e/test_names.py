@@ -379,7 +379,7 @@ def test_uninstall_removes_the_dns_queue(named: Lab) -> None:
     assert "chain input {" in listing and "udp sport 53" in listing
     named.nfguard("uninstall", "--config", str(named.workdir / "nfguard.toml"))
     for tool in ("iptables", "ip6tables"):
-        rules = named.exec(named.client, tool, "-S", "INPUT").stdout
+        rules = named.exec(named.client, tool, "-t", "security", "-S", "INPUT").stdout
         assert "nfguard" not in rules
     assert named.dig("allowed.test") == [ALLOWED_V4], "answers flow again"
 

@@ -78,10 +78,12 @@ def test_install_is_idempotent_and_says_which_path(lab: Lab) -> None:
     assert tables(lab) == once
     assert sum(t.startswith("table inet nfguard") for t in once) == 1
     if "xt NFQUEUE" in first:
-        # The fallback path: one queue rule per family, no nft `queue` of our own.
+        # The fallback path: one queue rule per family, no nft `queue` of our own, in the
+        # security table (after the host's own filter rules).
         for tool in ("iptables", "ip6tables"):
-            rules = lab.exec(lab.client, tool, "-S", "OUTPUT").stdout
+            rules = lab.exec(lab.client, tool, "-t", "security", "-S", "OUTPUT").stdout
             assert rules.count("nfguard queue") == 1, rules
+            assert "nfguard" not in lab.exec(lab.client, tool, "-S", "OUTPUT").stdout
     lab.nfguard("uninstall", "--config", config)
     assert "nfguard" not in ruleset(lab)
     assert "was not installed" in lab.nfguard("uninstall", "--config", config).stdout

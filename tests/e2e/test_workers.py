@@ -116,13 +116,13 @@ def test_flows_between_two_hosts_spread_and_each_stays_on_its_worker(lab: Lab) -
     assert sum(e["destination"]["port"] == 80 for e in lab.audit_events()) == flows
     # every per-worker rule goes with uninstall (xt path; on the native path there are none)
     xt = "queue path: xt" in lab.engine_log.read_text()
-    listed = lab.exec(lab.client, "iptables", "-w", "-S", "OUTPUT").stdout
+    listed = lab.exec(lab.client, "iptables", "-w", "-t", "security", "-S", "OUTPUT").stdout
     assert listed.count("nfguard queue") == (2 if xt else 0), listed
     assert lab.stop_engine() == 0
     lab.nfguard("uninstall", "--config", str(config))
     for binary in ("iptables", "ip6tables"):
-        for chain in ("OUTPUT", "INPUT"):
-            listed = lab.exec(lab.client, binary, "-w", "-S", chain).stdout
+        for chain in ("OUTPUT", "INPUT", "FORWARD"):
+            listed = lab.exec(lab.client, binary, "-w", "-t", "security", "-S", chain).stdout
             assert "nfguard queue" not in listed, listed
 
 

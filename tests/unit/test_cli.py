@@ -179,7 +179,9 @@ def test_install_dry_run_uses_the_probed_path_and_loads_nothing(
     code, out, _err = run(capsys, "install", "--config", str(config), "--dry-run")
     assert code == 0
     assert out.startswith("# queue path: xt NFQUEUE target")
-    assert out.count("--queue-bypass") == 4  # OUTPUT and INPUT (DNS answers), per family
+    # OUTPUT, INPUT (DNS answers) and FORWARD (containers' flows and answers), per family
+    assert out.count("--queue-bypass") == 6
+    assert out.count(" -t security -I ") == 6
 
 
 # ---------------------------------------------------------------- explain
@@ -327,3 +329,21 @@ def test_explain_group_client_uses_the_users_groups(tmp_path: Path,
                           "--user", "nobody")
     assert code == 0
     assert "client: everyone" in out
+
+
+def test_explain_interface_is_a_forwarded_flow(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    policy = POLICY.replace('match = { exe = "/usr/bin/git" }', 'match = { interface = "br-*" }')
+    config = write_config(tmp_path, policy)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--interface", "br-1a2b")
+    assert code == 0
+    assert "  forwarded from interface br-1a2b (a container or VM: no process)" in out
+    assert "client: git" in out and "matched on interface=br-*" in out
+    assert "decision: deny" in out
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--interface", "eth0")
+    assert code == 0 and "client: everyone" in out and "decision: allow" in out
+    with pytest.raises(SystemExit):
+        run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+            "--interface", "br-1", "--exe", "/usr/bin/git")

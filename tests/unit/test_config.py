@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from nfguard.config import (
+    DEFAULT_FORWARD_FROM,
     DEFAULT_PATH,
     AuditConfig,
     Config,
@@ -134,7 +135,7 @@ def test_unknown_section_and_key() -> None:
     assert problems('[engine]\nmode = "audit"\nspeed = 3\n\n[logging]\nlevel = 1\n', "c.toml") \
         == [
             "c.toml:3: unknown key 'speed' in [engine] (allowed: mode, default, fail, queue, "
-            "policy_dir, filter_loopback, workers, queue_maxlen)",
+            "policy_dir, filter_loopback, workers, queue_maxlen, forward_from)",
             "c.toml:5: unknown section 'logging' "
             "(allowed: engine, audit, metrics, names, control)",
         ]
@@ -159,6 +160,10 @@ def test_top_level_key_is_an_unknown_section() -> None:
     ("policy_dir = []", "engine.policy_dir must be a str"),
     ('filter_loopback = "yes"', "engine.filter_loopback must be a bool"),
     ("filter_loopback = 1", "engine.filter_loopback must be a bool"),
+    ('forward_from = "docker0"', "engine.forward_from must be a list"),
+    ('forward_from = ["docker0", "my bridge", "*", "br-*x", "abcdefghijklmnop", 7]',
+     'engine.forward_from takes interface names, or a prefix and * ("docker0", "br-*"), '
+     "not 'my bridge', '*', 'br-*x', 'abcdefghijklmnop', 7"),
 ])
 def test_engine_errors_with_file_and_line(line: str, message: str) -> None:
     text = f"# nfguard\n\n[engine]\n# the engine\n{line}\nqueue = 3\n"
@@ -239,3 +244,13 @@ def test_names_resolvers_are_addresses_and_networks() -> None:
         '("10.0.0.53", "127.0.0.0/8"), not \'dns.example\', 53']
     assert problems('[names]\nresolvers = "127.0.0.1"\n') == [
         "/etc/nfguard/nfguard.toml:2: names.resolvers must be a list"]
+
+
+def test_forward_from_names_interfaces_and_prefixes() -> None:
+    config = parse_config('[engine]\nforward_from = ["docker0", "br-*", "docker0", '
+                          '"abcdefghijklmno", "abcdefghijklmn*"]\n', "c.toml")
+    assert config.engine.forward_from == ("docker0", "br-*", "abcdefghijklmno",
+                                          "abcdefghijklmn*")
+    assert parse_config("", "c.toml").engine.forward_from == DEFAULT_FORWARD_FROM
+    assert "docker0" in DEFAULT_FORWARD_FROM and "br-*" in DEFAULT_FORWARD_FROM
+    assert parse_config("[engine]\nforward_from = []\n", "c.toml").engine.forward_from == ()

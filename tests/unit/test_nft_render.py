@@ -51,12 +51,18 @@ def test_native_open_queues_with_bypass() -> None:
 @pytest.mark.parametrize(("fail", "flags"), [("open", "flags bypass "), ("closed", "")])
 def test_native_workers_hash_addresses_and_ports_over_consecutive_queues(
         fail: str, flags: str) -> None:
-    native = render(EngineConfig(queue=4, workers=3, fail=fail), NATIVE)
+    native = render(EngineConfig(queue=4, workers=3, fail=fail, forward_from=("docker0",)),
+                    NATIVE)
     step = f"queue {flags}to symhash mod 3 offset 4"
+    answer, queued = hexmark(marks.ANSWER), hexmark(marks.QUEUED)
     assert [line for line in code_lines(native.nft) if "queue" in line] == [
-        step, "udp sport 53 ct direction reply meta mark set meta mark | "
-        f"{hexmark(marks.QUEUED)} {step}", "tcp sport 53 ct direction reply "
-        f"meta mark set meta mark | {hexmark(marks.QUEUED)} {step}"]
+        f'udp sport 53 ct direction reply oifname {{ "docker0" }} meta mark set meta mark | '
+        f"{answer} {step}",
+        f'tcp sport 53 ct direction reply oifname {{ "docker0" }} meta mark set meta mark | '
+        f"{answer} {step}",
+        step,
+        f"udp sport 53 ct direction reply meta mark set meta mark | {queued} {step}",
+        f"tcp sport 53 ct direction reply meta mark set meta mark | {queued} {step}"]
 
 
 def u32_share(spec: tuple[str, ...]) -> tuple[str, int, list[int]] | None:
@@ -105,11 +111,12 @@ def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) ->
     assert ruleset.path == XT
     assert not [line for line in code_lines(ruleset.nft) if re.match(r"queue\b", line)]
     assert not re.search(r"\bqueue num\b", "\n".join(code_lines(ruleset.nft)))
-    assert len(ruleset.xt_rules) == 4
+    assert len(ruleset.xt_rules) == 6
     binaries = tuple(dict.fromkeys(rule.binary for rule in ruleset.xt_rules))
     assert binaries in XT_BINARIES
     assert {(rule.chain, rule.position) for rule in ruleset.xt_rules} == {
-        ("OUTPUT", 1), ("INPUT", 1)}
+        ("OUTPUT", 1), ("INPUT", 1), ("FORWARD", 1)}
+    assert "conntrack" not in str(ruleset.xt_rules), "one worker: no need for directions"
     for rule in ruleset.xt_rules:
         spec = rule.spec
         assert "--u32" not in spec, "one worker: every queued packet to it"
@@ -119,12 +126,13 @@ def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) ->
         assert ("--queue-bypass" in spec) is bypass
         assert f"--mark {hexmark(marks.QUEUED)}/{hexmark(marks.QUEUED)}" in text
         assert spec[spec.index("--comment") + 1] == nft.XT_COMMENT
-    # DNS answers: the same rule in INPUT, one per family.
-    assert nft.XT_CHAINS == ("OUTPUT", "INPUT")
+    # DNS answers: the same rule in INPUT, one per family; forwarded flows and answers in
+    # FORWARD; all in the security table, after the host's own filter rules.
+    assert nft.XT_CHAINS == ("OUTPUT", "INPUT", "FORWARD")
     described = ruleset.describe()
-    assert described.count("# and: ") == 4
-    assert described.count("-I OUTPUT 1 ") == 2
-    assert described.count("-I INPUT 1 ") == 2
+    assert described.count("# and: ") == 6
+    for chain in nft.XT_CHAINS:
+        assert described.count(f"-t security -I {chain} 1 ") == 2
     assert '--comment "nfguard queue"' in described
 
 
@@ -141,9 +149,11 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
         f"udp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}",
         f"tcp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}"]
     assert "iifname" not in chain.group(1), "loopback answers (a local stub) are queued too"
-    verdict = code_lines(re.search(r"chain input_verdict \{(.*?)\}", text, re.S).group(1))
+    after = code_lines(re.search(r"chain input_verdict \{(.*?)\}", text, re.S).group(1))
+    assert after == [f"type filter hook input priority {nft.VERDICT_PRIORITY}; policy accept;",
+                     "jump settle_answer"]
+    verdict = code_lines(re.search(r"chain settle_answer \{(.*?)\}", text, re.S).group(1))
     keep = hexmark(~marks.MASK & 0xFFFFFFFF)
-    assert verdict[0] == "type filter hook input priority filter + 10; policy accept;"
     assert (f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.ALLOW)} "
             f"meta mark set meta mark & {keep} accept") in verdict
     assert not [line for line in verdict if "ct mark" in line], "answers leave the ct mark"
@@ -247,7 +257,7 @@ def test_denied_flows_are_cut_and_table_is_ours() -> None:
     assert re.search(r"chain cut \{\s*meta l4proto tcp reject with tcp reset\s*"
                      r"reject with icmpx admin-prohibited\s*\}", text)
     assert "hook output priority filter - 10" in text
-    assert "hook output priority filter + 10" in text
+    assert f"hook output priority {nft.VERDICT_PRIORITY}" in text
     assert text.count("{") == text.count("}")
 
 
@@ -277,9 +287,75 @@ def test_described_xt_commands_paste_into_a_shell_as_they_run() -> None:
     ruleset = render(EngineConfig(queue=2, workers=3, fail="open"), XT)
     lines = [line.removeprefix("# and: ") for line in ruleset.describe().splitlines()
              if line.startswith("# and: ")]
-    assert len(lines) == len(ruleset.xt_rules) == 12
+    assert len(lines) == len(ruleset.xt_rules) == 24  # per family: 3 OUTPUT, 3 INPUT, 6 FORWARD
     for line, rule in zip(lines, ruleset.xt_rules, strict=True):
         # as a shell splits: & and > are operators unless quoted
         words = shlex.shlex(line, posix=True, punctuation_chars=True)
         words.whitespace_split = True
-        assert list(words) == [rule.binary, "-I", rule.chain, str(rule.position), *rule.spec]
+        assert list(words) == [rule.binary, "-t", "security", "-I", rule.chain,
+                               str(rule.position), *rule.spec]
+
+
+# ---------------------------------------------------------------- forwarded traffic
+
+
+def chain_lines(text: str, name: str) -> list[str]:
+    found = re.search(rf"chain {name} \{{(.*?)\n\t\}}", text, re.S)
+    assert found is not None, f"no chain {name}"
+    return code_lines(found.group(1))
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: str) -> None:
+    text = render(EngineConfig(queue=2, forward_from=("docker0", "br-*")), path).nft
+    names = '{ "docker0", "br-*" }'
+    suffix = " queue num 2" if path == NATIVE else ""
+    answer = hexmark(marks.ANSWER)
+    assert chain_lines(text, "forward") == [
+        "type filter hook forward priority filter - 10; policy accept;",
+        f"udp sport 53 ct direction reply oifname {names} meta mark set meta mark | "
+        f"{answer}{suffix}",
+        f"tcp sport 53 ct direction reply oifname {names} meta mark set meta mark | "
+        f"{answer}{suffix}",
+        # only the original direction: a pending flow's server data is not judged
+        f"ct direction original iifname {names} jump egress"]
+    assert chain_lines(text, "forward_verdict") == [
+        f"type filter hook forward priority {nft.VERDICT_PRIORITY}; policy accept;",
+        "ct direction reply jump settle_answer",  # answers leave the ct mark alone
+        "ct direction original jump settle"]
+    # the host's own flows take the same chain: one flow logic for both
+    assert chain_lines(text, "output")[-1] == "jump egress"
+    egress = chain_lines(text, "egress")
+    assert egress[-1] == ("queue num 2" if path == NATIVE else
+                          f"meta mark set meta mark | {hexmark(marks.QUEUED)}")
+    assert marks.ANSWER & ~marks.MASK == 0 and marks.ANSWER & marks.QUEUED
+    assert marks.is_answer(marks.ANSWER | 0x5) and not marks.is_answer(marks.QUEUED)
+    assert not marks.is_answer(marks.QUEUED | marks.PENDING)
+
+
+def test_forwarded_traffic_is_left_alone_without_interfaces() -> None:
+    for path in (NATIVE, XT):
+        ruleset = render(EngineConfig(forward_from=()), path)
+        assert "hook forward" not in ruleset.nft
+        assert not [rule for rule in ruleset.xt_rules if rule.chain == "FORWARD"]
+
+
+@pytest.mark.parametrize("workers", [2, 5])
+def test_xt_forward_rules_share_by_the_container_port_in_each_direction(workers: int) -> None:
+    """A forwarded flow's packets carry the container's port as their source; the DNS
+    answers to it as their destination: each direction has its own group of rules."""
+    rules = render(EngineConfig(queue=1, workers=workers), XT).xt_rules
+    for binary, where in (("iptables", "0>>22&0x3C@0"), ("ip6tables", "40")):
+        forward = [r for r in rules if (r.binary, r.chain) == (binary, "FORWARD")]
+        assert [r.position for r in forward] == list(range(1, 2 * workers + 1))
+        for group, direction, shift in ((forward[:workers], "ORIGINAL", 17),
+                                        (forward[workers:], "REPLY", 1)):
+            for worker, rule in enumerate(group):
+                spec = rule.spec
+                assert spec[spec.index("--ctdir") + 1] == direction
+                assert spec[spec.index("--queue-num") + 1] == str(1 + worker)
+                share = u32_share(spec)
+                if worker == workers - 1:
+                    assert share is None
+                else:
+                    assert share is not None and share[0] == f"{where}>>{shift}"

@@ -115,6 +115,18 @@ def test_payload_is_copied_out_of_the_receive_buffer() -> None:
     assert kept.payload == got.payload == IP_SYN
 
 
+def test_a_forwarded_packet_gives_the_interface_it_came_in_on() -> None:
+    """NFQA_IFINDEX_INDEV: present for forwarded (and received) packets, which have no
+    local socket; the kernel lays it before the outgoing interface."""
+    forwarded = packet_message(attribute(1, struct.pack(">IHB", 9, 0x0800, 2)),
+                               attribute(5, struct.pack(">I", 31)),  # NFQA_IFINDEX_INDEV
+                               attribute(6, struct.pack(">I", 2)),  # NFQA_IFINDEX_OUTDEV
+                               attribute(3, struct.pack(">I", 0x40000000)),
+                               attribute(10, IP_SYN))
+    assert read_one(forwarded) == QueuedPacket(9, 2, 0x40000000, IP_SYN, None, 31)
+    assert read_one(kernel_packet()).indev == 0, "sent by this host: no way in"
+
+
 def test_several_messages_in_one_read_are_walked_in_order() -> None:
     data = kernel_packet(packet_id=1) + kernel_packet(packet_id=2, payload=IP_SYN[:21])
     found = [read_packet(data, start, end) for _kind, start, end in netlink_messages(data)]

@@ -48,6 +48,8 @@ def event(ip: str, port: int, proto: str = "tcp", domain: str | None = None,
         ev["user"] = {k: v for k, v in (("name", who.get("user")), ("id", uid)) if v}
     if "unit" in who:
         ev["nfguard"]["unit"] = who["unit"]
+    if "interface" in who:
+        ev["observer"] = {"ingress": {"interface": {"name": who["interface"]}}}
     return ev
 
 
@@ -429,3 +431,19 @@ def test_cli_missing_file_and_bad_policy(tmp_path: Path,
     assert code == 1
     assert out == ""
     assert f"{rules / 'bad.toml'}:4: action must be one of allow | deny" in err
+
+
+def test_forwarded_flows_get_a_client_by_their_interface() -> None:
+    """A container's flows carry no process, only the bridge they came in on."""
+    docker = {"interface": "docker0"}
+    flows = flows_of(event("151.101.0.223", 443, domain="pypi.org", who=docker),
+                     event("151.101.0.223", 443, domain="pypi.org", who=CURL))
+    text = suggest(flows)
+    clients = tomllib.loads(text)["client"]
+    assert [(c["name"], c.get("match")) for c in clients] == [
+        ("curl-alice", CURL), ("docker0", {"interface": "docker0"})]
+    engine = policy_engine(load(text))
+    assert all(decide(engine, flow).action == "allow" for flow in flows)
+    [other] = flows_of(event("151.101.0.223", 443, domain="pypi.org",
+                             who={"interface": "br-0"}))
+    assert decide(engine, other).action == "deny"

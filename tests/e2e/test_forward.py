@@ -1,0 +1,144 @@
+"""Forwarded traffic end to end: a container behind a bridge on the client host (as Docker
+sets one up) is judged like a local process, by the interface its flows come in on; its DNS
+answers teach names; the host's own iptables rules still apply to flows nfguard allows.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.lab import (
+    ALLOWED_V4,
+    ALLOWED_V6,
+    CONTAINER_V4,
+    CONTAINER_V6,
+    OTHER_V4,
+    OTHER_V6,
+    SERVER_V4,
+    Lab,
+)
+
+CUT = {7, 56}  # curl: refused / reset during connect or receive
+
+POLICY = f"""
+    [[client]]
+    name = "containers"
+    match = {{ interface = "docker0" }}
+    policies = ["web"]
+
+    [[policy]]
+    name = "web"
+
+    [[policy.rule]]
+    name = "dns"
+    action = "allow"
+    to = ["{SERVER_V4}"]
+    ports = [53]
+
+    [[policy.rule]]
+    name = "server"
+    action = "allow"
+    to = ["{ALLOWED_V4}", "{ALLOWED_V6}", "allowed.test"]
+    ports = [80]
+    proto = "tcp"
+"""
+
+
+def from_container(event: dict, address: str) -> bool:
+    return event["source"]["ip"] == address
+
+
+@pytest.mark.parametrize(("source", "allowed", "other"), [
+    (CONTAINER_V4, ALLOWED_V4, OTHER_V4), (CONTAINER_V6, ALLOWED_V6, OTHER_V6)],
+    ids=["ipv4", "ipv6"])
+def test_a_containers_flows_are_judged_by_its_interface(
+        lab: Lab, source: str, allowed: str, other: str) -> None:
+    lab.add_container("docker0")
+    lab.serve_http(80)
+    lab.start_engine(lab.write_config(POLICY))
+
+    assert lab.curl(allowed, 80, ns=lab.container) == (0, "port 80\n")
+    code, _ = lab.curl(other, 80, ns=lab.container)
+    assert code in CUT, "default deny: cut at once"
+    allow = lab.wait_for_event(lambda e: from_container(e, source)
+                               and e["destination"]["ip"] == allowed)
+    assert allow["event"]["action"] == "allow"
+    assert allow["nfguard"]["client"] == "containers"
+    assert allow["rule"]["name"] == "web/server"
+    assert allow["observer"] == {"ingress": {"interface": {"name": "docker0"}}}
+    assert "process" not in allow and "user" not in allow, "no process: another namespace"
+    deny = lab.wait_for_event(lambda e: from_container(e, source)
+                              and e["destination"]["ip"] == other)
+    assert (deny["event"]["action"], deny["event"]["reason"]) == ("deny", "no_rule_match")
+    # the host's own processes have no ingress interface: the containers' client is not
+    # theirs (no client matches them, so the default decides)
+    code, _ = lab.curl(allowed, 80)
+    assert code in CUT
+    host = lab.wait_for_event(lambda e: e["source"]["ip"] not in (CONTAINER_V4, CONTAINER_V6)
+                              and e["destination"]["ip"] == allowed)
+    assert host["event"]["reason"] == "no_client_match" and "observer" not in host
+
+
+def test_forwarded_traffic_is_left_alone_without_forward_from(lab: Lab) -> None:
+    lab.add_container("docker0")
+    lab.serve_http(80)
+    lab.start_engine(lab.write_config(POLICY, forward_from=[]))
+    assert lab.curl(OTHER_V4, 80, ns=lab.container) == (0, "port 80\n")
+    code, _ = lab.curl(OTHER_V4, 80)
+    assert code in CUT, "the host's own flows are still judged"
+    lab.wait_for_event(lambda e: e["destination"]["ip"] == OTHER_V4)
+    assert not [e for e in lab.audit_events() if from_container(e, CONTAINER_V4)]
+
+
+def test_a_containers_dns_answers_teach_names(named: Lab) -> None:
+    named.serve_dns(f"--host-record=allowed.test,{ALLOWED_V4}")
+    named.add_container("docker0")
+    by_name = POLICY.replace(f'"{ALLOWED_V4}", "{ALLOWED_V6}", ', "")
+    assert by_name != POLICY
+    named.start_engine(named.write_config(by_name))
+
+    def fetch() -> tuple[int, str]:
+        done = named.exec(named.container, "curl", "-sS", "--max-time", "3", "--resolve",
+                          f"allowed.test:80:{ALLOWED_V4}", "http://allowed.test/")
+        return done.returncode, done.stdout
+
+    assert fetch()[0] in CUT, "anti-fronting: the name does not resolve there (yet)"
+    named.wait_for_event(lambda e: e["event"]["reason"] == "name_mismatch")
+    assert named.dig("allowed.test", ns=named.container) == [ALLOWED_V4]
+    assert fetch() == (0, "port 80\n"), "the forwarded answer taught the name"
+    event = named.wait_for_event(lambda e: from_container(e, CONTAINER_V4)
+                                 and e["event"]["action"] == "allow"
+                                 and e["destination"]["port"] == 80)
+    assert event["destination"]["domain"] == "allowed.test"
+    assert event["rule"]["name"] == "web/server"
+
+
+@pytest.mark.parametrize("sender", ["host", "container"])
+def test_the_hosts_own_iptables_rules_still_apply(lab: Lab, sender: str) -> None:
+    """A queued packet's accept ends only the chain that queued it: another firewall's
+    drop (Docker's isolation, ufw) after nfguard's allow still holds, for the first
+    packet of a flow too (one datagram is all a UDP sender needs)."""
+    lab.add_container("docker0")
+    for address in (ALLOWED_V4, OTHER_V4):
+        lab.serve_udp_echo(address, 7777)
+    chain, ns = ("OUTPUT", None) if sender == "host" else ("FORWARD", lab.container)
+    # there before nfguard, as Docker's and ufw's rules are
+    lab.exec(lab.client, "iptables", "-w", "-A", chain, "-d", OTHER_V4, "-p", "udp",
+             "--dport", "7777", "-j", "DROP", check=True)
+    lab.start_engine(lab.write_config(f"""
+        [[client]]
+        name = "everyone"
+        policies = ["echo"]
+
+        [[policy]]
+        name = "echo"
+
+        [[policy.rule]]
+        action = "allow"
+        to = ["{ALLOWED_V4}", "{OTHER_V4}"]
+        ports = [7777]
+    """))
+    assert lab.udp_echo(ALLOWED_V4, 7777, ns=ns) == "ok"
+    # dropped: the sender's own stack says EPERM ("refused"), a container hears nothing
+    assert lab.udp_echo(OTHER_V4, 7777, ns=ns) == ("refused" if sender == "host"
+                                                   else "timeout"), "the host's drop holds"
