@@ -35,7 +35,8 @@ XT_OLD_TABLES = ("filter",)  # where earlier versions put them: removed on insta
 # versions 50) and after the filter table, so another firewall's drop comes first.
 VERDICT_PRIORITY = 200
 
-# Link-local control traffic of IPv6 that must never wait for a policy.
+# Link-local control traffic of IPv6 that must never wait for a policy (and IGMP, MLD's
+# IPv4 twin, to the link-local multicast block).
 _NDP = (
     "nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, "
     "mld-listener-report, mld-listener-done, mld2-listener-report"
@@ -121,6 +122,7 @@ table inet {TABLE} {{
 \tchain output {{
 \t\ttype filter hook output priority filter - 10; policy accept;
 {loopback}\t\ticmpv6 type {{ {_NDP} }} accept\t# IPv6 neighbour discovery and MLD
+\t\tip protocol igmp ip daddr 224.0.0.0/24 accept\t# IPv4 multicast membership (IGMP), link-local
 \t\tjump egress
 \t}}
 {_forward_chain(settings.forward_from, dns_queue)}

@@ -359,3 +359,14 @@ def test_xt_forward_rules_share_by_the_container_port_in_each_direction(workers:
                     assert share is None
                 else:
                     assert share is not None and share[0] == f"{where}>>{shift}"
+
+
+def test_link_local_control_traffic_is_never_queued() -> None:
+    """Neighbour discovery, MLD and IGMP membership reports (a new bridge sends them) stay
+    on the link: they pass before anything is queued."""
+    for path in (NATIVE, XT):
+        output = chain_lines(render(EngineConfig(), path).nft, "output")
+        igmp = "ip protocol igmp ip daddr 224.0.0.0/24 accept"
+        assert igmp in output and output.index(igmp) < output.index("jump egress")
+        assert any(line.startswith("icmpv6 type {") and "mld-listener-report" in line
+                   for line in output)
