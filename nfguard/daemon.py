@@ -411,6 +411,7 @@ class Daemon:
             "fail": config.engine.fail,
             "queue": config.engine.queue,
             "queue_path": PATH_DESCRIPTIONS[self.queue_path],
+            "forward_from": list(config.engine.forward_from),
             "policy": {
                 "dir": config.engine.policy_dir,
                 "files": len(policies.source.files),

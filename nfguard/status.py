@@ -16,6 +16,8 @@ def render_status(status: dict[str, Any]) -> str:
         f"config:       {s['config']}",
         f"engine:       mode {s['mode']}, default {s['default']}, fail {s['fail']}",
         f"queue:        {s['queue']} via {s['queue_path']}",
+        "forwarded:    " + (f"judged from {', '.join(s['forward_from'])}" if s["forward_from"]
+                            else "left alone (engine.forward_from is empty)"),
         f"policy:       {_count(policy['rules'], 'rule')} in {_count(policy['files'], 'file')} "
         f"under "
         f"{policy['dir']} ({_count(policy['clients'], 'client')}, "

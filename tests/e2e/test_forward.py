@@ -82,7 +82,10 @@ def test_a_containers_flows_are_judged_by_its_interface(
 def test_forwarded_traffic_is_left_alone_without_forward_from(lab: Lab) -> None:
     lab.add_container("docker0")
     lab.serve_http(80)
-    lab.start_engine(lab.write_config(POLICY, forward_from=[]))
+    config = lab.write_config(POLICY, forward_from=[])
+    lab.start_engine(config)
+    status = lab.nfguard("status", "--config", str(config)).stdout
+    assert "forwarded:    left alone (engine.forward_from is empty)" in status
     assert lab.curl(OTHER_V4, 80, ns=lab.container) == (0, "port 80\n")
     code, _ = lab.curl(OTHER_V4, 80)
     assert code in CUT, "the host's own flows are still judged"

@@ -14,6 +14,7 @@ def answer(**changes: Any) -> dict[str, Any]:
         "pid": 4242, "version": "0.1.0", "started_at": now - 3 * 3600 - 120, "now": now,
         "config": "/etc/nfguard/nfguard.toml", "mode": "enforce", "default": "deny",
         "fail": "closed", "queue": 0, "queue_path": "nft queue expression",
+        "forward_from": ["docker0", "br-*"],
         "policy": {"dir": "/etc/nfguard/rules", "files": 1, "clients": 2, "policies": 1,
                    "rules": 12, "loaded_at": now - 65},
         "reloads": {"ok": 3, "failed": 0, "last_rejection": None},
@@ -40,6 +41,9 @@ def test_summary_lines() -> None:
     assert "(up 3h 2m)" in text
     assert "engine:       mode enforce, default deny, fail closed\n" in text
     assert "queue:        0 via nft queue expression\n" in text
+    assert "forwarded:    judged from docker0, br-*\n" in text
+    assert "forwarded:    left alone (engine.forward_from is empty)\n" in render_status(
+        answer(forward_from=[]))
     assert "policy:       12 rules in 1 file under /etc/nfguard/rules (2 clients, 1 policy)" in text
     assert "(1m 5s ago)" in text
     assert "reloads:      3 applied, 0 rejected\n" in text
