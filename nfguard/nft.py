@@ -123,6 +123,7 @@ table inet {TABLE} {{
 \t\ttype filter hook output priority filter - 10; policy accept;
 {loopback}\t\ticmpv6 type {{ {_NDP} }} accept\t# IPv6 neighbour discovery and MLD
 \t\tip protocol igmp ip daddr 224.0.0.0/24 accept\t# IPv4 multicast membership (IGMP), link-local
+\t\tct direction reply accept\t# replies to flows others started; the resets and ICMP errors of our own cuts
 \t\tjump egress
 \t}}
 {_forward_chain(settings.forward_from, dns_queue)}

@@ -370,3 +370,12 @@ def test_link_local_control_traffic_is_never_queued() -> None:
         assert igmp in output and output.index(igmp) < output.index("jump egress")
         assert any(line.startswith("icmpv6 type {") and "mld-listener-report" in line
                    for line in output)
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_locally_sent_replies_pass_before_the_egress_checks(path: str) -> None:
+    """A cut sends its reset or ICMP error from this host, attached to the cut flow's
+    conntrack as a related reply: judged by `egress`, the flow's DENY would drop it (the
+    container or loopback client would wait for a timeout instead of failing at once)."""
+    output = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
+    assert output.index("ct direction reply accept") == output.index("jump egress") - 1
