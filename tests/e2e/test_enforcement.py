@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tests.e2e.lab import (
     CLIENT_V4,
     OTHER_V4,
     OTHER_V6,
+    WEB_SERVER,
     Lab,
 )
 
@@ -207,3 +209,19 @@ def test_malformed_packet_does_not_stop_the_engine(lab: Lab) -> None:
     assert event["event"]["action"] == "deny"
     assert engine.poll() is None, "the engine must survive"
     assert lab.curl(ALLOWED_V4, 80)[0] == 0, "and keep deciding"
+
+
+def test_filtered_loopback_is_judged_and_cut_at_once(lab: Lab) -> None:
+    """engine.filter_loopback: the host's flows to itself are judged too, and a denied one
+    fails at once: the reset the cut sends back over lo is not cut in its turn."""
+    for port in (8080, 8081):
+        lab.spawn(lab.client, sys.executable, "-c", WEB_SERVER, str(port),
+                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    local = WEB_POLICY.replace('to = ["198.18.1.0/24", "fd00:18:1::/48"]\n    ports = [80]',
+                               'to = ["127.0.0.1"]\n    ports = [8080]')
+    assert local != WEB_POLICY
+    lab.start_engine(lab.write_config(local, filter_loopback=True))
+    lab.wait_until(lambda: lab.curl("127.0.0.1", 8080)[0] == 0)
+    assert lab.curl("127.0.0.1", 8081, timeout=5)[0] == REFUSED, "cut, not left to time out"
+    denied = lab.wait_for_event(lambda e: e.get("destination", {}).get("port") == 8081)
+    assert denied["event"]["action"] == "deny"
