@@ -2,7 +2,7 @@
 
 The verdict lives in the conntrack mark under `MASK`, so user marks outside it survive and
 a decided flow never reaches user space again. The engine hands its verdict back as packet
-mark bits; the ruleset's `verdict` chain copies them into the ct mark. Bits 28-30 are used
+mark bits; the ruleset's `settle` chain copies them into the ct mark. Bits 28-30 are used
 because routing rules rarely look at them (a packet mark set in OUTPUT triggers a reroute).
 """
 

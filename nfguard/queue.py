@@ -137,7 +137,7 @@ class QueueAdapter:
                 self._accept(queued.packet_id, new_mark)
         except BaseException:
             # Without a verdict the kernel drops the packet when the queue closes, and the
-            # `verdict` chain drops it if accepted bare.
+            # `settle` chain drops it if accepted bare.
             self.errors += 1
             log.exception("cannot give a verdict")
         self.latency.observe(time.perf_counter_ns() - started)
