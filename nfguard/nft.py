@@ -31,8 +31,9 @@ XT_CHAINS = ("OUTPUT", "INPUT", "FORWARD")
 # would skip the host's own iptables rules after ours (Docker's isolation, ufw).
 XT_TABLE = "security"
 XT_OLD_TABLES = ("filter",)  # where earlier versions put them: removed on install too
-# The verdict chains run after that table (iptables-nft gives it priority 150, older
-# versions 50) and after the filter table, so another firewall's drop comes first.
+# The verdict chains run after that table (iptables-nft 1.8.9 gives it priority 150; the
+# kernel's legacy security table hooks at 50) and after the filter table, so another
+# firewall's drop comes first.
 VERDICT_PRIORITY = 200
 
 # Link-local control traffic of IPv6 that must never wait for a policy (and IGMP, MLD's
