@@ -56,9 +56,12 @@ class XtRule:
     position: int
     spec: tuple[str, ...]
 
+    def arguments(self) -> tuple[str, ...]:
+        """What the binary is given to insert the rule."""
+        return ("-t", XT_TABLE, "-I", self.chain, str(self.position), *self.spec)
+
     def command(self) -> str:
-        return f"{self.binary} -t {XT_TABLE} -I {self.chain} {self.position} " + " ".join(
-            _quote(a) for a in self.spec)
+        return " ".join([self.binary, *map(_quote, self.arguments())])
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,8 +330,7 @@ class Installer:
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
         self._remove_xt_rules()
         for rule in ruleset.xt_rules:
-            _run([_xt_binary(rule.binary), "-w", "-t", XT_TABLE, "-I", rule.chain,
-                  str(rule.position), *rule.spec])
+            _run([_xt_binary(rule.binary), "-w", *rule.arguments()])
 
     def uninstall(self) -> bool:
         """Remove exactly what install added; True if anything was there."""
@@ -344,24 +346,27 @@ class Installer:
             if not shutil.which(binary):
                 continue
             for table in (XT_TABLE, *XT_OLD_TABLES):
-                for chain in XT_CHAINS:
-                    for spec in _tagged_rules(binary, table, chain):
-                        _run([binary, "-w", "-t", table, "-D", chain, *spec])
-                        removed = True
+                for chain, spec in _tagged_rules(binary, table):
+                    _run([binary, "-w", "-t", table, "-D", chain, *spec])
+                    removed = True
         return removed
 
 
-def _tagged_rules(binary: str, table: str, chain: str) -> list[list[str]]:
-    """Our rules in `table`'s `chain`, as `-S` prints them (so they can be passed to `-D`)."""
-    listing = subprocess.run([binary, "-w", "-t", table, "-S", chain], capture_output=True,
+def _tagged_rules(binary: str, table: str) -> list[tuple[str, list[str]]]:
+    """Our rules in `table`'s XT_CHAINS, as (chain, the rule as `-S` prints it, to be passed
+    to `-D`): one listing of the whole table."""
+    listing = subprocess.run([binary, "-w", "-t", table, "-S"], capture_output=True,
                              text=True, check=False)
     if listing.returncode != 0:
         return []
-    return [
-        shlex.split(line)[2:]
-        for line in listing.stdout.splitlines()
-        if line.startswith(f"-A {chain} ") and f'--comment "{XT_COMMENT}"' in line
-    ]
+    rules = []
+    for line in listing.stdout.splitlines():
+        if f'--comment "{XT_COMMENT}"' not in line:
+            continue
+        words = shlex.split(line)
+        if len(words) > 2 and words[0] == "-A" and words[1] in XT_CHAINS:
+            rules.append((words[1], words[2:]))
+    return rules
 
 
 def _run(argv: list[str]) -> None:

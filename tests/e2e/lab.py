@@ -10,6 +10,7 @@ with them).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import json
 import os
@@ -176,13 +177,13 @@ class Lab:
         run("ip", "-n", c, "link", "set", "port0", "master", bridge)
         for ns, link in ((c, bridge), (c, "port0"), (k, "lo"), (k, "eth0")):
             run("ip", "-n", ns, "link", "set", link, "up")
-        for host, gateway, length in ((CONTAINER_V4, BRIDGE_V4, 24),
-                                      (CONTAINER_V6, BRIDGE_V6, 64)):
+        for host, gateway, length, client in ((CONTAINER_V4, BRIDGE_V4, 24, CLIENT_V4),
+                                              (CONTAINER_V6, BRIDGE_V6, 64, CLIENT_V6)):
             run("ip", "-n", c, "addr", "add", f"{gateway}/{length}", "dev", bridge, "nodad")
             run("ip", "-n", k, "addr", "add", f"{host}/{length}", "dev", "eth0", "nodad")
             run("ip", "-n", k, "route", "add", "default", "via", gateway)
-        run("ip", "-n", s, "route", "add", "198.18.4.0/24", "via", CLIENT_V4)
-        run("ip", "-n", s, "route", "add", "fd00:18:4::/64", "via", CLIENT_V6)
+            network = ipaddress.ip_interface(f"{host}/{length}").network
+            run("ip", "-n", s, "route", "add", str(network), "via", client)
         for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
             self.exec(c, "sysctl", "-qw", f"{key}=1", check=True)
 

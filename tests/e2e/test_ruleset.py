@@ -89,6 +89,23 @@ def test_install_is_idempotent_and_says_which_path(lab: Lab) -> None:
     assert "was not installed" in lab.nfguard("uninstall", "--config", config).stdout
 
 
+def test_install_and_uninstall_remove_queue_rules_an_earlier_version_left(lab: Lab) -> None:
+    """Earlier versions put the xt queue rule into iptables' filter table; left there by an
+    upgrade it would queue every flow a second time."""
+    left = ("-m", "mark", "--mark", "0x40000000/0x40000000", "-m", "comment", "--comment",
+            "nfguard queue", "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass")
+    for chain in ("OUTPUT", "INPUT"):
+        lab.exec(lab.client, "iptables", "-w", "-I", chain, "1", *left, check=True)
+    config = str(lab.write_config(POLICY))
+    lab.nfguard("install", "--config", config)
+    for chain in ("OUTPUT", "INPUT"):
+        assert "nfguard" not in lab.exec(lab.client, "iptables", "-w", "-S", chain).stdout
+    lab.exec(lab.client, "iptables", "-w", "-I", "OUTPUT", "1", *left, check=True)
+    assert "removed" in lab.nfguard("uninstall", "--config", config).stdout
+    assert "nfguard" not in lab.exec(lab.client, "iptables", "-w", "-S", "OUTPUT").stdout
+    assert "nfguard" not in ruleset(lab)
+
+
 def test_dry_run_loads_nothing(lab: Lab) -> None:
     config = str(lab.write_config(POLICY, fail="open"))
     out = lab.nfguard("install", "--dry-run", "--config", config).stdout
