@@ -64,11 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     explain = command("explain", _explain, "which client, policy and rule decide a flow, and why")
     explain.add_argument("--to", required=True, metavar="HOST_OR_IP[:PORT]")
     explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
-    sender = explain.add_mutually_exclusive_group()
-    sender.add_argument("--exe", help="executable of the client process")
+    explain.add_argument("--exe", help="executable of the client process")
     explain.add_argument("--user", help="user name (or uid) of the client process")
-    sender.add_argument("--interface", metavar="NAME",
-                        help="a forwarded flow (a container's, a VM's) coming in on NAME")
+    explain.add_argument("--interface", metavar="NAME",
+                         help="a forwarded flow (a container's, a VM's) coming in on NAME; "
+                         "with --exe/--user, from that process in the container")
     suggest = commands.add_parser("suggest", help="a policy (TOML) that allows what audit "
                                   "events show", description="a policy (TOML on stdout) that "
                                   "allows the flows in audit logs; with --policy, what the "
@@ -216,8 +216,6 @@ def _explain(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     host, port = _split_target(args.to)
-    if args.interface is not None and args.user is not None:
-        raise SystemExit("nfguard explain: --interface (a forwarded flow) has no --user")
     print(explain(config, host, port, args.proto, exe=args.exe, user=args.user,
                   interface=args.interface, resolve=socket.getaddrinfo))
     return 0

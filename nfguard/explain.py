@@ -26,17 +26,19 @@ def explain(
     resolve: Resolver = socket.getaddrinfo,
 ) -> str:
     engine = build_engine(config)
-    process = ProcessInfo(interface=interface) if interface is not None else _process(exe, user)
+    process = _process(exe, user)
+    if interface is not None:
+        process = (process or ProcessInfo())._replace(interface=interface)
     addresses, names = _addresses(host, resolve)
     lines = [f"flow: {proto} to {host}{f':{port}' if port is not None else ' (any port)'}"]
     if names:
         lines.append(f"  {host} resolves to {', '.join(str(a) for a in addresses) or 'nothing'}"
                      " (evidence: dns)")
     if interface is not None:
-        lines.append(f"  forwarded from interface {interface} (a container or VM: no process)")
-    elif process is not None:
+        lines.append(f"  forwarded from interface {interface} (a container or VM)")
+    if process is not None and (exe is not None or user is not None):
         lines.append(f"  from exe={process.exe or '-'} user={process.user or process.uid or '-'}")
-    else:
+    elif process is None:
         lines.append("  from any process (no --exe/--user: only clients without a match "
                      "table can match)")
     for address in addresses:

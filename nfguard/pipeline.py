@@ -151,10 +151,16 @@ class Pipeline:
         """Who sent a new flow's first packet (a TCP socket still exists: the SYN waits in
         the queue, so even a short-lived client is still there; a UDP sender may have closed
         its socket already, and then `uid`, the kernel's word, is what is known). A
-        forwarded flow's sender is in another network namespace: its interface is known."""
-        if indev:
-            return ProcessInfo(interface=_interface_name(indev))
+        forwarded flow's sender is known by its interface, and by its process when it
+        lives in a network namespace of this host (a container)."""
         attributor = self.attributor
+        if indev:
+            interface = _interface_name(indev)
+            if attributor is None or packet.proto not in (TCP, UDP):
+                return ProcessInfo(interface=interface)
+            return attributor.lookup_forwarded(
+                packet.transport, packet.version, packet.src, packet.sport, packet.dst,
+                packet.dport, interface, hash_exe=self.engine.policies.matches_sha256)
         if attributor is None or packet.proto not in (TCP, UDP):
             return None
         return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,

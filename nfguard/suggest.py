@@ -47,7 +47,7 @@ _PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who sent a flow, as far as a client `match` table can say it; all None: unknown.
-    A forwarded flow (a container's) has only its ingress interface."""
+    A forwarded flow also has its ingress interface (and a container's, its process)."""
 
     exe: str | None = None
     user: str | None = None  # user name, or the uid as digits when the name was unknown

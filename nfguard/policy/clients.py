@@ -1,7 +1,10 @@
 """Client matching: does a `[[client]]` match table hold for the process behind a flow?
 
-A forwarded flow (engine.forward_from) has no process here: only its ingress interface,
-which the `interface` key matches, and which no process key (exe, user, ...) does."""
+A forwarded flow (engine.forward_from) comes with its ingress interface, which the
+`interface` key matches, and, from a container, with its process. That process runs the
+container's files: its `/usr/bin/apt` is whatever the image put there. So process keys
+vouch for a forwarded flow only in a table that also names its interface; a table of
+process keys alone speaks of this host's own programs."""
 
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ def client_matches(client: Client, process: Process | None) -> bool:
     if not client.match:
         return True
     if process is None:
+        return False
+    if process.interface is not None and all(key != "interface" for key, _ in client.match):
         return False
     return all(_holds(key, expected, process) for key, expected in client.match)
 

@@ -48,6 +48,7 @@ from nfguard.procs.cgroups import CgroupMap, find_cgroup2_root, unit_from_path
 from nfguard.procs.cnproc import ProcEvent, ProcEvents
 from nfguard.procs.exehash import ExeHashes
 from nfguard.procs.members import Group, Members
+from nfguard.procs.netns import Namespaces
 from nfguard.procs.owners import SocketOwners, started_before
 from nfguard.procs.process import (
     FOUND,
@@ -82,7 +83,8 @@ class ProcessInfo(NamedTuple):
     gids: tuple[int, ...] = ()  # effective gid first, then supplementary ones
     groups: tuple[str, ...] = ()  # their names, where the system knows them
     sha256: str | None = None  # of the executable; only looked up when a policy asks
-    # A forwarded flow (a container's, a VM's): the interface it came in on, and no process.
+    # A forwarded flow (a container's, a VM's): the interface it came in on; its process
+    # when the flow came from a network namespace of this host (a container's).
     interface: str | None = None
 
 
@@ -109,7 +111,8 @@ class Counters:
     """lookups = recorded + hits + misses + (lookups that found no socket or inode) + errors;
     recorded: settled by the kernel's record of the socket's owner (owners).
     misses that the cgroup route could not settle are also counted in fallbacks;
-    failures counts lookups that ended without a pid. pids_probed: pids looked at (one
+    failures counts lookups that ended without a pid. forwarded: lookups of forwarded
+    flows (lookup_forwarded), outside the sum above. pids_probed: pids looked at (one
     fstat); pids_scanned: pids whose fd list was read; procs_reads: cgroup.procs reads;
     events: process events folded in."""
 
@@ -125,6 +128,7 @@ class Counters:
     pids_scanned: int = 0
     procs_reads: int = 0
     events: int = 0
+    forwarded: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -140,6 +144,7 @@ class Counters:
             "pids_scanned": self.pids_scanned,
             "procs_reads": self.procs_reads,
             "events": self.events,
+            "forwarded": self.forwarded,
         }
 
 
@@ -212,6 +217,7 @@ class Attributor:
         self._groups: LRU[int, tuple[str | None]] = LRU(4096)
         self._units: Memo[str | None, str | None] = Memo(4096)
         self._hashes = ExeHashes(proc_root)
+        self._namespaces = Namespaces(proc_root)
         if events is None:
             events = proc_root == "/proc"
         self._events: EventSource | None
@@ -267,6 +273,7 @@ class Attributor:
         out["exe_hashed"] = self._hashes.hashed
         out["fd_dirs"] = len(self._fds)
         out["cgroups_tracked"] = len(self._members)
+        out["netns_rescans"] = self._namespaces.rescans
         out["cgroup_walks"] = self._cgroups.walks
         return out
 
@@ -343,6 +350,38 @@ class Attributor:
                 exc_info=True,
             )
             return self._uid_only(uid)
+
+    def lookup_forwarded(
+        self, proto: str, family: int, src: str, sport: int, dst: str, dport: int,
+        interface: str, hash_exe: bool = False,
+    ) -> ProcessInfo:
+        """Who sent a flow forwarded from `interface` (a container's): the process holding
+        its socket in the network namespace its source address belongs to. A VM's flow,
+        or one whose socket is gone, is known by its interface alone. Never raises."""
+        self.counters.forwarded += 1
+        try:
+            found = self._namespaces.find(proto, _FAMILIES[family], src, sport, dst, dport)
+            if found is None:
+                self.counters.failures += 1
+                return ProcessInfo(interface=interface)
+            user = self._user(found.uid)
+            hit = self._proc.find_socket(found.pids, found.inode, self._learn)
+            if hit is None:  # a process that joined the namespace since it was read
+                hit = self._proc.find_socket(self._namespaces.refresh(found.space),
+                                             found.inode, self._learn)
+            entry = self._entry(hit[0], False, True) if hit is not None else None
+            if hit is None or entry is None:
+                self.counters.failures += 1
+                return self._socket_only(found.uid, user, found.inode, None)._replace(
+                    interface=interface)
+            return self._info(found.uid, user, found.inode, hit[0], entry, None,
+                              hash_exe)._replace(interface=interface)
+        except Exception:
+            self.counters.errors += 1
+            self.counters.failures += 1
+            log.debug("attribution failed for forwarded %s %s:%s -> %s:%s", proto, src,
+                      sport, dst, dport, exc_info=True)
+            return ProcessInfo(interface=interface)
 
     def _lookup(
         self, proto: str, family: int, src: str, sport: int, dst: str, dport: int,

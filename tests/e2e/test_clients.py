@@ -56,15 +56,15 @@ def start(lab: Lab, *clients: str) -> None:
     lab.start_engine(lab.write_config(POLICY.format(clients="\n".join(clients))))
 
 
-def urllib_get(lab: Lab, url: str = URL) -> str:
-    """'ok' or the error python's urllib met."""
+def urllib_get(lab: Lab, url: str = URL, ns: str | None = None) -> str:
+    """'ok' or the error python's urllib met (from the client host or namespace `ns`)."""
     code = ("import sys, urllib.request\n"
             "try:\n"
             "    urllib.request.urlopen(sys.argv[1], timeout=3).read()\n"
             "    print('ok')\n"
             "except Exception as exc:\n"
             "    print(type(exc).__name__)\n")
-    return lab.exec(lab.client, PYTHON, "-c", code, url).stdout.strip()
+    return lab.exec(ns or lab.client, PYTHON, "-c", code, url).stdout.strip()
 
 
 def events_from(lab: Lab, exe: str) -> list[dict]:

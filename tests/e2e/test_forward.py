@@ -1,6 +1,7 @@
 """Forwarded traffic end to end: a container behind a bridge on the client host (as Docker
-sets one up) is judged like a local process, by the interface its flows come in on; its DNS
-answers teach names; the host's own iptables rules still apply to flows nfguard allows.
+sets one up) is judged like a local process, by the interface its flows come in on and the
+process inside that sent them; its DNS answers teach names; the host's own iptables rules
+still apply to flows nfguard allows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tests.e2e.lab import (
     SERVER_V4,
     Lab,
 )
+from tests.e2e.test_clients import CURL, PYTHON, urllib_get
 
 CUT = {7, 56}  # curl: refused / reset during connect or receive
 
@@ -66,7 +68,9 @@ def test_a_containers_flows_are_judged_by_its_interface(
     assert allow["nfguard"]["client"] == "containers"
     assert allow["rule"]["name"] == "web/server"
     assert allow["observer"] == {"ingress": {"interface": {"name": "docker0"}}}
-    assert "process" not in allow and "user" not in allow, "no process: another namespace"
+    # found in the container's network namespace, through /proc
+    assert allow["process"]["executable"] == CURL and allow["process"]["pid"] > 0
+    assert allow["user"]["id"] == "0"
     deny = lab.wait_for_event(lambda e: from_container(e, source)
                               and e["destination"]["ip"] == other)
     assert (deny["event"]["action"], deny["event"]["reason"]) == ("deny", "no_rule_match")
@@ -77,6 +81,40 @@ def test_a_containers_flows_are_judged_by_its_interface(
     host = lab.wait_for_event(lambda e: e["source"]["ip"] not in (CONTAINER_V4, CONTAINER_V6)
                               and e["destination"]["ip"] == allowed)
     assert host["event"]["reason"] == "no_client_match" and "observer" not in host
+
+
+def test_a_container_program_is_matched_only_with_its_interface(lab: Lab) -> None:
+    """curl inside the container is allowed by a client of the bridge and curl's path;
+    python there is not; the host's own curl client does not cover the container's curl."""
+    lab.add_container("docker0")
+    lab.serve_http(80)
+    clients = f"""
+    [[client]]
+    name = "host-curl"
+    match = {{ exe = "{CURL}" }}
+    policies = ["deny-all"]
+
+    [[client]]
+    name = "container-curl"
+    match = {{ interface = "docker0", exe = "{CURL}" }}
+    policies = ["web"]
+
+    [[policy]]
+    name = "deny-all"
+    """
+    lab.start_engine(lab.write_config(
+        POLICY.replace(POLICY[:POLICY.index("[[policy]]")], clients, 1)))
+    url = f"http://{ALLOWED_V4}:80/"
+    assert lab.curl(ALLOWED_V4, 80, ns=lab.container) == (0, "port 80\n")
+    assert urllib_get(lab, url, ns=lab.container) != "ok"
+    curl = lab.wait_for_event(lambda e: from_container(e, CONTAINER_V4)
+                              and e["event"]["action"] == "allow")
+    assert curl["nfguard"]["client"] == "container-curl"
+    python = lab.wait_for_event(lambda e: from_container(e, CONTAINER_V4)
+                                and e["event"]["action"] == "deny")
+    assert python["process"]["executable"] == PYTHON
+    assert python["event"]["reason"] == "no_client_match"
+    assert python["observer"]["ingress"]["interface"]["name"] == "docker0"
 
 
 def test_forwarded_traffic_is_left_alone_without_forward_from(lab: Lab) -> None:

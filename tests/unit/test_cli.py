@@ -58,7 +58,7 @@ action = "deny"
 
 def write_config(tmp_path: Path, policy: str = POLICY, engine: str = "") -> Path:
     rules = tmp_path / "rules"
-    rules.mkdir()
+    rules.mkdir(parents=True)
     (rules / "10-main.toml").write_text(policy)
     config = tmp_path / "nfguard.toml"
     config.write_text(f'[engine]\npolicy_dir = "rules"\n{engine}\n[metrics]\nlisten = ""\n')
@@ -338,12 +338,27 @@ def test_explain_interface_is_a_forwarded_flow(tmp_path: Path,
     code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
                           "--interface", "br-1a2b")
     assert code == 0
-    assert "  forwarded from interface br-1a2b (a container or VM: no process)" in out
+    assert "  forwarded from interface br-1a2b (a container or VM)" in out
     assert "client: git" in out and "matched on interface=br-*" in out
     assert "decision: deny" in out
     code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
                           "--interface", "eth0")
     assert code == 0 and "client: everyone" in out and "decision: allow" in out
-    with pytest.raises(SystemExit):
-        run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-            "--interface", "br-1", "--exe", "/usr/bin/git")
+
+
+def test_explain_a_process_in_a_container(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    policy = POLICY.replace('match = { exe = "/usr/bin/git" }',
+                            'match = { interface = "br-*", exe = "/usr/bin/git" }')
+    config = write_config(tmp_path, policy)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--interface", "br-1", "--exe", "/usr/bin/git")
+    assert code == 0 and "client: git" in out and "decision: deny" in out
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--exe", "/usr/bin/git")
+    assert code == 0 and "client: everyone" in out, "the host's git is not the container's"
+    # nor is a client of the host's git (exe alone) the container's
+    config = write_config(tmp_path / "host", POLICY)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--interface", "br-1", "--exe", "/usr/bin/git")
+    assert code == 0 and "from exe=/usr/bin/git" in out and "client: everyone" in out
