@@ -63,13 +63,19 @@ def proc_hex(address: str) -> str:
 def socket_rows(text: str) -> Iterator[SocketRow]:
     """The rows of a /proc/net/{tcp,udp}{,6} table; malformed rows are skipped."""
     for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) < 10:
-            continue
-        try:
-            yield SocketRow(fields[1], fields[2], int(fields[7]), int(fields[9]))
-        except ValueError:
-            continue
+        row = _row(line)
+        if row is not None:
+            yield row
+
+
+def _row(line: str) -> SocketRow | None:
+    fields = line.split()
+    if len(fields) < 10:
+        return None
+    try:
+        return SocketRow(fields[1], fields[2], int(fields[7]), int(fields[9]))
+    except ValueError:
+        return None
 
 
 def local_addresses(fib_trie: str, if_inet6: str) -> set[str]:
@@ -96,17 +102,23 @@ def local_addresses(fib_trie: str, if_inet6: str) -> set[str]:
     return found
 
 
-def find_row(rows: Iterator[SocketRow], local: str, remote: str, any_local: str,
-             unconnected: str) -> SocketRow | None:
-    """The row of exactly (local, remote); else an unconnected one (a UDP sender that
-    used sendto) bound to that address or to any."""
-    fallback = None
-    for row in rows:
-        if row.local == local and row.remote == remote:
+def find_row(text: str, local: str, remote: str,
+             unconnected: tuple[str, str] | None = None) -> SocketRow | None:
+    """The row of exactly (local, remote) in a socket table, found by a text search (a
+    busy container's table has thousands of rows: parsing each costs a microsecond); else,
+    given `unconnected` (its local address and port bound to any, and no remote: a UDP
+    sender that used sendto), the first such row bound to that port."""
+    at = text.find(f" {local} {remote} ")
+    if at >= 0:
+        end = text.find("\n", at)
+        row = _row(text[text.rfind("\n", 0, at) + 1:end if end >= 0 else len(text)])
+        if row is not None:
             return row
-        if row.remote == unconnected and row.local in (local, any_local) and fallback is None:
-            fallback = row
-    return fallback
+    if unconnected is None:
+        return None
+    any_local, nowhere = unconnected
+    return next((row for row in socket_rows(text)
+                 if row.remote == nowhere and row.local in (local, any_local)), None)
 
 
 class Namespaces:
@@ -165,9 +177,9 @@ class Namespaces:
             six = table.endswith("6")
             mapped = family == socket.AF_INET and six
             wide = 32 if six else 8
-            row = find_row(socket_rows(text), _hex_end(src, sport, mapped),
-                           _hex_end(dst, dport, mapped), f"{'0' * wide}:{sport:04X}",
-                           f"{'0' * wide}:0000")
+            unconnected = (f"{'0' * wide}:{sport:04X}", f"{'0' * wide}:0000")
+            row = find_row(text, _hex_end(src, sport, mapped), _hex_end(dst, dport, mapped),
+                           unconnected if proto == "udp" else None)
             if row is not None and row.inode:
                 return ForeignSocket(row.uid, row.inode, space, pids)
         return None

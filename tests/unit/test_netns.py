@@ -64,17 +64,18 @@ def test_socket_rows_and_the_exact_row() -> None:
             + row(local, remote, 1000, 13) + "   1: garbage\n")
     rows = list(socket_rows(text))
     assert [r.inode for r in rows] == [11, 12, 13]
-    exact = find_row(iter(rows), local, remote, "00000000:C350", "00000000:0000")
+    exact = find_row(text, local, remote)
     assert exact is not None and (exact.uid, exact.inode) == (1000, 13)
-    assert find_row(iter(rows), local, f"{proc_hex('198.18.9.9')}:0050",
-                    "00000000:C350", "00000000:0000") is None
+    assert find_row(text, local, f"{proc_hex('198.18.9.9')}:0050") is None
+    assert find_row(text, local, remote[:-1]) is None, "whole fields only"
 
 
 def test_an_unconnected_udp_sender_is_found_by_its_port() -> None:
     text = TCP_HEADER + row("00000000:1388", "00000000:0000", 7, 21, "07")
-    found = find_row(socket_rows(text), f"{proc_hex('198.18.4.2')}:1388",
-                     f"{proc_hex('198.18.1.1')}:0035", "00000000:1388", "00000000:0000")
+    local, remote = f"{proc_hex('198.18.4.2')}:1388", f"{proc_hex('198.18.1.1')}:0035"
+    found = find_row(text, local, remote, ("00000000:1388", "00000000:0000"))
     assert found is not None and found.inode == 21
+    assert find_row(text, local, remote) is None, "TCP: only the exact tuple"
 
 
 def test_local_addresses_of_a_namespace() -> None:
@@ -85,6 +86,7 @@ def test_local_addresses_of_a_namespace() -> None:
 def test_the_parsers_take_any_text(fib: str, table: str) -> None:
     local_addresses(fib, table)
     list(socket_rows(table))
+    find_row(table, "0100007F:0050", "00000000:0000", ("00000000:0050", "00000000:0000"))
 
 
 def fake_proc(root: Path, pid: int, space: str, fib: str = "", inet6: str = "",
