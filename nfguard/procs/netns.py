@@ -11,8 +11,8 @@ Only an exact tuple names a socket: a container that sends with another one's so
 address finds no socket of that tuple there (a new flow has none yet), so it is known by
 its interface alone, never as the other container.
 
-The table of namespaces is rebuilt from /proc (one readlink per process, about a
-millisecond for 500) when a socket's process is not in it (a process that just started in
+The table of namespaces is rebuilt from /proc (one readlink per process and two reads
+per namespace: 0.6 ms for 77 processes in 4 namespaces) when a socket's process is not in it (a process that just started in
 the container), and when a source address is not: then at most once per `min_interval`,
 and for the same address once per `miss_ttl`, since a VM behind a bridge has no namespace
 here and must not cost a scan per flow.
