@@ -4,6 +4,7 @@ against the kernel's formats, and the namespace table over a fake /proc tree."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -132,5 +133,12 @@ def test_a_namespace_is_found_by_its_address_and_misses_do_not_rescan_per_flow(
     assert spaces.find("tcp", socket.AF_INET, "198.18.4.8", 1, "198.18.1.1", 80) is None
     assert spaces.rescans == 4
     # a process that joined the namespace since: read at once
-    fake_proc(tmp_path, 41, "net:[7]")
+    fake_proc(tmp_path, 41, "net:[7]", FIB_TRIE, IF_INET6)
     assert spaces.refresh("net:[7]") == (41, 40) and spaces.rescans == 5
+    # every process known of it exited, the next program sends: read at once too
+    for pid in (40, 41):
+        shutil.rmtree(tmp_path / str(pid))
+    fake_proc(tmp_path, 42, "net:[7]", FIB_TRIE, IF_INET6,
+              row(f"{proc_hex('198.18.4.2')}:C351", f"{proc_hex('198.18.1.1')}:0050", 0, 78))
+    found = spaces.find("tcp", socket.AF_INET, "198.18.4.2", 0xC351, "198.18.1.1", 80)
+    assert found is not None and found.pids == (42,) and spaces.rescans == 6
