@@ -26,9 +26,9 @@ def explain(
     resolve: Resolver = socket.getaddrinfo,
 ) -> str:
     engine = build_engine(config)
-    process = _process(exe, user)
-    if interface is not None:
-        process = (process or ProcessInfo())._replace(interface=interface)
+    sender = _process(exe, user)
+    process = sender if interface is None else (sender or ProcessInfo())._replace(
+        interface=interface)
     addresses, names = _addresses(host, resolve)
     lines = [f"flow: {proto} to {host}{f':{port}' if port is not None else ' (any port)'}"]
     if names:
@@ -36,9 +36,9 @@ def explain(
                      " (evidence: dns)")
     if interface is not None:
         lines.append(f"  forwarded from interface {interface} (a container or VM)")
-    if process is not None and (exe is not None or user is not None):
-        lines.append(f"  from exe={process.exe or '-'} user={process.user or process.uid or '-'}")
-    elif process is None:
+    if sender is not None:
+        lines.append(f"  from exe={sender.exe or '-'} user={sender.user or sender.uid or '-'}")
+    elif interface is None:
         lines.append("  from any process (no --exe/--user: only clients without a match "
                      "table can match)")
     for address in addresses:

@@ -154,15 +154,13 @@ class Pipeline:
         forwarded flow's sender is known by its interface, and by its process when it
         lives in a network namespace of this host (a container)."""
         attributor = self.attributor
-        if indev:
-            interface = _interface_name(indev)
-            if attributor is None or packet.proto not in (TCP, UDP):
-                return ProcessInfo(interface=interface)
+        interface = _interface_name(indev) if indev else None
+        if attributor is None or packet.proto not in (TCP, UDP):
+            return None if interface is None else ProcessInfo(interface=interface)
+        if interface is not None:
             return attributor.lookup_forwarded(
                 packet.transport, packet.version, packet.src, packet.sport, packet.dst,
                 packet.dport, interface, hash_exe=self.engine.policies.matches_sha256)
-        if attributor is None or packet.proto not in (TCP, UDP):
-            return None
         return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
                                  packet.dst, packet.dport,
                                  hash_exe=self.engine.policies.matches_sha256, uid=uid)

@@ -28,12 +28,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-__all__ = ["ForeignSocket", "Namespaces", "local_addresses", "socket_rows"]
+__all__ = ["ForeignSocket", "Namespaces", "find_row", "local_addresses", "proc_hex",
+           "socket_rows"]
 
-# (proto, family) -> the tables its socket may be in (an IPv4 flow's in a dual-stack one's)
-_TABLES: dict[tuple[str, int], tuple[str, ...]] = {
-    ("tcp", socket.AF_INET): ("tcp", "tcp6"), ("tcp", socket.AF_INET6): ("tcp6",),
-    ("udp", socket.AF_INET): ("udp", "udp6"), ("udp", socket.AF_INET6): ("udp6",)}
 _V4_IN_V6 = "0000000000000000FFFF0000"  # ::ffff:0:0/96 as /proc writes it (host order words)
 
 
@@ -151,7 +148,7 @@ class Namespaces:
                 return found
             # every process known in it has exited (a build step's program, replaced by
             # the next): read anew at once, the namespace has others or is gone
-            gone = not any(os.path.exists(f"{self.root}/{pid}") for pid in self._pids[space])
+            gone = not self._pids.get(space)
         now = self.clock()
         missed = self._missed.get(src)
         if not gone and ((missed is not None and now - missed < self.miss_ttl) or (
@@ -174,29 +171,34 @@ class Namespaces:
 
     def _socket(self, space: str, proto: str, family: int, src: str, sport: int, dst: str,
                 dport: int) -> ForeignSocket | None:
-        pids = self._pids.get(space, ())
-        for table in _TABLES.get((proto, family), ()):
-            text = self._read_any(pids, f"net/{table}")
+        # an IPv4 flow's socket may be a dual-stack one, in the `6` table
+        for six in (False, True) if family == socket.AF_INET else (True,):
+            text = self._read_any(space, f"net/{proto}{'6' if six else ''}")
             if text is None:
                 return None
-            six = table.endswith("6")
             mapped = family == socket.AF_INET and six
             wide = 32 if six else 8
             unconnected = (f"{'0' * wide}:{sport:04X}", f"{'0' * wide}:0000")
             row = find_row(text, _hex_end(src, sport, mapped), _hex_end(dst, dport, mapped),
                            unconnected if proto == "udp" else None)
             if row is not None and row.inode:
-                return ForeignSocket(row.uid, row.inode, space, pids)
+                return ForeignSocket(row.uid, row.inode, space, self._pids[space])
         return None
 
-    def _read_any(self, pids: tuple[int, ...], name: str) -> str | None:
-        """A file of the namespace, read through the first of its processes still there."""
-        for pid in pids:
+    def _read_any(self, space: str, name: str) -> str | None:
+        """A file of the namespace, read through the first of its processes still there;
+        the ones found gone on the way are forgotten (none left: None)."""
+        pids = self._pids.get(space, ())
+        for at, pid in enumerate(pids):
             try:
                 with open(f"{self.root}/{pid}/{name}", encoding="ascii") as f:
-                    return f.read()
+                    text = f.read()
             except OSError:
                 continue
+            if at:
+                self._pids[space] = pids[at:]
+            return text
+        self._pids[space] = ()
         return None
 
     def _rescan(self, now: float) -> None:
@@ -209,15 +211,15 @@ class Namespaces:
                 space = _netns(entry.path)
                 if space is not None and space != self._own:
                     members.setdefault(space, []).append(int(entry.name))
+        self._pids = {space: tuple(sorted(found, reverse=True))  # newest first
+                      for space, found in members.items()}
         by_address: dict[str, str] = {}
-        pids: dict[str, tuple[int, ...]] = {}
-        for space, found in members.items():
-            pids[space] = tuple(sorted(found, reverse=True))  # newest first
-            fib = self._read_any(pids[space], "net/fib_trie") or ""
-            six = self._read_any(pids[space], "net/if_inet6") or ""
+        for space in members:
+            fib = self._read_any(space, "net/fib_trie") or ""
+            six = self._read_any(space, "net/if_inet6") or ""
             for address in local_addresses(fib, six):
                 by_address.setdefault(address, space)
-        self._by_address, self._pids = by_address, pids
+        self._by_address = by_address
 
 
 def _hex_end(address: str, port: int, mapped: bool) -> str:
