@@ -14,6 +14,7 @@ from nfguard.policy.model import Location
 from nfguard.policy.source import SourceMap
 
 DEFAULT_PATH = "/etc/nfguard/nfguard.toml"
+SYSTEM_RESOLVERS = "system"  # names.resolvers: the servers the host's resolv.conf names
 # The bridges of Docker (docker0, br-<network>), Podman, CNI, libvirt and LXC.
 DEFAULT_FORWARD_FROM = ("docker0", "br-*", "podman*", "cni*", "virbr*", "lxcbr*")
 # An interface name (at most 15 bytes) or a prefix of one followed by *.
@@ -60,10 +61,11 @@ class NamesConfig:
     min_ttl: float = 60.0  # shorter TTLs are raised to this
     max_entries: int = 100_000  # (address, name) pairs kept, least recently used dropped
     hello_timeout: float = 5.0  # seconds a pending flow may hold packets before "no name"
-    # Addresses and networks of the DNS servers whose answers teach names; empty: every
-    # server this host queried (a process allowed to ask some other server could teach
+    # The DNS servers whose answers teach names: SYSTEM_RESOLVERS (the host's own, from
+    # resolv.conf, followed as it changes), or addresses and networks; empty: every
+    # server this host queried (then a process allowed to ask some other server can teach
     # the engine a false binding).
-    resolvers: tuple[str, ...] = ()
+    resolvers: tuple[str, ...] | str = SYSTEM_RESOLVERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +98,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "min_ttl": (float, None),
         "max_entries": (int, None),
         "hello_timeout": (float, None),
-        "resolvers": (list, None),
+        "resolvers": (object, None),  # checked by _resolvers
     },
     "control": {"socket": (str, None)},
 }
@@ -151,6 +153,12 @@ def parse_config(text: str, path: str) -> Config:
                 problem((name, key), f"unknown key {key!r} in [{name}] "
                         f"(allowed: {', '.join(_SCHEMA[name])})")
                 continue
+            if key == "resolvers":
+                try:
+                    values[key] = _resolvers(value)
+                except ValueError as exc:
+                    problem((name, key), str(exc))
+                continue
             kind, choices = spec
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)  # seconds may be written as integers
@@ -175,11 +183,6 @@ def parse_config(text: str, path: str) -> Config:
             elif key == "socket" and value and not value.startswith("/"):
                 problem((name, key), f"control.socket must be an absolute path (or \"\" for "
                         f"off), not {value!r}")
-            elif key == "resolvers" and (bad := _bad_networks(value)):
-                problem((name, key), f"names.resolvers takes addresses and networks "
-                        f"(\"10.0.0.53\", \"127.0.0.0/8\"), not {', '.join(map(repr, bad))}")
-            elif key == "resolvers":
-                values[key] = tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
             elif key == "forward_from" and (bad := [
                     v for v in value
                     if not isinstance(v, str) or not _INTERFACE_PATTERN.fullmatch(v)]):
@@ -208,17 +211,26 @@ def parse_config(text: str, path: str) -> Config:
     )
 
 
-def _bad_networks(values: list[Any]) -> list[Any]:
-    """The entries that are not an IP address or network."""
-    bad = []
-    for value in values:
+def _resolvers(value: Any) -> tuple[str, ...] | str:
+    """names.resolvers: "system", or a list of addresses and networks (canonical); a
+    ValueError says what is wrong."""
+    if value == SYSTEM_RESOLVERS:
+        return SYSTEM_RESOLVERS
+    if not isinstance(value, list):
+        raise ValueError(f'names.resolvers must be "{SYSTEM_RESOLVERS}" or a list of '
+                         f'addresses and networks, not {value!r}')
+    networks, bad = [], []
+    for entry in value:
         try:
-            if not isinstance(value, str):
-                raise TypeError(value)
-            ipaddress.ip_network(value, strict=False)
+            if not isinstance(entry, str):
+                raise TypeError(entry)
+            networks.append(str(ipaddress.ip_network(entry, strict=False)))
         except (TypeError, ValueError):
-            bad.append(value)
-    return bad
+            bad.append(entry)
+    if bad:
+        raise ValueError(f"names.resolvers takes addresses and networks (\"10.0.0.53\", "
+                         f"\"127.0.0.0/8\"), not {', '.join(map(repr, bad))}")
+    return tuple(networks)
 
 
 def _beside(base: Path, path: str) -> str:

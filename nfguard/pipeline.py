@@ -16,7 +16,6 @@ Three kinds of packet come here:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 import time
@@ -29,12 +28,12 @@ from nfguard.audit import AuditLog, audit_event
 from nfguard.config import NamesConfig
 from nfguard.engine import DNS, Decision, Engine
 from nfguard.flows import NO_NAME, FlowTable, PendingFlow, Sniffed
-from nfguard.lru import Memo
 from nfguard.metrics import Stats
 from nfguard.names import NameCache
 from nfguard.peers import Peers
 from nfguard.policy.model import ALLOW
 from nfguard.procs import Attributor, ProcessInfo
+from nfguard.resolvers import TrustedServers
 from nfguard.wire.dns import TcpDnsStream, parse_response
 from nfguard.wire.errors import WireError
 from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
@@ -47,7 +46,6 @@ LOCAL_OUT = 3
 DNS_PORT = 53
 MAX_DNS_STREAMS = 4096  # DNS-over-TCP answer streams followed at once (LRU)
 MAX_CHAINS = 65536  # (address, name) CNAME chain entries kept (LRU)
-MAX_DNS_SERVERS = 1024  # DNS server addresses whose standing ([names] resolvers) is remembered
 
 _SYN, _FIN, _RST = 0x02, 0x01, 0x04
 _SEQ = 0xFFFFFFFF
@@ -93,8 +91,7 @@ class Pipeline:
         # "alias.test CNAME allowed.test", is going to allowed.test. Consulted only while
         # the presented name itself resolves to the address (NameCache.resolved).
         self._chains: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
-        # DNS server address -> whether its answers teach names, for these [names] resolvers
-        self._servers: tuple[tuple[str, ...], Memo[str, bool]] = ((), Memo(MAX_DNS_SERVERS))
+        self.trusted = TrustedServers(self.settings.resolvers)  # whose DNS answers teach
 
     # -- entry point ---------------------------------------------------------------------
     def handle(self, payload: bytes, mark: int, hook: int = LOCAL_OUT,
@@ -313,25 +310,11 @@ class Pipeline:
             return accept
 
     def _trusted_server(self, ip: str) -> bool:
-        """Whether answers from `ip` may teach names: [names] resolvers lists it, or lists
-        nothing. An answer from another server is let through unread (the policy allowed
-        the query), and the first one from each such server is logged."""
-        resolvers = self.settings.resolvers
-        if not resolvers:
-            return True
-        listed, known = self._servers
-        if listed is not resolvers:  # a reload changed the list
-            known = Memo(MAX_DNS_SERVERS)
-            self._servers = (resolvers, known)
-        trusted = known.get(ip)
-        if trusted is None:
-            address = ipaddress.ip_address(ip)
-            trusted = known.put(ip, any(address in ipaddress.ip_network(network)
-                                        for network in resolvers))
-            if not trusted:
-                log.warning("DNS answers from %s teach no names: it is not among "
-                            "[names] resolvers", ip)
-        return trusted
+        """Whether answers from `ip` may teach names ([names] resolvers; a reload that
+        changes the setting starts afresh)."""
+        if self.trusted.setting != self.settings.resolvers:
+            self.trusted = TrustedServers(self.settings.resolvers)
+        return self.trusted.trusts(ip, self.clock())
 
     def _tcp_answer(self, packet: Packet, body: bytes, mark: int, accept: int) -> int:
         key = _key(packet)

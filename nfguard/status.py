@@ -50,6 +50,8 @@ def render_status(status: dict[str, Any]) -> str:
     names = s["names"]
     lines.append(f"name cache:   {names['entries']} entries, {names['hits']} hits, "
                  f"{names['misses']} misses, {names['evictions']} evictions")
+    lines.append(f"DNS answers:  taught by {names['resolvers']}; "
+                 f"{names['untrusted_answers']} from other servers, not learnt")
     if s["attribution"] is not None:
         a = s["attribution"]
         lines.append(f"attribution:  {a.get('lookups', 0)} lookups, {a.get('recorded', 0)} "

@@ -21,7 +21,7 @@ import time
 from nfguard import flows as flow_limits
 from nfguard import marks
 from nfguard.audit import AuditLog
-from nfguard.config import EngineConfig
+from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
 from nfguard.metrics import Stats
 from nfguard.pipeline import LOCAL_IN, LOCAL_OUT, MAX_CHAINS, Pipeline
@@ -66,7 +66,7 @@ def flow_memory(flows: int = 1_000_000, checkpoints: int = 4) -> Figure:
         released += 1
 
     pipeline = Pipeline(Engine(EngineConfig(), policy), AuditLog("/dev/null"), stats,
-                        release=release)
+                        settings=NamesConfig(resolvers=("198.18.0.2/32",)), release=release)
     handle = pipeline.handle
     queued, pending = marks.QUEUED, marks.QUEUED | marks.PENDING
     marks_seen = {marks.ALLOW: 0, marks.DENY: 0, marks.PENDING: 0, None: 0}

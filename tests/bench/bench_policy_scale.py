@@ -20,7 +20,7 @@ from pathlib import Path
 from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, raw
 
 from nfguard.audit import AuditLog
-from nfguard.config import EngineConfig
+from nfguard.config import EngineConfig, NamesConfig
 from nfguard.daemon import compile_policy_dir
 from nfguard.engine import Engine
 from nfguard.metrics import Stats
@@ -90,7 +90,8 @@ def policy_scale(size: int, rounds: int = 20000) -> Figure:
 
 def dns_answers(count: int = 20000) -> Figure:
     engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([])))
-    pipeline = Pipeline(engine, AuditLog("/dev/null"), Stats())
+    pipeline = Pipeline(engine, AuditLog("/dev/null"), Stats(),
+                        settings=NamesConfig(resolvers=("198.18.0.2/32",)))
     answers = []
     for i in range(count):
         name = f"host{i}.cdn.example."

@@ -121,6 +121,13 @@ def in_netns(ns: str) -> tuple[str, ...]:
     return ("nsenter", f"--net=/run/netns/{ns}", "--")
 
 
+def with_resolv_conf(path: Path) -> tuple[str, ...]:
+    """The command prefix that runs a program in a mount namespace of its own where
+    /etc/resolv.conf is `path` (the engine reads the host's DNS servers there)."""
+    return ("unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(path))
+
+
 @dataclass
 class Lab:
     workdir: Path
@@ -162,6 +169,7 @@ class Lab:
         for extra in (ALLOWED_V6, OTHER_V6):
             run("ip", "-n", s, "addr", "add", f"{extra}/128", "dev", "lo", "nodad")
             run("ip", "-n", c, "route", "add", f"{extra}/128", "via", SERVER_V6)
+        self.resolv_conf.write_text(f"nameserver {SERVER_V4}\nnameserver {SERVER_V6}\n")
         return self
 
     def add_container(self, bridge: str = "docker0") -> None:
@@ -224,16 +232,17 @@ class Lab:
                    str(keyfile), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_listening(port, "tcp")
 
-    def serve_dns(self, *options: str) -> None:
-        """dnsmasq on the server's veth addresses (UDP and TCP 53), answering only from
+    def serve_dns(self, *options: str, on: tuple[str, ...] = (SERVER_V4, SERVER_V6)) -> None:
+        """dnsmasq on the server's addresses `on` (UDP and TCP 53), answering only from
         its options (`--host-record=...`, `--cname=...`): no upstream, no /etc/hosts."""
         self.spawn(self.server, "dnsmasq", "--keep-in-foreground", "--no-resolv",
                    "--no-hosts", "--no-poll", "--bind-interfaces", "--user=root",
-                   f"--listen-address={SERVER_V4}", f"--listen-address={SERVER_V6}",
+                   *(f"--listen-address={address}" for address in on),
                    "--pid-file=", "--log-facility=-", *options,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_listening(53, "udp")
-        self.wait_listening(53, "tcp")
+        for address in on:
+            self.wait_listening(53, "udp", address=address)
+            self.wait_listening(53, "tcp", address=address)
 
     def dig(self, name: str, qtype: str = "A", tcp: bool = False,
             server: str = SERVER_V4, ns: str | None = None) -> list[str]:
@@ -253,15 +262,20 @@ class Lab:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_listening(port, "tcp")
 
-    def wait_listening(self, port: int, proto: str, deadline: float = 10) -> None:
+    def wait_listening(self, port: int, proto: str, deadline: float = 10,
+                       address: str | None = None) -> None:
+        """Until something listens on `port` in the server namespace (on `address`)."""
         flag = "-ltn" if proto == "tcp" else "-lun"
+        local = None if address is None else (
+            f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
         end = time.monotonic() + deadline * SLOWDOWN
         while time.monotonic() < end:
             out = self.exec(self.server, "ss", "-H", flag, f"sport = :{port}").stdout
-            if out.strip():
+            if out.strip() and (local is None or local in out.split()):
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"nothing listens on {proto}/{port} in {self.server}")
+        raise TimeoutError(f"nothing listens on {proto}/{address or '*'}:{port} in "
+                           f"{self.server}")
 
     # -- nfguard --------------------------------------------------------------------
     def write_config(self, policy: str, names: dict | None = None, metrics: dict | None = None,
@@ -282,6 +296,12 @@ class Lab:
         config = self.workdir / "nfguard.toml"
         config.write_text("\n".join(lines) + "\n")
         return config
+
+    @property
+    def resolv_conf(self) -> Path:
+        """The client host's /etc/resolv.conf as its engine sees it: the lab's DNS server
+        (a test may write another; in place, as it is bind-mounted)."""
+        return self.workdir / "resolv.conf"
 
     @property
     def audit_path(self) -> Path:
@@ -310,7 +330,8 @@ class Lab:
         ready = f"all {workers} workers bound" if workers > 1 else "engine bound to queue"
         start_at = self.engine_log.stat().st_size if self.engine_log.exists() else 0
         log = self.engine_log.open("a")
-        self.engine = self.spawn(self.client, *prefix, sys.executable, "-m", "nfguard", "run",
+        self.engine = self.spawn(self.client, *with_resolv_conf(self.resolv_conf), *prefix,
+                                 sys.executable, "-m", "nfguard", "run",
                                  "--config", str(config), stdout=log, stderr=log,
                                  env={**os.environ, **(env or {})})
         end = time.monotonic() + 20 * SLOWDOWN

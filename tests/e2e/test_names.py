@@ -18,6 +18,7 @@ from tests.e2e.lab import (
     OTHER_V4,
     OTHER_V6,
     SERVER_V4,
+    SERVER_V6,
     Lab,
 )
 
@@ -433,6 +434,8 @@ def test_an_answer_larger_than_4016_bytes_is_learnt_whole(named: Lab) -> None:
 
 
 def test_answers_from_a_local_stub_over_loopback_are_learnt(named: Lab) -> None:
+    """A host whose resolv.conf names a stub on itself (systemd-resolved's 127.0.0.53)."""
+    named.resolv_conf.write_text("nameserver 127.0.0.53\n")
     start(named)
     # A stub resolver on the client host itself, answering over lo (loopback is not
     # filtered on the way out, but its answers are read on the way in).
@@ -449,3 +452,33 @@ def test_answers_from_a_local_stub_over_loopback_are_learnt(named: Lab) -> None:
         raise AssertionError("the stub resolver did not answer")
     assert curl_https(named, "allowed.test", ALLOWED_V4) == (0, "https allowed.test")
     assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "rule_match"
+
+
+def test_by_default_only_the_hosts_resolvers_teach_and_their_changes_are_followed(
+        named: Lab) -> None:
+    """[names] resolvers = "system": the lab host's resolv.conf names the lab's server. A
+    process the policy lets ask another server gets its answer, but the answer cannot
+    bind an allowed name to that server's choice of address; once resolv.conf (rewritten,
+    as a DHCP client or VPN does) names that server, its answers teach."""
+    other_server = POLICY.replace('to = ["198.18.0.2", "fd00:18::2"]',
+                                  f'to = ["198.18.0.2", "fd00:18::2", "{OTHER_V4}"]')
+    named.serve_dns(*DNS_RECORDS)
+    named.serve_dns(f"--host-record=allowed.test,{OTHER_V4}", on=(OTHER_V4,))
+    named.start_engine(named.write_config(other_server))
+    status = named.nfguard("status", "--config", str(named.workdir / "nfguard.toml")).stdout
+    assert f"taught by {SERVER_V4}, {SERVER_V6} (/etc/resolv.conf)" in status, status
+
+    assert named.dig("allowed.test", server=OTHER_V4) == [OTHER_V4], "the answer passes"
+    assert curl_https(named, "allowed.test", OTHER_V4)[0] in CUT
+    assert wait_event(named, 443, "allowed.test")["event"]["reason"] == "name_mismatch"
+
+    with named.resolv_conf.open("w") as conf:
+        conf.write(f"nameserver {OTHER_V4}\n")
+    time.sleep(1.1)  # the engine looks at the file at most once a second
+    assert named.dig("allowed.test", server=OTHER_V4) == [OTHER_V4]
+    assert curl_https(named, "allowed.test", OTHER_V4) == (0, "https allowed.test")
+    assert named.wait_for_event(
+        lambda e: e.get("destination", {}).get("port") == 443
+        and e["event"]["action"] == "allow")["destination"]["ip"] == OTHER_V4
+    status = named.nfguard("status", "--config", str(named.workdir / "nfguard.toml")).stdout
+    assert f"taught by {OTHER_V4} (/etc/resolv.conf); 1 from other servers" in status, status

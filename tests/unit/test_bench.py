@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from nfguard.audit import AuditLog
-from nfguard.config import EngineConfig
+from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
 from nfguard.metrics import Stats
 from nfguard.pipeline import LOCAL_IN, Pipeline
@@ -61,7 +61,8 @@ def test_generated_policies_load() -> None:
 
 def test_dns_answers_are_learnt_by_the_pipeline() -> None:
     pipeline = Pipeline(Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([]))),
-                        AuditLog("/dev/null"), Stats())
+                        AuditLog("/dev/null"), Stats(),
+                        settings=NamesConfig(resolvers=("0.0.0.1",)))
     pipeline.handle(ipv4(17, 1, 2, dns_answer(1, "a.example", 0x0A000001)), 0, LOCAL_IN)
     assert pipeline.names.names_for("10.0.0.1", pipeline.clock()) == {"a.example"}
 

@@ -235,15 +235,18 @@ def test_control_socket_is_found_even_in_a_broken_config(tmp_path: Path) -> None
     assert control_socket(path) == "/run/y/n.sock"
 
 
-def test_names_resolvers_are_addresses_and_networks() -> None:
+def test_names_resolvers_are_the_systems_or_addresses_and_networks() -> None:
     config = parse_config('[names]\nresolvers = ["127.0.0.53", "10.1.2.3/8", "::1"]\n', "c.toml")
     assert config.names.resolvers == ("127.0.0.53/32", "10.0.0.0/8", "::1/128")
-    assert parse_config("", "c.toml").names.resolvers == (), "none listed: every server"
+    assert parse_config("", "c.toml").names.resolvers == "system", "by default: the host's"
+    assert parse_config('[names]\nresolvers = "system"\n', "c.toml").names.resolvers == "system"
+    assert parse_config('[names]\nresolvers = []\n', "c.toml").names.resolvers == ()
     assert problems('[names]\nverify = true\nresolvers = ["dns.example", 53]\n') == [
         '/etc/nfguard/nfguard.toml:3: names.resolvers takes addresses and networks '
         '("10.0.0.53", "127.0.0.0/8"), not \'dns.example\', 53']
     assert problems('[names]\nresolvers = "127.0.0.1"\n') == [
-        "/etc/nfguard/nfguard.toml:2: names.resolvers must be a list"]
+        '/etc/nfguard/nfguard.toml:2: names.resolvers must be "system" or a list of addresses '
+        "and networks, not '127.0.0.1'"]
 
 
 def test_forward_from_names_interfaces_and_prefixes() -> None:

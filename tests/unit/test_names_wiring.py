@@ -121,6 +121,9 @@ def dns_answer(*answers: DNSRR, qname: str = "github.com", qtype: str = "A",
     return len(raw).to_bytes(2, "big") + raw
 
 
+EVERY_SERVER: tuple[str, ...] = ()  # [names] resolvers = []
+
+
 class Harness:
     """A pipeline with a controllable clock and a release callback that records verdicts."""
 
@@ -131,7 +134,8 @@ class Harness:
         self.path = tmp_path / "audit.jsonl"
         self.stats = Stats()
         self.pipeline = Pipeline(engine or make_engine(), AuditLog(str(self.path)), self.stats,
-                                 clock=lambda: self.now, settings=settings,
+                                 clock=lambda: self.now,
+                                 settings=settings or NamesConfig(resolvers=EVERY_SERVER),
                                  release=lambda token, mark: self.released.append((token, mark)))
 
     def out(self, raw: bytes, mark: int = marks.QUEUED, token: Any = None) -> int | None:
@@ -343,7 +347,7 @@ def test_fronted_flow_is_cut(tmp_path: Path) -> None:
 
 
 def test_hello_timeout_decides_without_a_name(tmp_path: Path) -> None:
-    h = Harness(tmp_path, settings=NamesConfig(hello_timeout=5))
+    h = Harness(tmp_path, settings=NamesConfig(hello_timeout=5, resolvers=EVERY_SERVER))
     h.learn("github.com", GH)
     assert h.out(syn(GH, 443)) == marks.PENDING
     assert h.pending(seg(GH, 443, 1001, client_hello("github.com")[:40]), "t") is None
@@ -432,7 +436,7 @@ def test_only_listed_resolvers_teach_names(tmp_path: Path) -> None:
     h.pipeline.settings = NamesConfig(resolvers=("203.0.113.0/24",))
     assert h.answer(stranger) == marks.ALLOW
     assert h.pipeline.names.names_for("198.51.100.66", h.now) == {"github.com"}
-    h.pipeline.settings = NamesConfig()  # none listed: every server the host asked
+    h.pipeline.settings = NamesConfig(resolvers=EVERY_SERVER)
     assert h.answer(dns_answer(DNSRR(rrname="x.example", type="A", ttl=300, rdata="192.0.2.8"),
                                qname="x.example")) == marks.ALLOW
     assert h.pipeline.names.names_for("192.0.2.8", h.now) == {"x.example"}
@@ -459,7 +463,7 @@ def test_dns_over_tcp_in_order_only(tmp_path: Path) -> None:
 
 
 def test_names_expire_after_ttl_and_grace(tmp_path: Path) -> None:
-    h = Harness(tmp_path, settings=NamesConfig(grace=2, min_ttl=0))
+    h = Harness(tmp_path, settings=NamesConfig(grace=2, min_ttl=0, resolvers=EVERY_SERVER))
     h.learn("github.com", GH, ttl=1)
     h.now += 2.9
     assert h.pipeline.names.resolved(GH, "github.com", h.now)

@@ -25,7 +25,8 @@ def answer(**changes: Any) -> dict[str, Any]:
         "pending_now": 2,
         "latency": {"p50": 50e-6, "p99": 0.0025},
         "kernel_queue": {"length": 0, "dropped": 17, "user_dropped": 3},
-        "names": {"entries": 40, "hits": 80, "misses": 5, "evictions": 0},
+        "names": {"entries": 40, "hits": 80, "misses": 5, "evictions": 0,
+                  "resolvers": "10.0.0.53 (/etc/resolv.conf)", "untrusted_answers": 2},
         "attribution": None,
         "audit": {"path": "/var/log/nfguard/audit.jsonl", "written": 100},
         "metrics": "http://127.0.0.1:9808/metrics",
@@ -52,6 +53,8 @@ def test_summary_lines() -> None:
     assert "kernel queue: 0 waiting, 17 dropped (queue full), 3 dropped (socket buffer full)" \
         in text
     assert "name cache:   40 entries, 80 hits, 5 misses, 0 evictions\n" in text
+    assert ("DNS answers:  taught by 10.0.0.53 (/etc/resolv.conf); 2 from other servers, "
+            "not learnt\n") in text
     assert "audit:        /var/log/nfguard/audit.jsonl (100 events written)\n" in text
     assert "metrics:      http://127.0.0.1:9808/metrics\n" in text
     assert "errors:       0 (0 in the engine, 0 giving verdicts)\n" in text

@@ -1,0 +1,102 @@
+"""[names] resolvers: whose DNS answers teach names, and the host's own read from its files."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nfguard.resolvers import LIBC_DEFAULT, TrustedServers, parse_nameservers, system_servers
+
+RESOLVED_STUB_CONF = """\
+# This is /run/systemd/resolve/stub-resolv.conf managed by man:systemd-resolved(8).
+nameserver 127.0.0.53
+options edns0 trust-ad
+search example.internal
+"""
+
+
+def test_nameserver_lines_give_canonical_addresses_in_order() -> None:
+    text = ("# comment\n; nameserver 192.0.2.99\nnameserver 10.0.0.53\n"
+            "nameserver   fe80::1%eth0  \nnameserver FD00:0:0::53\nnameserver dns.example\n"
+            "nameserver\nsearch lan\nnameserver 10.0.0.53\noptions ndots:2\n")
+    assert parse_nameservers(text) == ("10.0.0.53", "fe80::1", "fd00::53")
+    assert parse_nameservers("") == ()
+
+
+def test_systemd_resolveds_stub_brings_its_upstream_servers() -> None:
+    upstreams = "nameserver 192.0.2.1\nnameserver 2001:db8::1\n"
+    assert system_servers(RESOLVED_STUB_CONF, upstreams) == (
+        "127.0.0.53", "192.0.2.1", "2001:db8::1")
+    assert system_servers("nameserver 192.0.2.7\n", upstreams) == ("192.0.2.7",), \
+        "resolved's upstreams count only when the host asks resolved"
+    assert system_servers(None, None) == LIBC_DEFAULT, "no file: the C library asks localhost"
+    assert system_servers("options rotate\n", None) == LIBC_DEFAULT
+
+
+@given(st.text())
+def test_any_resolv_conf_text_gives_addresses_or_nothing(text: str) -> None:
+    for server in parse_nameservers(text):
+        assert str(ipaddress.ip_address(server)) == server
+
+
+def test_listed_networks_and_every_server() -> None:
+    listed = TrustedServers(("10.0.0.0/24", "::1/128"))
+    assert listed.trusts("10.0.0.53", 0) and listed.trusts("::1", 0)
+    assert not listed.trusts("10.0.1.53", 0)
+    assert TrustedServers(()).trusts("203.0.113.9", 0), "[]: every server"
+
+
+def write(path: Path, text: str, mtime: float) -> None:
+    path.write_text(text)
+    os.utime(path, (mtime, mtime))
+
+
+def test_system_follows_resolv_conf_as_it_changes(tmp_path: Path) -> None:
+    conf, upstreams = tmp_path / "resolv.conf", tmp_path / "upstreams.conf"
+    write(conf, "nameserver 10.0.0.53\n", 1000)
+    trusted = TrustedServers("system", str(conf), str(upstreams), interval=1.0)
+    assert trusted.trusts("10.0.0.53", 0.0)
+    assert not trusted.trusts("192.0.2.1", 0.1)
+    assert trusted.describe() == f"10.0.0.53 ({conf})"
+
+    write(conf, "nameserver 192.0.2.1\n", 2000)  # rewritten in place (a DHCP client)
+    assert not trusted.trusts("192.0.2.1", 0.5), "looked at no more than once a second"
+    assert trusted.trusts("192.0.2.1", 1.1)
+    assert not trusted.trusts("10.0.0.53", 1.2), "a server no longer listed is not believed"
+
+    replacement = tmp_path / "new.conf"  # replaced by rename (resolvconf, NetworkManager)
+    write(replacement, RESOLVED_STUB_CONF, 3000)
+    write(upstreams, "nameserver 198.51.100.1\n", 3000)
+    replacement.rename(conf)
+    assert trusted.trusts("127.0.0.53", 2.5) and trusted.trusts("198.51.100.1", 2.5)
+    assert not trusted.trusts("192.0.2.1", 2.5)
+
+    conf.unlink()
+    assert trusted.trusts("127.0.0.1", 4.0) and not trusted.trusts("127.0.0.53", 4.0)
+    assert trusted.trusts("127.0.0.1", -100.0), "a clock stepped back still checks"
+
+
+def test_an_unchanged_file_is_not_read_again(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    write(conf, "nameserver 10.0.0.53\n", 1000)
+    trusted = TrustedServers("system", str(conf), str(tmp_path / "none"))  # read at once
+    assert trusted.describe() == f"10.0.0.53 ({conf})"
+    assert trusted.refresh() is False
+    write(conf, "nameserver 10.0.0.53\n", 1001)
+    assert trusted.refresh() is True
+
+
+def test_each_untrusted_server_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    trusted = TrustedServers(("10.0.0.53",))
+    with caplog.at_level(logging.WARNING, logger="nfguard.resolvers"):
+        for _ in range(3):
+            assert not trusted.trusts("203.0.113.9", 0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "DNS answers from 203.0.113.9 teach no names: it is not among the resolvers "
+        "(10.0.0.53)"]
