@@ -75,6 +75,13 @@ def audit_event(
             event["nfguard"]["exe_deleted"] = True
         if process.interface is not None:  # forwarded: a container's or a VM's flow
             event["observer"] = {"ingress": {"interface": {"name": process.interface}}}
+        container = process.container
+        if container is not None:  # ECS container.*
+            event["container"] = {"id": container.id, "runtime": container.runtime}
+            if container.name is not None:
+                event["container"]["name"] = container.name
+            if container.image is not None:
+                event["container"]["image"] = {"name": container.image}
     return event
 
 
@@ -132,6 +139,9 @@ def text_line(event: dict[str, Any]) -> str:
     ingress = event.get("observer", {}).get("ingress", {}).get("interface", {}).get("name")
     if ingress is not None:
         who += f" via={ingress}"  # forwarded
+    container = event.get("container")
+    if container is not None:
+        who += f" container={container.get('name') or container['id'][:12]}"
     target = f"{dst.get('ip', '?')}:{dst.get('port', '?')}"
     if "domain" in dst:
         target += f" ({dst['domain']})"

@@ -69,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--interface", metavar="NAME",
                          help="a forwarded flow (a container's, a VM's) coming in on NAME; "
                          "with --exe/--user, from that process in the container")
+    explain.add_argument("--container", metavar="NAME",
+                         help="from a process in the container named NAME")
+    explain.add_argument("--image", metavar="REF",
+                         help="from a process in a container of image REF")
     suggest = commands.add_parser("suggest", help="a policy (TOML) that allows what audit "
                                   "events show", description="a policy (TOML on stdout) that "
                                   "allows the flows in audit logs; with --policy, what the "
@@ -217,7 +221,8 @@ def _explain(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     host, port = _split_target(args.to)
     print(explain(config, host, port, args.proto, exe=args.exe, user=args.user,
-                  interface=args.interface, resolve=socket.getaddrinfo))
+                  interface=args.interface, container=args.container, image=args.image,
+                  resolve=socket.getaddrinfo))
     return 0
 
 

@@ -69,6 +69,15 @@ class NamesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainersConfig:
+    """Where the container runtimes keep their state (for containers' names and images):
+    Docker's data-root, Podman's graphroot."""
+
+    docker_root: str = "/var/lib/docker"
+    podman_root: str = "/var/lib/containers/storage"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str = DEFAULT_PATH
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -76,6 +85,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     names: NamesConfig = field(default_factory=NamesConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    containers: ContainersConfig = field(default_factory=ContainersConfig)
 
 
 _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
@@ -101,9 +111,10 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "resolvers": (object, None),  # checked by _resolvers
     },
     "control": {"socket": (str, None)},
+    "containers": {"docker_root": (str, None), "podman_root": (str, None)},
 }
 _SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsConfig,
-             "names": NamesConfig, "control": ControlConfig}
+             "names": NamesConfig, "control": ControlConfig, "containers": ContainersConfig}
 # Lower bounds of numeric keys: (minimum, whether the minimum itself is allowed).
 _MINIMUM = {
     ("engine", "workers"): (1, True),
@@ -180,6 +191,8 @@ def parse_config(text: str, path: str) -> Config:
             elif key == "listen" and value and not _valid_listen(value):
                 problem((name, key), f"metrics.listen must be HOST:PORT (or \"\" for off), "
                         f"not {value!r}")
+            elif name == "containers" and not value.startswith("/"):
+                problem((name, key), f"{name}.{key} must be an absolute path, not {value!r}")
             elif key == "socket" and value and not value.startswith("/"):
                 problem((name, key), f"control.socket must be an absolute path (or \"\" for "
                         f"off), not {value!r}")

@@ -42,6 +42,7 @@ from nfguard.policy.collector import collector_paused
 from nfguard.policy.load import PolicyError, load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor
+from nfguard.procs.containers import Containers
 from nfguard.queue import QueueAdapter
 from nfguard.sdnotify import Notifier
 from nfguard.workers import Team, WorkerLink, send_report
@@ -55,7 +56,8 @@ RECENT_ERRORS = 10  # error log lines `nfguard status` shows
 RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loopback"),
                 ("engine", "forward_from"), ("engine", "queue_maxlen"), ("engine", "workers"),
                 ("metrics", "listen"), ("metrics", "tls_cert"), ("metrics", "tls_key"),
-                ("control", "socket"))
+                ("control", "socket"), ("containers", "docker_root"),
+                ("containers", "podman_root"))
 
 
 def build_engine(config: Config) -> Engine:
@@ -133,7 +135,8 @@ class Daemon:
         self.config = config
         stats = Stats(policy_loaded_at=time.time(), policy_rules=engine.policies.source.rule_count)
         self.audit = AuditLog(config.audit.path, config.audit.format)
-        self.attributor = attributor = Attributor()
+        self.attributor = attributor = Attributor(containers=Containers(
+            config.containers.docker_root, config.containers.podman_root))
         log.info("attribution: cgroup v2 at %s; process events %s; socket owners recorded "
                  "by eBPF: %s", attributor.cgroup_root or "(not mounted: by owner uid)",
                  "on" if attributor.live_members else "off (cgroup.procs read per miss)",

@@ -15,6 +15,7 @@ from nfguard.daemon import build_engine
 from nfguard.engine import SNI, Engine
 from nfguard.policy.match import Destination, destination_names
 from nfguard.procs import ProcessInfo
+from nfguard.procs.containers import Container
 from nfguard.wire.ip import TCP, UDP, Packet
 
 Resolver = Callable[..., list[tuple[Any, ...]]]
@@ -22,13 +23,15 @@ Resolver = Callable[..., list[tuple[Any, ...]]]
 
 def explain(
     config: Config, host: str, port: int | None, proto: str, *, exe: str | None = None,
-    user: str | None = None, interface: str | None = None,
-    resolve: Resolver = socket.getaddrinfo,
+    user: str | None = None, interface: str | None = None, container: str | None = None,
+    image: str | None = None, resolve: Resolver = socket.getaddrinfo,
 ) -> str:
     engine = build_engine(config)
     sender = _process(exe, user)
-    process = sender if interface is None else (sender or ProcessInfo())._replace(
-        interface=interface)
+    inside = (Container("", "", container, image)
+              if container is not None or image is not None else None)
+    process = sender if interface is None and inside is None else (
+        sender or ProcessInfo())._replace(interface=interface, container=inside)
     addresses, names = _addresses(host, resolve)
     lines = [f"flow: {proto} to {host}{f':{port}' if port is not None else ' (any port)'}"]
     if names:
@@ -36,9 +39,11 @@ def explain(
                      " (evidence: dns)")
     if interface is not None:
         lines.append(f"  forwarded from interface {interface} (a container or VM)")
+    if inside is not None:
+        lines.append(f"  in container name={container or '-'} image={image or '-'}")
     if sender is not None:
         lines.append(f"  from exe={sender.exe or '-'} user={sender.user or sender.uid or '-'}")
-    elif interface is None:
+    elif interface is None and inside is None:
         lines.append("  from any process (no --exe/--user: only clients without a match "
                      "table can match)")
     for address in addresses:

@@ -34,6 +34,7 @@ from nfguard.policy.match import CompiledPolicySet
 from nfguard.policy.model import PolicySet
 from nfguard.policy.patterns import is_pattern_text, normalize_name, parse_name_pattern
 from nfguard.procs import ProcessInfo
+from nfguard.procs.containers import Container
 from nfguard.wire.ip import TCP, UDP, Packet
 
 DEFAULT_MIN_SIBLINGS = 3
@@ -47,36 +48,38 @@ _PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Who sent a flow, as far as a client `match` table can say it; all None: unknown.
-    A forwarded flow also has its ingress interface (and a container's, its process)."""
+    A forwarded flow also has its ingress interface (and a container's, its process); a
+    container's flow its image (its unit, a scope named after one run's id, is left out)."""
 
     exe: str | None = None
     user: str | None = None  # user name, or the uid as digits when the name was unknown
     unit: str | None = None
     interface: str | None = None
+    image: str | None = None
 
     def _given(self) -> list[tuple[str, str]]:
         return [(key, value) for key, value in (
             ("exe", self.exe), ("user", self.user), ("unit", self.unit),
-            ("interface", self.interface)) if value is not None]
+            ("interface", self.interface), ("image", self.image)) if value is not None]
 
     @property
     def known(self) -> bool:
         return bool(self._given())
 
     def match_items(self) -> list[tuple[str, str]]:
-        """The `match` table: exe and interface are fnmatch patterns there, so their
+        """The `match` table: exe, interface and image are fnmatch patterns there, so their
         metacharacters are escaped; everything else is compared as it is."""
-        return [(key, fnmatch_escape(value) if key in ("exe", "interface") else value)
+        return [(key, fnmatch_escape(value) if key in ("exe", "interface", "image") else value)
                 for key, value in self._given()]
 
     def describe(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self._given()) or "(no process info)"
 
-    def sort_key(self) -> tuple[int, str, str, str, str]:
+    def sort_key(self) -> tuple[int, str, str, str, str, str]:
         # Most specific first: a client whose keys are a subset of another's would otherwise
         # take that one's flows, since the first client that matches decides.
         return (-len(self._given()), self.exe or "", self.user or "", self.unit or "",
-                self.interface or "")
+                self.interface or "", self.image or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +176,13 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
     unit = _optional_text(nfg.get("unit"))
     ingress = _table(_table(_table(event, "observer"), "ingress"), "interface")
     interface = _optional_text(ingress.get("name"))
+    container = _container(_table(event, "container"))
     command_line = _optional_text(process.get("command_line"))
     # A digits-only user name would be read as a uid by the client matcher: use the uid.
     match_user = name if name is not None and not name.isdigit() else (
         str(uid) if uid is not None else None)
-    identity = Identity(exe, match_user, unit, interface)
+    image = container.image if container is not None else None
+    identity = Identity(exe, match_user, unit if container is None else None, interface, image)
     info = ProcessInfo(
         uid=uid,
         user=name,
@@ -188,9 +193,21 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
         cgroup=_optional_text(nfg.get("cgroup")),
         unit=unit,
         interface=interface,
+        container=container,
     )
     has_info = identity.known or uid is not None or info.cmdline or info.cgroup
     return identity, (info if has_info else None)
+
+
+def _container(fields: dict[str, Any]) -> Container | None:
+    """An event's container.*, as attribution gave it."""
+    container_id = _optional_text(fields.get("id"))
+    if container_id is None:
+        return None
+    image = fields.get("image")
+    return Container(_optional_text(fields.get("runtime")) or "", container_id,
+                     _optional_text(fields.get("name")),
+                     _optional_text(image.get("name")) if isinstance(image, dict) else None)
 
 
 def _table(event: dict[str, Any], key: str) -> dict[str, Any]:
@@ -411,7 +428,7 @@ def _client_names(identities: list[Identity]) -> dict[Identity, str]:
         else:
             parts = [os.path.basename(identity.exe.rstrip("/")) or identity.exe
                      if identity.exe else None, identity.user, identity.unit,
-                     identity.interface]
+                     identity.interface, identity.image]
             base = "-".join(_slug(p) for p in parts if p is not None)
         name, n = base, 1
         while name in used:

@@ -3,8 +3,10 @@
 A forwarded flow (engine.forward_from) comes with its ingress interface, which the
 `interface` key matches, and, from a container, with its process. That process runs the
 container's files: its `/usr/bin/apt` is whatever the image put there. So process keys
-vouch for a forwarded flow only in a table that also names its interface; a table of
-process keys alone speaks of this host's own programs."""
+vouch for a container's flow (forwarded, or sent by a process in a container's cgroup on
+the host's network) only in a table that also says where it comes from: its interface,
+its container's name or image, or its cgroup (all set by this host, not the container);
+a table of process keys alone speaks of this host's own programs."""
 
 from __future__ import annotations
 
@@ -40,13 +42,26 @@ class Process(Protocol):
     def sha256(self) -> str | None: ...
     @property
     def interface(self) -> str | None: ...
+    @property
+    def container(self) -> ContainerIdentity | None: ...
+
+
+class ContainerIdentity(Protocol):
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def image(self) -> str | None: ...
+
+
+# Keys that say where a forwarded flow comes from (see the module's docstring).
+ORIGIN_KEYS = frozenset({"interface", "container", "image", "cgroup"})
 
 
 def match_key(process: Process) -> tuple:
     """Everything a match table can look at: processes equal here match the same clients."""
     return (process.exe, process.parent_exe, process.cmdline, process.uid, process.user,
             process.gids, process.groups, process.unit, process.cgroup, process.sha256,
-            process.interface)
+            process.interface, process.container)
 
 
 def client_matches(client: Client, process: Process | None) -> bool:
@@ -55,7 +70,8 @@ def client_matches(client: Client, process: Process | None) -> bool:
         return True
     if process is None:
         return False
-    if process.interface is not None and all(key != "interface" for key, _ in client.match):
+    if ((process.interface is not None or process.container is not None)
+            and ORIGIN_KEYS.isdisjoint(key for key, _ in client.match)):
         return False
     return all(_holds(key, expected, process) for key, expected in client.match)
 
@@ -86,4 +102,10 @@ def _holds(key: str, expected: str, process: Process) -> bool:
         return process.sha256 == expected  # both lower-case hex
     if key == "interface":
         return process.interface is not None and fnmatchcase(process.interface, expected)
+    if key == "container":
+        name = process.container.name if process.container is not None else None
+        return name is not None and fnmatchcase(name, expected)
+    if key == "image":
+        image = process.container.image if process.container is not None else None
+        return image is not None and fnmatchcase(image, expected)
     raise ValueError(f"unknown match key {key!r}")  # the loader admits only MATCH_KEYS

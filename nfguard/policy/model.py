@@ -22,7 +22,7 @@ MODES = ("enforce", "audit")
 
 # Keys a client's `match` table may use, and what they test (see policy.clients).
 MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256",
-              "interface")
+              "interface", "container", "image")
 
 
 class Location(NamedTuple):

@@ -46,6 +46,7 @@ from typing import NamedTuple, Protocol
 from nfguard.lru import LRU, Memo
 from nfguard.procs.cgroups import CgroupMap, find_cgroup2_root, unit_from_path
 from nfguard.procs.cnproc import ProcEvent, ProcEvents
+from nfguard.procs.containers import Container, Containers
 from nfguard.procs.exehash import ExeHashes
 from nfguard.procs.members import Group, Members
 from nfguard.procs.netns import Namespaces
@@ -86,6 +87,7 @@ class ProcessInfo(NamedTuple):
     # A forwarded flow (a container's, a VM's): the interface it came in on; its process
     # when the flow came from a network namespace of this host (a container's).
     interface: str | None = None
+    container: Container | None = None  # the container the process runs in, by its cgroup
 
 
 UNKNOWN = ProcessInfo()
@@ -200,12 +202,15 @@ class Attributor:
         events: EventSource | bool | None = None,
         owners: Owners | bool | None = None,
         diag: SockDiag | None = None,
+        containers: Containers | None = None,
     ) -> None:
         """cache_size bounds inode→(pid, fd); proc_cache_size bounds pid→process info;
         scan_limit / fallback_limit bound the pids whose fds one lookup may read; fd_dirs
         bounds the kept /proc/PID/fd directory fds. events: a cn_proc source, True to open
         one, False for none, None to open one when reading the real /proc. owners: the
-        same for the kernel's record of socket owners (see owners), where it loads."""
+        same for the kernel's record of socket owners (see owners), where it loads.
+        containers: where containers' names and images are read (the runtimes' default
+        state directories unless given)."""
         self._diag = diag if diag is not None else SockDiag()
         self._proc = ProcReader(proc_root)
         self._fds = FdDirs(proc_root, fd_dirs)
@@ -218,6 +223,7 @@ class Attributor:
         self._units: Memo[str | None, str | None] = Memo(4096)
         self._hashes = ExeHashes(proc_root)
         self._namespaces = Namespaces(proc_root)
+        self._containers = containers if containers is not None else Containers()
         if events is None:
             events = proc_root == "/proc"
         self._events: EventSource | None
@@ -462,6 +468,7 @@ class Attributor:
             parent_exe=entry.parent_exe,
             cgroup=cgroup,
             unit=self._unit(cgroup),
+            container=self._containers.of(cgroup),
             gids=entry.gids,
             groups=entry.groups,
             sha256=self._hashes.sha256(pid) if hash_exe else None,
@@ -475,7 +482,7 @@ class Attributor:
                      cg_path: str | None) -> ProcessInfo:
         """What the socket alone tells when its process is not found."""
         return ProcessInfo(uid=uid, user=user, inode=inode, cgroup=cg_path,
-                           unit=self._unit(cg_path))
+                           unit=self._unit(cg_path), container=self._containers.of(cg_path))
 
     def _unit(self, cgroup: str | None) -> str | None:
         """unit_from_path, remembered: a busy host has a few hundred cgroups at most."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -91,24 +92,41 @@ def lab(tmp_path) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
         assert lab.tag not in left, f"namespaces left behind: {left}"
 
 
-@pytest.fixture
-def test_cgroup() -> Iterator[Path]:
+@contextlib.contextmanager
+def made_cgroup(name: str) -> Iterator[Path]:
+    """A cgroup of that name under the cgroup v2 root; its processes killed and it
+    removed on the way out."""
     root = find_cgroup2_root()
     if root is None:
         pytest.skip("no cgroup v2 mount")
-    path = Path(root) / f"nfguard-test-{uuid.uuid4().hex[:8]}.service"
+    path = Path(root) / name
     path.mkdir()
-    yield path
-    kill = path / "cgroup.kill"
-    if kill.exists():
-        kill.write_text("1")
-    for _ in range(100):
-        try:
-            path.rmdir()
-            break
-        except OSError:
-            time.sleep(0.05)
+    try:
+        yield path
+    finally:
+        kill = path / "cgroup.kill"
+        if kill.exists():
+            kill.write_text("1")
+        for _ in range(100):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
     assert not path.exists()
+
+
+@pytest.fixture
+def test_cgroup() -> Iterator[Path]:
+    with made_cgroup(f"nfguard-test-{uuid.uuid4().hex[:8]}.service") as path:
+        yield path
+
+
+@pytest.fixture
+def docker_scope() -> Iterator[Path]:
+    """A cgroup named as Docker names a container's (docker-<64 hex id>.scope)."""
+    with made_cgroup(f"docker-{uuid.uuid4().hex}{uuid.uuid4().hex}.scope") as path:
+        yield path
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -279,7 +279,7 @@ class Lab:
 
     # -- nfguard --------------------------------------------------------------------
     def write_config(self, policy: str, names: dict | None = None, metrics: dict | None = None,
-                     **engine: object) -> Path:
+                     containers: dict | None = None, **engine: object) -> Path:
         """The lab's config: metrics off unless given, the control socket in the workdir."""
         rules = self.workdir / "rules"
         rules.mkdir(exist_ok=True)
@@ -291,8 +291,9 @@ class Lab:
         lines += ["[metrics]"] + [f"{k} = {json.dumps(v)}"
                                   for k, v in (metrics or {"listen": ""}).items()]
         lines += ["[control]", f"socket = {json.dumps(str(self.control_socket))}"]
-        if names:
-            lines += ["[names]"] + [f"{k} = {json.dumps(v)}" for k, v in names.items()]
+        for section, values in (("names", names), ("containers", containers)):
+            if values:
+                lines += [f"[{section}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
         config = self.workdir / "nfguard.toml"
         config.write_text("\n".join(lines) + "\n")
         return config

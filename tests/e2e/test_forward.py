@@ -6,6 +6,9 @@ still apply to flows nfguard allows.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from tests.e2e.lab import (
@@ -115,6 +118,57 @@ def test_a_container_program_is_matched_only_with_its_interface(lab: Lab) -> Non
     assert python["process"]["executable"] == PYTHON
     assert python["event"]["reason"] == "no_client_match"
     assert python["observer"]["ingress"]["interface"]["name"] == "docker0"
+
+
+def test_a_container_is_matched_by_its_image(lab: Lab, docker_scope: Path) -> None:
+    """A process in a Docker container's cgroup, the container recorded in Docker's
+    data-root: curl there is allowed by a client of the image and curl's path, behind the
+    bridge and on the host's own network alike; the same curl outside the container is
+    not, nor does the host's exe-only curl client cover the container's."""
+    container_id = docker_scope.name.removeprefix("docker-").removesuffix(".scope")
+    state = lab.workdir / "docker" / "containers" / container_id
+    state.mkdir(parents=True)
+    (state / "config.v2.json").write_text(json.dumps(
+        {"ID": container_id, "Name": "/ci-build-17",
+         "Config": {"Image": "nfguard-test/build:1", "Labels": {}}}))
+    lab.add_container("docker0")
+    lab.serve_http(80)
+    clients = f"""
+    [[client]]
+    name = "host-curl"
+    match = {{ exe = "{CURL}" }}
+    policies = ["deny-all"]
+
+    [[client]]
+    name = "build-curl"
+    match = {{ image = "nfguard-test/build:*", exe = "{CURL}" }}
+    policies = ["web"]
+
+    [[policy]]
+    name = "deny-all"
+    """
+    lab.start_engine(lab.write_config(
+        POLICY.replace(POLICY[:POLICY.index("[[policy]]")], clients, 1),
+        containers={"docker_root": str(lab.workdir / "docker")}))
+    in_scope = ("sh", "-c", 'echo $$ > "$0"/cgroup.procs && exec "$@"', str(docker_scope))
+    url = f"http://{ALLOWED_V4}:80/"
+    fetch = ("curl", "-sS", "--max-time", "3", url)
+    assert lab.exec(lab.container, *in_scope, *fetch).stdout == "port 80\n"
+    assert lab.exec(lab.container, *fetch).returncode in CUT, "not in the container's cgroup"
+    assert lab.exec(lab.client, *in_scope, *fetch).stdout == "port 80\n", "host network"
+    forwarded, host_network = (
+        lab.wait_for_event(lambda e, where=where: e["event"]["action"] == "allow" and where(e))
+        for where in (lambda e: from_container(e, CONTAINER_V4),
+                      lambda e: "observer" not in e))
+    for event in (forwarded, host_network):
+        assert event["nfguard"]["client"] == "build-curl"
+        assert event["container"] == {"id": container_id, "runtime": "docker",
+                                      "name": "ci-build-17",
+                                      "image": {"name": "nfguard-test/build:1"}}
+        assert event["process"]["executable"] == CURL
+    outside = lab.wait_for_event(lambda e: from_container(e, CONTAINER_V4)
+                                 and e["event"]["action"] == "deny")
+    assert outside["event"]["reason"] == "no_client_match" and "container" not in outside
 
 
 def test_forwarded_traffic_is_left_alone_without_forward_from(lab: Lab) -> None:

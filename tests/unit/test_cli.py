@@ -362,3 +362,17 @@ def test_explain_a_process_in_a_container(tmp_path: Path,
     code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
                           "--interface", "br-1", "--exe", "/usr/bin/git")
     assert code == 0 and "from exe=/usr/bin/git" in out and "client: everyone" in out
+
+
+def test_explain_a_process_in_a_container_of_an_image(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    policy = POLICY.replace('match = { exe = "/usr/bin/git" }',
+                            'match = { image = "alpine/git:*", exe = "/usr/bin/git" }')
+    config = write_config(tmp_path, policy)
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--image", "alpine/git:2.45", "--exe", "/usr/bin/git")
+    assert code == 0 and "  in container name=- image=alpine/git:2.45" in out
+    assert "client: git" in out and "decision: deny" in out
+    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
+                          "--container", "build", "--exe", "/usr/bin/git")
+    assert code == 0 and "client: everyone" in out, "a container of another image"

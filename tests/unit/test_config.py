@@ -11,6 +11,7 @@ from nfguard.config import (
     DEFAULT_PATH,
     AuditConfig,
     Config,
+    ContainersConfig,
     ControlConfig,
     EngineConfig,
     MetricsConfig,
@@ -137,13 +138,14 @@ def test_unknown_section_and_key() -> None:
             "c.toml:3: unknown key 'speed' in [engine] (allowed: mode, default, fail, queue, "
             "policy_dir, filter_loopback, workers, queue_maxlen, forward_from)",
             "c.toml:5: unknown section 'logging' "
-            "(allowed: engine, audit, metrics, names, control)",
+            "(allowed: engine, audit, metrics, names, control, containers)",
         ]
 
 
 def test_top_level_key_is_an_unknown_section() -> None:
     assert problems('mode = "audit"\n', "c.toml") == [
-        "c.toml:1: unknown section 'mode' (allowed: engine, audit, metrics, names, control)",
+        "c.toml:1: unknown section 'mode' (allowed: engine, audit, metrics, names, control, "
+        "containers)",
     ]
 
 
@@ -183,7 +185,8 @@ def test_audit_and_metrics_errors() -> None:
 
 def test_section_that_is_not_a_table() -> None:
     assert problems('engine = "enforce"\n', "c.toml") == [
-        "c.toml:1: unknown section 'engine' (allowed: engine, audit, metrics, names, control)",
+        "c.toml:1: unknown section 'engine' (allowed: engine, audit, metrics, names, control, "
+        "containers)",
     ]
 
 
@@ -257,3 +260,13 @@ def test_forward_from_names_interfaces_and_prefixes() -> None:
     assert parse_config("", "c.toml").engine.forward_from == DEFAULT_FORWARD_FROM
     assert "docker0" in DEFAULT_FORWARD_FROM and "br-*" in DEFAULT_FORWARD_FROM
     assert parse_config("[engine]\nforward_from = []\n", "c.toml").engine.forward_from == ()
+
+
+def test_containers_state_roots_are_absolute_and_shipped_as_the_defaults() -> None:
+    config = parse_config('[containers]\ndocker_root = "/srv/docker"\n', "c.toml")
+    assert config.containers == ContainersConfig(docker_root="/srv/docker")
+    assert problems('[containers]\npodman_root = "storage"\n') == [
+        "/etc/nfguard/nfguard.toml:2: containers.podman_root must be an absolute path, "
+        "not 'storage'"]
+    shipped = Path(__file__).resolve().parents[2] / "etc/nfguard/nfguard.toml"
+    assert parse_config(shipped.read_text(), str(shipped)).containers == ContainersConfig()

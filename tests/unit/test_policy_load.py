@@ -193,7 +193,7 @@ baz = 3
         "p.toml:1: unknown key 'x' in top level (allowed: client, policy)",
         "p.toml:4: unknown key 'foo' in [[client]] (allowed: name, match, policies, mode)",
         "p.toml:5: unknown match key 'bogus' (allowed: exe, cmdline, user, group, unit, "
-        "cgroup, parent_exe, sha256, interface)",
+        "cgroup, parent_exe, sha256, interface, container, image)",
         "p.toml:9: unknown key 'bar' in [[policy]] (allowed: name, rule)",
         "p.toml:12: unknown key 'baz' in [[policy.rule]] (allowed: name, action, to, ports, "
         "proto)",

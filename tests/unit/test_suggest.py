@@ -447,3 +447,25 @@ def test_forwarded_flows_get_a_client_by_their_interface() -> None:
     [other] = flows_of(event("151.101.0.223", 443, domain="pypi.org",
                              who={"interface": "br-0"}))
     assert decide(engine, other).action == "deny"
+
+
+def test_a_containers_flows_get_a_client_by_image_not_by_one_runs_scope() -> None:
+    """The unit of a container's process is a scope named after one run's id: the image
+    is what the next run of the same build has too."""
+    run_id = "4f1d2c7b9e0a" + "5" * 52
+    docker = event("151.101.0.223", 443, domain="pypi.org",
+                   who={"exe": "/usr/local/bin/python3.12", "user": "root",
+                        "unit": f"docker-{run_id}.scope", "interface": "docker0"})
+    docker["container"] = {"id": run_id, "runtime": "docker", "name": "ci-build-17",
+                           "image": {"name": "python:3.12-slim"}}
+    flows = flows_of(docker)
+    text = suggest(flows)
+    [client] = tomllib.loads(text)["client"]
+    assert client["match"] == {"exe": "/usr/local/bin/python3.12", "user": "root",
+                               "interface": "docker0", "image": "python:3.12-slim"}
+    assert client["name"] == "python3.12-root-docker0-python_3.12-slim"
+    engine = policy_engine(load(text))
+    assert decide(engine, flows[0]).action == "allow"
+    next_run = json.loads(json.dumps(docker))
+    next_run["container"]["image"]["name"] = "node:22"
+    assert decide(engine, flows_of(next_run)[0]).action == "deny"

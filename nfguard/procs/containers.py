@@ -1,0 +1,132 @@
+"""Which container a process runs in, and that container's name and image.
+
+A container runtime puts each container's processes in a cgroup named after the
+container's id: Docker `docker-<id>.scope` (or `/docker/<id>` with the cgroupfs driver),
+Podman `libpod-<id>.scope`, containerd's CRI `cri-containerd-<id>.scope`, CRI-O
+`crio-<id>.scope`. The id changes with every run; the name and image a policy speaks of
+are in the runtime's state on this host, written by its root daemon before the container
+starts, so nothing inside the container can claim another's: Docker's
+`containers/<id>/config.v2.json`, Podman's `overlay-containers/containers.json`.
+containerd and CRI-O containers are known by runtime and id only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from nfguard.lru import Memo
+
+DOCKER_ROOT = "/var/lib/docker"
+PODMAN_ROOT = "/var/lib/containers/storage"
+RETRY = 1.0  # seconds before a container whose state was not found is looked up again
+MAX_STATE = 1 << 20  # bytes of one runtime state file read
+MAX_CGROUPS = 4096  # cgroup paths whose container is remembered
+_FOREVER = float("inf")
+
+_RUNTIMES = {"docker": "docker", "libpod": "podman", "cri-containerd": "containerd",
+             "crio": "cri-o"}
+_ID_IN_CGROUP = re.compile(
+    r"/(?:(docker|libpod|cri-containerd|crio)-|(docker)/)([0-9a-f]{64})(?:\.scope)?(?=/|$)")
+
+
+class Container(NamedTuple):
+    runtime: str  # "docker" | "podman" | "containerd" | "cri-o"
+    id: str
+    name: str | None = None
+    image: str | None = None  # the reference it was started from, e.g. "python:3.12-slim"
+
+
+def container_in(cgroup: str) -> tuple[str, str] | None:
+    """(runtime, id) of the outermost container in a cgroup path (the one this host's
+    runtime started; one nested in it belongs to a daemon inside), or None."""
+    found = _ID_IN_CGROUP.search(cgroup)
+    if found is None:
+        return None
+    return _RUNTIMES[found.group(1) or found.group(2)], found.group(3)
+
+
+def docker_identity(text: str) -> tuple[str | None, str | None]:
+    """(name, image) from Docker's config.v2.json of a container."""
+    state = json.loads(text)
+    name = state.get("Name") if isinstance(state, dict) else None
+    config = state.get("Config") if isinstance(state, dict) else None
+    image = config.get("Image") if isinstance(config, dict) else None
+    return (_text(name.lstrip("/")) if isinstance(name, str) else None, _text(image))
+
+
+def podman_identity(text: str, container_id: str) -> tuple[str | None, str | None] | None:
+    """(name, image) of one container from Podman's containers.json (its storage
+    records, whose metadata libpod fills), or None when it is not listed."""
+    records = json.loads(text)
+    for record in records if isinstance(records, list) else ():
+        if isinstance(record, dict) and record.get("id") == container_id:
+            metadata = _json_object(record.get("metadata"))
+            names = record.get("names")
+            name = metadata.get("name") or (names[0] if isinstance(names, list) and names
+                                             else None)
+            return _text(name), _text(metadata.get("image-name"))
+    return None
+
+
+class Containers:
+    """cgroup path → Container, names and images read from the runtimes' state once per
+    container (a container whose state is missing is looked up again after RETRY)."""
+
+    def __init__(self, docker_root: str = DOCKER_ROOT, podman_root: str = PODMAN_ROOT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.docker_root = docker_root
+        self.podman_root = podman_root
+        self.clock = clock
+        # cgroup path -> (container or None, monotonic time after which to look again)
+        self._by_cgroup: Memo[str, tuple[Container | None, float]] = Memo(MAX_CGROUPS)
+
+    def of(self, cgroup: str | None) -> Container | None:
+        if not cgroup:
+            return None
+        known = self._by_cgroup.get(cgroup)
+        if known is not None and (known[1] == _FOREVER or self.clock() < known[1]):
+            return known[0]
+        found = container_in(cgroup)
+        if found is None:
+            return self._by_cgroup.put(cgroup, (None, _FOREVER))[0]
+        now = self.clock()
+        runtime, container_id = found
+        identity = self._identity(runtime, container_id)
+        container = Container(runtime, container_id, *(identity or (None, None)))
+        return self._by_cgroup.put(
+            cgroup, (container, _FOREVER if identity is not None else now + RETRY))[0]
+
+    def _identity(self, runtime: str, container_id: str) -> tuple[str | None, str | None] | None:
+        try:
+            if runtime == "docker":
+                return docker_identity(_read(os.path.join(
+                    self.docker_root, "containers", container_id, "config.v2.json")))
+            if runtime == "podman":
+                return podman_identity(_read(os.path.join(
+                    self.podman_root, "overlay-containers", "containers.json")), container_id)
+        except (OSError, ValueError):
+            return None  # not written yet, gone, or not what it should be
+        return (None, None)  # a runtime whose state is not read here: known by id
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read(MAX_STATE)
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,171 @@
+"""Containers: the id in a process's cgroup, the name and image from the runtime's state,
+and what a policy's `container` and `image` keys make of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nfguard.audit import audit_event, text_line
+from nfguard.engine import Decision
+from nfguard.policy.clients import client_matches
+from nfguard.policy.load import parse_policy_texts
+from nfguard.procs import ProcessInfo
+from nfguard.procs.containers import (
+    RETRY,
+    Container,
+    Containers,
+    container_in,
+    docker_identity,
+    podman_identity,
+)
+
+ID = "4f1d2c7b9e0a" + "5" * 52
+OTHER_ID = "a" * 64
+
+
+@pytest.mark.parametrize(("cgroup", "found"), [
+    (f"/system.slice/docker-{ID}.scope", ("docker", ID)),
+    (f"/docker/{ID}", ("docker", ID)),  # cgroupfs driver
+    (f"/system.slice/docker-{ID}.scope/init.scope", ("docker", ID)),  # systemd inside
+    (f"/system.slice/docker-{ID}.scope/docker/{OTHER_ID}", ("docker", ID)),  # outermost
+    (f"/machine.slice/libpod-{ID}.scope/container", ("podman", ID)),
+    (f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/"
+     f"cri-containerd-{ID}.scope", ("containerd", ID)),
+    (f"/kubepods.slice/crio-{ID}.scope", ("cri-o", ID)),
+    (f"/machine.slice/libpod-conmon-{ID}.scope", None),  # podman's monitor, on the host
+    ("/system.slice/docker.service", None),  # dockerd itself
+    ("/user.slice/user-1000.slice/session-2.scope", None),
+    (f"/system.slice/docker-{ID[:12]}.scope", None),
+    (f"/system.slice/mydocker-{ID}.scope", None),
+])
+def test_the_container_id_in_a_cgroup_path(cgroup: str, found: tuple[str, str] | None) -> None:
+    assert container_in(cgroup) == found
+
+
+@given(st.text())
+def test_any_cgroup_path_gives_a_known_runtime_and_a_full_id_or_nothing(path: str) -> None:
+    found = container_in(path)
+    if found is not None:
+        assert found[0] in {"docker", "podman", "containerd", "cri-o"} and len(found[1]) == 64
+
+
+DOCKER_STATE = {"ID": ID, "Name": "/ci-build-17", "Image": "sha256:" + "b" * 64,
+                "Config": {"Image": "python:3.12-slim", "Labels": {}}, "State": {"Pid": 4242}}
+PODMAN_RECORDS = [
+    {"id": OTHER_ID, "names": ["other"], "metadata": "{}"},
+    {"id": ID, "names": ["web"], "image": "c" * 64, "metadata": json.dumps(
+        {"image-name": "docker.io/library/nginx:1.27", "name": "web", "created-at": 1})},
+]
+
+
+def test_names_and_images_from_the_runtimes_state() -> None:
+    assert docker_identity(json.dumps(DOCKER_STATE)) == ("ci-build-17", "python:3.12-slim")
+    assert docker_identity("{}") == (None, None)
+    assert docker_identity('{"Name": 3, "Config": []}') == (None, None)
+    assert podman_identity(json.dumps(PODMAN_RECORDS), ID) == (
+        "web", "docker.io/library/nginx:1.27")
+    assert podman_identity(json.dumps(PODMAN_RECORDS), OTHER_ID) == ("other", None)
+    assert podman_identity(json.dumps(PODMAN_RECORDS), "d" * 64) is None
+    with pytest.raises(ValueError):
+        docker_identity("{not json")
+
+
+def docker_root(tmp_path: Path, container_id: str, state: dict) -> Path:
+    directory = tmp_path / "docker" / "containers" / container_id
+    directory.mkdir(parents=True)
+    (directory / "config.v2.json").write_text(json.dumps(state))
+    return tmp_path / "docker"
+
+
+def test_a_containers_identity_is_read_once_and_a_missing_one_again_later(
+        tmp_path: Path) -> None:
+    now = [100.0]
+    root = docker_root(tmp_path, ID, DOCKER_STATE)
+    containers = Containers(str(root), str(tmp_path / "podman"), clock=lambda: now[0])
+    cgroup = f"/system.slice/docker-{ID}.scope"
+    assert containers.of(cgroup) == Container("docker", ID, "ci-build-17", "python:3.12-slim")
+    (root / "containers" / ID / "config.v2.json").unlink()
+    assert containers.of(cgroup) == Container("docker", ID, "ci-build-17", "python:3.12-slim")
+
+    late = f"/system.slice/docker-{OTHER_ID}.scope"
+    assert containers.of(late) == Container("docker", OTHER_ID)  # state not there (yet)
+    docker_root(tmp_path, OTHER_ID, {**DOCKER_STATE, "Name": "/late"})
+    assert containers.of(late) == Container("docker", OTHER_ID), "not read again at once"
+    now[0] += RETRY
+    assert containers.of(late).name == "late"  # type: ignore[union-attr]
+
+    assert containers.of("/system.slice/ssh.service") is None
+    assert containers.of(None) is None
+    assert containers.of(f"/kubepods.slice/crio-{ID}.scope") == Container("cri-o", ID)
+
+
+POLICY = """\
+[[client]]
+name = "host-curl"
+match = { exe = "/usr/bin/curl" }
+policies = ["p"]
+
+[[client]]
+name = "python-builds"
+match = { image = "python:3.*", exe = "/usr/bin/curl" }
+policies = ["p"]
+
+[[client]]
+name = "ci"
+match = { container = "ci-*" }
+policies = ["p"]
+
+[[client]]
+name = "by-cgroup"
+match = { cgroup = "/system.slice", exe = "/usr/bin/wget" }
+policies = ["p"]
+
+[[policy]]
+name = "p"
+
+[[policy.rule]]
+name = "r"
+action = "allow"
+"""
+
+
+def first_client(process: ProcessInfo) -> str | None:
+    clients = parse_policy_texts([("p.toml", POLICY)]).clients
+    return next((c.name for c in clients if client_matches(c, process)), None)
+
+
+def test_container_and_image_keys_and_where_a_containers_process_is_matched() -> None:
+    python = Container("docker", ID, "ci-build-17", "python:3.12-slim")
+    curl = ProcessInfo(uid=0, exe="/usr/bin/curl", cgroup=f"/system.slice/docker-{ID}.scope")
+    assert first_client(curl) == "host-curl", "not in a container: the host's own curl"
+    assert first_client(curl._replace(container=python)) == "python-builds", \
+        "a container's curl matches no exe-only client, even on the host's network"
+    assert first_client(curl._replace(container=python, interface="docker0")) == \
+        "python-builds"
+    node = Container("docker", ID, "ci-build-17", "node:22")
+    assert first_client(curl._replace(container=node)) == "ci"
+    assert first_client(curl._replace(container=node._replace(name="web"))) is None
+    assert first_client(curl._replace(container=Container("docker", ID))) is None, \
+        "a container known by id alone has no name or image to match"
+    wget = ProcessInfo(exe="/usr/bin/wget", cgroup=f"/system.slice/docker-{ID}.scope",
+                       container=Container("docker", ID))
+    assert first_client(wget) == "by-cgroup", "a cgroup prefix also says where it runs"
+
+
+def test_the_audit_event_names_the_container() -> None:
+    decision = Decision("allow", "allow", "enforce", "rule_match", "cidr", "ci", "p/r")
+    process = ProcessInfo(uid=0, pid=7, exe="/usr/bin/curl",
+                          container=Container("docker", ID, "ci-build-17", "python:3.12"))
+    event = audit_event(decision, None, 1_700_000_000.0, process)
+    assert event["container"] == {"id": ID, "runtime": "docker", "name": "ci-build-17",
+                                  "image": {"name": "python:3.12"}}
+    assert "exe=/usr/bin/curl container=ci-build-17 " in text_line(event)
+    unnamed = audit_event(decision, None, 1_700_000_000.0,
+                          process._replace(container=Container("cri-o", ID)))
+    assert unnamed["container"] == {"id": ID, "runtime": "cri-o"}
+    assert f"container={ID[:12]} " in text_line(unnamed)
