@@ -9,9 +9,13 @@ and CNAME records of the answer section (class IN).  Authority and additional se
 ignored: the additional section is where cache-poisoning "glue" lives, and names from it
 must never be bound to addresses.
 
-Trust note: the bindings are exactly what the answer claims.  The caller must only learn
-from answers of the configured resolvers that match an outstanding query (id, question,
-5-tuple); an answer from an arbitrary server can bind any address to any name.
+Trust note: the bindings are exactly what the answer claims, so an answer from an
+arbitrary server can bind any address to any name.  The engine learns only from replies
+to queries this host sent (conntrack's reply direction: the 5-tuple) and only from the
+servers [names] resolvers trusts (nfguard.resolvers).  The query id and question are not
+compared (only a flow's first query reaches the engine; glibc sends A and AAAA on one
+socket), so a forger off the path who guesses a query's source port and races the server
+could teach a binding that the client itself then drops for its wrong id.
 """
 
 from __future__ import annotations
