@@ -53,7 +53,7 @@ class ContainerIdentity(Protocol):
     def image(self) -> str | None: ...
 
 
-# Keys that say where a forwarded flow comes from (see the module's docstring).
+# Keys that say where a container's flow comes from (see the module's docstring).
 ORIGIN_KEYS = frozenset({"interface", "container", "image", "cgroup"})
 
 
@@ -78,9 +78,9 @@ def client_matches(client: Client, process: Process | None) -> bool:
 
 def _holds(key: str, expected: str, process: Process) -> bool:
     if key == "exe":
-        return process.exe is not None and fnmatchcase(process.exe, expected)
+        return _glob(process.exe, expected)
     if key == "parent_exe":
-        return process.parent_exe is not None and fnmatchcase(process.parent_exe, expected)
+        return _glob(process.parent_exe, expected)
     if key == "cmdline":
         return bool(process.cmdline) and fnmatchcase(" ".join(process.cmdline), expected)
     if key == "user":
@@ -101,11 +101,13 @@ def _holds(key: str, expected: str, process: Process) -> bool:
     if key == "sha256":
         return process.sha256 == expected  # both lower-case hex
     if key == "interface":
-        return process.interface is not None and fnmatchcase(process.interface, expected)
-    if key == "container":
-        name = process.container.name if process.container is not None else None
-        return name is not None and fnmatchcase(name, expected)
-    if key == "image":
-        image = process.container.image if process.container is not None else None
-        return image is not None and fnmatchcase(image, expected)
+        return _glob(process.interface, expected)
+    if key in ("container", "image"):
+        container = process.container
+        return container is not None and _glob(
+            container.name if key == "container" else container.image, expected)
     raise ValueError(f"unknown match key {key!r}")  # the loader admits only MATCH_KEYS
+
+
+def _glob(value: str | None, pattern: str) -> bool:
+    return value is not None and fnmatchcase(value, pattern)

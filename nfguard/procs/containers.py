@@ -53,8 +53,9 @@ def container_in(cgroup: str) -> tuple[str, str] | None:
 def docker_identity(text: str) -> tuple[str | None, str | None]:
     """(name, image) from Docker's config.v2.json of a container."""
     state = json.loads(text)
-    name = state.get("Name") if isinstance(state, dict) else None
-    config = state.get("Config") if isinstance(state, dict) else None
+    if not isinstance(state, dict):
+        return (None, None)
+    name, config = state.get("Name"), state.get("Config")
     image = config.get("Image") if isinstance(config, dict) else None
     return (_text(name.lstrip("/")) if isinstance(name, str) else None, _text(image))
 

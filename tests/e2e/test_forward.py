@@ -86,11 +86,11 @@ def test_a_containers_flows_are_judged_by_its_interface(
     assert host["event"]["reason"] == "no_client_match" and "observer" not in host
 
 
-def test_a_container_program_is_matched_only_with_its_interface(lab: Lab) -> None:
-    """curl inside the container is allowed by a client of the bridge and curl's path;
-    python there is not; the host's own curl client does not cover the container's curl."""
-    lab.add_container("docker0")
-    lab.serve_http(80)
+def start_with_curl_clients(lab: Lab, name: str, origin: str,
+                            containers: dict | None = None) -> None:
+    """The engine on POLICY's policies with two clients: the host's own curl, denied
+    everything (it must never cover a container's), then `name`, curl where `origin`
+    (a match key) holds, allowed the web."""
     clients = f"""
     [[client]]
     name = "host-curl"
@@ -98,15 +98,23 @@ def test_a_container_program_is_matched_only_with_its_interface(lab: Lab) -> Non
     policies = ["deny-all"]
 
     [[client]]
-    name = "container-curl"
-    match = {{ interface = "docker0", exe = "{CURL}" }}
+    name = "{name}"
+    match = {{ {origin}, exe = "{CURL}" }}
     policies = ["web"]
 
     [[policy]]
     name = "deny-all"
     """
     lab.start_engine(lab.write_config(
-        POLICY.replace(POLICY[:POLICY.index("[[policy]]")], clients, 1)))
+        POLICY.replace(POLICY[:POLICY.index("[[policy]]")], clients, 1), containers=containers))
+
+
+def test_a_container_program_is_matched_only_with_its_interface(lab: Lab) -> None:
+    """curl inside the container is allowed by a client of the bridge and curl's path;
+    python there is not; the host's own curl client does not cover the container's curl."""
+    lab.add_container("docker0")
+    lab.serve_http(80)
+    start_with_curl_clients(lab, "container-curl", 'interface = "docker0"')
     url = f"http://{ALLOWED_V4}:80/"
     assert lab.curl(ALLOWED_V4, 80, ns=lab.container) == (0, "port 80\n")
     assert urllib_get(lab, url, ns=lab.container) != "ok"
@@ -133,23 +141,8 @@ def test_a_container_is_matched_by_its_image(lab: Lab, docker_scope: Path) -> No
          "Config": {"Image": "nfguard-test/build:1", "Labels": {}}}))
     lab.add_container("docker0")
     lab.serve_http(80)
-    clients = f"""
-    [[client]]
-    name = "host-curl"
-    match = {{ exe = "{CURL}" }}
-    policies = ["deny-all"]
-
-    [[client]]
-    name = "build-curl"
-    match = {{ image = "nfguard-test/build:*", exe = "{CURL}" }}
-    policies = ["web"]
-
-    [[policy]]
-    name = "deny-all"
-    """
-    lab.start_engine(lab.write_config(
-        POLICY.replace(POLICY[:POLICY.index("[[policy]]")], clients, 1),
-        containers={"docker_root": str(lab.workdir / "docker")}))
+    start_with_curl_clients(lab, "build-curl", 'image = "nfguard-test/build:*"',
+                            containers={"docker_root": str(lab.workdir / "docker")})
     in_scope = ("sh", "-c", 'echo $$ > "$0"/cgroup.procs && exec "$@"', str(docker_scope))
     url = f"http://{ALLOWED_V4}:80/"
     fetch = ("curl", "-sS", "--max-time", "3", url)

@@ -71,6 +71,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_explain(capsys: pytest.CaptureFixture[str], config: Path, to: str,
+                *flags: str) -> tuple[int, str, str]:
+    """`nfguard explain --config CONFIG --to TO FLAGS...`"""
+    return run(capsys, "explain", "--config", str(config), "--to", to, *flags)
+
+
 # ---------------------------------------------------------------- check
 
 
@@ -189,7 +195,7 @@ def test_install_dry_run_uses_the_probed_path_and_loads_nothing(
 
 def test_explain_ip_and_port(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443")
     assert code == 0
     policy_file = tmp_path / "rules" / "10-main.toml"
     lines = out.splitlines()
@@ -205,8 +211,7 @@ def test_explain_ip_and_port(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 def test_explain_udp_falls_to_the_deny_rule(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path, engine='mode = "audit"\n')
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--proto", "udp")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--proto", "udp")
     assert code == 0
     assert "rule lab/rest" in out and "-> deny" in out
     assert out.splitlines()[-1] == ("  decision: deny (rule_match, evidence cidr); mode audit, "
@@ -215,8 +220,7 @@ def test_explain_udp_falls_to_the_deny_rule(tmp_path: Path,
 
 def test_explain_ipv6_in_brackets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to",
-                          "[2001:db8::5]:443")
+    code, out, _err = run_explain(capsys, config, "[2001:db8::5]:443")
     assert code == 0
     assert "flow: tcp to 2001:db8::5:443" in out
     assert "rule lab/https" in out and "decision: allow" in out
@@ -225,7 +229,7 @@ def test_explain_ipv6_in_brackets(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_explain_no_rule_match_gets_default(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "192.0.2.1:80")
+    code, out, _err = run_explain(capsys, config, "192.0.2.1:80")
     assert code == 0
     assert "  policy web: no rule matches" in out
     assert "  policy lab: no rule matches" in out
@@ -235,8 +239,8 @@ def test_explain_no_rule_match_gets_default(tmp_path: Path,
 def test_explain_with_exe_matches_the_exe_client(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--exe", "/usr/bin/git", "--user", "root")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443",
+                                  "--exe", "/usr/bin/git", "--user", "root")
     assert code == 0
     policy_file = tmp_path / "rules" / "10-main.toml"
     assert "  from exe=/usr/bin/git user=root" in out
@@ -244,8 +248,8 @@ def test_explain_with_exe_matches_the_exe_client(tmp_path: Path,
     assert "policy deny-all: rule deny-all/#1" in out
     assert "decision: deny (rule_match, evidence cidr)" in out
     # Another exe falls through to the catch-all client.
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--exe", "/usr/bin/curl", "--user", "nobody-here-12345")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443",
+                                  "--exe", "/usr/bin/curl", "--user", "nobody-here-12345")
     assert code == 0
     assert "user=nobody-here-12345" in out
     assert "client: everyone" in out and "decision: allow" in out
@@ -254,8 +258,7 @@ def test_explain_with_exe_matches_the_exe_client(tmp_path: Path,
 def test_explain_user_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = POLICY.replace('match = { exe = "/usr/bin/git" }', 'match = { user = "0" }')
     config = write_config(tmp_path, policy)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--user", "root")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--user", "root")
     assert code == 0
     assert "client: git" in out and "decision: deny" in out
 
@@ -269,7 +272,7 @@ def test_explain_host_name_uses_dns_evidence(
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
     config = write_config(tmp_path)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "GitHub.com:443")
+    code, out, _err = run_explain(capsys, config, "GitHub.com:443")
     assert code == 0
     assert "GitHub.com resolves to 192.0.2.77 (evidence: dns)" in out
     assert "policy web: rule web/github" in out and "(dns github.com)" in out
@@ -283,7 +286,7 @@ def test_explain_host_name_uses_dns_evidence(
 def test_explain_address_only_flow_is_not_pending(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:80")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:80")
     assert code == 0
     assert "pending" not in out
 
@@ -291,7 +294,7 @@ def test_explain_address_only_flow_is_not_pending(tmp_path: Path,
 def test_explain_bad_policy_is_an_error(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path, POLICY + "\n[[policy]]\nname = \"web\"\n")
-    code, out, err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5")
+    code, out, err = run_explain(capsys, config, "198.18.1.5")
     assert code == 1 and out == ""
     policy_file = tmp_path / "rules" / "10-main.toml"
     assert err.strip() == (f"{policy_file}:41: duplicate policy name 'web' "
@@ -321,12 +324,10 @@ def test_explain_group_client_uses_the_users_groups(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     policy = POLICY.replace('match = { exe = "/usr/bin/git" }', 'match = { group = "root" }')
     config = write_config(tmp_path, policy)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--user", "root")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--user", "root")
     assert code == 0
     assert "client: git" in out and "decision: deny" in out
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--user", "nobody")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--user", "nobody")
     assert code == 0
     assert "client: everyone" in out
 
@@ -335,14 +336,12 @@ def test_explain_interface_is_a_forwarded_flow(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     policy = POLICY.replace('match = { exe = "/usr/bin/git" }', 'match = { interface = "br-*" }')
     config = write_config(tmp_path, policy)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--interface", "br-1a2b")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--interface", "br-1a2b")
     assert code == 0
     assert "  forwarded from interface br-1a2b (a container or VM)" in out
     assert "client: git" in out and "matched on interface=br-*" in out
     assert "decision: deny" in out
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--interface", "eth0")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--interface", "eth0")
     assert code == 0 and "client: everyone" in out and "decision: allow" in out
 
 
@@ -351,16 +350,15 @@ def test_explain_a_process_in_a_container(tmp_path: Path,
     policy = POLICY.replace('match = { exe = "/usr/bin/git" }',
                             'match = { interface = "br-*", exe = "/usr/bin/git" }')
     config = write_config(tmp_path, policy)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--interface", "br-1", "--exe", "/usr/bin/git")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443",
+                                  "--interface", "br-1", "--exe", "/usr/bin/git")
     assert code == 0 and "client: git" in out and "decision: deny" in out
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--exe", "/usr/bin/git")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--exe", "/usr/bin/git")
     assert code == 0 and "client: everyone" in out, "the host's git is not the container's"
     # nor is a client of the host's git (exe alone) the container's
     config = write_config(tmp_path / "host", POLICY)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--interface", "br-1", "--exe", "/usr/bin/git")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443",
+                                  "--interface", "br-1", "--exe", "/usr/bin/git")
     assert code == 0 and "from exe=/usr/bin/git" in out and "client: everyone" in out
 
 
@@ -369,10 +367,10 @@ def test_explain_a_process_in_a_container_of_an_image(tmp_path: Path,
     policy = POLICY.replace('match = { exe = "/usr/bin/git" }',
                             'match = { image = "alpine/git:*", exe = "/usr/bin/git" }')
     config = write_config(tmp_path, policy)
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--image", "alpine/git:2.45", "--exe", "/usr/bin/git")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443",
+                                  "--image", "alpine/git:2.45", "--exe", "/usr/bin/git")
     assert code == 0 and "  in container name=- image=alpine/git:2.45" in out
     assert "client: git" in out and "decision: deny" in out
-    code, out, _err = run(capsys, "explain", "--config", str(config), "--to", "198.18.1.5:443",
-                          "--container", "build", "--exe", "/usr/bin/git")
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443",
+                                  "--container", "build", "--exe", "/usr/bin/git")
     assert code == 0 and "client: everyone" in out, "a container of another image"
