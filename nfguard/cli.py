@@ -230,7 +230,9 @@ def _suggest(args: argparse.Namespace) -> int:
     import gzip
 
     from nfguard import suggest
+    from nfguard.config import SYSTEM_RESOLVERS
     from nfguard.policy.load import load_policy_dir
+    from nfguard.resolvers import TrustedServers
 
     policies = load_policy_dir(args.policy) if args.policy else None
     sources = []
@@ -253,11 +255,12 @@ def _suggest(args: argparse.Namespace) -> int:
             print(f"  {suggest.comment_text(example)}", file=sys.stderr)
     if not read.flows:
         print("nfguard suggest: no flows found", file=sys.stderr)
+    resolvers = TrustedServers(SYSTEM_RESOLVERS).serves  # "@resolvers": this host's
     if policies is not None:
-        found = suggest.denied(read.flows, policies, args.default)
+        found = suggest.denied(read.flows, policies, args.default, resolvers)
         print(suggest.render_denied(found, len(read.flows), args.policy, args.default), end="")
     else:
-        print(suggest.suggest(read.flows, args.min_siblings), end="")
+        print(suggest.suggest(read.flows, args.min_siblings, resolvers), end="")
     return 0
 
 

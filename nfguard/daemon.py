@@ -37,13 +37,14 @@ from nfguard.engine import Engine
 from nfguard.metrics import Latency, Sources, Stats, serve
 from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
 from nfguard.peers import Peers
-from nfguard.pipeline import Pipeline, configure_name_cache, make_name_cache
+from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.load import PolicyError, load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor
 from nfguard.procs.containers import Containers
 from nfguard.queue import QueueAdapter
+from nfguard.resolvers import TrustedServers
 from nfguard.sdnotify import Notifier
 from nfguard.workers import Team, WorkerLink, send_report
 
@@ -60,10 +61,12 @@ RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loop
                 ("containers", "podman_root"))
 
 
-def build_engine(config: Config) -> Engine:
-    """Config + every policy file -> a ready engine; raises PolicyError naming file and line."""
+def build_engine(config: Config, resolvers: TrustedServers | None = None) -> Engine:
+    """Config + every policy file -> a ready engine; raises PolicyError naming file and line.
+    `resolvers`: the running daemon's (a reload configures it); None: the host's now."""
+    resolvers = resolvers or TrustedServers(config.names.resolvers)
     return Engine(config.engine, compile_policy_dir(config.engine.policy_dir),
-                  verify=config.names.verify)
+                  verify=config.names.verify, resolvers=resolvers.serves)
 
 
 def compile_policy_dir(directory: str | Path) -> CompiledPolicySet:
@@ -118,7 +121,8 @@ class Daemon:
 
     def run(self) -> int:
         config = load_config(self.config_path)
-        engine = build_engine(config)
+        resolvers = TrustedServers(config.names.resolvers)
+        engine = build_engine(config, resolvers)
         worker = self.worker
         if worker is None:
             installer = Installer()
@@ -150,7 +154,8 @@ class Daemon:
                  else Peers(self.team.inbox, self.team.outboxes) if self.team is not None
                  else None)
         pipeline = Pipeline(engine, self.audit, stats, names=make_name_cache(config.names),
-                            settings=config.names, attributor=attributor, peers=peers)
+                            settings=config.names, attributor=attributor, peers=peers,
+                            trusted=resolvers)
         self.pipeline = pipeline
         latency = Latency()
         queue = QueueAdapter(queue_num, pipeline.handle,
@@ -305,7 +310,7 @@ class Daemon:
         """In the reload thread: read and compile; never touches the running state."""
         try:
             config = load_config(self.config_path)
-            job.result = (config, build_engine(config))
+            job.result = (config, build_engine(config, self.pipeline.trusted))
         except Exception as exc:
             job.result = exc
         job.done.set()
@@ -359,8 +364,7 @@ class Daemon:
             log.warning("reload: %s", warning)
         pipeline = self.pipeline
         pipeline.engine = engine
-        pipeline.settings = config.names
-        configure_name_cache(pipeline.names, config.names)  # what it learnt stays
+        pipeline.configure(config.names)
         if (config.audit.path, config.audit.format) != (self.config.audit.path,
                                                         self.config.audit.format):
             old, self.audit = self.audit, AuditLog(config.audit.path, config.audit.format)

@@ -54,10 +54,14 @@ class Engine:
     """Holds the compiled policy and the engine settings; `decide` is the verdict path."""
 
     def __init__(
-        self, settings: EngineConfig, policies: CompiledPolicySet, verify: bool = True
+        self, settings: EngineConfig, policies: CompiledPolicySet, verify: bool = True,
+        resolvers: Callable[[str], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.policies = policies
+        # Whether an address is one of the host's DNS resolvers now, for "@resolvers"
+        # (resolvers.TrustedServers.serves); None: no address is.
+        self.resolvers = resolvers
         self.verify = verify  # anti-fronting ([names] verify)
         self._clients: Memo[tuple | None, Client | None] = Memo(CLIENT_MEMO_MAX)
 
@@ -92,8 +96,7 @@ class Engine:
         client, mode = self._client_and_mode(process)
         if client is None:
             return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT)
-        dest = Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
-                           destination_names(names) if names else ())
+        dest = self.destination(packet, destination_names(names) if names else ())
         if not may_wait:
             found = self.policies.first_match(client.policies, dest)
             return self._result(found, mode, client, dest.names)
@@ -134,14 +137,13 @@ class Engine:
         if client is None:
             return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
                                 domain=name)
-        dest = Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
-                           destination_names(((name, evidence),
-                                              *((alias, evidence) for alias in aliases))))
+        dest = self.destination(packet, destination_names(
+            ((name, evidence), *((alias, evidence) for alias in aliases))))
         found = self.policies.first_match(client.policies, dest)
         if (self.verify and found is not None and found.rule.action == ALLOW
                 and found.name is not None
                 and not (resolved is not None and resolved(packet.dst, found.name))
-                and not _inside(packet.dst, found.rule)):
+                and not _inside(packet.dst, dest, found.rule)):
             return self._finish(DENY, mode, NAME_MISMATCH, evidence, client.name,
                                 found.rule.name, found.name)
         if found is not None and found.name is None:
@@ -157,6 +159,13 @@ class Engine:
                                 client.name, domain=_some_name(names))
         return self._finish(found.rule.action, mode, RULE_MATCH, found.evidence, client.name,
                             found.rule.name, found.name or _some_name(names))
+
+    def destination(self, packet: Packet, names: tuple[tuple[str, str], ...]) -> Destination:
+        """What the rules see of where a flow goes (`names` normalised)."""
+        resolver = (self.policies.uses_resolvers and self.resolvers is not None
+                    and self.resolvers(packet.dst))
+        return Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
+                           names, resolver)
 
     def client_for(self, process: Process | None) -> Client | None:
         """The first client whose match table holds for the process (clients are ordered).
@@ -190,7 +199,10 @@ def _some_name(names: tuple[tuple[str, str], ...]) -> str | None:
     return min(name for name, _evidence in names) if names else None
 
 
-def _inside(ip: str, rule: Rule) -> bool:
+def _inside(ip: str, dest: Destination, rule: Rule) -> bool:
+    """Whether the address alone is among the rule's destinations."""
+    if rule.resolvers and dest.resolver:
+        return True
     if not rule.networks:
         return False
     address = ipaddress.ip_address(ip)

@@ -13,7 +13,7 @@ from typing import Any
 from nfguard.config import Config
 from nfguard.daemon import build_engine
 from nfguard.engine import SNI, Engine
-from nfguard.policy.match import Destination, destination_names
+from nfguard.policy.match import destination_names
 from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import Container
 from nfguard.wire.ip import TCP, UDP, Packet
@@ -64,7 +64,9 @@ def _explain_one(
     else:
         match = " ".join(f"{k}={v}" for k, v in client.match) or "(everyone)"
         out.append(f"  client: {client.name} [{client.location}] matched on {match}")
-        dest = Destination(address.version, int(address), proto, port, destination_names(names))
+        dest = engine.destination(packet, destination_names(names))
+        if dest.resolver:
+            out.append(f"  {address} is one of the host's DNS resolvers (@resolvers)")
         for policy, found in engine.policies.walk(client.policies, dest):
             name = policy.policy.name
             if found is None:

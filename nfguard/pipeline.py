@@ -73,6 +73,7 @@ class Pipeline:
         release: Callable[[Any, int], None] | None = None,
         attributor: Attributor | None = None,
         peers: Peers | None = None,
+        trusted: TrustedServers | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
         self.attributor = attributor  # None: flows are decided without knowing the sender
@@ -91,7 +92,15 @@ class Pipeline:
         # "alias.test CNAME allowed.test", is going to allowed.test. Consulted only while
         # the presented name itself resolves to the address (NameCache.resolved).
         self._chains: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
-        self.trusted = TrustedServers(self.settings.resolvers)  # whose DNS answers teach
+        # The host's resolvers: whose DNS answers teach, and the engine's "@resolvers".
+        self.trusted = trusted or TrustedServers(self.settings.resolvers, clock=clock)
+
+    def configure(self, settings: NamesConfig) -> None:
+        """A reload's [names] settings; what the cache learnt stays."""
+        self.settings = settings
+        configure_name_cache(self.names, settings)
+        if settings.resolvers != self.trusted.setting:
+            self.trusted.configure(settings.resolvers)
 
     # -- entry point ---------------------------------------------------------------------
     def handle(self, payload: bytes, mark: int, hook: int = LOCAL_OUT,
@@ -285,7 +294,7 @@ class Pipeline:
             packet = parse_packet(payload)
             if packet.sport != DNS_PORT or packet.proto not in (TCP, UDP):
                 return accept
-            if not self._trusted_server(packet.src):
+            if not self.trusted.trusts(packet.src):
                 self.stats.dns_untrusted += 1
                 return accept
             if packet.total_length > len(payload):
@@ -308,13 +317,6 @@ class Pipeline:
             self.stats.errors += 1
             log.exception("error reading a DNS answer; accepted")
             return accept
-
-    def _trusted_server(self, ip: str) -> bool:
-        """Whether answers from `ip` may teach names ([names] resolvers; a reload that
-        changes the setting starts afresh)."""
-        if self.trusted.setting != self.settings.resolvers:
-            self.trusted = TrustedServers(self.settings.resolvers)
-        return self.trusted.trusts(ip, self.clock())
 
     def _tcp_answer(self, packet: Packet, body: bytes, mark: int, accept: int) -> int:
         key = _key(packet)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
+from collections.abc import Callable
 
 from nfguard.config import SYSTEM_RESOLVERS
 from nfguard.lru import Memo
@@ -57,42 +59,56 @@ def system_servers(resolv_conf: str | None, resolved_upstreams: str | None) -> t
 
 
 class TrustedServers:
-    """Whether a DNS server's answers teach names, for one [names] resolvers setting:
-    "system", a tuple of networks, or () for every server."""
+    """The host's DNS resolvers as one [names] resolvers setting has them ("system", a
+    tuple of networks, or () for every server): whose answers teach names, and which
+    addresses a rule's "@resolvers" reaches."""
 
     def __init__(self, setting: tuple[str, ...] | str, resolv_conf: str = RESOLV_CONF,
                  resolved_upstreams: str = RESOLVED_UPSTREAMS,
-                 interval: float = CHECK_INTERVAL) -> None:
-        self.setting = setting
+                 interval: float = CHECK_INTERVAL,
+                 clock: Callable[[], float] = time.time) -> None:
         self.files = (resolv_conf, resolved_upstreams)
         self.interval = interval
+        self.clock = clock
+        self.networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+        self.configure(setting)
+
+    def configure(self, setting: tuple[str, ...] | str) -> None:
+        """Start afresh with another setting (a reload changed it)."""
+        self.setting = setting
         self._checked_at: float | None = None
         self._stamp: Stamp | None = None
-        self._known: Memo[str, bool] = Memo(MAX_SERVERS)
-        self.networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
         if setting == SYSTEM_RESOLVERS:
             self.refresh()
         else:
             self._use(tuple(setting) or None)
 
-    def trusts(self, ip: str, now: float) -> bool:
-        """Whether answers from `ip` may teach names (`now`: seconds, for the file checks).
-        The first answer from each untrusted server is logged."""
-        if self.setting == SYSTEM_RESOLVERS and (
-                self._checked_at is None or not 0 <= now - self._checked_at < self.interval):
-            self._checked_at = now
-            self.refresh()
+    def serves(self, ip: str) -> bool:
+        """Whether `ip` is one of the resolvers (with "system", the files are looked at
+        when the last look is `interval` old: a changed resolver is known within it)."""
+        if self.setting == SYSTEM_RESOLVERS:
+            now = self.clock()
+            if self._checked_at is None or not 0 <= now - self._checked_at < self.interval:
+                self._checked_at = now
+                self.refresh()
         networks = self.networks
         if networks is None:
             return True
-        trusted = self._known.get(ip)
-        if trusted is None:
+        known = self._known.get(ip)
+        if known is None:
             address = ipaddress.ip_address(ip)
-            trusted = self._known.put(ip, any(address in network for network in networks))
-            if not trusted:
-                log.warning("DNS answers from %s teach no names: it is not among the "
-                            "resolvers (%s)", ip, self.describe())
-        return trusted
+            known = self._known.put(ip, any(address in network for network in networks))
+        return known
+
+    def trusts(self, ip: str) -> bool:
+        """Whether answers from `ip` may teach names; each other server is logged once."""
+        if self.serves(ip):
+            return True
+        if ip not in self._warned:
+            self._warned.put(ip, True)
+            log.warning("DNS answers from %s teach no names: it is not among the "
+                        "resolvers (%s)", ip, self.describe())
+        return False
 
     def refresh(self) -> bool:
         """With "system": read the files again if they changed; whether they had."""
@@ -102,7 +118,7 @@ class TrustedServers:
         self._stamp = stamp
         servers = system_servers(*(_read(path) for path in self.files))
         self._use(servers)
-        log.info("DNS answers teach names from the host's resolvers: %s", self.describe())
+        log.info("the host's DNS resolvers: %s", self.describe())
         return True
 
     def describe(self) -> str:
@@ -115,7 +131,8 @@ class TrustedServers:
     def _use(self, servers: tuple[str, ...] | None) -> None:
         self.networks = (None if servers is None else
                          tuple(ipaddress.ip_network(s, strict=False) for s in servers))
-        self._known = Memo(MAX_SERVERS)
+        self._known: Memo[str, bool] = Memo(MAX_SERVERS)
+        self._warned: Memo[str, bool] = Memo(MAX_SERVERS)
 
 
 def _stamp(path: str) -> tuple[int, int, int, int] | None:

@@ -7,8 +7,9 @@ Pure functions over parsed events; the CLI in `nfguard.cli` only reads files and
 - `suggest` groups flows by who sent them (executable, user, systemd unit) into one
   `[[client]]` and one `[[policy]]` each, rules by name where the flow had a DNS-derived
   name (many siblings under one registrable domain collapse into `**.parent`, never past the
-  registrable domain), by address (/32, /128) where it had none, grouped by proto and the
-  set of ports seen, and renders it as TOML with counts and first/last seen as comments;
+  registrable domain), by address (/32, /128) where it had none ("@resolvers" for DNS to
+  the host's resolvers), grouped by proto and the set of ports seen, and renders it as
+  TOML with counts and first/last seen as comments;
 - `denied` evaluates flows against an existing policy with the real `Engine` and reports
   the distinct (who, destination, port, proto) it would deny.
 
@@ -21,7 +22,7 @@ import ipaddress
 import os.path
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -31,7 +32,7 @@ import orjson
 from nfguard.config import EngineConfig
 from nfguard.engine import Decision, Engine
 from nfguard.policy.match import CompiledPolicySet
-from nfguard.policy.model import PolicySet
+from nfguard.policy.model import RESOLVERS, PolicySet
 from nfguard.policy.patterns import is_pattern_text, normalize_name, parse_name_pattern
 from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import Container
@@ -40,6 +41,9 @@ from nfguard.wire.ip import TCP, UDP, Packet
 DEFAULT_MIN_SIBLINGS = 3
 CATCH_ALL = "unattributed"
 _PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58}
+DNS_PORT = 53
+
+Resolvers = Callable[[str], bool]  # whether an address is one of the host's DNS resolvers
 
 
 # ------------------------------------------------------------------------------ events
@@ -400,8 +404,8 @@ class Suggestion:
     seen: Seen
 
 
-def build_suggestion(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS
-                     ) -> Suggestion:
+def build_suggestion(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS,
+                     resolvers: Resolvers | None = None) -> Suggestion:
     by_identity: dict[Identity, list[Flow]] = defaultdict(list)
     total = Seen()
     for flow in flows:
@@ -414,7 +418,7 @@ def build_suggestion(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBL
         seen = Seen()
         for flow in by_identity[identity]:
             seen.add(flow)
-        rules = _rules(by_identity[identity], min_siblings)
+        rules = _rules(by_identity[identity], min_siblings, resolvers)
         clients.append(SuggestedClient(names[identity], identity, rules, seen))
     return Suggestion(clients, total)
 
@@ -444,7 +448,8 @@ def _slug(text: str) -> str:
     return slug or "x"
 
 
-def _rules(flows: list[Flow], min_siblings: int) -> list[SuggestedRule]:
+def _rules(flows: list[Flow], min_siblings: int,
+           resolvers: Resolvers | None) -> list[SuggestedRule]:
     # proto -> destination entry -> ports seen / Seen ; names are collapsed per proto.
     named: dict[str | None, dict[str, list[Flow]]] = defaultdict(lambda: defaultdict(list))
     addressed: dict[str | None, dict[str, list[Flow]]] = defaultdict(lambda: defaultdict(list))
@@ -452,6 +457,8 @@ def _rules(flows: list[Flow], min_siblings: int) -> list[SuggestedRule]:
         proto = flow.proto if flow.proto in ("tcp", "udp") else None
         if flow.domain is not None:
             named[proto][flow.domain].append(flow)
+        elif flow.port == DNS_PORT and resolvers is not None and resolvers(flow.ip):
+            addressed[proto][RESOLVERS].append(flow)  # not today's address: whatever it becomes
         else:
             prefix = 32 if flow.version == 4 else 128
             addressed[proto][f"{flow.ip}/{prefix}"].append(flow)
@@ -574,9 +581,11 @@ def _port_items(ports: tuple[int, ...]) -> Iterator[str]:
         i = j + 1
 
 
-def suggest(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS) -> str:
-    """Flows -> TOML policy text that allows every one of them."""
-    return render_suggestion(build_suggestion(flows, min_siblings))
+def suggest(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS,
+            resolvers: Resolvers | None = None) -> str:
+    """Flows -> TOML policy text that allows every one of them. `resolvers`: whether an
+    address is one of the host's DNS resolvers; DNS to them is allowed as "@resolvers"."""
+    return render_suggestion(build_suggestion(flows, min_siblings, resolvers))
 
 
 # ------------------------------------------------------------------------------ denied
@@ -605,14 +614,16 @@ def decide(engine: Engine, flow: Flow) -> Decision:
     return engine.decide(flow_packet(flow), flow.process, names)
 
 
-def policy_engine(policies: PolicySet, default: str = "deny") -> Engine:
-    return Engine(EngineConfig(mode="enforce", default=default), CompiledPolicySet(policies))
+def policy_engine(policies: PolicySet, default: str = "deny",
+                  resolvers: Resolvers | None = None) -> Engine:
+    return Engine(EngineConfig(mode="enforce", default=default), CompiledPolicySet(policies),
+                  resolvers=resolvers)
 
 
-def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny"
-           ) -> list[DeniedFlow]:
+def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny",
+           resolvers: Resolvers | None = None) -> list[DeniedFlow]:
     """The distinct (who, destination, port, proto) that `policies` would deny."""
-    engine = policy_engine(policies, default)
+    engine = policy_engine(policies, default, resolvers)
     found: dict[tuple[Identity, str, int, str], tuple[Seen, set[str], set[str]]] = {}
     for flow in flows:
         decision = decide(engine, flow)

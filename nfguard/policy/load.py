@@ -16,6 +16,7 @@ from nfguard.policy.model import (
     MATCH_KEYS,
     MODES,
     PROTOS,
+    RESOLVERS,
     Client,
     Location,
     Network,
@@ -215,27 +216,36 @@ class _Builder:
         if label is not None and "/" in label:
             source.problem((*path, "name"), "a rule name may not contain '/'")
         action = source.choice(raw, path, "action", ACTIONS, required=True)
-        networks, names = self._destinations(source, path, raw)
+        networks, names, resolvers = self._destinations(source, path, raw)
         ports, ranges = self._ports(source, path, raw)
         proto = source.choice(raw, path, "proto", PROTOS)
         if len(self.problems) > before or action is None:
             return None
         name = f"{policy}/{label}" if label is not None else f"{policy}/#{index + 1}"
         return Rule(policy, name, action, networks, names, ports, ranges, proto,
-                    source.location(path))
+                    source.location(path), resolvers)
 
     def _destinations(
         self, source: _Source, path: tuple, raw: dict[str, Any]
-    ) -> tuple[tuple[Network, ...], tuple[NamePattern, ...]]:
+    ) -> tuple[tuple[Network, ...], tuple[NamePattern, ...], bool]:
+        """The networks, name patterns and whether "@resolvers" is among `to`'s entries."""
         entries = source.str_list(raw, path, "to")
         if entries is None:
-            return (), ()
+            return (), (), False
         if not entries:
             source.problem((*path, "to"), "'to' is empty: leave it out to match any destination")
         networks: list[Network] = []
         names: list[NamePattern] = []
+        resolvers = False
         where = (*path, "to")
         for entry in entries:
+            if entry.startswith("@"):
+                if entry == RESOLVERS:
+                    resolvers = True
+                else:
+                    source.problem(where, f"unknown address set {entry!r}: the only one is "
+                                   f"{RESOLVERS!r} (the host's DNS resolvers)", needle=entry)
+                continue
             if is_pattern_text(entry):
                 try:
                     names.append(parse_name_pattern(entry))
@@ -251,7 +261,7 @@ class _Builder:
                     hint = f"; did you mean {fixed}?"
                 source.problem(where, f"bad CIDR or address {entry!r}: {exc}{hint}",
                                needle=entry)
-        return tuple(networks), tuple(names)
+        return tuple(networks), tuple(names), resolvers
 
     def _ports(
         self, source: _Source, path: tuple, raw: dict[str, Any]

@@ -31,11 +31,12 @@ class Destination(NamedTuple):
     proto: str
     port: int
     names: tuple[tuple[str, str], ...] = ()  # (normalised name, evidence: dns | sni | host ...)
+    resolver: bool = False  # the address is one of the host's DNS resolvers ("@resolvers")
 
 
 class RuleMatch(NamedTuple):
     rule: Rule
-    evidence: str  # "cidr", or the evidence of the name that matched
+    evidence: str  # "cidr" (the address: a network, or "@resolvers"), or the name's
     name: str | None  # the name that matched, if a name did
     position: int = 0  # of the rule in its policy
 
@@ -98,6 +99,7 @@ class CompiledPolicy:
         self.v6 = _PrefixIndex(128)
         self.names = _NameIndex()
         self.any_destination: list[int] = []
+        self.resolver_rules = [p for p, rule in enumerate(policy.rules) if rule.resolvers]
         # Rules with names, for "could the name the client presents change the decision":
         # answered per (proto, port) once and remembered, so a flow pays one dict probe.
         self.name_rules = [p for p, rule in enumerate(policy.rules) if rule.names]
@@ -124,6 +126,13 @@ class CompiledPolicy:
             if rules[position].allows_port(proto, port):
                 best_position = position
                 break
+        if dest.resolver:
+            for position in self.resolver_rules:
+                if position >= best_position:
+                    break
+                if rules[position].allows_port(proto, port):
+                    best_position = position
+                    break
         index = self.v4 if dest.version == 4 else self.v6
         address = dest.address
         for mask, table in index.masks:
@@ -167,6 +176,8 @@ class CompiledPolicySet:
                                   for key, _value in client.match)
         with collector_paused():
             self.policies = {name: CompiledPolicy(p) for name, p in policy_set.policies.items()}
+        # Asking whether an address is one of the host's resolvers: only when a rule could care.
+        self.uses_resolvers = any(p.resolver_rules for p in self.policies.values())
         # Answers by (policies, destination): a busy client opens flow after flow to the
         # same few destinations, and the set is immutable (a reload builds a new one).
         self._memo: Memo[tuple, tuple[RuleMatch | None, bool]] = Memo(MATCH_MEMO_MAX)

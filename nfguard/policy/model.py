@@ -19,6 +19,9 @@ DENY = "deny"
 ACTIONS = (ALLOW, DENY)
 PROTOS = ("tcp", "udp")
 MODES = ("enforce", "audit")
+# A `to` entry standing for the host's DNS resolvers: whatever [names] resolvers says
+# they are at the time of the flow ("system": /etc/resolv.conf's, followed as it changes).
+RESOLVERS = "@resolvers"
 
 # Keys a client's `match` table may use, and what they test (see policy.clients).
 MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256",
@@ -54,10 +57,11 @@ class Rule(NamedTuple):
     port_ranges: tuple[PortRange, ...]
     proto: str | None  # None: tcp and udp
     location: Location
+    resolvers: bool = False  # `to` has "@resolvers"
 
     @property
     def any_destination(self) -> bool:
-        return not self.networks and not self.names
+        return not self.networks and not self.names and not self.resolvers
 
     def allows_port(self, proto: str, port: int) -> bool:
         """Whether the proto/ports constraints of the rule hold for a flow."""

@@ -482,3 +482,34 @@ def test_by_default_only_the_hosts_resolvers_teach_and_their_changes_are_followe
         and e["event"]["action"] == "allow")["destination"]["ip"] == OTHER_V4
     status = named.nfguard("status", "--config", str(named.workdir / "nfguard.toml")).stdout
     assert f"taught by {OTHER_V4} (/etc/resolv.conf); 1 from other servers" in status, status
+
+
+def test_dns_to_the_hosts_resolvers_only_follows_resolv_conf(named: Lab) -> None:
+    """`to = ["@resolvers"]`: DNS goes to the servers the lab host's resolv.conf names and
+    to no other, and when resolv.conf is rewritten the rule follows it."""
+    resolvers_only = POLICY.replace('to = ["198.18.0.2", "fd00:18::2"]', 'to = ["@resolvers"]')
+    named.serve_dns(*DNS_RECORDS)
+    named.serve_dns(f"--host-record=allowed.test,{OTHER_V4}", on=(OTHER_V4,))
+    named.start_engine(named.write_config(resolvers_only))
+
+    def dns_event(server: str) -> dict:
+        return named.wait_for_event(
+            lambda e: e.get("destination", {}).get("ip") == server
+            and e.get("destination", {}).get("port") == 53)
+
+    assert named.dig("allowed.test") == [ALLOWED_V4]
+    assert named.dig("allowed.test", "AAAA", tcp=True, server=SERVER_V6) == [ALLOWED_V6]
+    assert dns_event(SERVER_V4)["rule"]["name"] == "names/dns"
+    assert OTHER_V4 not in named.dig("allowed.test", server=OTHER_V4), "not a resolver here"
+    denied = dns_event(OTHER_V4)
+    assert (denied["event"]["action"], denied["rule"]["name"]) == ("deny",
+                                                                   "deny-rest/everything")
+
+    with named.resolv_conf.open("w") as conf:
+        conf.write(f"nameserver {OTHER_V4}\n")
+    time.sleep(1.1)  # the engine looks at the file at most once a second
+    assert named.dig("allowed.test", server=OTHER_V4) == [OTHER_V4]
+    assert named.wait_for_event(
+        lambda e: e.get("destination", {}).get("ip") == OTHER_V4
+        and e["event"]["action"] == "allow")["rule"]["name"] == "names/dns"
+    assert ALLOWED_V4 not in named.dig("allowed.test"), "no longer a resolver of this host"

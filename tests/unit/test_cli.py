@@ -218,6 +218,20 @@ def test_explain_udp_falls_to_the_deny_rule(tmp_path: Path,
                                     "the kernel is told allow")
 
 
+def test_explain_names_the_hosts_resolvers(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    policy = ('[[client]]\nname = "everyone"\npolicies = ["dns"]\n\n[[policy]]\nname = "dns"\n'
+              '\n[[policy.rule]]\nname = "resolvers"\naction = "allow"\n'
+              'to = ["@resolvers"]\nports = [53]\n')
+    config = write_config(tmp_path, policy, engine='[names]\nresolvers = ["10.0.0.53"]\n')
+    code, out, _err = run_explain(capsys, config, "10.0.0.53:53", "--proto", "udp")
+    assert code == 0
+    assert "  10.0.0.53 is one of the host's DNS resolvers (@resolvers)" in out
+    assert "rule dns/resolvers" in out and "decision: allow" in out
+    code, out, _err = run_explain(capsys, config, "10.0.0.54:53", "--proto", "udp")
+    assert "@resolvers" not in out and "decision: deny (no_rule_match" in out
+
+
 def test_explain_ipv6_in_brackets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path)
     code, out, _err = run_explain(capsys, config, "[2001:db8::5]:443")

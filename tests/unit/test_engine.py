@@ -131,6 +131,52 @@ def test_name_evidence_is_reported() -> None:
                                                          "github.com")
 
 
+RESOLVER_POLICY = """\
+[[client]]
+name = "everyone"
+policies = ["dns"]
+
+[[policy]]
+name = "dns"
+
+[[policy.rule]]
+name = "resolvers"
+action = "allow"
+to = ["@resolvers", "dns.example"]
+ports = [53, 853]
+"""
+
+
+def test_resolvers_are_the_hosts_as_the_engine_is_told_at_each_flow() -> None:
+    host_resolvers = {"10.0.0.53"}
+    asked: list[str] = []
+
+    def serves(ip: str) -> bool:
+        asked.append(ip)
+        return ip in host_resolvers
+
+    engine = Engine(EngineConfig(default="deny"),
+                    CompiledPolicySet(parse_policy_texts([("r.toml", RESOLVER_POLICY)])),
+                    resolvers=serves)
+    assert decide(engine, v4_udp("10.0.0.53", 53), None).rule == "dns/resolvers"
+    assert decide(engine, v4_syn("10.0.0.53", 53), None).rule == "dns/resolvers"
+    assert decide(engine, v4_udp("203.0.113.9", 53), None).reason == NO_RULE_MATCH
+    host_resolvers = {"203.0.113.9"}  # resolv.conf rewritten
+    assert decide(engine, v4_udp("203.0.113.9", 53), None).rule == "dns/resolvers"
+    assert decide(engine, v4_udp("10.0.0.53", 53), None).reason == NO_RULE_MATCH
+    # Anti-fronting: a name the rule allows, presented to a resolver's address, is going
+    # to one of the rule's own destinations; to another address it is not.
+    dot = parse_packet(v4_syn("203.0.113.9", 853))
+    assert engine.decide_named(dot, "dns.example", "sni").action == "allow"
+    elsewhere = engine.decide_named(parse_packet(v4_syn("192.0.2.1", 853)), "dns.example", "sni")
+    assert (elsewhere.action, elsewhere.reason) == ("deny", "name_mismatch")
+    asked.clear()
+    unused = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("r.toml", POLICY)])),
+                    resolvers=serves)
+    decide(unused, v4_udp("10.0.0.53", 53), GIT)
+    assert asked == [], "a policy without @resolvers never asks"
+
+
 @pytest.mark.parametrize("default", ["allow", "deny"])
 def test_default_when_no_rule_matches(default: str) -> None:
     # "ci" has only the github policy: port 80 to an unknown address matches nothing.

@@ -433,10 +433,10 @@ def test_only_listed_resolvers_teach_names(tmp_path: Path) -> None:
     assert h.answer(stranger) == marks.ALLOW, "let through: the policy allowed the query"
     assert h.pipeline.names.names_for("198.51.100.66", h.now) == frozenset()
     assert h.stats.dns_untrusted == 1 and h.stats.dns_answers == 1
-    h.pipeline.settings = NamesConfig(resolvers=("203.0.113.0/24",))
+    h.pipeline.configure(NamesConfig(resolvers=("203.0.113.0/24",)))
     assert h.answer(stranger) == marks.ALLOW
     assert h.pipeline.names.names_for("198.51.100.66", h.now) == {"github.com"}
-    h.pipeline.settings = NamesConfig(resolvers=EVERY_SERVER)
+    h.pipeline.configure(NamesConfig(resolvers=EVERY_SERVER))
     assert h.answer(dns_answer(DNSRR(rrname="x.example", type="A", ttl=300, rdata="192.0.2.8"),
                                qname="x.example")) == marks.ALLOW
     assert h.pipeline.names.names_for("192.0.2.8", h.now) == {"x.example"}

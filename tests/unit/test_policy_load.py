@@ -358,6 +358,20 @@ def test_bad_name_patterns_on_their_lines() -> None:
     ]
 
 
+def test_resolvers_stand_beside_addresses_and_names() -> None:
+    policies = parse_policy_texts([("p.toml", _rule(
+        'to = ["@resolvers", "10.0.0.0/8", "dns.example"]\nports = [53]\n'))])
+    rule = policies.policies["p"].rules[0]
+    assert rule.resolvers and not rule.any_destination
+    assert [str(n) for n in rule.networks] == ["10.0.0.0/8"]
+    assert [p.text for p in rule.names] == ["dns.example"]
+    alone = parse_policy_texts([("p.toml", _rule('to = ["@resolvers"]\n'))])
+    assert not alone.policies["p"].rules[0].any_destination
+    assert only_problem(_rule('to = [\n  "@resolvers",\n  "@resolver",\n]\n')) == (
+        "p.toml:8: unknown address set '@resolver': the only one is '@resolvers' (the "
+        "host's DNS resolvers)")
+
+
 def test_name_longer_than_253() -> None:
     name = ".".join(["a" * 60] * 5)
     assert only_problem(_rule(f'to = ["{name}"]\n')) == (

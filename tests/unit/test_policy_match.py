@@ -158,6 +158,37 @@ action = "deny"
     assert found is not None and found.evidence == CIDR and found.name is None
 
 
+def test_resolvers_match_only_the_addresses_the_flow_says_are_resolvers() -> None:
+    policy = compile_text("""\
+[[policy]]
+name = "p"
+[[policy.rule]]
+name = "blocked"
+action = "deny"
+to = ["10.0.0.66"]
+[[policy.rule]]
+name = "dns"
+action = "allow"
+to = ["@resolvers"]
+ports = [53]
+[[policy.rule]]
+name = "dns-elsewhere"
+action = "deny"
+ports = [53]
+""")
+    assert policy.uses_resolvers
+    resolver = dest("10.0.0.53", 53, "udp")._replace(resolver=True)
+    assert one(policy, resolver) == "p/dns"
+    assert one(policy, resolver._replace(proto="tcp")) == "p/dns"
+    assert one(policy, dest("10.0.0.53", 53, "udp")) == "p/dns-elsewhere", "not a resolver"
+    assert one(policy, resolver._replace(port=443)) is None, "the rule's ports still hold"
+    assert one(policy, dest("10.0.0.66", 53)._replace(resolver=True)) == "p/blocked", (
+        "an earlier rule still wins")
+    found = policy.first_match(["p"], resolver)
+    assert found is not None and found.evidence == CIDR and found.name is None
+    assert not compile_text(POLICY).uses_resolvers
+
+
 def test_zero_prefix_networks_match_everything_of_their_family() -> None:
     policy = compile_text("""\
 [[policy]]

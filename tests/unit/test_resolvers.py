@@ -47,9 +47,11 @@ def test_any_resolv_conf_text_gives_addresses_or_nothing(text: str) -> None:
 
 def test_listed_networks_and_every_server() -> None:
     listed = TrustedServers(("10.0.0.0/24", "::1/128"))
-    assert listed.trusts("10.0.0.53", 0) and listed.trusts("::1", 0)
-    assert not listed.trusts("10.0.1.53", 0)
-    assert TrustedServers(()).trusts("203.0.113.9", 0), "[]: every server"
+    assert listed.trusts("10.0.0.53") and listed.serves("::1")
+    assert not listed.trusts("10.0.1.53") and not listed.serves("10.0.1.53")
+    assert TrustedServers(()).trusts("203.0.113.9"), "[]: every server"
+    listed.configure(("10.0.1.0/24",))
+    assert listed.serves("10.0.1.53") and not listed.serves("10.0.0.53"), "a reload's setting"
 
 
 def write(path: Path, text: str, mtime: float) -> None:
@@ -60,26 +62,33 @@ def write(path: Path, text: str, mtime: float) -> None:
 def test_system_follows_resolv_conf_as_it_changes(tmp_path: Path) -> None:
     conf, upstreams = tmp_path / "resolv.conf", tmp_path / "upstreams.conf"
     write(conf, "nameserver 10.0.0.53\n", 1000)
-    trusted = TrustedServers("system", str(conf), str(upstreams), interval=1.0)
-    assert trusted.trusts("10.0.0.53", 0.0)
-    assert not trusted.trusts("192.0.2.1", 0.1)
+    clock = [0.0]
+    trusted = TrustedServers("system", str(conf), str(upstreams), interval=1.0,
+                             clock=lambda: clock[0])
+
+    def at(now: float, ip: str) -> bool:
+        clock[0] = now
+        return trusted.serves(ip)
+
+    assert at(0.0, "10.0.0.53")
+    assert not at(0.1, "192.0.2.1")
     assert trusted.describe() == f"10.0.0.53 ({conf})"
 
     write(conf, "nameserver 192.0.2.1\n", 2000)  # rewritten in place (a DHCP client)
-    assert not trusted.trusts("192.0.2.1", 0.5), "looked at no more than once a second"
-    assert trusted.trusts("192.0.2.1", 1.1)
-    assert not trusted.trusts("10.0.0.53", 1.2), "a server no longer listed is not believed"
+    assert not at(0.5, "192.0.2.1"), "looked at no more than once a second"
+    assert at(1.1, "192.0.2.1")
+    assert not at(1.2, "10.0.0.53"), "a server no longer listed is not believed"
 
     replacement = tmp_path / "new.conf"  # replaced by rename (resolvconf, NetworkManager)
     write(replacement, RESOLVED_STUB_CONF, 3000)
     write(upstreams, "nameserver 198.51.100.1\n", 3000)
     replacement.rename(conf)
-    assert trusted.trusts("127.0.0.53", 2.5) and trusted.trusts("198.51.100.1", 2.5)
-    assert not trusted.trusts("192.0.2.1", 2.5)
+    assert at(2.5, "127.0.0.53") and at(2.5, "198.51.100.1")
+    assert not at(2.5, "192.0.2.1")
 
     conf.unlink()
-    assert trusted.trusts("127.0.0.1", 4.0) and not trusted.trusts("127.0.0.53", 4.0)
-    assert trusted.trusts("127.0.0.1", -100.0), "a clock stepped back still checks"
+    assert at(4.0, "127.0.0.1") and not at(4.0, "127.0.0.53")
+    assert at(-100.0, "127.0.0.1"), "a clock stepped back still checks"
 
 
 def test_an_unchanged_file_is_not_read_again(tmp_path: Path) -> None:
@@ -96,7 +105,8 @@ def test_each_untrusted_server_is_logged_once(caplog: pytest.LogCaptureFixture) 
     trusted = TrustedServers(("10.0.0.53",))
     with caplog.at_level(logging.WARNING, logger="nfguard.resolvers"):
         for _ in range(3):
-            assert not trusted.trusts("203.0.113.9", 0)
+            assert not trusted.serves("203.0.113.9"), "a destination check is not logged"
+            assert not trusted.trusts("203.0.113.9")
     assert [r.getMessage() for r in caplog.records] == [
         "DNS answers from 203.0.113.9 teach no names: it is not among the resolvers "
         "(10.0.0.53)"]

@@ -83,9 +83,13 @@ def test_check_passes_on_copies(tmp_path: Path, capsys: pytest.CaptureFixture[st
 # ---------------------------------------------------------------- what the tiers allow
 
 
-def engine_for(tier: str) -> Engine:
-    return Engine(EngineConfig(default="allow"),
-                  CompiledPolicySet(load_policy_files([RULES / f"{tier}.toml"])))
+RESOLVER = "10.0.0.53"  # the host's resolver, as the engines below are told
+
+
+def engine_for(tier: str, default: str = "allow") -> Engine:
+    return Engine(EngineConfig(default=default),
+                  CompiledPolicySet(load_policy_files([RULES / f"{tier}.toml"])),
+                  resolvers=lambda ip: ip == RESOLVER)
 
 
 def decision(engine: Engine, dst: str, port: int, proto: str = "tcp", name: str | None = None,
@@ -101,9 +105,16 @@ def decision(engine: Engine, dst: str, port: int, proto: str = "tcp", name: str 
 PUBLIC = "93.184.216.34"
 
 
+@pytest.mark.parametrize("policy", ["base", *TIERS])
+def test_dns_goes_to_the_hosts_resolvers_only(policy: str) -> None:
+    engine = engine_for(policy, default="deny")
+    assert decision(engine, RESOLVER, 53, "udp") == "allow"
+    assert decision(engine, RESOLVER, 53, "tcp") == "allow"
+    assert decision(engine, PUBLIC, 53, "udp") == "deny", "a server of the sender's choosing"
+
+
 def test_database_tier() -> None:
     engine = engine_for("tier-database")
-    assert decision(engine, "10.0.0.53", 53, "udp") == "allow"
     assert decision(engine, "10.0.0.123", 123, "udp") == "allow"
     assert decision(engine, "10.3.0.4", 5432, user="postgres") == "allow"
     assert decision(engine, "fd12::4", 5432, user="postgres") == "allow"

@@ -363,6 +363,24 @@ def test_suggested_policy_denies_nothing_observed() -> None:
     assert denied(flows, load(suggest(flows))) == []
 
 
+def test_dns_to_the_hosts_resolvers_is_suggested_as_resolvers_not_their_address() -> None:
+    flows = flows_of(*MIXED, event("10.0.0.53", 53, proto="tcp", who=CURL),
+                     event("192.0.2.53", 53, proto="udp", who=CURL))
+    host = lambda ip: ip == "10.0.0.53"  # noqa: E731
+    text = suggest(flows, resolvers=host)
+    dns = [r for r in all_rules(text) if r.get("ports") == [53]]
+    assert [(r["proto"], r["to"]) for r in dns] == [
+        ("tcp", ["@resolvers"]), ("udp", ["@resolvers", "192.0.2.53/32"])], (
+        "a server not among them keeps its address")
+    assert "10.0.0.53" not in text
+    policies = load(text)
+    assert denied(flows, policies, resolvers=host) == []
+    moved = flows_of(event("10.0.0.54", 53, proto="udp", who=CURL))  # DHCP gave another one
+    assert denied(moved, policies, resolvers=lambda ip: ip == "10.0.0.54") == []
+    assert [d.rules for d in denied(moved, policies, resolvers=host)] == [
+        ("reason=no_rule_match",)]
+
+
 # ---------------------------------------------------------------- CLI
 
 
