@@ -120,30 +120,17 @@ class CompiledPolicy:
         # that passes the port/proto check is that list's best; the overall best is the min.
         rules = self.rules
         proto, port = dest.proto, dest.port
-        best_position = len(rules)
+        best_position = _first_holding(rules, self.any_destination, len(rules), proto, port)
         evidence, matched_name = CIDR, None
-        for position in self.any_destination:
-            if rules[position].allows_port(proto, port):
-                best_position = position
-                break
         if dest.resolver:
-            for position in self.resolver_rules:
-                if position >= best_position:
-                    break
-                if rules[position].allows_port(proto, port):
-                    best_position = position
-                    break
+            best_position = _first_holding(rules, self.resolver_rules, best_position, proto,
+                                           port)
         index = self.v4 if dest.version == 4 else self.v6
         address = dest.address
         for mask, table in index.masks:
             positions = table.get(address & mask)
             if positions:
-                for position in positions:
-                    if position >= best_position:
-                        break
-                    if rules[position].allows_port(proto, port):
-                        best_position = position
-                        break
+                best_position = _first_holding(rules, positions, best_position, proto, port)
         for name, name_evidence in dest.names:
             for position in self.names.lookup(name):
                 if position < best_position and rules[position].allows_port(proto, port):
@@ -163,6 +150,18 @@ class CompiledPolicy:
             if len(self._first_name_rule) < _NAME_MEMO_MAX:
                 self._first_name_rule[key] = found
         return found
+
+
+def _first_holding(rules: tuple[Rule, ...], positions: Iterable[int], best: int, proto: str,
+                   port: int) -> int:
+    """The first of `positions` (in rule order) before `best` whose port/proto constraints
+    hold, else `best`."""
+    for position in positions:
+        if position >= best:
+            break
+        if rules[position].allows_port(proto, port):
+            return position
+    return best
 
 
 class CompiledPolicySet:

@@ -15,7 +15,10 @@ to queries this host sent (conntrack's reply direction: the 5-tuple) and only fr
 servers [names] resolvers trusts (nfguard.resolvers).  The query id and question are not
 compared (only a flow's first query reaches the engine; glibc sends A and AAAA on one
 socket), so a forger off the path who guesses a query's source port and races the server
-could teach a binding that the client itself then drops for its wrong id.
+could teach a binding that the client itself then drops for its wrong id.  Comparing
+them would not stop the worse case anyway: a process here whose accomplice forges the
+answer to its own query knows the id.  A resolver on loopback cannot be forged from
+outside (README, "Limits to know").
 """
 
 from __future__ import annotations
