@@ -15,6 +15,8 @@ from nfguard.policy.source import SourceMap
 
 DEFAULT_PATH = "/etc/nfguard/nfguard.toml"
 SYSTEM_RESOLVERS = "system"  # names.resolvers: the servers the host's resolv.conf names
+DOCKER_ROOT = "/var/lib/docker"  # containers.docker_root: Docker's data-root
+PODMAN_ROOT = "/var/lib/containers/storage"  # containers.podman_root: Podman's graphroot
 # The bridges of Docker (docker0, br-<network>), Podman, CNI, libvirt and LXC.
 DEFAULT_FORWARD_FROM = ("docker0", "br-*", "podman*", "cni*", "virbr*", "lxcbr*")
 # An interface name (at most 15 bytes) or a prefix of one followed by *.
@@ -73,8 +75,8 @@ class ContainersConfig:
     """Where the container runtimes keep their state (for containers' names and images):
     Docker's data-root, Podman's graphroot."""
 
-    docker_root: str = "/var/lib/docker"
-    podman_root: str = "/var/lib/containers/storage"
+    docker_root: str = DOCKER_ROOT
+    podman_root: str = PODMAN_ROOT
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from nfguard.peers import Peers
 from nfguard.policy.model import ALLOW
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.resolvers import TrustedServers
-from nfguard.wire.dns import TcpDnsStream, parse_response
+from nfguard.wire.dns import DNS_PORT, TcpDnsStream, parse_response
 from nfguard.wire.errors import WireError
 from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 LOCAL_IN = 1  # netfilter hooks (NFQA_PACKET_HDR's hook)
 FORWARD = 2
 LOCAL_OUT = 3
-DNS_PORT = 53
 MAX_DNS_STREAMS = 4096  # DNS-over-TCP answer streams followed at once (LRU)
 MAX_CHAINS = 65536  # (address, name) CNAME chain entries kept (LRU)
 

@@ -36,12 +36,12 @@ from nfguard.policy.model import RESOLVERS, PolicySet
 from nfguard.policy.patterns import is_pattern_text, normalize_name, parse_name_pattern
 from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import Container
+from nfguard.wire.dns import DNS_PORT
 from nfguard.wire.ip import TCP, UDP, Packet
 
 DEFAULT_MIN_SIBLINGS = 3
 CATCH_ALL = "unattributed"
 _PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58}
-DNS_PORT = 53
 
 Resolvers = Callable[[str], bool]  # whether an address is one of the host's DNS resolvers
 

@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from nfguard.config import DOCKER_ROOT, PODMAN_ROOT
 from nfguard.lru import Memo
 
-DOCKER_ROOT = "/var/lib/docker"
-PODMAN_ROOT = "/var/lib/containers/storage"
 RETRY = 1.0  # seconds before a container whose state was not found is looked up again
 MAX_STATE = 16 << 20  # bytes of one runtime state file read (Podman's lists every container)
 MAX_CGROUPS = 4096  # cgroup paths whose container is remembered

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+from nfguard.lru import Memo
+
 __all__ = ["ForeignSocket", "Namespaces", "find_row", "local_addresses", "proc_hex",
            "socket_rows"]
 
@@ -135,7 +137,8 @@ class Namespaces:
         self._by_address: dict[str, str] = {}  # address -> namespace id
         self._pids: dict[str, tuple[int, ...]] = {}  # namespace id -> its processes
         self._scanned_at: float | None = None
-        self._missed: dict[str, float] = {}  # address -> when a scan last did not find it
+        # address -> when a scan last did not find it
+        self._missed: Memo[str, float] = Memo(self.MAX_MISSES)
 
     def find(self, proto: str, family: int, src: str, sport: int, dst: str,
              dport: int) -> ForeignSocket | None:
@@ -157,9 +160,7 @@ class Namespaces:
         self._rescan(now)
         space = self._by_address.get(src)
         if space is None:
-            if len(self._missed) >= self.MAX_MISSES:
-                self._missed.clear()
-            self._missed[src] = now
+            self._missed.put(src, now)
             return None
         return self._socket(space, proto, family, src, sport, dst, dport)
 

@@ -29,7 +29,10 @@ from dataclasses import dataclass
 
 from nfguard.wire.errors import WireError
 
+DNS_PORT = 53  # where servers answer, over UDP and TCP
+
 __all__ = [
+    "DNS_PORT",
     "MAX_BINDINGS",
     "MAX_CNAME_HOPS",
     "MAX_MESSAGE",
