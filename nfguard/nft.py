@@ -335,6 +335,8 @@ class Installer:
     def uninstall(self) -> bool:
         """Remove exactly what install added; True if anything was there."""
         removed = self._remove_xt_rules()
+        if removed:
+            self._remove_empty_xt_chains()
         if self.installed():
             self._cmd(f"delete table inet {TABLE}")
             removed = True
@@ -350,6 +352,33 @@ class Installer:
                     _run([binary, "-w", "-t", table, "-D", chain, *spec])
                     removed = True
         return removed
+
+
+    def _remove_empty_xt_chains(self) -> None:
+        """iptables-nft makes XT_TABLE and its chains as rules need them, and leaves them
+        when the last rule goes. An empty chain that accepts only costs each packet a hook:
+        dropped, and the table with its last chain (iptables-nft makes them again when a
+        rule needs them). Chains with rules, or that drop, are someone's, and stay."""
+        for family in ("ip", "ip6"):
+            rc, listing, _err = self._nft.json_cmd({"nftables": [
+                {"list": {"table": {"family": family, "name": XT_TABLE}}}]})
+            if rc == 0:
+                commands = _empty_chain_deletions(family, listing["nftables"])
+                if commands:
+                    self._cmd("\n".join(commands))
+
+
+def _empty_chain_deletions(family: str, items: list[dict]) -> list[str]:
+    """nft commands that delete XT_TABLE's empty accepting base chains from its JSON listing,
+    and the table when nothing else is in it."""
+    used = {item["rule"]["chain"] for item in items if "rule" in item}
+    chains = [item["chain"] for item in items if "chain" in item]
+    idle = [chain["name"] for chain in chains
+            if chain.get("policy") == "accept" and chain["name"] not in used]
+    others = [item for item in items if not {"metainfo", "table", "chain"} & item.keys()]
+    if len(idle) == len(chains) and not others:
+        return [f"delete table {family} {XT_TABLE}"]
+    return [f"delete chain {family} {XT_TABLE} {name}" for name in idle]
 
 
 def _tagged_rules(binary: str, table: str) -> list[tuple[str, list[str]]]:

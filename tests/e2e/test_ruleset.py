@@ -50,8 +50,12 @@ def test_user_rules_survive_the_whole_life_cycle(lab: Lab) -> None:
     lab.exec(lab.client, "iptables", "-A", "USERCHAIN", "-p", "tcp", "--dport", "9998", "-j",
              "ACCEPT", check=True)
     lab.exec(lab.client, "iptables", "-A", "OUTPUT", "-j", "USERCHAIN", check=True)
+    # A rule of the user's own in the table the xt fallback queues from.
+    lab.exec(lab.client, "ip6tables", "-t", "security", "-A", "OUTPUT", "-p", "tcp",
+             "--dport", "9997", "-j", "ACCEPT", check=True)
     before = user_state(lab)
     assert "9999" in before[0] and "9998" in before[1]
+    tables_before = tables(lab)
 
     config = str(lab.write_config(POLICY))
     lab.nfguard("install", "--config", config)
@@ -67,10 +71,12 @@ def test_user_rules_survive_the_whole_life_cycle(lab: Lab) -> None:
     after = ruleset(lab)
     assert "table inet nfguard" not in after
     assert "nfguard" not in after, "uninstall removes exactly what install added"
+    assert tables(lab) == tables_before
 
 
 def test_install_is_idempotent_and_says_which_path(lab: Lab) -> None:
     config = str(lab.write_config(POLICY))
+    before = ruleset(lab)
     first = lab.nfguard("install", "--config", config).stdout
     assert "queue path:" in first
     once = tables(lab)
@@ -85,7 +91,7 @@ def test_install_is_idempotent_and_says_which_path(lab: Lab) -> None:
             assert rules.count("nfguard queue") == 1, rules
             assert "nfguard" not in lab.exec(lab.client, tool, "-S", "OUTPUT").stdout
     lab.nfguard("uninstall", "--config", config)
-    assert "nfguard" not in ruleset(lab)
+    assert ruleset(lab) == before, "uninstall leaves no table behind (nor an empty one)"
     assert "was not installed" in lab.nfguard("uninstall", "--config", config).stdout
 
 
