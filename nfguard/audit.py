@@ -80,8 +80,13 @@ def audit_event(
             event["container"] = {"id": container.id, "runtime": container.runtime}
             if container.name is not None:
                 event["container"]["name"] = container.name
+            image: dict[str, Any] = {}
             if container.image is not None:
-                event["container"]["image"] = {"name": container.image}
+                image["name"] = container.image
+            if container.image_id is not None:
+                image["hash"] = {"all": [container.image_id]}
+            if image:
+                event["container"]["image"] = image
     return event
 
 

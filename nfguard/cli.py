@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--container", metavar="NAME",
                          help="from a process in the container named NAME")
     explain.add_argument("--image", metavar="REF",
-                         help="from a process in a container of image REF")
+                         help="from a process in a container of image REF (a reference, "
+                         "or an image id: sha256:...)")
     suggest = commands.add_parser("suggest", help="a policy (TOML) that allows what audit "
                                   "events show", description="a policy (TOML on stdout) that "
                                   "allows the flows in audit logs; with --policy, what the "

@@ -14,6 +14,7 @@ from nfguard.config import Config
 from nfguard.daemon import build_engine
 from nfguard.engine import SNI, Engine
 from nfguard.policy.match import destination_names
+from nfguard.policy.model import IMAGE_ID_PREFIX
 from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import Container
 from nfguard.wire.ip import TCP, UDP, Packet
@@ -28,7 +29,7 @@ def explain(
 ) -> str:
     engine = build_engine(config)
     sender = _process(exe, user)
-    inside = (Container("", "", container, image)
+    inside = (Container("", "", container, *_image(image))
               if container is not None or image is not None else None)
     process = sender if interface is None and inside is None else (
         sender or ProcessInfo())._replace(interface=interface, container=inside)
@@ -49,6 +50,13 @@ def explain(
     for address in addresses:
         lines.extend(_explain_one(engine, address, port or 0, proto, names, process))
     return "\n".join(lines)
+
+
+def _image(image: str | None) -> tuple[str | None, str | None]:
+    """(reference, id) of an --image: "sha256:..." names the image by its id."""
+    if image is not None and image.lower().startswith(IMAGE_ID_PREFIX):
+        return None, image.lower()
+    return image, None
 
 
 def _explain_one(

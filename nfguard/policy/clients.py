@@ -13,7 +13,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Protocol
 
-from nfguard.policy.model import Client
+from nfguard.policy.model import IMAGE_ID_PREFIX, Client
 
 
 class Process(Protocol):
@@ -51,6 +51,8 @@ class ContainerIdentity(Protocol):
     def name(self) -> str | None: ...
     @property
     def image(self) -> str | None: ...
+    @property
+    def image_id(self) -> str | None: ...
 
 
 # Keys that say where a container's flow comes from (see the module's docstring).
@@ -102,10 +104,14 @@ def _holds(key: str, expected: str, process: Process) -> bool:
         return process.sha256 == expected  # both lower-case hex
     if key == "interface":
         return _glob(process.interface, expected)
-    if key in ("container", "image"):
+    if key == "container":
+        container = process.container
+        return container is not None and _glob(container.name, expected)
+    if key == "image":
         container = process.container
         return container is not None and _glob(
-            container.name if key == "container" else container.image, expected)
+            container.image_id if expected.startswith(IMAGE_ID_PREFIX) else container.image,
+            expected)
     raise ValueError(f"unknown match key {key!r}")  # the loader admits only MATCH_KEYS
 
 

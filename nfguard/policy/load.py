@@ -13,6 +13,7 @@ from nfguard.policy import document
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.model import (
     ACTIONS,
+    IMAGE_ID_PREFIX,
     MATCH_KEYS,
     MODES,
     PROTOS,
@@ -180,6 +181,13 @@ class _Builder:
                 source.problem((*path, "match", key), "match.sha256 must be 64 hex digits",
                                needle=key)
                 continue
+            if key == "image" and value.lower().startswith(IMAGE_ID_PREFIX):
+                value = value.lower()
+                if not re.fullmatch(r"sha256:[0-9a-f]{1,64}\*?", value):
+                    source.problem((*path, "match", key), "match.image by id must be "
+                                   "sha256: and hex digits (all 64, or a prefix and *)",
+                                   needle=key)
+                    continue
             pairs.append((key, value.lower() if key == "sha256" else value))
         return tuple(pairs)
 

@@ -26,6 +26,9 @@ RESOLVERS = "@resolvers"
 # Keys a client's `match` table may use, and what they test (see policy.clients).
 MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256",
               "interface", "container", "image")
+# An `image` that starts so names the image by its id (the loader checks the digits), not
+# by the reference a container was started from: a tag can be moved to another image.
+IMAGE_ID_PREFIX = "sha256:"
 
 
 class Location(NamedTuple):

@@ -4,7 +4,8 @@ A container runtime puts each container's processes in a cgroup named after the
 container's id: Docker `docker-<id>.scope` (or `/docker/<id>` with the cgroupfs driver),
 Podman `libpod-<id>.scope`, containerd's CRI `cri-containerd-<id>.scope`, CRI-O
 `crio-<id>.scope`. The id changes with every run; the name and image a policy speaks of
-are in the runtime's state on this host, written by its root daemon before the container
+(the image both as the reference it was started from and as the id of what that reference
+named then) are in the runtime's state on this host, written by its root daemon before the container
 starts, so nothing inside the container can claim another's: Docker's
 `containers/<id>/config.v2.json`, Podman's `overlay-containers/containers.json`.
 containerd and CRI-O containers are known by runtime and id only.
@@ -29,6 +30,7 @@ _FOREVER = float("inf")
 
 _RUNTIMES = {"docker": "docker", "libpod": "podman", "cri-containerd": "containerd",
              "crio": "cri-o"}
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 _ID_IN_CGROUP = re.compile(
     r"/(?:(docker|libpod|cri-containerd|crio)-|(docker)/)([0-9a-f]{64})(?:\.scope)?(?=/|$)")
 
@@ -38,6 +40,7 @@ class Container(NamedTuple):
     id: str
     name: str | None = None
     image: str | None = None  # the reference it was started from, e.g. "python:3.12-slim"
+    image_id: str | None = None  # "sha256:<64 hex>": the image itself, whatever tags say now
 
 
 def container_in(cgroup: str) -> tuple[str, str] | None:
@@ -49,18 +52,23 @@ def container_in(cgroup: str) -> tuple[str, str] | None:
     return _RUNTIMES[found.group(1) or found.group(2)], found.group(3)
 
 
-def docker_identity(text: str) -> tuple[str | None, str | None]:
-    """(name, image) from Docker's config.v2.json of a container."""
+Identity = tuple[str | None, str | None, str | None]  # name, image reference, image id
+UNNAMED: Identity = (None, None, None)
+
+
+def docker_identity(text: str) -> Identity:
+    """(name, image, image id) from Docker's config.v2.json of a container."""
     state = json.loads(text)
     if not isinstance(state, dict):
-        return (None, None)
+        return UNNAMED
     name, config = state.get("Name"), state.get("Config")
     image = config.get("Image") if isinstance(config, dict) else None
-    return (_text(name.lstrip("/")) if isinstance(name, str) else None, _text(image))
+    return (_text(name.lstrip("/")) if isinstance(name, str) else None, _text(image),
+            image_id(state.get("Image")))
 
 
-def podman_identity(text: str, container_id: str) -> tuple[str | None, str | None] | None:
-    """(name, image) of one container from Podman's containers.json (its storage
+def podman_identity(text: str, container_id: str) -> Identity | None:
+    """(name, image, image id) of one container from Podman's containers.json (its storage
     records, whose metadata libpod fills), or None when it is not listed."""
     records = json.loads(text)
     for record in records if isinstance(records, list) else ():
@@ -69,8 +77,17 @@ def podman_identity(text: str, container_id: str) -> tuple[str | None, str | Non
             names = record.get("names")
             name = metadata.get("name") or (names[0] if isinstance(names, list) and names
                                              else None)
-            return _text(name), _text(metadata.get("image-name"))
+            return _text(name), _text(metadata.get("image-name")), image_id(record.get("image"))
     return None
+
+
+def image_id(value: Any) -> str | None:
+    """An image id as "sha256:<64 lower-case hex>" (Docker writes it so, Podman's storage
+    bare), or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    digest = value.removeprefix("sha256:")
+    return f"sha256:{digest}" if _DIGEST.fullmatch(digest) else None
 
 
 class Containers:
@@ -97,11 +114,11 @@ class Containers:
         now = self.clock()
         runtime, container_id = found
         identity = self._identity(runtime, container_id)
-        container = Container(runtime, container_id, *(identity or (None, None)))
+        container = Container(runtime, container_id, *(identity or UNNAMED))
         return self._by_cgroup.put(
             cgroup, (container, _FOREVER if identity is not None else now + RETRY))[0]
 
-    def _identity(self, runtime: str, container_id: str) -> tuple[str | None, str | None] | None:
+    def _identity(self, runtime: str, container_id: str) -> Identity | None:
         try:
             if runtime == "docker":
                 return docker_identity(_read(os.path.join(
@@ -111,7 +128,7 @@ class Containers:
                     self.podman_root, "overlay-containers", "containers.json")), container_id)
         except (OSError, ValueError):
             return None  # not written yet, gone, or not what it should be
-        return (None, None)  # a runtime whose state is not read here: known by id
+        return UNNAMED  # a runtime whose state is not read here: known by id
 
 
 def _read(path: str) -> str:

@@ -128,20 +128,26 @@ def test_a_container_program_is_matched_only_with_its_interface(lab: Lab) -> Non
     assert python["observer"]["ingress"]["interface"]["name"] == "docker0"
 
 
-def test_a_container_is_matched_by_its_image(lab: Lab, docker_scope: Path) -> None:
+IMAGE_ID = "sha256:" + "5eed" * 16
+
+
+@pytest.mark.parametrize("image", ["nfguard-test/build:*", IMAGE_ID[:19] + "*"],
+                         ids=["reference", "id"])
+def test_a_container_is_matched_by_its_image(lab: Lab, docker_scope: Path, image: str) -> None:
     """A process in a Docker container's cgroup, the container recorded in Docker's
-    data-root: curl there is allowed by a client of the image and curl's path, behind the
-    bridge and on the host's own network alike; the same curl outside the container is
-    not, nor does the host's exe-only curl client cover the container's."""
+    data-root: curl there is allowed by a client of the image (by the reference it was
+    started from, or by the image's id) and curl's path, behind the bridge and on the
+    host's own network alike; the same curl outside the container is not, nor does the
+    host's exe-only curl client cover the container's."""
     container_id = docker_scope.name.removeprefix("docker-").removesuffix(".scope")
     state = lab.workdir / "docker" / "containers" / container_id
     state.mkdir(parents=True)
     (state / "config.v2.json").write_text(json.dumps(
-        {"ID": container_id, "Name": "/ci-build-17",
+        {"ID": container_id, "Name": "/ci-build-17", "Image": IMAGE_ID,
          "Config": {"Image": "nfguard-test/build:1", "Labels": {}}}))
     lab.add_container("docker0")
     lab.serve_http(80)
-    start_with_curl_clients(lab, "build-curl", 'image = "nfguard-test/build:*"',
+    start_with_curl_clients(lab, "build-curl", f'image = "{image}"',
                             containers={"docker_root": str(lab.workdir / "docker")})
     in_scope = ("sh", "-c", 'echo $$ > "$0"/cgroup.procs && exec "$@"', str(docker_scope))
     url = f"http://{ALLOWED_V4}:80/"
@@ -157,7 +163,8 @@ def test_a_container_is_matched_by_its_image(lab: Lab, docker_scope: Path) -> No
         assert event["nfguard"]["client"] == "build-curl"
         assert event["container"] == {"id": container_id, "runtime": "docker",
                                       "name": "ci-build-17",
-                                      "image": {"name": "nfguard-test/build:1"}}
+                                      "image": {"name": "nfguard-test/build:1",
+                                                "hash": {"all": [IMAGE_ID]}}}
         assert event["process"]["executable"] == CURL
     outside = lab.wait_for_event(lambda e: from_container(e, CONTAINER_V4)
                                  and e["event"]["action"] == "deny")

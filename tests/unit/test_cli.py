@@ -388,3 +388,16 @@ def test_explain_a_process_in_a_container_of_an_image(tmp_path: Path,
     code, out, _err = run_explain(capsys, config, "198.18.1.5:443",
                                   "--container", "build", "--exe", "/usr/bin/git")
     assert code == 0 and "client: everyone" in out, "a container of another image"
+
+
+def test_explain_an_image_by_its_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    digest = "ab12" * 16
+    policy = POLICY.replace('match = { exe = "/usr/bin/git" }',
+                            f'match = {{ image = "sha256:{digest[:12]}*" }}')
+    config = write_config(tmp_path, policy)
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443",
+                                  "--image", f"SHA256:{digest.upper()}")
+    assert code == 0 and f"  in container name=- image=SHA256:{digest.upper()}" in out
+    assert "client: git" in out and "decision: deny" in out
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--image", "alpine/git:2")
+    assert code == 0 and "client: everyone" in out, "a reference is not the id"

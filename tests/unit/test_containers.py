@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nfguard.audit import audit_event, text_line
 from nfguard.engine import Decision
 from nfguard.policy.clients import client_matches
-from nfguard.policy.load import parse_policy_texts
+from nfguard.policy.load import PolicyError, parse_policy_texts
 from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import (
     RETRY,
@@ -21,6 +21,7 @@ from nfguard.procs.containers import (
     Containers,
     container_in,
     docker_identity,
+    image_id,
     podman_identity,
 )
 
@@ -64,12 +65,14 @@ PODMAN_RECORDS = [
 
 
 def test_names_and_images_from_the_runtimes_state() -> None:
-    assert docker_identity(json.dumps(DOCKER_STATE)) == ("ci-build-17", "python:3.12-slim")
-    assert docker_identity("{}") == (None, None)
-    assert docker_identity('{"Name": 3, "Config": []}') == (None, None)
+    assert docker_identity(json.dumps(DOCKER_STATE)) == (
+        "ci-build-17", "python:3.12-slim", "sha256:" + "b" * 64)
+    assert docker_identity("{}") == (None, None, None)
+    assert docker_identity('{"Name": 3, "Config": [], "Image": "sha256:b"}') == (
+        None, None, None)
     assert podman_identity(json.dumps(PODMAN_RECORDS), ID) == (
-        "web", "docker.io/library/nginx:1.27")
-    assert podman_identity(json.dumps(PODMAN_RECORDS), OTHER_ID) == ("other", None)
+        "web", "docker.io/library/nginx:1.27", "sha256:" + "c" * 64)
+    assert podman_identity(json.dumps(PODMAN_RECORDS), OTHER_ID) == ("other", None, None)
     assert podman_identity(json.dumps(PODMAN_RECORDS), "d" * 64) is None
     with pytest.raises(ValueError):
         docker_identity("{not json")
@@ -88,9 +91,10 @@ def test_a_containers_identity_is_read_once_and_a_missing_one_again_later(
     root = docker_root(tmp_path, ID, DOCKER_STATE)
     containers = Containers(str(root), str(tmp_path / "podman"), clock=lambda: now[0])
     cgroup = f"/system.slice/docker-{ID}.scope"
-    assert containers.of(cgroup) == Container("docker", ID, "ci-build-17", "python:3.12-slim")
+    build = Container("docker", ID, "ci-build-17", "python:3.12-slim", "sha256:" + "b" * 64)
+    assert containers.of(cgroup) == build
     (root / "containers" / ID / "config.v2.json").unlink()
-    assert containers.of(cgroup) == Container("docker", ID, "ci-build-17", "python:3.12-slim")
+    assert containers.of(cgroup) == build
 
     late = f"/system.slice/docker-{OTHER_ID}.scope"
     assert containers.of(late) == Container("docker", OTHER_ID)  # state not there (yet)
@@ -164,8 +168,64 @@ def test_the_audit_event_names_the_container() -> None:
     event = audit_event(decision, None, 1_700_000_000.0, process)
     assert event["container"] == {"id": ID, "runtime": "docker", "name": "ci-build-17",
                                   "image": {"name": "python:3.12"}}
+    pinned = audit_event(decision, None, 1_700_000_000.0, process._replace(
+        container=Container("podman", ID, None, None, "sha256:" + "c" * 64)))
+    assert pinned["container"] == {"id": ID, "runtime": "podman",
+                                   "image": {"hash": {"all": ["sha256:" + "c" * 64]}}}
     assert "exe=/usr/bin/curl container=ci-build-17 " in text_line(event)
     unnamed = audit_event(decision, None, 1_700_000_000.0,
                           process._replace(container=Container("cri-o", ID)))
     assert unnamed["container"] == {"id": ID, "runtime": "cri-o"}
     assert f"container={ID[:12]} " in text_line(unnamed)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("sha256:" + "a" * 64, "sha256:" + "a" * 64),
+    ("a" * 64, "sha256:" + "a" * 64),  # Podman's storage writes it bare
+    ("sha256:" + "A" * 64, None), ("sha256:" + "a" * 63, None), ("sha512:" + "a" * 64, None),
+    ("", None), (None, None), (7, None),
+])
+def test_an_image_id_is_a_sha256_digest_or_nothing(value: object, expected: str | None) -> None:
+    assert image_id(value) == expected
+
+
+BY_ID = """\
+[[client]]
+name = "pinned"
+match = { image = "SHA256:%s" }
+policies = ["p"]
+
+[[client]]
+name = "pinned-prefix"
+match = { image = "sha256:%s*" }
+policies = ["p"]
+
+[[policy]]
+name = "p"
+"""
+
+
+def test_an_image_key_of_sha256_digits_matches_the_image_id_not_the_reference() -> None:
+    digest = "b" * 64
+    clients = parse_policy_texts([("p.toml", BY_ID % (digest, "d" * 12))]).clients
+    assert clients[0].match == (("image", f"sha256:{digest}"),), "lower-cased"
+
+    def matching(container: Container) -> list[str]:
+        process = ProcessInfo(uid=0, exe="/usr/bin/curl", container=container)
+        return [c.name for c in clients if client_matches(c, process)]
+
+    pinned = Container("docker", ID, "build", "python:3.12", f"sha256:{digest}")
+    assert matching(pinned) == ["pinned"]
+    assert matching(pinned._replace(image_id="sha256:" + "d" * 64)) == ["pinned-prefix"]
+    assert matching(pinned._replace(image_id=None)) == [], "an unknown id matches no id"
+    assert matching(pinned._replace(image=f"sha256:{digest}", image_id=None)) == [], \
+        "a reference spelled like an id is not the image's id"
+
+
+@pytest.mark.parametrize("image", ["sha256:xyz", "sha256:", "sha256:" + "a" * 65,
+                                   "sha256:ab*cd"])
+def test_an_image_id_that_cannot_be_one_is_an_error_with_its_line(image: str) -> None:
+    text = BY_ID.replace('"SHA256:%s"', f'"{image}"') % "d"
+    with pytest.raises(PolicyError) as error:
+        parse_policy_texts([("p.toml", text)])
+    assert "p.toml:3" in str(error.value) and "match.image by id" in str(error.value)
