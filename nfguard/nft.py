@@ -353,7 +353,6 @@ class Installer:
                     removed = True
         return removed
 
-
     def _remove_empty_xt_chains(self) -> None:
         """iptables-nft makes XT_TABLE and its chains as rules need them, and leaves them
         when the last rule goes. An empty chain that accepts only costs each packet a hook:

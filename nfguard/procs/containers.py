@@ -4,8 +4,8 @@ A container runtime puts each container's processes in a cgroup named after the
 container's id: Docker `docker-<id>.scope` (or `/docker/<id>` with the cgroupfs driver),
 Podman `libpod-<id>.scope`, containerd's CRI `cri-containerd-<id>.scope`, CRI-O
 `crio-<id>.scope`. The id changes with every run; the name and image a policy speaks of
-(the image both as the reference it was started from and as the id of what that reference
-named then) are in the runtime's state on this host, written by its root daemon before the container
+(the image as the reference it was started from, and as the id of the image that was) are
+in the runtime's state on this host, written by its root daemon before the container
 starts, so nothing inside the container can claim another's: Docker's
 `containers/<id>/config.v2.json`, Podman's `overlay-containers/containers.json`.
 containerd and CRI-O containers are known by runtime and id only.
