@@ -35,7 +35,7 @@ from nfguard.policy.match import CompiledPolicySet
 from nfguard.policy.model import RESOLVERS, PolicySet
 from nfguard.policy.patterns import is_pattern_text, normalize_name, parse_name_pattern
 from nfguard.procs import ProcessInfo
-from nfguard.procs.containers import Container
+from nfguard.procs.containers import Container, image_id
 from nfguard.wire.dns import DNS_PORT
 from nfguard.wire.ip import TCP, UDP, Packet
 
@@ -209,9 +209,12 @@ def _container(fields: dict[str, Any]) -> Container | None:
     if container_id is None:
         return None
     image = fields.get("image")
+    image = image if isinstance(image, dict) else {}
+    digests = image.get("hash")
+    digests = digests.get("all") if isinstance(digests, dict) else None
     return Container(_optional_text(fields.get("runtime")) or "", container_id,
-                     _optional_text(fields.get("name")),
-                     _optional_text(image.get("name")) if isinstance(image, dict) else None)
+                     _optional_text(fields.get("name")), _optional_text(image.get("name")),
+                     image_id(digests[0] if isinstance(digests, list) and digests else None))
 
 
 def _table(event: dict[str, Any], key: str) -> dict[str, Any]:

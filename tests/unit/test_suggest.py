@@ -487,3 +487,32 @@ def test_a_containers_flows_get_a_client_by_image_not_by_one_runs_scope() -> Non
     next_run = json.loads(json.dumps(docker))
     next_run["container"]["image"]["name"] = "node:22"
     assert decide(engine, flows_of(next_run)[0]).action == "deny"
+
+
+def test_a_policy_that_pins_an_image_by_id_is_judged_with_the_events_image_id() -> None:
+    """`suggest --policy` replays events against the policy: a client of an image id
+    matches the flows whose event carries that id, and only those."""
+    run_id = "4f1d2c7b9e0a" + "5" * 52
+    digest = "sha256:" + "e" * 64
+    docker = event("151.101.0.223", 443, domain="pypi.org", who={"interface": "docker0"})
+    docker["container"] = {"id": run_id, "runtime": "docker",
+                           "image": {"name": "builder:latest", "hash": {"all": [digest]}}}
+    policies = load(f"""
+[[client]]
+name = "pinned"
+match = {{ image = "{digest}" }}
+policies = ["pypi"]
+
+[[policy]]
+name = "pypi"
+
+[[policy.rule]]
+action = "allow"
+to = ["pypi.org"]
+""")
+    assert denied(flows_of(docker), policies) == []
+    moved = json.loads(json.dumps(docker))
+    moved["container"]["image"]["hash"]["all"] = ["sha256:" + "f" * 64]
+    assert len(denied(flows_of(moved), policies)) == 1, "the tag moved to another image"
+    del moved["container"]["image"]["hash"]
+    assert len(denied(flows_of(moved), policies)) == 1
