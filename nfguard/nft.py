@@ -374,7 +374,7 @@ def _empty_chain_deletions(family: str, items: list[dict]) -> list[str]:
     chains = [item["chain"] for item in items if "chain" in item]
     idle = [chain["name"] for chain in chains
             if chain.get("policy") == "accept" and chain["name"] not in used]
-    others = [item for item in items if not {"metainfo", "table", "chain"} & item.keys()]
+    others = any(not {"metainfo", "table", "chain"} & item.keys() for item in items)
     if len(idle) == len(chains) and not others:
         return [f"delete table {family} {XT_TABLE}"]
     return [f"delete chain {family} {XT_TABLE} {name}" for name in idle]

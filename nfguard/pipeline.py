@@ -98,8 +98,7 @@ class Pipeline:
         """A reload's [names] settings; what the cache learnt stays."""
         self.settings = settings
         configure_name_cache(self.names, settings)
-        if settings.resolvers != self.trusted.setting:
-            self.trusted.configure(settings.resolvers)
+        self.trusted.configure(settings.resolvers)
 
     # -- entry point ---------------------------------------------------------------------
     def handle(self, payload: bytes, mark: int, hook: int = LOCAL_OUT,

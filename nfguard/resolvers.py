@@ -71,10 +71,13 @@ class TrustedServers:
         self.interval = interval
         self.clock = clock
         self.networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
+        self.setting: tuple[str, ...] | str | None = None
         self.configure(setting)
 
     def configure(self, setting: tuple[str, ...] | str) -> None:
-        """Start afresh with another setting (a reload changed it)."""
+        """A reload's setting: another one starts afresh, the same one keeps what is known."""
+        if setting == self.setting:
+            return
         self.setting = setting
         self._checked_at: float | None = None
         self._stamp: Stamp | None = None
