@@ -362,9 +362,12 @@ class Lab:
         return parse_nfqueue(self.exec(self.client, "cat", NFQUEUE_PROC, check=True).stdout)
 
     def audit_events(self) -> list[dict]:
+        """The events written so far. The engine writes whole lines, but a read can meet a
+        write in progress: a last line without its newline is not written yet."""
         if not self.audit_path.exists():
             return []
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+        written = self.audit_path.read_text().rpartition("\n")[0]
+        return [json.loads(line) for line in written.splitlines()]
 
     def wait_for_event(self, predicate, timeout: float = 5) -> dict:  # type: ignore[no-untyped-def]
         """The audit log is flushed once a second; wait for a matching event."""
