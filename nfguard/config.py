@@ -17,6 +17,8 @@ DEFAULT_PATH = "/etc/nfguard/nfguard.toml"
 SYSTEM_RESOLVERS = "system"  # names.resolvers: the servers the host's resolv.conf names
 DOCKER_ROOT = "/var/lib/docker"  # containers.docker_root: Docker's data-root
 PODMAN_ROOT = "/var/lib/containers/storage"  # containers.podman_root: Podman's graphroot
+CONTAINERD_STATE = "/run/containerd"  # containers.containerd_state: containerd's state
+CRIO_RUNROOT = "/run/containers/storage"  # containers.crio_runroot: CRI-O's runroot
 # The bridges of Docker (docker0, br-<network>), Podman, CNI, libvirt and LXC.
 DEFAULT_FORWARD_FROM = ("docker0", "br-*", "podman*", "cni*", "virbr*", "lxcbr*")
 # An interface name (at most 15 bytes) or a prefix of one followed by *.
@@ -73,10 +75,12 @@ class NamesConfig:
 @dataclass(frozen=True, slots=True)
 class ContainersConfig:
     """Where the container runtimes keep their state (for containers' names and images):
-    Docker's data-root, Podman's graphroot."""
+    Docker's data-root, Podman's graphroot, containerd's state and CRI-O's runroot."""
 
     docker_root: str = DOCKER_ROOT
     podman_root: str = PODMAN_ROOT
+    containerd_state: str = CONTAINERD_STATE
+    crio_runroot: str = CRIO_RUNROOT
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +117,8 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "resolvers": (object, None),  # checked by _resolvers
     },
     "control": {"socket": (str, None)},
-    "containers": {"docker_root": (str, None), "podman_root": (str, None)},
+    "containers": {"docker_root": (str, None), "podman_root": (str, None),
+                   "containerd_state": (str, None), "crio_runroot": (str, None)},
 }
 _SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsConfig,
              "names": NamesConfig, "control": ControlConfig, "containers": ContainersConfig}

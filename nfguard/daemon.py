@@ -58,7 +58,8 @@ RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loop
                 ("engine", "forward_from"), ("engine", "queue_maxlen"), ("engine", "workers"),
                 ("metrics", "listen"), ("metrics", "tls_cert"), ("metrics", "tls_key"),
                 ("control", "socket"), ("containers", "docker_root"),
-                ("containers", "podman_root"))
+                ("containers", "podman_root"), ("containers", "containerd_state"),
+                ("containers", "crio_runroot"))
 
 
 def build_engine(config: Config, resolvers: TrustedServers | None = None) -> Engine:
@@ -139,8 +140,7 @@ class Daemon:
         self.config = config
         stats = Stats(policy_loaded_at=time.time(), policy_rules=engine.policies.source.rule_count)
         self.audit = AuditLog(config.audit.path, config.audit.format)
-        self.attributor = attributor = Attributor(containers=Containers(
-            config.containers.docker_root, config.containers.podman_root))
+        self.attributor = attributor = Attributor(containers=Containers(config.containers))
         log.info("attribution: cgroup v2 at %s; process events %s; socket owners recorded "
                  "by eBPF: %s", attributor.cgroup_root or "(not mounted: by owner uid)",
                  "on" if attributor.live_members else "off (cgroup.procs read per miss)",

@@ -7,8 +7,12 @@ Podman `libpod-<id>.scope`, containerd's CRI `cri-containerd-<id>.scope`, CRI-O
 (the image as the reference it was started from, and as the id of the image that was) are
 in the runtime's state on this host, written by its root daemon before the container
 starts, so nothing inside the container can claim another's: Docker's
-`containers/<id>/config.v2.json`, Podman's `overlay-containers/containers.json`.
-containerd and CRI-O containers are known by runtime and id only.
+`containers/<id>/config.v2.json`, Podman's `overlay-containers/containers.json`, and for
+a Kubernetes pod's container the annotations of its OCI runtime config, which the CRI
+runtime sets from the pod (containerd's `io.containerd.runtime.v2.task/<namespace>/<id>/
+config.json`, CRI-O's `overlay-containers/<id>/userdata/config.json`). A pod's container
+is named `<namespace>/<pod>/<container>`; containerd's annotations carry no image id,
+CRI-O's do.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from nfguard.config import DOCKER_ROOT, PODMAN_ROOT
+from nfguard.config import ContainersConfig
 from nfguard.lru import Memo
 
 RETRY = 1.0  # seconds before a container whose state was not found is looked up again
@@ -81,6 +85,32 @@ def podman_identity(text: str, container_id: str) -> Identity | None:
     return None
 
 
+# The annotations a CRI runtime gives a pod's container: namespace, pod, container,
+# image reference, and image id (CRI-O's storage id; containerd writes none).
+PodKeys = tuple[str, str, str, str, "str | None"]
+CONTAINERD_ANNOTATIONS: PodKeys = (
+    "io.kubernetes.cri.sandbox-namespace", "io.kubernetes.cri.sandbox-name",
+    "io.kubernetes.cri.container-name", "io.kubernetes.cri.image-name", None)
+CRIO_ANNOTATIONS: PodKeys = (
+    "io.kubernetes.pod.namespace", "io.kubernetes.pod.name", "io.kubernetes.container.name",
+    "io.kubernetes.cri-o.ImageName", "io.kubernetes.cri-o.ImageRef")
+
+
+def pod_identity(text: str, keys: PodKeys) -> Identity:
+    """(namespace/pod/container, image, image id) from a pod container's OCI runtime
+    config, its annotations under `keys` (a pod's sandbox has no container name:
+    namespace/pod)."""
+    spec = json.loads(text)
+    annotations = _json_object(spec.get("annotations") if isinstance(spec, dict) else None)
+    namespace_key, pod_key, container_key, image_key, id_key = keys
+    namespace, pod, container = (_text(annotations.get(key))
+                                 for key in (namespace_key, pod_key, container_key))
+    name = "/".join(part for part in (namespace, pod, container) if part) if (
+        namespace and pod) else None
+    return (name, _text(annotations.get(image_key)),
+            image_id(annotations.get(id_key)) if id_key else None)
+
+
 def image_id(value: Any) -> str | None:
     """An image id as "sha256:<64 lower-case hex>" (Docker writes it so, Podman's storage
     bare), or None when it is not one."""
@@ -94,10 +124,9 @@ class Containers:
     """cgroup path → Container, names and images read from the runtimes' state once per
     container (a container whose state is missing is looked up again after RETRY)."""
 
-    def __init__(self, docker_root: str = DOCKER_ROOT, podman_root: str = PODMAN_ROOT,
+    def __init__(self, settings: ContainersConfig | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.docker_root = docker_root
-        self.podman_root = podman_root
+        self.settings = settings or ContainersConfig()
         self.clock = clock
         # cgroup path -> (container or None, monotonic time after which to look again)
         self._by_cgroup: Memo[str, tuple[Container | None, float]] = Memo(MAX_CGROUPS)
@@ -119,16 +148,35 @@ class Containers:
             cgroup, (container, _FOREVER if identity is not None else now + RETRY))[0]
 
     def _identity(self, runtime: str, container_id: str) -> Identity | None:
+        settings = self.settings
         try:
             if runtime == "docker":
                 return docker_identity(_read(os.path.join(
-                    self.docker_root, "containers", container_id, "config.v2.json")))
+                    settings.docker_root, "containers", container_id, "config.v2.json")))
             if runtime == "podman":
                 return podman_identity(_read(os.path.join(
-                    self.podman_root, "overlay-containers", "containers.json")), container_id)
+                    settings.podman_root, "overlay-containers", "containers.json")),
+                    container_id)
+            if runtime == "containerd":
+                return pod_identity(_read(_containerd_bundle(settings.containerd_state,
+                                                             container_id)),
+                                    CONTAINERD_ANNOTATIONS)
+            return pod_identity(_read(os.path.join(  # cri-o
+                settings.crio_runroot, "overlay-containers", container_id, "userdata",
+                "config.json")), CRIO_ANNOTATIONS)
         except (OSError, ValueError):
             return None  # not written yet, gone, or not what it should be
-        return UNNAMED  # a runtime whose state is not read here: known by id
+
+
+def _containerd_bundle(state: str, container_id: str) -> str:
+    """The OCI runtime config of a containerd task: in the bundle of its containerd
+    namespace (the CRI plugin's is k8s.io, looked at first)."""
+    tasks = os.path.join(state, "io.containerd.runtime.v2.task")
+    for namespace in sorted(os.listdir(tasks), key=lambda name: (name != "k8s.io", name)):
+        path = os.path.join(tasks, namespace, container_id, "config.json")
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f"no containerd task {container_id} under {tasks}")
 
 
 def _read(path: str) -> str:

@@ -91,9 +91,11 @@ q.run()
 
 # Sequential new connections, each timed: connect() (SYN to established) and the whole
 # request (connect, GET with a Host header, answer read to the server's close); "starts"
-# are wall-clock times. Runs `count` times, or until SIGINT when count is 0; prints JSON.
+# are wall-clock times. Runs `count` times, or until SIGINT when count is 0 (its handler
+# set anew: a bench started in the background inherits SIGINT ignored); prints JSON.
 PROBE = r"""
-import json, socket, sys, time
+import json, signal, socket, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 host, port, name, count = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 request = f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode()
 out = {"starts": [], "connect": [], "request": [], "failures": 0}

@@ -129,6 +129,15 @@ def docker_scope() -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture(params=["containerd", "cri-o"])
+def pod_scope(request: pytest.FixtureRequest) -> Iterator[tuple[str, Path]]:
+    """A cgroup named as a CRI runtime names a Kubernetes pod's container's
+    (cri-containerd-<id>.scope, crio-<id>.scope), and that runtime."""
+    prefix = {"containerd": "cri-containerd", "cri-o": "crio"}[request.param]
+    with made_cgroup(f"{prefix}-{uuid.uuid4().hex}{uuid.uuid4().hex}.scope") as path:
+        yield request.param, path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind(tmp_path_factory) -> Iterator[None]:  # type: ignore[no-untyped-def]
     """After the whole e2e run: no lab namespace and no engine of this session remains."""

@@ -171,6 +171,51 @@ def test_a_container_is_matched_by_its_image(lab: Lab, docker_scope: Path, image
     assert outside["event"]["reason"] == "no_client_match" and "container" not in outside
 
 
+def test_a_kubernetes_pods_container_is_matched_by_its_name(
+        lab: Lab, pod_scope: tuple[str, Path]) -> None:
+    """A process in a pod container's cgroup, the container's OCI runtime config where its
+    CRI runtime keeps it: curl there is allowed by a client of the pod's namespace and
+    container name; the same curl outside the cgroup is not."""
+    runtime, scope = pod_scope
+    container_id = scope.name.split("-")[-1].removesuffix(".scope")
+    if runtime == "containerd":
+        config = lab.workdir / "containerd/io.containerd.runtime.v2.task/k8s.io"
+        annotations = {"io.kubernetes.cri.sandbox-namespace": "ci",
+                       "io.kubernetes.cri.sandbox-name": "runner-7f9c",
+                       "io.kubernetes.cri.container-name": "build",
+                       "io.kubernetes.cri.image-name": "registry.test/ci/build:3"}
+        image = {"name": "registry.test/ci/build:3"}
+    else:
+        config = lab.workdir / "crio/overlay-containers"
+        annotations = {"io.kubernetes.pod.namespace": "ci",
+                       "io.kubernetes.pod.name": "runner-7f9c",
+                       "io.kubernetes.container.name": "build",
+                       "io.kubernetes.cri-o.ImageName": "registry.test/ci/build:3",
+                       "io.kubernetes.cri-o.ImageRef": IMAGE_ID.removeprefix("sha256:")}
+        image = {"name": "registry.test/ci/build:3", "hash": {"all": [IMAGE_ID]}}
+    config = config / container_id / ("config.json" if runtime == "containerd"
+                                      else "userdata/config.json")
+    config.parent.mkdir(parents=True)
+    config.write_text(json.dumps({"ociVersion": "1.1.0", "annotations": annotations}))
+    lab.add_container("docker0")
+    lab.serve_http(80)
+    start_with_curl_clients(lab, "pod-curl", 'container = "ci/runner-*/build"', containers={
+        "containerd_state": str(lab.workdir / "containerd"),
+        "crio_runroot": str(lab.workdir / "crio")})
+    in_scope = ("sh", "-c", 'echo $$ > "$0"/cgroup.procs && exec "$@"', str(scope))
+    fetch = ("curl", "-sS", "--max-time", "3", f"http://{ALLOWED_V4}:80/")
+    assert lab.exec(lab.container, *in_scope, *fetch).stdout == "port 80\n"
+    assert lab.exec(lab.container, *fetch).returncode in CUT, "not in the pod's cgroup"
+    allowed = lab.wait_for_event(lambda e: from_container(e, CONTAINER_V4)
+                                 and e["event"]["action"] == "allow")
+    assert allowed["nfguard"]["client"] == "pod-curl"
+    assert allowed["container"] == {"id": container_id, "runtime": runtime,
+                                    "name": "ci/runner-7f9c/build", "image": image}
+    denied = lab.wait_for_event(lambda e: from_container(e, CONTAINER_V4)
+                                and e["event"]["action"] == "deny")
+    assert denied["event"]["reason"] == "no_client_match" and "container" not in denied
+
+
 def test_forwarded_traffic_is_left_alone_without_forward_from(lab: Lab) -> None:
     lab.add_container("docker0")
     lab.serve_http(80)

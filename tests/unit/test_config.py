@@ -268,5 +268,8 @@ def test_containers_state_roots_are_absolute_and_shipped_as_the_defaults() -> No
     assert problems('[containers]\npodman_root = "storage"\n') == [
         "/etc/nfguard/nfguard.toml:2: containers.podman_root must be an absolute path, "
         "not 'storage'"]
+    assert problems('[containers]\ncrio_runroot = "run"\ncontainerd_state = "/run/k3s/c"\n') \
+        == ["/etc/nfguard/nfguard.toml:2: containers.crio_runroot must be an absolute path, "
+            "not 'run'"]
     shipped = Path(__file__).resolve().parents[2] / "etc/nfguard/nfguard.toml"
     assert parse_config(shipped.read_text(), str(shipped)).containers == ContainersConfig()

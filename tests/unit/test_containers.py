@@ -11,17 +11,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nfguard.audit import audit_event, text_line
+from nfguard.config import ContainersConfig
 from nfguard.engine import Decision
 from nfguard.policy.clients import client_matches
 from nfguard.policy.load import PolicyError, parse_policy_texts
 from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import (
+    CONTAINERD_ANNOTATIONS,
+    CRIO_ANNOTATIONS,
     RETRY,
     Container,
     Containers,
     container_in,
     docker_identity,
     image_id,
+    pod_identity,
     podman_identity,
 )
 
@@ -78,6 +82,68 @@ def test_names_and_images_from_the_runtimes_state() -> None:
         docker_identity("{not json")
 
 
+CONTAINERD_SPEC = {"ociVersion": "1.1.0", "annotations": {
+    "io.kubernetes.cri.container-type": "container",
+    "io.kubernetes.cri.sandbox-namespace": "ci", "io.kubernetes.cri.sandbox-name": "runner-7f9c",
+    "io.kubernetes.cri.container-name": "build",
+    "io.kubernetes.cri.image-name": "registry.test/ci/build:3"}}
+CRIO_SPEC = {"ociVersion": "1.0.2", "annotations": {
+    "io.kubernetes.pod.namespace": "ci", "io.kubernetes.pod.name": "runner-7f9c",
+    "io.kubernetes.container.name": "build",
+    "io.kubernetes.cri-o.ImageName": "registry.test/ci/build:3",
+    "io.kubernetes.cri-o.ImageRef": "d" * 64}}
+
+
+def test_a_pods_container_is_named_from_its_runtime_config_annotations() -> None:
+    pod = ("ci/runner-7f9c/build", "registry.test/ci/build:3")
+    assert pod_identity(json.dumps(CONTAINERD_SPEC), CONTAINERD_ANNOTATIONS) == (*pod, None)
+    assert pod_identity(json.dumps(CRIO_SPEC), CRIO_ANNOTATIONS) == (*pod, "sha256:" + "d" * 64)
+    digest_ref = {"annotations": {**CRIO_SPEC["annotations"],
+                                  "io.kubernetes.cri-o.ImageRef": "registry.test/ci@sha256:"
+                                  + "e" * 64}}
+    assert pod_identity(json.dumps(digest_ref), CRIO_ANNOTATIONS) == (*pod, None), \
+        "a manifest digest is not the image's id"
+    assert pod_identity(json.dumps(CRIO_SPEC), CONTAINERD_ANNOTATIONS) == (None, None, None)
+    sandbox = {"annotations": {k: v for k, v in CONTAINERD_SPEC["annotations"].items()
+                               if k != "io.kubernetes.cri.container-name"}}
+    assert pod_identity(json.dumps(sandbox), CONTAINERD_ANNOTATIONS)[0] == "ci/runner-7f9c"
+    no_namespace = {"annotations": {"io.kubernetes.pod.name": "runner-7f9c",
+                                    "io.kubernetes.container.name": "build"}}
+    assert pod_identity(json.dumps(no_namespace), CRIO_ANNOTATIONS) == (None, None, None)
+    for odd in ("[]", '{"annotations": []}', '{"annotations": {"io.kubernetes.pod.name": 7}}'):
+        assert pod_identity(odd, CRIO_ANNOTATIONS) == (None, None, None)
+    with pytest.raises(ValueError):
+        pod_identity("{not json", CRIO_ANNOTATIONS)
+
+
+def write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(value))
+
+
+def test_a_pods_container_is_found_in_its_runtimes_state(tmp_path: Path) -> None:
+    """containerd's task bundle in whichever containerd namespace holds it, CRI-O's
+    userdata; until the config is there, the container is known by id and looked up again."""
+    now = [0.0]
+    settings = ContainersConfig(containerd_state=str(tmp_path / "containerd"),
+                                crio_runroot=str(tmp_path / "crio"))
+    containers = Containers(settings, clock=lambda: now[0])
+    tasks = tmp_path / "containerd" / "io.containerd.runtime.v2.task"
+    write_json(tasks / "moby" / OTHER_ID / "config.json", {"annotations": {}})
+    write_json(tasks / "k8s.io" / ID / "config.json", CONTAINERD_SPEC)
+    build = ("ci/runner-7f9c/build", "registry.test/ci/build:3")
+    assert containers.of(f"/kubepods.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope") \
+        == Container("containerd", ID, *build)
+    crio = f"/kubepods.slice/crio-{ID}.scope"
+    assert containers.of(crio) == Container("cri-o", ID)
+    write_json(tmp_path / "crio" / "overlay-containers" / ID / "userdata" / "config.json",
+               CRIO_SPEC)
+    now[0] += RETRY
+    assert containers.of(crio) == Container("cri-o", ID, *build, "sha256:" + "d" * 64)
+    assert containers.of(f"/kubepods.slice/cri-containerd-{'e' * 64}.scope") == Container(
+        "containerd", "e" * 64), "no task of that id in any containerd namespace"
+
+
 def docker_root(tmp_path: Path, container_id: str, state: dict) -> Path:
     directory = tmp_path / "docker" / "containers" / container_id
     directory.mkdir(parents=True)
@@ -89,7 +155,7 @@ def test_a_containers_identity_is_read_once_and_a_missing_one_again_later(
         tmp_path: Path) -> None:
     now = [100.0]
     root = docker_root(tmp_path, ID, DOCKER_STATE)
-    containers = Containers(str(root), str(tmp_path / "podman"), clock=lambda: now[0])
+    containers = Containers(ContainersConfig(docker_root=str(root)), clock=lambda: now[0])
     cgroup = f"/system.slice/docker-{ID}.scope"
     build = Container("docker", ID, "ci-build-17", "python:3.12-slim", "sha256:" + "b" * 64)
     assert containers.of(cgroup) == build
