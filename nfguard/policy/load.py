@@ -183,7 +183,7 @@ class _Builder:
                 continue
             if key == "image" and value.lower().startswith(IMAGE_ID_PREFIX):
                 value = value.lower()
-                if not re.fullmatch(r"sha256:[0-9a-f]{1,64}\*?", value):
+                if not re.fullmatch(rf"{IMAGE_ID_PREFIX}[0-9a-f]{{1,64}}\*?", value):
                     source.problem((*path, "match", key), "match.image by id must be "
                                    "sha256: and hex digits (all 64, or a prefix and *)",
                                    needle=key)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from nfguard.config import ContainersConfig
 from nfguard.lru import Memo
+from nfguard.policy.model import IMAGE_ID_PREFIX
 
 RETRY = 1.0  # seconds before a container whose state was not found is looked up again
 MAX_STATE = 16 << 20  # bytes of one runtime state file read (Podman's lists every container)
@@ -116,8 +117,8 @@ def image_id(value: Any) -> str | None:
     bare), or None when it is not one."""
     if not isinstance(value, str):
         return None
-    digest = value.removeprefix("sha256:")
-    return f"sha256:{digest}" if _DIGEST.fullmatch(digest) else None
+    digest = value.removeprefix(IMAGE_ID_PREFIX)
+    return IMAGE_ID_PREFIX + digest if _DIGEST.fullmatch(digest) else None
 
 
 class Containers:

@@ -22,6 +22,7 @@ from tests.e2e.lab import (
     Lab,
 )
 from tests.e2e.test_clients import CURL, PYTHON, urllib_get
+from tests.unit.test_containers import CONTAINERD_SPEC, CRIO_SPEC
 
 CUT = {7, 56}  # curl: refused / reset during connect or receive
 
@@ -178,25 +179,19 @@ def test_a_kubernetes_pods_container_is_matched_by_its_name(
     container name; the same curl outside the cgroup is not."""
     runtime, scope = pod_scope
     container_id = scope.name.split("-")[-1].removesuffix(".scope")
+    image = {"name": "registry.test/ci/build:3"}
     if runtime == "containerd":
-        config = lab.workdir / "containerd/io.containerd.runtime.v2.task/k8s.io"
-        annotations = {"io.kubernetes.cri.sandbox-namespace": "ci",
-                       "io.kubernetes.cri.sandbox-name": "runner-7f9c",
-                       "io.kubernetes.cri.container-name": "build",
-                       "io.kubernetes.cri.image-name": "registry.test/ci/build:3"}
-        image = {"name": "registry.test/ci/build:3"}
+        config = lab.workdir / "containerd/io.containerd.runtime.v2.task/k8s.io" / \
+            container_id / "config.json"
+        spec = CONTAINERD_SPEC
     else:
-        config = lab.workdir / "crio/overlay-containers"
-        annotations = {"io.kubernetes.pod.namespace": "ci",
-                       "io.kubernetes.pod.name": "runner-7f9c",
-                       "io.kubernetes.container.name": "build",
-                       "io.kubernetes.cri-o.ImageName": "registry.test/ci/build:3",
-                       "io.kubernetes.cri-o.ImageRef": IMAGE_ID.removeprefix("sha256:")}
-        image = {"name": "registry.test/ci/build:3", "hash": {"all": [IMAGE_ID]}}
-    config = config / container_id / ("config.json" if runtime == "containerd"
-                                      else "userdata/config.json")
+        config = lab.workdir / "crio/overlay-containers" / container_id / \
+            "userdata/config.json"
+        spec = CRIO_SPEC
+        storage_id = CRIO_SPEC["annotations"]["io.kubernetes.cri-o.ImageRef"]
+        image["hash"] = {"all": [f"sha256:{storage_id}"]}
     config.parent.mkdir(parents=True)
-    config.write_text(json.dumps({"ociVersion": "1.1.0", "annotations": annotations}))
+    config.write_text(json.dumps(spec))
     lab.add_container("docker0")
     lab.serve_http(80)
     start_with_curl_clients(lab, "pod-curl", 'container = "ci/runner-*/build"', containers={
