@@ -109,6 +109,88 @@ while True:
 """
 
 
+# Records what reaches the server: every TCP connection accepted (peer and every byte it
+# sent), one JSON line each as it closes or at the end of its first 5 s. With a banner it
+# talks first, as a server-first protocol would ("run this"), and keeps reading.
+TCP_RECORDER = """
+import json, socket, sys, threading
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+out, banner, lock = open(sys.argv[3], "a"), sys.argv[4].encode(), threading.Lock()
+def record(conn, peer):
+    got = b""
+    with conn:
+        conn.settimeout(5)
+        try:
+            if banner:
+                conn.sendall(banner)
+            while data := conn.recv(65536):
+                got += data
+        except OSError:
+            pass
+    with lock:
+        out.write(json.dumps({"peer": list(peer[:2]), "data": got.hex()}) + "\\n")
+        out.flush()
+while True:
+    threading.Thread(target=record, args=s.accept(), daemon=True).start()
+"""
+
+# Records every UDP datagram that reaches the server, one JSON line each.
+UDP_RECORDER = """
+import json, socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+out = open(sys.argv[3], "a")
+while True:
+    data, peer = s.recvfrom(65536)
+    out.write(json.dumps({"peer": list(peer[:2]), "data": data.hex()}) + "\\n")
+    out.flush()
+"""
+
+# Captures every frame the server's veth0 receives (AF_PACKET, below netfilter and the
+# sockets), one hex line each: what an attacker got onto the wire, whatever it was.
+SNIFFER = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("veth0", 0))
+out = open(sys.argv[1], "a")
+while True:
+    frame, meta = s.recvfrom(65536)
+    if meta[2] != socket.PACKET_OUTGOING:
+        out.write(frame.hex() + "\\n")
+        out.flush()
+"""
+
+
+@dataclass
+class Recording:
+    """What a recorder or the sniffer on the server side has seen so far."""
+
+    path: Path
+
+    def lines(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        return self.path.read_text().rpartition("\n")[0].splitlines()
+
+    def records(self) -> list[dict]:
+        """TCP/UDP recorders: {"peer": [ip, port], "data": bytes} per connection/datagram."""
+        return [{**item, "data": bytes.fromhex(item["data"])}
+                for item in map(json.loads, self.lines())]
+
+    def contains(self, marker: bytes) -> bool:
+        """Whether `marker` arrived anywhere: in a recorded payload or a captured frame."""
+        return any(marker in data for data in self.payloads())
+
+    def payloads(self) -> list[bytes]:
+        """The recorded payloads, or the captured frames."""
+        return [bytes.fromhex(line if line[:1] != "{" else json.loads(line)["data"])
+                for line in self.lines()]
+
+
+
 def run(
     *argv: str, check: bool = True, timeout: float = 30, **kw: object
 ) -> subprocess.CompletedProcess:
@@ -261,6 +343,33 @@ class Lab:
         self.spawn(self.server, sys.executable, "-c", TCP_ECHO, host, str(port),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_listening(port, "tcp")
+
+    def record_tcp(self, host: str, port: int, banner: bytes = b"") -> Recording:
+        """A TCP listener on the server that records each connection and what it sent
+        (and first sends `banner`, as a server-first protocol does)."""
+        recording = Recording(self.workdir / f"tcp-{host}-{port}.jsonl")
+        self.spawn(self.server, sys.executable, "-c", TCP_RECORDER, host, str(port),
+                   str(recording.path), banner.decode(),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_listening(port, "tcp")
+        return recording
+
+    def record_udp(self, host: str, port: int) -> Recording:
+        """A UDP listener on the server that records every datagram it receives."""
+        recording = Recording(self.workdir / f"udp-{host}-{port}.jsonl")
+        self.spawn(self.server, sys.executable, "-c", UDP_RECORDER, host, str(port),
+                   str(recording.path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_listening(port, "udp")
+        return recording
+
+    def sniff(self) -> Recording:
+        """Every frame the server's veth0 receives from now on (stop by closing the lab)."""
+        recording = Recording(self.workdir / f"sniffed-{next(_counter)}.hex")
+        recording.path.touch()
+        self.spawn(self.server, sys.executable, "-u", "-c", SNIFFER, str(recording.path),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2 * SLOWDOWN)  # the socket is bound before the test sends
+        return recording
 
     def wait_listening(self, port: int, proto: str, deadline: float = 10,
                        address: str | None = None) -> None:
