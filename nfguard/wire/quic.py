@@ -9,10 +9,17 @@ reorder and duplicate (Chrome's "chaos protection") and which may span two datag
 Versions: QUIC v1 (0x00000001) and v2 (0x6b3343cf, RFC 9369), which differ in the initial
 salt, the HKDF labels and the long-header packet type bits.  Everything else is refused.
 
-Bounds: a CRYPTO stream of at most 16 KiB + 4 (the TLS hello bound), 64 datagrams, 1024
+Bounds: a CRYPTO stream of at most 64 KiB + 4 (the TLS hello bound), 64 datagrams, 1024
 CRYPTO frames and 4 key sets (one per client DCID, which changes after a Retry) per
-assembler.  Conflicting bytes at the same CRYPTO offset are an error (RFC 9000 2.2 allows
-it, and silently picking one copy could differ from what the server picks).
+assembler; a CRYPTO stream's buffer never runs more than 4 KiB past the datagram bytes fed
+so far (a frame far ahead of the data cannot make it allocate 64 KiB).  Conflicting bytes
+at the same CRYPTO offset are an error (RFC 9000 2.2 allows it, and silently picking one
+copy could differ from what the server picks).
+
+What cannot start a client's flow is an error at once, never a wait: a first datagram
+without an Initial (a short header, a version negotiation packet, an unknown version,
+only 0-RTT or Handshake packets), and any datagram that is not a long header before the
+hello is complete (1-RTT needs the server's answer to a complete hello).
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ MAX_CID = 20  # RFC 9000 17.2: v1 (and v2) connection IDs are at most 20 bytes
 MAX_CRYPTO = MAX_HELLO + 4  # handshake header + ClientHello body
 MAX_DATAGRAMS = 64
 MAX_CRYPTO_FRAMES = 1024
+CRYPTO_AHEAD = 4096  # how far a CRYPTO stream may run past the datagram bytes fed
 MAX_KEYSETS = 4
 TAG_LEN = 16
 SAMPLE_LEN = 16
@@ -350,11 +358,14 @@ class _CryptoStream:
         self.prefix = 0  # length of the contiguous received prefix
         self.frames = 0
 
-    def add(self, offset: int, data: bytes) -> None:
+    def add(self, offset: int, data: bytes, fed: int) -> None:
+        """Add one frame's data; `fed` is the datagram bytes fed so far (a memory bound)."""
         length = len(data)
         end = offset + length
         if end > MAX_CRYPTO:
-            raise WireError("quic: CRYPTO data beyond the 16 KiB ClientHello bound")
+            raise WireError("quic: CRYPTO data beyond the 64 KiB ClientHello bound")
+        if end > fed + CRYPTO_AHEAD:
+            raise WireError("quic: CRYPTO data far beyond the bytes received")
         self.frames += 1
         if self.frames > MAX_CRYPTO_FRAMES:
             raise WireError("quic: too many CRYPTO frames")
@@ -394,7 +405,7 @@ class _CryptoStream:
             return None
         length = int.from_bytes(self.buf[1:4], "big")
         if length > MAX_HELLO:
-            raise WireError("quic: ClientHello larger than 16 KiB")
+            raise WireError("quic: ClientHello larger than 64 KiB")
         if self.prefix < 4 + length:
             return None
         return bytes(self.buf[4 : 4 + length])
@@ -413,7 +424,7 @@ class QuicHelloAssembler(StickyReader[HelloResult]):
     key set, and on any bound; after an error the assembler stays failed.
     """
 
-    __slots__ = ("_datagrams", "_first", "_openers", "_streams")
+    __slots__ = ("_datagrams", "_fed", "_first", "_openers", "_streams")
 
     def __init__(self) -> None:
         super().__init__()
@@ -421,6 +432,7 @@ class QuicHelloAssembler(StickyReader[HelloResult]):
         self._streams: dict[tuple[int, bytes], _CryptoStream] = {}
         self._first: tuple[int, bytes] | None = None
         self._datagrams = 0
+        self._fed = 0  # datagram bytes fed
 
     def _discard(self) -> None:
         self._streams.clear()
@@ -439,7 +451,11 @@ class QuicHelloAssembler(StickyReader[HelloResult]):
         self._datagrams += 1
         if self._datagrams > MAX_DATAGRAMS:
             raise WireError("quic: no complete ClientHello within 64 datagrams")
-        for h in _long_headers(dgram):
+        self._fed += len(dgram)
+        headers = _long_headers(dgram)
+        if self._first is None and not any(h.initial for h in headers):
+            raise WireError("quic: the first datagram carries no Initial packet")
+        for h in headers:
             if not h.initial:
                 continue  # 0-RTT / Handshake: not decryptable here, and not needed
             own = (h.version, h.dcid)
@@ -456,7 +472,7 @@ class QuicHelloAssembler(StickyReader[HelloResult]):
             if stream is None:
                 stream = self._streams[ident] = _CryptoStream()
             for offset, data in crypto_frames(opened[1]):
-                stream.add(offset, data)
+                stream.add(offset, data, self._fed)
             body = stream.hello_body()
             if body is not None:
                 self._result = parse_client_hello(body)

@@ -2,12 +2,16 @@
 
 A ClientHello can span several TCP segments (post-quantum key shares make it ~1.7 KB) and
 several TLS records (record splitting is a known DPI-evasion trick), so the reader
-reassembles the handshake message across both before parsing.  Everything is bounded:
-the hello body (16 KiB), the raw bytes consumed (64 KiB), and each record (16 KiB).
+reassembles the handshake message across both before parsing, the way a server's record
+layer does (OpenSSL 3 was asked, see tests/unit/test_wire_tls.py): records of 0 to 2^14
+bytes, up to 32 empty ones (more and OpenSSL fails the handshake), any 3.x record
+version, no record of another type before the hello ends.  The hello itself is bounded
+at 64 KiB (OpenSSL takes up to 128 KiB: a larger one is "cannot be known", not a guess).
 
 Only what the policy needs is extracted: the SNI host name, whether an ECH extension is
 present, and the ALPN protocols.  Ambiguities a server might resolve differently from us
-(duplicate extensions, two host names) are errors, not guesses.
+(a repeated extension, a server_name list that is not exactly one host_name) are errors,
+not guesses.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ __all__ = [
     "validate_hostname",
 ]
 
-MAX_HELLO = 16 * 1024  # ClientHello body bound; real ones are 0.2-2 KB
-MAX_RAW = 64 * 1024  # record-layer bytes the reader accepts before giving up
+MAX_HELLO = 64 * 1024  # ClientHello body bound; real ones are 0.2-2 KB
 MAX_RECORD = 1 << 14  # RFC 8446 5.1: TLSPlaintext.length <= 2^14
+MAX_EMPTY_RECORDS = 32  # OpenSSL's MAX_EMPTY_RECORDS: the 33rd fails its handshake
 
 CONTENT_HANDSHAKE = 22
 HANDSHAKE_CLIENT_HELLO = 1
@@ -94,23 +98,21 @@ def _vec(body: bytes, pos: int, end: int, width: int) -> tuple[int, int]:
 
 
 def _parse_sni(body: bytes, pos: int, end: int) -> str:
+    """The one host name of a server_name extension.
+
+    Only a list of exactly one host_name entry is read: OpenSSL rejects anything else,
+    while other servers skip unknown name types or take the first host name, so every
+    other shape could name different hosts to different servers.
+    """
     start, stop = _vec(body, pos, end, 2)
     if stop != end or start == stop:
         raise WireError("tls: bad server_name extension")
-    name: str | None = None
-    while start < stop:
-        if start + 3 > stop:
-            raise WireError("tls: truncated server_name entry")
-        kind = body[start]
-        nstart, nstop = _vec(body, start + 1, stop, 2)
-        if kind == 0:
-            if name is not None:
-                raise WireError("tls: more than one host_name in server_name")
-            name = validate_hostname(body[nstart:nstop])
-        start = nstop
-    if name is None:
-        raise WireError("tls: server_name without a host_name")
-    return name
+    if body[start] != 0:
+        raise WireError("tls: server_name entry is not a host_name")
+    nstart, nstop = _vec(body, start + 1, stop, 2)
+    if nstop != stop:
+        raise WireError("tls: server_name list is not exactly one host_name")
+    return validate_hostname(body[nstart:nstop])
 
 
 def _parse_alpn(body: bytes, pos: int, end: int) -> tuple[str, ...]:
@@ -186,34 +188,34 @@ class ClientHelloReader(StickyReader[HelloResult]):
 
     ``feed()`` the payload of each segment in stream order; it returns None while more
     bytes are needed and the ``HelloResult`` once the hello is complete (again on any later
-    call).  Raises ``WireError`` at the first byte that cannot start a TLS handshake record,
-    on any other record type before the hello is complete, on a handshake message that is
-    not a ClientHello, and when a bound is exceeded; after an error the reader stays failed.
+    call); bytes after the hello (early data) are not looked at.  Raises ``WireError`` at
+    the first byte that cannot start a TLS handshake record, on any other record type
+    before the hello is complete, on a handshake message that is not a ClientHello, and
+    when a bound is exceeded; after an error the reader stays failed.  It keeps at most
+    one incomplete record and the handshake bytes so far (<= 64 KiB), and its work is
+    linear in the bytes fed.
     """
 
-    __slots__ = ("_hs", "_raw", "_raw_total")
+    __slots__ = ("_empty", "_hs", "_raw")
 
     def __init__(self) -> None:
         super().__init__()
         self._raw = bytearray()  # record-layer bytes not yet consumed
         self._hs = bytearray()  # handshake-layer bytes gathered from records
-        self._raw_total = 0
+        self._empty = 0  # empty records seen
 
     def _discard(self) -> None:
         self._raw.clear()
         self._hs.clear()
 
     def _feed(self, data: bytes) -> HelloResult | None:
-        self._raw_total += len(data)
         raw = self._raw
-        # Early data may follow the hello in the same segment: look at no more than the
-        # bound, and fail only if the hello is not complete within it.
-        raw += data[: max(0, MAX_RAW - (self._raw_total - len(data)))]
+        raw += data
         hs = self._hs
         pos = 0
         n = len(raw)
         result: HelloResult | None = None
-        while n - pos >= 1:
+        while result is None and pos < n:
             # Check the header bytes as soon as they arrive so non-TLS fails fast.
             if raw[pos] != CONTENT_HANDSHAKE:
                 raise WireError(f"tls: record type {raw[pos]} before the ClientHello ended")
@@ -222,36 +224,36 @@ class ClientHelloReader(StickyReader[HelloResult]):
             if n - pos < 5:
                 break
             (length,) = _U16.unpack_from(raw, pos + 3)
-            if length == 0 or length > MAX_RECORD:
-                raise WireError("tls: bad handshake record length")
+            if length > MAX_RECORD:
+                raise WireError("tls: handshake record longer than 2^14")
             if n - pos - 5 < length:
                 break
+            if length == 0:
+                self._empty += 1
+                if self._empty > MAX_EMPTY_RECORDS:
+                    raise WireError("tls: too many empty handshake records")
             hs += raw[pos + 5 : pos + 5 + length]
             pos += 5 + length
             result = self._try_hello(hs)
-            if result is not None:
-                break
-        if pos:
-            del raw[:pos]
-        if result is None and len(hs) >= 1 and hs[0] != HANDSHAKE_CLIENT_HELLO:
-            raise WireError("tls: first handshake message is not a ClientHello")
         if result is not None:
             self._result = result
             raw.clear()
             hs.clear()
-        elif self._raw_total > MAX_RAW:
-            raise WireError("tls: no complete ClientHello within 64 KiB")
+        elif pos:
+            del raw[:pos]
         return result
 
     @staticmethod
     def _try_hello(hs: bytearray) -> HelloResult | None:
-        if len(hs) < 4:
+        if not hs:
             return None
         if hs[0] != HANDSHAKE_CLIENT_HELLO:
             raise WireError("tls: first handshake message is not a ClientHello")
+        if len(hs) < 4:
+            return None
         length = int.from_bytes(hs[1:4], "big")
         if length > MAX_HELLO:
-            raise WireError("tls: ClientHello larger than 16 KiB")
+            raise WireError("tls: ClientHello larger than 64 KiB")
         if len(hs) < 4 + length:
             return None
         return parse_client_hello(bytes(hs[4 : 4 + length]))

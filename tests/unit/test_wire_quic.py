@@ -430,6 +430,29 @@ def test_garbage_datagrams(datagram: bytes) -> None:
         QuicHelloAssembler().feed(datagram)
 
 
+def test_a_first_datagram_without_an_initial_fails_at_once() -> None:
+    zero_rtt = protect(padded(b"\x01"), ptype=ZERO_RTT_TYPE[VERSION_1])
+    with pytest.raises(WireError, match="no Initial"):
+        QuicHelloAssembler().feed(zero_rtt)
+    asm = QuicHelloAssembler()  # after an Initial, 0-RTT alone is fine; 1-RTT is not
+    assert asm.feed(protect(padded(crypto(0, HELLO[:500])))) is None
+    assert asm.feed(zero_rtt) is None
+    with pytest.raises(WireError, match="long header"):
+        asm.feed(b"\x40" + bytes(1199))
+
+
+def test_crypto_buffer_stays_near_the_bytes_fed() -> None:
+    far = protect(padded(crypto(20000, b"x")))  # a lone byte 20 KB into the stream
+    with pytest.raises(WireError, match="far beyond"):
+        QuicHelloAssembler().feed(far)
+    # a reordered second datagram (offsets past the first's data) is fine
+    dgrams = [protect(padded(crypto(1100, HELLO[1100:])), pn=1),
+              protect(padded(crypto(0, HELLO[:1100])), pn=0)]
+    asm = QuicHelloAssembler()
+    assert asm.feed(dgrams[0]) is None
+    assert asm.feed(dgrams[1]) == EXPECTED
+
+
 def test_frames_not_allowed_in_initial_and_reserved_bits() -> None:
     stream_frame = b"\x08" + varint(0) + b"hello"
     with pytest.raises(WireError, match="not allowed"):
@@ -441,10 +464,10 @@ def test_frames_not_allowed_in_initial_and_reserved_bits() -> None:
 
 
 def test_bounds() -> None:
-    with pytest.raises(WireError, match="16 KiB"):
-        QuicHelloAssembler().feed(protect(padded(crypto(16 * 1024 + 4, b"x"))))
-    huge = b"\x01\x00\x50\x00"  # a ClientHello claiming 20 KiB
-    with pytest.raises(WireError, match="16 KiB"):
+    with pytest.raises(WireError, match="64 KiB"):
+        QuicHelloAssembler().feed(protect(padded(crypto(64 * 1024 + 4, b"x"))))
+    huge = b"\x01\x01\x00\x01"  # a ClientHello claiming 64 KiB + 1
+    with pytest.raises(WireError, match="64 KiB"):
         QuicHelloAssembler().feed(protect(padded(crypto(0, huge))))
     not_hello = b"\x02\x00\x00\x10"  # ServerHello
     with pytest.raises(WireError, match="ClientHello"):

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import random
 import ssl
 import struct
+import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from nfguard.wire.errors import WireError
 from nfguard.wire.tls import (
+    MAX_EMPTY_RECORDS,
     MAX_HELLO,
     ClientHelloReader,
     HelloResult,
@@ -119,6 +126,7 @@ def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 HELLO = real_hello(alpn=["h2", "http/1.1"])
+EMPTY = b"\x16\x03\x01\x00\x00"  # a handshake record without a fragment
 BODY = handshake_of(HELLO)[4:]
 EXPECTED = HelloResult(sni="www.example.com", ech=False, alpn=("h2", "http/1.1"))
 
@@ -243,8 +251,13 @@ def test_ambiguous_hellos_are_rejected() -> None:
     with pytest.raises(WireError, match="duplicate"):
         parse_client_hello(dup)
     two = with_exts(BODY, {0: sni_ext(b"good.example", b"evil.example")}, [])
-    with pytest.raises(WireError, match="more than one"):
+    with pytest.raises(WireError, match="exactly one"):
         parse_client_hello(two)
+    # a host_name followed by an entry of another type: Go skips it, OpenSSL fails
+    entries = b"\x00\x00\x0bwww.example\x01\x00\x0cevil.example"
+    body = with_exts(BODY, {0: struct.pack("!H", len(entries)) + entries}, [])
+    with pytest.raises(WireError, match="exactly one"):
+        parse_client_hello(body)
     # a non-host_name entry alone carries no host name
     with pytest.raises(WireError):
         parse_client_hello(with_exts(BODY, {0: sni_ext(b"x", kind=7)}, []))
@@ -285,22 +298,37 @@ def test_wrong_record_and_message_types() -> None:
 
 
 def test_bounds() -> None:
-    with pytest.raises(WireError):  # empty handshake record
-        ClientHelloReader().feed(b"\x16\x03\x01\x00\x00")
     with pytest.raises(WireError):  # record longer than 2^14
         ClientHelloReader().feed(b"\x16\x03\x01\x40\x01")
     too_big = b"\x01" + (MAX_HELLO + 1).to_bytes(3, "big")
-    with pytest.raises(WireError, match="16 KiB"):  # fails on the header, not after 16 KiB
+    with pytest.raises(WireError, match="64 KiB"):  # fails on the header, not after 64 KiB
         ClientHelloReader().feed(records(too_big))
-    # a hello split into 1-byte records costs 6 bytes per byte: ~11 KB hello exceeds 64 KiB
-    big = with_exts(BODY, {}, [(0x15, bytes(11000))])
-    stream = records(handshake(big), [1])
+    with pytest.raises(WireError, match="empty"):
+        ClientHelloReader().feed(EMPTY * (MAX_EMPTY_RECORDS + 1) + HELLO)
+
+
+def test_hello_up_to_64_kib_in_many_records_and_segments() -> None:
+    big = with_exts(BODY, {}, [(0x7777, bytes(MAX_HELLO - len(BODY) - 4))])
+    assert len(big) == MAX_HELLO
+    stream = records(handshake(big), [1000])
     reader = ClientHelloReader()
+    results = [reader.feed(stream[i : i + 1460]) for i in range(0, len(stream), 1460)]
+    assert results[-1] == EXPECTED and results[:-1] == [None] * (len(results) - 1)
+    one_byte = records(handshake(big), [1])  # 6 bytes a byte: still linear
+    t = time.perf_counter()
+    assert ClientHelloReader().feed(one_byte) == EXPECTED
+    assert time.perf_counter() - t < 1.0
+    bigger = with_exts(BODY, {}, [(0x7777, bytes(MAX_HELLO - len(BODY)))])
     with pytest.raises(WireError, match="64 KiB"):
-        for i in range(0, len(stream), 4096):
-            reader.feed(stream[i : i + 4096])
-    with pytest.raises(WireError):  # stays failed
-        reader.feed(HELLO)
+        ClientHelloReader().feed(records(handshake(bigger), [1000]))
+
+
+def test_empty_records_are_skipped_as_openssl_does() -> None:
+    hs = handshake_of(HELLO)
+    split = records(hs[:100]) + EMPTY * 3 + records(hs[100:])
+    assert ClientHelloReader().feed(EMPTY + HELLO) == EXPECTED
+    assert ClientHelloReader().feed(split) == EXPECTED
+    assert ClientHelloReader().feed(EMPTY * MAX_EMPTY_RECORDS + HELLO) == EXPECTED
 
 
 def test_data_after_the_hello_in_the_same_segment() -> None:
@@ -315,3 +343,97 @@ def test_small_hello_in_one_byte_records_is_fine() -> None:
     stream = records(handshake_of(HELLO), [1])
     assert len(stream) == 6 * (len(HELLO) - 5)
     assert ClientHelloReader().feed(stream) == EXPECTED
+
+
+# --- what a real server makes of the same bytes ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.com")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    path = tmp_path_factory.mktemp("tls") / "server.pem"
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+        + cert.public_bytes(serialization.Encoding.PEM))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(path)
+    return ctx
+
+
+def openssl_reads(ctx: ssl.SSLContext, stream: bytes) -> str | WireError | None:
+    """What OpenSSL's server does with a client's first flight: the SNI its callback gets
+    (None: no SNI) when it answers with a ServerHello, a WireError when it fails."""
+    seen: list[str | None] = []
+    ctx.sni_callback = lambda _sock, name, _ctx: seen.append(name)  # type: ignore[assignment]
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    sock = ctx.wrap_bio(incoming, outgoing, server_side=True)
+    incoming.write(stream)
+    try:
+        sock.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    except ssl.SSLError as exc:
+        return WireError(str(exc))
+    assert outgoing.read()[:1] == b"\x16", "no ServerHello"
+    return seen[0] if seen else None
+
+
+def ours(stream: bytes) -> str | WireError | None:
+    try:
+        result = ClientHelloReader().feed(stream)
+    except WireError as exc:
+        return exc
+    assert result is not None
+    return result.sni
+
+
+HS = handshake_of(HELLO)
+BIG = handshake(with_exts(BODY, {}, [(0x7777, bytes(60000))]))
+
+
+@pytest.mark.parametrize(
+    ("case", "stream", "same"),
+    [
+        ("plain", HELLO, True),
+        ("empty record first", EMPTY + HELLO, True),
+        ("32 empty records", EMPTY * 32 + HELLO, True),
+        ("33 empty records", EMPTY * 33 + HELLO, True),
+        ("empty record inside", records(HS[:50]) + EMPTY + records(HS[50:]), True),
+        ("1-byte records", records(HS, [1]), True),
+        ("60 KB hello in 1000-byte records", records(BIG, [1000]), True),
+        ("record version 3.0", records(HS, version=0x0300), True),
+        ("record version 2.0", records(HS, version=0x0200), True),
+        ("change_cipher_spec first", b"\x14\x03\x03\x00\x01\x01" + HELLO, True),
+        ("alert inside", records(HS[:50]) + b"\x15\x03\x03\x00\x02\x01\x00"
+         + records(HS[50:]), True),
+        ("record over 2^14", b"\x16\x03\x01\x40\x01" + HS + bytes(16385 - len(HS)), True),
+        ("two server_name extensions", records(handshake(join_body(
+            split_body(BODY)[0], [*split_body(BODY)[1], (0, sni_ext(b"evil.example"))]))),
+         True),
+        ("two host_names", records(handshake(with_exts(
+            BODY, {0: sni_ext(b"www.example.com", b"evil.example")}, []))), True),
+        ("another name type first", records(handshake(with_exts(
+            BODY, {0: sni_ext(b"x", kind=1) + b""}, []))), True),
+        # OpenSSL only checks extensions it knows for repeats; we refuse every repeat
+        ("repeated unknown extension", records(handshake(with_exts(
+            BODY, {}, [(0x7777, b""), (0x7777, b"")]))), False),
+    ],
+)
+def test_what_openssl_reads(server_context: ssl.SSLContext, case: str, stream: bytes,
+                            same: bool) -> None:
+    """Our reading of a first flight against OpenSSL's: the same name, or both fail. Where
+    they differ (`same` False) we fail and OpenSSL reads the name: never the other way."""
+    server, mine = openssl_reads(server_context, stream), ours(stream)
+    if same:
+        assert isinstance(server, WireError) == isinstance(mine, WireError), (server, mine)
+        if not isinstance(server, WireError):
+            assert server == mine
+    else:
+        assert isinstance(mine, WireError) and server == "www.example.com"
