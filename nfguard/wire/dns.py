@@ -4,10 +4,17 @@ The engine accepts a DNS answer only after its names are in the cache, so this p
 on the critical path of every lookup on the host: it is struct-based, linear in the message
 size, and turns every malformed input into ``WireError``.
 
-Only what the name cache needs is decoded: the header, the first question, and the A, AAAA
+Only what the name cache needs is decoded: the header, the question, and the A, AAAA
 and CNAME records of the answer section (class IN).  Authority and additional sections are
 ignored: the additional section is where cache-poisoning "glue" lives, and names from it
 must never be bound to addresses.
+
+The work per answer is bounded (issue 23: a client may make the resolver return 4 KB
+answers of 140 records for a zone of its own, to flood the engine): the first 64 answer
+records are read, and no more than 256 labels of names decoded; the rest of the answer
+section is ignored, and at most 256 bindings are made.  Fewer names
+learnt only ever means fewer flows allowed by name.  Real answers have a few records
+(a CDN's: a CNAME chain and up to 8 addresses per family).
 
 Trust note: the bindings are exactly what the answer claims, so an answer from an
 arbitrary server can bind any address to any name.  The engine learns only from replies
@@ -23,9 +30,10 @@ outside (README, "Limits to know").
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from nfguard.wire.errors import WireError
 
@@ -33,6 +41,7 @@ DNS_PORT = 53  # where servers answer, over UDP and TCP
 
 __all__ = [
     "DNS_PORT",
+    "MAX_ANSWERS",
     "MAX_BINDINGS",
     "MAX_CNAME_HOPS",
     "MAX_MESSAGE",
@@ -46,7 +55,9 @@ MAX_MESSAGE = 65535  # a DNS message length is a 16-bit field (over TCP) or fits
 MAX_NAME = 255  # RFC 1035 3.1: wire length of a name, length octets included
 MAX_LABELS = 127  # 255 octets can hold at most 127 one-character labels
 MAX_CNAME_HOPS = 16  # resolvers give up far earlier (BIND: 16, Unbound: 11)
-MAX_BINDINGS = 4096  # CNAME fan-in x A records is quadratic; real answers have a few dozen
+MAX_ANSWERS = 64  # answer records read; the rest of the section is not looked at
+MAX_BINDINGS = 256  # (address, name) pairs made; CNAME fan-in x addresses is quadratic
+MAX_LABELS_WALKED = 256  # labels decoded per message (a pointer to a known name: none)
 
 TYPE_A = 1
 TYPE_CNAME = 5
@@ -65,9 +76,9 @@ _PLAIN_DOT = bytes(sorted(_PLAIN)) + b"."
 _LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 
 
-@dataclass(frozen=True, slots=True)
-class NameBinding:
-    """An address and one name that resolves to it, valid for ``ttl`` seconds."""
+class NameBinding(NamedTuple):
+    """An address and one name that resolves to it, valid for ``ttl`` seconds (a tuple:
+    an answer may make hundreds, and a tuple is made three times faster)."""
 
     ip: str
     name: str
@@ -96,14 +107,19 @@ def _render(labels: list[bytes]) -> str:
     )
 
 
+class _Spent(WireError):
+    """The label budget of one message is spent (answers read so far still count)."""
+
+
 class _Names:
     """Name decoder for one message, with a memo so compression cannot amplify work.
 
     Loop protection: every compression pointer must point strictly before the lowest offset
     visited so far, so a walk only moves backwards (RFC 1035 only emits backward pointers).
     Amplification protection: the decoded suffix at every name start and pointer target is
-    remembered, so thousands of records pointing at one long name cost one walk; labels
-    walked in total are capped at the message length as a backstop.
+    remembered, so thousands of records pointing at one long name cost one walk.  Labels
+    walked in total are capped at ``MAX_LABELS_WALKED`` (`_Spent` past it): a few short
+    names cost nothing, 64 distinct names of 24 labels would cost half a millisecond.
     """
 
     __slots__ = ("budget", "memo", "msg")
@@ -111,7 +127,7 @@ class _Names:
     def __init__(self, msg: bytes) -> None:
         self.msg = msg
         self.memo: dict[int, tuple[str, int, int]] = {}  # offset -> (text, wire len, labels)
-        self.budget = max(len(msg), 64)
+        self.budget = MAX_LABELS_WALKED
 
     def read(self, pos: int) -> tuple[str, int]:
         """Decode the name at ``pos``; return it and the offset after it in place."""
@@ -162,7 +178,7 @@ class _Names:
                 raise WireError("dns: label runs past the end of the message")
             self.budget -= 1
             if self.budget < 0:
-                raise WireError("dns: too much name decompression")
+                raise _Spent("dns: too many labels in one message")
             labels.append(msg[pos + 1 : pos + 1 + length])
             pos += 1 + length
         tail_text, tail_wire, tail_count = tail
@@ -193,8 +209,11 @@ def parse_response(msg: bytes) -> DnsResponse:
 
     Each A/AAAA record binds its address to its owner name and to every name that reaches
     the owner through CNAME records of the same answer; a binding's TTL is the minimum TTL
-    along the chain from that name.  Raises ``WireError`` on anything malformed, on a query
-    (QR=0), and on a non-QUERY opcode.
+    along the chain from that name.  Only the first ``MAX_ANSWERS`` answer records are
+    read and the first ``MAX_BINDINGS`` bindings made.  Raises ``WireError`` on anything
+    malformed, on a query (QR=0), on a non-QUERY opcode and on more than one question
+    (RFC 9619).  Addresses are in ``socket.inet_ntop``'s text, as nfguard.wire.ip gives
+    packets' addresses.
     """
     if not isinstance(msg, bytes):
         msg = bytes(msg)
@@ -210,20 +229,23 @@ def parse_response(msg: bytes) -> DnsResponse:
         raise WireError("dns: opcode is not QUERY")
     pos = _HEADER.size
 
+    if qdcount > 1:
+        raise WireError("dns: more than one question")
     names = _Names(msg)
     question: str | None = None
-    for _ in range(qdcount):  # each question consumes >= 5 bytes, so this is bounded
-        qname, pos = names.read(pos)
+    if qdcount:
+        question, pos = names.read(pos)
         if pos + 4 > n:
             raise WireError("dns: truncated question")
         pos += 4
-        if question is None:
-            question = qname
 
     addresses: list[tuple[str, str, int]] = []  # (owner, ip, ttl)
     cname: dict[str, tuple[str, int]] = {}  # owner -> (target, ttl); first one wins
-    for _ in range(ancount):  # each record consumes >= 11 bytes
-        owner, pos = names.read(pos)
+    for _ in range(min(ancount, MAX_ANSWERS)):
+        try:
+            owner, pos = names.read(pos)
+        except _Spent:
+            break  # the rest is not read
         if pos + _RR_FIXED.size > n:
             raise WireError("dns: truncated resource record")
         rtype, rclass, raw_ttl, rdlen = _RR_FIXED.unpack_from(msg, pos)
@@ -235,15 +257,18 @@ def parse_response(msg: bytes) -> DnsResponse:
             if rtype == TYPE_A:
                 if rdlen != 4:
                     raise WireError("dns: A record with rdlength != 4")
-                ip = ".".join(map(str, msg[pos:rdend]))
+                ip = socket.inet_ntop(socket.AF_INET, msg[pos:rdend])
                 addresses.append((owner, ip, _ttl(raw_ttl)))
             elif rtype == TYPE_AAAA:
                 if rdlen != 16:
                     raise WireError("dns: AAAA record with rdlength != 16")
-                ip = str(ipaddress.IPv6Address(msg[pos:rdend]))
+                ip = socket.inet_ntop(socket.AF_INET6, msg[pos:rdend])
                 addresses.append((owner, ip, _ttl(raw_ttl)))
             elif rtype == TYPE_CNAME:
-                target, tend = names.read(pos)
+                try:
+                    target, tend = names.read(pos)
+                except _Spent:
+                    break
                 if tend != rdend:
                     raise WireError("dns: CNAME target does not fill its rdata")
                 if owner not in cname and owner != target:
@@ -282,16 +307,19 @@ def _bind(
 
     out: dict[tuple[str, str], int] = {}
     for owner, ip, ttl in addresses:
+        if len(out) >= MAX_BINDINGS:
+            break  # the rest is not learnt
         pairs = [(owner, ttl)]
         pairs.extend((alias, min(ttl, chain_ttl)) for alias, chain_ttl in reaches.get(owner, ()))
         for name, t in pairs:
             if not name:
                 continue  # the root name is no host
             key = (ip, name)
-            if out.get(key, -1) < t:
+            known = out.get(key)
+            if known is None and len(out) >= MAX_BINDINGS:
+                continue  # over the bound: not learnt
+            if known is None or known < t:
                 out[key] = t
-                if len(out) > MAX_BINDINGS:
-                    raise WireError("dns: too many address bindings in one answer")
     return tuple(NameBinding(ip, name, t) for (ip, name), t in out.items())
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
 from nfguard.wire.dns import (
+    MAX_ANSWERS,
     MAX_BINDINGS,
     MAX_CNAME_HOPS,
+    MAX_LABELS_WALKED,
     NameBinding,
     TcpDnsStream,
     parse_response,
@@ -255,9 +258,56 @@ def test_second_cname_for_an_owner_is_ignored() -> None:
 def test_binding_fan_out_is_bounded() -> None:
     aliases = 40
     rrs = [cname(f"x{i}.e", "t.e", 60) for i in range(aliases)]
-    rrs += [a("t.e", f"10.0.{i // 256}.{i % 256}", 60) for i in range(MAX_BINDINGS // aliases + 5)]
-    with pytest.raises(WireError, match="too many"):
-        parse_response(answer(*rrs, qname="x0.e"))
+    rrs += [a("t.e", f"10.0.0.{i}", 60) for i in range(MAX_ANSWERS - aliases)]
+    bindings = parse_response(answer(*rrs, qname="x0.e")).bindings
+    assert len(bindings) == MAX_BINDINGS  # of 24 x 41; the rest is not learnt
+    assert len(set(bindings)) == MAX_BINDINGS
+    first = {b for b in bindings if b.ip == "10.0.0.0"}
+    assert len(first) == aliases + 1  # the first addresses keep all their names
+
+
+def test_only_the_first_answers_are_read() -> None:
+    rrs = [a(f"h{i}.example", f"10.0.0.{i}", 60) for i in range(140)]
+    got = parse_response(answer(*rrs, qname="h0.example")).bindings
+    assert {b.name for b in got} == {f"h{i}.example" for i in range(MAX_ANSWERS)}
+    # past the bound even garbage is not looked at
+    msg = answer(*rrs[:MAX_ANSWERS], qname="h0.example")
+    msg = msg[:6] + struct.pack("!H", MAX_ANSWERS + 5) + msg[8:] + b"\xff" * 40
+    assert len(parse_response(msg).bindings) == MAX_ANSWERS
+
+
+def test_labels_walked_are_bounded() -> None:
+    def name(i: int) -> str:
+        return ".".join("abcdefghijklmnopqrstuvwxyz"[(i + j) % 26] for j in range(23)) + ".ev"
+
+    rrs = [a(name(i), f"10.0.0.{i}", 60) for i in range(MAX_ANSWERS)]
+    got = parse_response(answer(*rrs, qname="q.ev")).bindings
+    read = (MAX_LABELS_WALKED - 2) // 24  # the question takes 2 labels
+    assert [b.ip for b in got] == [f"10.0.0.{i}" for i in range(read)]
+    # a CNAME target past the budget ends the reading too
+    rrs = [cname(name(i), name(i + 1), 60) for i in range(20)]
+    assert parse_response(answer(*rrs, a(name(20), "10.0.0.1", 60), qname="q.ev")).bindings == ()
+    # names by pointer to a name already read cost nothing: 64 records fit
+    msg = bytes(DNS(id=1, qr=1, qd=[DNSQR(qname=name(0))],
+                    an=[a(name(0), f"10.0.0.{i}", 60) for i in range(MAX_ANSWERS)]).compress())
+    assert msg.count(b"\xc0\x0c") == MAX_ANSWERS
+    assert len(parse_response(msg).bindings) == MAX_ANSWERS
+
+
+def test_one_question_at_most() -> None:
+    two = bytes(DNS(id=1, qr=1, qd=[DNSQR(qname="a.example"), DNSQR(qname="b.example")],
+                    an=[a("a.example", "192.0.2.1", 60)]))
+    with pytest.raises(WireError, match="question"):
+        parse_response(two)
+
+
+def test_addresses_are_written_as_packets_have_them() -> None:
+    msg = answer(aaaa("www.example.com", "::ffff:192.0.2.1", 60),
+                 aaaa("www.example.com", "2001:DB8:0:0:1::1", 60), a("www.example.com",
+                                                                    "192.0.2.9", 60))
+    ips = [b.ip for b in parse_response(msg).bindings]
+    assert ips == [socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, ip))
+                   for ip in ("::ffff:192.0.2.1", "2001:db8::1:0:0:1")] + ["192.0.2.9"]
 
 
 # --- TCP framing ---------------------------------------------------------------------------
