@@ -10,6 +10,7 @@ import ssl
 import struct
 import time
 
+import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, assume, given, settings
@@ -18,8 +19,11 @@ from scapy.layers.dns import DNS, DNSQR, DNSRR
 
 from nfguard.wire.dns import TcpDnsStream, parse_response
 from nfguard.wire.errors import WireError
+from nfguard.wire.h2 import MAX_BYTES as H2_MAX_BYTES
+from nfguard.wire.h2 import PREFACE
+from nfguard.wire.hpack import decode_block, huffman_decode
 from nfguard.wire.http import _HEAD as HTTP_HEAD
-from nfguard.wire.http import RequestHeadReader
+from nfguard.wire.http import RequestHeadReader, could_start_request
 from nfguard.wire.http import _fault as http_fault
 from nfguard.wire.quic import (
     VERSION_1,
@@ -200,6 +204,17 @@ def test_tls_reader_mutated(data: st.DataObject) -> None:
 
 
 @FUZZ
+@given(st.lists(st.integers(0, len(TLS_SEED) - 5), max_size=32), st.data())
+def test_tls_empty_records_anywhere_change_nothing(where: list[int], data: st.DataObject) -> None:
+    hs = TLS_SEED[5:]
+    cuts = sorted(where)
+    stream = b"".join(b"\x16\x03\x01" + len(part).to_bytes(2, "big") + part
+                      for part in pieces(hs, cuts))  # empty pieces are empty records
+    result = _feed_reader(ClientHelloReader(), pieces(stream, data.draw(split_points(stream))))
+    assert result is not None and result.sni == "fuzz.example.org"
+
+
+@FUZZ
 @given(mutated(HELLO_BODY))
 def test_tls_parse_body_mutated(body: bytes) -> None:
     only_wire_errors(parse_client_hello, body)
@@ -264,6 +279,73 @@ def test_http_head_rule_and_fault_finder_agree(parts: tuple) -> None:
         assert fault != "http: malformed request head", head
     else:
         assert fault == "http: malformed request head", (head, fault)
+
+
+@FUZZ
+@given(st.binary(max_size=64))
+def test_could_start_request_never_rejects_what_the_reader_would_read(data: bytes) -> None:
+    if not could_start_request(data):
+        try:
+            RequestHeadReader().feed(data)
+        except WireError:
+            return
+        raise AssertionError(f"the reader took {data!r}")
+
+
+# --- h2c and HPACK --------------------------------------------------------------------------
+
+# RFC 7541 C.4: three Huffman-coded requests of one connection, back to back
+HPACK_SEED = bytes.fromhex(
+    "828684418cf1e3c2e5f23a6ba0ab90f4ff" "828684be5886a8eb10649cbf"
+    "828785bf408825a849e95ba97d7f8925a849e95bb8e8b4bf")
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") \
+        + payload
+
+
+H2_SEED = (PREFACE + _h2_frame(4, 0, 0, bytes.fromhex("000300000064"))
+           + _h2_frame(8, 0, 0, bytes.fromhex("00100000"))
+           + _h2_frame(1, 0x1 | 0x8 | 0x20, 1, b"\x02" + bytes(4) + b"\x10"
+                       + HPACK_SEED[:9] + b"\x00\x00")
+           + _h2_frame(9, 0x4, 1, HPACK_SEED[9:17]))
+
+
+def test_h2_seed_is_read() -> None:
+    head = RequestHeadReader().feed(H2_SEED)
+    assert head is not None and head.host == "www.example.com"
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_hpack_arbitrary(data: bytes) -> None:
+    only_wire_errors(decode_block, data)
+    only_wire_errors(huffman_decode, data)
+
+
+@FUZZ
+@given(mutated(HPACK_SEED))
+def test_hpack_mutated(data: bytes) -> None:
+    fields = only_wire_errors(decode_block, data)
+    if fields is not None:
+        assert all(isinstance(n, bytes) and isinstance(v, bytes) for n, v in fields)
+
+
+@FUZZ
+@given(st.binary(max_size=600), st.data())
+def test_h2_arbitrary(blob: bytes, data: st.DataObject) -> None:
+    stream = PREFACE + blob
+    _feed_reader(RequestHeadReader(), pieces(stream, data.draw(split_points(stream))))
+
+
+@FUZZ
+@given(st.data())
+def test_h2_mutated(data: st.DataObject) -> None:
+    blob = data.draw(mutated(H2_SEED))
+    result = _feed_reader(RequestHeadReader(), pieces(blob, data.draw(split_points(blob))))
+    if result is not None and result.host is not None:
+        assert result.host == result.host.lower() and not result.host.endswith(".")
 
 
 # --- QUIC -----------------------------------------------------------------------------------
@@ -355,3 +437,40 @@ def test_quic_many_tiny_crypto_frames_is_bounded() -> None:
     t = time.perf_counter()
     _assemble([protect(frames + bytes(100), pn=p) for p in range(5)])
     assert time.perf_counter() - t < 0.5
+
+
+def test_h2_byte_by_byte_near_the_bound_is_linear() -> None:
+    start = PREFACE + _h2_frame(4, 0, 0, b"")
+    blob = start + _h2_frame(6, 0, 0, bytes(8)) * ((H2_MAX_BYTES - len(start)) // 17 + 1)
+    reader = RequestHeadReader()
+    t = time.perf_counter()
+    with pytest.raises(WireError, match="16 KiB"):
+        for i in range(len(blob)):
+            assert reader.feed(blob[i : i + 1]) is None
+    assert time.perf_counter() - t < 0.5
+
+
+def test_hpack_largest_huffman_block_is_cheap() -> None:
+    value = b"\xff\x80\x01" + b"\x00" * 255  # Huffman, 255 bytes: 408 "0"s of 5 bits
+    t = time.perf_counter()
+    fields = decode_block((b"\x00\x01x" + value) * 63)
+    assert time.perf_counter() - t < 0.1 and len(fields) == 63 and fields[0][1] == b"0" * 408
+
+
+def test_tls_64_kib_hello_in_one_byte_segments_is_linear() -> None:
+    body = HELLO_BODY
+    pos = 2 + 32
+    pos += 1 + body[pos]
+    pos += 2 + int.from_bytes(body[pos : pos + 2], "big")
+    pos += 1 + body[pos]
+    extension = b"\x77\x77" + (60000).to_bytes(2, "big") + bytes(60000)
+    exts = body[pos + 2 :] + extension
+    big = body[:pos] + len(exts).to_bytes(2, "big") + exts
+    hs = b"\x01" + len(big).to_bytes(3, "big") + big
+    stream = b"".join(b"\x16\x03\x01" + len(hs[i : i + 16384]).to_bytes(2, "big")
+                      + hs[i : i + 16384] for i in range(0, len(hs), 16384))
+    reader = ClientHelloReader()
+    t = time.perf_counter()
+    results = [reader.feed(stream[i : i + 1]) for i in range(len(stream))]
+    assert time.perf_counter() - t < 1.0
+    assert results[-1] is not None and results[-1].sni == "fuzz.example.org"
