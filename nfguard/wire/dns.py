@@ -11,10 +11,10 @@ must never be bound to addresses.
 
 The work per answer is bounded (issue 23: a client may make the resolver return 4 KB
 answers of 140 records for a zone of its own, to flood the engine): the first 64 answer
-records are read, and no more than 256 labels of names decoded; the rest of the answer
-section is ignored, and at most 256 bindings are made.  Fewer names
-learnt only ever means fewer flows allowed by name.  Real answers have a few records
-(a CDN's: a CNAME chain and up to 8 addresses per family).
+records are read, and no more than 256 labels of names decoded (64 uncompressed owners
+of 3 labels fit); the rest of the answer section is ignored, and at most 256 bindings are
+made.  Fewer names learnt only ever means fewer flows allowed by name.  Real answers have
+a few records (a CDN's: a CNAME chain and up to 8 addresses per family).
 
 Trust note: the bindings are exactly what the answer claims, so an answer from an
 arbitrary server can bind any address to any name.  The engine learns only from replies
