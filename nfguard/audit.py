@@ -57,6 +57,8 @@ def audit_event(
     }
     if decision.client is not None:
         event["nfguard"]["client"] = decision.client
+    if decision.unreadable is not None:  # why the client's name could not be known
+        event["nfguard"]["unreadable"] = decision.unreadable
     if decision.rule is not None:
         event["rule"] = {"name": decision.rule}
     if packet is not None:

@@ -1,0 +1,42 @@
+"""Attacks: a flow may wait for its name only where a name could allow it.
+
+A SYN to an address nothing allows, on a port a name rule covers, used to be let out as
+pending: the handshake completed and a server-first protocol had a working channel (the
+server pushes, the client never sends a byte before the hello timeout).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tests.e2e.adversary.test_unreadable_names import MARKER, POLICY
+from tests.e2e.lab import OTHER_V4, Lab
+from tests.e2e.test_names import DNS_RECORDS
+
+# Connects, reads what the server pushes, sends only a bare FIN.
+SERVER_FIRST = r"""
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+    print(s.recv(4096).decode(errors="replace") or "closed")
+    s.close()
+except OSError as exc:
+    print("error", exc)
+"""
+
+
+def test_server_first_channel_to_an_address_nothing_allows(named: Lab) -> None:
+    named.serve_dns(*DNS_RECORDS)
+    named.start_engine(named.write_config(POLICY))
+    recording = named.record_tcp(OTHER_V4, 8443, banner=b"run " + MARKER)
+    sniffed = named.sniff()
+    out = named.exec(named.client, sys.executable, "-c", SERVER_FIRST, OTHER_V4, "8443",
+                     timeout=20).stdout
+    assert MARKER.decode() not in out, f"the server's banner came back: {out}"
+    event = named.wait_for_event(lambda e: e.get("destination", {}).get("port") == 8443)
+    assert event["event"]["action"] == "deny"
+    time.sleep(1)
+    assert recording.records() == [], "a connection reached the server"
+    assert not any(b"\x20\xfb" in frame[34:38] for frame in sniffed.payloads()), \
+        "a segment to port 8443 reached the server"
