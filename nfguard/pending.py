@@ -128,8 +128,10 @@ def classify(prefix: bytes) -> Kind | None:
 
 def carries_nothing(packet: Packet, raw: bytes) -> bool:
     """Whether a payload-less TCP segment is as bare as the kernel's own: no IP options
-    or IPv6 extension headers, no TCP options beyond NOP, EOL, timestamps and SACK, no
-    urgent flag or pointer. Anything else could carry bytes to the server."""
+    or IPv6 extension headers, no TCP options beyond NOP, EOL, timestamps and SACK (and
+    on a SYN the handshake's: MSS, window scale, SACK permitted, a Fast Open cookie,
+    MPTCP's MP_CAPABLE), no urgent flag or pointer. Anything else could carry bytes to
+    the server."""
     if packet.version == 4:
         start = (raw[0] & 0x0F) * 4
         if start != 20:
@@ -140,10 +142,17 @@ def carries_nothing(packet: Packet, raw: bytes) -> bool:
             return False
     if packet.tcp_flags & _URG or raw[start + 18:start + 20] != b"\0\0":
         return False
-    return _plain_options(raw[start + 20:packet.payload_offset])
+    allowed = _SYN_OPTIONS if packet.tcp_flags & _SYN else _SEGMENT_OPTIONS
+    return _plain_options(raw[start + 20:packet.payload_offset], allowed)
 
 
-def _plain_options(options: bytes) -> bool:
+# TCP option kind -> the lengths the kernel's own segments give it.
+_SEGMENT_OPTIONS = {8: (10,), 5: (10, 18, 26, 34)}  # timestamps, SACK blocks
+_SYN_OPTIONS = {**_SEGMENT_OPTIONS, 2: (4,), 3: (3,), 4: (2,), 30: (4,),
+                34: (2, 6, 10, 14, 18)}  # + MSS, WS, SACK-permitted, MP_CAPABLE, TFO
+
+
+def _plain_options(options: bytes, allowed: dict[int, tuple[int, ...]]) -> bool:
     at = 0
     while at < len(options):
         kind = options[at]
@@ -155,8 +164,7 @@ def _plain_options(options: bytes) -> bool:
         if at + 1 >= len(options):
             return False
         length = options[at + 1]
-        if not ((kind == 8 and length == 10)
-                or (kind == 5 and length in (10, 18, 26, 34))):
+        if length not in allowed.get(kind, ()):
             return False
         at += length
     return at == len(options)

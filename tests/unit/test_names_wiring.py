@@ -29,6 +29,7 @@ from nfguard.pending import (
     Step,
     Unreadable,
     Why,
+    carries_nothing,
     classify,
 )
 from nfguard.pipeline import LOCAL_IN, Pipeline
@@ -709,3 +710,12 @@ def test_encrypted_dns_policy_checks_and_denies(tmp_path: Path,
     by_name = engine.decide_named(tcp("192.0.2.1", 443), "dns.google", "sni")
     assert (by_name.action, by_name.rule) == ("deny", "encrypted-dns/public-doh-by-name")
     assert engine.decide_named(tcp("192.0.2.1", 443), "example.org", "sni").action == "allow"
+
+
+def test_a_syn_may_carry_the_handshakes_options_only() -> None:
+    usual = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
+             ("WScale", 7), ("TFO", b"")]
+    for options, bare in ((usual, True), ([*usual, (254, b"EXFIL")], False)):
+        raw = bytes(IP(src=CLIENT, dst=GH) / TCP(sport=1, dport=443, flags="S",
+                                                  options=options))
+        assert carries_nothing(parse_packet(raw), raw) is bare
