@@ -522,3 +522,31 @@ def test_dns_to_the_hosts_resolvers_only_follows_resolv_conf(named: Lab) -> None
         lambda e: e.get("destination", {}).get("ip") == OTHER_V4
         and e["event"]["action"] == "allow")["rule"]["name"] == "names/dns"
     assert ALLOWED_V4 not in named.dig("allowed.test"), "no longer a resolver of this host"
+
+
+# Two queries back to back on one UDP socket, as glibc's resolver sends A and AAAA: the
+# second leaves while the first is still in the queue. Prints the socket's port.
+A_AND_AAAA = r"""
+import socket, sys
+from scapy.layers.dns import DNS, DNSQR
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((sys.argv[1], 53))
+for ident, qtype in ((1, "A"), (2, "AAAA")):
+    s.send(bytes(DNS(id=ident, rd=1, qd=DNSQR(qname="allowed.test", qtype=qtype))))
+answers = {DNS(s.recv(4096)).id for _ in range(2)}
+assert answers == {1, 2}, answers
+print(s.getsockname()[1])
+"""
+
+
+def test_a_and_aaaa_on_one_socket_are_one_flow_with_one_event(named: Lab) -> None:
+    start(named)
+    for _ in range(3):
+        done = named.exec(named.client, sys.executable, "-c", A_AND_AAAA, SERVER_V4)
+        assert done.returncode == 0, done.stderr
+        port = int(done.stdout)
+        named.wait_for_event(lambda e, port=port: e.get("source", {}).get("port") == port)
+        time.sleep(1.2)  # the audit log is flushed once a second
+        events = [e for e in named.audit_events() if e.get("source", {}).get("port") == port]
+        assert len(events) == 1, events
