@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 import time
 
+import pytest
+
 from tests.e2e.adversary.test_unreadable_names import MARKER, POLICY
-from tests.e2e.lab import OTHER_V4, Lab
+from tests.e2e.lab import OTHER_V4, OTHER_V6, Lab
 from tests.e2e.test_names import DNS_RECORDS
 
 # Connects, reads what the server pushes, sends only a bare FIN.
@@ -26,17 +28,25 @@ except OSError as exc:
 """
 
 
-def test_server_first_channel_to_an_address_nothing_allows(named: Lab) -> None:
+@pytest.mark.parametrize(("ip", "qtype"), [(OTHER_V4, None), (OTHER_V4, "A"),
+                                          (OTHER_V6, "AAAA")],
+                         ids=["ipv4-no-name", "ipv4-denied-name", "ipv6-denied-name"])
+def test_server_first_channel_to_an_address_nothing_allows(named: Lab, ip: str,
+                                                           qtype: str | None) -> None:
+    """With no DNS name, or only names no rule allows (denied.test), nothing could let
+    the flow through: it is denied on its SYN, and the server never hears of it."""
     named.serve_dns(*DNS_RECORDS)
     named.start_engine(named.write_config(POLICY))
-    recording = named.record_tcp(OTHER_V4, 8443, banner=b"run " + MARKER)
+    if qtype is not None:
+        assert named.dig("denied.test", qtype) == [ip]
+    recording = named.record_tcp(ip, 8443, banner=b"run " + MARKER)
     sniffed = named.sniff()
-    out = named.exec(named.client, sys.executable, "-c", SERVER_FIRST, OTHER_V4, "8443",
+    out = named.exec(named.client, sys.executable, "-c", SERVER_FIRST, ip, "8443",
                      timeout=20).stdout
     assert MARKER.decode() not in out, f"the server's banner came back: {out}"
     event = named.wait_for_event(lambda e: e.get("destination", {}).get("port") == 8443)
     assert event["event"]["action"] == "deny"
     time.sleep(1)
     assert recording.records() == [], "a connection reached the server"
-    assert not any(b"\x20\xfb" in frame[34:38] for frame in sniffed.payloads()), \
-        "a segment to port 8443 reached the server"
+    assert not any(b"\x20\xfb" in frame[34:38] or b"\x20\xfb" in frame[54:58]
+                   for frame in sniffed.payloads()), "a segment to port 8443 reached the server"
