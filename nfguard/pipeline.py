@@ -39,7 +39,6 @@ from nfguard.pending import (
     Step,
     Unreadable,
     Why,
-    carries_nothing,
 )
 from nfguard.policy.clients import match_key
 from nfguard.policy.model import ALLOW
@@ -146,12 +145,8 @@ class Pipeline:
             # Most addresses have no DNS names: one dict probe, no call.
             names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
             decision = engine.assess(packet, process, names)
-            if decision is None:
+            if decision is None:  # the SYN too is the pending flow's (its options, TFO data)
                 flow = self._track(PendingFlow(key, packet, names, process))
-                if packet.proto == TCP and packet.total_length <= packet.payload_offset:
-                    if carries_nothing(packet, payload):
-                        return marks.with_verdict(mark, marks.PENDING)
-                    flow.give_up(Why.NOT_BARE)  # options on the SYN: decided on it
                 return self._pending(flow, packet, payload, mark, token)
         except WireError:
             self.stats.unparseable += 1
