@@ -13,7 +13,7 @@ The Outcome is one of:
   timeout, too many segments held, a copy cut short, a gap too long, urgent data (the
   server drops the urgent byte, so it would read another hello than ours), a
   payload-less segment carrying options. The address's DNS names must not decide then;
-- OTHER_PROTOCOL: the first bytes are clearly not TLS nor HTTP (see `classify`): the
+- OTHER_PROTOCOL: the first bytes are clearly neither TLS nor HTTP (see `classify`): the
   address and its DNS names decide, as at the SYN.
 
 TCP: only in-order bytes are fed, by sequence number (a SYN's own data, TCP Fast Open,
@@ -94,6 +94,7 @@ class Kind(Enum):
 # RFC 9110 tchar: a request method is a token; CR and LF start a request with blank lines.
 _HTTP_FIRST = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
                         b"abcdefghijklmnopqrstuvwxyz\r\n")
+_TLS_RECORDS = frozenset(range(0x14, 0x18))  # change_cipher_spec, alert, handshake, data
 _SSH = b"SSH-"
 # An SSH client's identification line, and nothing an HTTP server could take for a
 # request line ("SSH-2.0-x / HTTP/1.1" has a token method).
@@ -104,15 +105,17 @@ _HTTP_VERSION = re.compile(rb" HTTP/")
 def classify(prefix: bytes) -> Kind | None:
     """Which reader a TCP stream's first bytes go to; None while too few to tell.
 
-    TLS is a handshake record (0x16). Anything that could start an HTTP request (a token
-    character, or CR/LF) is HTTP, so a request the reader rejects counts as unreadable,
-    never as another protocol. Clearly other: a first byte that cannot start either, or
-    a whole SSH identification line that no HTTP server could read as a request line.
+    TLS is any TLS record (0x14-0x17: a server may take an alert or a change_cipher_spec
+    before the hello; the reader wants a handshake and rejects the rest as unreadable).
+    Anything that could start an HTTP request (a token character, or CR/LF) is HTTP, so a
+    request the reader rejects counts as unreadable, never as another protocol. Clearly
+    other: a first byte that cannot start either, or a whole SSH identification line that
+    no HTTP server could read as a request line.
     """
     if not prefix:
         return None
     first = prefix[0]
-    if first == 0x16:
+    if first in _TLS_RECORDS:
         return Kind.TLS
     if first not in _HTTP_FIRST:
         return Kind.OTHER

@@ -299,6 +299,7 @@ def test_first_bytes_pick_the_reader() -> None:
     assert classify(b"FROB / HTTP/1.1\r\n") is Kind.HTTP  # any token is a method
     assert classify(b"\r\nGET / HTTP/1.1\r\n") is Kind.HTTP  # a leading blank line
     assert classify(b"\x16\x03\x01") is Kind.TLS
+    assert classify(b"\x15\x03\x03\x00\x02\x01\x00") is Kind.TLS  # an alert first: unreadable
     assert classify(b"\x00\x00\x00\x08\x04\xd2\x16\x2f") is Kind.OTHER  # binary
     assert classify(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n") is Kind.OTHER
     assert classify(b"SSH-2.0-Open") is None  # could still be either
@@ -342,6 +343,7 @@ def test_clearly_other_protocols_and_nameless_hellos() -> None:
 @pytest.mark.parametrize("opening", [
     b"FROB / HTTP/1.1\r\nHost: github.com\r\n\r\n",  # rejected by today's reader
     b"\x16\x03\x01\x00\x02\xff\xff",  # a handshake record that is no ClientHello
+    b"\x15\x03\x03\x00\x02\x01\x00",  # an alert record before the hello
     b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
 ])
 def test_tls_or_http_the_reader_rejects_is_unreadable(opening: bytes) -> None:
