@@ -220,7 +220,7 @@ class PendingFlow:
         if self.outcome is not None:
             return self.outcome
         if packet.tcp_flags & _URG:
-            return self._give_up(Why.URGENT)
+            return self.give_up(Why.URGENT)
         end = offset + len(data)
         if end > self._next:
             if offset <= self._next:
@@ -229,7 +229,7 @@ class PendingFlow:
             elif len(self._ahead) < MAX_AHEAD:
                 self._ahead[offset] = data
             else:
-                return self._give_up(Why.GAP)
+                return self.give_up(Why.GAP)
         return self._after_feed(packet, raw)
 
     def _drain_ahead(self) -> None:
@@ -274,18 +274,22 @@ class PendingFlow:
             return self.outcome
         if self._reader is None:
             if not data or not data[0] & 0x80:
-                return self._give_up(Why.NOT_QUIC_INITIAL)
+                return self.give_up(Why.NOT_QUIC_INITIAL)
             self._reader, self.evidence = QuicHelloAssembler(), Evidence.QUIC
         self._read(data)
         return self._after_feed(packet, raw)
 
     # -- common ------------------------------------------------------------------------
     def _after_feed(self, packet: Packet, raw: bytes) -> Outcome | Step:
-        if self.outcome is None and packet.total_length > len(raw):
-            self.outcome = Unreadable(Why.COPY_CUT)
-        if self.outcome is None and len(self.held) > MAX_HELD_PER_FLOW:
-            self.outcome = Unreadable(Why.TOO_MANY_SEGMENTS)
-        return Step.HELD if self.outcome is None else self.outcome
+        """What was fed may have finished the reading; if not, a cut copy (the rest of
+        the packet is unseen) or too many held packets end it."""
+        if self.outcome is not None:
+            return self.outcome
+        if packet.total_length > len(raw):
+            return self.give_up(Why.COPY_CUT)
+        if len(self.held) > MAX_HELD_PER_FLOW:
+            return self.give_up(Why.TOO_MANY_SEGMENTS)
+        return Step.HELD
 
     def _read(self, data: bytes) -> None:
         reader = self._reader
@@ -302,15 +306,12 @@ class PendingFlow:
             self.outcome = (Named(found.host, Evidence.HOST) if found.host
                             else Unreadable(Why.NO_NAME))
 
-    def _give_up(self, why: Why) -> Unreadable:
-        outcome = Unreadable(why)
-        self.outcome = outcome
-        return outcome
-
     def give_up(self, why: Why) -> Outcome:
-        """The outcome of a flow that must be decided now (timeout, eviction): what was
-        read if it was, else Unreadable(why)."""
-        return self.outcome if self.outcome is not None else self._give_up(why)
+        """The outcome of a flow that must be decided now (timeout, eviction, a segment
+        that spoils the reading): what was read if it was, else Unreadable(why)."""
+        if self.outcome is None:
+            self.outcome = Unreadable(why)
+        return self.outcome
 
     def _hold(self, offset: int, token: Any, mark: int, now: float) -> None:
         if self.since is None:
