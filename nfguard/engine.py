@@ -133,10 +133,10 @@ class Engine:
             found = policies.first_match(client.policies, dest._replace(names=((name, SNI),)))
             if found is not None and found.rule.action == ALLOW:
                 return True
+        # The address alone: a rule's networks or "@resolvers" (with names or not) allow
+        # whatever name is presented, and whatever cannot be read.
         found, _shadowed = policies.address_match(client.policies, dest)
-        if found is not None and found.rule.action == ALLOW:
-            return True
-        return policies.allowed_by_a_name_rules_networks(client.policies, dest)
+        return found is not None and found.rule.action == ALLOW
 
     def _client_and_mode(self, process: Process | None) -> tuple[Client | None, str]:
         """The client deciding for the process, and the mode its flows run in."""

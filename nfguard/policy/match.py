@@ -119,12 +119,6 @@ class CompiledPolicy:
         # ... and whether a name nobody could read might have been a denied one.
         self.deny_name_rules = [p for p in self.name_rules if policy.rules[p].action == DENY]
         self._first_deny_name_rule: dict[tuple[str, int], int] = {}
-        # Allowing rules with names and networks (or "@resolvers"): any name they list
-        # allows an address inside them, resolved or not.
-        self.networked_name_rules = [
-            policy.rules[p] for p in self.name_rules
-            if policy.rules[p].action != DENY
-            and (policy.rules[p].networks or policy.rules[p].resolvers)]
         for position, rule in enumerate(policy.rules):
             if rule.any_destination:
                 self.any_destination.append(position)
@@ -266,25 +260,6 @@ class CompiledPolicySet:
             if found is not None:
                 return found, shadowed
         return None, shadowed
-
-    def allowed_by_a_name_rules_networks(self, policy_names: Iterable[str],
-                                         dest: Destination) -> bool:
-        """Whether an allowing rule with names also lists networks (or "@resolvers") that
-        hold the address, for the flow's proto/port: then any of its names allows the
-        flow without resolving to the address."""
-        for name in policy_names:
-            for rule in self.policies[name].networked_name_rules:
-                if not rule.allows_port(dest.proto, dest.port):
-                    continue
-                if rule.resolvers and dest.resolver:
-                    return True
-                bits = 32 if dest.version == 4 else 128
-                for network in rule.networks:
-                    shift = bits - network.prefixlen
-                    if (network.version == dest.version
-                            and dest.address >> shift == network.address >> shift):
-                        return True
-        return False
 
     def walk(self, policy_names: Iterable[str],
              dest: Destination) -> Iterator[tuple[CompiledPolicy, RuleMatch | None]]:

@@ -721,3 +721,14 @@ def test_a_syn_may_carry_the_handshakes_options_only() -> None:
         raw = bytes(IP(src=CLIENT, dst=GH) / TCP(sport=1, dport=443, flags="S",
                                                   options=options))
         assert carries_nothing(parse_packet(raw), raw) is bare
+
+
+def test_a_name_rule_with_resolvers_lets_the_resolvers_wait() -> None:
+    text = ('[[client]]\nname = "a"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
+            '[[policy.rule]]\naction = "deny"\nto = ["evil.example"]\n\n'
+            '[[policy.rule]]\naction = "allow"\nto = ["dot.example", "@resolvers"]\n'
+            'ports = [853]\n')
+    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("r.toml", text)])),
+                    resolvers=lambda ip: ip == "10.0.0.53")
+    assert engine.assess(parse_packet(syn("10.0.0.53", 853))) is None
+    assert engine.assess(parse_packet(syn("10.0.0.54", 853))) is not None
