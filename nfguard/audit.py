@@ -57,6 +57,8 @@ def audit_event(
     }
     if decision.client is not None:
         event["nfguard"]["client"] = decision.client
+    if decision.unreadable is not None:  # why the client's name could not be known
+        event["nfguard"]["unreadable"] = decision.unreadable
     if decision.rule is not None:
         event["rule"] = {"name": decision.rule}
     if packet is not None:
@@ -156,6 +158,7 @@ def text_line(event: dict[str, Any]) -> str:
         f"evidence={nfg['evidence']} {net.get('transport', '?')} "
         f"{src.get('ip', '?')}:{src.get('port', '?')} -> {target} exe={who} "
         f"reason={event['event']['reason']}"
+        + (f" unreadable={nfg['unreadable']}" if "unreadable" in nfg else "")
     )
     # Names and paths come from the wire and from processes: never let them forge a line.
     return line if line.isprintable() else line.encode("unicode_escape").decode("ascii")

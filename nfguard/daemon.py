@@ -439,7 +439,7 @@ class Daemon:
                 "engine_errors": stats.errors,
                 "queue_errors": src.total_queue_errors(),
             },
-            "pending_now": len(pipeline.flows),
+            "pending_now": pipeline.flows.waiting,  # decided flows stay known, not waiting
             "latency": {"p50": latency.quantile(0.5), "p99": latency.quantile(0.99)},
             "kernel_queue": None if not kernels else {
                 "length": sum(k.length for k in kernels),

@@ -6,48 +6,57 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from typing import NamedTuple
 
 from nfguard.config import EngineConfig
 from nfguard.lru import Memo
 from nfguard.policy.clients import Process, client_matches, match_key
 from nfguard.policy.match import (
-    DEFAULT,
     CompiledPolicySet,
     Destination,
+    Evidence,
     RuleMatch,
     destination_names,
 )
-from nfguard.policy.model import ALLOW, DENY, Client, Rule
+from nfguard.policy.model import ALLOW, DENY, Action, Client, Mode, Rule
 from nfguard.wire.ip import TCP, UDP, Packet
 
-# event.reason values
-RULE_MATCH = "rule_match"
-NO_RULE_MATCH = "no_rule_match"
-NO_CLIENT_MATCH = "no_client_match"
-UNPARSEABLE = "unparseable_packet"
-ENGINE_ERROR = "engine_error"
-NAME_MISMATCH = "name_mismatch"  # an allowed name presented to an address it does not have
 
-# Evidence kinds of names (policy.match has "cidr" and "default").
-DNS = "dns"  # the destination address is one this host resolved the name to
-SNI = "sni"  # TLS ClientHello server_name over TCP
-QUIC = "quic"  # the server_name of the ClientHello inside a QUIC Initial
-HOST = "host"  # HTTP request Host
+class Reason(StrEnum):
+    """Why a flow got its decision (ECS event.reason)."""
+
+    RULE_MATCH = "rule_match"
+    NO_RULE_MATCH = "no_rule_match"
+    NO_CLIENT_MATCH = "no_client_match"
+    UNPARSEABLE = "unparseable_packet"
+    ENGINE_ERROR = "engine_error"
+    NAME_MISMATCH = "name_mismatch"  # an allowed name presented to an address it does not have
+    # The client's name could not be read: only address rules decided, or none and denied.
+    NAME_UNREADABLE = "name_unreadable"
+
+
+RULE_MATCH, NO_RULE_MATCH, NO_CLIENT_MATCH = (Reason.RULE_MATCH, Reason.NO_RULE_MATCH,
+                                              Reason.NO_CLIENT_MATCH)
+UNPARSEABLE, ENGINE_ERROR = Reason.UNPARSEABLE, Reason.ENGINE_ERROR
+NAME_MISMATCH, NAME_UNREADABLE = Reason.NAME_MISMATCH, Reason.NAME_UNREADABLE
+DEFAULT, DNS, SNI, QUIC, HOST = (Evidence.DEFAULT, Evidence.DNS, Evidence.SNI, Evidence.QUIC,
+                                 Evidence.HOST)
 
 QUIC_PORT = 443
 CLIENT_MEMO_MAX = 4096  # process identities whose client is remembered
 
 
 class Decision(NamedTuple):
-    action: str  # what the policy decided: "allow" | "deny"
-    verdict: str  # what the kernel is told; differs from action only in audit mode
-    mode: str  # "enforce" | "audit"
-    reason: str
-    evidence: str  # "cidr" | "dns" | "sni" | "host" | "default" ...
+    action: Action  # what the policy decided
+    verdict: Action  # what the kernel is told; differs from action only in audit mode
+    mode: Mode
+    reason: Reason
+    evidence: Evidence
     client: str | None = None
     rule: str | None = None  # "policy/rule"
     domain: str | None = None  # the name that decided, if one did
+    unreadable: str | None = None  # why the client's name could not be read, if it could not
 
 
 class Engine:
@@ -101,10 +110,33 @@ class Engine:
             found = self.policies.first_match(client.policies, dest)
             return self._result(found, mode, client, dest.names)
         found, pending = self.policies.match_and_pending(client.policies, dest)
-        if pending and (packet.proto == TCP or (packet.proto == UDP
-                                                and packet.dport == QUIC_PORT)):
+        if (pending and (packet.proto == TCP or (packet.proto == UDP
+                                                 and packet.dport == QUIC_PORT))
+                and self._name_could_allow(client, dest)):
             return None
         return self._result(found, mode, client, dest.names)
+
+    def _name_could_allow(self, client: Client, dest: Destination) -> bool:
+        """Whether some name the client may present could end in an allow (else waiting
+        for it would only hand the flow a handshake and the server's bytes for nothing).
+
+        With anti-fronting on, a presented name allows only if it resolves to the address
+        (one of its DNS names) or the address is inside the allowing rule's networks; a
+        name that cannot be read leaves the address rules. With it off, any name can be
+        presented, so any flow a name rule covers may wait; so may every flow when
+        engine.default allows what no rule matches.
+        """
+        if not self.verify or self.settings.default == ALLOW:
+            return True
+        policies = self.policies
+        for name, _evidence in dest.names:
+            found = policies.first_match(client.policies, dest._replace(names=((name, SNI),)))
+            if found is not None and found.rule.action == ALLOW:
+                return True
+        # The address alone: a rule's networks or "@resolvers" (with names or not) allow
+        # whatever name is presented, and whatever cannot be read.
+        found, _shadowed = policies.address_match(client.policies, dest)
+        return found is not None and found.rule.action == ALLOW
 
     def _client_and_mode(self, process: Process | None) -> tuple[Client | None, str]:
         """The client deciding for the process, and the mode its flows run in."""
@@ -114,25 +146,22 @@ class Engine:
     def decide_named(
         self,
         packet: Packet,
-        name: str | None,
+        name: str,
         evidence: str,
         process: Process | None = None,
         dns_names: Iterable[tuple[str, str]] = (),
         resolved: Callable[[str, str], bool] | None = None,
         aliases: Iterable[str] = (),
     ) -> Decision:
-        """The final decision of a pending flow, once the client presented `name` (or none).
+        """The final decision of a pending flow, once the client presented `name`.
 
-        A presented name replaces the DNS names: the rules see it and the address. With no
-        name (not TLS or HTTP, no SNI), the address and DNS names decide as at the SYN.
+        A presented name replaces the DNS names: the rules see it and the address.
         Anti-fronting: an allow matched by the presented name needs the destination to be
         an address this host resolved that name to (`resolved(ip, name)`) or inside one of
         that rule's networks; otherwise the flow is denied with reason name_mismatch.
         `aliases`: names one DNS answer chained to `name` for this address (CNAME
         targets and sources); they stand with the presented name's evidence.
         """
-        if name is None:
-            return self.decide(packet, process, dns_names)
         client, mode = self._client_and_mode(process)
         if client is None:
             return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
@@ -149,6 +178,28 @@ class Engine:
         if found is not None and found.name is None:
             found = found._replace(name=dest.names[0][0])  # show the presented name
         return self._result(found, mode, client, dest.names)
+
+    def decide_unreadable(self, packet: Packet, why: str,
+                          process: Process | None = None) -> Decision:
+        """The final decision of a pending flow whose name cannot be known (`why`).
+
+        The address's DNS names never decide here: on a shared address they belong to
+        others. Only rules that match the address alone (networks, "@resolvers", no `to`)
+        decide, and an allow among them only if no deny rule with names stands before it
+        (the unread name might be that rule's); otherwise the flow is denied, whatever
+        engine.default says.
+        """
+        client, mode = self._client_and_mode(process)
+        if client is None:
+            return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
+                                unreadable=why)
+        found, shadowed = self.policies.address_match(client.policies,
+                                                      self.destination(packet, ()))
+        if found is None or (shadowed and found.rule.action == ALLOW):
+            return self._finish(DENY, mode, NAME_UNREADABLE, Evidence.UNREADABLE,
+                                client.name, unreadable=why)
+        return self._finish(found.rule.action, mode, NAME_UNREADABLE, found.evidence,
+                            client.name, found.rule.name, unreadable=why)
 
     def _result(
         self, found: RuleMatch | None, mode: str, client: Client,
@@ -183,15 +234,16 @@ class Engine:
     def failure(self) -> Decision:
         """An internal error: the configured fail mode decides."""
         action = ALLOW if self.settings.fail == "open" else DENY
-        return Decision(action, action, self.settings.mode, ENGINE_ERROR, DEFAULT)
+        return Decision(action, action, Mode(self.settings.mode), ENGINE_ERROR, DEFAULT)
 
     @staticmethod
     def _finish(
-        action: str, mode: str, reason: str, evidence: str, client: str | None = None,
-        rule: str | None = None, domain: str | None = None,
+        action: str, mode: str, reason: Reason, evidence: str, client: str | None = None,
+        rule: str | None = None, domain: str | None = None, unreadable: str | None = None,
     ) -> Decision:
-        verdict = ALLOW if mode == "audit" else action
-        return Decision(action, verdict, mode, reason, evidence, client, rule, domain)
+        verdict = ALLOW if mode == Mode.AUDIT else Action(action)
+        return Decision(Action(action), verdict, Mode(mode), reason, Evidence(evidence),
+                        client, rule, domain, unreadable)
 
 
 def _some_name(names: tuple[tuple[str, str], ...]) -> str | None:

@@ -91,7 +91,10 @@ def _explain_one(
                                         resolved=lambda _ip, _name: True)
             out.append(f"  if it presents {presented} (TLS SNI / HTTP Host): {named.action} "
                        f"({named.reason}, rule {named.rule or '-'})")
-        out.append("  if it presents no name (not TLS or HTTP, or no SNI): decided as below")
+        unread = engine.decide_unreadable(packet, "no_name", process)
+        out.append(f"  if its name cannot be read (TLS or HTTP without a readable name): "
+                   f"{unread.action} (address rules only, rule {unread.rule or '-'})")
+        out.append("  if it is clearly another protocol (SSH, binary): decided as below")
     decision = engine.decide(packet, process, names)
     out.append(f"  decision: {decision.action} ({decision.reason}, evidence {decision.evidence})"
                f"; mode {decision.mode}, the kernel is told {decision.verdict}")

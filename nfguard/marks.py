@@ -6,6 +6,9 @@ mark bits; the ruleset's `settle` chain copies them into the ct mark. Bits 28-30
 because routing rules rarely look at them (a packet mark set in OUTPUT triggers a reroute).
 """
 
+from enum import Enum
+from typing import Final
+
 MASK = 0x70000000  # all bits nfguard owns, in packet and ct marks
 VERDICT_MASK = 0x30000000  # the verdict field inside MASK
 ALLOW = 0x10000000
@@ -28,3 +31,12 @@ def is_answer(mark: int) -> bool:
 def with_verdict(mark: int, verdict: int) -> int:
     """The packet mark to hand back: the user's bits kept, ours replaced by the verdict."""
     return (mark & ~MASK & 0xFFFFFFFF) | verdict
+
+
+class Held(Enum):
+    HOLD = "hold"
+
+
+# The engine's answer for a packet it keeps (a pending flow's, until its name is read):
+# no mark now, its verdict comes later through the queue adapter's release(token, mark).
+HOLD: Final = Held.HOLD

@@ -27,10 +27,20 @@ from nfguard import marks
 from nfguard.audit import AuditLog, audit_event
 from nfguard.config import NamesConfig
 from nfguard.engine import DNS, Decision, Engine
-from nfguard.flows import NO_NAME, FlowTable, PendingFlow, Sniffed
+from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names import NameCache
 from nfguard.peers import Peers
+from nfguard.pending import (
+    FlowTable,
+    Named,
+    Outcome,
+    PendingFlow,
+    Step,
+    Unreadable,
+    Why,
+)
+from nfguard.policy.clients import match_key
 from nfguard.policy.model import ALLOW
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.resolvers import TrustedServers
@@ -45,6 +55,8 @@ FORWARD = 2
 LOCAL_OUT = 3
 MAX_DNS_STREAMS = 4096  # DNS-over-TCP answer streams followed at once (LRU)
 MAX_CHAINS = 65536  # (address, name) CNAME chain entries kept (LRU)
+MAX_UDP_DECIDED = 4096  # UDP flows whose verdict a second early datagram gets (LRU)
+UDP_DECIDED_FOR = 2.0  # seconds: enough for the kernel to confirm the first's entry
 
 _SYN, _FIN, _RST = 0x02, 0x01, 0x04
 _SEQ = 0xFFFFFFFF
@@ -86,6 +98,7 @@ class Pipeline:
         # Gives a held packet its verdict later: (token, mark); the queue adapter's.
         self.release = release or _no_release
         self._dns_streams: OrderedDict[tuple, list[Any]] = OrderedDict()
+        self._udp_decided: OrderedDict[tuple, tuple[float, Any, int]] = OrderedDict()
         # (address, name) -> the other names one answer bound to that address with it (a
         # CNAME chain): a client presenting alias.test, which the host resolved through
         # "alias.test CNAME allowed.test", is going to allowed.test. Consulted only while
@@ -102,9 +115,9 @@ class Pipeline:
 
     # -- entry point ---------------------------------------------------------------------
     def handle(self, payload: bytes, mark: int, hook: int = LOCAL_OUT,
-               token: Any = None, uid: int | None = None, indev: int = 0) -> int | None:
+               token: Any = None, uid: int | None = None, indev: int = 0) -> int | Held:
         """The packet mark to accept the packet with (its verdict bits say allow, deny or
-        pending), or None: the packet is held, and `release(token, mark)` answers it later.
+        pending), or HOLD: the packet is held, and `release(token, mark)` answers it later.
         `uid`: the owner of the packet's socket as the kernel gave it with the packet;
         `indev`: the interface index a forwarded packet came in on (0: sent by this host).
         """
@@ -117,19 +130,24 @@ class Pipeline:
         process: ProcessInfo | None = None
         try:
             packet = parse_packet(payload)
-            if mark & marks.PENDING == marks.PENDING:
-                return self._pending_packet(packet, payload, mark, token, uid, indev)
-            if packet.proto == UDP and len(self.flows):
-                flow = self.flows.get(_key(packet))
+            key = _key(packet)
+            if mark & marks.PENDING == marks.PENDING or (packet.proto == UDP
+                                                         and len(self.flows)):
+                flow = self.flows.get(key)
                 if flow is not None:
-                    return self._pending_datagram(flow, packet, payload, mark, token)
+                    return self._pending(flow, packet, payload, mark, token)
             now = self.clock()
+            process = self._sender(packet, uid, indev)
+            if packet.proto == UDP and self._udp_decided:
+                bits = self._recent_udp(key, now, process)
+                if bits is not None:  # A and AAAA on one socket: the first's verdict
+                    return marks.with_verdict(mark, bits)
             # Most addresses have no DNS names: one dict probe, no call.
             names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
-            process = self._sender(packet, uid, indev)
             decision = engine.assess(packet, process, names)
-            if decision is None:
-                return self._start_pending(packet, payload, mark, token, names, now, process)
+            if decision is None:  # the SYN too is the pending flow's (its options, TFO data)
+                flow = self._track(PendingFlow(key, packet, names, process))
+                return self._pending(flow, packet, payload, mark, token)
         except WireError:
             self.stats.unparseable += 1
             decision = engine.unparseable()
@@ -138,6 +156,8 @@ class Pipeline:
             self.stats.errors += 1
             decision = engine.failure()
         self.record(decision, packet, now, process)
+        if packet is not None and packet.proto == UDP and now is not None:
+            self._remember_udp(_key(packet), now, process, _bits(decision))
         return marks.with_verdict(mark, _bits(decision))
 
     def record(self, decision: Decision, packet: Packet | None,
@@ -169,102 +189,82 @@ class Pipeline:
                                  packet.dst, packet.dport,
                                  hash_exe=self.engine.policies.matches_sha256, uid=uid)
 
+    # -- UDP flows decided at once -------------------------------------------------------
+    def _recent_udp(self, key: tuple, now: float, process: ProcessInfo | None) -> int | None:
+        """The verdict bits of a UDP flow the same sender had decided moments ago."""
+        recent = self._udp_decided.get(key)
+        if recent is None:
+            return None
+        until, sender, bits = recent
+        if now > until:
+            del self._udp_decided[key]
+            return None
+        return bits if sender == _identity(process) else None
+
+    def _remember_udp(self, key: tuple, now: float, process: ProcessInfo | None,
+                      bits: int) -> None:
+        """A second datagram may already be queued as NEW, before the first's conntrack
+        entry is confirmed (glibc's A and AAAA on one socket): it gets this verdict."""
+        self._udp_decided[key] = (now + UDP_DECIDED_FOR, _identity(process), bits)
+        self._udp_decided.move_to_end(key)
+        _bound(self._udp_decided, MAX_UDP_DECIDED)
+
     # -- pending flows -------------------------------------------------------------------
     def _dns_names(self, ip: str, now: float) -> tuple[tuple[str, str], ...]:
         found = self.names.names_for(ip, now)
         return tuple((name, DNS) for name in sorted(found)) if found else ()
 
-    def _start_pending(self, packet: Packet, payload: bytes, mark: int, token: Any,
-                       names: tuple[tuple[str, str], ...], now: float,
-                       process: ProcessInfo | None) -> int | None:
-        base = (packet.tcp_seq + 1) & _SEQ if packet.tcp_flags & _SYN else None
-        flow = self._track(PendingFlow(_key(packet), packet, names, base, process))
-        if packet.proto == UDP:
-            return self._pending_datagram(flow, packet, payload, mark, token)
-        if packet.total_length > packet.payload_offset:  # data on the first packet (TFO)
-            return self._pending_segment(flow, packet, payload, mark, token)
-        return marks.with_verdict(mark, marks.PENDING)
-
     def _track(self, flow: PendingFlow) -> PendingFlow:
-        """Remember a new pending flow; flows evicted while holding are decided nameless."""
+        """Remember a new pending flow; flows evicted while holding are decided now."""
         for old in self.flows.add(flow):
-            self._settle(old, NO_NAME)
+            self._settle(old, old.give_up(Why.EVICTED))
         self.stats.pending_flows += 1
         return flow
 
-    def _pending_packet(self, packet: Packet, payload: bytes, mark: int,
-                        token: Any, uid: int | None, indev: int) -> int | None:
-        """A packet of a flow whose ct mark says PENDING."""
-        flow = self.flows.get(_key(packet))
-        if flow is None:
-            # No state (the engine restarted, or the flow was evicted): start over.
-            now = self.clock()
-            names = self._dns_names(packet.dst, now)
-            process = self._sender(packet, uid, indev)
-            decision = self.engine.assess(packet, process, names)
-            if decision is not None:
-                self.record(decision, packet, now, process)
-                return marks.with_verdict(mark, _bits(decision))
-            flow = self._track(PendingFlow(_key(packet), packet, names, process=process))
+    def _pending(self, flow: PendingFlow, packet: Packet, payload: bytes, mark: int,
+                 token: Any) -> int | Held:
+        """A packet of a pending flow: its verdict if the flow is decided, else it is held
+        (or passes as a bare segment) and the flow is decided once its outcome is known."""
         if flow.decision is not None:
             return marks.with_verdict(mark, _bits(flow.decision))
-        if packet.proto != TCP:
-            return self._pending_datagram(flow, packet, payload, mark, token)
-        if packet.total_length <= packet.payload_offset:
-            return marks.with_verdict(mark, marks.PENDING)  # ACK, FIN, RST: no bytes yet
-        return self._pending_segment(flow, packet, payload, mark, token)
+        now = self.clock()
+        if packet.proto == TCP:
+            step = flow.segment(packet, payload, token, mark, now)
+        else:
+            step = flow.datagram(packet, payload, token, mark, now)
+        if step is Step.BARE:
+            return marks.with_verdict(mark, marks.PENDING)
+        if step is Step.HELD:  # holders past the table's budget are decided now
+            for old in self.flows.mark_holding(flow):
+                self._settle(old, old.give_up(Why.EVICTED))
+        else:
+            self._settle(flow, step)
+        return HOLD
 
-    def _pending_segment(self, flow: PendingFlow, packet: Packet, payload: bytes, mark: int,
-                         token: Any) -> int | None:
-        data = payload[packet.payload_offset:packet.total_length]
-        result = flow.tcp_segment(packet.tcp_seq, data, token, mark, self.clock(),
-                                  complete=packet.total_length <= len(payload))
-        self._after_hold(flow, result)
-        return None
-
-    def _pending_datagram(self, flow: PendingFlow, packet: Packet, payload: bytes, mark: int,
-                          token: Any) -> int | None:
-        if flow.decision is not None:
-            return marks.with_verdict(mark, _bits(flow.decision))
-        data = payload[packet.payload_offset:packet.total_length]
-        result = flow.datagram(data, token, mark, self.clock())
-        if packet.total_length > len(payload) and result is None:
-            result = flow.result = NO_NAME  # cut by the queue's copy range
-        self._after_hold(flow, result)
-        return None
-
-    def _after_hold(self, flow: PendingFlow, result: Sniffed | None) -> None:
-        """Decide the flow once its name is read; until then it holds packets (holders
-        past the table's limit are decided without a name)."""
-        if result is not None:
-            self._settle(flow, result)
-            return
-        for old in self.flows.mark_holding(flow):
-            self._settle(old, NO_NAME)
-
-    def _settle(self, flow: PendingFlow, sniffed: Sniffed) -> None:
+    def _settle(self, flow: PendingFlow, outcome: Outcome) -> None:
         """Decide a pending flow, record its one audit event, release its held packets."""
         engine = self.engine
         now = self.clock()
+        packet = flow.packet
         try:
-            if sniffed.name is None:
-                decision = engine.decide(flow.packet, flow.process, flow.dns_names)
-            else:
+            if isinstance(outcome, Named):
                 names = self.names
-                dst = flow.packet.dst
-                aliases = (self._chains.get((dst, sniffed.name), ())
-                           if names.resolved(dst, sniffed.name, now) else ())
+                dst = packet.dst
+                aliases = (self._chains.get((dst, outcome.name), ())
+                           if names.resolved(dst, outcome.name, now) else ())
                 decision = engine.decide_named(
-                    flow.packet, sniffed.name, sniffed.evidence or "", flow.process,
-                    flow.dns_names, resolved=lambda ip, name: names.resolved(ip, name, now),
-                    aliases=aliases)
+                    packet, outcome.name, outcome.evidence, flow.process, flow.dns_names,
+                    resolved=lambda ip, name: names.resolved(ip, name, now), aliases=aliases)
+            elif isinstance(outcome, Unreadable):
+                decision = engine.decide_unreadable(packet, outcome.why, flow.process)
+            else:  # clearly another protocol: the address and its DNS names, as at the SYN
+                decision = engine.decide(packet, flow.process, flow.dns_names)
         except Exception:
             log.exception("engine error; fail-%s verdict", engine.settings.fail)
             self.stats.errors += 1
             decision = engine.failure()
-        flow.decision = decision
-        self.flows.settled(flow)
-        self.record(decision, flow.packet, now, flow.process)
+        self.flows.settled(flow, decision)
+        self.record(decision, packet, now, flow.process)
         bits = _bits(decision)
         for token, mark in flow.release():
             try:
@@ -274,14 +274,15 @@ class Pipeline:
                 log.exception("cannot release a held packet")
 
     def sweep(self, now: float | None = None) -> int:
-        """Decide, without a name, flows that held packets longer than hello_timeout."""
+        """Decide flows that held packets longer than hello_timeout: their name is
+        unreadable (or what was read of it, when it was read)."""
         if not self.flows.holding:
             return 0
         now = self.clock() if now is None else now
         expired = self.flows.expired(now, self.settings.hello_timeout)
         for flow in expired:
             self.stats.hello_timeouts += 1
-            self._settle(flow, NO_NAME)
+            self._settle(flow, flow.give_up(Why.HELLO_TIMEOUT))
         return len(expired)
 
     # -- DNS answers ---------------------------------------------------------------------
@@ -390,6 +391,11 @@ class Pipeline:
 
 def _key(packet: Packet) -> tuple:
     return (packet.proto, packet.src, packet.sport, packet.dst, packet.dport)
+
+
+def _identity(process: ProcessInfo | None) -> Any:
+    """What tells senders apart for the rules (the client memo's key)."""
+    return None if process is None else match_key(process)
 
 
 def _bits(decision: Decision) -> int:

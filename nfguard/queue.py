@@ -49,11 +49,11 @@ BATCH = 256  # packets read per process_pending() call before the loop gets a tu
 VERDICT_TRAIN = 8
 RECEIVE_SIZE = 1 << 17  # a packet message is at most COPY_RANGE plus some 200 bytes
 
-# handler(payload, mark, hook, token, uid, indev) -> the mark to accept with, or None (held:
+# handler(payload, mark, hook, token, uid, indev) -> the mark to accept with, or HOLD (held:
 # the verdict comes later through release(token, mark)). `uid`: the sending socket's
 # owner, as the kernel gave it with the packet (None for packets without a local socket);
 # `indev`: the index of the interface the packet came in on (0 for locally sent ones).
-Handler = Callable[[bytes, int, int, int, "int | None", int], "int | None"]
+Handler = Callable[[bytes, int, int, int, "int | None", int], "int | marks.Held"]
 
 
 class QueueAdapter:
@@ -133,7 +133,7 @@ class QueueAdapter:
                 log.exception("packet handler failed")
                 new_mark = marks.with_verdict(queued.mark,
                                               marks.ALLOW if self.fail_open else marks.DENY)
-            if new_mark is not None:  # None: held, released later
+            if new_mark is not marks.HOLD:  # HOLD: held, released later
                 self._accept(queued.packet_id, new_mark)
         except BaseException:
             # Without a verdict the kernel drops the packet when the queue closes, and the

@@ -11,16 +11,28 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from enum import StrEnum
 from typing import NamedTuple
 
 from nfguard.lru import Memo
 from nfguard.policy.collector import collector_paused
-from nfguard.policy.model import Policy, PolicySet, Rule
+from nfguard.policy.model import DENY, Policy, PolicySet, Rule
 from nfguard.policy.patterns import NamePattern, normalize_name
 
-# Evidence kinds, as audit events name them.
-CIDR = "cidr"
-DEFAULT = "default"
+
+class Evidence(StrEnum):
+    """What a decision rested on, as audit events name it (nfguard.evidence)."""
+
+    CIDR = "cidr"  # the address: a network of the rule, or "@resolvers"
+    DNS = "dns"  # a name this host resolved to the destination address
+    SNI = "sni"  # TLS ClientHello server_name over TCP
+    QUIC = "quic"  # the server_name of the ClientHello inside a QUIC Initial
+    HOST = "host"  # HTTP request Host (or an h2c request's :authority)
+    DEFAULT = "default"  # no rule matched: engine.default
+    UNREADABLE = "unreadable"  # the name could not be read and no address rule decided
+
+
+CIDR, DEFAULT = Evidence.CIDR, Evidence.DEFAULT
 
 
 class Destination(NamedTuple):
@@ -104,6 +116,9 @@ class CompiledPolicy:
         # answered per (proto, port) once and remembered, so a flow pays one dict probe.
         self.name_rules = [p for p, rule in enumerate(policy.rules) if rule.names]
         self._first_name_rule: dict[tuple[str, int], int] = {}
+        # ... and whether a name nobody could read might have been a denied one.
+        self.deny_name_rules = [p for p in self.name_rules if policy.rules[p].action == DENY]
+        self._first_deny_name_rule: dict[tuple[str, int], int] = {}
         for position, rule in enumerate(policy.rules):
             if rule.any_destination:
                 self.any_destination.append(position)
@@ -121,7 +136,8 @@ class CompiledPolicy:
         rules = self.rules
         proto, port = dest.proto, dest.port
         best_position = _first_holding(rules, self.any_destination, len(rules), proto, port)
-        evidence, matched_name = CIDR, None
+        evidence: str = CIDR
+        matched_name = None
         if dest.resolver:
             best_position = _first_holding(rules, self.resolver_rules, best_position, proto,
                                            port)
@@ -142,13 +158,23 @@ class CompiledPolicy:
 
     def first_name_rule(self, proto: str, port: int) -> int:
         """Position of the first rule with names whose proto/ports hold, or NO_NAME_RULE."""
+        return self._first_holding_of(self.name_rules, self._first_name_rule, proto, port)
+
+    def first_deny_name_rule(self, proto: str, port: int) -> int:
+        """Position of the first deny rule with names whose proto/ports hold, or
+        NO_NAME_RULE."""
+        return self._first_holding_of(self.deny_name_rules, self._first_deny_name_rule,
+                                      proto, port)
+
+    def _first_holding_of(self, positions: list[int], memo: dict[tuple[str, int], int],
+                          proto: str, port: int) -> int:
         key = (proto, port)
-        found = self._first_name_rule.get(key)
+        found = memo.get(key)
         if found is None:
-            found = next((p for p in self.name_rules if self.rules[p].allows_port(proto, port)),
+            found = next((p for p in positions if self.rules[p].allows_port(proto, port)),
                          NO_NAME_RULE)
-            if len(self._first_name_rule) < _NAME_MEMO_MAX:
-                self._first_name_rule[key] = found
+            if len(memo) < _NAME_MEMO_MAX:
+                memo[key] = found
         return found
 
 
@@ -219,6 +245,21 @@ class CompiledPolicySet:
             if found is not None:
                 return found, pending
         return None, pending
+
+    def address_match(self, policy_names: Iterable[str],
+                      dest: Destination) -> tuple[RuleMatch | None, bool]:
+        """The first rule that matches the address alone (the flow's name unknown), and
+        whether a deny rule with names whose proto/ports hold stands before it (the
+        unknown name might have been that rule's)."""
+        dest = dest._replace(names=())
+        shadowed = False
+        for policy, found in self.walk(policy_names, dest):
+            if not shadowed and policy.deny_name_rules:
+                first = policy.first_deny_name_rule(dest.proto, dest.port)
+                shadowed = first != NO_NAME_RULE and (found is None or first < found.position)
+            if found is not None:
+                return found, shadowed
+        return None, shadowed
 
     def walk(self, policy_names: Iterable[str],
              dest: Destination) -> Iterator[tuple[CompiledPolicy, RuleMatch | None]]:

@@ -9,16 +9,31 @@ frozen dataclasses: a policy can have 100k rules, built on every start and reloa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NamedTuple
 
 from nfguard.policy.networks import Network
 from nfguard.policy.patterns import NamePattern
 
-ALLOW = "allow"
-DENY = "deny"
-ACTIONS = (ALLOW, DENY)
+
+class Action(StrEnum):
+    """What a rule, or the engine, decides for a flow (ECS event.action)."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Mode(StrEnum):
+    """Whether decisions are enforced or only recorded (nfguard.mode)."""
+
+    ENFORCE = "enforce"
+    AUDIT = "audit"
+
+
+ALLOW, DENY = Action.ALLOW, Action.DENY
+ACTIONS = tuple(Action)
 PROTOS = ("tcp", "udp")
-MODES = ("enforce", "audit")
+MODES = tuple(Mode)
 # A `to` entry standing for the host's DNS resolvers: whatever [names] resolvers says
 # they are at the time of the flow ("system": /etc/resolv.conf's, followed as it changes).
 RESOLVERS = "@resolvers"

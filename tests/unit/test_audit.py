@@ -13,7 +13,9 @@ from scapy.layers.inet6 import IPv6
 
 from nfguard import audit
 from nfguard.audit import AuditLog, audit_event, timestamp
-from nfguard.engine import Decision
+from nfguard.engine import Decision, Reason
+from nfguard.policy.match import Evidence
+from nfguard.policy.model import Action, Mode
 from nfguard.procs import ProcessInfo
 from nfguard.wire.ip import parse_packet
 
@@ -262,3 +264,15 @@ def test_a_failing_disk_keeps_the_buffer_for_later(tmp_path: Path) -> None:
     log._fd = good  # space again
     log.close()
     assert len(path.read_text().splitlines()) == 2
+
+
+def test_an_unreadable_name_says_why_in_both_formats() -> None:
+    decision = Decision(Action.DENY, Action.DENY, Mode.ENFORCE, Reason.NAME_UNREADABLE,
+                        Evidence.UNREADABLE, "everyone", unreadable="hello_timeout")
+    event = audit_event(decision, V4, NOW)
+    written = json.loads(render_json(event))
+    assert written["event"]["reason"] == "name_unreadable"
+    assert (written["nfguard"]["evidence"], written["nfguard"]["unreadable"]) == (
+        "unreadable", "hello_timeout")
+    assert written["event"]["action"] == "deny" == Action.DENY  # the ECS strings
+    assert render_text(event).endswith("reason=name_unreadable unreadable=hello_timeout")

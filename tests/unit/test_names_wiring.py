@@ -11,15 +11,27 @@ from typing import Any
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop
 from scapy.packet import Raw
 
 from nfguard import cli, marks
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig, parse_config
 from nfguard.engine import NAME_MISMATCH, Engine
-from nfguard.flows import NO_NAME, FlowTable, PendingFlow, Sniffed, looks_like_http
+from nfguard.marks import HOLD
 from nfguard.metrics import Stats
+from nfguard.pending import (
+    OTHER_PROTOCOL,
+    FlowTable,
+    Kind,
+    Named,
+    PendingFlow,
+    Step,
+    Unreadable,
+    Why,
+    carries_nothing,
+    classify,
+)
 from nfguard.pipeline import LOCAL_IN, Pipeline
 from nfguard.policy.load import PolicyError, parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
@@ -163,21 +175,39 @@ class Harness:
 # ---------------------------------------------------------------- could a name change it
 
 @pytest.mark.parametrize(("dst", "port", "names", "pending"), [
-    (OTHER, 443, (), True),  # a name rule for 443 stands before the default deny
-    (OTHER, 80, (), True),
+    # A name rule for 443 stands before the default deny, but no name could allow: the
+    # address has no DNS name and no allowing rule's networks hold it.
+    (OTHER, 443, (), False),
+    (OTHER, 80, (), False),
     (OTHER, 22, (), False),  # no name rule covers port 22
     (OTHER, 25, (), False),
     ("10.1.2.3", 443, (), False),  # decided by CIDR in an earlier policy
     ("198.51.100.7", 443, (), True),  # decided by CIDR, but an earlier name rule could match
     (GH, 443, (("github.com", "dns"),), True),  # DNS evidence: a presented name replaces it
     (GH, 22, (("github.com", "dns"),), False),  # name rule does not cover 22
-    (OTHER, 8443, (), True),  # a deny-by-name rule could change it too
+    (OTHER, 8443, (), False),  # a deny-by-name rule could change it, but only to deny
+    (OTHER, 443, (("example.org", "dns"),), False),  # its DNS name is allowed nowhere
 ])
 def test_pending_only_when_a_presented_name_could_change_the_decision(
     dst: str, port: int, names: tuple, pending: bool,
 ) -> None:
     decision = make_engine().assess(parse_packet(syn(dst, port)), None, names)
     assert (decision is None) is pending
+
+
+def test_with_verify_off_any_name_could_allow() -> None:
+    engine = make_engine(verify=False)
+    assert engine.assess(parse_packet(syn(OTHER, 443))) is None
+    assert engine.assess(parse_packet(syn(OTHER, 22))) is not None
+
+
+def test_an_address_rule_that_allows_lets_a_name_rule_wait() -> None:
+    text = ('[[client]]\nname = "a"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
+            '[[policy.rule]]\naction = "deny"\nto = ["evil.example"]\n\n'
+            '[[policy.rule]]\naction = "allow"\nto = ["192.0.2.0/24"]\n')
+    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("r.toml", text)])))
+    assert engine.assess(parse_packet(syn("192.0.2.1", 443))) is None
+    assert engine.assess(parse_packet(syn("198.51.100.1", 443))) is not None
 
 
 def test_rule_that_matched_the_address_by_cidr_is_not_pending_on_its_own_names() -> None:
@@ -193,9 +223,10 @@ def test_rule_that_matched_the_address_by_cidr_is_not_pending_on_its_own_names()
 
 def test_udp_is_pending_only_on_443_for_quic() -> None:
     engine = make_engine()
-    udp443 = bytes(IP(src=CLIENT, dst=OTHER) / UDP(sport=5000, dport=443))
-    udp80 = bytes(IP(src=CLIENT, dst=OTHER) / UDP(sport=5000, dport=80))
-    assert engine.assess(parse_packet(udp443)) is None
+    names = (("github.com", "dns"),)
+    udp443 = bytes(IP(src=CLIENT, dst=GH) / UDP(sport=5000, dport=443))
+    udp80 = bytes(IP(src=CLIENT, dst=GH) / UDP(sport=5000, dport=80))
+    assert engine.assess(parse_packet(udp443), None, names) is None
     decided = engine.assess(parse_packet(udp80))
     assert decided is not None and decided.action == "deny"
 
@@ -264,55 +295,139 @@ def test_audit_mode_records_the_mismatch_but_lets_it_pass() -> None:
 
 # ---------------------------------------------------------------- flow table
 
-def test_http_sniffing() -> None:
-    assert looks_like_http(b"GET / HTTP/1.1\r\n")
-    assert looks_like_http(b"GE")  # could still become a method
-    assert not looks_like_http(b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n")
-    assert not looks_like_http(b"\x16\x03\x01")
+def test_first_bytes_pick_the_reader() -> None:
+    assert classify(b"GET / HTTP/1.1\r\n") is Kind.HTTP
+    assert classify(b"FROB / HTTP/1.1\r\n") is Kind.HTTP  # any token is a method
+    assert classify(b"\r\nGET / HTTP/1.1\r\n") is Kind.HTTP  # a leading blank line
+    assert classify(b"\x16\x03\x01") is Kind.TLS
+    assert classify(b"\x15\x03\x03\x00\x02\x01\x00") is Kind.TLS  # an alert first: unreadable
+    assert classify(b"\x00\x00\x00\x08\x04\xd2\x16\x2f") is Kind.OTHER  # binary
+    assert classify(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n") is Kind.OTHER
+    assert classify(b"SSH-2.0-Open") is None  # could still be either
+    assert classify(b"SS") is None
+    # A request line whose method merely starts like a banner is HTTP.
+    assert classify(b"SSH-2.0-x / HTTP/1.1\r\n") is Kind.HTTP
+    assert classify(b"SSH-" + b"x" * 300) is Kind.HTTP
+
+
+def feed(flow: PendingFlow, seq: int, data: bytes, token: Any = 1,
+         flags: str = "PA") -> object:
+    packet = seg(GH, flow.packet.dport, seq, data, flags=flags)
+    return flow.segment(parse_packet(packet), packet, token, 0, 0.0)
+
+
+def opened(port: int = 443) -> PendingFlow:
+    """A pending flow whose SYN had seq 0: its first byte is at seq 1."""
+    return PendingFlow("k", parse_packet(syn(GH, port, seq=0)), ())
 
 
 def test_segments_out_of_order_and_retransmits_release_in_stream_order() -> None:
     hello = client_hello("github.com")
     a, b, c = hello[:100], hello[100:300], hello[300:]
-    flow = PendingFlow("k", parse_packet(syn(GH, 443)), (), base_seq=1)
-    assert flow.tcp_segment(1 + 100, b, "B", 0, 0.0) is None  # ahead of a gap: held
-    assert flow.tcp_segment(1, a, "A", 0, 0.1) is None  # fills the gap, feeds A and B
-    assert flow.tcp_segment(1, a, "A2", 0, 0.2) is None  # retransmit: held, not fed
-    assert flow.tcp_segment(1 + 300, c, "C", 0, 0.3) == Sniffed("github.com", "sni")
+    flow = opened()
+    assert feed(flow, 1 + 100, b, "B") is Step.HELD  # ahead of a gap: held
+    assert feed(flow, 1, a, "A") is Step.HELD  # fills the gap, feeds A and B
+    assert feed(flow, 1, a, "A2") is Step.HELD  # retransmit: held, not fed
+    assert feed(flow, 1 + 300, c, "C") == Named("github.com", "sni")
     assert [token for token, _mark in flow.release()] == ["A", "A2", "B", "C"]
 
 
-def test_not_tls_or_http_and_hello_without_sni_have_no_name() -> None:
-    packet = parse_packet(syn(GH, 22))
-    assert PendingFlow("k", packet, (), 1).tcp_segment(1, b"SSH-2.0-x\r\n", 1, 0, 0) == NO_NAME
-    assert PendingFlow("k", packet, (), 1).tcp_segment(1, client_hello(None), 1, 0, 0) == NO_NAME
-    http = PendingFlow("k", packet, (), 1)
-    assert http.tcp_segment(1, b"GET / HTTP/1.1\r\nHo", 1, 0, 0) is None
-    assert http.tcp_segment(19, b"st: GitHub.com:80\r\n\r\n", 2, 0, 0) == Sniffed("github.com",
-                                                                                  "host")
+def test_clearly_other_protocols_and_nameless_hellos() -> None:
+    assert feed(opened(22), 1, b"SSH-2.0-x\r\n") == OTHER_PROTOCOL
+    assert feed(opened(), 1, client_hello(None)) == Unreadable(Why.NO_NAME)
+    assert feed(opened(80), 1, b"GET / HTTP/1.0\r\n\r\n") == Unreadable(Why.NO_NAME)
+    http = opened(80)
+    assert feed(http, 1, b"GET / HTTP/1.1\r\nHo") is Step.HELD
+    assert feed(http, 19, b"st: GitHub.com:80\r\n\r\n", 2) == Named("github.com", "host")
 
 
-def test_cut_segment_without_a_complete_hello_has_no_name() -> None:
-    flow = PendingFlow("k", parse_packet(syn(GH, 443)), (), 1)
-    assert flow.tcp_segment(1, client_hello("github.com")[:50], 1, 0, 0,
-                            complete=False) == NO_NAME
+@pytest.mark.parametrize("opening", [
+    b"FROB / HTTP/1.1\r\nHost: github.com\r\n\r\n",  # rejected by today's reader
+    b"\x16\x03\x01\x00\x02\xff\xff",  # a handshake record that is no ClientHello
+    b"\x15\x03\x03\x00\x02\x01\x00",  # an alert record before the hello
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+])
+def test_tls_or_http_the_reader_rejects_is_unreadable(opening: bytes) -> None:
+    outcome = feed(opened(80), 1, opening)
+    assert outcome in (Unreadable(Why.MALFORMED), Named("github.com", "host"))
+
+
+def test_urgent_data_makes_the_name_unreadable() -> None:
+    hello = client_hello("github.com")
+    flow = opened()
+    assert feed(flow, 1, hello[:50]) is Step.HELD
+    assert feed(flow, 51, hello[50:], flags="PAU") == Unreadable(Why.URGENT)
+
+
+def test_fast_open_data_in_the_syn_is_the_first_byte() -> None:
+    hello = client_hello("github.com")
+    raw = bytes(IP(src=CLIENT, dst=GH) / TCP(sport=40000, dport=443, flags="S", seq=0)
+                / Raw(hello))
+    packet = parse_packet(raw)
+    flow = PendingFlow("k", packet, ())
+    assert flow.segment(packet, raw, "syn", 0, 0.0) == Named("github.com", "sni")
+
+
+@pytest.mark.parametrize(("options", "bare"), [
+    ([], True),
+    ([("NOP", None), ("NOP", None), ("Timestamp", (1, 2))], True),
+    ([("SAck", (100, 200))], True),
+    ([("MSS", 1460)], False),
+    ([(254, b"EXFILTRATE")], False),
+])
+def test_a_bare_segment_passes_only_if_it_carries_nothing(options: list, bare: bool) -> None:
+    flow = opened()
+    raw = bytes(IP(src=CLIENT, dst=GH) / TCP(sport=40000, dport=443, flags="A", seq=1,
+                                              options=options))
+    step = flow.segment(parse_packet(raw), raw, "ack", 0, 0.0)
+    assert step == (Step.BARE if bare else Unreadable(Why.NOT_BARE))
+
+
+def test_ip_options_and_urgent_pointers_on_a_bare_segment_cut_the_flow() -> None:
+    with_options = bytes(IP(src=CLIENT, dst=GH, options=b"\x01\x01\x01\x00")
+                         / TCP(sport=40000, dport=443, flags="A", seq=1))
+    pointer = bytes(IP(src=CLIENT, dst=GH) / TCP(sport=40000, dport=443, flags="A", seq=1,
+                                                  urgptr=0x4142))
+    hop = bytes(IPv6(src="fd00::2", dst="fd00::1") / IPv6ExtHdrHopByHop()
+                / TCP(sport=40000, dport=443, flags="A", seq=1))
+    for raw in (with_options, pointer, hop):
+        step = opened().segment(parse_packet(raw), raw, "ack", 0, 0.0)
+        assert step == Unreadable(Why.NOT_BARE)
+
+
+def test_cut_segment_without_a_complete_hello_is_unreadable() -> None:
+    raw = seg(GH, 443, 1, client_hello("github.com"))
+    outcome = opened().segment(parse_packet(raw), raw[:90], "t", 0, 0.0)
+    assert outcome == Unreadable(Why.COPY_CUT)
+
+
+def test_quic_flow_whose_first_datagram_is_no_initial_is_unreadable() -> None:
+    for body in (b"\x40" + bytes(30), b"\xc0\x1a\x2a\x3a\x4a\x08" + bytes(40), b""):
+        raw = bytes(IP(src=CLIENT, dst=GH) / UDP(sport=5000, dport=443) / Raw(body))
+        packet = parse_packet(raw)
+        outcome = PendingFlow("k", packet, ()).datagram(packet, raw, "d", 0, 0.0)
+        assert isinstance(outcome, Unreadable), body
 
 
 def test_flow_table_evicts_least_recently_used_and_reports_holders() -> None:
     table = FlowTable(max_flows=2)
-    flows = [PendingFlow(i, parse_packet(syn(GH, 443, sport=1000 + i)), (), 1) for i in range(3)]
+    flows = [PendingFlow(i, parse_packet(syn(GH, 443, sport=1000 + i, seq=0)), ())
+             for i in range(3)]
     table.add(flows[0])
-    flows[0].tcp_segment(1, b"\x16\x03\x01", "t", 0, 0.0)
+    assert table.waiting == 1
+    feed(flows[0], 1, b"\x16\x03\x01", "t")
     table.mark_holding(flows[0])
-    flows[0].tcp_segment(4, b"\x02\x00", "u", 0, 0.0)
+    feed(flows[0], 4, b"\x02\x00", "u")
     table.mark_holding(flows[0])
     assert table.held_packets == 2  # counted once per packet, not per call
     table.add(flows[1])
     assert table.get(0) is flows[0]  # touched: flows[1] is now the oldest
     assert table.add(flows[2]) == []  # flows[1] evicted, it held nothing
     assert table.get(1) is None and len(table) == 2
-    assert table.add(PendingFlow(9, flows[0].packet, (), 1)) == [flows[0]]  # a holder
+    assert table.add(PendingFlow(9, flows[0].packet, ())) == [flows[0]]  # a holder
     assert table.holding == 0 and table.held_packets == 0
+    table.settled(flows[2], "decided")
+    assert (len(table), table.waiting) == (2, 1), "a decided flow is not waiting"
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -324,9 +439,9 @@ def test_pending_flow_hold_and_release_with_one_audit_event(tmp_path: Path) -> N
     assert h.events() == [], "no event for the pending SYN"
     assert h.pending(seg(GH, 443, 1001, flags="A")) == marks.PENDING  # bare ACK
     hello = client_hello("github.com")
-    assert h.pending(seg(GH, 443, 1001, hello[:200]), "one") is None
+    assert h.pending(seg(GH, 443, 1001, hello[:200]), "one") is HOLD
     assert h.released == []
-    assert h.pending(seg(GH, 443, 1201, hello[200:]), "two") is None
+    assert h.pending(seg(GH, 443, 1201, hello[200:]), "two") is HOLD
     assert h.released == [("one", marks.ALLOW), ("two", marks.ALLOW)]
     (event,) = h.events()
     assert event["event"]["action"] == "allow"
@@ -338,45 +453,110 @@ def test_pending_flow_hold_and_release_with_one_audit_event(tmp_path: Path) -> N
     assert len(h.events()) == 1
 
 
+PINNED = "198.51.100.7"  # inside the "pinned" rule's networks: any of its names allows
+
+
 def test_fronted_flow_is_cut(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.learn("github.com", GH)
-    assert h.out(syn(OTHER, 443)) == marks.PENDING
-    assert h.pending(seg(OTHER, 443, 1001, client_hello("github.com")), "t") is None
+    assert h.out(syn(PINNED, 443)) == marks.PENDING
+    assert h.pending(seg(PINNED, 443, 1001, client_hello("github.com")), "t") is HOLD
     assert h.released == [("t", marks.DENY)]
     assert h.events()[0]["event"]["reason"] == NAME_MISMATCH
 
 
-def test_hello_timeout_decides_without_a_name(tmp_path: Path) -> None:
+def test_a_flow_no_name_could_allow_is_denied_at_its_syn(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.learn("github.com", GH)
+    assert h.out(syn(OTHER, 443)) == marks.DENY  # the SYN never leaves
+    assert len(h.pipeline.flows) == 0
+    (event,) = h.events()
+    assert (event["event"]["action"], event["rule"]["name"]) == ("deny", "rest/all")
+
+
+def test_hello_timeout_never_lets_the_dns_names_decide(tmp_path: Path) -> None:
     h = Harness(tmp_path, settings=NamesConfig(hello_timeout=5, resolvers=EVERY_SERVER))
     h.learn("github.com", GH)
     assert h.out(syn(GH, 443)) == marks.PENDING
-    assert h.pending(seg(GH, 443, 1001, client_hello("github.com")[:40]), "t") is None
+    assert h.pending(seg(GH, 443, 1001, client_hello("github.com")[:40]), "t") is HOLD
     h.now += 4.9
     assert h.pipeline.sweep() == 0 and h.released == []
     h.now += 0.2
     assert h.pipeline.sweep() == 1
-    # No name: the address's DNS name decides.
-    assert h.released == [("t", marks.ALLOW)]
+    # No name: the address's DNS name (github.com, allowed) must not decide; only the
+    # address rules do, and the first that matches 140.82.112.3:443 is deny-all.
+    assert h.released == [("t", marks.DENY)]
     (event,) = h.events()
-    assert event["nfguard"]["evidence"] == "dns" and h.stats.hello_timeouts == 1
+    assert event["event"]["reason"] == "name_unreadable"
+    assert event["nfguard"]["unreadable"] == "hello_timeout"
+    assert event["rule"]["name"] == "rest/all" and h.stats.hello_timeouts == 1
 
 
-def test_evicted_holder_is_decided_without_a_name(tmp_path: Path) -> None:
+def test_an_unreadable_name_is_decided_by_address_rules(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.pipeline.flows.max_flows = 1
-    assert h.out(syn(OTHER, 443, sport=1)) == marks.PENDING
-    assert h.pending(seg(OTHER, 443, 1001, b"\x16\x03\x01\x00", sport=1), "held") is None
-    assert h.out(syn(OTHER, 443, sport=2)) == marks.PENDING
-    assert h.released == [("held", marks.DENY)]
-    assert h.events()[0]["nfguard"]["evidence"] == "cidr"  # deny-all, no name
+    assert h.out(syn(PINNED, 443, sport=1)) == marks.PENDING
+    assert h.pending(seg(PINNED, 443, 1001, b"\x16\x03\x01\x00", sport=1), "held") is HOLD
+    assert h.out(syn(PINNED, 443, sport=2)) == marks.PENDING
+    assert h.released == [("held", marks.ALLOW)]  # the pinned rule's network holds it
+    (event,) = h.events()
+    assert (event["event"]["reason"], event["nfguard"]["evidence"]) == ("name_unreadable",
+                                                                        "cidr")
+    assert event["nfguard"]["unreadable"] == "evicted"
+
+
+def test_an_unreadable_name_with_no_address_rule_is_denied_not_defaulted(
+        tmp_path: Path) -> None:
+    text = ('[[client]]\nname = "a"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
+            '[[policy.rule]]\naction = "allow"\nto = ["github.com"]\n')
+    engine = Engine(EngineConfig(default="allow"),
+                    CompiledPolicySet(parse_policy_texts([("r.toml", text)])))
+    h = Harness(tmp_path, engine=engine)
+    h.learn("github.com", GH)
+    assert h.out(syn(GH, 443)) == marks.PENDING
+    conflicting = b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"
+    assert h.pending(seg(GH, 443, 1001, conflicting), "t") is HOLD
+    event = h.events()[-1]
+    assert event["event"]["action"] == "deny"
+    assert (event["event"]["reason"], event["nfguard"]["evidence"]) == ("name_unreadable",
+                                                                        "unreadable")
+
+
+def test_a_deny_rule_with_names_before_an_address_allow_wins_when_unreadable() -> None:
+    text = ('[[client]]\nname = "a"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
+            '[[policy.rule]]\naction = "deny"\nto = ["evil.example"]\n\n'
+            '[[policy.rule]]\naction = "allow"\nto = ["192.0.2.0/24"]\n')
+    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("r.toml", text)])))
+    decision = engine.decide_unreadable(parse_packet(syn("192.0.2.1", 443)), Why.MALFORMED)
+    assert (decision.action, decision.reason, decision.unreadable) == (
+        "deny", "name_unreadable", "malformed")
+
+
+def test_a_clearly_other_protocol_is_decided_by_address_and_dns_names(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.learn("github.com", GH)
+    assert h.out(syn(GH, 443)) == marks.PENDING
+    assert h.pending(seg(GH, 443, 1001, b"SSH-2.0-OpenSSH_9.2\r\n"), "t") is HOLD
+    assert h.released == [("t", marks.ALLOW)]
+    assert h.events()[-1]["nfguard"]["evidence"] == "dns"
+
+
+def test_a_bare_segment_with_options_cuts_the_flow(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.learn("github.com", GH)
+    assert h.out(syn(GH, 443)) == marks.PENDING
+    covert = bytes(IP(src=CLIENT, dst=GH) / TCP(sport=40000, dport=443, flags="A",
+                                                seq=1001, options=[(254, b"EXFIL")]))
+    assert h.pending(covert, "c") is HOLD
+    assert h.released == [("c", marks.DENY)]
+    assert h.events()[-1]["nfguard"]["unreadable"] == "not_bare"
 
 
 def test_pending_packet_without_state_starts_over(tmp_path: Path) -> None:
     h = Harness(tmp_path)  # as after an engine restart: the ct mark says PENDING
     h.learn("github.com", GH)
     assert h.pending(seg(GH, 443, 5000, flags="A")) == marks.PENDING
-    assert h.pending(seg(GH, 443, 5000, client_hello("github.com")), "t") is None
+    assert h.pending(seg(GH, 443, 5000, client_hello("github.com")), "t") is HOLD
     assert h.released == [("t", marks.ALLOW)]
 
 
@@ -481,7 +661,7 @@ def test_ipv6_flows_use_names_too(tmp_path: Path) -> None:
     assert h.out(raw) == marks.PENDING
     data = bytes(IPv6(src="2001:db8::2", dst="2606:50c0::1")
                  / TCP(sport=4, dport=443, flags="PA", seq=10) / Raw(client_hello("github.com")))
-    assert h.pending(data, "t") is None and h.released == [("t", marks.ALLOW)]
+    assert h.pending(data, "t") is HOLD and h.released == [("t", marks.ALLOW)]
 
 
 def test_tcp_seq_is_parsed() -> None:
@@ -534,3 +714,23 @@ def test_encrypted_dns_policy_checks_and_denies(tmp_path: Path,
     by_name = engine.decide_named(tcp("192.0.2.1", 443), "dns.google", "sni")
     assert (by_name.action, by_name.rule) == ("deny", "encrypted-dns/public-doh-by-name")
     assert engine.decide_named(tcp("192.0.2.1", 443), "example.org", "sni").action == "allow"
+
+
+def test_a_syn_may_carry_the_handshakes_options_only() -> None:
+    usual = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None),
+             ("WScale", 7), ("TFO", b"")]
+    for options, bare in ((usual, True), ([*usual, (254, b"EXFIL")], False)):
+        raw = bytes(IP(src=CLIENT, dst=GH) / TCP(sport=1, dport=443, flags="S",
+                                                  options=options))
+        assert carries_nothing(parse_packet(raw), raw) is bare
+
+
+def test_a_name_rule_with_resolvers_lets_the_resolvers_wait() -> None:
+    text = ('[[client]]\nname = "a"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
+            '[[policy.rule]]\naction = "deny"\nto = ["evil.example"]\n\n'
+            '[[policy.rule]]\naction = "allow"\nto = ["dot.example", "@resolvers"]\n'
+            'ports = [853]\n')
+    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("r.toml", text)])),
+                    resolvers=lambda ip: ip == "10.0.0.53")
+    assert engine.assess(parse_packet(syn("10.0.0.53", 853))) is None
+    assert engine.assess(parse_packet(syn("10.0.0.54", 853))) is not None
