@@ -308,6 +308,7 @@ class Installer:
         import nftables
 
         self._nft = nftables.Nftables()
+        self._ran: list[int] = []  # pids of the programs the last install ran
 
     def _cmd(self, text: str) -> None:
         rc, _out, err = self._nft.cmd(text)
@@ -325,12 +326,23 @@ class Installer:
         rc, _out, _err = self._nft.cmd(f"list table inet {TABLE}")
         return rc == 0
 
-    def install(self, ruleset: Ruleset) -> None:
-        """Atomic replace of our table, then the xt queue rules (idempotent)."""
+    def install(self, ruleset: Ruleset) -> list[int]:
+        """Atomic replace of our table, then the xt queue rules (idempotent). Returns the
+        pids of the programs it ran: their commits are nfguard's own (ruleset_watch)."""
+        self._ran = []
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
         self._remove_xt_rules()
         for rule in ruleset.xt_rules:
-            _run([_xt_binary(rule.binary), "-w", *rule.arguments()])
+            self._run([_xt_binary(rule.binary), "-w", *rule.arguments()])
+        return self._ran
+
+    def _run(self, argv: list[str]) -> None:
+        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) as process:
+            self._ran.append(process.pid)
+            _out, err = process.communicate()
+        if process.returncode != 0:
+            raise NftError(f"{' '.join(argv)}: {err.strip()}")
 
     def uninstall(self) -> bool:
         """Remove exactly what install added; True if anything was there."""
@@ -349,7 +361,7 @@ class Installer:
                 continue
             for table in (XT_TABLE, *XT_OLD_TABLES):
                 for chain, spec in _tagged_rules(binary, table):
-                    _run([binary, "-w", "-t", table, "-D", chain, *spec])
+                    self._run([binary, "-w", "-t", table, "-D", chain, *spec])
                     removed = True
         return removed
 
@@ -397,7 +409,3 @@ def _tagged_rules(binary: str, table: str) -> list[tuple[str, list[str]]]:
     return rules
 
 
-def _run(argv: list[str]) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise NftError(f"{' '.join(argv)}: {result.stderr.strip()}")

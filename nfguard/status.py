@@ -25,6 +25,8 @@ def render_status(status: dict[str, Any]) -> str:
         f"loaded {_when(policy['loaded_at'])} ({_duration(now - policy['loaded_at'])} ago)",
         f"reloads:      {reloads['ok']} applied, {reloads['failed']} rejected",
     ]
+    if s.get("ruleset") is not None:
+        lines += _ruleset(s["ruleset"])
     if reloads["last_rejection"]:
         at, message = reloads["last_rejection"]
         lines.append(f"  last rejected {_when(at)}:")
@@ -71,6 +73,16 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"    {_when(at)} {first}")
             lines += [f"      {line}" for line in more]
     return "\n".join(lines) + "\n"
+
+
+def _ruleset(guard: dict[str, Any]) -> list[str]:
+    """The watch over the ruleset (nfguard.ruleset_watch): how often it was put back."""
+    if not guard["restores"]:
+        return ["ruleset:      watched; never changed by another program"]
+    return [f"ruleset:      watched; restored {_count(guard['restores'], 'time')}, last "
+            f"{_when(guard['last_at'])} in {_seconds(guard['last_took'])}, after "
+            f"{guard['last_by']}:",
+            *(f"  {change}" for change in guard["last_missing"])]
 
 
 def _count(n: int, one: str, many: str = "") -> str:
