@@ -45,7 +45,7 @@ from nfguard.procs import Attributor
 from nfguard.procs.containers import Containers
 from nfguard.queue import QueueAdapter
 from nfguard.resolvers import TrustedServers
-from nfguard.ruleset_watch import RulesetGuard
+from nfguard.ruleset_watch import RulesetGuard, open_events
 from nfguard.sdnotify import Notifier
 from nfguard.workers import Team, WorkerLink, send_report
 
@@ -130,7 +130,8 @@ class Daemon:
         if worker is None:
             installer = Installer()
             self.queue_path = installer.probe_path()
-            self.guard = RulesetGuard(render(config.engine, self.queue_path), installer.install)
+            self.guard = RulesetGuard(render(config.engine, self.queue_path), installer,
+                                      open_events())
             self.guard.install()
             log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[self.queue_path])
         else:

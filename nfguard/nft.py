@@ -7,10 +7,12 @@ expression, the single queue step goes through the xt NFQUEUE target with iptabl
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
+from collections import deque
 from dataclasses import dataclass
 
 from nfguard import marks
@@ -35,6 +37,8 @@ XT_OLD_TABLES = ("filter",)  # where earlier versions put them: removed on insta
 # kernel's legacy security table hooks at 50) and after the filter table, so another
 # firewall's drop comes first.
 VERDICT_PRIORITY = 200
+
+OWN_PIDS = 256  # pids of nfguard's own recent commits remembered (Installer.pids)
 
 # Link-local control traffic of IPv6 that must never wait for a policy (and IGMP, MLD's
 # IPv4 twin, to the link-local multicast block).
@@ -308,7 +312,9 @@ class Installer:
         import nftables
 
         self._nft = nftables.Nftables()
-        self._ran: list[int] = []  # pids of the programs the last install ran
+        # Who commits nfguard's own changes: this process (libnftables) and each iptables
+        # it ran, newest last; nfguard.ruleset_watch tells their batches from others'.
+        self.pids: deque[int] = deque([os.getpid()], maxlen=OWN_PIDS)
 
     def _cmd(self, text: str) -> None:
         rc, _out, err = self._nft.cmd(text)
@@ -326,22 +332,19 @@ class Installer:
         rc, _out, _err = self._nft.cmd(f"list table inet {TABLE}")
         return rc == 0
 
-    def install(self, ruleset: Ruleset) -> list[int]:
-        """Atomic replace of our table, then the xt queue rules (idempotent). Returns the
-        pids of the programs it ran: their commits are nfguard's own (ruleset_watch)."""
-        self._ran = []
+    def install(self, ruleset: Ruleset) -> None:
+        """Atomic replace of our table, then the xt queue rules (idempotent)."""
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
         self._remove_xt_rules()
         for rule in ruleset.xt_rules:
             self._run([_xt_binary(rule.binary), "-w", *rule.arguments()])
-        return self._ran
 
-    def _run(self, argv: list[str]) -> None:
+    def _run(self, argv: list[str], check: bool = True) -> None:
         with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) as process:
-            self._ran.append(process.pid)
+            self.pids.append(process.pid)
             _out, err = process.communicate()
-        if process.returncode != 0:
+        if check and process.returncode != 0:
             raise NftError(f"{' '.join(argv)}: {err.strip()}")
 
     def uninstall(self) -> bool:
@@ -361,7 +364,8 @@ class Installer:
                 continue
             for table in (XT_TABLE, *XT_OLD_TABLES):
                 for chain, spec in _tagged_rules(binary, table):
-                    self._run([binary, "-w", "-t", table, "-D", chain, *spec])
+                    # unchecked: a flush between the listing and here took it already
+                    self._run([binary, "-w", "-t", table, "-D", chain, *spec], check=False)
                     removed = True
         return removed
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import struct
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from enum import IntEnum, StrEnum
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from nfguard.netlink import NLMSGHDR, Buffer
 from nfguard.nft import TABLE, XT_CHAINS, XT_COMMENT, XT_TABLE, Ruleset
@@ -45,7 +43,6 @@ NFTA_RULE_CHAIN = 2
 NFTA_GEN_ID, NFTA_GEN_PROC_PID, NFTA_GEN_PROC_NAME = 1, 2, 3
 SO_RCVBUFFORCE = 33  # root may go past net.core.rmem_max
 RECEIVE_BUFFER = 8 << 20  # a flush of a big ruleset (Docker's) is one burst of messages
-OWN_PIDS = 256  # recent pids of nfguard's own commits (iptables it ran) remembered
 MAX_SHOWN = 10  # changes kept for `status` and the log line
 
 
@@ -171,9 +168,9 @@ class RulesetEvents:
     out. `xt`: the queue step is iptables-nft rules in XT_TABLE (the xt path), which are
     watched too; the host's own rules there are not nfguard's business."""
 
-    def __init__(self, xt: bool, pid: int | None = None) -> None:
+    def __init__(self, xt: bool, own: Container[int]) -> None:
         self.xt = xt
-        self.own = deque([os.getpid() if pid is None else pid], maxlen=OWN_PIDS)
+        self.own = own  # pids whose batches are nfguard's own
         self._changes: list[Change] = []
 
     def feed(self, data: Buffer) -> list[Batch]:
@@ -249,31 +246,47 @@ class RulesetEvents:
         return Batch(generation, pid, process, summary(changes))
 
 
+def open_events() -> socket.socket:
+    """A non-blocking socket that receives every nftables change in this network namespace
+    (needs CAP_NET_ADMIN)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                         | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+    sock.bind((0, 0))
+    sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+    return sock
+
+
+class Installs(Protocol):
+    """What the guard needs of nft.Installer."""
+
+    @property
+    def pids(self) -> Container[int]: ...
+
+    def install(self, ruleset: Ruleset) -> None: ...
+
+
 class RulesetGuard:
     """The main process's watch over its ruleset: reads the events socket from the daemon's
     loop and, when a foreign batch touched nfguard's ruleset, installs it again at once.
-    `install` puts the whole ruleset back (atomically for the nft table) and returns the
+    The installer puts the whole ruleset back (atomically for the nft table) and keeps the
     pids of the programs it ran, so their batches are known as nfguard's own. The socket
     is open before the first install, so no change after it goes unseen."""
 
-    def __init__(self, ruleset: Ruleset, install: Callable[[Ruleset], Iterable[int]]) -> None:
+    def __init__(self, ruleset: Ruleset, installer: Installs, sock: socket.socket) -> None:
         self.ruleset = ruleset
-        self._install = install
-        self.events = RulesetEvents(xt=bool(ruleset.xt_rules))
+        self._installer = installer
+        self._sock = sock  # open_events(), non-blocking
+        self.events = RulesetEvents(xt=bool(ruleset.xt_rules), own=installer.pids)
         self.restores = 0
         self.last: dict[str, Any] | None = None
         self._failed: list[Batch] = []  # a restore that failed, tried again by tend()
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK
-                                   | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
-        except OSError:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-        self._sock.bind((0, 0))
-        self._sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
 
     def install(self) -> None:
-        self.events.own.extend(self._install(self.ruleset))
+        self._installer.install(self.ruleset)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -312,7 +325,7 @@ class RulesetGuard:
         took = time.monotonic() - started
         self._failed = []
         self.restores += 1
-        changes = [str(c) for c in summary(c for batch in batches for c in batch.changes)]
+        changes = list(dict.fromkeys(str(c) for batch in batches for c in batch.changes))
         changes += [batch.process for batch in batches if not batch.pid]
         self.last = {"at": time.time(), "missing": changes[:MAX_SHOWN], "by": _who(batches),
                      "took": took}

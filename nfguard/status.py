@@ -25,12 +25,12 @@ def render_status(status: dict[str, Any]) -> str:
         f"loaded {_when(policy['loaded_at'])} ({_duration(now - policy['loaded_at'])} ago)",
         f"reloads:      {reloads['ok']} applied, {reloads['failed']} rejected",
     ]
-    if s.get("ruleset") is not None:
-        lines += _ruleset(s["ruleset"])
     if reloads["last_rejection"]:
         at, message = reloads["last_rejection"]
         lines.append(f"  last rejected {_when(at)}:")
         lines += [f"    {line}" for line in message.splitlines()]
+    if s.get("ruleset") is not None:
+        lines += _ruleset(s["ruleset"])
     decisions = s["decisions"]
     decided = ", ".join(f"{count} {action}" for action, count in sorted(decisions.items()))
     lines += [

@@ -184,7 +184,7 @@ def test_connections_in_a_tight_loop_across_a_flush(lab: Lab) -> None:
 def test_a_connection_opened_in_the_gap_is_cut_at_the_restore(lab: Lab) -> None:
     """A connection whose handshake slipped through while the table was gone was never
     decided; it must not stay open as a channel once the table is back."""
-    config, recording = started(lab)
+    _config, recording = started(lab)
     opener = """
 import socket, sys, time
 deadline = time.time() + 3

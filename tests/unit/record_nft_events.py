@@ -1,0 +1,96 @@
+"""Records the nftables change notifications test_ruleset_watch.py replays, from a real
+kernel: `sudo python -m tests.unit.record_nft_events` makes a scratch network namespace,
+listens there as `nft monitor` does (NETLINK_NETFILTER, group NFNLGRP_NFTABLES), runs
+each step below and writes what arrived to nft_events.json.gz. Needs root, nft and
+iptables-nft; touches only its own namespace."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from nfguard.ruleset_watch import open_events
+
+OUT = Path(__file__).with_name("nft_events.json.gz")
+NAMESPACE = "nfgrecord"
+
+# Debian's /etc/nftables.conf in short, as nftables.service loads it.
+DEBIAN_CONF = "flush ruleset\ntable inet filter {\n\tchain input {\n" \
+              "\t\ttype filter hook input priority filter;\n\t}\n}\n"
+
+
+def steps(config: str, conf: str) -> dict[str, list[tuple[list[str], str | None]]]:
+    install = ([sys.executable, "-m", "nfguard", "install", "--config", config], None)
+    return {
+        "install": [install],
+        "flush_ruleset": [(["nft", "flush", "ruleset"], None)],
+        "reinstall_after_flush": [install],
+        "delete_table": [(["nft", "delete", "table", "inet", "nfguard"], None)],
+        "reinstall_after_delete": [install],
+        "reinstall_over_itself": [install],
+        "nftables_service": [(["nft", "-f", conf], None)],
+        "reinstall_after_service": [install],
+        "iptables_restore_security": [(["iptables-restore"], "*security\nCOMMIT\n"),
+                                      (["ip6tables-restore"], "*security\nCOMMIT\n")],
+        "iptables_restore_filter": [(["iptables-restore"], "*filter\nCOMMIT\n")],
+        "reinstall_after_restore": [install],
+        "other_table": [
+            (["nft", "add", "table", "inet", "other"], None),
+            (["nft", "add", "chain", "inet", "other", "out",
+              "{ type filter hook output priority 0; }"], None),
+            (["nft", "add", "rule", "inet", "other", "out", "tcp", "dport", "22", "accept"],
+             None),
+            (["nft", "delete", "table", "inet", "other"], None)],
+        "user_security_rule": [
+            (["iptables", "-t", "security", "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j",
+              "ACCEPT"], None),
+            (["iptables", "-t", "security", "-D", "OUTPUT", "-p", "tcp", "--dport", "9", "-j",
+              "ACCEPT"], None)],
+        "insert_into_nfguard": [(["nft", "insert", "rule", "inet", "nfguard", "egress",
+                                  "accept"], None)],
+        "delete_rule_of_nfguard": [(["nft", "flush", "chain", "inet", "nfguard", "cut"], None)],
+    }
+
+
+def record(config: str, conf: str) -> dict[str, list[str]]:
+    sock = open_events()
+    recorded = {}
+    for name, commands in steps(config, conf).items():
+        for argv, text in commands:
+            subprocess.run(argv, input=text, text=True, check=True, capture_output=True)
+        datagrams = []
+        while True:
+            try:
+                datagrams.append(base64.b64encode(sock.recv(1 << 16)).decode())
+            except BlockingIOError:
+                break
+        recorded[name] = datagrams
+    return recorded
+
+
+def main() -> None:
+    if len(sys.argv) > 1:  # inside the namespace
+        OUT.write_bytes(gzip.compress(json.dumps(record(*sys.argv[1:3]), indent=0).encode()))
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "rules").mkdir()
+        config, conf = Path(scratch) / "nfguard.toml", Path(scratch) / "nftables.conf"
+        config.write_text(f'[engine]\npolicy_dir = "{scratch}/rules"\n')
+        conf.write_text(DEBIAN_CONF)
+        subprocess.run(["ip", "netns", "add", NAMESPACE], check=True)
+        try:
+            subprocess.run(["nsenter", f"--net=/run/netns/{NAMESPACE}", "--", sys.executable,
+                            "-m", "tests.unit.record_nft_events", str(config), str(conf)],
+                           check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+        finally:
+            subprocess.run(["ip", "netns", "del", NAMESPACE], check=False)
+
+
+if __name__ == "__main__":
+    main()
