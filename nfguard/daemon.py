@@ -47,6 +47,7 @@ from nfguard.queue import QueueAdapter
 from nfguard.resolvers import TrustedServers
 from nfguard.ruleset_watch import RulesetGuard, open_events
 from nfguard.sdnotify import Notifier
+from nfguard.undecided import Undecided
 from nfguard.workers import Team, WorkerLink, send_report
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,9 @@ class Daemon:
         if worker is None:
             installer = Installer()
             self.queue_path = installer.probe_path()
+            enforcing = config.engine.mode == "enforce" and config.engine.fail == "closed"
             self.guard = RulesetGuard(render(config.engine, self.queue_path), installer,
-                                      open_events())
+                                      open_events(), Undecided().cut if enforcing else None)
             self.guard.install()
             log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[self.queue_path])
         else:

@@ -20,11 +20,11 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from nfguard.netlink import NLMSGHDR, Buffer
+from nfguard.netlink import NLMSGHDR, Buffer, attributes
 from nfguard.nft import TABLE, XT_CHAINS, XT_COMMENT, XT_TABLE, Ruleset
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,6 @@ NETLINK_ADD_MEMBERSHIP = 1
 NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
 NFGENMSG = struct.Struct("!BBH")  # family, version, resource id
-NLA = struct.Struct("=HH")  # length, type
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 NFTA_NAME_OF_TABLE = 1  # NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, ... all 1
 NFTA_CHAIN_NAME = 3
 NFTA_RULE_CHAIN = 2
@@ -137,22 +135,12 @@ class Batch(NamedTuple):
 EVENTS_LOST = Batch(0, 0, "events lost (socket buffer full)", ())
 
 
-def _attributes(data: Buffer, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(type, value start, value end) of each attribute in data[start:end]."""
-    while start + NLA.size <= end:
-        length, kind = NLA.unpack_from(data, start)
-        if length < NLA.size or start + length > end:
-            return
-        yield kind & NLA_TYPE_MASK, start + NLA.size, start + length
-        start += (length + 3) & ~3
-
-
 def _string(data: Buffer, start: int, end: int) -> str:
     return bytes(data[start:end]).split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
 def _find(data: Buffer, start: int, end: int, wanted: int) -> tuple[int, int] | None:
-    for kind, value, value_end in _attributes(data, start, end):
+    for kind, value, value_end in attributes(data, start, end):
         if kind == wanted:
             return value, value_end
     return None
@@ -234,7 +222,7 @@ class RulesetEvents:
         changes, self._changes = self._changes, []
         generation = pid = 0
         process = ""
-        for kind, value, value_end in _attributes(data, start, end):
+        for kind, value, value_end in attributes(data, start, end):
             if kind == NFTA_GEN_ID and value_end - value == 4:
                 (generation,) = struct.unpack_from("!I", data, value)
             elif kind == NFTA_GEN_PROC_PID and value_end - value == 4:
@@ -276,10 +264,12 @@ class RulesetGuard:
     pids of the programs it ran, so their batches are known as nfguard's own. The socket
     is open before the first install, so no change after it goes unseen."""
 
-    def __init__(self, ruleset: Ruleset, installer: Installs, sock: socket.socket) -> None:
+    def __init__(self, ruleset: Ruleset, installer: Installs, sock: socket.socket,
+                 cut: Callable[[], int] | None = None) -> None:
         self.ruleset = ruleset
         self._installer = installer
         self._sock = sock  # open_events(), non-blocking
+        self._cut = cut  # after a restore: cuts the flows made in the gap (nfguard.undecided)
         self.events = RulesetEvents(xt=bool(ruleset.xt_rules), own=installer.pids)
         self.restores = 0
         self.last: dict[str, Any] | None = None
@@ -325,14 +315,21 @@ class RulesetGuard:
         took = time.monotonic() - started
         self._failed = []
         self.restores += 1
+        cut = 0
+        if self._cut is not None:
+            try:
+                cut = self._cut()
+            except OSError as exc:
+                log.error("could not cut the flows made while the ruleset was gone: %s", exc)
         changes = list(dict.fromkeys(str(c) for batch in batches for c in batch.changes))
         changes += [batch.process for batch in batches if not batch.pid]
         self.last = {"at": time.time(), "missing": changes[:MAX_SHOWN], "by": _who(batches),
-                     "took": took}
+                     "took": took, "cut": cut}
         more = len(changes) - MAX_SHOWN
         log.warning("the ruleset was changed by %s (%s%s); nfguard's ruleset restored in "
-                    "%.1f ms", _who(batches), "; ".join(changes[:MAX_SHOWN]),
-                    f"; {more} more" if more > 0 else "", took * 1e3)
+                    "%.1f ms, %d flows made meanwhile cut", _who(batches),
+                    "; ".join(changes[:MAX_SHOWN]), f"; {more} more" if more > 0 else "",
+                    took * 1e3, cut)
 
     def count(self) -> int:
         return self.restores
@@ -341,7 +338,7 @@ class RulesetGuard:
         last = self.last or {}
         return {"restores": self.restores, "last_at": last.get("at"),
                 "last_missing": last.get("missing", []), "last_by": last.get("by"),
-                "last_took": last.get("took")}
+                "last_took": last.get("took"), "last_cut": last.get("cut", 0)}
 
     def close(self) -> None:
         self._sock.close()

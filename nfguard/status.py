@@ -80,7 +80,8 @@ def _ruleset(guard: dict[str, Any]) -> list[str]:
     if not guard["restores"]:
         return ["ruleset:      watched; never changed by another program"]
     return [f"ruleset:      watched; restored {_count(guard['restores'], 'time')}, last "
-            f"{_when(guard['last_at'])} in {_seconds(guard['last_took'])}, after "
+            f"{_when(guard['last_at'])} in {_seconds(guard['last_took'])} "
+            f"({_count(guard.get('last_cut', 0), 'flow')} made meanwhile cut), after "
             f"{guard['last_by']}:",
             *(f"  {change}" for change in guard["last_missing"])]
 
