@@ -297,6 +297,11 @@ def _xt_binary(tool: str) -> str:
     return f"{tool}-nft" if shutil.which(f"{tool}-nft") else tool
 
 
+def _xt_restore_binary(tool: str) -> str:
+    """iptables-nft-restore where both variants are installed (see _xt_binary)."""
+    return f"{tool}-nft-restore" if shutil.which(f"{tool}-nft-restore") else f"{tool}-restore"
+
+
 def _quote(arg: str) -> str:
     return arg if re.fullmatch(r"[\w.:/,=+-]+", arg) else f'"{arg}"'
 
@@ -333,17 +338,31 @@ class Installer:
         return rc == 0
 
     def install(self, ruleset: Ruleset) -> None:
-        """Atomic replace of our table, then the xt queue rules (idempotent)."""
-        self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
-        self._remove_xt_rules()
-        for rule in ruleset.xt_rules:
-            self._run([_xt_binary(rule.binary), "-w", *rule.arguments()])
+        """Our table, then the xt queue rules (idempotent)."""
+        self.install_table(ruleset)
+        self.install_xt(ruleset)
 
-    def _run(self, argv: list[str], check: bool = True) -> None:
-        with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    def install_table(self, ruleset: Ruleset) -> None:
+        """Atomic replace of our table (one transaction)."""
+        self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
+
+    def install_xt(self, ruleset: Ruleset) -> None:
+        """The xt queue rules: ours removed wherever they are, then inserted by one
+        iptables-restore per family (a process each instead of one per rule)."""
+        self._remove_xt_rules()
+        for tool in XT_TOOLS:
+            lines = [" ".join(map(_quote, ("-I", rule.chain, str(rule.position), *rule.spec)))
+                     for rule in ruleset.xt_rules if rule.binary == tool]
+            if lines:
+                text = f"*{XT_TABLE}\n" + "\n".join(lines) + "\nCOMMIT\n"
+                self._run([_xt_restore_binary(tool), "-w", "--noflush"], text)
+
+    def _run(self, argv: list[str], text: str | None = None, check: bool = True) -> None:
+        with subprocess.Popen(argv, stdin=subprocess.PIPE if text else subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               text=True) as process:
             self.pids.append(process.pid)
-            _out, err = process.communicate()
+            _out, err = process.communicate(text)
         if check and process.returncode != 0:
             raise NftError(f"{' '.join(argv)}: {err.strip()}")
 
@@ -365,7 +384,8 @@ class Installer:
             for table in (XT_TABLE, *XT_OLD_TABLES):
                 for chain, spec in _tagged_rules(binary, table):
                     # unchecked: a flush between the listing and here took it already
-                    self._run([binary, "-w", "-t", table, "-D", chain, *spec], check=False)
+                    self._run([binary, "-w", "-t", table, "-D", chain, *spec],
+                              check=False)
                     removed = True
         return removed
 

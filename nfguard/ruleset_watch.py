@@ -254,7 +254,9 @@ class Installs(Protocol):
     @property
     def pids(self) -> Container[int]: ...
 
-    def install(self, ruleset: Ruleset) -> None: ...
+    def install_table(self, ruleset: Ruleset) -> None: ...
+
+    def install_xt(self, ruleset: Ruleset) -> None: ...
 
 
 class RulesetGuard:
@@ -275,8 +277,18 @@ class RulesetGuard:
         self.last: dict[str, Any] | None = None
         self._failed: list[Batch] = []  # a restore that failed, tried again by tend()
 
-    def install(self) -> None:
-        self._installer.install(self.ruleset)
+    def install(self) -> int:
+        """The table first (from then on nothing new leaves undecided), then the flows made
+        without it are cut, then the xt queue rules; how many flows were cut."""
+        self._installer.install_table(self.ruleset)
+        cut = 0
+        if self._cut is not None:
+            try:
+                cut = self._cut()
+            except OSError as exc:
+                log.error("could not cut the flows made while the ruleset was gone: %s", exc)
+        self._installer.install_xt(self.ruleset)
+        return cut
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -306,7 +318,7 @@ class RulesetGuard:
     def restore(self, batches: list[Batch]) -> None:
         started = time.monotonic()
         try:
-            self.install()
+            cut = self.install()
         except Exception as exc:
             self._failed = batches
             log.error("the ruleset was changed by %s and could not be restored: %s",
@@ -315,19 +327,13 @@ class RulesetGuard:
         took = time.monotonic() - started
         self._failed = []
         self.restores += 1
-        cut = 0
-        if self._cut is not None:
-            try:
-                cut = self._cut()
-            except OSError as exc:
-                log.error("could not cut the flows made while the ruleset was gone: %s", exc)
         changes = list(dict.fromkeys(str(c) for batch in batches for c in batch.changes))
         changes += [batch.process for batch in batches if not batch.pid]
         self.last = {"at": time.time(), "missing": changes[:MAX_SHOWN], "by": _who(batches),
                      "took": took, "cut": cut}
         more = len(changes) - MAX_SHOWN
         log.warning("the ruleset was changed by %s (%s%s); nfguard's ruleset restored in "
-                    "%.1f ms, %d flows made meanwhile cut", _who(batches),
+                    "%.1f ms, %d flow(s) made meanwhile cut", _who(batches),
                     "; ".join(changes[:MAX_SHOWN]), f"; {more} more" if more > 0 else "",
                     took * 1e3, cut)
 

@@ -46,6 +46,7 @@ CTA_PROTO_NUM = 1
 NFGENMSG = struct.Struct("!BBH")
 _BE32 = struct.Struct("!I")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 class Flow(NamedTuple):
@@ -188,6 +189,7 @@ class Undecided:
             for _ in flows:  # one acknowledgement (or ENOENT: it ended) each
                 sock.recv(4096)
         for flow in flows:
-            log.warning("cut a flow made while the ruleset was gone: %s %s -> %s", flow.protocol,
-                        flow.source, flow.destination)
+            log.warning("cut a flow made while the ruleset was gone: %s %s -> %s",
+                        _PROTOCOLS.get(flow.protocol, flow.protocol), flow.source,
+                        flow.destination)
         return len(flows)

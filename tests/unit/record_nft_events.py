@@ -1,7 +1,9 @@
 """Records the nftables change notifications test_ruleset_watch.py replays, from a real
 kernel: `sudo python -m tests.unit.record_nft_events` makes a scratch network namespace,
 listens there as `nft monitor` does (NETLINK_NETFILTER, group NFNLGRP_NFTABLES), runs
-each step below and writes what arrived to nft_events.json.gz. Needs root, nft and
+each step below and writes what arrived to nft_events.json.gz; and the kernel's answer to
+nfguard.undecided's conntrack dump after a few flows (UDP out of a veth, v4 and
+v6, and a TCP connection on loopback), for test_undecided.py. Needs root, nft and
 iptables-nft; touches only its own namespace."""
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import base64
 import gzip
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from nfguard.ruleset_watch import open_events
+from nfguard.undecided import NETLINK_NETFILTER, dump_request
 
 OUT = Path(__file__).with_name("nft_events.json.gz")
 NAMESPACE = "nfgrecord"
@@ -71,7 +75,33 @@ def record(config: str, conf: str) -> dict[str, list[str]]:
             except BlockingIOError:
                 break
         recorded[name] = datagrams
+    recorded["conntrack_dump"] = conntrack_dump()
     return recorded
+
+
+def conntrack_dump() -> list[str]:
+    for argv in (["ip", "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy1"],
+                 ["ip", "link", "set", "dummy0", "up"], ["ip", "link", "set", "lo", "up"],
+                 ["ip", "addr", "add", "192.0.2.1/24", "dev", "dummy0"],
+                 ["ip", "addr", "add", "2001:db8::1/64", "dev", "dummy0", "nodad"]):
+        subprocess.run(argv, check=True)
+    for family, address in ((socket.AF_INET, "192.0.2.2"), (socket.AF_INET6, "2001:db8::2")):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"x", (address, 9))
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    sock.bind((0, 0))
+    sock.send(dump_request())
+    datagrams = []
+    while True:
+        data = sock.recv(1 << 17)
+        datagrams.append(base64.b64encode(data).decode())
+        if len(data) >= 6 and int.from_bytes(data[4:6], "little") in (2, 3):  # error, done
+            break
+    client.close()
+    listener.close()
+    return datagrams
 
 
 def main() -> None:

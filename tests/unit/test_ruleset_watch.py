@@ -137,11 +137,14 @@ class FakeInstaller:
         self.installed: list[Ruleset] = []
         self.fail = fail
 
-    def install(self, ruleset: Ruleset) -> None:
+    def install_table(self, ruleset: Ruleset) -> None:
         if self.fail:
             self.fail -= 1
             raise NftError("busy")
         self.installed.append(ruleset)
+
+    def install_xt(self, ruleset: Ruleset) -> None:
+        assert self.installed[-1] is ruleset, "the table first"
 
 
 @pytest.fixture
@@ -162,7 +165,7 @@ def test_guard_restores_once_per_read_and_says_what_and_who(
     guard = RulesetGuard(ruleset, installer, ours)
     assert guard.events.xt
     assert guard.status() == {"restores": 0, "last_at": None, "last_missing": [],
-                              "last_by": None, "last_took": None}
+                              "last_by": None, "last_took": None, "last_cut": 0}
     for data in datagrams("other_table"):
         theirs.send(data)
     guard.read()
@@ -200,3 +203,21 @@ def test_native_guard_and_a_failed_restore_is_tried_again(
     guard.tend()
     assert guard.count() == 1, "nothing left to retry"
     assert guard.status()["last_missing"] == ["table inet nfguard deleted"]
+
+
+def test_flows_made_in_the_gap_are_cut_once_the_table_is_back(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    ours, theirs = pair
+    installer = FakeInstaller()
+    cuts: list[int] = []
+
+    def cut() -> int:
+        assert installer.installed, "after the table, before the xt rules"
+        cuts.append(len(installer.installed))
+        return 2
+
+    guard = RulesetGuard(render(EngineConfig(), XT), installer, ours, cut)
+    for data in datagrams("flush_ruleset"):
+        theirs.send(data)
+    guard.read()
+    assert cuts == [1] and guard.status()["last_cut"] == 2
