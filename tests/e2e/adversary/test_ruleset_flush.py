@@ -241,3 +241,22 @@ def test_iptables_restore_puts_back_the_xt_rules(lab: Lab, table: str) -> None:
     assert not recording.contains(marker)
     if table == "security":
         assert status(lab, config)["ruleset"]["restores"] >= 1
+
+
+def test_with_workers_the_main_process_alone_restores(lab: Lab) -> None:
+    config = lab.write_config(POLICY, metrics={"listen": METRICS}, workers=2)
+    recording = lab.record_tcp(SERVER_V4, DENIED_PORT)
+    lab.start_engine(config)
+    lab.exec(lab.client, "nft", "flush", "ruleset", check=True)
+    lab.wait_until(lambda: table_present(lab), timeout=2)
+    time.sleep(0.5)
+    assert lab.engine_log.read_text().count("ruleset was changed") == 1
+    assert status(lab, config)["ruleset"]["restores"] == restores_metric(lab) == 1
+    marker = f"workers-{uuid.uuid4().hex}".encode()
+    for _ in range(4):  # flows spread over both workers' queues
+        send_marker(lab, SERVER_V4, DENIED_PORT, marker)
+    time.sleep(0.3)
+    assert not recording.contains(marker)
+    if xt_path(lab):
+        listed = lab.exec(lab.client, "iptables", "-w", "-t", "security", "-S", "OUTPUT").stdout
+        assert listed.count("nfguard queue") == 2, "one rule per worker, once"
