@@ -2,14 +2,15 @@
 kernel: `sudo python -m tests.unit.record_nft_events` makes a scratch network namespace,
 listens there as `nft monitor` does (NETLINK_NETFILTER, group NFNLGRP_NFTABLES), runs
 each step below and writes what arrived to nft_events.json.gz; and the kernel's answer to
-nfguard.undecided's conntrack dump after a few flows (UDP out of a veth, v4 and
-v6, and a TCP connection on loopback), for test_undecided.py. Needs root, nft and
+nfguard.undecided's conntrack dumps after a few flows (UDP out of a veth, v4 and v6,
+and a TCP connection on loopback), for test_undecided.py. Needs root, nft and
 iptables-nft; touches only its own namespace."""
 
 from __future__ import annotations
 
 import base64
 import gzip
+import ipaddress
 import json
 import os
 import socket
@@ -79,7 +80,7 @@ def record(config: str, conf: str) -> dict[str, list[str]]:
     return recorded
 
 
-def conntrack_dump() -> list[str]:
+def conntrack_dump() -> dict[str, list[str]]:
     for argv in (["ip", "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy1"],
                  ["ip", "link", "set", "dummy0", "up"], ["ip", "link", "set", "lo", "up"],
                  ["ip", "addr", "add", "192.0.2.1/24", "dev", "dummy0"],
@@ -92,16 +93,19 @@ def conntrack_dump() -> list[str]:
     client = socket.create_connection(listener.getsockname())
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     sock.bind((0, 0))
-    sock.send(dump_request())
-    datagrams = []
-    while True:
-        data = sock.recv(1 << 17)
-        datagrams.append(base64.b64encode(data).decode())
-        if len(data) >= 6 and int.from_bytes(data[4:6], "little") in (2, 3):  # error, done
-            break
+    answers = {}
+    for source in ("192.0.2.1", "127.0.0.1", None):
+        family = socket.AF_INET6 if source is None else socket.AF_INET
+        sock.send(dump_request(family, source and ipaddress.ip_address(source)))
+        datagrams = answers[source or "ipv6"] = []
+        while True:
+            data = sock.recv(1 << 17)
+            datagrams.append(base64.b64encode(data).decode())
+            if len(data) >= 6 and int.from_bytes(data[4:6], "little") in (2, 3):  # error, done
+                break
     client.close()
     listener.close()
-    return datagrams
+    return answers
 
 
 def main() -> None:

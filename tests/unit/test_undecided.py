@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from nfguard import marks
 from nfguard.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSGHDR, attributes
 from nfguard.undecided import (
+    CTA_FILTER,
     CTA_MARK,
     CTA_MARK_MASK,
     CTA_TUPLE_ORIG,
@@ -37,7 +38,7 @@ LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 def recorded() -> tuple[list[Flow], list[bool]]:
     flows, ends = [], []
-    for text in RECORDED:
+    for text in (text for texts in RECORDED.values() for text in texts):
         found, done = parse_dump(base64.b64decode(text))
         flows += found
         ends.append(done)
@@ -46,7 +47,7 @@ def recorded() -> tuple[list[Flow], list[bool]]:
 
 def test_the_kernels_dump_is_read() -> None:
     flows, ends = recorded()
-    assert ends[-1] and not any(ends[:-1]), "NLMSG_DONE ends it"
+    assert ends.count(True) == len(RECORDED), "NLMSG_DONE ends each dump"
     by_source = {f.source: f for f in flows}
     assert set(by_source) == {V4, V6, LOOPBACK}
     assert by_source[V4][:1] == (socket.AF_INET,)
@@ -79,11 +80,30 @@ def message(data: bytes) -> tuple[int, int, dict[int, bytes]]:
     return kind, flags, found
 
 
-def test_the_dump_asks_the_kernel_for_flows_without_a_verdict() -> None:
-    kind, flags, found = message(dump_request())
+def test_the_dump_asks_the_kernel_for_flows_from_an_address_without_a_verdict() -> None:
+    request = dump_request(socket.AF_INET, V4)
+    kind, flags, found = message(request)
     assert kind == 1 << 8 | 1 and flags == NLM_F_REQUEST | NLM_F_DUMP
-    assert found == {CTA_MARK: struct.pack("!I", 0),
-                     CTA_MARK_MASK: struct.pack("!I", marks.VERDICT_MASK)}
+    assert request[NLMSGHDR.size] == socket.AF_INET
+    assert found[CTA_MARK] == struct.pack("!I", 0)
+    assert found[CTA_MARK_MASK] == struct.pack("!I", marks.VERDICT_MASK)
+    # the original tuple's source (CTA_TUPLE_IP > CTA_IP_V4_SRC), nested, and the filter
+    # that says only it is compared (CTA_FILTER_ORIG_FLAGS: the source)
+    assert found[CTA_TUPLE_ORIG] == struct.pack("=HHHH", 12, 1 | 0x8000, 8, 1) + V4.packed
+    assert found[CTA_FILTER] == struct.pack("=HHI", 8, 1, 1)
+    request = dump_request(socket.AF_INET6)
+    assert request[NLMSGHDR.size] == socket.AF_INET6
+    assert set(message(request)[2]) == {CTA_MARK, CTA_MARK_MASK}, "by family and mark only"
+
+
+def test_the_kernel_filtered_by_source() -> None:
+    for source, texts in RECORDED.items():
+        flows = [f for text in texts for f in parse_dump(base64.b64decode(text))[0]]
+        assert flows, source
+        if source == "ipv6":
+            assert {f.source for f in flows} == {V6}, "every IPv6 flow"
+        else:
+            assert {f.source for f in flows} == {ipaddress.ip_address(source)}, source
 
 
 def test_a_cut_sets_deny_under_the_verdict_mask_and_never_creates() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.lab import ALLOWED_V4, SERVER_V4, Lab, Recording
+from tests.e2e.lab import ALLOWED_V4, SERVER_V4, SERVER_V6, Lab, Recording
 
 METRICS = "127.0.0.1:9808"  # on the client namespace's own loopback
 DENIED_PORT, ALLOWED_PORT = 7100, 7101
@@ -181,10 +181,12 @@ def test_connections_in_a_tight_loop_across_a_flush(lab: Lab) -> None:
     assert all(flushed <= s for s in stamps), "nothing passed before the flush"
 
 
-def test_a_connection_opened_in_the_gap_is_cut_at_the_restore(lab: Lab) -> None:
+@pytest.mark.parametrize("server", [SERVER_V4, SERVER_V6])
+def test_a_connection_opened_in_the_gap_is_cut_at_the_restore(lab: Lab, server: str) -> None:
     """A connection whose handshake slipped through while the table was gone was never
     decided; it must not stay open as a channel once the table is back."""
-    _config, recording = started(lab)
+    started(lab)
+    recording = lab.record_tcp(server, DENIED_PORT + 10)
     opener = """
 import socket, sys, time
 deadline = time.time() + 3
@@ -205,8 +207,8 @@ except OSError as exc:
     print("cut", exc)
 """
     marker = f"held-{uuid.uuid4().hex}".encode()
-    proc = lab.spawn(lab.client, sys.executable, "-u", "-c", opener, SERVER_V4,
-                     str(DENIED_PORT), marker.decode(), stdin=-1, stdout=-1, text=True)
+    proc = lab.spawn(lab.client, sys.executable, "-u", "-c", opener, server,
+                     str(DENIED_PORT + 10), marker.decode(), stdin=-1, stdout=-1, text=True)
     time.sleep(0.3)
     for _ in range(50):  # flush until one of its attempts gets through in a gap
         lab.exec(lab.client, "nft", "flush", "ruleset", check=True)
