@@ -195,7 +195,12 @@ class Undecided:
 
     def __init__(self) -> None:
         local = local_addresses()
-        self.known = {f.id for f in started_here(undecided(local), local, ())}
+        try:
+            self.known = {f.id for f in started_here(undecided(local), local, ())}
+        except OSError as exc:
+            log.warning("conntrack could not be read (%s): flows that predate nfguard "
+                        "are cut too if the ruleset is ever restored", exc)
+            self.known = set()
 
     def cut(self) -> int:
         """DENY in the ct mark of each such flow; how many."""
