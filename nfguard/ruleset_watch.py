@@ -176,13 +176,13 @@ class RulesetEvents:
                 continue
             message = kind & 0xFF
             family = data[body]
-            attributes = body + NFGENMSG.size
+            first = body + NFGENMSG.size  # the first attribute
             if message == NFT_MSG_NEWGEN:
-                batch = self._close(data, attributes, end)
+                batch = self._close(data, first, end)
                 if batch is not None:
                     done.append(batch)
             elif message in _TOUCHES:
-                change = self._change(message, family, data, attributes, end)
+                change = self._change(message, family, data, first, end)
                 if change is not None:
                     self._changes.append(change)
         return done
