@@ -431,5 +431,3 @@ def _tagged_rules(binary: str, table: str) -> list[tuple[str, list[str]]]:
         if len(words) > 2 and words[0] == "-A" and words[1] in XT_CHAINS:
             rules.append((words[1], words[2:]))
     return rules
-
-

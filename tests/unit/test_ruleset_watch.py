@@ -5,6 +5,7 @@ that restores it."""
 from __future__ import annotations
 
 import base64
+import errno
 import gzip
 import json
 import logging
@@ -221,3 +222,26 @@ def test_flows_made_in_the_gap_are_cut_once_the_table_is_back(
         theirs.send(data)
     guard.read()
     assert cuts == [1] and guard.status()["last_cut"] == 2
+
+
+class Overflowing:
+    """A socket whose buffer overflowed once: the kernel dropped events."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def recv(self, _size: int) -> bytes:
+        self.calls += 1
+        if self.calls == 1:
+            raise OSError(errno.ENOBUFS, "No buffer space available")
+        raise BlockingIOError
+
+
+def test_lost_events_mean_a_restore() -> None:
+    """What was changed is unknown: the ruleset is put back whole, to be sure."""
+    installer = FakeInstaller()
+    guard = RulesetGuard(render(EngineConfig(), NATIVE), installer,
+                         Overflowing())  # type: ignore[arg-type]
+    guard.read()
+    assert guard.count() == 1 and len(installer.installed) == 1
+    assert guard.status()["last_by"] == "events lost (socket buffer full)"
