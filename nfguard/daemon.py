@@ -45,7 +45,9 @@ from nfguard.procs import Attributor
 from nfguard.procs.containers import Containers
 from nfguard.queue import QueueAdapter
 from nfguard.resolvers import TrustedServers
+from nfguard.ruleset_watch import RulesetGuard, open_events
 from nfguard.sdnotify import Notifier
+from nfguard.undecided import Undecided
 from nfguard.workers import Team, WorkerLink, send_report
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class Daemon:
         self.config_path = config_path
         self.worker = worker  # None: the main process (installs, serves metrics and control)
         self.team: Team | None = None
+        self.guard: RulesetGuard | None = None  # the main process's (nfguard.ruleset_watch)
         self._stop = False
         self._sighup = False
         self._reload: _Reload | None = None  # the build running now
@@ -128,7 +131,10 @@ class Daemon:
         if worker is None:
             installer = Installer()
             self.queue_path = installer.probe_path()
-            installer.install(render(config.engine, self.queue_path))
+            enforcing = config.engine.mode == "enforce" and config.engine.fail == "closed"
+            self.guard = RulesetGuard(render(config.engine, self.queue_path), installer,
+                                      open_events(), Undecided().cut if enforcing else None)
+            self.guard.install()
             log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[self.queue_path])
         else:
             self.queue_path = worker.queue_path
@@ -164,7 +170,8 @@ class Daemon:
         pipeline.release = queue.release
         self.sources = Sources(stats, latency, queue=queue_num, names=pipeline.names,
                                attribution=attributor.stats, queue_errors=lambda: queue.errors,
-                               workers=self.team.snapshots if self.team is not None else None)
+                               workers=self.team.snapshots if self.team is not None else None,
+                               restores=self.guard.count if self.guard else None)
         self.queue_num = queue_num
         logging.getLogger().addHandler(self._errors)
         metrics_server = control = None
@@ -179,6 +186,8 @@ class Daemon:
             if self.team is not None:
                 self.team.stop()
             queue.close()
+            if self.guard is not None:
+                self.guard.close()
             attributor.close()
             self.audit.close()
             if control is not None:
@@ -220,6 +229,8 @@ class Daemon:
                 selector.register(fd, selectors.EVENT_READ, reports.read)
         if control is not None:
             control.register(selector)
+        if self.guard is not None:
+            selector.register(self.guard.fileno(), selectors.EVENT_READ, self.guard.read)
         log.info("engine bound to queue %d", self.queue_num)
         waiting_for_workers = team is not None
         if self.worker is not None:
@@ -260,6 +271,8 @@ class Daemon:
                         self._report(queue)
                     if control is not None:
                         control.expire()
+                    if self.guard is not None:
+                        self.guard.tend()
                     next_flush = time.monotonic() + FLUSH_INTERVAL
         finally:
             self._wake_w = None
@@ -440,6 +453,7 @@ class Daemon:
                 "queue_errors": src.total_queue_errors(),
             },
             "pending_now": pipeline.flows.waiting,  # decided flows stay known, not waiting
+            "ruleset": None if self.guard is None else self.guard.status(),
             "latency": {"p50": latency.quantile(0.5), "p99": latency.quantile(0.99)},
             "kernel_queue": None if not kernels else {
                 "length": sum(k.length for k in kernels),

@@ -142,6 +142,7 @@ class Sources:
     nfqueue_path: str = NFQUEUE_PROC
     # engine.workers > 1: the other workers' latest reports (see nfguard.workers.snapshot)
     workers: Callable[[], list[dict[str, Any]]] | None = None
+    restores: Callable[[], int] | None = None  # nfguard.ruleset_watch: the ruleset put back
 
     def kernel_queue(self) -> QueueCounters | None:
         return None if self.queue is None else read_nfqueue(self.queue, self.nfqueue_path)
@@ -258,6 +259,10 @@ class StatsCollector:
                                 value=stats.policy_loaded_at)
         yield GaugeMetricFamily("nfguard_policy_rules", "Rules in the running policy",
                                 value=stats.policy_rules)
+        if src.restores is not None:
+            yield CounterMetricFamily("nfguard_ruleset_restores", "Times another program "
+                                      "removed or changed nfguard's ruleset and it was put back",
+                                      value=src.restores())
 
         yield from self._kernel_queue(CounterMetricFamily, GaugeMetricFamily)
         yield from self._name_cache(CounterMetricFamily, GaugeMetricFamily)

@@ -7,10 +7,12 @@ expression, the single queue step goes through the xt NFQUEUE target with iptabl
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
+from collections import deque
 from dataclasses import dataclass
 
 from nfguard import marks
@@ -35,6 +37,8 @@ XT_OLD_TABLES = ("filter",)  # where earlier versions put them: removed on insta
 # kernel's legacy security table hooks at 50) and after the filter table, so another
 # firewall's drop comes first.
 VERDICT_PRIORITY = 200
+
+OWN_PIDS = 256  # pids of nfguard's own recent commits remembered (Installer.pids)
 
 # Link-local control traffic of IPv6 that must never wait for a policy (and IGMP, MLD's
 # IPv4 twin, to the link-local multicast block).
@@ -293,6 +297,11 @@ def _xt_binary(tool: str) -> str:
     return f"{tool}-nft" if shutil.which(f"{tool}-nft") else tool
 
 
+def _xt_restore_binary(tool: str) -> str:
+    """iptables-nft-restore where both variants are installed (see _xt_binary)."""
+    return f"{tool}-nft-restore" if shutil.which(f"{tool}-nft-restore") else f"{tool}-restore"
+
+
 def _quote(arg: str) -> str:
     return arg if re.fullmatch(r"[\w.:/,=+-]+", arg) else f'"{arg}"'
 
@@ -308,6 +317,9 @@ class Installer:
         import nftables
 
         self._nft = nftables.Nftables()
+        # Who commits nfguard's own changes: this process (libnftables) and each iptables
+        # it ran, newest last; nfguard.ruleset_watch tells their batches from others'.
+        self.pids: deque[int] = deque([os.getpid()], maxlen=OWN_PIDS)
 
     def _cmd(self, text: str) -> None:
         rc, _out, err = self._nft.cmd(text)
@@ -326,11 +338,33 @@ class Installer:
         return rc == 0
 
     def install(self, ruleset: Ruleset) -> None:
-        """Atomic replace of our table, then the xt queue rules (idempotent)."""
+        """Our table, then the xt queue rules (idempotent)."""
+        self.install_table(ruleset)
+        self.install_xt(ruleset)
+
+    def install_table(self, ruleset: Ruleset) -> None:
+        """Atomic replace of our table (one transaction)."""
         self._cmd(f"table inet {TABLE}\ndelete table inet {TABLE}\n{ruleset.nft}")
+
+    def install_xt(self, ruleset: Ruleset) -> None:
+        """The xt queue rules: ours removed wherever they are, then inserted by one
+        iptables-restore per family (a process each instead of one per rule)."""
         self._remove_xt_rules()
-        for rule in ruleset.xt_rules:
-            _run([_xt_binary(rule.binary), "-w", *rule.arguments()])
+        for tool in XT_TOOLS:
+            lines = [" ".join(map(_quote, ("-I", rule.chain, str(rule.position), *rule.spec)))
+                     for rule in ruleset.xt_rules if rule.binary == tool]
+            if lines:
+                text = f"*{XT_TABLE}\n" + "\n".join(lines) + "\nCOMMIT\n"
+                self._run([_xt_restore_binary(tool), "-w", "--noflush"], text)
+
+    def _run(self, argv: list[str], text: str | None = None, check: bool = True) -> None:
+        with subprocess.Popen(argv, stdin=subprocess.PIPE if text else subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) as process:
+            self.pids.append(process.pid)
+            _out, err = process.communicate(text)
+        if check and process.returncode != 0:
+            raise NftError(f"{' '.join(argv)}: {err.strip()}")
 
     def uninstall(self) -> bool:
         """Remove exactly what install added; True if anything was there."""
@@ -349,7 +383,9 @@ class Installer:
                 continue
             for table in (XT_TABLE, *XT_OLD_TABLES):
                 for chain, spec in _tagged_rules(binary, table):
-                    _run([binary, "-w", "-t", table, "-D", chain, *spec])
+                    # unchecked: a flush between the listing and here took it already
+                    self._run([binary, "-w", "-t", table, "-D", chain, *spec],
+                              check=False)
                     removed = True
         return removed
 
@@ -395,9 +431,3 @@ def _tagged_rules(binary: str, table: str) -> list[tuple[str, list[str]]]:
         if len(words) > 2 and words[0] == "-A" and words[1] in XT_CHAINS:
             rules.append((words[1], words[2:]))
     return rules
-
-
-def _run(argv: list[str]) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise NftError(f"{' '.join(argv)}: {result.stderr.strip()}")

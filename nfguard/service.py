@@ -5,6 +5,11 @@ Why the unit looks the way it does:
 - Type=notify: nfguard says READY=1 once the queue is bound, so units ordered after it start
   with the firewall in place; RELOADING=1/READY=1 around reloads; WATCHDOG=1 from the loop.
   (Type=notify-reload needs systemd 253; Debian 12 has 252, so ExecReload is explicit.)
+- After= the services that load a whole ruleset at boot (they run before
+  network-pre.target too), so they do not flush nfguard's table right after it was
+  installed. Docker starts after the network is up, which is after nfguard: it cannot be
+  ordered before it without a cycle, and needs not be (nfguard.ruleset_watch restores
+  whatever a later flush or restore takes, from any of them).
 - ExecReload runs `nfguard reload`, which waits for the outcome: a rejected policy fails
   `systemctl reload` with the file and line, and the running policy stays.
 - Root, but only the capabilities the engine uses: CAP_NET_ADMIN (nftables, NFQUEUE,
@@ -29,6 +34,9 @@ UNIT_NAME = "nfguard.service"
 UNIT_DIR = "/etc/systemd/system"
 BOOTSTRAP_COMMAND = "/usr/local/sbin/nfguard"  # the link ./bootstrap.sh run makes
 CAPABILITIES = ("CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
+# Services that load a whole ruleset at boot (nftables.service's `flush ruleset`, firewalld,
+# iptables-persistent): nfguard installs after them instead of being flushed and restored.
+AFTER = ("nftables.service", "firewalld.service", "netfilter-persistent.service")
 
 _TEMPLATE = """\
 # nfguard: host egress firewall (nftables -> NFQUEUE -> engine).
@@ -38,7 +46,7 @@ Description=nfguard host egress firewall
 Wants=network-pre.target
 Before=network-pre.target shutdown.target
 Conflicts=shutdown.target
-After=local-fs.target
+After=local-fs.target {after}
 DefaultDependencies=no
 
 [Service]
@@ -93,7 +101,7 @@ WantedBy=multi-user.target
 
 def render_unit(command: str = BOOTSTRAP_COMMAND, config: str = DEFAULT_PATH) -> str:
     return _TEMPLATE.format(command=command, config=shlex.quote(config),
-                            capabilities=" ".join(CAPABILITIES))
+                            capabilities=" ".join(CAPABILITIES), after=" ".join(AFTER))
 
 
 def this_command() -> str:

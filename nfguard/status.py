@@ -29,6 +29,8 @@ def render_status(status: dict[str, Any]) -> str:
         at, message = reloads["last_rejection"]
         lines.append(f"  last rejected {_when(at)}:")
         lines += [f"    {line}" for line in message.splitlines()]
+    if s.get("ruleset") is not None:
+        lines += _ruleset(s["ruleset"])
     decisions = s["decisions"]
     decided = ", ".join(f"{count} {action}" for action, count in sorted(decisions.items()))
     lines += [
@@ -71,6 +73,17 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"    {_when(at)} {first}")
             lines += [f"      {line}" for line in more]
     return "\n".join(lines) + "\n"
+
+
+def _ruleset(guard: dict[str, Any]) -> list[str]:
+    """The watch over the ruleset (nfguard.ruleset_watch): how often it was put back."""
+    if not guard["restores"]:
+        return ["ruleset:      watched; never changed by another program"]
+    return [f"ruleset:      watched; restored {_count(guard['restores'], 'time')}, last "
+            f"{_when(guard['last_at'])} in {_seconds(guard['last_took'])} "
+            f"({_count(guard.get('last_cut', 0), 'flow')} made meanwhile cut), after "
+            f"{guard['last_by']}:",
+            *(f"  {change}" for change in guard["last_missing"])]
 
 
 def _count(n: int, one: str, many: str = "") -> str:

@@ -95,7 +95,7 @@ def full_sources(tmp_path: Path) -> Sources:
     proc = tmp_path / "nfnetlink_queue"
     proc.write_text(NFQUEUE_TEXT)
     return Sources(stats, latency, queue=0, names=names, attribution=lambda: dict(ATTRIBUTION),
-                   queue_errors=lambda: 3, nfqueue_path=str(proc))
+                   queue_errors=lambda: 3, nfqueue_path=str(proc), restores=lambda: 2)
 
 
 def scrape(sources: Sources) -> dict[tuple[str, tuple], float]:
@@ -125,6 +125,7 @@ def test_collector_exports_every_source(tmp_path: Path) -> None:
     assert samples[("nfguard_reloads_total", (("result", "failed"),))] == 1
     assert samples[("nfguard_policy_rules", ())] == 7
     assert samples[("nfguard_policy_loaded_timestamp_seconds", ())] == 1_700_000_000
+    assert samples[("nfguard_ruleset_restores_total", ())] == 2
     assert samples[("nfguard_queue_length", (("queue", "0"),))] == 3
     assert samples[("nfguard_queue_dropped_total", (("queue", "0"),))] == 1500
     assert samples[("nfguard_queue_user_dropped_total", (("queue", "0"),))] == 27
@@ -147,7 +148,8 @@ def test_collector_without_optional_sources(tmp_path: Path) -> None:
     samples = scrape(Sources(Stats(), queue=0, nfqueue_path=str(tmp_path / "missing")))
     names = {name for name, _ in samples}
     assert "nfguard_packets_total" in names
-    assert not any(n.startswith(("nfguard_queue_", "nfguard_name_cache", "nfguard_attribution"))
+    assert not any(n.startswith(("nfguard_queue_", "nfguard_name_cache", "nfguard_attribution",
+                                 "nfguard_ruleset"))
                    for n in names)
 
 

@@ -46,6 +46,14 @@ def test_unit_contract() -> None:
         assert unit[key] == ["yes"], key
     assert unit["ProtectSystem"] == ["strict"]
     assert unit["ReadWritePaths"] == ["/var/log/nfguard /run/nfguard"]
+    # After the services that load a whole ruleset at boot (nftables.service flushes it),
+    # still before the network: none of them orders itself after the network.
+    after = unit["After"][0].split()
+    for loader in ("nftables.service", "firewalld.service", "netfilter-persistent.service"):
+        assert loader in after
+    assert "network-pre.target" in unit["Before"][0].split()
+    assert not {"docker.service", "network.target", "network-online.target"} & set(after), \
+        "ordered before network-pre.target: after any of these would be a cycle"
     # The default audit log and control socket are inside the writable paths.
     config = Config()
     assert config.audit.path.startswith("/var/log/nfguard/")

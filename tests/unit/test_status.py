@@ -23,6 +23,8 @@ def answer(**changes: Any) -> dict[str, Any]:
                      "hello_timeouts": 0, "dns_answers": 20, "engine_errors": 0,
                      "queue_errors": 0},
         "pending_now": 2,
+        "ruleset": {"restores": 0, "last_at": None, "last_missing": [], "last_by": None,
+                    "last_took": None, "last_cut": 0},
         "latency": {"p50": 50e-6, "p99": 0.0025},
         "kernel_queue": {"length": 0, "dropped": 17, "user_dropped": 3},
         "names": {"entries": 40, "hits": 80, "misses": 5, "evictions": 0,
@@ -86,3 +88,15 @@ def test_rejection_errors_and_optional_parts() -> None:
 def test_latency_past_the_last_bucket() -> None:
     text = render_status(answer(latency={"p50": 0.5, "p99": float("inf")}))
     assert "half under 500 ms, 99% under more than 1 s" in text
+
+
+def test_ruleset_watch() -> None:
+    assert "ruleset:      watched; never changed by another program\n" in render_status(answer())
+    text = render_status(answer(ruleset={
+        "restores": 2, "last_at": time.time() - 5, "last_by": "nft (pid 77)",
+        "last_missing": ["table inet nfguard deleted", "table ip security deleted"],
+        "last_took": 0.0123, "last_cut": 1}))
+    assert "ruleset:      watched; restored 2 times, last " in text
+    assert " in 12.3 ms (1 flow made meanwhile cut), after nft (pid 77):\n" \
+        "  table inet nfguard deleted\n  table ip security deleted\n" in text
+    assert "ruleset:" not in render_status(answer(ruleset=None)), "a worker has no watch"

@@ -1,0 +1,220 @@
+"""Flows that got out while nfguard's ruleset was gone, cut when it is back.
+
+Between a flush and the restore no rule marks new flows, so a connection made in that
+gap has no verdict in its ct mark, and the ruleset lets such established flows pass (as
+it does the flows that predate nfguard). Left alone, it would stay open as a channel. At a
+restore (enforce mode, fail closed) the kernel's conntrack table is asked for flows with
+no verdict that this host started (original source one of its own addresses, not
+loopback), and each gets DENY in its ct mark: its next packet is cut. Flows that were
+there before nfguard started are remembered by conntrack id and left alone.
+
+Conntrack over netlink (NETLINK_NETFILTER, NFNL_SUBSYS_CTNETLINK): a dump filtered by
+mark in the kernel, then one update per flow naming it by its original tuple.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Collection, Iterable, Iterator
+from typing import NamedTuple
+
+from nfguard import marks
+from nfguard.netlink import (
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    NLMSGHDR,
+    Buffer,
+    attribute,
+    attributes,
+)
+
+log = logging.getLogger(__name__)
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
+NLM_F_DUMP = 0x300
+CTA_TUPLE_ORIG, CTA_MARK, CTA_ID, CTA_ZONE, CTA_MARK_MASK, CTA_FILTER = 1, 8, 12, 18, 21, 25
+CTA_FILTER_ORIG_FLAGS = 1
+CTA_FILTER_F_IP_SRC = 1 << 0
+NLA_F_NESTED = 1 << 15
+CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM = 1
+NFGENMSG = struct.Struct("!BBH")
+_BE32 = struct.Struct("!I")
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+class Flow(NamedTuple):
+    """A conntrack entry as the dump gave it."""
+
+    family: int
+    id: int
+    source: Address | None  # original direction
+    destination: Address | None
+    protocol: int
+    name: bytes  # its CTA_TUPLE_ORIG (and CTA_ZONE) attributes, to name it in an update
+
+
+def dump_request(family: int, source: Address | None = None, seq: int = 1) -> bytes:
+    """The conntrack entries of `family` whose ct mark has no verdict (CTA_MARK under
+    CTA_MARK_MASK) and, given a `source`, whose original source it is (CTA_FILTER, Linux
+    5.8+; an older kernel ignores it and sends all, which started_here sorts out): the
+    kernel filters, so a server's many inbound flows are not read. IPv4 only: up to 6.18
+    at least, the kernel's IPv6 address filter matches every address but the one given."""
+    filters = b""
+    if source is not None:
+        filters = (attribute(CTA_TUPLE_ORIG | NLA_F_NESTED, attribute(
+                       CTA_TUPLE_IP | NLA_F_NESTED, attribute(CTA_IP_V4_SRC, source.packed)))
+                   + attribute(CTA_FILTER | NLA_F_NESTED, attribute(
+                       CTA_FILTER_ORIG_FLAGS, struct.pack("=I", CTA_FILTER_F_IP_SRC))))
+    body = (NFGENMSG.pack(family, 0, 0) + filters + attribute(CTA_MARK, _BE32.pack(0))
+            + attribute(CTA_MARK_MASK, _BE32.pack(marks.VERDICT_MASK)))
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body),
+                         NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET,
+                         NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
+
+
+def deny_request(flow: Flow, seq: int) -> bytes:
+    """Set DENY in the flow's ct mark, keeping the bits outside the verdict (acknowledged;
+    no create flag: a flow gone meanwhile stays gone)."""
+    body = (NFGENMSG.pack(flow.family, 0, 0) + flow.name
+            + attribute(CTA_MARK, _BE32.pack(marks.DENY))
+            + attribute(CTA_MARK_MASK, _BE32.pack(marks.VERDICT_MASK)))
+    return NLMSGHDR.pack(NLMSGHDR.size + len(body),
+                         NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW,
+                         NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def parse_dump(data: Buffer) -> tuple[list[Flow], bool]:
+    """The flows in one datagram of the dump's answer, and whether it was the last."""
+    flows, offset, done = [], 0, False
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size or offset + length > len(data):
+            break
+        end, body = offset + length, offset + NLMSGHDR.size
+        offset = (end + 3) & ~3
+        if kind in (NLMSG_DONE, NLMSG_ERROR):
+            done = True
+        elif kind == NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW and \
+                end - body >= NFGENMSG.size:
+            flows.append(_flow(data, body, end))
+    return flows, done
+
+
+def _flow(data: Buffer, body: int, end: int) -> Flow:
+    family = data[body]
+    ident = protocol = 0
+    source = destination = None
+    name = b""
+    for kind, start, stop in attributes(data, body + NFGENMSG.size, end):
+        if kind == CTA_TUPLE_ORIG:
+            name += bytes(data[start - 4:(stop + 3) & ~3])
+            source, destination, protocol = _tuple(data, start, stop)
+        elif kind == CTA_ZONE:
+            name += bytes(data[start - 4:(stop + 3) & ~3])
+        elif kind == CTA_ID and stop - start == 4:
+            (ident,) = _BE32.unpack_from(data, start)
+    return Flow(family, ident, source, destination, protocol, name)
+
+
+def _tuple(data: Buffer, start: int, end: int) -> tuple[Address | None, Address | None, int]:
+    source = destination = None
+    protocol = 0
+    for kind, value, stop in attributes(data, start, end):
+        if kind == CTA_TUPLE_IP:
+            for field, at, until in attributes(data, value, stop):
+                raw = bytes(data[at:until])
+                if field in (CTA_IP_V4_SRC, CTA_IP_V6_SRC) and len(raw) in (4, 16):
+                    source = ipaddress.ip_address(raw)
+                elif field in (CTA_IP_V4_DST, CTA_IP_V6_DST) and len(raw) in (4, 16):
+                    destination = ipaddress.ip_address(raw)
+        elif kind == CTA_TUPLE_PROTO:
+            for field, at, until in attributes(data, value, stop):
+                if field == CTA_PROTO_NUM and until > at:
+                    protocol = data[at]
+    return source, destination, protocol
+
+
+def started_here(flows: Iterable[Flow], local: Collection[Address],
+                 known: Collection[int]) -> list[Flow]:
+    """The flows this host started (from one of its addresses, not loopback, to another
+    host) that are not among `known` (ids of flows that predate nfguard)."""
+    return [f for f in flows
+            if f.source is not None and f.source in local and not f.source.is_loopback
+            and f.destination is not None and f.destination not in local
+            and f.id not in known]
+
+
+def local_addresses() -> set[Address]:
+    import psutil  # type: ignore[import-untyped]
+
+    found: set[Address] = set()
+    for entries in psutil.net_if_addrs().values():
+        for entry in entries:
+            if entry.family in (socket.AF_INET, socket.AF_INET6):
+                found.add(ipaddress.ip_address(entry.address.split("%")[0]))
+    return found
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_NETFILTER)
+    sock.settimeout(2.0)
+    sock.bind((0, 0))
+    return sock
+
+
+def undecided(local: Iterable[Address]) -> Iterator[Flow]:
+    """The flows with no verdict in their ct mark that may be from `local` addresses: one
+    dump per IPv4 address (not loopback), one of all IPv6 flows."""
+    requests = [dump_request(socket.AF_INET, address) for address in local
+                if address.version == 4 and not address.is_loopback]
+    if any(address.version == 6 and not address.is_loopback for address in local):
+        requests.append(dump_request(socket.AF_INET6))
+    with _socket() as sock:
+        for request in requests:
+            sock.send(request)
+            done = False
+            while not done:
+                flows, done = parse_dump(sock.recv(1 << 17))
+                yield from flows
+
+
+class Undecided:
+    """Remembers the flows that predate nfguard; cuts the ones made since that have no
+    verdict (those that got out while the ruleset was gone)."""
+
+    def __init__(self) -> None:
+        local = local_addresses()
+        try:
+            self.known = {f.id for f in started_here(undecided(local), local, ())}
+        except OSError as exc:
+            log.warning("conntrack could not be read (%s): flows that predate nfguard "
+                        "are cut too if the ruleset is ever restored", exc)
+            self.known = set()
+
+    def cut(self) -> int:
+        """DENY in the ct mark of each such flow; how many."""
+        local = local_addresses()
+        flows = started_here(undecided(local), local, self.known)
+        if not flows:
+            return 0
+        with _socket() as sock:
+            for seq, flow in enumerate(flows, 1):
+                sock.send(deny_request(flow, seq))
+            for _ in flows:  # one acknowledgement (or ENOENT: it ended) each
+                sock.recv(4096)
+        for flow in flows:
+            log.warning("cut a flow made while the ruleset was gone: %s %s -> %s",
+                        _PROTOCOLS.get(flow.protocol, flow.protocol), flow.source,
+                        flow.destination)
+        return len(flows)

@@ -1,0 +1,122 @@
+"""Flows made while the ruleset was gone: the conntrack dump the kernel answered (recorded
+by record_nft_events.py) read back, the host's own outbound flows picked, and the
+requests that ask for them and cut them."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import ipaddress
+import json
+import socket
+import struct
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nfguard import marks
+from nfguard.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSGHDR, attributes
+from nfguard.undecided import (
+    CTA_FILTER,
+    CTA_MARK,
+    CTA_MARK_MASK,
+    CTA_TUPLE_ORIG,
+    NLM_F_DUMP,
+    Flow,
+    deny_request,
+    dump_request,
+    parse_dump,
+    started_here,
+)
+
+RECORDED = json.loads(gzip.decompress(
+    (Path(__file__).with_name("nft_events.json.gz")).read_bytes()))["conntrack_dump"]
+V4, V6 = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("2001:db8::1")
+LOOPBACK = ipaddress.ip_address("127.0.0.1")
+
+
+def recorded() -> tuple[list[Flow], list[bool]]:
+    flows, ends = [], []
+    for text in (text for texts in RECORDED.values() for text in texts):
+        found, done = parse_dump(base64.b64decode(text))
+        flows += found
+        ends.append(done)
+    return flows, ends
+
+
+def test_the_kernels_dump_is_read() -> None:
+    flows, ends = recorded()
+    assert ends.count(True) == len(RECORDED), "NLMSG_DONE ends each dump"
+    by_source = {f.source: f for f in flows}
+    assert set(by_source) == {V4, V6, LOOPBACK}
+    assert by_source[V4][:1] == (socket.AF_INET,)
+    assert by_source[V4].destination == ipaddress.ip_address("192.0.2.2")
+    assert by_source[V4].protocol == 17 and by_source[LOOPBACK].protocol == 6
+    assert by_source[V6].family == socket.AF_INET6
+    assert by_source[V6].destination == ipaddress.ip_address("2001:db8::2")
+    assert len({f.id for f in flows}) == 3 and all(f.id for f in flows)
+    for flow in flows:  # its name is the original tuple attribute, whole
+        (length, kind) = struct.unpack_from("=HH", flow.name)
+        assert kind & 0x3FFF == CTA_TUPLE_ORIG and length <= len(flow.name)
+
+
+def test_only_this_hosts_own_outbound_flows_not_known_before() -> None:
+    flows, _ = recorded()
+    local = {V4, V6, LOOPBACK}
+    assert {f.source for f in started_here(flows, local, ())} == {V4, V6}
+    known = {f.id for f in flows if f.source == V4}
+    assert [f.source for f in started_here(flows, local, known)] == [V6]
+    assert started_here(flows, {LOOPBACK}, ()) == [], "not from here: forwarded, or inbound"
+    inbound = [f._replace(destination=V4, source=ipaddress.ip_address("198.51.100.7"))
+               for f in flows]
+    assert started_here(inbound, local, ()) == []
+
+
+def message(data: bytes) -> tuple[int, int, dict[int, bytes]]:
+    length, kind, flags, _seq, _pid = NLMSGHDR.unpack_from(data)
+    assert length == len(data)
+    found = {k: data[a:b] for k, a, b in attributes(data, NLMSGHDR.size + 4, len(data))}
+    return kind, flags, found
+
+
+def test_the_dump_asks_the_kernel_for_flows_from_an_address_without_a_verdict() -> None:
+    request = dump_request(socket.AF_INET, V4)
+    kind, flags, found = message(request)
+    assert kind == 1 << 8 | 1 and flags == NLM_F_REQUEST | NLM_F_DUMP
+    assert request[NLMSGHDR.size] == socket.AF_INET
+    assert found[CTA_MARK] == struct.pack("!I", 0)
+    assert found[CTA_MARK_MASK] == struct.pack("!I", marks.VERDICT_MASK)
+    # the original tuple's source (CTA_TUPLE_IP > CTA_IP_V4_SRC), nested, and the filter
+    # that says only it is compared (CTA_FILTER_ORIG_FLAGS: the source)
+    assert found[CTA_TUPLE_ORIG] == struct.pack("=HHHH", 12, 1 | 0x8000, 8, 1) + V4.packed
+    assert found[CTA_FILTER] == struct.pack("=HHI", 8, 1, 1)
+    request = dump_request(socket.AF_INET6)
+    assert request[NLMSGHDR.size] == socket.AF_INET6
+    assert set(message(request)[2]) == {CTA_MARK, CTA_MARK_MASK}, "by family and mark only"
+
+
+def test_the_kernel_filtered_by_source() -> None:
+    for source, texts in RECORDED.items():
+        flows = [f for text in texts for f in parse_dump(base64.b64decode(text))[0]]
+        assert flows, source
+        if source == "ipv6":
+            assert {f.source for f in flows} == {V6}, "every IPv6 flow"
+        else:
+            assert {f.source for f in flows} == {ipaddress.ip_address(source)}, source
+
+
+def test_a_cut_sets_deny_under_the_verdict_mask_and_never_creates() -> None:
+    flow = recorded()[0][0]
+    request = deny_request(flow, 7)
+    kind, flags, found = message(request)
+    assert kind == 1 << 8 | 0 and flags == NLM_F_REQUEST | NLM_F_ACK  # no NLM_F_CREATE
+    assert request[NLMSGHDR.size] == flow.family
+    assert flow.name in request
+    assert found[CTA_MARK] == struct.pack("!I", marks.DENY)
+    assert found[CTA_MARK_MASK] == struct.pack("!I", marks.VERDICT_MASK)
+
+
+@given(st.binary(max_size=512))
+def test_garbage_never_raises(data: bytes) -> None:
+    parse_dump(data)
