@@ -35,7 +35,7 @@ from nfguard.config import Config, load_config
 from nfguard.control import ControlServer, Reply
 from nfguard.engine import Engine
 from nfguard.metrics import Latency, Sources, Stats, serve
-from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
+from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, render
 from nfguard.peers import Peers
 from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.collector import collector_paused
@@ -164,7 +164,8 @@ class Daemon:
         pipeline.release = queue.release
         self.sources = Sources(stats, latency, queue=queue_num, names=pipeline.names,
                                attribution=attributor.stats, queue_errors=lambda: queue.errors,
-                               workers=self.team.snapshots if self.team is not None else None)
+                               workers=self.team.snapshots if self.team is not None else None,
+                               kernel_counters=CounterReader() if worker is None else None)
         self.queue_num = queue_num
         logging.getLogger().addHandler(self._errors)
         metrics_server = control = None
