@@ -138,9 +138,12 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
     queued = f"0x{marks.QUEUED:08x}"
     if bypass:
         unanswered = (
+            "\t\t# Fail open: while no engine is bound, and whenever the queue is full (a\n"
+            "\t\t# flood, an engine that fell behind), the kernel lets what it would queue\n"
+            "\t\t# pass unjudged, flows the policy denies included. Counted:\n"
+            "\t\t# nfguard_fail_open_passed_total.\n"
             f"\t\tmeta mark & {queued} != 0 counter name fail_open_passed meta mark set "
-            f"meta mark & {_KEEP_USER_BITS} accept\t# fail open: no engine was bound, or "
-            "the queue was full: let it pass, counted")
+            f"meta mark & {_KEEP_USER_BITS} accept")
     else:
         unanswered = (
             f"\t\tmeta mark & {queued} != 0 counter name fail_closed_dropped drop"
