@@ -56,6 +56,7 @@ RECENT_ERRORS = 10  # error log lines `nfguard status` shows
 # Config keys a reload cannot apply: the ruleset, the queue binding and the listeners.
 RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loopback"),
                 ("engine", "forward_from"), ("engine", "queue_maxlen"), ("engine", "workers"),
+                ("engine", "new_flows_per_user"),
                 ("metrics", "listen"), ("metrics", "tls_cert"), ("metrics", "tls_key"),
                 ("control", "socket"), ("containers", "docker_root"),
                 ("containers", "podman_root"), ("containers", "containerd_state"),

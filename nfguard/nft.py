@@ -66,8 +66,7 @@ COUNTERS = {
 }
 
 # Rates metered before the queue, (per second, burst); why these numbers: the ruleset's
-# comments (rendered from _METER_NOTES).
-NEW_FLOWS_PER_USER = (500, 1000)
+# comments. New flows per user: engine.new_flows_per_user, its burst twice that.
 ANSWERS_PER_SOCKET = (200, 400)
 ANSWERS_PER_FORWARDED_CLIENT = (500, 1000)
 MEMBERSHIP_REPORTS = (10, 50)
@@ -160,7 +159,7 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
 # Verdicts live in the ct mark under {ct_field}: allow 0x{marks.ALLOW:08x}, deny 0x{marks.DENY:08x},
 # pending {pending} (the decision waits for the name the client presents).
 table inet {TABLE} {{
-{_objects()}
+{_objects(settings.new_flows_per_user)}
 \t# Locally generated packets. A packet without a conntrack entry (a raw socket's
 \t# malformed headers, SYN+FIN, a UDP length that lies) fails every ct match, so it is
 \t# dropped before anything could accept it; link-local control traffic is not tracked
@@ -171,10 +170,9 @@ table inet {TABLE} {{
 \t\tip protocol igmp jump link_control
 \t\tct state invalid,untracked counter name untracked_dropped drop\t# no conntrack entry: no verdict could hold it
 \t\tct direction reply accept\t# replies to flows others started; the resets and ICMP errors of our own cuts
-{_meter_new_flows()}
-\t\tjump egress
+{_meter_new_flows(settings.new_flows_per_user)}\t\tjump egress
 \t}}
-{_forward_chain(settings.forward_from, dns_queue)}
+{_forward_chain(settings.forward_from, dns_queue, settings.new_flows_per_user)}
 \t# A flow's packets. Decided flows never leave the kernel; new ones are marked {queued}
 \t# and handed to the engine, and so are the packets of pending flows (marked
 \t# 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name.
@@ -249,8 +247,10 @@ table inet {TABLE} {{
 \t# The server's side of a flow that still waits for its name (say a server-first
 \t# protocol pushing "run this" before the client presented any name): only what the
 \t# handshake needs reaches the client, the rest waits for the verdict (TCP resends it).
+\t# ICMP errors about a UDP flow are dropped too: a socket with IP_RECVERR reads the
+\t# datagram an error quotes, which the server writes.
 \tchain pending_reply {{
-\t\tmeta l4proto {{ icmp, ipv6-icmp }} accept\t# errors about the flow (path MTU)
+\t\tmeta l4proto {{ icmp, ipv6-icmp }} ct protocol tcp accept\t# errors about a TCP flow (path MTU): TCP shows no quoted bytes
 \t\ttcp flags & (syn | ack | fin | rst | urg) == syn | ack tcp urgptr 0 jump bare_handshake
 \t\tmeta l4proto tcp jump bare
 \t\tcounter name pending_replies_dropped drop
@@ -276,9 +276,18 @@ table inet {TABLE} {{
     return Ruleset(path, nft, xt_rules)
 
 
-def _objects() -> str:
+def _objects(new_flows: int) -> str:
     """The named counters, and the sets that meter new flows and DNS answers per key
     (dynamic: an entry per key seen, gone after a minute unused)."""
+    if new_flows:
+        flows_note = f"""\
+\t# - New flows: {new_flows}/s per user (burst {2 * new_flows}; engine.new_flows_per_user), per
+\t#   source address for forwarded flows. At a fifth of what one worker decides, it
+\t#   takes five users flooding at once to fill the queue. Over the rate the packet is
+\t#   dropped, not refused: a TCP sender retries its SYN a second later; others' flows
+\t#   are untouched."""
+    else:
+        flows_note = "\t# - New flows: not metered (engine.new_flows_per_user = 0)."
     counters = "\n".join(f"\tcounter {name} {{ }}" for name in COUNTERS)
     sets = "\n".join(
         f"\tset {name} {{ type {key}; flags dynamic; timeout {_METER_TIMEOUT}; "
@@ -297,10 +306,7 @@ def _objects() -> str:
 \t# Meters in front of the queue, so a flood of one user, socket or container cannot
 \t# fill it for the others. The engine decides some 10,000-15,000 new flows a second
 \t# (DESIGN.md's benchmark), and a DNS answer of 140 records costs it ~0.5 ms.
-\t# - New flows: {NEW_FLOWS_PER_USER[0]}/s per user (burst {NEW_FLOWS_PER_USER[1]}), per source address
-\t#   for forwarded flows. No program needs more for long, and some 20 users can flood
-\t#   at once before they fill it. Over the rate the packet is dropped, not refused: a
-\t#   TCP sender retries its SYN a second later; others' flows are untouched.
+{flows_note}
 \t# - DNS answers: {ANSWERS_PER_SOCKET[0]}/s per socket they go to (burst {ANSWERS_PER_SOCKET[1]}), a tenth of a core at
 \t#   worst. Resolvers use a socket per query (glibc, systemd-resolved), so a lookup
 \t#   never comes near it, and a process that opens many sockets is held by its user's
@@ -312,10 +318,13 @@ def _objects() -> str:
 """  # noqa: E501
 
 
-def _meter_new_flows() -> str:
-    rate, burst = NEW_FLOWS_PER_USER
+def _meter_new_flows(rate: int) -> str:
+    """The output hook's meter of new flows per user (none at rate 0)."""
+    if not rate:
+        return ""
     return (f"\t\tct state new update @new_flows_per_user {{ meta skuid limit rate over "
-            f"{rate}/second burst {burst} packets }} counter name new_flows_over_limit drop")
+            f"{rate}/second burst {2 * rate} packets }} counter name new_flows_over_limit "
+            "drop\n")
 
 
 def _answer_chain() -> str:
@@ -368,7 +377,7 @@ def _link_control_chain() -> str:
 """  # noqa: E501
 
 
-def _forward_chain(interfaces: tuple[str, ...], dns_queue: str) -> str:
+def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int) -> str:
     """The forward hook's chains, for flows from engine.forward_from's interfaces (none:
     forwarded traffic is left alone). Their new flows go through `egress` like the host's
     own, in their original direction (what comes from them in the reply direction answers
@@ -381,12 +390,11 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str) -> str:
     names = "{ " + ", ".join(f'"{name}"' for name in interfaces) + " }"
     answer = f"0x{marks.ANSWER:08x}"
     ct_field, pending = f"0x{marks.VERDICT_MASK:08x}", f"0x{marks.PENDING:08x}"
-    rate, burst = NEW_FLOWS_PER_USER
     answers, answers_burst = ANSWERS_PER_FORWARDED_CLIENT
-    meters = "\n".join(
+    meters = "".join(
         f"\t\tct state new iifname {names} update @new_flows_per_source{n} {{ {field} saddr "
-        f"limit rate over {rate}/second burst {burst} packets }} counter name "
-        f"new_flows_over_limit drop" for n, field in ((4, "ip"), (6, "ip6")))
+        f"limit rate over {new_flows}/second burst {2 * new_flows} packets }} counter name "
+        f"new_flows_over_limit drop\n" for n, field in ((4, "ip"), (6, "ip6")) if new_flows)
     answer_meters = "\n".join(
         f"\t\tmeta nfproto {family} update @answers_per_client{n} {{ {field} daddr limit rate "
         f"over {answers}/second burst {answers_burst} packets }} counter name "
@@ -402,8 +410,7 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str) -> str:
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
 \t\ttcp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
-{meters}
-\t\tct direction original iifname {names} jump egress
+{meters}\t\tct direction original iifname {names} jump egress
 \t}}
 
 \tchain forward_verdict {{

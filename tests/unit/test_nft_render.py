@@ -209,7 +209,7 @@ def test_a_pending_flows_replies_pass_only_bare_or_as_the_handshake(path: str) -
     assert forward.index(f'ct direction reply oifname {{ "docker0" }} {pending}') < min(
         i for i, line in enumerate(forward) if "sport 53" in line)
     assert chain_lines(text, "pending_reply") == [
-        "meta l4proto { icmp, ipv6-icmp } accept",
+        "meta l4proto { icmp, ipv6-icmp } ct protocol tcp accept",
         "tcp flags & (syn | ack | fin | rst | urg) == syn | ack tcp urgptr 0 "
         "jump bare_handshake",
         "meta l4proto tcp jump bare",
@@ -358,9 +358,9 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
         f"tcp sport 53 ct direction reply oifname {names} meta mark set meta mark | "
         f"{answer}{suffix}",
         f"ct state new iifname {names} update @new_flows_per_source4 {{ ip saddr limit rate "
-        "over 500/second burst 1000 packets } counter name new_flows_over_limit drop",
+        "over 2000/second burst 4000 packets } counter name new_flows_over_limit drop",
         f"ct state new iifname {names} update @new_flows_per_source6 {{ ip6 saddr limit rate "
-        "over 500/second burst 1000 packets } counter name new_flows_over_limit drop",
+        "over 2000/second burst 4000 packets } counter name new_flows_over_limit drop",
         # the original direction: the reply direction answers connections made into them
         f"ct direction original iifname {names} jump egress"]
     assert chain_lines(text, "forward_verdict") == [
@@ -477,7 +477,7 @@ def test_new_flows_and_dns_answers_are_metered_before_the_queue(path: str) -> No
     text = render(EngineConfig(), path).nft
     output = chain_lines(text, "output")
     meter = ("ct state new update @new_flows_per_user { meta skuid limit rate over "
-             "500/second burst 1000 packets } counter name new_flows_over_limit drop")
+             "2000/second burst 4000 packets } counter name new_flows_over_limit drop")
     assert output.index(meter) == output.index("jump egress") - 1
     assert chain_lines(text, "answer") == [
         'iifname "lo" fib saddr type != local counter name forged_answers_dropped drop',
@@ -492,8 +492,21 @@ def test_new_flows_and_dns_answers_are_metered_before_the_queue(path: str) -> No
                       ("answers_per_client6", "ipv6_addr")):
         assert f"set {name} {{ type {key}; flags dynamic; timeout 1m; size 65536; }}" in lines
     comments = text.split("table inet nfguard {")[1].split("\tset ")[0]
-    for value in (*nft.NEW_FLOWS_PER_USER, *nft.ANSWERS_PER_SOCKET):
-        assert f"{value}" in comments, "the numbers are stated in the ruleset's comments"
+    for value in ("2000/s per user (burst 4000", *map(str, nft.ANSWERS_PER_SOCKET)):
+        assert value in comments, "the numbers are stated in the ruleset's comments"
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_the_new_flow_rate_is_the_configured_one_and_0_meters_none(path: str) -> None:
+    forward = ("docker0",)
+    text = render(EngineConfig(new_flows_per_user=25, forward_from=forward), path).nft
+    assert ("ct state new update @new_flows_per_user { meta skuid limit rate over 25/second "
+            "burst 50 packets } counter name new_flows_over_limit drop") in code_lines(text)
+    assert len(re.findall(r"limit rate over 25/second burst 50 packets", text)) == 3
+    unmetered = render(EngineConfig(new_flows_per_user=0, forward_from=forward), path).nft
+    assert "update @new_flows" not in unmetered
+    assert "not metered (engine.new_flows_per_user = 0)" in unmetered
+    assert chain_lines(unmetered, "output")[-1] == "jump egress"
 
 
 @pytest.mark.parametrize("fail", ["open", "closed"])
