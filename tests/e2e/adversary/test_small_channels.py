@@ -18,6 +18,7 @@ from tests.e2e.lab import (
     CLIENT_V4,
     CLIENT_V6,
     OTHER_V4,
+    OTHER_V6,
     SERVER_V4,
     SERVER_V6,
     Lab,
@@ -134,7 +135,7 @@ def test_membership_reports_stay_on_the_link_and_are_rate_limited(lab: Lab) -> N
 # the query's id, and keeps the socket until stdin closes.
 QUERY = """
 import socket, struct, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], 0))
 question = b"".join(bytes([len(p)]) + p.encode() for p in "allowed.test".split(".")) + b"\\0"
 s.sendto(struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + question + b"\\0\\1\\0\\1",
@@ -144,31 +145,36 @@ sys.stdin.read()
 """
 
 
-def test_an_answer_forged_over_loopback_teaches_nothing(lab: Lab) -> None:
+@pytest.mark.parametrize(("client", "resolver", "other"), [
+    (CLIENT_V4, SERVER_V4, OTHER_V4), (CLIENT_V6, SERVER_V6, OTHER_V6)])
+def test_an_answer_forged_over_loopback_teaches_nothing(
+        lab: Lab, client: str, resolver: str, other: str) -> None:
     """A raw socket sends a "reply" from the resolver's address to a local port of this
     host's: it arrives on lo, matches the query's conntrack entry as its reply, and was
     learnt as if the resolver had said it."""
     s = scapy
     lab.serve_http(80)
-    lab.record_udp(SERVER_V4, 53)  # the resolver says nothing
+    lab.record_udp(resolver, 53)  # the resolver says nothing
     config = lab.write_config(POLICY)
     lab.start_engine(config)
     import subprocess
 
-    query = lab.spawn(lab.client, sys.executable, "-c", QUERY, CLIENT_V4, SERVER_V4,
+    query = lab.spawn(lab.client, sys.executable, "-c", QUERY, client, resolver,
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert query.stdout is not None and query.stdin is not None
     port = int(query.stdout.readline())
-    forged = (s.IP(src=SERVER_V4, dst=CLIENT_V4) / s.UDP(sport=53, dport=port)
+    ip, record = (s.IPv6, "AAAA") if ":" in client else (s.IP, "A")
+    forged = (ip(src=resolver, dst=client) / s.UDP(sport=53, dport=port)
               / s.DNS(id=0x4242, qr=1, aa=1, qd=s.DNSQR(qname="allowed.test"),
-                      an=s.DNSRR(rrname="allowed.test", type="A", ttl=300, rdata=OTHER_V4)))
-    send_raw(lab, lab.client, [forged, forged])
+                      an=s.DNSRR(rrname="allowed.test", type=record, ttl=300, rdata=other)))
+    send_raw(lab, lab.client, [forged, forged], interface="lo")
     time.sleep(1)
     query.stdin.close()
     status = json.loads(lab.nfguard("status", "--json", "--config", str(config)).stdout)
     assert status["names"]["entries"] == 0, "the forged answer was learnt"
     assert kernel_counter(lab, "forged_answers_dropped") >= 1
     # and so the forged name allows nothing
+    host = f"[{other}]" if ":" in other else other
     result = lab.exec(lab.client, "curl", "-sS", "--max-time", "3", "-H", "Host: allowed.test",
-                      f"http://{OTHER_V4}/", timeout=15)
+                      f"http://{host}/", timeout=15)
     assert result.returncode != 0, "the forged binding let a flow out"
