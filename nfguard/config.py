@@ -35,6 +35,9 @@ class EngineConfig:
     filter_loopback: bool = False  # loopback traffic is not filtered unless asked
     workers: int = 1  # engine processes, one queue each (queue .. queue + workers - 1)
     queue_maxlen: int = 4096  # packets the kernel holds for the engine; more are dropped
+    # New flows a second one user (forwarded: one source address) may hand the engine,
+    # twice that in a burst; more are dropped before the queue. 0: no limit.
+    new_flows_per_user: int = 2000
     # Interfaces (a trailing * matches any rest) whose forwarded flows are this host's
     # egress too: containers and VMs behind these bridges are judged like local processes.
     forward_from: tuple[str, ...] = DEFAULT_FORWARD_FROM
@@ -104,6 +107,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "filter_loopback": (bool, None),
         "workers": (int, None),
         "queue_maxlen": (int, None),
+        "new_flows_per_user": (int, None),
         "forward_from": (list, None),
     },
     "audit": {"path": (str, None), "format": (str, ("json", "text"))},
@@ -126,6 +130,7 @@ _SECTIONS = {"engine": EngineConfig, "audit": AuditConfig, "metrics": MetricsCon
 _MINIMUM = {
     ("engine", "workers"): (1, True),
     ("engine", "queue_maxlen"): (1, True),
+    ("engine", "new_flows_per_user"): (0, True),
     ("names", "grace"): (0, True),
     ("names", "min_ttl"): (0, True),
     ("names", "max_entries"): (1, True),

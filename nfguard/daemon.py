@@ -35,7 +35,7 @@ from nfguard.config import Config, load_config
 from nfguard.control import ControlServer, Reply
 from nfguard.engine import Engine
 from nfguard.metrics import Latency, Sources, Stats, serve
-from nfguard.nft import PATH_DESCRIPTIONS, Installer, render
+from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, render
 from nfguard.peers import Peers
 from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.collector import collector_paused
@@ -58,6 +58,7 @@ RECENT_ERRORS = 10  # error log lines `nfguard status` shows
 # Config keys a reload cannot apply: the ruleset, the queue binding and the listeners.
 RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loopback"),
                 ("engine", "forward_from"), ("engine", "queue_maxlen"), ("engine", "workers"),
+                ("engine", "new_flows_per_user"),
                 ("metrics", "listen"), ("metrics", "tls_cert"), ("metrics", "tls_key"),
                 ("control", "socket"), ("containers", "docker_root"),
                 ("containers", "podman_root"), ("containers", "containerd_state"),
@@ -171,7 +172,8 @@ class Daemon:
         self.sources = Sources(stats, latency, queue=queue_num, names=pipeline.names,
                                attribution=attributor.stats, queue_errors=lambda: queue.errors,
                                workers=self.team.snapshots if self.team is not None else None,
-                               restores=self.guard.count if self.guard else None)
+                               restores=self.guard.count if self.guard else None,
+                               kernel_counters=CounterReader() if worker is None else None)
         self.queue_num = queue_num
         logging.getLogger().addHandler(self._errors)
         metrics_server = control = None

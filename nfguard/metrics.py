@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from nfguard.config import MetricsConfig, parse_listen
 from nfguard.engine import Decision
 from nfguard.names import NameCache
+from nfguard.nft import COUNTERS
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class Sources:
     # engine.workers > 1: the other workers' latest reports (see nfguard.workers.snapshot)
     workers: Callable[[], list[dict[str, Any]]] | None = None
     restores: Callable[[], int] | None = None  # nfguard.ruleset_watch: the ruleset put back
+    # the ruleset's named counters, read from the kernel (see nfguard.nft.CounterReader)
+    kernel_counters: Callable[[], dict[str, int]] | None = None
 
     def kernel_queue(self) -> QueueCounters | None:
         return None if self.queue is None else read_nfqueue(self.queue, self.nfqueue_path)
@@ -265,6 +268,7 @@ class StatsCollector:
                                       value=src.restores())
 
         yield from self._kernel_queue(CounterMetricFamily, GaugeMetricFamily)
+        yield from self._ruleset_counters(CounterMetricFamily)
         yield from self._name_cache(CounterMetricFamily, GaugeMetricFamily)
         yield from self._attribution(CounterMetricFamily, GaugeMetricFamily)
 
@@ -285,6 +289,20 @@ class StatsCollector:
             for kernel in queues:
                 family.add_metric([str(kernel.queue)], getattr(kernel, key))
             yield family
+
+    def _ruleset_counters(self, counter: type) -> Iterator[object]:
+        """What the ruleset dropped or let pass without the engine (nfguard.nft.COUNTERS);
+        nothing while the table is not loaded."""
+        if self.sources.kernel_counters is None:
+            return
+        try:
+            found = self.sources.kernel_counters()
+        except Exception:  # a scrape never fails for it
+            log.exception("reading the ruleset's counters failed")
+            return
+        for name, help_text in COUNTERS.items():
+            if name in found:
+                yield counter(f"nfguard_{name}", help_text, value=found[name])
 
     def _name_cache(self, counter: type, gauge: type) -> Iterator[object]:
         names = self.sources.names

@@ -40,13 +40,46 @@ VERDICT_PRIORITY = 200
 
 OWN_PIDS = 256  # pids of nfguard's own recent commits remembered (Installer.pids)
 
-# Link-local control traffic of IPv6 that must never wait for a policy (and IGMP, MLD's
-# IPv4 twin, to the link-local multicast block).
-_NDP = (
-    "nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, "
-    "mld-listener-report, mld-listener-done, mld2-listener-report"
-)
+# Link-local control traffic that conntrack does not track: checked in link_control.
+_MLD = "mld-listener-report, mld-listener-done, mld2-listener-report"
+_LINK_CONTROL_V6 = ("nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+                    f"nd-neighbor-advert, {_MLD}")
 _KEEP_USER_BITS = f"0x{~marks.MASK & 0xFFFFFFFF:08x}"
+
+# The ruleset's named counters, nft name -> what it counts. The metrics export each as
+# nfguard_<name>_total, read from the kernel when scraped (`kernel_counters`).
+COUNTERS = {
+    "untracked_dropped": "Packets without a conntrack entry (invalid or untracked: raw "
+    "sockets, malformed headers) dropped on the egress paths",
+    "verdicts_without_conntrack": "Packets the engine gave a verdict that no conntrack entry "
+    "could keep, dropped",
+    "pending_replies_dropped": "Replies to flows waiting for a name that carried more than "
+    "a bare TCP segment (payload, options), dropped",
+    "link_control_dropped": "Neighbour discovery, MLD and IGMP packets out of their "
+    "protocol's shape or over the report rate, dropped",
+    "forged_answers_dropped": "DNS answers whose source is not reachable through the "
+    "interface they came in on (forged over loopback or another link), dropped",
+    "dns_answers_over_limit": "DNS answers over the rate per socket (forwarded: per client "
+    "address), dropped before the queue",
+    "new_flows_over_limit": "New flows over the rate per user (forwarded: per source "
+    "address), dropped before the queue",
+    "fail_open_passed": "Queued packets that got no verdict (no engine bound, or the queue "
+    "full) and passed because engine.fail is open",
+    "fail_closed_dropped": "Packets marked for the queue that came back without a verdict "
+    "(the queue rule missing) and were dropped because engine.fail is closed",
+}
+
+# Rates metered before the queue, (per second, burst); why these numbers: the ruleset's
+# comments. New flows per user: engine.new_flows_per_user, its burst twice that.
+ANSWERS_PER_SOCKET = (200, 400)
+ANSWERS_PER_FORWARDED_CLIENT = (500, 1000)
+MEMBERSHIP_REPORTS = (10, 50)
+_METER_TIMEOUT = "1m"
+_METER_SIZE = 65536
+# TCP options of a bare segment as the kernel sends them after the handshake: none, or
+# NOP, NOP, Timestamp (kind 8, length 10). SACK blocks only follow data received out of
+# order, and a pending flow receives no data (see pending_reply), so they never qualify.
+_TIMESTAMP_OPTION = "0x0101080a"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,54 +138,69 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
         "" if settings.filter_loopback
         else '\t\toifname "lo" accept\t# loopback is not filtered (engine.filter_loopback)\n'
     )
+    queued = f"0x{marks.QUEUED:08x}"
     if bypass:
         unanswered = (
-            f"\t\tmeta mark & 0x{marks.QUEUED:08x} != 0 meta mark set meta mark & "
-            f"{_KEEP_USER_BITS} accept\t# fail open: no engine was bound, let it pass"
-        )
+            "\t\t# Fail open: while no engine is bound, and whenever the queue is full (a\n"
+            "\t\t# flood, an engine that fell behind), the kernel lets what it would queue\n"
+            "\t\t# pass unjudged, flows the policy denies included. Counted:\n"
+            "\t\t# nfguard_fail_open_passed_total.\n"
+            f"\t\tmeta mark & {queued} != 0 counter name fail_open_passed meta mark set "
+            f"meta mark & {_KEEP_USER_BITS} accept")
     else:
         unanswered = (
-            f"\t\tmeta mark & 0x{marks.QUEUED:08x} != 0 drop"
-            "\t# fail closed: queued but no verdict came back"
-        )
+            f"\t\tmeta mark & {queued} != 0 counter name fail_closed_dropped drop"
+            "\t# fail closed: marked for the queue but no verdict came back")
     verdict_bits = f"0x{marks.MASK:08x}"
     ct_field = f"0x{marks.VERDICT_MASK:08x}"
-    queued = f"0x{marks.QUEUED:08x}"
+    pending = f"0x{marks.PENDING:08x}"
     dns_where = "queued to the engine" + (
         f" (by the xt rule in iptables' {XT_TABLE} INPUT)" if path == XT else "")
+    keep = _KEEP_USER_BITS
     nft = f"""\
 # nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {queues}).
 # Rendered by `nfguard install`; nfguard owns this table and nothing else.
 # Verdicts live in the ct mark under {ct_field}: allow 0x{marks.ALLOW:08x}, deny 0x{marks.DENY:08x},
-# pending 0x{marks.PENDING:08x} (the decision waits for the name the client presents).
+# pending {pending} (the decision waits for the name the client presents).
 table inet {TABLE} {{
-\t# Locally generated packets.
+{_objects(settings.new_flows_per_user)}
+\t# Locally generated packets. A packet without a conntrack entry (a raw socket's
+\t# malformed headers, SYN+FIN, a UDP length that lies) fails every ct match, so it is
+\t# dropped before anything could accept it; link-local control traffic is not tracked
+\t# and is checked on its own first.
 \tchain output {{
 \t\ttype filter hook output priority filter - 10; policy accept;
-{loopback}\t\ticmpv6 type {{ {_NDP} }} accept\t# IPv6 neighbour discovery and MLD
-\t\tip protocol igmp ip daddr 224.0.0.0/24 accept\t# IPv4 multicast membership (IGMP), link-local
+{loopback}\t\ticmpv6 type {{ {_LINK_CONTROL_V6} }} jump link_control
+\t\tip protocol igmp jump link_control
+\t\tct state invalid,untracked counter name untracked_dropped drop\t# no conntrack entry: no verdict could hold it
 \t\tct direction reply accept\t# replies to flows others started; the resets and ICMP errors of our own cuts
-\t\tjump egress
+{_meter_new_flows(settings.new_flows_per_user)}\t\tjump egress
 \t}}
-{_forward_chain(settings.forward_from, dns_queue)}
+{_forward_chain(settings.forward_from, dns_queue, settings.new_flows_per_user)}
 \t# A flow's packets. Decided flows never leave the kernel; new ones are marked {queued}
 \t# and handed to the engine, and so are the packets of pending flows (marked
 \t# 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name.
 \tchain egress {{
 \t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
-\t\tct mark & {ct_field} == 0x{marks.PENDING:08x} meta l4proto tcp jump bare\t# pending, no payload: nothing to read
-\t\tct mark & {ct_field} == 0x{marks.PENDING:08x} meta mark set meta mark | 0x{marks.PENDING:08x}\t# pending: to the engine again
-\t\tct mark & {ct_field} != 0x{marks.PENDING:08x} ct state established,related accept\t# flows that predate nfguard, ICMP errors
+\t\tct mark & {ct_field} == {pending} meta l4proto tcp jump bare\t# pending, a segment that carries nothing
+\t\tct mark & {ct_field} == {pending} meta mark set meta mark | {pending}\t# pending: to the engine again
+\t\tct mark & {ct_field} != {pending} ct state established,related accept\t# flows that predate nfguard, ICMP errors
 \t\tmeta mark set meta mark | {queued}
 {queue_step}
 \t}}
 
-\t# TCP segments of pending flows that carry no payload (the handshake's ACK, window
-\t# updates, FIN, RST): the engine waits for the bytes that hold the name, these have none,
-\t# so they pass here instead of costing a trip through the queue each. Packets with IPv4
-\t# options or IPv6 extension headers still go to the engine.
+\t# TCP segments of a pending flow that carry nothing (the handshake's ACK, window
+\t# updates, FIN, RST) pass here instead of costing a trip through the queue each; the
+\t# server's replies to a pending flow pass only in this shape too. Nothing means: no
+\t# payload, no IPv4 options or IPv6 extension headers, no urgent data, no reserved
+\t# bits, and TCP options only as the kernel sends them after a handshake (none, or
+\t# NOP, NOP, Timestamp; SACK blocks follow received data, which a pending flow gets
+\t# none of). Anything else returns: to the engine, or, for a reply, to the drop.
 \tchain bare {{
+\t\ttcp flags & (syn | urg) != 0 return
+\t\ttcp urgptr != 0 return
+\t\t@th,100,3 != 0 return
 {_bare_tcp_rules()}
 \t}}
 
@@ -163,19 +211,26 @@ table inet {TABLE} {{
 \t}}
 
 \t# A flow's verdict: keep it in the ct mark (user bits outside {verdict_bits} are
-\t# preserved) and clear the packet bits again.
+\t# preserved) and clear the packet bits again. Reading the ct mark fails without a
+\t# conntrack entry: a denied packet is cut all the same, and nothing the engine saw
+\t# passes unless its verdict was kept.
 \tchain settle {{
-\t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.ALLOW:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
-\t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.DENY:08x} meta mark set meta mark & {_KEEP_USER_BITS} jump cut
-\t\tmeta mark & {verdict_bits} == 0x{marks.PENDING:08x} ct mark set ct mark & {_KEEP_USER_BITS} | 0x{marks.PENDING:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
+\t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} ct mark set ct mark & {keep} | 0x{marks.ALLOW:08x} meta mark set meta mark & {keep} accept
+\t\tmeta mark & {verdict_bits} == {pending} ct mark set ct mark & {keep} | {pending} meta mark set meta mark & {keep} accept
+\t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} ct mark set ct mark & {keep} | 0x{marks.DENY:08x}\t# the flow's later packets are cut in egress
+\t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} meta mark set meta mark & {keep} jump cut\t# this packet, with a conntrack entry or not
 {unanswered}
+\t\tmeta mark & {verdict_bits} != 0 counter name verdicts_without_conntrack drop\t# a verdict no ct mark could keep
 \t}}
 
 \t# DNS answers, on every interface (loopback too: a local stub resolver answers there),
 \t# are {dns_where} so it learns their names before the client can use them.
 \t# Only replies to queries this host sent: an unsolicited "answer" teaches nothing.
+\t# First, a flow waiting for its name gets nothing of the server's but bare segments.
 \tchain input {{
 \t\ttype filter hook input priority filter - 10; policy accept;
+\t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
+\t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
 \t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
 \t\ttcp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
 \t}}
@@ -188,11 +243,32 @@ table inet {TABLE} {{
 \t# The engine accepts every answer (after learning it) or drops an out-of-order TCP
 \t# segment; the ct mark is not touched here.
 \tchain settle_answer {{
-\t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} meta mark set meta mark & {_KEEP_USER_BITS} accept
+\t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} meta mark set meta mark & {keep} accept
 \t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} drop
 {unanswered}
 \t}}
 
+\t# The server's side of a flow that still waits for its name (say a server-first
+\t# protocol pushing "run this" before the client presented any name): only what the
+\t# handshake needs reaches the client, the rest waits for the verdict (TCP resends it).
+\t# ICMP errors about a UDP flow are dropped too: a socket with IP_RECVERR reads the
+\t# datagram an error quotes, which the server writes.
+\tchain pending_reply {{
+\t\tmeta l4proto {{ icmp, ipv6-icmp }} ct protocol tcp accept\t# errors about a TCP flow (path MTU): TCP shows no quoted bytes
+\t\ttcp flags & (syn | ack | fin | rst | urg) == syn | ack tcp urgptr 0 jump bare_handshake
+\t\tmeta l4proto tcp jump bare
+\t\tcounter name pending_replies_dropped drop
+\t}}
+
+\t# The server's SYN-ACK: the handshake's options (MSS, SACK permitted, timestamps,
+\t# window scale), but no payload (TCP Fast Open data) and no IPv4 options or IPv6
+\t# extension headers.
+\tchain bare_handshake {{
+{_handshake_rules()}
+\t}}
+
+{_answer_chain()}
+{_link_control_chain()}
 \t# A denied flow is cut so the client fails at once instead of retrying.
 \tchain cut {{
 \t\tmeta l4proto tcp reject with tcp reset
@@ -204,32 +280,155 @@ table inet {TABLE} {{
     return Ruleset(path, nft, xt_rules)
 
 
-def _forward_chain(interfaces: tuple[str, ...], dns_queue: str) -> str:
+def _objects(new_flows: int) -> str:
+    """The named counters, and the sets that meter new flows and DNS answers per key
+    (dynamic: an entry per key seen, gone after a minute unused)."""
+    if new_flows:
+        flows_note = f"""\
+\t# - New flows: {new_flows}/s per user (burst {2 * new_flows}; engine.new_flows_per_user), per
+\t#   source address for forwarded flows. At a fifth of what one worker decides, it
+\t#   takes five users flooding at once to fill the queue. Over the rate the packet is
+\t#   dropped, not refused: a TCP sender retries its SYN a second later; others' flows
+\t#   are untouched."""
+    else:
+        flows_note = "\t# - New flows: not metered (engine.new_flows_per_user = 0)."
+    counters = "\n".join(f"\tcounter {name} {{ }}" for name in COUNTERS)
+    sets = "\n".join(
+        f"\tset {name} {{ type {key}; flags dynamic; timeout {_METER_TIMEOUT}; "
+        f"size {_METER_SIZE}; }}"
+        for name, key in (("new_flows_per_user", "uid"),
+                          ("new_flows_per_source4", "ipv4_addr"),
+                          ("new_flows_per_source6", "ipv6_addr"),
+                          ("answers_per_socket4", "ipv4_addr . inet_service"),
+                          ("answers_per_socket6", "ipv6_addr . inet_service"),
+                          ("answers_per_client4", "ipv4_addr"),
+                          ("answers_per_client6", "ipv6_addr")))
+    return f"""\
+\t# Counted in the kernel, exported as nfguard_<name>_total.
+{counters}
+
+\t# Meters in front of the queue, so a flood of one user, socket or container cannot
+\t# fill it for the others. The engine decides some 10,000-15,000 new flows a second
+\t# (DESIGN.md's benchmark), and a DNS answer of 140 records costs it ~0.5 ms.
+{flows_note}
+\t# - DNS answers: {ANSWERS_PER_SOCKET[0]}/s per socket they go to (burst {ANSWERS_PER_SOCKET[1]}), a tenth of a core at
+\t#   worst. Resolvers use a socket per query (glibc, systemd-resolved), so a lookup
+\t#   never comes near it, and a process that opens many sockets is held by its user's
+\t#   new-flow rate. Forwarded answers: {ANSWERS_PER_FORWARDED_CLIENT[0]}/s per client address (burst {ANSWERS_PER_FORWARDED_CLIENT[1]}), as
+\t#   a container or VM resolves over many sockets. Over the rate an answer is dropped
+\t#   before the engine sees it: only that socket's lookup waits and retries, also with
+\t#   fail closed; nobody else's answers are delayed.
+{sets}
+"""  # noqa: E501
+
+
+def _meter_new_flows(rate: int) -> str:
+    """The output hook's meter of new flows per user (none at rate 0)."""
+    if not rate:
+        return ""
+    return (f"\t\tct state new update @new_flows_per_user {{ meta skuid limit rate over "
+            f"{rate}/second burst {2 * rate} packets }} counter name new_flows_over_limit "
+            "drop\n")
+
+
+def _answer_chain() -> str:
+    """DNS answers to this host: believed only from the interface their sender is
+    reached through, and metered per socket."""
+    rate, burst = ANSWERS_PER_SOCKET
+    meters = "\n".join(
+        f"\t\tmeta nfproto {family} update @answers_per_socket{n} {{ {field} daddr . th dport "
+        f"limit rate over {rate}/second burst {burst} packets }} counter name "
+        "dns_answers_over_limit drop"
+        for family, n, field in (("ipv4", 4, "ip"), ("ipv6", 6, "ip6")))
+    return f"""\
+\t# A DNS answer is believed only from the interface its sender is reached through: on
+\t# loopback only from this host's own addresses (a raw socket can send a "reply" from
+\t# the resolver's address to a local port over lo), elsewhere as strict reverse-path
+\t# filtering checks it.
+\tchain answer {{
+\t\tiifname "lo" fib saddr type != local counter name forged_answers_dropped drop
+\t\tiifname != "lo" fib saddr . iif oif missing counter name forged_answers_dropped drop
+{meters}
+\t}}
+"""
+
+
+def _link_control_chain() -> str:
+    """Neighbour discovery, MLD and IGMP: not tracked by conntrack, so they cannot take the
+    flow path; each passes only in the shape its protocol has."""
+    reports, burst = MEMBERSHIP_REPORTS
+    return f"""\
+\t# IPv6 neighbour discovery (RFC 4861) and multicast membership (MLD, and IGMP for
+\t# IPv4), which conntrack does not track: each only as its protocol needs it.
+\t# - Neighbour discovery: hop limit 255 (never routed), no extension headers, and
+\t#   no more than the kernel sends: the fixed part and one link-layer address option
+\t#   (8 bytes, Ethernet). Solicitations only to link-local or solicited-node
+\t#   addresses, router solicitations to all-routers, router advertisements (a host
+\t#   that serves its bridges) from link-local to link-scoped addresses. Advertisements
+\t#   answer whoever solicited, so their destination stays open.
+\t# - Membership reports carry group addresses, which a process chooses: hop limit 1
+\t#   (TTL 1), from a link-local (or the unspecified) address to a multicast one, and
+\t#   {reports}/s (burst {burst}) for each family; the kernel repeats a lost report.
+\tchain link_control {{
+\t\ticmpv6 type nd-neighbor-solicit ip6 hoplimit 255 ip6 nexthdr ipv6-icmp ip6 length {{ 24, 32 }} ip6 daddr {{ fe80::/10, ff02::1:ff00:0/104 }} accept
+\t\ticmpv6 type nd-neighbor-advert ip6 hoplimit 255 ip6 nexthdr ipv6-icmp ip6 length {{ 24, 32 }} accept
+\t\ticmpv6 type nd-router-solicit ip6 hoplimit 255 ip6 nexthdr ipv6-icmp ip6 length {{ 8, 16 }} ip6 daddr ff02::2 accept
+\t\ticmpv6 type nd-router-advert ip6 hoplimit 255 ip6 nexthdr ipv6-icmp ip6 saddr fe80::/10 ip6 daddr {{ fe80::/10, ff02::1 }} accept
+\t\ticmpv6 type {{ {_MLD} }} ip6 hoplimit 1 ip6 saddr {{ ::, fe80::/10 }} ip6 daddr ff00::/8 limit rate {reports}/second burst {burst} packets accept
+\t\tip protocol igmp ip ttl 1 ip hdrlength {{ 5, 6 }} ip daddr 224.0.0.0/4 limit rate {reports}/second burst {burst} packets accept
+\t\tcounter name link_control_dropped drop
+\t}}
+"""  # noqa: E501
+
+
+def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int) -> str:
     """The forward hook's chains, for flows from engine.forward_from's interfaces (none:
     forwarded traffic is left alone). Their new flows go through `egress` like the host's
-    own, in their original direction only (a pending flow's server data is not the
-    client's); DNS answers on their way to those interfaces are learnt first, marked
-    ANSWER so the engine tells them from flows (sport 53 alone is the sender's choice)."""
+    own, in their original direction (what comes from them in the reply direction answers
+    connections made into them); their packets without a conntrack entry are dropped first,
+    and their pending flows get only bare replies. DNS answers on their way to those
+    interfaces are learnt first, marked ANSWER so the engine tells them from flows (sport
+    53 alone is the sender's choice)."""
     if not interfaces:
         return ""
     names = "{ " + ", ".join(f'"{name}"' for name in interfaces) + " }"
     answer = f"0x{marks.ANSWER:08x}"
+    ct_field, pending = f"0x{marks.VERDICT_MASK:08x}", f"0x{marks.PENDING:08x}"
+    answers, answers_burst = ANSWERS_PER_FORWARDED_CLIENT
+    meters = "".join(
+        f"\t\tct state new iifname {names} update @new_flows_per_source{n} {{ {field} saddr "
+        f"limit rate over {new_flows}/second burst {2 * new_flows} packets }} counter name "
+        f"new_flows_over_limit drop\n" for n, field in ((4, "ip"), (6, "ip6")) if new_flows)
+    answer_meters = "\n".join(
+        f"\t\tmeta nfproto {family} update @answers_per_client{n} {{ {field} daddr limit rate "
+        f"over {answers}/second burst {answers_burst} packets }} counter name "
+        "dns_answers_over_limit drop"
+        for family, n, field in (("ipv4", 4, "ip"), ("ipv6", 6, "ip6")))
     return f"""
 \t# Forwarded packets of containers and VMs behind {names}
 \t# (engine.forward_from): their flows are this host's egress too.
 \tchain forward {{
 \t\ttype filter hook forward priority filter - 10; policy accept;
+\t\tiifname {names} ct state invalid,untracked counter name untracked_dropped drop\t# a container's raw socket (CAP_NET_RAW)
+\t\tct direction reply oifname {names} ct mark & {ct_field} == {pending} jump pending_reply
+\t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
 \t\ttcp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
-\t\tct direction original iifname {names} jump egress
+{meters}\t\tct direction original iifname {names} jump egress
 \t}}
 
 \tchain forward_verdict {{
 \t\ttype filter hook forward priority {VERDICT_PRIORITY}; policy accept;
 \t\tct direction reply jump settle_answer
-\t\tct direction original jump settle
+\t\tjump settle
 \t}}
-"""
+
+\t# DNS answers to a container: from where their sender is reached, metered per client.
+\tchain forwarded_answer {{
+\t\tfib saddr . iif oif missing counter name forged_answers_dropped drop
+{answer_meters}
+\t}}
+"""  # noqa: E501
 
 
 def _xt_rules(settings: EngineConfig, bypass: bool) -> tuple[XtRule, ...]:
@@ -283,10 +482,20 @@ _TRANSPORT_HEADER = ("0>>22&0x3C@0", "40")
 
 
 def _bare_tcp_rules() -> str:
-    """One rule per TCP header length (data offset 5-15 words, the common 8 and 5 first):
-    the IP length says the packet ends with its TCP header. nft compares a field with a
+    """A segment that ends with its TCP header (the IP length says so), with no options or
+    with the kernel's timestamp, per family."""
+    return "\n".join((
+        "\t\tip hdrlength 5 ip length 40 tcp doff 5 accept",
+        f"\t\tip hdrlength 5 ip length 52 tcp doff 8 @th,160,32 {_TIMESTAMP_OPTION} accept",
+        "\t\tip6 nexthdr tcp ip6 length 20 tcp doff 5 accept",
+        f"\t\tip6 nexthdr tcp ip6 length 32 tcp doff 8 @th,160,32 {_TIMESTAMP_OPTION} accept"))
+
+
+def _handshake_rules() -> str:
+    """One rule per TCP header length (data offset 5-15 words, the common 10 first): the IP
+    length says the segment ends with its TCP header. nft compares a field with a
     constant, not with another field, hence the list."""
-    offsets = (8, 5, *(d for d in range(6, 16) if d != 8))
+    offsets = (10, *(d for d in range(5, 16) if d != 10))
     v4 = [f"\t\tip hdrlength 5 ip length {20 + 4 * d} tcp doff {d} accept" for d in offsets]
     v6 = [f"\t\tip6 nexthdr tcp ip6 length {4 * d} tcp doff {d} accept" for d in offsets]
     return "\n".join(v4 + v6)
@@ -308,6 +517,34 @@ def _quote(arg: str) -> str:
 
 class NftError(RuntimeError):
     pass
+
+
+def parse_counters(listing: dict) -> dict[str, int]:
+    """Packets per named counter of our table, from `nft -j list counters table inet
+    nfguard`; what is not ours or not a counter is skipped."""
+    found = {}
+    for item in listing.get("nftables", []):
+        counter = item.get("counter") if isinstance(item, dict) else None
+        if (isinstance(counter, dict) and counter.get("table") == TABLE
+                and counter.get("name") in COUNTERS
+                and isinstance(counter.get("packets"), int)):
+            found[counter["name"]] = counter["packets"]
+    return found
+
+
+class CounterReader:
+    """Reads the ruleset's counters from the kernel, for the metrics at scrape time (one
+    netlink dump; nothing when the table is not there)."""
+
+    def __init__(self) -> None:
+        import nftables
+
+        self._nft = nftables.Nftables()
+
+    def __call__(self) -> dict[str, int]:
+        rc, listing, _err = self._nft.json_cmd({"nftables": [
+            {"list": {"counters": {"family": "inet", "table": TABLE}}}]})
+        return parse_counters(listing) if rc == 0 and isinstance(listing, dict) else {}
 
 
 class Installer:

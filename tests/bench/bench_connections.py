@@ -300,7 +300,8 @@ def full_policy(body: int, by_name: bool = True) -> str:
 
 
 def nfguard_config(lab: Lab, policy: str, workers: int = 1) -> Path:
-    config = lab.write_config(policy, workers=workers)
+    # wrk is one user: the per-user meter of new flows would measure itself, not the engine
+    config = lab.write_config(policy, workers=workers, new_flows_per_user=0)
     text = config.read_text()
     assert text.count('listen = ""') == 1, text
     config.write_text(text.replace('listen = ""', f'listen = "{METRICS}"'))

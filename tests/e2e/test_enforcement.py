@@ -195,13 +195,28 @@ def test_clean_stop_keeps_ruleset_and_audit(lab: Lab) -> None:
 def test_malformed_packet_does_not_stop_the_engine(lab: Lab) -> None:
     lab.serve_http(80)
     engine = lab.start_engine(lab.write_config(WEB_POLICY))
-    # A raw IPv4 packet claiming TCP with a 4-byte TCP header, and one with a bad IHL.
+    # A raw IPv4 packet claiming TCP with a 4-byte TCP header: conntrack cannot track it,
+    # so the kernel drops it before the queue (the sender gets EPERM).
     sender = (
         "import socket\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
         "src = socket.inet_aton('198.18.0.1'); dst = socket.inet_aton('198.18.1.1')\n"
         "hdr = bytes([0x45, 0, 0, 24, 0, 1, 0, 0, 64, 6, 0, 0]) + src + dst\n"
         "s.sendto(hdr + b'\\x01\\x02\\x03\\x04', ('198.18.1.1', 0))\n"
+    )
+    result = lab.exec(lab.client, sys.executable, "-c", sender)
+    assert "Operation not permitted" in result.stderr
+    # One conntrack tracks but the engine does not read: UDP behind nine destination
+    # options headers (the engine follows eight).
+    sender = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
+        "src = socket.inet_pton(socket.AF_INET6, 'fd00:18::1')\n"
+        "dst = socket.inet_pton(socket.AF_INET6, 'fd00:18:1::1')\n"
+        "options = bytes([60, 0, 1, 4, 0, 0, 0, 0]) * 8 + bytes([17, 0, 1, 4, 0, 0, 0, 0])\n"
+        "body = options + bytes([0x9c, 0x40, 0, 80, 0, 12, 0, 0]) + b'data'\n"
+        "hdr = bytes([0x60, 0, 0, 0]) + len(body).to_bytes(2) + bytes([60, 64]) + src + dst\n"
+        "s.sendto(hdr + body, ('fd00:18:1::1', 0))\n"
     )
     result = lab.exec(lab.client, sys.executable, "-c", sender)
     assert result.returncode == 0, result.stderr

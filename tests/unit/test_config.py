@@ -136,7 +136,7 @@ def test_unknown_section_and_key() -> None:
     assert problems('[engine]\nmode = "audit"\nspeed = 3\n\n[logging]\nlevel = 1\n', "c.toml") \
         == [
             "c.toml:3: unknown key 'speed' in [engine] (allowed: mode, default, fail, queue, "
-            "policy_dir, filter_loopback, workers, queue_maxlen, forward_from)",
+            "policy_dir, filter_loopback, workers, queue_maxlen, new_flows_per_user, forward_from)",
             "c.toml:5: unknown section 'logging' "
             "(allowed: engine, audit, metrics, names, control, containers)",
         ]
@@ -224,6 +224,14 @@ def test_service_key_errors() -> None:
         "not 'nfguard.sock'"]
     assert problems('[engine]\nqueue_maxlen = 0\n', "c.toml") == [
         "c.toml:2: engine.queue_maxlen must be >= 1, not 0"]
+
+
+def test_new_flows_per_user_is_a_rate_and_0_turns_the_meter_off() -> None:
+    assert Config().engine.new_flows_per_user == 2000
+    assert parse_config("[engine]\nnew_flows_per_user = 0\n", "c.toml").engine \
+        .new_flows_per_user == 0
+    assert problems("[engine]\nnew_flows_per_user = -1\n", "c.toml") == [
+        "c.toml:2: engine.new_flows_per_user must be >= 0, not -1"]
 
 
 def test_control_socket_is_found_even_in_a_broken_config(tmp_path: Path) -> None:

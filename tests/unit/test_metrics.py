@@ -22,6 +22,7 @@ from nfguard.metrics import (
     read_nfqueue,
 )
 from nfguard.names import NameCache
+from nfguard.nft import COUNTERS
 from nfguard.procs import Attributor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,6 +152,36 @@ def test_collector_without_optional_sources(tmp_path: Path) -> None:
     assert not any(n.startswith(("nfguard_queue_", "nfguard_name_cache", "nfguard_attribution",
                                  "nfguard_ruleset"))
                    for n in names)
+
+
+def test_ruleset_counters_are_read_from_the_kernel_at_scrape_time(tmp_path: Path) -> None:
+    """What the ruleset dropped or let pass without the engine: one counter per named nft
+    counter, read when scraped (a table not loaded, or a failing read: none)."""
+    kernel = {"untracked_dropped": 5, "fail_open_passed": 2}
+    reads = []
+
+    def reader() -> dict[str, int]:
+        reads.append(1)
+        return dict(kernel)
+
+    sources = Sources(Stats(), nfqueue_path=str(tmp_path / "missing"), kernel_counters=reader)
+    assert not reads
+    samples = scrape(sources)
+    assert samples[("nfguard_untracked_dropped_total", ())] == 5
+    assert samples[("nfguard_fail_open_passed_total", ())] == 2
+    assert not any(name.startswith("nfguard_new_flows_over_limit") for name, _ in samples)
+    kernel["untracked_dropped"] = 9
+    assert scrape(sources)[("nfguard_untracked_dropped_total", ())] == 9
+    assert len(reads) == 2
+    assert set(COUNTERS) >= set(kernel)
+
+    def broken() -> dict[str, int]:
+        raise OSError("netlink")
+
+    samples = scrape(Sources(Stats(), nfqueue_path=str(tmp_path / "missing"),
+                             kernel_counters=broken))
+    assert ("nfguard_packets_total", ()) in samples
+    assert not any(name.startswith("nfguard_untracked") for name, _ in samples)
 
 
 def dashboard_exprs() -> list[str]:

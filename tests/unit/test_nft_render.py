@@ -139,16 +139,18 @@ def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) ->
 @pytest.mark.parametrize("path", [NATIVE, XT])
 def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
     text = render(EngineConfig(queue=5), path).nft
-    chain = re.search(r"chain input \{(.*?)\}", text, re.S)
-    assert chain is not None
-    lines = code_lines(chain.group(1))
+    lines = chain_lines(text, "input")
     assert lines[0] == "type filter hook input priority filter - 10; policy accept;"
     suffix = " queue num 5" if path == NATIVE else ""
     queued = hexmark(marks.QUEUED)
+    pending = f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)}"
     assert lines[1:] == [
+        f"ct direction reply {pending} jump pending_reply",
+        "meta l4proto { tcp, udp } th sport 53 ct direction reply jump answer",
         f"udp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}",
         f"tcp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}"]
-    assert "iifname" not in chain.group(1), "loopback answers (a local stub) are queued too"
+    assert not [line for line in lines if "iifname" in line], \
+        "loopback answers (a local stub) are queued too"
     after = code_lines(re.search(r"chain input_verdict \{(.*?)\}", text, re.S).group(1))
     assert after == [f"type filter hook input priority {nft.VERDICT_PRIORITY}; policy accept;",
                      "jump settle_answer"]
@@ -157,7 +159,7 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
     assert (f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.ALLOW)} "
             f"meta mark set meta mark & {keep} accept") in verdict
     assert not [line for line in verdict if "ct mark" in line], "answers leave the ct mark"
-    assert f"meta mark & {queued} != 0 drop" in verdict  # fail closed
+    assert f"meta mark & {queued} != 0 counter name fail_closed_dropped drop" in verdict
 
 
 def test_pending_flows_go_to_the_engine_again() -> None:
@@ -175,24 +177,51 @@ def test_pending_flows_go_to_the_engine_again() -> None:
 
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
-def test_pending_flows_bare_tcp_segments_pass_in_the_kernel(path: str) -> None:
-    """Only segments whose IP length is exactly IP header + TCP header (no payload)."""
+def test_pending_flows_pass_in_the_kernel_only_segments_that_carry_nothing(path: str) -> None:
+    """No payload (the IP length is the headers'), no IPv4 options or IPv6 extension
+    headers, no urgent data or reserved bits, TCP options none or the kernel's timestamp."""
     text = render(EngineConfig(), path).nft
     lines = code_lines(text)
     verdict, pending = hexmark(marks.VERDICT_MASK), hexmark(marks.PENDING)
     jump = f"ct mark & {verdict} == {pending} meta l4proto tcp jump bare"
     assert lines.index(jump) < lines.index(
         f"ct mark & {verdict} == {pending} meta mark set meta mark | {pending}")
-    bare = text[text.index("chain bare {"):]
-    bare_rules = code_lines(bare[:bare.index("}")])[1:]
+    assert chain_lines(text, "bare") == [
+        "tcp flags & (syn | urg) != 0 return",
+        "tcp urgptr != 0 return",
+        "@th,100,3 != 0 return",
+        "ip hdrlength 5 ip length 40 tcp doff 5 accept",
+        "ip hdrlength 5 ip length 52 tcp doff 8 @th,160,32 0x0101080a accept",
+        "ip6 nexthdr tcp ip6 length 20 tcp doff 5 accept",
+        "ip6 nexthdr tcp ip6 length 32 tcp doff 8 @th,160,32 0x0101080a accept"]
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_a_pending_flows_replies_pass_only_bare_or_as_the_handshake(path: str) -> None:
+    """The server of a flow that waits for its name cannot push data to the client (a
+    server-first protocol's "run this"): on input, and forwarded to a container."""
+    text = render(EngineConfig(forward_from=("docker0",)), path).nft
+    pending = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)} "
+               "jump pending_reply")
+    assert chain_lines(text, "input")[1] == f"ct direction reply {pending}"
+    forward = chain_lines(text, "forward")
+    assert f'ct direction reply oifname {{ "docker0" }} {pending}' in forward
+    assert forward.index(f'ct direction reply oifname {{ "docker0" }} {pending}') < min(
+        i for i, line in enumerate(forward) if "sport 53" in line)
+    assert chain_lines(text, "pending_reply") == [
+        "meta l4proto { icmp, ipv6-icmp } ct protocol tcp accept",
+        "tcp flags & (syn | ack | fin | rst | urg) == syn | ack tcp urgptr 0 "
+        "jump bare_handshake",
+        "meta l4proto tcp jump bare",
+        "counter name pending_replies_dropped drop"]
     seen = set()
-    for rule in bare_rules:
+    for rule in chain_lines(text, "bare_handshake"):
         v4 = re.fullmatch(r"ip hdrlength 5 ip length (\d+) tcp doff (\d+) accept", rule)
         v6 = re.fullmatch(r"ip6 nexthdr tcp ip6 length (\d+) tcp doff (\d+) accept", rule)
         m = v4 or v6
         assert m, rule
         length, doff = int(m[1]), int(m[2])
-        assert length == (20 if v4 else 0) + 4 * doff
+        assert length == (20 if v4 else 0) + 4 * doff, "no payload (TCP Fast Open data)"
         seen.add((4 if v4 else 6, doff))
     assert seen == {(f, d) for f in (4, 6) for d in range(5, 16)}
 
@@ -210,7 +239,7 @@ def test_loopback_accepted_by_default_and_filtered_on_request() -> None:
         # Before anything is queued.
         assert default.index('oifname "lo" accept') < default.index(
             f"meta mark set meta mark | {hexmark(marks.QUEUED)}")
-        filtered = code_lines(render(EngineConfig(filter_loopback=True), path).nft)
+        filtered = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
         assert not [line for line in filtered if '"lo"' in line]
 
 
@@ -224,8 +253,10 @@ def test_ct_mark_rules_use_the_marks_module() -> None:
     assert f"meta mark set meta mark | {queued}" in lines
     assert (f"meta mark & {mask} == {allow} ct mark set ct mark & {keep} | {allow} "
             f"meta mark set meta mark & {keep} accept") in lines
-    assert (f"meta mark & {mask} == {deny} ct mark set ct mark & {keep} | {deny} "
-            f"meta mark set meta mark & {keep} jump cut") in lines
+    # The deny is kept in the ct mark where there is one; the packet is cut in any case.
+    keep_deny = f"meta mark & {mask} == {deny} ct mark set ct mark & {keep} | {deny}"
+    cut = f"meta mark & {mask} == {deny} meta mark set meta mark & {keep} jump cut"
+    assert lines.index(keep_deny) + 1 == lines.index(cut)
     # Decided flows are handled before anything is queued.
     assert lines.index(f"ct mark & {verdict} == {allow} accept") < lines.index(
         f"meta mark set meta mark | {queued}")
@@ -237,7 +268,8 @@ def test_ct_mark_rules_use_the_marks_module() -> None:
 def test_fail_closed_drops_queued_packets_without_verdict() -> None:
     for path in (NATIVE, XT):
         lines = code_lines(render(EngineConfig(fail="closed"), path).nft)
-        assert f"meta mark & {hexmark(marks.QUEUED)} != 0 drop" in lines
+        assert (f"meta mark & {hexmark(marks.QUEUED)} != 0 counter name fail_closed_dropped "
+                "drop") in lines
         assert not [line for line in lines if hexmark(marks.QUEUED) in line
                     and line.endswith("accept")]
 
@@ -246,9 +278,10 @@ def test_fail_open_lets_queued_packets_without_verdict_pass() -> None:
     keep = hexmark(~marks.MASK & 0xFFFFFFFF)
     for path in (NATIVE, XT):
         lines = code_lines(render(EngineConfig(fail="open"), path).nft)
-        assert (f"meta mark & {hexmark(marks.QUEUED)} != 0 meta mark set meta mark & {keep} "
-                "accept") in lines
-        assert f"meta mark & {hexmark(marks.QUEUED)} != 0 drop" not in lines
+        # counted: what fail open let through shows in nfguard_fail_open_passed_total
+        assert (f"meta mark & {hexmark(marks.QUEUED)} != 0 counter name fail_open_passed "
+                f"meta mark set meta mark & {keep} accept") in lines
+        assert not [line for line in lines if line.endswith("fail_closed_dropped drop")]
 
 
 def test_denied_flows_are_cut_and_table_is_ours() -> None:
@@ -311,18 +344,35 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
     names = '{ "docker0", "br-*" }'
     suffix = " queue num 2" if path == NATIVE else ""
     answer = hexmark(marks.ANSWER)
+    pending = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)} "
+               "jump pending_reply")
     assert chain_lines(text, "forward") == [
         "type filter hook forward priority filter - 10; policy accept;",
+        # first: a container's raw socket gets nothing untracked past (ct matches fail)
+        f"iifname {names} ct state invalid,untracked counter name untracked_dropped drop",
+        f"ct direction reply oifname {names} {pending}",
+        f"meta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} "
+        "jump forwarded_answer",
         f"udp sport 53 ct direction reply oifname {names} meta mark set meta mark | "
         f"{answer}{suffix}",
         f"tcp sport 53 ct direction reply oifname {names} meta mark set meta mark | "
         f"{answer}{suffix}",
-        # only the original direction: a pending flow's server data is not judged
+        f"ct state new iifname {names} update @new_flows_per_source4 {{ ip saddr limit rate "
+        "over 2000/second burst 4000 packets } counter name new_flows_over_limit drop",
+        f"ct state new iifname {names} update @new_flows_per_source6 {{ ip6 saddr limit rate "
+        "over 2000/second burst 4000 packets } counter name new_flows_over_limit drop",
+        # the original direction: the reply direction answers connections made into them
         f"ct direction original iifname {names} jump egress"]
     assert chain_lines(text, "forward_verdict") == [
         f"type filter hook forward priority {nft.VERDICT_PRIORITY}; policy accept;",
         "ct direction reply jump settle_answer",  # answers leave the ct mark alone
-        "ct direction original jump settle"]
+        "jump settle"]  # whatever else carries a verdict, with a conntrack entry or not
+    assert chain_lines(text, "forwarded_answer") == [
+        "fib saddr . iif oif missing counter name forged_answers_dropped drop",
+        "meta nfproto ipv4 update @answers_per_client4 { ip daddr limit rate over "
+        "500/second burst 1000 packets } counter name dns_answers_over_limit drop",
+        "meta nfproto ipv6 update @answers_per_client6 { ip6 daddr limit rate over "
+        "500/second burst 1000 packets } counter name dns_answers_over_limit drop"]
     # the host's own flows take the same chain: one flow logic for both
     assert chain_lines(text, "output")[-1] == "jump egress"
     egress = chain_lines(text, "egress")
@@ -361,15 +411,129 @@ def test_xt_forward_rules_share_by_the_container_port_in_each_direction(workers:
                     assert share is not None and share[0] == f"{where}>>{shift}"
 
 
-def test_link_local_control_traffic_is_never_queued() -> None:
-    """Neighbour discovery, MLD and IGMP membership reports (a new bridge sends them) stay
-    on the link: they pass before anything is queued."""
+def test_link_local_control_traffic_is_checked_before_anything_else() -> None:
+    """Neighbour discovery, MLD and IGMP are not tracked: they go to link_control before the
+    untracked drop, and leave only in their protocol's shape."""
     for path in (NATIVE, XT):
-        output = chain_lines(render(EngineConfig(), path).nft, "output")
-        igmp = "ip protocol igmp ip daddr 224.0.0.0/24 accept"
-        assert igmp in output and output.index(igmp) < output.index("jump egress")
-        assert any(line.startswith("icmpv6 type {") and "mld-listener-report" in line
-                   for line in output)
+        text = render(EngineConfig(), path).nft
+        output = chain_lines(text, "output")
+        igmp = "ip protocol igmp jump link_control"
+        icmpv6 = next(line for line in output if line.startswith("icmpv6 type {"))
+        assert icmpv6.endswith("jump link_control")
+        for kind in ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit",
+                     "mld-listener-report", "mld2-listener-report", "mld-listener-done"):
+            assert kind in icmpv6
+        untracked = output.index("ct state invalid,untracked counter name untracked_dropped "
+                                 "drop")
+        assert output.index(igmp) < untracked and output.index(icmpv6) < untracked
+        control = chain_lines(text, "link_control")
+        assert control[-1] == "counter name link_control_dropped drop"
+        nd = [line for line in control if line.startswith("icmpv6 type nd-")]
+        assert nd and all("ip6 hoplimit 255 ip6 nexthdr ipv6-icmp" in line for line in nd)
+        solicit = next(line for line in nd if line.startswith("icmpv6 type nd-neighbor-solicit"))
+        # a unicast solicitation to a global address (with payload or not) does not leave
+        assert solicit.endswith("ip6 length { 24, 32 } ip6 daddr { fe80::/10, "
+                                "ff02::1:ff00:0/104 } accept")
+        advert = next(line for line in nd if line.startswith("icmpv6 type nd-neighbor-advert"))
+        assert "ip6 length { 24, 32 }" in advert
+        mld = next(line for line in control if "mld2-listener-report" in line)
+        assert ("ip6 hoplimit 1 ip6 saddr { ::, fe80::/10 } ip6 daddr ff00::/8 limit rate "
+                "10/second burst 50 packets accept") in mld
+        assert ("ip protocol igmp ip ttl 1 ip hdrlength { 5, 6 } ip daddr 224.0.0.0/4 "
+                "limit rate 10/second burst 50 packets accept") in control
+
+
+@pytest.mark.parametrize(("path", "loopback"), [(NATIVE, False), (XT, False), (XT, True)])
+def test_untracked_packets_are_dropped_before_anything_accepts_them(
+        path: str, loopback: bool) -> None:
+    """A packet without a conntrack entry fails every ct match: dropped (and counted) in
+    output before the reply shortcut and the flow path; loopback stays unfiltered unless
+    filter_loopback."""
+    output = chain_lines(render(EngineConfig(filter_loopback=loopback), path).nft, "output")
+    untracked = output.index("ct state invalid,untracked counter name untracked_dropped drop")
+    assert untracked < output.index("ct direction reply accept") < output.index("jump egress")
+    assert ('oifname "lo" accept' in output) is not loopback
+    before = output[1:untracked]
+    assert [line for line in before if line.endswith("accept")] == (
+        [] if loopback else ['oifname "lo" accept'])
+    assert all(line.endswith(("jump link_control", "accept")) for line in before)
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_a_verdict_that_no_ct_mark_keeps_never_lets_the_packet_through(path: str) -> None:
+    """Keeping a verdict reads the ct mark, which fails without a conntrack entry: the
+    deny cuts the packet in a rule of its own, and any other verdict that could not be
+    kept ends in a drop."""
+    settle = chain_lines(render(EngineConfig(), path).nft, "settle")
+    mask = hexmark(marks.MASK)
+    assert settle[-1] == f"meta mark & {mask} != 0 counter name verdicts_without_conntrack drop"
+    cut = [line for line in settle if line.endswith("jump cut")]
+    assert cut == [f"meta mark & {mask} == {hexmark(marks.DENY)} meta mark set meta mark & "
+                   f"{hexmark(~marks.MASK & 0xFFFFFFFF)} jump cut"]
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_new_flows_and_dns_answers_are_metered_before_the_queue(path: str) -> None:
+    text = render(EngineConfig(), path).nft
+    output = chain_lines(text, "output")
+    meter = ("ct state new update @new_flows_per_user { meta skuid limit rate over "
+             "2000/second burst 4000 packets } counter name new_flows_over_limit drop")
+    assert output.index(meter) == output.index("jump egress") - 1
+    assert chain_lines(text, "answer") == [
+        'iifname "lo" fib saddr type != local counter name forged_answers_dropped drop',
+        'iifname != "lo" fib saddr . iif oif missing counter name forged_answers_dropped drop',
+        "meta nfproto ipv4 update @answers_per_socket4 { ip daddr . th dport limit rate over "
+        "200/second burst 400 packets } counter name dns_answers_over_limit drop",
+        "meta nfproto ipv6 update @answers_per_socket6 { ip6 daddr . th dport limit rate "
+        "over 200/second burst 400 packets } counter name dns_answers_over_limit drop"]
+    lines = code_lines(text)
+    for name, key in (("new_flows_per_user", "uid"),
+                      ("answers_per_socket4", "ipv4_addr . inet_service"),
+                      ("answers_per_client6", "ipv6_addr")):
+        assert f"set {name} {{ type {key}; flags dynamic; timeout 1m; size 65536; }}" in lines
+    comments = text.split("table inet nfguard {")[1].split("\tset ")[0]
+    for value in ("2000/s per user (burst 4000", *map(str, nft.ANSWERS_PER_SOCKET)):
+        assert value in comments, "the numbers are stated in the ruleset's comments"
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_the_new_flow_rate_is_the_configured_one_and_0_meters_none(path: str) -> None:
+    forward = ("docker0",)
+    text = render(EngineConfig(new_flows_per_user=25, forward_from=forward), path).nft
+    assert ("ct state new update @new_flows_per_user { meta skuid limit rate over 25/second "
+            "burst 50 packets } counter name new_flows_over_limit drop") in code_lines(text)
+    assert len(re.findall(r"limit rate over 25/second burst 50 packets", text)) == 3
+    unmetered = render(EngineConfig(new_flows_per_user=0, forward_from=forward), path).nft
+    assert "update @new_flows" not in unmetered
+    assert "not metered (engine.new_flows_per_user = 0)" in unmetered
+    assert chain_lines(unmetered, "output")[-1] == "jump egress"
+
+
+@pytest.mark.parametrize("fail", ["open", "closed"])
+def test_every_counter_used_is_declared(fail: str) -> None:
+    text = render(EngineConfig(fail=fail, forward_from=("docker0",)), XT).nft
+    declared = {line.split()[1] for line in code_lines(text)
+                if re.fullmatch(r"counter \w+ \{ \}", line)}
+    assert declared == set(nft.COUNTERS)
+    used = set(re.findall(r"counter name (\w+)", text))
+    assert used == declared - {"fail_closed_dropped" if fail == "open" else "fail_open_passed"}
+
+
+def test_parse_counters_takes_our_named_counters_only() -> None:
+    listing = {"nftables": [
+        {"metainfo": {"version": "1.0.6"}},
+        {"counter": {"family": "inet", "table": "nfguard", "name": "untracked_dropped",
+                     "packets": 7, "bytes": 700}},
+        {"counter": {"family": "inet", "table": "nfguard", "name": "fail_open_passed",
+                     "packets": 0, "bytes": 0}},
+        {"counter": {"family": "inet", "table": "other", "name": "untracked_dropped",
+                     "packets": 9, "bytes": 9}},
+        {"counter": {"family": "inet", "table": "nfguard", "name": "not_ours", "packets": 1}},
+        {"counter": {"family": "inet", "table": "nfguard", "name": "link_control_dropped"}},
+        "junk",
+    ]}
+    assert nft.parse_counters(listing) == {"untracked_dropped": 7, "fail_open_passed": 0}
+    assert nft.parse_counters({}) == {}
 
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
@@ -378,7 +542,8 @@ def test_locally_sent_replies_pass_before_the_egress_checks(path: str) -> None:
     conntrack as a related reply: judged by `egress`, the flow's DENY would drop it (the
     container or loopback client would wait for a timeout instead of failing at once)."""
     output = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
-    assert output.index("ct direction reply accept") == output.index("jump egress") - 1
+    assert output.index("ct direction reply accept") == output.index("jump egress") - 2
+    assert "new_flows_per_user" in output[output.index("jump egress") - 1]
 
 
 def _listing(*chains: tuple[str, str | None], rules: tuple[str, ...] = (),
