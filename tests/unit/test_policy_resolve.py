@@ -4,9 +4,12 @@ resolvable-only names, reverse lookups, queries = "any", and the cost at scale."
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet, Destination
@@ -195,3 +198,53 @@ def test_ten_thousand_name_rules_cost_what_ten_do(monkeypatch: pytest.MonkeyPatc
     large, large_rule = _lookups_per_query(10_000, monkeypatch)
     assert (small_rule, large_rule) == ("body/r9", "body/r9997")
     assert large <= small + 2, (small, large)
+
+
+LABELS = ("a", "b", "_tcp", "svc")
+PATTERN = st.lists(st.sampled_from((*LABELS, "*", "**")), min_size=1, max_size=3).map(".".join)
+NAME = st.one_of(
+    st.lists(st.sampled_from(LABELS), min_size=0, max_size=4).map(".".join),
+    st.sampled_from(("10.0.0.1", "10.0.1.2", "192.0.2.9", "2001:db8::1")).map(ptr))
+RULE = st.fixed_dictionaries({
+    "action": st.sampled_from(("allow", "deny")),
+    "to": st.lists(st.one_of(PATTERN, st.sampled_from(("10.0.0.0/24", "10.0.0.0/8",
+                                                          "2001:db8::/32", "@resolvers"))),
+                   max_size=2),
+    "resolve": st.lists(PATTERN, max_size=2),
+})
+
+
+def _brute(policies: CompiledPolicySet, order: list[str], name: str) -> str | None:
+    """The reference: every rule of every policy, in order, asked whether it covers."""
+    address = reverse_address(name)
+    for policy in order:
+        for rule in policies.source.policies[policy].rules:
+            patterns = (*rule.names, *rule.resolve) if name else ()
+            if (rule.any_destination or any(p.matches(name) for p in patterns)
+                    or (address is not None and any(
+                        n.version == address[0] and n.contains(ipaddress.ip_address(
+                            address[1] if address[0] == 4 else address[1].to_bytes(16, "big")))
+                        for n in rule.networks))):
+                return rule.name
+    return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(RULE, max_size=5), min_size=1, max_size=3),
+       st.lists(NAME, min_size=1, max_size=8))
+def test_the_index_agrees_with_asking_every_rule(policies: list[list[dict]],
+                                                 names: list[str]) -> None:
+    text = client("c", [f"p{i}" for i in range(len(policies))])
+    for i, rules in enumerate(policies):
+        text += f'[[policy]]\nname = "p{i}"\n'
+        for rule in rules:
+            text += f'[[policy.rule]]\naction = "{rule["action"]}"\n'
+            if rule["to"]:
+                text += f"to = {json.dumps(rule['to'])}\n"
+            if rule["resolve"]:
+                text += f"resolve = {json.dumps(rule['resolve'])}\n"
+    compiled = CompiledPolicySet(parse_policy_texts([("h.toml", text)]))
+    j = QueryJudge(compiled)
+    c = compiled.clients[0]
+    for name in names:
+        assert j.decide(c, name).rule == _brute(compiled, list(c.policies), name), (text, name)
