@@ -11,6 +11,7 @@ from typing import Any
 from nfguard.policy import document
 from nfguard.policy.load import PolicyError, Problem, parse_toml
 from nfguard.policy.model import Location
+from nfguard.policy.resolve import QUERIES, Queries
 from nfguard.policy.source import SourceMap
 
 DEFAULT_PATH = "/etc/nfguard/nfguard.toml"
@@ -73,6 +74,9 @@ class NamesConfig:
     # server this host queried (then a process allowed to ask some other server can teach
     # the engine a false binding).
     resolvers: tuple[str, ...] | str = SYSTEM_RESOLVERS
+    # Whether the names of the host's DNS queries are judged by the sender's policy
+    # (Queries.POLICY) or every query passes (Queries.ANY); a client's `queries` overrides.
+    queries: str = Queries.POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "max_entries": (int, None),
         "hello_timeout": (float, None),
         "resolvers": (object, None),  # checked by _resolvers
+        "queries": (str, QUERIES),
     },
     "control": {"socket": (str, None)},
     "containers": {"docker_root": (str, None), "podman_root": (str, None),

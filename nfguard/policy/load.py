@@ -28,12 +28,13 @@ from nfguard.policy.model import (
 )
 from nfguard.policy.networks import parse_network
 from nfguard.policy.patterns import NamePattern, is_pattern_text, parse_name_pattern
+from nfguard.policy.resolve import QUERIES
 from nfguard.policy.source import SourceMap
 
 _TOP_KEYS = ("client", "policy")
-_CLIENT_KEYS = ("name", "match", "policies", "mode")
+_CLIENT_KEYS = ("name", "match", "policies", "mode", "queries")
 _POLICY_KEYS = ("name", "rule")
-_RULE_KEYS = ("name", "action", "to", "ports", "proto")
+_RULE_KEYS = ("name", "action", "to", "resolve", "ports", "proto")
 _TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 _AT_END = re.compile(r"\(at end of document\)")
 
@@ -155,9 +156,10 @@ class _Builder:
         match = self._match(source, path, raw.get("match", {}))
         policies = source.str_list(raw, path, "policies", required=True)
         mode = source.choice(raw, path, "mode", MODES)
+        queries = source.choice(raw, path, "queries", QUERIES)
         if not policies:
             return
-        client = Client(name, match, tuple(policies), mode, source.location(path))
+        client = Client(name, match, tuple(policies), mode, source.location(path), queries)
         self.clients.append(client)
         self.references.append((client, index, source.map))
 
@@ -225,13 +227,19 @@ class _Builder:
             source.problem((*path, "name"), "a rule name may not contain '/'")
         action = source.choice(raw, path, "action", ACTIONS, required=True)
         networks, names, resolvers = self._destinations(source, path, raw)
+        resolve = self._resolve(source, path, raw)
         ports, ranges = self._ports(source, path, raw)
         proto = source.choice(raw, path, "proto", PROTOS)
+        if resolve and "to" not in raw:
+            for key in ("ports", "proto"):
+                if key in raw:
+                    source.problem((*path, key), f"{key} does not apply to a rule with "
+                                   "'resolve' and no 'to': it allows or denies no connection")
         if len(self.problems) > before or action is None:
             return None
         name = f"{policy}/{label}" if label is not None else f"{policy}/#{index + 1}"
         return Rule(policy, name, action, networks, names, ports, ranges, proto,
-                    source.location(path), resolvers)
+                    source.location(path), resolvers, resolve)
 
     def _destinations(
         self, source: _Source, path: tuple, raw: dict[str, Any]
@@ -270,6 +278,30 @@ class _Builder:
                 source.problem(where, f"bad CIDR or address {entry!r}: {exc}{hint}",
                                needle=entry)
         return tuple(networks), tuple(names), resolvers
+
+    def _resolve(
+        self, source: _Source, path: tuple, raw: dict[str, Any]
+    ) -> tuple[NamePattern, ...]:
+        """`resolve`: name patterns the client may resolve (or, in a deny rule, may not),
+        without the rule matching any connection to them."""
+        entries = source.str_list(raw, path, "resolve")
+        if entries is None:
+            return ()
+        where = (*path, "resolve")
+        if not entries:
+            source.problem(where, "'resolve' is empty: leave it out")
+        patterns: list[NamePattern] = []
+        for entry in entries:
+            if not is_pattern_text(entry) or entry.startswith("@"):
+                source.problem(where, f"resolve takes name patterns, not {entry!r} (reverse "
+                               "lookups follow the addresses the rules allow; or name them: "
+                               "\"**.in-addr.arpa\")", needle=entry)
+                continue
+            try:
+                patterns.append(parse_name_pattern(entry))
+            except ValueError as exc:
+                source.problem(where, f"bad name pattern: {exc}", needle=entry)
+        return tuple(patterns)
 
     def _ports(
         self, source: _Source, path: tuple, raw: dict[str, Any]

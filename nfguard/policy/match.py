@@ -82,7 +82,7 @@ class _PrefixIndex:
         ]
 
 
-class _NameIndex:
+class NameIndex:
     """Name patterns keyed by literal suffix: a name probes one key per label it has."""
 
     def __init__(self) -> None:
@@ -109,7 +109,7 @@ class CompiledPolicy:
         self.rules = policy.rules
         self.v4 = _PrefixIndex(32)
         self.v6 = _PrefixIndex(128)
-        self.names = _NameIndex()
+        self.names = NameIndex()
         self.any_destination: list[int] = []
         self.resolver_rules = [p for p, rule in enumerate(policy.rules) if rule.resolvers]
         # Rules with names, for "could the name the client presents change the decision":

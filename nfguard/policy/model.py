@@ -76,10 +76,15 @@ class Rule(NamedTuple):
     proto: str | None  # None: tcp and udp
     location: Location
     resolvers: bool = False  # `to` has "@resolvers"
+    # Names the client may resolve (allow) or is refused (deny) by this rule, without
+    # connecting: they never match a flow (see policy.resolve).
+    resolve: tuple[NamePattern, ...] = ()
 
     @property
     def any_destination(self) -> bool:
-        return not self.networks and not self.names and not self.resolvers
+        """No `to`: every destination (a rule with only `resolve` has none)."""
+        return (not self.networks and not self.names and not self.resolvers
+                and not self.resolve)
 
     def allows_port(self, proto: str, port: int) -> bool:
         """Whether the proto/ports constraints of the rule hold for a flow."""
@@ -108,6 +113,7 @@ class Client:
     policies: tuple[str, ...]
     mode: str | None  # overrides engine.mode for this client's flows
     location: Location
+    queries: str | None = None  # overrides [names] queries for this client's DNS queries
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""DNS response parsing (RFC 1035) for learning which names an address belongs to.
+"""DNS parsing (RFC 1035): responses, for learning which names an address belongs to, and
+queries, for judging which names a client may resolve (and refusing the rest).
 
 The engine accepts a DNS answer only after its names are in the cache, so this parser sits
 on the critical path of every lookup on the host: it is struct-based, linear in the message
@@ -26,6 +27,12 @@ could teach a binding that the client itself then drops for its wrong id.  Compa
 them would not stop the worse case anyway: a process here whose accomplice forges the
 answer to its own query knows the id.  A resolver on loopback cannot be forged from
 outside (README, "Limits to know").
+
+Queries (issue 24) are read strictly, because a query's bytes are what leaves the host:
+one question, no answer or authority records, at most one additional record and that an
+EDNS OPT, no compression, nothing after the message.  Anything else is a ``WireError``
+and is not let out.  ``refusal`` answers a judged query at once, so a client never waits
+for a resolver timeout.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import NamedTuple
 
 from nfguard.wire.errors import WireError
@@ -45,10 +53,15 @@ __all__ = [
     "MAX_BINDINGS",
     "MAX_CNAME_HOPS",
     "MAX_MESSAGE",
+    "DnsQuery",
     "DnsResponse",
+    "Edns",
     "NameBinding",
+    "Rcode",
     "TcpDnsStream",
+    "parse_query",
     "parse_response",
+    "refusal",
 ]
 
 MAX_MESSAGE = 65535  # a DNS message length is a 16-bit field (over TCP) or fits a datagram
@@ -62,11 +75,13 @@ MAX_LABELS_WALKED = 256  # labels decoded per message (a pointer to a known name
 TYPE_A = 1
 TYPE_CNAME = 5
 TYPE_AAAA = 28
+TYPE_OPT = 41
 CLASS_IN = 1
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
 _U16 = struct.Struct("!H")
+_U16_PAIR = struct.Struct("!HH")
 
 # Bytes kept as-is in a rendered label; everything else becomes an RFC 1035 "\DDD" escape,
 # so that a label holding a "." can never render like two labels ("github.com" as one
@@ -324,7 +339,8 @@ def _bind(
 
 
 class TcpDnsStream:
-    """Split one direction of a DNS-over-TCP stream into messages (RFC 1035 4.2.2).
+    """Split one direction of a DNS-over-TCP stream into messages (RFC 1035 4.2.2): a
+    server's answers, or a client's queries (pipelined ones too: each is returned).
 
     Every message is preceded by a 2-byte length.  Segments may cut messages anywhere and
     one segment may carry several.  At most one incomplete message is ever buffered, so
@@ -369,3 +385,131 @@ class TcpDnsStream:
         if pos:
             del buf[:pos]
         return out
+
+
+# --- queries ----------------------------------------------------------------------------
+
+_QR = 0x8000
+_OPCODE = 0x7800
+_RA = 0x0080
+_ECHOED = _OPCODE | 0x0100 | 0x0010  # opcode, RD and CD are copied into the response
+_DO = 0x8000  # EDNS "DNSSEC OK", in the OPT record's TTL field
+EDNS_PAYLOAD = 1232  # the UDP payload size a refusal advertises (DNS flag day 2020)
+EDE = 15  # RFC 8914 Extended DNS Error option
+EDE_BLOCKED = 15  # "the domain is blocked due to a security policy"
+EDE_TEXT = b"nfguard policy"
+
+
+class Rcode(IntEnum):
+    """The response codes a refused query may get."""
+
+    NXDOMAIN = 3  # "no such name": every resolver library stops at once, but it is a lie
+    REFUSED = 5  # "the server will not answer this client": true, and what nfguard says
+
+
+class Edns(NamedTuple):
+    """What a query's EDNS OPT record says (RFC 6891)."""
+
+    payload: int  # the largest UDP response the client takes
+    version: int
+    dnssec_ok: bool
+
+
+class DnsQuery(NamedTuple):
+    """One question, as a client asked it."""
+
+    id: int
+    flags: int  # the header's flag word as sent (opcode, RD, CD ...)
+    name: str  # lower-cased, odd bytes escaped as \DDD, no trailing dot; "" is the root
+    qtype: int
+    qclass: int
+    edns: Edns | None  # None: the query had no OPT record
+    question: bytes  # the question section as sent (case kept): a response echoes it
+
+    @property
+    def opcode(self) -> int:
+        return (self.flags & _OPCODE) >> 11
+
+
+def parse_query(msg: bytes) -> DnsQuery:
+    """Parse a DNS query (a UDP datagram's payload, or one message of a TCP stream).
+
+    Raises ``WireError`` on anything but a standard query (QR=0, opcode QUERY, RCODE 0)
+    with exactly one question whose name is not compressed, no answer or authority
+    records, and at most one additional record, an EDNS OPT owned by the root whose
+    options fill its data exactly; and on any byte after the message.
+    """
+    if not isinstance(msg, bytes):
+        msg = bytes(msg)
+    n = len(msg)
+    if n > MAX_MESSAGE:
+        raise WireError("dns: message larger than 65535 bytes")
+    if n < _HEADER.size:
+        raise WireError("dns: shorter than a header")
+    ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg, 0)
+    if flags & _QR:
+        raise WireError("dns: not a query (QR=1)")
+    if flags & _OPCODE:
+        raise WireError("dns: opcode is not QUERY")
+    if flags & 0xF:
+        raise WireError("dns: a query with an RCODE")
+    if qdcount != 1:
+        raise WireError("dns: a query must ask exactly one question")
+    if ancount or nscount:
+        raise WireError("dns: a query with answer or authority records")
+    if arcount > 1:
+        raise WireError("dns: a query with more than one additional record")
+    names = _Names(msg)
+    start = _HEADER.size
+    name, pos = names.read(start)
+    if names.memo[start][1] != pos - start:  # the name's wire length differs from its span
+        raise WireError("dns: a compressed question name")
+    if pos + 4 > n:
+        raise WireError("dns: truncated question")
+    qtype, qclass = _U16_PAIR.unpack_from(msg, pos)
+    question_end = pos + 4
+    edns = _edns(msg, question_end) if arcount else None
+    if edns is None and question_end != n:
+        raise WireError("dns: bytes after the query")
+    return DnsQuery(ident, flags, name, qtype, qclass, edns, msg[start:question_end])
+
+
+def _edns(msg: bytes, pos: int) -> Edns:
+    """The OPT record at ``pos``, which must end the message."""
+    n = len(msg)
+    if pos >= n or msg[pos] != 0:
+        raise WireError("dns: the additional record of a query is not an EDNS OPT")
+    pos += 1
+    if pos + _RR_FIXED.size > n:
+        raise WireError("dns: truncated OPT record")
+    rtype, payload, ttl, rdlen = _RR_FIXED.unpack_from(msg, pos)
+    if rtype != TYPE_OPT:
+        raise WireError("dns: the additional record of a query is not an EDNS OPT")
+    if ttl >> 24:
+        raise WireError("dns: a query with an extended RCODE")
+    pos += _RR_FIXED.size
+    end = pos + rdlen
+    if end != n:
+        raise WireError("dns: OPT data does not end the query")
+    while pos < end:
+        if pos + 4 > end:
+            raise WireError("dns: truncated EDNS option")
+        pos += 4 + _U16_PAIR.unpack_from(msg, pos)[1]
+    if pos != end:
+        raise WireError("dns: EDNS option runs past the OPT data")
+    return Edns(payload, (ttl >> 16) & 0xFF, bool(ttl & _DO))
+
+
+def refusal(query: DnsQuery, rcode: Rcode = Rcode.REFUSED) -> bytes:
+    """The answer to a query the policy refuses: same id, opcode, RD and CD, the question
+    as asked, no records; with an OPT (DO echoed, no client option echoed, an RFC 8914
+    "Blocked" error saying why) when the query had one.  RA is set: the answer stands in
+    for the host's resolver, and a client told "no recursion" might try elsewhere."""
+    flags = _QR | _RA | (query.flags & _ECHOED) | rcode
+    additional = b""
+    if query.edns is not None:
+        ede = _U16_PAIR.pack(EDE, 2 + len(EDE_TEXT)) + _U16.pack(EDE_BLOCKED) + EDE_TEXT
+        ttl = _DO if query.edns.dnssec_ok else 0
+        additional = b"\x00" + _RR_FIXED.pack(TYPE_OPT, EDNS_PAYLOAD, ttl, len(ede)) + ede
+    header = _HEADER.pack(query.id, flags, 1, 0, 0, 1 if additional else 0)
+    return header + query.question + additional

@@ -246,6 +246,15 @@ def test_control_socket_is_found_even_in_a_broken_config(tmp_path: Path) -> None
     assert control_socket(path) == "/run/y/n.sock"
 
 
+def test_names_queries_are_judged_by_policy_unless_any() -> None:
+    assert parse_config("", "c.toml").names.queries == "policy"
+    assert parse_config('[names]\nqueries = "any"\n', "c.toml").names.queries == "any"
+    assert problems('[names]\nverify = true\nqueries = "none"\n') == [
+        "/etc/nfguard/nfguard.toml:3: names.queries must be one of policy | any, not 'none'"]
+    assert problems("[names]\nqueries = true\n") == [
+        "/etc/nfguard/nfguard.toml:2: names.queries must be a str"]
+
+
 def test_names_resolvers_are_the_systems_or_addresses_and_networks() -> None:
     config = parse_config('[names]\nresolvers = ["127.0.0.53", "10.1.2.3/8", "::1"]\n', "c.toml")
     assert config.names.resolvers == ("127.0.0.53/32", "10.0.0.0/8", "::1/128")

@@ -8,6 +8,7 @@ import pytest
 
 from nfguard.policy.load import PolicyError, load_policy_dir, parse_policy_texts
 from nfguard.policy.model import PortRange
+from tests.unit.policies import QUERIES
 
 
 def problems_of(*documents: tuple[str, str]) -> list[str]:
@@ -191,12 +192,13 @@ baz = 3
 """
     assert problems_of(("p.toml", text)) == [
         "p.toml:1: unknown key 'x' in top level (allowed: client, policy)",
-        "p.toml:4: unknown key 'foo' in [[client]] (allowed: name, match, policies, mode)",
+        "p.toml:4: unknown key 'foo' in [[client]] (allowed: name, match, policies, mode, "
+        "queries)",
         "p.toml:5: unknown match key 'bogus' (allowed: exe, cmdline, user, group, unit, "
         "cgroup, parent_exe, sha256, interface, container, image)",
         "p.toml:9: unknown key 'bar' in [[policy]] (allowed: name, rule)",
-        "p.toml:12: unknown key 'baz' in [[policy.rule]] (allowed: name, action, to, ports, "
-        "proto)",
+        "p.toml:12: unknown key 'baz' in [[policy.rule]] (allowed: name, action, to, "
+        "resolve, ports, proto)",
     ]
 
 
@@ -434,6 +436,78 @@ action = "accept"
     assert problems_of(("p.toml", text)) == [
         "p.toml:4: mode must be one of enforce | audit, not 'learn'",
         "p.toml:8: action must be one of allow | deny, not 'accept'",
+    ]
+
+
+def test_queries_and_resolve_are_read() -> None:
+    policies = parse_policy_texts([("q.toml", QUERIES)])
+    assert {c.name: c.queries for c in policies.clients} == {
+        "app": None, "strict": None, "ops": None, "legacy": "any", "judged": "policy"}
+    rules = {r.name: r for r in policies.policies["app"].rules}
+    assert [p.text for p in rules["app/discovery"].resolve] == [
+        "_ldap._tcp.example.org", "**.svc.example"]
+    assert rules["app/discovery"].names == () and rules["app/discovery"].networks == ()
+    assert not rules["app/discovery"].any_destination  # it reaches nothing
+    assert rules["app/api"].resolve == ()
+
+
+def test_a_rule_may_name_what_it_reaches_and_what_it_only_resolves() -> None:
+    text = """\
+[[policy]]
+name = "p"
+[[policy.rule]]
+action = "allow"
+to = ["ldap.example.org"]
+resolve = ["_LDAP._tcp.Example.org."]
+ports = [636]
+"""
+    rule = parse_policy_texts([("p.toml", text)]).policies["p"].rules[0]
+    assert [p.text for p in rule.resolve] == ["_ldap._tcp.example.org"]
+    assert rule.ports == frozenset({636})
+
+
+def test_bad_queries_and_resolve_on_their_lines() -> None:
+    text = """\
+[[client]]
+name = "c"
+policies = ["p"]
+queries = "all"
+[[policy]]
+name = "p"
+[[policy.rule]]
+action = "allow"
+resolve = [
+  "ok.example",
+  "10.0.0.0/8",
+  "@resolvers",
+  "bad*.example",
+]
+[[policy.rule]]
+action = "allow"
+resolve = []
+[[policy.rule]]
+action = "deny"
+resolve = ["x.example"]
+ports = [53]
+proto = "udp"
+[[policy.rule]]
+action = "allow"
+resolve = "one.example"
+"""
+    assert problems_of(("p.toml", text)) == [
+        "p.toml:4: queries must be one of policy | any, not 'all'",
+        "p.toml:11: resolve takes name patterns, not '10.0.0.0/8' (reverse lookups follow the "
+        'addresses the rules allow; or name them: "**.in-addr.arpa")',
+        "p.toml:12: resolve takes name patterns, not '@resolvers' (reverse lookups follow the "
+        'addresses the rules allow; or name them: "**.in-addr.arpa")',
+        "p.toml:13: bad name pattern: 'bad*.example': a wildcard must be a whole label "
+        "('*' one label, '**' any depth)",
+        "p.toml:17: 'resolve' is empty: leave it out",
+        "p.toml:21: ports does not apply to a rule with 'resolve' and no 'to': it allows or "
+        "denies no connection",
+        "p.toml:22: proto does not apply to a rule with 'resolve' and no 'to': it allows or "
+        "denies no connection",
+        "p.toml:25: resolve must be a list of strings",
     ]
 
 

@@ -1,10 +1,16 @@
-"""DNS response parsing and DNS-over-TCP framing."""
+"""DNS response and query parsing, refusals (checked with dnspython), and DNS-over-TCP
+framing."""
 
 from __future__ import annotations
 
 import socket
 import struct
 
+import dns.edns
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
@@ -14,8 +20,11 @@ from nfguard.wire.dns import (
     MAX_CNAME_HOPS,
     MAX_LABELS_WALKED,
     NameBinding,
+    Rcode,
     TcpDnsStream,
+    parse_query,
     parse_response,
+    refusal,
 )
 from nfguard.wire.errors import WireError
 
@@ -354,3 +363,117 @@ def test_tcp_bad_lengths_and_bound() -> None:
     assert s.pending == 65002
     assert s.feed(b"\x00" * 535) == [b"\x00" * 65535]
     assert s.pending == 0
+
+
+# --- queries and their refusal ------------------------------------------------------------
+
+
+def query(name: str = "www.Example.COM.", rdtype: str = "A", **kw: object) -> dns.message.Message:
+    return dns.message.make_query(name, rdtype, **kw)  # type: ignore[arg-type]
+
+
+def test_a_query_is_read() -> None:
+    q = query(use_edns=0, want_dnssec=True, payload=4096)
+    q.flags |= dns.flags.CD
+    p = parse_query(q.to_wire())
+    assert (p.id, p.name, p.qtype, p.qclass, p.opcode) == (q.id, "www.example.com", 1, 1, 0)
+    assert p.flags & 0x0100 and p.flags & 0x0010  # RD, CD
+    assert p.edns is not None and (p.edns.payload, p.edns.version, p.edns.dnssec_ok) == (
+        4096, 0, True)
+    assert p.question == b"\x03www\x07Example\x03COM\x00\x00\x01\x00\x01"  # as sent
+    bare = parse_query(query("_ldap._tcp.example.org", "SRV", use_edns=False).to_wire())
+    assert (bare.name, bare.qtype, bare.edns) == ("_ldap._tcp.example.org", 33, None)
+
+
+def test_names_are_read_as_answers_read_them() -> None:
+    assert parse_query(query(".", "NS").to_wire()).name == ""
+    odd = dns.message.make_query(dns.name.Name([b"a.b", b"C\\", b"example", b""]), "TXT")
+    assert parse_query(odd.to_wire()).name == "a\\046b.c\\092.example"
+
+
+def test_edns_options_are_allowed() -> None:
+    q = query(use_edns=0, options=[dns.edns.GenericOption(10, b"\x01" * 8),  # a cookie
+                                   dns.edns.GenericOption(12, bytes(40))])  # padding
+    assert parse_query(q.to_wire()).edns is not None
+
+
+def _raw(flags: int = 0x0100, counts: tuple[int, int, int, int] = (1, 0, 0, 0),
+         body: bytes = b"\x01a\x00\x00\x01\x00\x01") -> bytes:
+    return struct.pack("!HHHHHH", 7, flags, *counts) + body
+
+
+OPT = b"\x00" + struct.pack("!HHIH", 41, 1232, 0, 0)
+ODD_QUERIES = {
+    "a response": _raw(flags=0x8100),
+    "opcode NOTIFY": _raw(flags=0x2000),
+    "opcode UPDATE": _raw(flags=0x2800),
+    "an rcode": _raw(flags=0x0105),
+    "no question": _raw(counts=(0, 0, 0, 0), body=b""),
+    "two questions": _raw(counts=(2, 0, 0, 0), body=b"\x01a\x00\x00\x01\x00\x01" * 2),
+    "an answer": _raw(counts=(1, 1, 0, 0), body=b"\x01a\x00\x00\x01\x00\x01\xc0\x0c"
+                      + struct.pack("!HHIH", 1, 1, 60, 4) + bytes(4)),
+    "an authority record": _raw(counts=(1, 0, 1, 0)),
+    "two additional records": _raw(counts=(1, 0, 0, 2), body=_raw()[12:] + OPT + OPT),
+    "an additional record not OPT": _raw(
+        counts=(1, 0, 0, 1), body=_raw()[12:] + b"\x00" + struct.pack("!HHIH", 1, 1, 0, 4)
+        + bytes(4)),
+    "an OPT not owned by the root": _raw(counts=(1, 0, 0, 1), body=_raw()[12:] + b"\x01a"
+                                         + OPT[1:]),
+    "an extended rcode": _raw(counts=(1, 0, 0, 1), body=_raw()[12:] + b"\x00"
+                              + struct.pack("!HHIH", 41, 1232, 1 << 24, 0)),
+    "an option past the OPT data": _raw(counts=(1, 0, 0, 1), body=_raw()[12:] + b"\x00"
+                                        + struct.pack("!HHIHHH", 41, 1232, 0, 4, 10, 8)),
+    "a compressed name": _raw(body=b"\xc0\x04\x00\x01\x00\x01"),
+    "bytes after the question": _raw() + b"tunnel",
+    "bytes after the OPT": _raw(counts=(1, 0, 0, 1), body=_raw()[12:] + OPT + b"x"),
+    "a truncated question": _raw()[:-1],
+    "a short header": _raw()[:11],
+    "a name past the end": _raw(body=b"\x05ab"),
+}
+
+
+@pytest.mark.parametrize("what", ODD_QUERIES)
+def test_anything_odd_is_a_wire_error(what: str) -> None:
+    with pytest.raises(WireError):
+        parse_query(ODD_QUERIES[what])
+
+
+def test_the_odd_ones_differ_from_a_good_query_only_in_their_oddity() -> None:
+    assert parse_query(_raw()).name == "a"
+    assert parse_query(_raw(counts=(1, 0, 0, 1), body=_raw()[12:] + OPT)).edns is not None
+
+
+@pytest.mark.parametrize("rcode", [Rcode.REFUSED, Rcode.NXDOMAIN])
+@pytest.mark.parametrize("edns", [False, True])
+def test_the_refusal_is_a_valid_response_to_the_query(rcode: Rcode, edns: bool) -> None:
+    q = query("Secret.Attacker.example.", "TXT", use_edns=0 if edns else False,
+              want_dnssec=edns, options=[dns.edns.GenericOption(10, bytes(8))] if edns else None)
+    q.flags |= dns.flags.CD
+    r = dns.message.from_wire(refusal(parse_query(q.to_wire()), rcode))
+    assert q.is_response(r)  # id, QR, opcode and the question
+    assert r.rcode() == rcode and r.opcode() == dns.opcode.QUERY
+    assert r.flags & dns.flags.RD and r.flags & dns.flags.CD and r.flags & dns.flags.RA
+    assert str(r.question[0].name) == "Secret.Attacker.example."  # case kept (0x20)
+    assert not r.answer and not r.authority
+    if edns:
+        assert r.edns == 0 and r.ednsflags & dns.flags.DO
+        assert [(o.code, o.text) for o in r.extended_errors()] == [(15, "nfguard policy")]
+        assert all(o.otype == dns.edns.EDE for o in r.options)  # the cookie is not echoed
+    else:
+        assert r.edns == -1 and not r.additional
+
+
+def test_a_query_without_rd_gets_a_refusal_without_it() -> None:
+    q = query()
+    q.flags &= ~dns.flags.RD
+    r = dns.message.from_wire(refusal(parse_query(q.to_wire())))
+    assert q.is_response(r) and not r.flags & dns.flags.RD and r.rcode() == dns.rcode.REFUSED
+
+
+def test_pipelined_tcp_queries_are_split_and_read_in_order() -> None:
+    queries = [query(f"q{i}.example", "AAAA" if i % 2 else "A") for i in range(3)]
+    stream = b"".join(q.to_wire(prepend_length=True) for q in queries)
+    s = TcpDnsStream()
+    got = s.feed(stream[:5]) + s.feed(stream[5:-3]) + s.feed(stream[-3:])
+    assert [(parse_query(m).id, parse_query(m).name) for m in got] == [
+        (q.id, f"q{i}.example") for i, q in enumerate(queries)]

@@ -10,14 +10,15 @@ import ssl
 import struct
 import time
 
+import dns.message
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.dns import DNS, DNSQR, DNSRR, DNSRROPT, EDNS0TLV
 
-from nfguard.wire.dns import TcpDnsStream, parse_response
+from nfguard.wire.dns import Rcode, TcpDnsStream, parse_query, parse_response, refusal
 from nfguard.wire.errors import WireError
 from nfguard.wire.h2 import MAX_BYTES as H2_MAX_BYTES
 from nfguard.wire.h2 import PREFACE
@@ -55,6 +56,9 @@ DNS_SEED = bytes(
         ],
     ).compress()
 )
+
+QUERY_SEED = bytes(DNS(id=2, rd=1, qd=[DNSQR(qname="_ldap._tcp.example.org", qtype="SRV")],
+                       ar=[DNSRROPT(rclass=1232, rdata=[EDNS0TLV(optcode=10, optdata=b"c" * 8)])]))
 
 
 def _tls_seed() -> bytes:
@@ -168,6 +172,56 @@ def test_dns_tcp_stream(data: st.DataObject) -> None:
             for msg in stream.feed(piece):
                 assert 12 <= len(msg) <= 65535
                 only_wire_errors(parse_response, msg)
+    except WireError:
+        pass
+    assert stream.pending < 2 + 65535
+
+
+def _check_query(data: bytes) -> None:
+    """A query read is one a real library reads alike, and its refusal answers it."""
+    q = only_wire_errors(parse_query, data)
+    if q is None:
+        return
+    assert q.question == data[12 : 12 + len(q.question)]
+    assert len(q.name) <= 4 * 253 and not q.name.endswith(".")
+    theirs = dns.message.from_wire(data)  # what parse_query reads, a real library reads
+    assert (theirs.id, theirs.question[0].rdtype) == (q.id, q.qtype)
+    assert theirs.question[0].name.to_text(omit_final_dot=True).lower() == (q.name or ".") \
+        or "\\" in q.name  # the libraries escape odd bytes differently
+    for rcode in Rcode:
+        answer = dns.message.from_wire(refusal(q, rcode))
+        assert theirs.is_response(answer) and answer.rcode() == rcode
+        assert (answer.edns >= 0) == (q.edns is not None)
+
+
+def test_query_seed_is_read() -> None:
+    q = parse_query(QUERY_SEED)
+    assert (q.name, q.qtype, q.edns) == ("_ldap._tcp.example.org", 33, (1232, 0, True))
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_dns_query_arbitrary(data: bytes) -> None:
+    _check_query(data)
+    _check_query(QUERY_SEED[:12] + data)
+
+
+@FUZZ
+@given(mutated(QUERY_SEED))
+def test_dns_query_mutated(data: bytes) -> None:
+    _check_query(data)
+
+
+@FUZZ
+@given(st.data())
+def test_dns_query_tcp_stream(data: st.DataObject) -> None:
+    framed = struct.pack("!H", len(QUERY_SEED)) + QUERY_SEED
+    blob = data.draw(st.one_of(mutated(framed * 3), st.binary(max_size=300)))
+    stream = TcpDnsStream()
+    try:
+        for piece in pieces(blob, data.draw(split_points(blob))):
+            for msg in stream.feed(piece):
+                _check_query(msg)
     except WireError:
         pass
     assert stream.pending < 2 + 65535
@@ -409,6 +463,15 @@ def test_dns_compression_bomb_is_cheap() -> None:
         msg = hdr + qname + b"\x00\x01\x00\x01" + rrs
         assert len(msg) == 65535
         assert _timed(parse_response, msg) < 0.25
+
+
+def test_dns_query_of_16k_empty_options_is_cheap() -> None:
+    question = b"\x01a\x00\x00\x01\x00\x01"
+    options = b"\x00\x0c\x00\x00" * ((65535 - 12 - len(question) - 11) // 4)
+    msg = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 1) + question + b"\x00" + struct.pack(
+        "!HHIH", 41, 1232, 0, len(options)) + options
+    assert len(msg) > 65500 and parse_query(msg).edns is not None
+    assert _timed(parse_query, msg) < 0.1
 
 
 def test_tls_one_byte_records_one_byte_segments_is_linear() -> None:
