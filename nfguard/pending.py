@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 
 from nfguard.policy.match import Evidence
 from nfguard.wire.errors import WireError
-from nfguard.wire.http import RequestHead, RequestHeadReader
+from nfguard.wire.http import RequestHead, RequestHeadReader, could_start_request
 from nfguard.wire.ip import TCP, Packet
 from nfguard.wire.quic import QuicHelloAssembler
 from nfguard.wire.tls import ClientHelloReader, HelloResult
@@ -91,9 +91,6 @@ class Kind(Enum):
     OTHER = "other"
 
 
-# RFC 9110 tchar: a request method is a token; CR and LF start a request with blank lines.
-_HTTP_FIRST = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                        b"abcdefghijklmnopqrstuvwxyz\r\n")
 _TLS_RECORDS = frozenset(range(0x14, 0x18))  # change_cipher_spec, alert, handshake, data
 _SSH = b"SSH-"
 # An SSH client's identification line, and nothing an HTTP server could take for a
@@ -117,7 +114,7 @@ def classify(prefix: bytes) -> Kind | None:
     first = prefix[0]
     if first in _TLS_RECORDS:
         return Kind.TLS
-    if first not in _HTTP_FIRST:
+    if not could_start_request(prefix[:1]):  # neither a token character nor CR/LF
         return Kind.OTHER
     if prefix[:len(_SSH)] == _SSH[:len(prefix)]:
         end = prefix.find(b"\n")
