@@ -6,7 +6,12 @@ container's files: its `/usr/bin/apt` is whatever the image put there. So proces
 vouch for a container's flow (forwarded, or sent by a process in a container's cgroup on
 the host's network) only in a table that also says where it comes from: its interface,
 its container's name or image, or its cgroup (all set by this host, not the container);
-a table of process keys alone speaks of this host's own programs."""
+a table of process keys alone speaks of this host's own programs.
+
+`exe` holds only for a path that names the file the process runs (attribution checks it
+by device and inode, see nfguard.procs.exepath): not for a program whose path was mounted
+over in a namespace of its own, nor for one whose file was deleted or replaced since it
+started (a package upgrade: it matches again once restarted)."""
 
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ class Process(Protocol):
     def user(self) -> str | None: ...
     @property
     def exe(self) -> str | None: ...
+    @property
+    def exe_deleted(self) -> bool: ...
+    @property
+    def exe_mismatch(self) -> bool: ...
     @property
     def cmdline(self) -> tuple[str, ...]: ...
     @property
@@ -61,9 +70,10 @@ ORIGIN_KEYS = frozenset({"interface", "container", "image", "cgroup"})
 
 def match_key(process: Process) -> tuple:
     """Everything a match table can look at: processes equal here match the same clients."""
-    return (process.exe, process.parent_exe, process.cmdline, process.uid, process.user,
-            process.gids, process.groups, process.unit, process.cgroup, process.sha256,
-            process.interface, process.container)
+    return (process.exe, process.exe_deleted, process.exe_mismatch, process.parent_exe,
+            process.cmdline, process.uid, process.user, process.gids, process.groups,
+            process.unit, process.cgroup, process.sha256, process.interface,
+            process.container)
 
 
 def client_matches(client: Client, process: Process | None) -> bool:
@@ -80,7 +90,8 @@ def client_matches(client: Client, process: Process | None) -> bool:
 
 def _holds(key: str, expected: str, process: Process) -> bool:
     if key == "exe":
-        return _glob(process.exe, expected)
+        return not (process.exe_mismatch or process.exe_deleted) and _glob(process.exe,
+                                                                            expected)
     if key == "parent_exe":
         return _glob(process.parent_exe, expected)
     if key == "cmdline":

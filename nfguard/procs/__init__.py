@@ -4,14 +4,19 @@ Per flow, without scanning /proc:
 1. sock_diag exact-tuple lookup (raw netlink, ~5-10 µs) → uid, socket inode, cookie,
    cgroup id;
 2. cgroup id → cgroup v2 path (a lazily walked map; the id is the directory's inode);
-3. inode → pid: a cache validated by one readlink of the remembered fd (through the pid's
-   kept /proc/PID/fd directory when there is one, which also proves the process alive);
-4. on a miss, the pid the kernel recorded when the socket was connected or sent on (an
-   eBPF map keyed by socket cookie, see owners), trusted while that process lives;
-5. else the pids of the socket's cgroup, in the order most likely to hold a new socket
-   (just forked or exec'd, recent socket owners, then newest pid first), each probed
-   through a kept /proc/PID/fd directory fd: one fstat says whether its fd count changed
-   since it was last listed, and only new fds are read. The pid set comes from
+3. where the kernel records socket owners (an eBPF map keyed by socket cookie, see owners),
+   that record alone: the process that connected the socket (or sent on it), while it
+   lives and runs the program it ran then (the kernel records execs too: a process that
+   connects and then execs curl is not curl). A socket whose recorded process has exited
+   or exec'd since, or that has no record, is never attributed to another holder (a
+   fresh curl that inherited it): it gets its socket's uid and cgroup, no process;
+4. else (no record kept: no CAP_BPF, no cgroup v2) who holds the socket now: inode → pid
+   from a cache validated by one readlink of the remembered fd (through the pid's kept
+   /proc/PID/fd directory when there is one, which also proves the process alive);
+5. on a miss, the pids of the socket's cgroup, in the order most likely to hold a new
+   socket (just forked or exec'd, recent socket owners, then newest pid first), each
+   probed through a kept /proc/PID/fd directory fd: one fstat says whether its fd count
+   changed since it was last listed, and only new fds are read. The pid set comes from
    `cgroup.procs` once and is then kept live by the kernel's process connector (members,
    cnproc); without it (not the initial netns, no CAP_NET_ADMIN) `cgroup.procs` is read
    per miss. Pids whose fd count did not change are only put off: they are read in full
@@ -19,15 +24,18 @@ Per flow, without scanning /proc:
    processes (a fallback);
 6. pid → exe, cmdline, parent: cached, checked against the exe link (catches exec) and the
    start time (catches pid reuse). With process events, exec, fork and exit events drop
-   the entry instead, so a cached entry needs no read.
+   the entry instead, so a cached entry needs no read. An exe path is believed only when
+   it names the very file the process runs, in a tree the process could not rearrange
+   (exepath): else `exe_mismatch` is set and no `exe` key matches it.
 
 The uid comes from the kernel's socket, so it is known even when the process is not.
 `lookup` never raises: an unknown answer is a ProcessInfo with None fields. Every pid
-returned was just seen holding the socket (readlink of its fd), or is the live process the
-kernel saw connect it: ordering hints and cached memberships only decide where to look
-first, never what the answer is. A socket already closed when its packet is looked up (a
-UDP sender that dropped it after sendto) has no owner left to find: that flow gets the uid
-the kernel sent with the packet (the queue's NFQA_UID) and pid None, not a guess.
+returned is the live process the kernel saw connect the socket, or, where no record is
+kept, was just seen holding it (readlink of its fd): ordering hints and cached memberships
+only decide where to look first, never what the answer is. A socket already closed when
+its packet is looked up (a UDP sender that dropped it after sendto) has no owner left to
+find: that flow gets the uid the kernel sent with the packet (the queue's NFQA_UID) and
+pid None, not a guess.
 
 Not thread-safe: use one Attributor per thread (each has its own netlink socket).
 """
@@ -40,6 +48,7 @@ import logging
 import os
 import pwd
 import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
@@ -48,9 +57,10 @@ from nfguard.procs.cgroups import CgroupMap, find_cgroup2_root, unit_from_path
 from nfguard.procs.cnproc import ProcEvent, ProcEvents
 from nfguard.procs.containers import Container, Containers
 from nfguard.procs.exehash import ExeHashes
+from nfguard.procs.exepath import ExePaths
 from nfguard.procs.members import Group, Members
 from nfguard.procs.netns import Namespaces
-from nfguard.procs.owners import SocketOwners, started_before
+from nfguard.procs.owners import ExecTimes, SocketOwners, image_unchanged, started_before
 from nfguard.procs.process import (
     FOUND,
     PARTIAL,
@@ -76,9 +86,12 @@ class ProcessInfo(NamedTuple):
     pid: int | None = None
     exe: str | None = None
     exe_deleted: bool = False
+    # the path shown does not name the file it runs where it must be read (exepath): a
+    # mount of its own over it, or the file was deleted or replaced since it started
+    exe_mismatch: bool = False
     cmdline: tuple[str, ...] = ()
     ppid: int | None = None
-    parent_exe: str | None = None
+    parent_exe: str | None = None  # None too when its path does not name its file
     cgroup: str | None = None
     unit: str | None = None
     gids: tuple[int, ...] = ()  # effective gid first, then supplementary ones
@@ -99,6 +112,7 @@ class _ProcEntry:
     exe_link: str | None
     exe: str | None
     exe_deleted: bool
+    exe_mismatch: bool
     cmdline: tuple[str, ...]
     ppid: int | None
     parent_exe: str | None
@@ -106,12 +120,15 @@ class _ProcEntry:
     gids: tuple[int, ...]
     groups: tuple[str, ...]  # the gids' names, where the system knows them
     fd_serial: int | None  # FdDirs.serial(pid) when read: the same one proves the same process
+    read_at: int  # CLOCK_BOOTTIME ns before the exe link was read (owners.image_unchanged)
 
 
 @dataclasses.dataclass
 class Counters:
     """lookups = recorded + hits + misses + (lookups that found no socket or inode) + errors;
-    recorded: settled by the kernel's record of the socket's owner (owners).
+    recorded: settled by the kernel's record of the socket's owner (owners); refused: the
+    record names a process that exited or exec'd since it connected, or (unrecorded) there is
+    none although records are kept: no process is given for those, never another holder.
     misses that the cgroup route could not settle are also counted in fallbacks;
     failures counts lookups that ended without a pid. forwarded: lookups of forwarded
     flows (lookup_forwarded), outside the sum above. pids_probed: pids looked at (one
@@ -120,6 +137,8 @@ class Counters:
 
     lookups: int = 0
     recorded: int = 0
+    refused: int = 0
+    unrecorded: int = 0
     hits: int = 0
     misses: int = 0
     fallbacks: int = 0
@@ -136,6 +155,8 @@ class Counters:
         return {
             "lookups": self.lookups,
             "recorded": self.recorded,
+            "refused": self.refused,
+            "unrecorded": self.unrecorded,
             "hits": self.hits,
             "misses": self.misses,
             "fallbacks": self.fallbacks,
@@ -222,6 +243,10 @@ class Attributor:
         self._groups: LRU[int, tuple[str | None]] = LRU(4096)
         self._units: Memo[str | None, str | None] = Memo(4096)
         self._hashes = ExeHashes(proc_root)
+        self._paths = ExePaths(proc_root)
+        # pid → when the process connector last saw it exec (boot ns): what stands in for
+        # the kernel's exec record (owners.ExecTimes) where that cannot be loaded
+        self._exec_seen: LRU[int, int] = LRU(proc_cache_size)
         self._namespaces = Namespaces(proc_root)
         self._containers = containers if containers is not None else Containers()
         if events is None:
@@ -293,6 +318,20 @@ class Attributor:
         self._members = Members()
         self._cgroups = CgroupMap(self._cgroups.root)
 
+    @property
+    def exec_times(self) -> str:
+        """How exec-after-connect is told: "kernel" (an exec seen from its start),
+        "kernel-after" (only once done: kernels before 6.10), "events" (the process
+        connector, once done), or "none"."""
+        execs = self._execs
+        if execs is not None:
+            return "kernel" if execs.sees_exec_begin else "kernel-after"
+        return "events" if self._events is not None else "none"
+
+    @property
+    def _execs(self) -> ExecTimes | None:
+        return getattr(self._owners, "execs", None)
+
     def poll_events(self) -> int:
         """Fold in queued process events; the daemon may call this when idle so that the
         kernel's buffer does not overflow (lookups call it on every cache miss)."""
@@ -306,8 +345,13 @@ class Attributor:
             self._procs.clear()
         for pid in self._members.apply(events):
             self._fds.drop(pid)
+        boot = mono = 0
         for event in events:  # a new program, or another process: what was read is stale
             self._procs.pop(event.pid)
+            if event.kind == "exec" and event.at:
+                if not mono:
+                    mono, boot = _clocks()
+                self._exec_seen.put(event.pid, event.at + boot - mono)
         self.counters.events += len(events)
         return len(events)
 
@@ -407,6 +451,8 @@ class Attributor:
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
 
+        if self._owners is not None:  # the kernel's record alone decides (module docstring)
+            return self._recorded(uid, user, inode, d.cookie, cg_path, hash_exe)
         pid: int | None = None
         cached = self._inodes.get(inode)
         if cached is not None and self._fds.holds(cached[0], cached[1], inode):
@@ -418,10 +464,6 @@ class Attributor:
             # the entry needs no exe link check (the miss route drains them too).
             self.poll_events()
         else:
-            recorded = self._recorded(d.cookie, cg_path is None)
-            if recorded is not None:
-                c.recorded += 1
-                return self._info(uid, user, inode, recorded[0], recorded[1], cg_path, hash_exe)
             c.misses += 1
             proven = False
             found = self._search(inode, uid, d.cgroup_id, cg_path)
@@ -438,20 +480,50 @@ class Attributor:
             return self._socket_only(uid, user, inode, cg_path)
         return self._info(uid, user, inode, pid, entry, cg_path, hash_exe)
 
-    def _recorded(self, cookie: int, want_cgroup: bool) -> tuple[int, _ProcEntry] | None:
-        """The process the kernel saw connect (or send on) the socket, if it still lives:
-        gone, or its pid reused since, the socket may live on in a child; then search."""
-        record = self._owners.lookup(cookie) if self._owners is not None else None
+    def _recorded(self, uid: int, user: str | None, inode: int, cookie: int,
+                  cg_path: str | None, hash_exe: bool) -> ProcessInfo:
+        """The process the kernel saw connect (or send on) the socket, if it still lives
+        and runs the program it ran then. Otherwise the socket alone: a child holding it
+        now, or the program exec'd since, did not make this flow."""
+        c = self.counters
+        assert self._owners is not None
+        record = self._owners.lookup(cookie)
         if record is None:
-            return None
+            c.unrecorded += 1
+            c.failures += 1
+            return self._socket_only(uid, user, inode, cg_path)
         pid, connected_at = record
         self.poll_events()
         if self._events is None:  # an entry read through a kept directory that still
             self._fds.refresh(pid)  # works describes the live process (_entry)
-        entry = self._entry(pid, False, want_cgroup)
-        if entry is None or not started_before(entry.starttime, connected_at, self._hz):
-            return None
-        return pid, entry
+        entry = self._entry(pid, False, cg_path is None)
+        if entry is not None and started_before(entry.starttime, connected_at, self._hz):
+            # everything about the process is read first, then its exec times: an exec
+            # that replaced what was read has begun (or ended) by then
+            info = self._info(uid, user, inode, pid, entry, cg_path, hash_exe)
+            prepared, done = self._exec_times(pid)
+            if done is not None and entry.read_at < done:  # read before that exec: again
+                self._procs.pop(pid)
+                entry = self._entry(pid, False, cg_path is None)
+                if entry is not None:
+                    info = self._info(uid, user, inode, pid, entry, cg_path, hash_exe)
+                    prepared, done = self._exec_times(pid)
+            if entry is not None and image_unchanged(connected_at, prepared, done,
+                                                     entry.read_at):
+                c.recorded += 1
+                return info
+        c.refused += 1
+        c.failures += 1
+        return self._socket_only(uid, user, inode, cg_path)
+
+    def _exec_times(self, pid: int) -> tuple[int | None, int | None]:
+        """When pid's last exec began and ended (boot ns), as far as anything here saw."""
+        execs = self._execs
+        prepared, done = execs.of(pid) if execs is not None else (None, None)
+        seen = self._exec_seen.get(pid)
+        if seen is not None and (done is None or seen > done):
+            done = seen
+        return prepared, done
 
     def _info(self, uid: int, user: str | None, inode: int, pid: int, entry: _ProcEntry,
               cg_path: str | None, hash_exe: bool) -> ProcessInfo:
@@ -463,6 +535,7 @@ class Attributor:
             pid=pid,
             exe=entry.exe,
             exe_deleted=entry.exe_deleted,
+            exe_mismatch=entry.exe_mismatch,
             cmdline=entry.cmdline,
             ppid=entry.ppid,
             parent_exe=entry.parent_exe,
@@ -616,6 +689,7 @@ class Attributor:
             return entry
         serial = self._fds.serial(pid)
         same_process = entry is not None and serial is not None and serial == entry.fd_serial
+        read_at = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         link = self._proc.exe_link(pid)
         if entry is not None and entry.exe_link == link:
             if proven or same_process:
@@ -628,16 +702,19 @@ class Attributor:
             self._procs.pop(pid)
             return None
         exe, deleted = split_deleted(link) if link is not None else (None, False)
+        mismatch = exe is not None and (deleted or not self._paths.names_its_file(pid, exe))
         parent_exe = None
         if st.ppid > 0:
             plink = self._proc.exe_link(st.ppid)
-            parent_exe = split_deleted(plink)[0] if plink is not None else None
+            if plink is not None and self._paths.names_its_file(st.ppid, plink):
+                parent_exe = plink
         gids = self._proc.gids(pid)
         entry = _ProcEntry(
             starttime=st.starttime,
             exe_link=link,
             exe=exe,
             exe_deleted=deleted,
+            exe_mismatch=mismatch,
             cmdline=self._proc.cmdline(pid),
             ppid=st.ppid if st.ppid > 0 else None,
             parent_exe=parent_exe,
@@ -645,6 +722,7 @@ class Attributor:
             gids=gids,
             groups=tuple(name for name in map(self._group, gids) if name is not None),
             fd_serial=serial,
+            read_at=read_at,
         )
         self._procs.put(pid, entry)
         return entry
@@ -664,6 +742,11 @@ class Attributor:
 
     def _user(self, uid: int) -> str | None:
         return _name_of(self._users, uid, lambda u: pwd.getpwuid(u).pw_name)
+
+
+def _clocks() -> tuple[int, int]:
+    """CLOCK_MONOTONIC and CLOCK_BOOTTIME now (process events carry the first)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
 def _name_of(cache: LRU[int, tuple[str | None]], ident: int,
