@@ -224,6 +224,7 @@ class Attributor:
         owners: Owners | bool | None = None,
         diag: SockDiag | None = None,
         containers: Containers | None = None,
+        paths: ExePaths | None = None,
     ) -> None:
         """cache_size bounds inode→(pid, fd); proc_cache_size bounds pid→process info;
         scan_limit / fallback_limit bound the pids whose fds one lookup may read; fd_dirs
@@ -231,7 +232,7 @@ class Attributor:
         one, False for none, None to open one when reading the real /proc. owners: the
         same for the kernel's record of socket owners (see owners), where it loads.
         containers: where containers' names and images are read (the runtimes' default
-        state directories unless given)."""
+        state directories unless given). paths: what checks exe paths (tests pass a fake)."""
         self._diag = diag if diag is not None else SockDiag()
         self._proc = ProcReader(proc_root)
         self._fds = FdDirs(proc_root, fd_dirs)
@@ -243,7 +244,7 @@ class Attributor:
         self._groups: LRU[int, tuple[str | None]] = LRU(4096)
         self._units: Memo[str | None, str | None] = Memo(4096)
         self._hashes = ExeHashes(proc_root)
-        self._paths = ExePaths(proc_root)
+        self._paths = paths if paths is not None else ExePaths(proc_root)
         # pid → when the process connector last saw it exec (boot ns): what stands in for
         # the kernel's exec record (owners.ExecTimes) where that cannot be loaded
         self._exec_seen: LRU[int, int] = LRU(proc_cache_size)
