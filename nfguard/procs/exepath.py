@@ -42,9 +42,12 @@ class ExePaths:
         the engine's own (the same files, but its own /tmp under systemd's PrivateTmp)."""
         self.root = proc_root
         host = "1" if _identity(f"{proc_root}/1/root/") is not None else "self"
-        self.host_tree = f"{proc_root}/{host}/root"
         self._host_mounts = _identity(f"{proc_root}/{host}/ns/mnt")
         self._initial_users = _identity(f"{proc_root}/{host}/ns/user")
+        # paths as they are where the engine sees the host's tree itself (half the cost)
+        mine = host == "self" or (self._host_mounts == _identity(f"{proc_root}/self/ns/mnt")
+                                  and _identity(f"{proc_root}/1/root/") == _identity("/"))
+        self.host_tree = "" if mine and proc_root == "/proc" else f"{proc_root}/{host}/root"
 
     def names_its_file(self, pid: int, path: str) -> bool:
         """Whether `path` (as pid's exe link shows it) names, in the tree pid is judged

@@ -46,7 +46,7 @@ _HOOKS = (_ATTACH_INET4_CONNECT, _ATTACH_INET6_CONNECT,
           _ATTACH_UDP4_SENDMSG, _ATTACH_UDP6_SENDMSG)
 
 # helper ids
-_MAP_UPDATE_ELEM = 2
+_MAP_LOOKUP_ELEM_HELPER, _MAP_UPDATE_ELEM = 1, 2
 _GET_CURRENT_PID_TGID = 14
 _GET_SOCKET_COOKIE = 46
 _KTIME_GET_BOOT_NS = 125
@@ -58,7 +58,7 @@ _KEY = struct.Struct("=Q")  # socket cookie
 _VALUE = struct.Struct("=QQ")  # pid_tgid (tgid in the high half), CLOCK_BOOTTIME ns
 _LOOKUP_ATTR = struct.Struct("=IIQQQ")  # map_fd, pad, key ptr, value ptr, flags
 _TGID = struct.Struct("=I")  # ExecTimes' key
-_NS = struct.Struct("=Q")  # ExecTimes' value: CLOCK_BOOTTIME ns
+_EXECS = struct.Struct("=QQ")  # ExecTimes' value: CLOCK_BOOTTIME ns began, done (0: unseen)
 
 
 def _insn(op: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -91,22 +91,34 @@ def program(map_fd: int) -> bytes:
     ])
 
 
-def exec_program(map_fd: int) -> bytes:
-    """The exec recorder: map[current tgid] = boot time; returns 0. The key sits at fp-4,
-    the value at fp-16."""
+def exec_program(map_fd: int, field: int) -> bytes:
+    """The exec recorder: map[current tgid][field] = boot time (field 0: began, 1: done),
+    in place, or a new entry with the other field 0; returns 0. r7 keeps the time; the key
+    sits at fp-4, a new value at fp-24."""
     call, mov_reg, mov_imm, add_imm, rsh_imm, store32, store64 = (
         0x85, 0xBF, 0xB7, 0x07, 0x77, 0x63, 0x7B)
-    fp = 10
+    jeq_imm, ja = 0x15, 0x05
+    fp, at = 10, 8 * field
+    load_map = [_insn(0x18, 1, 1, imm=map_fd), _insn(0)]  # r1 = the map (ld_imm64)
     return b"".join([
         _insn(call, imm=_GET_CURRENT_PID_TGID),
         _insn(rsh_imm, 0, imm=32),
         _insn(store32, fp, 0, -4),
         _insn(call, imm=_KTIME_GET_BOOT_NS),
-        _insn(store64, fp, 0, -16),
-        _insn(0x18, 1, 1, imm=map_fd), _insn(0),
+        _insn(mov_reg, 7, 0),
+        *load_map,
         _insn(mov_reg, 2, fp), _insn(add_imm, 2, imm=-4),
-        _insn(mov_reg, 3, fp), _insn(add_imm, 3, imm=-16),
-        _insn(mov_imm, 4, imm=0),
+        _insn(call, imm=_MAP_LOOKUP_ELEM_HELPER),
+        _insn(jeq_imm, 0, off=2, imm=0),  # no entry yet: make one
+        _insn(store64, 0, 7, at),  # entry[field] = time
+        _insn(ja, off=12),  # to the exit
+        _insn(mov_imm, 1, imm=0),
+        _insn(store64, fp, 1, -24), _insn(store64, fp, 1, -16),
+        _insn(store64, fp, 7, -24 + at),
+        *load_map,
+        _insn(mov_reg, 2, fp), _insn(add_imm, 2, imm=-4),
+        _insn(mov_reg, 3, fp), _insn(add_imm, 3, imm=-24),
+        _insn(mov_imm, 4, imm=0),  # BPF_ANY
         _insn(call, imm=_MAP_UPDATE_ELEM),
         _insn(mov_imm, 0, imm=0),
         _insn(0x95),
@@ -197,49 +209,40 @@ class SocketOwners:
 
 class ExecTimes:
     """When each process last began (Linux 6.10+) and finished an exec, by tgid, as two
-    raw tracepoints recorded it. Needs CAP_PERFMON besides CAP_BPF."""
+    raw tracepoints recorded them in one map. Needs CAP_PERFMON besides CAP_BPF."""
 
-    def __init__(self, prepared_fd: int | None, done_fd: int, fds: list[int]) -> None:
-        self._prepared = None if prepared_fd is None else _MapReader(prepared_fd, 4, 8)
-        self._done = _MapReader(done_fd, 4, 8)
+    def __init__(self, map_fd: int, fds: list[int], sees_exec_begin: bool) -> None:
+        self._map = _MapReader(map_fd, _TGID.size, _EXECS.size)
         self._fds = fds
-
-    @property
-    def sees_exec_begin(self) -> bool:
-        """Whether an exec is known from its start (sched_prepare_exec), not only its end."""
-        return self._prepared is not None
+        self.sees_exec_begin = sees_exec_begin  # not only an exec's end (sched_prepare_exec)
 
     @classmethod
     def open(cls, max_entries: int = 65536) -> ExecTimes:
         """Both tracepoints, or only the second on kernels before 6.10 (which lack the
         first); OSError when not even that (no CAP_PERFMON, no raw tracepoints)."""
-        fds: list[int] = []
+        map_fd = _bpf(_MAP_CREATE, struct.pack("=IIIIIII16s", _MAP_TYPE_LRU_HASH, _TGID.size,
+                                               _EXECS.size, max_entries, 0, 0, 0,
+                                               b"nfguard_execs"))
+        fds = [map_fd]
         try:
-            done = _exec_map(max_entries, b"nfguard_exec")
-            fds.append(done)
-            fds.append(_raw_tracepoint(done, PROCESS_EXEC))
-            prep_map = _exec_map(max_entries, b"nfguard_prep")
-            fds.append(prep_map)
-            prepared: int | None = prep_map
+            fds.append(_raw_tracepoint(map_fd, PROCESS_EXEC, 1))
             try:
-                fds.append(_raw_tracepoint(prep_map, PREPARE_EXEC))
+                fds.append(_raw_tracepoint(map_fd, PREPARE_EXEC, 0))
             except OSError:  # before Linux 6.10
-                fds.remove(prep_map)
-                os.close(prep_map)
-                prepared = None
+                return cls(map_fd, fds, False)
         except BaseException:
-            for fd in fds:
+            for fd in reversed(fds):
                 os.close(fd)
             raise
-        return cls(prepared, done, fds)
+        return cls(map_fd, fds, True)
 
     def of(self, pid: int) -> tuple[int | None, int | None]:
         """(began, done) of pid's last exec seen, boot ns; None for what was not seen."""
-        key = _TGID.pack(pid)
-        prepared = self._prepared.get(key) if self._prepared is not None else None
-        done = self._done.get(key)
-        return (None if prepared is None else _NS.unpack(prepared)[0],
-                None if done is None else _NS.unpack(done)[0])
+        raw = self._map.get(_TGID.pack(pid))
+        if raw is None:
+            return None, None
+        began, done = _EXECS.unpack(raw)
+        return began or None, done or None
 
     def close(self) -> None:
         for fd in reversed(self._fds):  # the links first
@@ -264,15 +267,10 @@ class _MapReader:
         return self._value.raw
 
 
-def _exec_map(max_entries: int, name: bytes) -> int:
-    return _bpf(_MAP_CREATE, struct.pack("=IIIIIII16s", _MAP_TYPE_LRU_HASH, _TGID.size,
-                                         _NS.size, max_entries, 0, 0, 0, name))
-
-
-def _raw_tracepoint(map_fd: int, name: bytes) -> int:
-    """The exec recorder for map_fd, loaded and attached to raw tracepoint `name`: the
-    returned fd holds it attached."""
-    prog = _load(map_fd, 0, exec_program(map_fd), _PROG_TYPE_RAW_TRACEPOINT)
+def _raw_tracepoint(map_fd: int, name: bytes, field: int) -> int:
+    """The exec recorder of `field` for map_fd, loaded and attached to raw tracepoint
+    `name`: the returned fd holds it attached."""
+    prog = _load(map_fd, 0, exec_program(map_fd, field), _PROG_TYPE_RAW_TRACEPOINT)
     try:
         tracepoint = ctypes.create_string_buffer(name)
         return _bpf(_RAW_TRACEPOINT_OPEN, struct.pack("=QI", ctypes.addressof(tracepoint), prog))

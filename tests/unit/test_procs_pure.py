@@ -683,11 +683,17 @@ def test_image_unchanged() -> None:
 
 
 def test_exec_program_shape() -> None:
-    code = exec_program(7)
-    assert len(code) % 8 == 0 and len(code) // 8 == 15  # ld_imm64 takes two
-    ops = [code[i] for i in range(0, len(code), 8)]
-    assert ops[-1] == 0x95 and ops.count(0x85) == 3  # exits after three helper calls
-    assert struct.unpack_from("<i", code, 5 * 8 + 4) == (7,)  # the map's fd, ld_imm64
+    """Both recorders: entry[field] = now in place, else a new entry; both jumps land."""
+    for field in (0, 1):
+        code = exec_program(7, field)
+        insns = [struct.unpack_from("<BBhi", code, i) for i in range(0, len(code), 8)]
+        assert len(code) == 27 * 8  # two ld_imm64 take two slots each
+        assert insns[-1][0] == 0x95 and [op for op, *_ in insns].count(0x85) == 4
+        assert insns[5][3] == insns[17][3] == 7  # the map's fd
+        jeq, ja = insns[10], insns[12]
+        assert (jeq[0], 10 + 1 + jeq[2]) == (0x15, 13)  # no entry: to the insert
+        assert (ja[0], 12 + 1 + ja[2]) == (0x05, 25)  # to "r0 = 0; exit"
+        assert insns[11][2] == 8 * field and insns[16][2] == -24 + 8 * field
 
 
 
