@@ -91,9 +91,10 @@ if connector == 0:
     os.write(info_w, f"{holder} {fd}\n".encode())
     os._exit(0)
 holder, fd = map(int, os.read(info_r, 100).split())
+gone = mode == "exec"  # the connector is the holder; else it must have exited
 for _ in range(500):
+    gone = gone or os.waitpid(connector, os.WNOHANG)[0] == connector
     exe = os.readlink(f"/proc/{holder}/exe")
-    gone = mode == "exec" or os.waitpid(connector, os.WNOHANG)[0] == connector
     if exe == curl and gone:
         break
     time.sleep(0.01)
