@@ -51,7 +51,6 @@ POLICY = f"""
     action = "allow"
     to = ["{ALLOWED_V4}"]
     ports = [{PORT}]
-    proto = "tcp"
 
     [[policy]]
     name = "deny-all"
@@ -61,25 +60,28 @@ POLICY = f"""
     to = ["0.0.0.0/0", "::/0"]
 """
 
-# argv: mode ("exec" | "handover"), curl, host, port, marker. Prints "ready" once the
-# socket's only holder is a curl process (and, for handover, its connector has exited),
-# then waits for a line on stdin (the engine runs again), takes the socket out of that
-# curl (pidfd_getfd: it is our child) and writes the marker once connected.
+# argv: mode ("exec" | "handover"), proto, curl, host, port, marker. Connects (UDP: and
+# sends a first datagram), then prints "ready" once the socket's only holder is a curl
+# process (and, for handover, its connector has exited), waits for a line on stdin (the
+# engine runs again), takes the socket out of that curl (pidfd_getfd: it is our child)
+# and writes the marker once connected.
 ATTACKER = r"""
 import ctypes, os, select, socket, sys, time
-mode, curl, host, port, marker = sys.argv[1:6]
+mode, proto, curl, host, port, marker = sys.argv[1:7]
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: an orphaned curl stays our child
 hold_r, hold_w = os.pipe()  # curl's stdin: never written, so `curl -K -` waits on it
 info_r, info_w = os.pipe()
 connector = os.fork()
 if connector == 0:
-    s = socket.socket()
+    s = socket.socket(type=socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
     s.setblocking(False)
     try:
         s.connect((host, int(port)))
     except BlockingIOError:
         pass
+    if proto == "udp":
+        s.send(b"hello")
     os.set_inheritable(s.fileno(), True)
     fd = s.fileno()
     holder = os.fork() if mode == "handover" else 0
@@ -106,7 +108,8 @@ mine = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
 if mine < 0:
     print("getfd failed", ctypes.get_errno(), flush=True)
     sys.exit(1)
-s = socket.socket(fileno=mine)
+s = socket.socket(type=socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM,
+                  fileno=mine)
 select.select([], [s], [], 5)
 err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
 try:
@@ -128,15 +131,16 @@ IMPOSTOR = (
 )
 
 
-def _start(lab: Lab):  # type: ignore[no-untyped-def]
+def _start(lab: Lab, proto: str = "tcp"):  # type: ignore[no-untyped-def]
     recording = lab.record_tcp(ALLOWED_V4, PORT)
+    udp = lab.record_udp(ALLOWED_V4, PORT) if proto == "udp" else None
     lab.start_engine(lab.write_config(POLICY))
     legit = f"legit-{uuid.uuid4().hex}"
     out = lab.exec(lab.client, *NOBODY, CURL, "-s", "-m", "5", "-o", "/dev/null",
                    f"http://{ALLOWED_V4}:{PORT}/{legit}")
     assert out.returncode in (0, 52, 28), out  # the recorder answers nothing
     lab.wait_until(lambda: recording.contains(legit.encode()))  # curl itself passes
-    return recording
+    return recording if udp is None else udp
 
 
 def _arrived(recording, marker: str) -> bool:  # type: ignore[no-untyped-def]
@@ -148,13 +152,14 @@ def _arrived(recording, marker: str) -> bool:  # type: ignore[no-untyped-def]
     return False
 
 
-@pytest.mark.parametrize("mode", ["exec", "handover"])
-def test_socket_passed_to_curl_is_not_curls(lab: Lab, mode: str) -> None:
-    recording = _start(lab)
-    marker = f"{mode}-{uuid.uuid4().hex}"
+@pytest.mark.parametrize(("mode", "proto"), [("exec", "tcp"), ("handover", "tcp"),
+                                             ("exec", "udp"), ("handover", "udp")])
+def test_socket_passed_to_curl_is_not_curls(lab: Lab, mode: str, proto: str) -> None:
+    recording = _start(lab, proto)
+    marker = f"{mode}-{proto}-{uuid.uuid4().hex}"
     assert lab.engine is not None
     lab.engine.send_signal(signal.SIGSTOP)
-    attacker = lab.spawn(lab.client, *NOBODY, SYS_PY, "-c", ATTACKER, mode, CURL,
+    attacker = lab.spawn(lab.client, *NOBODY, SYS_PY, "-c", ATTACKER, mode, proto, CURL,
                          ALLOWED_V4, str(PORT), marker, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     try:
