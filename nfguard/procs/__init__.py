@@ -60,7 +60,13 @@ from nfguard.procs.exehash import ExeHashes
 from nfguard.procs.exepath import ExePaths
 from nfguard.procs.members import Group, Members
 from nfguard.procs.netns import Namespaces
-from nfguard.procs.owners import ExecTimes, SocketOwners, image_unchanged, started_before
+from nfguard.procs.owners import (
+    ExecTimes,
+    SocketOwners,
+    image_unchanged,
+    socket_cookie,
+    started_before,
+)
 from nfguard.procs.process import (
     FOUND,
     PARTIAL,
@@ -407,8 +413,10 @@ class Attributor:
         interface: str, hash_exe: bool = False,
     ) -> ProcessInfo:
         """Who sent a flow forwarded from `interface` (a container's): the process holding
-        its socket in the network namespace its source address belongs to. A VM's flow,
-        or one whose socket is gone, is known by its interface alone. Never raises."""
+        its socket in the network namespace its source address belongs to, or, where the
+        kernel records socket owners, the process the record names for that socket (the
+        holder's fd gives its cookie), on the same terms as `lookup`. A VM's flow, or one
+        whose socket is gone, is known by its interface alone. Never raises."""
         self.counters.forwarded += 1
         try:
             found = self._namespaces.find(proto, _FAMILIES[family], src, sport, dst, dport)
@@ -420,6 +428,14 @@ class Attributor:
             if hit is None:  # a process that joined the namespace since it was read
                 hit = self._proc.find_socket(self._namespaces.refresh(found.space),
                                              found.inode, self._learn)
+            if self._owners is not None:  # the holder only leads to the kernel's record
+                cookie = None if hit is None else socket_cookie(hit[0], hit[1], found.inode)
+                if cookie is None:
+                    self.counters.failures += 1
+                    return self._socket_only(found.uid, user, found.inode, None)._replace(
+                        interface=interface)
+                return self._recorded(found.uid, user, found.inode, cookie, None,
+                                      hash_exe)._replace(interface=interface)
             entry = self._entry(hit[0], False, True) if hit is not None else None
             if hit is None or entry is None:
                 self.counters.failures += 1

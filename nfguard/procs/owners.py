@@ -29,10 +29,12 @@ import ctypes
 import errno
 import os
 import platform
+import socket
 import struct
+import sys
 
 __all__ = ["ExecTimes", "SocketOwners", "exec_program", "image_unchanged", "program",
-           "started_before"]
+           "socket_cookie", "started_before"]
 
 # bpf(2) commands, map and program types, attach points (linux/bpf.h)
 _MAP_CREATE, _MAP_LOOKUP_ELEM, _PROG_LOAD, _RAW_TRACEPOINT_OPEN, _LINK_CREATE = 0, 1, 5, 17, 28
@@ -298,6 +300,40 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 _NR_BPF = _SYS_BPF.get(platform.machine(), -1)
+
+
+_PIDFD_GETFD = 438  # the same number on every architecture
+_SO_COOKIE = 57
+
+
+def socket_cookie(pid: int, fd: int, inode: int) -> int | None:
+    """The cookie of socket `inode`, which pid holds at fd: read from a copy of that fd
+    (pidfd_getfd, CAP_SYS_PTRACE over pid), so a socket found only through /proc (in
+    another network namespace) can be looked up in the record too. None when it cannot
+    be had, or the fd holds another socket by now."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        mine = int(_syscall(_PIDFD_GETFD, pidfd, fd, 0))
+    finally:
+        os.close(pidfd)
+    if mine < 0:
+        return None
+    try:
+        if os.fstat(mine).st_ino != inode:
+            return None
+        sock = socket.socket(fileno=mine)
+        try:
+            return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8),
+                                  sys.byteorder)
+        finally:
+            sock.detach()
+    except OSError:
+        return None
+    finally:
+        os.close(mine)
 
 
 def _bpf(cmd: int, attr: bytes, log: ctypes.Array[ctypes.c_char] | None = None) -> int:

@@ -41,6 +41,11 @@ POLICY = f"""
     policies = ["recorder"]
 
     [[client]]
+    name = "container-curl"
+    match = {{ interface = "docker0", exe = "{CURL}" }}
+    policies = ["recorder"]
+
+    [[client]]
     name = "everyone-else"
     policies = ["deny-all"]
 
@@ -131,16 +136,23 @@ IMPOSTOR = (
 )
 
 
-def _start(lab: Lab, proto: str = "tcp"):  # type: ignore[no-untyped-def]
+def _start(lab: Lab, proto: str = "tcp", where: str = "host"):  # type: ignore[no-untyped-def]
+    """The recorders and the engine; curl itself passes (from the host or the container)."""
+    if where == "container":
+        lab.add_container("docker0")
     recording = lab.record_tcp(ALLOWED_V4, PORT)
     udp = lab.record_udp(ALLOWED_V4, PORT) if proto == "udp" else None
     lab.start_engine(lab.write_config(POLICY))
     legit = f"legit-{uuid.uuid4().hex}"
-    out = lab.exec(lab.client, *NOBODY, CURL, "-s", "-m", "5", "-o", "/dev/null",
+    out = lab.exec(_namespace(lab, where), *NOBODY, CURL, "-s", "-m", "5", "-o", "/dev/null",
                    f"http://{ALLOWED_V4}:{PORT}/{legit}")
     assert out.returncode in (0, 52, 28), out  # the recorder answers nothing
     lab.wait_until(lambda: recording.contains(legit.encode()))  # curl itself passes
     return recording if udp is None else udp
+
+
+def _namespace(lab: Lab, where: str) -> str:
+    return lab.container if where == "container" else lab.client
 
 
 def _arrived(recording, marker: str) -> bool:  # type: ignore[no-untyped-def]
@@ -152,14 +164,18 @@ def _arrived(recording, marker: str) -> bool:  # type: ignore[no-untyped-def]
     return False
 
 
-@pytest.mark.parametrize(("mode", "proto"), [("exec", "tcp"), ("handover", "tcp"),
-                                             ("exec", "udp"), ("handover", "udp")])
-def test_socket_passed_to_curl_is_not_curls(lab: Lab, mode: str, proto: str) -> None:
-    recording = _start(lab, proto)
-    marker = f"{mode}-{proto}-{uuid.uuid4().hex}"
+@pytest.mark.parametrize(("mode", "proto", "where"), [
+    ("exec", "tcp", "host"), ("handover", "tcp", "host"),
+    ("exec", "udp", "host"), ("handover", "udp", "host"),
+    ("exec", "tcp", "container"), ("handover", "udp", "container"),  # forwarded flows
+])
+def test_socket_passed_to_curl_is_not_curls(lab: Lab, mode: str, proto: str,
+                                            where: str) -> None:
+    recording = _start(lab, proto, where)
+    marker = f"{mode}-{proto}-{where}-{uuid.uuid4().hex}"
     assert lab.engine is not None
     lab.engine.send_signal(signal.SIGSTOP)
-    attacker = lab.spawn(lab.client, *NOBODY, SYS_PY, "-c", ATTACKER, mode, proto, CURL,
+    attacker = lab.spawn(_namespace(lab, where), *NOBODY, SYS_PY, "-c", ATTACKER, mode, proto, CURL,
                          ALLOWED_V4, str(PORT), marker, stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True)
     try:
@@ -177,6 +193,7 @@ def test_socket_passed_to_curl_is_not_curls(lab: Lab, mode: str, proto: str) -> 
     deny = lab.wait_for_event(lambda e: e.get("event", {}).get("action") == "deny"
                               and e.get("destination", {}).get("port") == PORT)
     assert deny["nfguard"]["client"] == "everyone-else", deny
+    assert "pid" not in deny.get("process", {}), "never another holder's"
 
 
 def test_binary_bind_mounted_over_curl_is_not_curl(lab: Lab) -> None:
