@@ -254,6 +254,8 @@ class Attributor:
         # pid → when the process connector last saw it exec (boot ns): what stands in for
         # the kernel's exec record (owners.ExecTimes) where that cannot be loaded
         self._exec_seen: LRU[int, int] = LRU(proc_cache_size)
+        # pid → (when it was forked, boot ns; by whom), from process events
+        self._forked: LRU[int, tuple[int, int | None]] = LRU(proc_cache_size)
         self._namespaces = Namespaces(proc_root)
         self._containers = containers if containers is not None else Containers()
         if events is None:
@@ -355,10 +357,13 @@ class Attributor:
         boot = mono = 0
         for event in events:  # a new program, or another process: what was read is stale
             self._procs.pop(event.pid)
-            if event.kind == "exec" and event.at:
+            if event.kind in ("exec", "fork") and event.at:
                 if not mono:
                     mono, boot = _clocks()
-                self._exec_seen.put(event.pid, event.at + boot - mono)
+                if event.kind == "exec":
+                    self._exec_seen.put(event.pid, event.at + boot - mono)
+                else:
+                    self._forked.put(event.pid, (event.at + boot - mono, event.parent))
         self.counters.events += len(events)
         return len(events)
 
@@ -532,6 +537,22 @@ class Attributor:
         c.refused += 1
         c.failures += 1
         return self._socket_only(uid, user, inode, cg_path)
+
+    def _started_it(self, ppid: int, pid: int, start_ticks: int, read_at: int) -> bool:
+        """Whether the program ppid runs (read before `read_at`) is the one that forked pid:
+        not when ppid exec'd since (a process forks its payload, then execs git), nor when
+        pid was forked by another process (reparented: its parent exited). The fork time
+        comes from process events; without them, the end of pid's start tick (an exec
+        within that tick counts as before the fork)."""
+        forked = self._forked.get(pid)
+        if forked is not None:
+            at, parent = forked
+            if parent is not None and parent != ppid:
+                return False
+        else:
+            at = (start_ticks + 1) * 1_000_000_000 // self._hz
+        prepared, done = self._exec_times(ppid)
+        return image_unchanged(at, prepared, done, read_at)
 
     def _exec_times(self, pid: int) -> tuple[int | None, int | None]:
         """When pid's last exec began and ended (boot ns), as far as anything here saw."""
@@ -723,7 +744,8 @@ class Attributor:
         parent_exe = None
         if st.ppid > 0:
             plink = self._proc.exe_link(st.ppid)
-            if plink is not None and self._paths.names_its_file(st.ppid, plink):
+            if (plink is not None and self._paths.names_its_file(st.ppid, plink)
+                    and self._started_it(st.ppid, pid, st.starttime, read_at)):
                 parent_exe = plink
         gids = self._proc.gids(pid)
         entry = _ProcEntry(

@@ -1158,3 +1158,45 @@ def test_exe_paths_believe_a_path_only_where_it_names_the_running_file(tmp_path:
     assert paths.names_its_file(11, "/usr/bin/python3")
     assert not paths.names_its_file(10, "usr/bin/curl")  # not a path from a root
     assert not paths.names_its_file(12, "/usr/bin/curl")  # gone
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_parent_exe_is_the_program_that_forked_it(tmp_path: Path, events: bool) -> None:
+    """A parent that exec'd after forking the flow's process (its payload) did not start
+    it as the program it runs now: no parent_exe. Nor does a parent the process was
+    reparented to (known from its fork event)."""
+    proc, cg = tmp_path / "proc", tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag, owners = FakeDiag(), FakeOwners()
+    ev = FakeEvents() if events else False
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
+                      owners=owners, events=ev, paths=FakePaths())  # type: ignore[arg-type]
+    hz = os.sysconf("SC_CLK_TCK")
+    second = 1_000_000_000
+    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    start = (now - 10 * second) * hz // second  # the child's start tick
+    _fake_proc(proc, 40, exe="/usr/bin/git", argv=["git"], ppid=1, starttime=1)
+    _fake_proc(proc, 41, exe="/usr/bin/python3", argv=["python3"], ppid=40, sockets={3: 4100},
+               starttime=start)
+    flow = _answer(diag, 4100, ids["/user.slice"])
+    owners.records[4100 << 8] = (41, now - second)
+
+    def parent() -> str | None:
+        info = attr.lookup(flow[0], 4, *flow[1:])
+        attr._procs.clear()
+        assert info.pid == 41
+        return info.parent_exe
+
+    assert parent() == "/usr/bin/git"
+    owners.execs.times[40] = (now - 20 * second, now - 20 * second + 5)  # git, then forked
+    assert parent() == "/usr/bin/git"
+    owners.execs.times[40] = (now - 5 * second, now - 5 * second + 5)  # forked, then git
+    assert parent() is None
+    if events:
+        assert isinstance(ev, FakeEvents)
+        del owners.execs.times[40]
+        mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        ev.queue = [ProcEvent("fork", 41, 39, mono - 10 * second)]  # 39 forked it, exited
+        assert parent() is None
+        ev.queue = [ProcEvent("fork", 41, 40, mono - 10 * second)]
+        assert parent() == "/usr/bin/git"
