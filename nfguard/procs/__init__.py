@@ -542,15 +542,15 @@ class Attributor:
         """Whether the program ppid runs (read before `read_at`) is the one that forked pid:
         not when ppid exec'd since (a process forks its payload, then execs git), nor when
         pid was forked by another process (reparented: its parent exited). The fork time
-        comes from process events; without them, the end of pid's start tick (an exec
-        within that tick counts as before the fork)."""
+        comes from process events; without them, the start of pid's start tick: an exec
+        within that tick may have come after the fork, so it counts as after."""
         forked = self._forked.get(pid)
         if forked is not None:
             at, parent = forked
             if parent is not None and parent != ppid:
                 return False
         else:
-            at = (start_ticks + 1) * 1_000_000_000 // self._hz
+            at = start_ticks * 1_000_000_000 // self._hz
         prepared, done = self._exec_times(ppid)
         return image_unchanged(at, prepared, done, read_at)
 

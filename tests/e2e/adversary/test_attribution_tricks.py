@@ -7,7 +7,9 @@ python that gets its own bytes into a connection nfguard takes for curl's:
 - handover: it connects, forks a child that execs curl with the socket, and exits (the
   only holder left is a fresh curl);
 - bind mount: in a user and mount namespace of its own, python bind-mounted over
-  /usr/bin/curl (its exe link reads /usr/bin/curl).
+  /usr/bin/curl (its exe link reads /usr/bin/curl);
+- late parent: it forks its payload, then execs curl: the payload's parent is curl now
+  (a client of curl's children lets it out), but curl did not start it.
 The engine is stopped (SIGSTOP) while the attacker sets up, as a busy engine would be
 late, so the SYN is looked up after the exec: the race is won every time, not sometimes.
 """
@@ -38,6 +40,11 @@ POLICY = f"""
     [[client]]
     name = "curl"
     match = {{ exe = "{CURL}" }}
+    policies = ["recorder"]
+
+    [[client]]
+    name = "started-by-curl"
+    match = {{ parent_exe = "{CURL}" }}
     policies = ["recorder"]
 
     [[client]]
@@ -207,3 +214,40 @@ def test_binary_bind_mounted_over_curl_is_not_curl(lab: Lab) -> None:
     deny = lab.wait_for_event(lambda e: e.get("event", {}).get("action") == "deny"
                               and e.get("destination", {}).get("port") == PORT)
     assert deny["process"]["executable"] == CURL, deny  # what it showed, not what matched
+
+
+# argv: curl, host, port, marker. The parent forks the payload and execs curl (waiting on
+# a pipe only the payload holds); the payload connects once the parent's exec closed its
+# other pipe, and writes the marker.
+LATE_PARENT = r"""
+import os, socket, sys, time
+curl, host, port, marker = sys.argv[1:5]
+hold_r, hold_w = os.pipe()  # curl's stdin: the payload holds the write end
+told_r, told_w = os.pipe()  # close-on-exec: EOF once the parent is curl
+if os.fork() == 0:
+    os.close(told_w)
+    os.read(told_r, 1)
+    time.sleep(0.2)
+    try:
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(marker.encode())
+        print("sent", flush=True)
+    except OSError as e:
+        print("refused", e, flush=True)
+    time.sleep(1)
+    os._exit(0)
+os.dup2(hold_r, 0)
+os.execv(curl, [curl, "-s", "-K", "-"])
+"""
+
+
+def test_parent_that_became_curl_after_forking_did_not_start_it(lab: Lab) -> None:
+    recording = _start(lab)
+    marker = f"parent-{uuid.uuid4().hex}"
+    out = lab.exec(lab.client, *NOBODY, SYS_PY, "-c", LATE_PARENT, CURL, ALLOWED_V4,
+                   str(PORT), marker, timeout=30)
+    arrived = _arrived(recording, marker)
+    assert not arrived, f"the payload got through as curl's child ({out.stdout})"
+    deny = lab.wait_for_event(lambda e: e.get("event", {}).get("action") == "deny"
+                              and e.get("destination", {}).get("port") == PORT)
+    assert deny["nfguard"]["client"] == "everyone-else", deny
