@@ -34,6 +34,15 @@ def _identity(path: str, follow: bool = True) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _namespace(path: str) -> str | None:
+    """A namespace's identity, as its /proc/PID/ns link reads ("mnt:[4026531841]"): a
+    readlink costs half a stat there."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
 class ExePaths:
     """Checks exe paths against the tree each process must be judged by (see module)."""
 
@@ -42,10 +51,10 @@ class ExePaths:
         the engine's own (the same files, but its own /tmp under systemd's PrivateTmp)."""
         self.root = proc_root
         host = "1" if _identity(f"{proc_root}/1/root/") is not None else "self"
-        self._host_mounts = _identity(f"{proc_root}/{host}/ns/mnt")
+        self._host_mounts = _namespace(f"{proc_root}/{host}/ns/mnt")
         self._initial_users = _identity(f"{proc_root}/{host}/ns/user")
         # paths as they are where the engine sees the host's tree itself (half the cost)
-        mine = host == "self" or (self._host_mounts == _identity(f"{proc_root}/self/ns/mnt")
+        mine = host == "self" or (self._host_mounts == _namespace(f"{proc_root}/self/ns/mnt")
                                   and _identity(f"{proc_root}/1/root/") == _identity("/"))
         self.host_tree = "" if mine and proc_root == "/proc" else f"{proc_root}/{host}/root"
 
@@ -60,7 +69,7 @@ class ExePaths:
 
     def tree(self, pid: int) -> str | None:
         """The root pid's paths are read in: the host's, or its own (see module)."""
-        mounts = _identity(f"{self.root}/{pid}/ns/mnt")
+        mounts = _namespace(f"{self.root}/{pid}/ns/mnt")
         if mounts is None:
             return None
         if mounts == self._host_mounts:

@@ -1143,11 +1143,9 @@ def test_exe_paths_believe_a_path_only_where_it_names_the_running_file(tmp_path:
         (host / "usr" / "bin" / name).write_text(name)
     (proc / "1" / "ns").mkdir(parents=True)
     (proc / "1" / "root").symlink_to(host)
-    for name in ("mnt", "user"):
-        (proc / "1" / "ns" / name).write_text(name)
-    for pid, exe, mounts in ((10, "curl", proc / "1" / "ns" / "mnt"),
-                             (11, "python3", tmp_path / "its-own-mnt")):
-        mounts.touch()
+    (proc / "1" / "ns" / "user").write_text("user")
+    (proc / "1" / "ns" / "mnt").symlink_to("mnt:[1]")  # as nsfs links read
+    for pid, exe, mounts in ((10, "curl", "mnt:[1]"), (11, "python3", "mnt:[2]")):
         (proc / str(pid) / "ns").mkdir(parents=True)
         (proc / str(pid) / "exe").symlink_to(host / "usr" / "bin" / exe)
         (proc / str(pid) / "ns" / "mnt").symlink_to(mounts)
