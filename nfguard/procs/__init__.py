@@ -10,7 +10,9 @@ Per flow, without scanning /proc:
    connects and then execs curl is not curl). A socket whose recorded process has exited
    or exec'd since, or that has no record, is never attributed to another holder (a
    fresh curl that inherited it): it gets its socket's uid and cgroup, no process;
-4. else (no record kept: no CAP_BPF, no cgroup v2) who holds the socket now: inode → pid
+4. else (no record: no CAP_BPF, no cgroup v2, or a socket connected before the engine
+   started) who holds the socket now, given as `unproven` (what it runs proves nothing,
+   its uid and cgroup do; a client's `exe`-like keys do not hold for it): inode → pid
    from a cache validated by one readlink of the remembered fd (through the pid's kept
    /proc/PID/fd directory when there is one, which also proves the process alive);
 5. on a miss, the pids of the socket's cgroup, in the order most likely to hold a new
@@ -95,6 +97,11 @@ class ProcessInfo(NamedTuple):
     # the path shown does not name the file it runs where it must be read (exepath): a
     # mount of its own over it, or the file was deleted or replaced since it started
     exe_mismatch: bool = False
+    # found holding the socket, not shown to be what made it (no record of who connected
+    # it: no CAP_BPF, or connected before the engine started): a child that inherited it
+    # across an exec looks the same. What it runs (exe, parent, hash, arguments) then
+    # proves nothing; its uid, groups, unit and cgroup still do.
+    unproven: bool = False
     cmdline: tuple[str, ...] = ()
     ppid: int | None = None
     parent_exe: str | None = None  # None too when its path does not name its file
@@ -133,8 +140,9 @@ class _ProcEntry:
 class Counters:
     """lookups = recorded + hits + misses + (lookups that found no socket or inode) + errors;
     recorded: settled by the kernel's record of the socket's owner (owners); refused: the
-    record names a process that exited or exec'd since it connected, or (unrecorded) there is
-    none although records are kept: no process is given for those, never another holder.
+    record names a process that exited or exec'd since it connected: no process is given
+    for those, never another holder; unrecorded: records are kept but there is none for the
+    socket, so its holder is searched for and given as unproven (also counted below).
     misses that the cgroup route could not settle are also counted in fallbacks;
     failures counts lookups that ended without a pid. forwarded: lookups of forwarded
     flows (lookup_forwarded), outside the sum above. pids_probed: pids looked at (one
@@ -433,21 +441,20 @@ class Attributor:
             if hit is None:  # a process that joined the namespace since it was read
                 hit = self._proc.find_socket(self._namespaces.refresh(found.space),
                                              found.inode, self._learn)
-            if self._owners is not None:  # the holder only leads to the kernel's record
-                cookie = None if hit is None else socket_cookie(hit[0], hit[1], found.inode)
-                if cookie is None:
-                    self.counters.failures += 1
-                    return self._socket_only(found.uid, user, found.inode, None)._replace(
-                        interface=interface)
-                return self._recorded(found.uid, user, found.inode, cookie, None,
-                                      hash_exe)._replace(interface=interface)
+            if self._owners is not None and hit is not None:  # the holder leads to the record
+                cookie = socket_cookie(hit[0], hit[1], found.inode)
+                record = None if cookie is None else self._owners.lookup(cookie)
+                if record is not None:
+                    return self._recorded(found.uid, user, found.inode, record, None,
+                                          hash_exe)._replace(interface=interface)
+                self.counters.unrecorded += 1
             entry = self._entry(hit[0], False, True) if hit is not None else None
             if hit is None or entry is None:
                 self.counters.failures += 1
                 return self._socket_only(found.uid, user, found.inode, None)._replace(
                     interface=interface)
             return self._info(found.uid, user, found.inode, hit[0], entry, None,
-                              hash_exe)._replace(interface=interface)
+                              hash_exe)._replace(interface=interface, unproven=True)
         except Exception:
             self.counters.errors += 1
             self.counters.failures += 1
@@ -473,8 +480,11 @@ class Attributor:
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
 
-        if self._owners is not None:  # the kernel's record alone decides (module docstring)
-            return self._recorded(uid, user, inode, d.cookie, cg_path, hash_exe)
+        if self._owners is not None:  # the kernel's record decides (module docstring)
+            record = self._owners.lookup(d.cookie)
+            if record is not None:
+                return self._recorded(uid, user, inode, record, cg_path, hash_exe)
+            c.unrecorded += 1
         pid: int | None = None
         cached = self._inodes.get(inode)
         if cached is not None and self._fds.holds(cached[0], cached[1], inode):
@@ -500,20 +510,15 @@ class Attributor:
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
-        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe)
+        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe)._replace(
+            unproven=True)
 
-    def _recorded(self, uid: int, user: str | None, inode: int, cookie: int,
+    def _recorded(self, uid: int, user: str | None, inode: int, record: tuple[int, int],
                   cg_path: str | None, hash_exe: bool) -> ProcessInfo:
         """The process the kernel saw connect (or send on) the socket, if it still lives
         and runs the program it ran then. Otherwise the socket alone: a child holding it
         now, or the program exec'd since, did not make this flow."""
         c = self.counters
-        assert self._owners is not None
-        record = self._owners.lookup(cookie)
-        if record is None:
-            c.unrecorded += 1
-            c.failures += 1
-            return self._socket_only(uid, user, inode, cg_path)
         pid, connected_at = record
         self.poll_events()
         if self._events is None:  # an entry read through a kept directory that still

@@ -82,6 +82,7 @@ def test_tcp_v4_in_process(attr: Attributor, listener: socket.socket) -> None:
     try:
         info = _look(attr, "tcp", c)
         _assert_me(info, c)
+        assert info.unproven is not attr.recorded_owners  # a search finds only a holder
         assert _look(attr, "tcp", c) == info
         st = attr.stats()
         if attr.recorded_owners:
@@ -322,7 +323,7 @@ def test_socket_outliving_its_connector_is_not_its_holders(
             assert info.pid is None and info.exe is None and info.uid == 0, info
             assert st["recorded"] == 0 and st["refused"] == 1 and st["pids_probed"] == 0, st
         else:
-            assert info.pid == got["pid"] and info.exe == SELF_EXE
+            assert info.pid == got["pid"] and info.exe == SELF_EXE and info.unproven
     finally:
         os.kill(got["pid"], 9)
 
@@ -447,7 +448,7 @@ def test_exec_after_connect_is_not_the_new_program(
             time.sleep(0.01)
         info = attr.lookup("tcp", 4, got["tcp"][0], got["tcp"][1], "127.0.0.1", port)
         if not attr.recorded_owners:
-            assert info.pid == p.pid  # all a search can tell: who holds it now
+            assert info.pid == p.pid and info.unproven  # who holds it now, nothing more
             return
         if attr.exec_times == "none":
             pytest.skip("no record of execs here")

@@ -44,9 +44,21 @@ def test_exe_matches_only_a_path_that_names_the_running_file() -> None:
     assert matching(curl._replace(exe_deleted=True)) == ["by-user"]
     # a flow whose process is not known (exec'd since it connected): uid keys still hold
     assert matching(ProcessInfo(uid=1000, user="alice")) == ["by-user"]
+    # only found holding the socket (no record of who connected it): the same
+    assert matching(curl._replace(unproven=True)) == ["by-user"]
+
+
+def test_no_key_about_what_it_runs_holds_for_an_unproven_sender() -> None:
+    policy = POLICY.replace('exe = "/usr/bin/curl"', 'cmdline = "curl *", parent_exe = "/bin/sh"')
+    clients = parse_policy_texts([("p.toml", policy)]).clients
+    curl = ProcessInfo(uid=1000, user="bob", exe="/usr/bin/curl", cmdline=("curl", "-s"),
+                       parent_exe="/bin/sh")
+    assert client_matches(clients[0], curl)
+    assert not client_matches(clients[0], curl._replace(unproven=True))
 
 
 def test_match_key_tells_a_mismatched_path_apart() -> None:
     curl = ProcessInfo(exe="/usr/bin/curl")
     assert match_key(curl) != match_key(curl._replace(exe_mismatch=True))
     assert match_key(curl) != match_key(curl._replace(exe_deleted=True))
+    assert match_key(curl) != match_key(curl._replace(unproven=True))

@@ -491,6 +491,7 @@ def test_attributor_cgroup_route_then_cache(tmp_path: Path) -> None:
         exe="/usr/sbin/nginx",
         exe_deleted=True,
         exe_mismatch=True,  # its path no longer names the file it runs
+        unproven=True,  # found holding the socket: no record says it made it
         cmdline=("nginx: worker process",),
         ppid=1,
         parent_exe="/usr/lib/systemd/systemd",
@@ -573,12 +574,16 @@ def test_attributor_trusts_the_kernel_record_only_while_its_process_lives(
     # a record of a process that is gone: the same
     owners.records[72 << 8] = (799, 11 * second)
     assert attr.lookup(reused[0], 4, *reused[1:]).pid is None
-    # no record at all (the records are kept): never a search
-    unrecorded = _answer(diag, 73, ids["/user.slice"])
-    assert attr.lookup(unrecorded[0], 4, *unrecorded[1:]).pid is None
     st = attr.stats()
-    assert (st["recorded"], st["refused"], st["unrecorded"]) == (1, 2, 1)
-    assert st["misses"] + st["hits"] + st["pids_probed"] == 0
+    assert (st["recorded"], st["refused"]) == (1, 2)
+    assert st["misses"] + st["hits"] + st["pids_probed"] == 0, "never a search"
+    # no record at all (a socket connected before the engine started): its holder, unproven
+    (proc / "702" / "fd" / "7").symlink_to("socket:[73]")
+    unrecorded = _answer(diag, 73, ids["/user.slice"])
+    info = attr.lookup(unrecorded[0], 4, *unrecorded[1:])
+    assert (info.pid, info.exe, info.unproven) == (702, "/usr/bin/holder", True)
+    assert attr.stats()["unrecorded"] == 1
+    assert attr.lookup(owned[0], 4, *owned[1:]).unproven is False
 
 
 @pytest.mark.parametrize("events", [False, True])
