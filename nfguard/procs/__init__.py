@@ -296,10 +296,17 @@ class Attributor:
             self.owners_error = "no cgroup v2 to attach to"
             return None
         try:
-            return SocketOwners.open(self._cgroups.root)
+            owners = SocketOwners.open(self._cgroups.root)
         except OSError as e:
             self.owners_error = str(e)
             return None
+        if owners.exec_error is not None:
+            log.warning("the kernel does not record execs here (%s: CAP_PERFMON?); %s",
+                        owners.exec_error,
+                        "process events stand in, once an exec is done" if self._events
+                        else "a process that connects, then execs, is taken for its new "
+                        "program")
+        return owners
 
     @property
     def recorded_owners(self) -> bool:
