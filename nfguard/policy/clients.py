@@ -6,7 +6,14 @@ container's files: its `/usr/bin/apt` is whatever the image put there. So proces
 vouch for a container's flow (forwarded, or sent by a process in a container's cgroup on
 the host's network) only in a table that also says where it comes from: its interface,
 its container's name or image, or its cgroup (all set by this host, not the container);
-a table of process keys alone speaks of this host's own programs."""
+a table of process keys alone speaks of this host's own programs.
+
+`exe` holds only for a path that names the file the process runs (attribution checks it
+by device and inode, see nfguard.procs.exepath): not for a program whose path was mounted
+over in a namespace of its own, nor for one whose file was deleted or replaced since it
+started (a package upgrade: it matches again once restarted). Keys about what a process
+runs hold for none that attribution could not show made the flow (`unproven`: only found
+holding its socket, which a child that inherited it across an exec also does)."""
 
 from __future__ import annotations
 
@@ -26,6 +33,12 @@ class Process(Protocol):
     def user(self) -> str | None: ...
     @property
     def exe(self) -> str | None: ...
+    @property
+    def exe_deleted(self) -> bool: ...
+    @property
+    def exe_mismatch(self) -> bool: ...
+    @property
+    def unproven(self) -> bool: ...
     @property
     def cmdline(self) -> tuple[str, ...]: ...
     @property
@@ -57,13 +70,17 @@ class ContainerIdentity(Protocol):
 
 # Keys that say where a container's flow comes from (see the module's docstring).
 ORIGIN_KEYS = frozenset({"interface", "container", "image", "cgroup"})
+# Keys about what a process runs: none holds for an unproven sender.
+PROGRAM_KEYS = frozenset({"exe", "parent_exe", "sha256", "cmdline"})
 
 
 def match_key(process: Process) -> tuple:
     """Everything a match table can look at: processes equal here match the same clients."""
-    return (process.exe, process.parent_exe, process.cmdline, process.uid, process.user,
-            process.gids, process.groups, process.unit, process.cgroup, process.sha256,
-            process.interface, process.container)
+    return (process.exe, process.exe_deleted, process.exe_mismatch, process.unproven,
+            process.parent_exe,
+            process.cmdline, process.uid, process.user, process.gids, process.groups,
+            process.unit, process.cgroup, process.sha256, process.interface,
+            process.container)
 
 
 def client_matches(client: Client, process: Process | None) -> bool:
@@ -79,8 +96,11 @@ def client_matches(client: Client, process: Process | None) -> bool:
 
 
 def _holds(key: str, expected: str, process: Process) -> bool:
+    if process.unproven and key in PROGRAM_KEYS:
+        return False
     if key == "exe":
-        return _glob(process.exe, expected)
+        return not (process.exe_mismatch or process.exe_deleted) and _glob(process.exe,
+                                                                            expected)
     if key == "parent_exe":
         return _glob(process.parent_exe, expected)
     if key == "cmdline":

@@ -4,14 +4,21 @@ Per flow, without scanning /proc:
 1. sock_diag exact-tuple lookup (raw netlink, ~5-10 µs) → uid, socket inode, cookie,
    cgroup id;
 2. cgroup id → cgroup v2 path (a lazily walked map; the id is the directory's inode);
-3. inode → pid: a cache validated by one readlink of the remembered fd (through the pid's
-   kept /proc/PID/fd directory when there is one, which also proves the process alive);
-4. on a miss, the pid the kernel recorded when the socket was connected or sent on (an
-   eBPF map keyed by socket cookie, see owners), trusted while that process lives;
-5. else the pids of the socket's cgroup, in the order most likely to hold a new socket
-   (just forked or exec'd, recent socket owners, then newest pid first), each probed
-   through a kept /proc/PID/fd directory fd: one fstat says whether its fd count changed
-   since it was last listed, and only new fds are read. The pid set comes from
+3. where the kernel records socket owners (an eBPF map keyed by socket cookie, see owners),
+   that record alone: the process that connected the socket (or sent on it), while it
+   lives and runs the program it ran then (the kernel records execs too: a process that
+   connects and then execs curl is not curl). A socket whose recorded process has exited
+   or exec'd since, or that has no record, is never attributed to another holder (a
+   fresh curl that inherited it): it gets its socket's uid and cgroup, no process;
+4. else (no record: no CAP_BPF, no cgroup v2, or a socket connected before the engine
+   started) who holds the socket now, given as `unproven` (what it runs proves nothing,
+   its uid and cgroup do; a client's `exe`-like keys do not hold for it): inode → pid
+   from a cache validated by one readlink of the remembered fd (through the pid's kept
+   /proc/PID/fd directory when there is one, which also proves the process alive);
+5. on a miss, the pids of the socket's cgroup, in the order most likely to hold a new
+   socket (just forked or exec'd, recent socket owners, then newest pid first), each
+   probed through a kept /proc/PID/fd directory fd: one fstat says whether its fd count
+   changed since it was last listed, and only new fds are read. The pid set comes from
    `cgroup.procs` once and is then kept live by the kernel's process connector (members,
    cnproc); without it (not the initial netns, no CAP_NET_ADMIN) `cgroup.procs` is read
    per miss. Pids whose fd count did not change are only put off: they are read in full
@@ -19,15 +26,18 @@ Per flow, without scanning /proc:
    processes (a fallback);
 6. pid → exe, cmdline, parent: cached, checked against the exe link (catches exec) and the
    start time (catches pid reuse). With process events, exec, fork and exit events drop
-   the entry instead, so a cached entry needs no read.
+   the entry instead, so a cached entry needs no read. An exe path is believed only when
+   it names the very file the process runs, in a tree the process could not rearrange
+   (exepath): else `exe_mismatch` is set and no `exe` key matches it.
 
 The uid comes from the kernel's socket, so it is known even when the process is not.
 `lookup` never raises: an unknown answer is a ProcessInfo with None fields. Every pid
-returned was just seen holding the socket (readlink of its fd), or is the live process the
-kernel saw connect it: ordering hints and cached memberships only decide where to look
-first, never what the answer is. A socket already closed when its packet is looked up (a
-UDP sender that dropped it after sendto) has no owner left to find: that flow gets the uid
-the kernel sent with the packet (the queue's NFQA_UID) and pid None, not a guess.
+returned is the live process the kernel saw connect the socket, or, where no record is
+kept, was just seen holding it (readlink of its fd): ordering hints and cached memberships
+only decide where to look first, never what the answer is. A socket already closed when
+its packet is looked up (a UDP sender that dropped it after sendto) has no owner left to
+find: that flow gets the uid the kernel sent with the packet (the queue's NFQA_UID) and
+pid None, not a guess.
 
 Not thread-safe: use one Attributor per thread (each has its own netlink socket).
 """
@@ -40,6 +50,7 @@ import logging
 import os
 import pwd
 import socket
+import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple, Protocol
 
@@ -48,9 +59,16 @@ from nfguard.procs.cgroups import CgroupMap, find_cgroup2_root, unit_from_path
 from nfguard.procs.cnproc import ProcEvent, ProcEvents
 from nfguard.procs.containers import Container, Containers
 from nfguard.procs.exehash import ExeHashes
+from nfguard.procs.exepath import ExePaths
 from nfguard.procs.members import Group, Members
 from nfguard.procs.netns import Namespaces
-from nfguard.procs.owners import SocketOwners, started_before
+from nfguard.procs.owners import (
+    ExecTimes,
+    SocketOwners,
+    image_unchanged,
+    socket_cookie,
+    started_before,
+)
 from nfguard.procs.process import (
     FOUND,
     PARTIAL,
@@ -76,9 +94,17 @@ class ProcessInfo(NamedTuple):
     pid: int | None = None
     exe: str | None = None
     exe_deleted: bool = False
+    # the path shown does not name the file it runs where it must be read (exepath): a
+    # mount of its own over it, or the file was deleted or replaced since it started
+    exe_mismatch: bool = False
+    # found holding the socket, not shown to be what made it (no record of who connected
+    # it: no CAP_BPF, or connected before the engine started): a child that inherited it
+    # across an exec looks the same. What it runs (exe, parent, hash, arguments) then
+    # proves nothing; its uid, groups, unit and cgroup still do.
+    unproven: bool = False
     cmdline: tuple[str, ...] = ()
     ppid: int | None = None
-    parent_exe: str | None = None
+    parent_exe: str | None = None  # None too when its path does not name its file
     cgroup: str | None = None
     unit: str | None = None
     gids: tuple[int, ...] = ()  # effective gid first, then supplementary ones
@@ -99,6 +125,7 @@ class _ProcEntry:
     exe_link: str | None
     exe: str | None
     exe_deleted: bool
+    exe_mismatch: bool
     cmdline: tuple[str, ...]
     ppid: int | None
     parent_exe: str | None
@@ -106,12 +133,16 @@ class _ProcEntry:
     gids: tuple[int, ...]
     groups: tuple[str, ...]  # the gids' names, where the system knows them
     fd_serial: int | None  # FdDirs.serial(pid) when read: the same one proves the same process
+    read_at: int  # CLOCK_BOOTTIME ns before the exe link was read (owners.image_unchanged)
 
 
 @dataclasses.dataclass
 class Counters:
     """lookups = recorded + hits + misses + (lookups that found no socket or inode) + errors;
-    recorded: settled by the kernel's record of the socket's owner (owners).
+    recorded: settled by the kernel's record of the socket's owner (owners); refused: the
+    record names a process that exited or exec'd since it connected: no process is given
+    for those, never another holder; unrecorded: records are kept but there is none for the
+    socket, so its holder is searched for and given as unproven (also counted below).
     misses that the cgroup route could not settle are also counted in fallbacks;
     failures counts lookups that ended without a pid. forwarded: lookups of forwarded
     flows (lookup_forwarded), outside the sum above. pids_probed: pids looked at (one
@@ -120,6 +151,8 @@ class Counters:
 
     lookups: int = 0
     recorded: int = 0
+    refused: int = 0
+    unrecorded: int = 0
     hits: int = 0
     misses: int = 0
     fallbacks: int = 0
@@ -136,6 +169,8 @@ class Counters:
         return {
             "lookups": self.lookups,
             "recorded": self.recorded,
+            "refused": self.refused,
+            "unrecorded": self.unrecorded,
             "hits": self.hits,
             "misses": self.misses,
             "fallbacks": self.fallbacks,
@@ -203,6 +238,7 @@ class Attributor:
         owners: Owners | bool | None = None,
         diag: SockDiag | None = None,
         containers: Containers | None = None,
+        paths: ExePaths | None = None,
     ) -> None:
         """cache_size bounds inode→(pid, fd); proc_cache_size bounds pid→process info;
         scan_limit / fallback_limit bound the pids whose fds one lookup may read; fd_dirs
@@ -210,7 +246,7 @@ class Attributor:
         one, False for none, None to open one when reading the real /proc. owners: the
         same for the kernel's record of socket owners (see owners), where it loads.
         containers: where containers' names and images are read (the runtimes' default
-        state directories unless given)."""
+        state directories unless given). paths: what checks exe paths (tests pass a fake)."""
         self._diag = diag if diag is not None else SockDiag()
         self._proc = ProcReader(proc_root)
         self._fds = FdDirs(proc_root, fd_dirs)
@@ -222,6 +258,12 @@ class Attributor:
         self._groups: LRU[int, tuple[str | None]] = LRU(4096)
         self._units: Memo[str | None, str | None] = Memo(4096)
         self._hashes = ExeHashes(proc_root)
+        self._paths = paths if paths is not None else ExePaths(proc_root)
+        # pid → when the process connector last saw it exec (boot ns): what stands in for
+        # the kernel's exec record (owners.ExecTimes) where that cannot be loaded
+        self._exec_seen: LRU[int, int] = LRU(proc_cache_size)
+        # pid → (when it was forked, boot ns; by whom), from process events
+        self._forked: LRU[int, tuple[int, int | None]] = LRU(proc_cache_size)
         self._namespaces = Namespaces(proc_root)
         self._containers = containers if containers is not None else Containers()
         if events is None:
@@ -254,10 +296,17 @@ class Attributor:
             self.owners_error = "no cgroup v2 to attach to"
             return None
         try:
-            return SocketOwners.open(self._cgroups.root)
+            owners = SocketOwners.open(self._cgroups.root)
         except OSError as e:
             self.owners_error = str(e)
             return None
+        if owners.exec_error is not None:
+            log.warning("the kernel does not record execs here (%s: CAP_PERFMON?); %s",
+                        owners.exec_error,
+                        "process events stand in, once an exec is done" if self._events
+                        else "a process that connects, then execs, is taken for its new "
+                        "program")
+        return owners
 
     @property
     def recorded_owners(self) -> bool:
@@ -293,6 +342,20 @@ class Attributor:
         self._members = Members()
         self._cgroups = CgroupMap(self._cgroups.root)
 
+    @property
+    def exec_times(self) -> str:
+        """How exec-after-connect is told: "kernel" (an exec seen from its start),
+        "kernel-after" (only once done: kernels before 6.10), "events" (the process
+        connector, once done), or "none"."""
+        execs = self._execs
+        if execs is not None:
+            return "kernel" if execs.sees_exec_begin else "kernel-after"
+        return "events" if self._events is not None else "none"
+
+    @property
+    def _execs(self) -> ExecTimes | None:
+        return getattr(self._owners, "execs", None)
+
     def poll_events(self) -> int:
         """Fold in queued process events; the daemon may call this when idle so that the
         kernel's buffer does not overflow (lookups call it on every cache miss)."""
@@ -306,8 +369,16 @@ class Attributor:
             self._procs.clear()
         for pid in self._members.apply(events):
             self._fds.drop(pid)
+        boot = mono = 0
         for event in events:  # a new program, or another process: what was read is stale
             self._procs.pop(event.pid)
+            if event.kind in ("exec", "fork") and event.at:
+                if not mono:
+                    mono, boot = _clocks()
+                if event.kind == "exec":
+                    self._exec_seen.put(event.pid, event.at + boot - mono)
+                else:
+                    self._forked.put(event.pid, (event.at + boot - mono, event.parent))
         self.counters.events += len(events)
         return len(events)
 
@@ -362,8 +433,10 @@ class Attributor:
         interface: str, hash_exe: bool = False,
     ) -> ProcessInfo:
         """Who sent a flow forwarded from `interface` (a container's): the process holding
-        its socket in the network namespace its source address belongs to. A VM's flow,
-        or one whose socket is gone, is known by its interface alone. Never raises."""
+        its socket in the network namespace its source address belongs to, or, where the
+        kernel records socket owners, the process the record names for that socket (the
+        holder's fd gives its cookie), on the same terms as `lookup`. A VM's flow, or one
+        whose socket is gone, is known by its interface alone. Never raises."""
         self.counters.forwarded += 1
         try:
             found = self._namespaces.find(proto, _FAMILIES[family], src, sport, dst, dport)
@@ -375,13 +448,20 @@ class Attributor:
             if hit is None:  # a process that joined the namespace since it was read
                 hit = self._proc.find_socket(self._namespaces.refresh(found.space),
                                              found.inode, self._learn)
+            if self._owners is not None and hit is not None:  # the holder leads to the record
+                cookie = socket_cookie(hit[0], hit[1], found.inode)
+                record = None if cookie is None else self._owners.lookup(cookie)
+                if record is not None:
+                    return self._recorded(found.uid, user, found.inode, record, None,
+                                          hash_exe)._replace(interface=interface)
+                self.counters.unrecorded += 1
             entry = self._entry(hit[0], False, True) if hit is not None else None
             if hit is None or entry is None:
                 self.counters.failures += 1
                 return self._socket_only(found.uid, user, found.inode, None)._replace(
                     interface=interface)
             return self._info(found.uid, user, found.inode, hit[0], entry, None,
-                              hash_exe)._replace(interface=interface)
+                              hash_exe)._replace(interface=interface, unproven=True)
         except Exception:
             self.counters.errors += 1
             self.counters.failures += 1
@@ -407,6 +487,11 @@ class Attributor:
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
 
+        if self._owners is not None:  # the kernel's record decides (module docstring)
+            record = self._owners.lookup(d.cookie)
+            if record is not None:
+                return self._recorded(uid, user, inode, record, cg_path, hash_exe)
+            c.unrecorded += 1
         pid: int | None = None
         cached = self._inodes.get(inode)
         if cached is not None and self._fds.holds(cached[0], cached[1], inode):
@@ -418,10 +503,6 @@ class Attributor:
             # the entry needs no exe link check (the miss route drains them too).
             self.poll_events()
         else:
-            recorded = self._recorded(d.cookie, cg_path is None)
-            if recorded is not None:
-                c.recorded += 1
-                return self._info(uid, user, inode, recorded[0], recorded[1], cg_path, hash_exe)
             c.misses += 1
             proven = False
             found = self._search(inode, uid, d.cgroup_id, cg_path)
@@ -436,22 +517,63 @@ class Attributor:
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
-        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe)
+        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe)._replace(
+            unproven=True)
 
-    def _recorded(self, cookie: int, want_cgroup: bool) -> tuple[int, _ProcEntry] | None:
-        """The process the kernel saw connect (or send on) the socket, if it still lives:
-        gone, or its pid reused since, the socket may live on in a child; then search."""
-        record = self._owners.lookup(cookie) if self._owners is not None else None
-        if record is None:
-            return None
+    def _recorded(self, uid: int, user: str | None, inode: int, record: tuple[int, int],
+                  cg_path: str | None, hash_exe: bool) -> ProcessInfo:
+        """The process the kernel saw connect (or send on) the socket, if it still lives
+        and runs the program it ran then. Otherwise the socket alone: a child holding it
+        now, or the program exec'd since, did not make this flow."""
+        c = self.counters
         pid, connected_at = record
         self.poll_events()
         if self._events is None:  # an entry read through a kept directory that still
             self._fds.refresh(pid)  # works describes the live process (_entry)
-        entry = self._entry(pid, False, want_cgroup)
-        if entry is None or not started_before(entry.starttime, connected_at, self._hz):
-            return None
-        return pid, entry
+        entry = self._entry(pid, False, cg_path is None)
+        if entry is not None and started_before(entry.starttime, connected_at, self._hz):
+            # everything about the process is read first, then its exec times: an exec
+            # that replaced what was read has begun (or ended) by then
+            info = self._info(uid, user, inode, pid, entry, cg_path, hash_exe)
+            prepared, done = self._exec_times(pid)
+            if done is not None and entry.read_at < done:  # read before that exec: again
+                self._procs.pop(pid)
+                entry = self._entry(pid, False, cg_path is None)
+                if entry is not None:
+                    info = self._info(uid, user, inode, pid, entry, cg_path, hash_exe)
+                    prepared, done = self._exec_times(pid)
+            if entry is not None and image_unchanged(connected_at, prepared, done,
+                                                     entry.read_at):
+                c.recorded += 1
+                return info
+        c.refused += 1
+        c.failures += 1
+        return self._socket_only(uid, user, inode, cg_path)
+
+    def _started_it(self, ppid: int, pid: int, start_ticks: int, read_at: int) -> bool:
+        """Whether the program ppid runs (read before `read_at`) is the one that forked pid:
+        not when ppid exec'd since (a process forks its payload, then execs git), nor when
+        pid was forked by another process (reparented: its parent exited). The fork time
+        comes from process events; without them, the start of pid's start tick: an exec
+        within that tick may have come after the fork, so it counts as after."""
+        forked = self._forked.get(pid)
+        if forked is not None:
+            at, parent = forked
+            if parent is not None and parent != ppid:
+                return False
+        else:
+            at = start_ticks * 1_000_000_000 // self._hz
+        prepared, done = self._exec_times(ppid)
+        return image_unchanged(at, prepared, done, read_at)
+
+    def _exec_times(self, pid: int) -> tuple[int | None, int | None]:
+        """When pid's last exec began and ended (boot ns), as far as anything here saw."""
+        execs = self._execs
+        prepared, done = execs.of(pid) if execs is not None else (None, None)
+        seen = self._exec_seen.get(pid)
+        if seen is not None and (done is None or seen > done):
+            done = seen
+        return prepared, done
 
     def _info(self, uid: int, user: str | None, inode: int, pid: int, entry: _ProcEntry,
               cg_path: str | None, hash_exe: bool) -> ProcessInfo:
@@ -463,6 +585,7 @@ class Attributor:
             pid=pid,
             exe=entry.exe,
             exe_deleted=entry.exe_deleted,
+            exe_mismatch=entry.exe_mismatch,
             cmdline=entry.cmdline,
             ppid=entry.ppid,
             parent_exe=entry.parent_exe,
@@ -616,6 +739,7 @@ class Attributor:
             return entry
         serial = self._fds.serial(pid)
         same_process = entry is not None and serial is not None and serial == entry.fd_serial
+        read_at = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         link = self._proc.exe_link(pid)
         if entry is not None and entry.exe_link == link:
             if proven or same_process:
@@ -628,16 +752,20 @@ class Attributor:
             self._procs.pop(pid)
             return None
         exe, deleted = split_deleted(link) if link is not None else (None, False)
+        mismatch = exe is not None and (deleted or not self._paths.names_its_file(pid, exe))
         parent_exe = None
         if st.ppid > 0:
             plink = self._proc.exe_link(st.ppid)
-            parent_exe = split_deleted(plink)[0] if plink is not None else None
+            if (plink is not None and self._paths.names_its_file(st.ppid, plink)
+                    and self._started_it(st.ppid, pid, st.starttime, read_at)):
+                parent_exe = plink
         gids = self._proc.gids(pid)
         entry = _ProcEntry(
             starttime=st.starttime,
             exe_link=link,
             exe=exe,
             exe_deleted=deleted,
+            exe_mismatch=mismatch,
             cmdline=self._proc.cmdline(pid),
             ppid=st.ppid if st.ppid > 0 else None,
             parent_exe=parent_exe,
@@ -645,6 +773,7 @@ class Attributor:
             gids=gids,
             groups=tuple(name for name in map(self._group, gids) if name is not None),
             fd_serial=serial,
+            read_at=read_at,
         )
         self._procs.put(pid, entry)
         return entry
@@ -664,6 +793,11 @@ class Attributor:
 
     def _user(self, uid: int) -> str | None:
         return _name_of(self._users, uid, lambda u: pwd.getpwuid(u).pw_name)
+
+
+def _clocks() -> tuple[int, int]:
+    """CLOCK_MONOTONIC and CLOCK_BOOTTIME now (process events carry the first)."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
 
 
 def _name_of(cache: LRU[int, tuple[str | None]], ident: int,

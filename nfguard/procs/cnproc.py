@@ -47,11 +47,13 @@ _OP = struct.Struct("=I")
 
 @dataclass(frozen=True, slots=True)
 class ProcEvent:
-    """One process (thread group) event. `parent` is set for forks only."""
+    """One process (thread group) event. `parent` is set for forks only; `at` is when the
+    kernel sent it (CLOCK_MONOTONIC ns; an exec's is taken once the new program is in)."""
 
     kind: str  # "fork" | "exec" | "exit"
     pid: int
     parent: int | None = None
+    at: int = 0
 
 
 def build_subscribe(port_id: int, listen: bool = True) -> bytes:
@@ -83,16 +85,17 @@ def parse_events(data: bytes) -> list[ProcEvent]:
         ev = body[_CN_MSG.size : _CN_MSG.size + clen]
         if len(ev) < _EV_HEAD.size:
             continue
-        what = _EV_HEAD.unpack_from(ev, 0)[0]
+        what, _cpu, at = _EV_HEAD.unpack_from(ev, 0)
         rest = ev[_EV_HEAD.size :]
         if what == PROC_EVENT_FORK and len(rest) >= _FORK.size:
             _ppid, ptgid, cpid, ctgid = _FORK.unpack_from(rest, 0)
             if cpid == ctgid:  # a new process, not a new thread
-                out.append(ProcEvent("fork", ctgid, ptgid))
+                out.append(ProcEvent("fork", ctgid, ptgid, at))
         elif what in (PROC_EVENT_EXEC, PROC_EVENT_EXIT) and len(rest) >= _PIDS.size:
             pid, tgid = _PIDS.unpack_from(rest, 0)
             if pid == tgid:  # exec always reports the leader; a thread's exit is no exit
-                out.append(ProcEvent("exec" if what == PROC_EVENT_EXEC else "exit", tgid))
+                out.append(ProcEvent("exec" if what == PROC_EVENT_EXEC else "exit", tgid,
+                                     None, at))
     return out
 
 

@@ -8,6 +8,7 @@ import os
 import pwd
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,9 @@ from nfguard.procs.cnproc import (
     parse_events,
 )
 from nfguard.procs.exehash import ExeHashes
+from nfguard.procs.exepath import ExePaths
 from nfguard.procs.members import Group, Members
-from nfguard.procs.owners import started_before
+from nfguard.procs.owners import exec_program, image_unchanged, started_before
 from nfguard.procs.process import (
     FOUND,
     GONE,
@@ -430,12 +432,24 @@ class FakeDiag:
         pass
 
 
+class FakePaths:
+    """Stands in for exepath.ExePaths: every path names its file but those in `impostors`
+    (a fake /proc tree cannot show one path and lead to another file)."""
+
+    def __init__(self) -> None:
+        self.impostors: set[tuple[int, str]] = set()
+
+    def names_its_file(self, pid: int, path: str) -> bool:
+        return (pid, path) not in self.impostors
+
+
 def _setup(tmp_path: Path) -> tuple[Attributor, FakeDiag, Path, Path, dict[str, int]]:
     proc = tmp_path / "proc"
     cg = tmp_path / "cg"
     ids = _fake_cgroup_tree(cg)
     diag = FakeDiag()
-    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag)  # type: ignore[arg-type]
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
+                      paths=FakePaths())  # type: ignore[arg-type]
     return attr, diag, proc, cg, ids
 
 
@@ -476,6 +490,8 @@ def test_attributor_cgroup_route_then_cache(tmp_path: Path) -> None:
         pid=500,
         exe="/usr/sbin/nginx",
         exe_deleted=True,
+        exe_mismatch=True,  # its path no longer names the file it runs
+        unproven=True,  # found holding the socket: no record says it made it
         cmdline=("nginx: worker process",),
         ppid=1,
         parent_exe="/usr/lib/systemd/systemd",
@@ -491,11 +507,24 @@ def test_attributor_cgroup_route_then_cache(tmp_path: Path) -> None:
     assert attr.stats()["hits"] == 2
 
 
+class FakeExecs:
+    """Stands in for owners.ExecTimes: pid → (began, done) of its last exec, boot ns."""
+
+    sees_exec_begin = True
+
+    def __init__(self) -> None:
+        self.times: dict[int, tuple[int | None, int | None]] = {}
+
+    def of(self, pid: int) -> tuple[int | None, int | None]:
+        return self.times.get(pid, (None, None))
+
+
 class FakeOwners:
-    """Stands in for the eBPF map: socket cookie → (pid, boot ns at connect)."""
+    """Stands in for the eBPF maps: socket cookie → (pid, boot ns at connect), and execs."""
 
     def __init__(self) -> None:
         self.records: dict[int, tuple[int, int]] = {}
+        self.execs = FakeExecs()
 
     def lookup(self, cookie: int) -> tuple[int, int] | None:
         return self.records.get(cookie)
@@ -536,15 +565,141 @@ def test_attributor_trusts_the_kernel_record_only_while_its_process_lives(
     assert info.cgroup == "/user.slice"
     st = attr.stats()
     assert (st["recorded"], st["misses"], st["pids_probed"]) == (1, 0, 0)
-    # a record older than the process now at its pid: that pid was reused, so search
+    # a record older than the process now at its pid: that pid was reused; the socket's
+    # holder (702) is not who made it either: the socket alone is known
     reused = _answer(diag, 72, ids["/user.slice"])
     owners.records[72 << 8] = (700, 5 * second)
-    assert attr.lookup(reused[0], 4, *reused[1:]).pid == 702
-    # a record of a process that is gone: search
+    info = attr.lookup(reused[0], 4, *reused[1:])
+    assert (info.pid, info.exe, info.uid, info.cgroup) == (None, None, os.getuid(), "/user.slice")
+    # a record of a process that is gone: the same
     owners.records[72 << 8] = (799, 11 * second)
-    assert attr.lookup(reused[0], 4, *reused[1:]).pid == 702
+    assert attr.lookup(reused[0], 4, *reused[1:]).pid is None
     st = attr.stats()
-    assert (st["recorded"], st["misses"] + st["hits"]) == (1, 2)
+    assert (st["recorded"], st["refused"]) == (1, 2)
+    assert st["misses"] + st["hits"] + st["pids_probed"] == 0, "never a search"
+    # no record at all (a socket connected before the engine started): its holder, unproven
+    (proc / "702" / "fd" / "7").symlink_to("socket:[73]")
+    unrecorded = _answer(diag, 73, ids["/user.slice"])
+    info = attr.lookup(unrecorded[0], 4, *unrecorded[1:])
+    assert (info.pid, info.exe, info.unproven) == (702, "/usr/bin/holder", True)
+    assert attr.stats()["unrecorded"] == 1
+    assert attr.lookup(owned[0], 4, *owned[1:]).unproven is False
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_attributor_refuses_a_process_that_exec_d_after_it_connected(
+        tmp_path: Path, events: bool) -> None:
+    """The record names the process that connected; an exec since (begun or done, seen by
+    the kernel's tracepoints or, without them, the process connector) means the program
+    read now did not make the flow. An exec done before the connect is that program's."""
+    proc, cg = tmp_path / "proc", tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag, owners = FakeDiag(), FakeOwners()
+    ev = FakeEvents() if events else False
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
+                      owners=owners, events=ev, paths=FakePaths())  # type: ignore[arg-type]
+    hz = os.sysconf("SC_CLK_TCK")
+    second = 1_000_000_000
+    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    _fake_proc(proc, 700, exe="/usr/bin/curl", argv=["curl"], ppid=1, sockets={5: 71},
+               starttime=1 * hz)
+    flow = _answer(diag, 71, ids["/user.slice"])
+    connected = now - 5 * second
+    owners.records[71 << 8] = (700, connected)
+    execs = owners.execs.times
+    execs[700] = (connected - second, connected - second + 1000)  # curl exec'd, then connected
+    assert attr.lookup(flow[0], 4, *flow[1:]).exe == "/usr/bin/curl"
+    for began, done in [(connected + 10, connected + 20),  # exec'd after it connected
+                        (connected - 10, connected + 20),  # connected while exec'ing
+                        (connected + 10, connected - 900),  # exec'ing now, not done yet
+                        (connected - 10, None)]:  # begun, its end unknown
+        execs[700] = (began, done)
+        info = attr.lookup(flow[0], 4, *flow[1:])
+        assert (info.pid, info.exe, info.cmdline) == (None, None, ()), (began, done)
+    assert attr.stats()["refused"] == 4
+    # only the end of an exec known (kernels before 6.10, or the process connector)
+    execs[700] = (None, connected + 20)
+    assert attr.lookup(flow[0], 4, *flow[1:]).pid is None
+    del execs[700]
+    owners.execs = None  # type: ignore[assignment]
+    assert attr.lookup(flow[0], 4, *flow[1:]).pid == 700
+    if events:
+        assert isinstance(ev, FakeEvents)
+        mono_now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        ev.queue = [ProcEvent("exec", 700, None, mono_now - 2 * second)]  # 3 s after it
+        assert attr.lookup(flow[0], 4, *flow[1:]).pid is None
+        assert attr.exec_times == "events"
+    else:
+        assert attr.exec_times == "none"
+
+
+def test_attributor_rereads_an_entry_read_before_the_last_exec(tmp_path: Path) -> None:
+    """A cached entry read before an exec that ended before the connect describes the old
+    program: it is read again, not refused and not believed."""
+    proc, cg = tmp_path / "proc", tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag, owners = FakeDiag(), FakeOwners()
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
+                      owners=owners, events=False, paths=FakePaths())  # type: ignore[arg-type]
+    hz = os.sysconf("SC_CLK_TCK")
+    _fake_proc(proc, 700, exe="/usr/bin/python3", argv=["python3"], ppid=1, sockets={5: 71},
+               starttime=1 * hz)
+    first = _answer(diag, 71, ids["/user.slice"])
+    owners.records[71 << 8] = (700, time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 10)
+    assert attr.lookup(first[0], 4, *first[1:]).exe == "/usr/bin/python3"
+    _fake_proc(proc, 700, exe="/usr/bin/curl", argv=["curl"], ppid=1, sockets={6: 72})
+    exec_done = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    owners.execs.times[700] = (exec_done - 100, exec_done)
+    second = _answer(diag, 72, ids["/user.slice"])
+    owners.records[72 << 8] = (700, exec_done + 10)
+    info = attr.lookup(second[0], 4, *second[1:])
+    assert (info.pid, info.exe, info.cmdline) == (700, "/usr/bin/curl", ("curl",))
+
+
+def test_attributor_marks_a_path_that_does_not_name_its_file(tmp_path: Path) -> None:
+    """A process whose exe path leads elsewhere (a mount of its own over it) keeps the path
+    it shows, marked; a parent's such path is not given at all."""
+    attr, diag, proc, cg, ids = _setup(tmp_path)
+    paths = attr._paths
+    assert isinstance(paths, FakePaths)
+    _fake_proc(proc, 30, exe="/usr/bin/sh", argv=["sh"], ppid=1)
+    _fake_proc(proc, 31, exe="/usr/bin/curl", argv=["curl"], ppid=30, sockets={3: 3100})
+    (cg / "user.slice" / "cgroup.procs").write_text("30\n31\n")
+    paths.impostors |= {(31, "/usr/bin/curl"), (30, "/usr/bin/sh")}
+    flow = _answer(diag, 3100, ids["/user.slice"])
+    info = attr.lookup(flow[0], 4, *flow[1:])
+    assert (info.pid, info.exe, info.exe_mismatch, info.exe_deleted) == (31, "/usr/bin/curl",
+                                                                         True, False)
+    assert info.ppid == 30 and info.parent_exe is None
+
+
+def test_image_unchanged() -> None:
+    c = 1000  # connected at
+    assert image_unchanged(c, None, None, 2000)  # no exec seen since tracking began
+    assert image_unchanged(c, 500, 600, 2000)  # exec'd, then connected, then read
+    assert not image_unchanged(c, 500, 600, 550)  # read while that exec ran: read again
+    assert not image_unchanged(c, 1500, 1600, 2000)  # exec'd after connecting
+    assert not image_unchanged(c, 900, 1100, 2000)  # connected during an exec
+    assert not image_unchanged(c, 1500, 600, 2000)  # an exec under way
+    assert not image_unchanged(c, 900, None, 2000)  # begun, never seen to end
+    assert image_unchanged(c, None, 600, 2000)  # only ends known
+    assert not image_unchanged(c, None, 1100, 2000)
+    assert image_unchanged(c, c, c, c)  # the same tick: the exec came first
+
+
+def test_exec_program_shape() -> None:
+    """Both recorders: entry[field] = now in place, else a new entry; both jumps land."""
+    for field in (0, 1):
+        code = exec_program(7, field)
+        insns = [struct.unpack_from("<BBhi", code, i) for i in range(0, len(code), 8)]
+        assert len(code) == 27 * 8  # two ld_imm64 take two slots each
+        assert insns[-1][0] == 0x95 and [op for op, *_ in insns].count(0x85) == 4
+        assert insns[5][3] == insns[17][3] == 7  # the map's fd
+        jeq, ja = insns[10], insns[12]
+        assert (jeq[0], 10 + 1 + jeq[2]) == (0x15, 13)  # no entry: to the insert
+        assert (ja[0], 12 + 1 + ja[2]) == (0x05, 25)  # to "r0 = 0; exit"
+        assert insns[11][2] == 8 * field and insns[16][2] == -24 + 8 * field
+
 
 
 def test_attributor_cache_is_checked(tmp_path: Path) -> None:
@@ -661,9 +816,9 @@ def test_cnproc_parse_events() -> None:
         + _cn_datagram(PROC_EVENT_FORK, 1, 1)  # short fork body
     )
     assert parse_events(data) == [
-        ProcEvent("fork", 11, 10),
-        ProcEvent("exec", 11),
-        ProcEvent("exit", 11),
+        ProcEvent("fork", 11, 10, 123456789),
+        ProcEvent("exec", 11, None, 123456789),
+        ProcEvent("exit", 11, None, 123456789),
     ]
     assert parse_events(data[:-3]) == parse_events(data)  # a cut last message is dropped
     assert parse_events(b"") == [] and parse_events(b"\xff" * 10) == []
@@ -982,3 +1137,69 @@ def test_recorder_without_cgroup_v2_is_off_and_says_why(tmp_path: Path) -> None:
                       diag=FakeDiag(), events=False, owners=True)  # type: ignore[arg-type]
     assert attr.cgroup_root is None
     assert not attr.recorded_owners and attr.owners_error == "no cgroup v2 to attach to"
+
+
+def test_exe_paths_believe_a_path_only_where_it_names_the_running_file(tmp_path: Path) -> None:
+    """pid 10 shares the host's mount namespace and runs the host's curl; pid 11, in a
+    namespace of its own (not one root made), runs python but shows curl's path."""
+    host, proc = tmp_path / "host", tmp_path / "proc"
+    (host / "usr" / "bin").mkdir(parents=True)
+    for name in ("curl", "python3"):
+        (host / "usr" / "bin" / name).write_text(name)
+    (proc / "1" / "ns").mkdir(parents=True)
+    (proc / "1" / "root").symlink_to(host)
+    (proc / "1" / "ns" / "user").write_text("user")
+    (proc / "1" / "ns" / "mnt").symlink_to("mnt:[1]")  # as nsfs links read
+    for pid, exe, mounts in ((10, "curl", "mnt:[1]"), (11, "python3", "mnt:[2]")):
+        (proc / str(pid) / "ns").mkdir(parents=True)
+        (proc / str(pid) / "exe").symlink_to(host / "usr" / "bin" / exe)
+        (proc / str(pid) / "ns" / "mnt").symlink_to(mounts)
+    paths = ExePaths(str(proc))
+    assert paths.tree(10) == paths.tree(11) == f"{proc}/1/root"
+    assert paths.names_its_file(10, "/usr/bin/curl")
+    assert not paths.names_its_file(11, "/usr/bin/curl")  # a mount of its own over it
+    assert paths.names_its_file(11, "/usr/bin/python3")
+    assert not paths.names_its_file(10, "usr/bin/curl")  # not a path from a root
+    assert not paths.names_its_file(12, "/usr/bin/curl")  # gone
+
+
+@pytest.mark.parametrize("events", [False, True])
+def test_parent_exe_is_the_program_that_forked_it(tmp_path: Path, events: bool) -> None:
+    """A parent that exec'd after forking the flow's process (its payload) did not start
+    it as the program it runs now: no parent_exe. Nor does a parent the process was
+    reparented to (known from its fork event)."""
+    proc, cg = tmp_path / "proc", tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag, owners = FakeDiag(), FakeOwners()
+    ev = FakeEvents() if events else False
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
+                      owners=owners, events=ev, paths=FakePaths())  # type: ignore[arg-type]
+    hz = os.sysconf("SC_CLK_TCK")
+    second = 1_000_000_000
+    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    start = (now - 10 * second) * hz // second  # the child's start tick
+    _fake_proc(proc, 40, exe="/usr/bin/git", argv=["git"], ppid=1, starttime=1)
+    _fake_proc(proc, 41, exe="/usr/bin/python3", argv=["python3"], ppid=40, sockets={3: 4100},
+               starttime=start)
+    flow = _answer(diag, 4100, ids["/user.slice"])
+    owners.records[4100 << 8] = (41, now - second)
+
+    def parent() -> str | None:
+        info = attr.lookup(flow[0], 4, *flow[1:])
+        attr._procs.clear()
+        assert info.pid == 41
+        return info.parent_exe
+
+    assert parent() == "/usr/bin/git"
+    owners.execs.times[40] = (now - 20 * second, now - 20 * second + 5)  # git, then forked
+    assert parent() == "/usr/bin/git"
+    owners.execs.times[40] = (now - 5 * second, now - 5 * second + 5)  # forked, then git
+    assert parent() is None
+    if events:
+        assert isinstance(ev, FakeEvents)
+        del owners.execs.times[40]
+        mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        ev.queue = [ProcEvent("fork", 41, 39, mono - 10 * second)]  # 39 forked it, exited
+        assert parent() is None
+        ev.queue = [ProcEvent("fork", 41, 40, mono - 10 * second)]
+        assert parent() == "/usr/bin/git"
