@@ -149,10 +149,11 @@ class Daemon:
         self.audit = AuditLog(config.audit.path, config.audit.format)
         self.attributor = attributor = Attributor(containers=Containers(config.containers))
         log.info("attribution: cgroup v2 at %s; process events %s; socket owners recorded "
-                 "by eBPF: %s", attributor.cgroup_root or "(not mounted: by owner uid)",
+                 "by eBPF: %s; execs seen: %s",
+                 attributor.cgroup_root or "(not mounted: by owner uid)",
                  "on" if attributor.live_members else "off (cgroup.procs read per miss)",
                  "on" if attributor.recorded_owners
-                 else f"off ({attributor.owners_error}; /proc searched)")
+                 else f"off ({attributor.owners_error}; /proc searched)", attributor.exec_times)
         # The name cache lives as long as the daemon: reloads keep what DNS taught it.
         if worker is None and config.engine.workers > 1:
             self.team = Team(self.config_path, config.engine.workers, self.queue_path,

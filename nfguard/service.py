@@ -14,7 +14,9 @@ Why the unit looks the way it does:
   `systemctl reload` with the file and line, and the running policy stays.
 - Root, but only the capabilities the engine uses: CAP_NET_ADMIN (nftables, NFQUEUE,
   sock_diag, the process connector, attaching the socket-owner recorder to the cgroup
-  root), CAP_BPF (loading that recorder and its map), CAP_SYS_PTRACE and
+  root), CAP_BPF (loading that recorder and its map), CAP_PERFMON (attaching the exec
+  recorder to the sched_prepare_exec / sched_process_exec tracepoints, so a flow is never
+  taken for a program its process exec'd after connecting), CAP_SYS_PTRACE and
   CAP_DAC_READ_SEARCH (reading /proc/PID/fd and /proc/PID/exe of other users' processes to
   name who opened a socket). No CAP_DAC_OVERRIDE, CAP_SETUID, CAP_SYS_ADMIN, ...;
   ptrace() itself is not in the system call filter; bpf() is let back in (the @privileged
@@ -33,7 +35,8 @@ from nfguard.config import DEFAULT_PATH
 UNIT_NAME = "nfguard.service"
 UNIT_DIR = "/etc/systemd/system"
 BOOTSTRAP_COMMAND = "/usr/local/sbin/nfguard"  # the link ./bootstrap.sh run makes
-CAPABILITIES = ("CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH")
+CAPABILITIES = ("CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE",
+                "CAP_DAC_READ_SEARCH")
 # Services that load a whole ruleset at boot (nftables.service's `flush ruleset`, firewalld,
 # iptables-persistent): nfguard installs after them instead of being flushed and restored.
 AFTER = ("nftables.service", "firewalld.service", "netfilter-persistent.service")

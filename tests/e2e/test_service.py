@@ -497,7 +497,8 @@ from nfguard.procs import Attributor
 with Attributor() as attributor:
     found = attributor.lookup("udp", socket.AF_INET, sys.argv[1], int(sys.argv[2]), sys.argv[3],
                               9)
-    print(found.pid, found.exe, "recorded" if attributor.recorded_owners else "searched")
+    print(found.pid, found.exe, "recorded" if attributor.recorded_owners else "searched",
+          attributor.exec_times)
 """
 
 
@@ -540,15 +541,19 @@ def test_unit_capabilities_are_enough_and_each_is_needed(lab: Lab) -> None:
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
 
-    named = attribute(capabilities)
+    named, execs = attribute(capabilities).rsplit(" ", 1)
     assert named.startswith(f"{owner.pid} /"), "pid and executable"
     assert named.endswith(" recorded"), "the socket-owner recorder loads"
+    assert execs.startswith("kernel"), "the exec recorder loads"
     for missing in ("CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH"):
         fewer = [c for c in capabilities if c != missing]
-        assert attribute(fewer) == "None None recorded", f"{missing} is needed to name it"
+        assert attribute(fewer).startswith("None None recorded"), f"{missing} is needed"
+    # Without CAP_PERFMON the exec tracepoints cannot be attached: process events stand in.
+    fewer = [c for c in capabilities if c != "CAP_PERFMON"]
+    assert not attribute(fewer).endswith(f" {execs}"), "CAP_PERFMON attaches the exec recorder"
     # Without CAP_BPF the recorder does not load; /proc is searched instead.
     fewer = [c for c in capabilities if c != "CAP_BPF"]
-    assert attribute(fewer) == f"{named.rsplit(' ', 1)[0]} searched", "CAP_BPF loads it"
+    assert attribute(fewer).startswith(f"{named.rsplit(' ', 1)[0]} searched"), "CAP_BPF loads it"
 
     # Without CAP_NET_ADMIN the engine cannot start, and says why.
     fewer = [c for c in capabilities if c != "CAP_NET_ADMIN"]
