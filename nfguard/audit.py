@@ -75,6 +75,10 @@ def audit_event(
             event["nfguard"]["unit"] = process.unit
         if process.exe_deleted:  # replaced or unlinked while running
             event["nfguard"]["exe_deleted"] = True
+        if process.exe_mismatch:  # the path names another file in a tree the sender made
+            event["nfguard"]["exe_mismatch"] = True
+        if process.unproven:  # found holding the socket, not seen connecting it
+            event["nfguard"]["unproven"] = True
         if process.interface is not None:  # forwarded: a container's or a VM's flow
             event["observer"] = {"ingress": {"interface": {"name": process.interface}}}
         container = process.container

@@ -134,7 +134,7 @@ def test_partial_process_fields_leave_unknowns_out() -> None:
     event = audit_event(ALLOW, V4, NOW, ProcessInfo(pid=9, exe="/bin/x"))
     assert event["process"] == {"pid": 9, "executable": "/bin/x"}
     assert "user" not in event
-    assert "exe_deleted" not in event["nfguard"]
+    assert not {"exe_deleted", "exe_mismatch", "unproven"} & event["nfguard"].keys()
 
 
 def test_replaced_executable_is_flagged_and_hash_shown() -> None:
@@ -143,6 +143,14 @@ def test_replaced_executable_is_flagged_and_hash_shown() -> None:
     assert event["nfguard"]["exe_deleted"] is True
     assert event["process"] == {"pid": 9, "executable": "/usr/bin/x",
                                 "hash": {"sha256": "ab" * 32}}
+
+
+def test_a_sender_whose_program_proves_nothing_says_why() -> None:
+    event = audit_event(NO_CLIENT, V4, NOW, ProcessInfo(pid=9, exe="/usr/bin/curl",
+                                                        exe_mismatch=True))
+    assert event["nfguard"]["exe_mismatch"] is True and "unproven" not in event["nfguard"]
+    event = audit_event(NO_CLIENT, V4, NOW, ProcessInfo(pid=9, exe="/usr/bin/curl", unproven=True))
+    assert event["nfguard"]["unproven"] is True and "exe_mismatch" not in event["nfguard"]
 
 
 def test_json_is_one_compact_object_per_line() -> None:
