@@ -14,9 +14,12 @@ RUNTIME_PACKAGES=(python3 python3-venv python3-dev gcc libnetfilter-queue-dev li
 # systemd: `systemd-analyze verify` checks the unit; util-linux: setpriv drops the engine to
 # the unit's capabilities.
 TEST_PACKAGES=(curl dnsmasq-base dnsutils nginx-light wrk procps psmisc systemd util-linux)
-# The VM test boots Debian's stock kernel on a snapshot of this machine (virtme-ng needs a
-# static busybox for its initramfs); vagrant and its libvirt plugin validate the Vagrantfile.
-VM_TEST_PACKAGES=(linux-image-amd64 qemu-system-x86 busybox-static vagrant vagrant-libvirt)
+# The VM test boots Debian's stock kernel on a snapshot of this machine: virtme-ng needs a
+# static busybox for its initramfs and `file` to read the kernel's version and busybox's
+# linking; `vng --systemd` boots the snapshot's /sbin/init (systemd-sysv). Vagrant and its
+# libvirt plugin validate the Vagrantfile.
+VM_TEST_PACKAGES=(linux-image-amd64 qemu-system-x86 busybox-static file systemd-sysv
+                  vagrant vagrant-libvirt)
 # Benchmarks only (not CI): what users would run instead, measured side by side.
 BENCH_PACKAGES=(opensnitch)
 PREFIX=/opt/nfguard

@@ -83,13 +83,12 @@ def lab(tmp_path) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
     for tool in ("ip", "nft", "curl"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (./bootstrap.sh test installs it)")
-    lab = Lab(tmp_path).start()
+    lab = Lab(tmp_path)
     try:
-        yield lab
+        yield lab.start()  # within the try: a lab that starts half way is removed too
     finally:
         lab.close()
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert lab.tag not in left, f"namespaces left behind: {left}"
+        assert not lab.namespaces_left(), f"namespaces left behind: {lab.namespaces_left()}"
 
 
 @contextlib.contextmanager

@@ -232,10 +232,25 @@ class Lab:
 
     # -- set-up and tear-down -------------------------------------------------------
     def start(self) -> Lab:
+        """Both hosts and the link between them. A failure half way removes what was made
+        before it goes on: nobody holds a lab that did not start, to close it."""
+        try:
+            self._link_hosts()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _add_netns(self, ns: str) -> None:
+        # Recorded once made: a failed `add` removes what it made, and a name taken by
+        # someone else is not ours to delete.
+        run("ip", "netns", "add", ns)
+        self._namespaces.append(ns)
+
+    def _link_hosts(self) -> None:
         c, s = self.client, self.server
         for ns in (c, s):
-            run("ip", "netns", "add", ns)
-            self._namespaces.append(ns)
+            self._add_netns(ns)
         run("ip", "link", "add", "veth0", "netns", c, "type", "veth", "peer", "name", "veth0",
             "netns", s)
         for ns in (c, s):
@@ -252,15 +267,13 @@ class Lab:
             run("ip", "-n", s, "addr", "add", f"{extra}/128", "dev", "lo", "nodad")
             run("ip", "-n", c, "route", "add", f"{extra}/128", "via", SERVER_V6)
         self.resolv_conf.write_text(f"nameserver {SERVER_V4}\nnameserver {SERVER_V6}\n")
-        return self
 
     def add_container(self, bridge: str = "docker0") -> None:
         """A container as Docker sets one up: its own namespace, a veth pair whose host end
         is a port of `bridge` on the client host, which routes (forwards) its traffic. The
         server routes the container's network back (no NAT: the addresses stay readable)."""
         c, s, k = self.client, self.server, self.container
-        run("ip", "netns", "add", k)
-        self._namespaces.append(k)
+        self._add_netns(k)  # all it makes lives in the namespaces: `close` removes it
         run("ip", "-n", c, "link", "add", bridge, "type", "bridge")
         run("ip", "link", "add", "eth0", "netns", k, "type", "veth", "peer", "name", "port0",
             "netns", c)
@@ -278,10 +291,12 @@ class Lab:
             self.exec(c, "sysctl", "-qw", f"{key}=1", check=True)
 
     def close(self) -> None:
-        self.stop_engine(signal.SIGKILL)
+        """Kill the lab's processes and delete its namespaces; safe to call again, and
+        on a lab that started only half way."""
         for proc in self._procs:
             proc.kill()
-        for ns in self._namespaces:
+        while self._namespaces:
+            ns = self._namespaces.pop()
             pids = run("ip", "netns", "pids", ns, check=False).stdout.split()
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
@@ -289,6 +304,7 @@ class Lab:
             run("ip", "netns", "del", ns, check=False)
         for proc in self._procs:
             proc.wait(timeout=10)
+        self._procs.clear()
 
     # -- processes in the namespaces ------------------------------------------------
     # nsenter joins only the network namespace. `ip netns exec` would also remount /sys,
@@ -296,6 +312,12 @@ class Lab:
     def exec(self, ns: str, *argv: str, check: bool = False, timeout: float = 30,
              **kw: object) -> subprocess.CompletedProcess:
         return run(*in_netns(ns), *argv, check=check, timeout=timeout, **kw)
+
+    def namespaces_left(self) -> list[str]:
+        """This lab's namespaces that still exist."""
+        listed = run("ip", "netns", "list", check=False).stdout.splitlines()
+        ours = (self.client, self.server, self.container)
+        return [line.split()[0] for line in listed if line and line.split()[0] in ours]
 
     def spawn(self, ns: str, *argv: str, **kw: object) -> subprocess.Popen:
         proc = subprocess.Popen([*in_netns(ns), *argv], **kw)  # type: ignore[call-overload]
