@@ -47,7 +47,7 @@ from nfguard.queue import QueueAdapter
 from nfguard.resolvers import TrustedServers
 from nfguard.ruleset_watch import RulesetGuard, open_events
 from nfguard.sdnotify import Notifier
-from nfguard.undecided import Undecided
+from nfguard.undecided import Undecided, set_verdicts
 from nfguard.workers import Team, WorkerLink, send_report
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,7 @@ class Daemon:
         pipeline = Pipeline(engine, self.audit, stats, names=make_name_cache(config.names),
                             settings=config.names, attributor=attributor, peers=peers,
                             trusted=resolvers)
+        pipeline.set_verdicts = set_verdicts  # flows that sent nothing by hello_timeout
         self.pipeline = pipeline
         latency = Latency()
         queue = QueueAdapter(queue_num, pipeline.handle,
@@ -249,8 +250,8 @@ class Daemon:
                 if watchdog is not None and now >= next_ping:
                     self.notifier.watchdog()
                     next_ping = now + watchdog
-                # While flows hold packets, wake often enough to honour hello_timeout.
-                timeout = SWEEP_INTERVAL if pipeline.flows.holding else FLUSH_INTERVAL
+                # While flows wait for a name, wake often enough to honour hello_timeout.
+                timeout = SWEEP_INTERVAL if pipeline.flows.waiting else FLUSH_INTERVAL
                 if watchdog is not None:
                     timeout = max(0.0, min(timeout, next_ping - now))
                 for key, _ in selector.select(timeout):

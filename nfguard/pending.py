@@ -337,6 +337,8 @@ class FlowTable:
         self.held_packets = 0  # their sum, kept as it changes (summed, it cost O(flows))
         self.evictions = 0
         self.waiting = 0  # flows not decided yet (decided ones stay, for late packets)
+        # Undecided flows by when they opened, oldest first (see `silent`).
+        self._opened: dict[Hashable, tuple[float, PendingFlow]] = {}
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -352,13 +354,16 @@ class FlowTable:
             self._flows.move_to_end(key)
         return flow
 
-    def add(self, flow: PendingFlow) -> list[PendingFlow]:
-        """Store a flow; return evicted flows that still hold packets (decide them now)."""
+    def add(self, flow: PendingFlow, now: float | None = None) -> list[PendingFlow]:
+        """Store a flow (opened at `now`); return evicted flows that still hold packets
+        (decide them now)."""
         old = self._flows.pop(flow.key, None)
         if old is not None:
             self._forget(old)
         self._flows[flow.key] = flow
         self.waiting += flow.decision is None
+        if flow.decision is None and now is not None:
+            self._opened[flow.key] = (now, flow)
         evicted = []
         while len(self._flows) > self.max_flows:
             _key, old = self._flows.popitem(last=False)
@@ -370,6 +375,7 @@ class FlowTable:
 
     def _forget(self, flow: PendingFlow) -> None:
         self.waiting -= flow.decision is None
+        self._opened.pop(flow.key, None)
 
     def _unhold(self, key: Hashable) -> PendingFlow | None:
         self.held_packets -= self._counted.pop(key, 0)
@@ -394,6 +400,19 @@ class FlowTable:
             self.waiting -= 1
         flow.decision = decision
         self._unhold(flow.key)
+        self._opened.pop(flow.key, None)
+
+    def silent(self, now: float, timeout: float) -> list[PendingFlow]:
+        """Undecided flows that opened `timeout` seconds ago or more and hold nothing: they
+        sent nothing to read yet, and their bare segments pass in the kernel while they
+        wait, so they must not wait for ever. Oldest first."""
+        out = []
+        for opened, flow in self._opened.values():
+            if now - opened < timeout:
+                break
+            if flow.key not in self._holding:
+                out.append(flow)
+        return out
 
     def expired(self, now: float, timeout: float) -> list[PendingFlow]:
         """Holding flows that have waited `timeout` seconds or more, oldest first."""

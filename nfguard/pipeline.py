@@ -20,7 +20,7 @@ import logging
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from nfguard import marks
@@ -76,6 +76,10 @@ def configure_name_cache(cache: NameCache, settings: NamesConfig) -> None:
 
 
 class Pipeline:
+    # Writes verdicts into flows' ct marks, by flow key (nfguard.undecided.set_verdicts);
+    # None: not at all (tests without a kernel).
+    set_verdicts: Callable[[list[tuple[Hashable, int]]], object] | None = None
+
     def __init__(
         self, engine: Engine, audit: AuditLog, stats: Stats,
         clock: Callable[[], float] = time.time,
@@ -146,7 +150,7 @@ class Pipeline:
             names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
             decision = engine.assess(packet, process, names)
             if decision is None:  # the SYN too is the pending flow's (its options, TFO data)
-                flow = self._track(PendingFlow(key, packet, names, process))
+                flow = self._track(PendingFlow(key, packet, names, process), now)
                 return self._pending(flow, packet, payload, mark, token)
         except WireError:
             self.stats.unparseable += 1
@@ -214,9 +218,9 @@ class Pipeline:
         found = self.names.names_for(ip, now)
         return tuple((name, DNS) for name in sorted(found)) if found else ()
 
-    def _track(self, flow: PendingFlow) -> PendingFlow:
+    def _track(self, flow: PendingFlow, now: float) -> PendingFlow:
         """Remember a new pending flow; flows evicted while holding are decided now."""
-        for old in self.flows.add(flow):
+        for old in self.flows.add(flow, now):
             self._settle(old, old.give_up(Why.EVICTED))
         self.stats.pending_flows += 1
         return flow
@@ -274,16 +278,27 @@ class Pipeline:
                 log.exception("cannot release a held packet")
 
     def sweep(self, now: float | None = None) -> int:
-        """Decide flows that held packets longer than hello_timeout: their name is
-        unreadable (or what was read of it, when it was read)."""
-        if not self.flows.holding:
+        """Decide the flows that have waited hello_timeout: those holding packets that long
+        (their name is unreadable, or what was read of it when it was read), and those that
+        opened that long ago and sent nothing to read. The latter's verdicts go into their
+        ct marks at once (`set_verdicts`): their bare segments pass in the kernel, and no
+        packet of theirs may come to carry the verdict."""
+        if not self.flows.waiting:
             return 0
         now = self.clock() if now is None else now
-        expired = self.flows.expired(now, self.settings.hello_timeout)
-        for flow in expired:
+        timeout = self.settings.hello_timeout
+        expired = self.flows.expired(now, timeout)
+        silent = self.flows.silent(now, timeout)
+        for flow in (*expired, *silent):
             self.stats.hello_timeouts += 1
             self._settle(flow, flow.give_up(Why.HELLO_TIMEOUT))
-        return len(expired)
+        if silent and self.set_verdicts is not None:
+            try:
+                self.set_verdicts([(flow.key, _bits(flow.decision)) for flow in silent])
+            except Exception:
+                self.stats.errors += 1
+                log.exception("cannot set the verdicts of flows that sent nothing")
+        return len(expired) + len(silent)
 
     # -- DNS answers ---------------------------------------------------------------------
     def _answer(self, payload: bytes, mark: int) -> int:

@@ -18,8 +18,8 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Collection, Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Collection, Hashable, Iterable, Iterator
+from typing import NamedTuple, cast
 
 from nfguard import marks
 from nfguard.netlink import (
@@ -45,7 +45,7 @@ CTA_FILTER_F_IP_SRC = 1 << 0
 NLA_F_NESTED = 1 << 15
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
-CTA_PROTO_NUM = 1
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 NFGENMSG = struct.Struct("!BBH")
 _BE32 = struct.Struct("!I")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -82,15 +82,48 @@ def dump_request(family: int, source: Address | None = None, seq: int = 1) -> by
                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def deny_request(flow: Flow, seq: int) -> bytes:
-    """Set DENY in the flow's ct mark, keeping the bits outside the verdict (acknowledged;
-    no create flag: a flow gone meanwhile stays gone)."""
+def verdict_request(flow: Flow, verdict: int, seq: int) -> bytes:
+    """Set `verdict` (marks.DENY, marks.ALLOW) in the flow's ct mark, keeping the bits
+    outside the verdict (acknowledged; no create flag: a flow gone meanwhile stays gone)."""
     body = (NFGENMSG.pack(flow.family, 0, 0) + flow.name
-            + attribute(CTA_MARK, _BE32.pack(marks.DENY))
+            + attribute(CTA_MARK, _BE32.pack(verdict))
             + attribute(CTA_MARK_MASK, _BE32.pack(marks.VERDICT_MASK)))
     return NLMSGHDR.pack(NLMSGHDR.size + len(body),
                          NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_NEW,
                          NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+
+def flow_of(key: Hashable) -> Flow:
+    """The conntrack entry of a flow by the pipeline's key (proto, source, source port,
+    destination, destination port): its original tuple, to name it in an update."""
+    proto, src, sport, dst, dport = cast(tuple[int, str, int, str, int], key)
+    source, destination = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    v4 = source.version == 4
+    ip = attribute(CTA_TUPLE_IP | NLA_F_NESTED,
+                   attribute(CTA_IP_V4_SRC if v4 else CTA_IP_V6_SRC, source.packed)
+                   + attribute(CTA_IP_V4_DST if v4 else CTA_IP_V6_DST, destination.packed))
+    ports = attribute(CTA_TUPLE_PROTO | NLA_F_NESTED,
+                      attribute(CTA_PROTO_NUM, bytes([proto]))
+                      + attribute(CTA_PROTO_SRC_PORT, struct.pack("!H", sport))
+                      + attribute(CTA_PROTO_DST_PORT, struct.pack("!H", dport)))
+    return Flow(socket.AF_INET if v4 else socket.AF_INET6, 0, source, destination, proto,
+                attribute(CTA_TUPLE_ORIG | NLA_F_NESTED, ip + ports))
+
+
+def set_verdicts(verdicts: Iterable[tuple[Hashable, int]]) -> int:
+    """Write each (flow key, verdict bits) into that flow's ct mark; how many were sent."""
+    return _set(((flow_of(key), verdict) for key, verdict in verdicts))
+
+
+def _set(verdicts: Iterable[tuple[Flow, int]]) -> int:
+    sent = 0
+    with _socket() as sock:
+        for seq, (flow, verdict) in enumerate(verdicts, 1):
+            sock.send(verdict_request(flow, verdict, seq))
+            sent += 1
+        for _ in range(sent):  # one acknowledgement (or ENOENT: it ended) each
+            sock.recv(4096)
+    return sent
 
 
 def parse_dump(data: Buffer) -> tuple[list[Flow], bool]:
@@ -208,11 +241,7 @@ class Undecided:
         flows = started_here(undecided(local), local, self.known)
         if not flows:
             return 0
-        with _socket() as sock:
-            for seq, flow in enumerate(flows, 1):
-                sock.send(deny_request(flow, seq))
-            for _ in flows:  # one acknowledgement (or ENOENT: it ended) each
-                sock.recv(4096)
+        _set((flow, marks.DENY) for flow in flows)
         for flow in flows:
             log.warning("cut a flow made while the ruleset was gone: %s %s -> %s",
                         _PROTOCOLS.get(flow.protocol, flow.protocol), flow.source,

@@ -492,6 +492,32 @@ def test_hello_timeout_never_lets_the_dns_names_decide(tmp_path: Path) -> None:
     assert event["rule"]["name"] == "rest/all" and h.stats.hello_timeouts == 1
 
 
+def test_a_flow_that_sends_nothing_waits_no_longer_than_hello_timeout(tmp_path: Path) -> None:
+    """Its bare segments pass in the kernel while it waits (a channel in their header
+    fields), and no packet of it may ever come to carry a verdict: at hello_timeout it is
+    decided as one whose name cannot be read, and the verdict goes into its ct mark."""
+    h = Harness(tmp_path, settings=NamesConfig(hello_timeout=5, resolvers=EVERY_SERVER))
+    written: list[list[tuple[tuple, int]]] = []
+    h.pipeline.set_verdicts = written.append
+    h.learn("github.com", GH)
+    assert h.out(syn(GH, 443)) == marks.PENDING
+    h.now += 2
+    assert h.out(syn(PINNED, 443, sport=2)) == marks.PENDING
+    assert h.pending(seg(GH, 443, 1001, b""), "ack") == marks.PENDING  # bare: passes
+    h.now += 2.9
+    assert h.pipeline.sweep() == 0 and written == []
+    h.now += 0.2
+    assert h.pipeline.sweep() == 1
+    assert written == [[((6, CLIENT, 40000, GH, 443), marks.DENY)]]
+    (event,) = h.events()
+    assert (event["event"]["reason"], event["nfguard"]["unreadable"]) == (
+        "name_unreadable", "hello_timeout")
+    assert h.pipeline.flows.waiting == 1, "the younger flow still waits"
+    h.now += 2
+    assert h.pipeline.sweep() == 1 and h.pipeline.flows.waiting == 0
+    assert written[1] == [((6, CLIENT, 2, PINNED, 443), marks.ALLOW)], "its network allows"
+
+
 def test_an_unreadable_name_is_decided_by_address_rules(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     h.pipeline.flows.max_flows = 1

@@ -21,13 +21,17 @@ from nfguard.undecided import (
     CTA_FILTER,
     CTA_MARK,
     CTA_MARK_MASK,
+    CTA_PROTO_DST_PORT,
+    CTA_PROTO_SRC_PORT,
     CTA_TUPLE_ORIG,
+    CTA_TUPLE_PROTO,
     NLM_F_DUMP,
     Flow,
-    deny_request,
     dump_request,
+    flow_of,
     parse_dump,
     started_here,
+    verdict_request,
 )
 
 RECORDED = json.loads(gzip.decompress(
@@ -108,13 +112,33 @@ def test_the_kernel_filtered_by_source() -> None:
 
 def test_a_cut_sets_deny_under_the_verdict_mask_and_never_creates() -> None:
     flow = recorded()[0][0]
-    request = deny_request(flow, 7)
+    request = verdict_request(flow, marks.DENY, 7)
     kind, flags, found = message(request)
     assert kind == 1 << 8 | 0 and flags == NLM_F_REQUEST | NLM_F_ACK  # no NLM_F_CREATE
     assert request[NLMSGHDR.size] == flow.family
     assert flow.name in request
     assert found[CTA_MARK] == struct.pack("!I", marks.DENY)
     assert found[CTA_MARK_MASK] == struct.pack("!I", marks.VERDICT_MASK)
+
+
+def test_a_flow_is_named_by_its_key_as_the_kernel_names_it() -> None:
+    """flow_of builds, from the pipeline's key, the very CTA_TUPLE_ORIG bytes the kernel's
+    dump carries for that flow, so an update finds it."""
+    checked = 0
+    for flow in recorded()[0]:
+        ports = {kind & 0x7FFF: flow.name[start:stop]
+                 for _, start, stop in attributes(flow.name, 0, len(flow.name))
+                 for kind, inner, end in attributes(flow.name, start, stop)
+                 if kind & 0x7FFF == CTA_TUPLE_PROTO
+                 for kind, start, stop in attributes(flow.name, inner, end)}
+        if CTA_PROTO_SRC_PORT not in ports:
+            continue
+        key = (flow.protocol, str(flow.source), *struct.unpack("!H", ports[CTA_PROTO_SRC_PORT]),
+               str(flow.destination), *struct.unpack("!H", ports[CTA_PROTO_DST_PORT]))
+        made = flow_of(key)
+        assert (made.name, made.family, made.source) == (flow.name, flow.family, flow.source)
+        checked += 1
+    assert checked >= 3
 
 
 @given(st.binary(max_size=512))

@@ -7,6 +7,7 @@ server pushes, the client never sends a byte before the hello timeout).
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
@@ -93,3 +94,42 @@ def test_a_waiting_flows_bare_segment_carrying_ip_options_is_cut(named: Lab) -> 
     assert not sniffed.contains(marker), "the IP option reached the server"
     event = named.wait_for_event(lambda e: e.get("destination", {}).get("port") == 8443)
     assert (event["event"]["action"], event["nfguard"]["unreadable"]) == ("deny", "not_bare")
+
+
+# Opens a connection that waits for its name and never sends a byte; TCP keepalive probes
+# (bare segments, one a second) are all it sends, for as long as it likes.
+SILENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 20)
+print("connected", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_a_waiting_flow_that_sends_nothing_is_cut_at_hello_timeout(named: Lab) -> None:
+    """Its bare segments pass in the kernel while it waits; their header fields are a
+    channel, so the wait must end even when no packet comes to carry a verdict."""
+    named.serve_dns(*DNS_RECORDS)
+    named.start_engine(named.write_config(POLICY, names={"hello_timeout": 1}))
+    assert named.dig("allowed.test") == [ALLOWED_V4]
+    named.record_tcp(ALLOWED_V4, 8443)
+    sniffed = named.sniff()
+    client = named.spawn(named.client, sys.executable, "-c", SILENT, ALLOWED_V4, "8443", "8",
+                         stdout=subprocess.PIPE, text=True)
+    assert client.stdout is not None and client.stdout.readline().strip() == "connected"
+
+    def to_server() -> int:
+        return sum(1 for frame in sniffed.payloads()
+                   if frame[12:14] == b"\x08\x00" and frame[36:38] == (8443).to_bytes(2, "big"))
+
+    event = named.wait_for_event(lambda e: e.get("destination", {}).get("port") == 8443)
+    assert (event["event"]["action"], event["nfguard"]["unreadable"]) == ("deny",
+                                                                          "hello_timeout")
+    time.sleep(1.5)  # a probe already on its way when the verdict was written
+    seen = to_server()
+    time.sleep(3)
+    assert to_server() == seen, "keepalive probes still reach the server after the cut"
