@@ -26,6 +26,7 @@ from tests.bench.bench_dns import (
     REFUSED_ZONE,
     ZONE,
     dns_policy,
+    judged_queries,
     querier_argv,
     query_figures,
     rate,
@@ -123,14 +124,15 @@ def answering_server(sock: socket.socket, answers: int, rcode: int) -> None:
         sock.sendto(data[:2] + bytes([0x81, 0x80 | rcode]) + data[4:], peer)
 
 
-def test_the_querier_times_each_answer_and_counts_the_lost() -> None:
+@pytest.mark.parametrize("sockets", [1, 2, 0])
+def test_the_querier_times_each_answer_and_counts_the_lost(sockets: int) -> None:
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("127.0.0.1", 0))
     port = server.getsockname()[1]
     thread = threading.Thread(target=answering_server, args=(server, 5, 5), daemon=True)
     thread.start()
     try:
-        argv = querier_argv(6, 2, ZONE, "127.0.0.1", port)
+        argv = querier_argv(6, 2, sockets, ZONE, "127.0.0.1", port)
         out = json.loads(subprocess.run(argv, capture_output=True, text=True, check=True,
                                         timeout=30).stdout)
     finally:
@@ -148,20 +150,27 @@ def run_of(rtts_ms: list[float], seconds: float = 1.0, lost: int = 0) -> dict:
             "seconds": seconds}
 
 
+def test_judged_queries_are_the_packets_besides_answers_and_first_datagrams() -> None:
+    assert judged_queries(queued=20_000 + 20_000 + 128, answered=20_000, sockets=128) == 20_000
+    assert judged_queries(queued=20_000 + 128, answered=20_000, sockets=128) == 0
+    assert judged_queries(queued=10, answered=20_000, sockets=128) == 0
+
+
 def test_query_figures_judge_the_goal_only_when_every_query_reached_the_engine() -> None:
     plain = run_of([0.1] * 100, 0.01)
     judged = run_of([0.15] * 100, 0.02)
     fast, slow = run_of([0.10] * 99 + [0.2]), run_of([0.13] * 99 + [0.3])
     refused = {"rtt": [0.00005] * 10, "rcodes": {"5": 10}, "lost": 0, "seconds": 0.01}
-    figures = query_figures(plain, judged, fast, slow, refused, 100, 100, plain)
+    figures = query_figures(plain, judged, fast, slow, fast, slow, refused, 100, 100, plain)
     assert figures[0].result.startswith("no filter 10,000/s (again after: 10,000/s); "
-                                        "nfguard 5,000/s (0.50); 100 of 100 queries")
+                                        "nfguard 5,000/s (0.50); 100 queries judged")
     assert figures[1].result.endswith("added +0.030/+0.100 ms")
-    assert figures[1].met is True
-    assert figures[2].result == "p50/p99 0.050/0.050 ms (rcode 5: 10)"
+    assert (figures[1].met, figures[2].met) == (True, None)  # the goal: judging alone
+    assert figures[3].result == "p50/p99 0.050/0.050 ms (rcode 5: 10)"
     late = run_of([0.25] * 100)
-    assert query_figures(plain, judged, fast, late, refused, 100, 100, plain)[1].met is False
-    unjudged = query_figures(plain, judged, fast, slow, refused, 1, 100, plain)
-    assert "not judged" in unjudged[0].result
+    assert query_figures(plain, judged, fast, late, fast, slow, refused, 100, 100,
+                         plain)[1].met is False
+    unjudged = query_figures(plain, judged, fast, slow, fast, slow, refused, 1, 100, plain)
+    assert "this build judges none" in unjudged[0].result
     assert unjudged[1].met is None
-    assert unjudged[2].result.startswith("not measured")
+    assert unjudged[3].result.startswith("not measured")
