@@ -47,6 +47,13 @@ from nfguard.wire.ip import TCP, UDP, Packet
 
 DEFAULT_MIN_SIBLINGS = 3
 CATCH_ALL = "unattributed"
+# Local resolvers: they ask upstream what local processes asked them (and those queries
+# are judged by the processes' own clients), so their client gets `queries = "any"`
+# rather than the list of every name the host resolved.
+LOCAL_RESOLVERS = frozenset({
+    "/usr/lib/systemd/systemd-resolved", "/lib/systemd/systemd-resolved",
+    "/usr/sbin/dnsmasq", "/usr/sbin/unbound", "/usr/sbin/named", "/usr/sbin/pdns_recursor",
+    "/usr/bin/coredns"})
 _PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58}
 
 QUERY_NOUN = ("query", "queries")
@@ -451,6 +458,7 @@ class SuggestedClient:
     rules: list[SuggestedRule]
     seen: Seen
     resolve: list[ResolveOnly] = field(default_factory=list)
+    any_query: int = 0  # a local resolver's queries: its client gets queries = "any"
 
 
 @dataclass
@@ -513,6 +521,9 @@ def _add_resolve_only(suggestion: Suggestion, queries: list[Query]) -> None:
     asked: dict[tuple[Identity, str], tuple[Seen, set[str]]] = {}
     for query in queries:
         suggestion.queries.add(query)
+        if query.identity.exe in LOCAL_RESOLVERS:
+            by_identity[query.identity].any_query += 1
+            continue
         if _usable_name(query.name) != query.name:
             suggestion.unwritable += 1
             continue
@@ -651,6 +662,9 @@ def render_suggestion(suggestion: Suggestion) -> str:
             table = ", ".join(f"{key} = {toml_string(value)}" for key, value in items)
             lines.append(f"match = {{ {table} }}")
         lines.append(f"policies = [{toml_string(client.name)}]")
+        if client.any_query:
+            lines.append(f'queries = "any"  # a local resolver ({client.any_query} queries): '
+                         "it asks what local processes, judged, asked it")
         lines += ["", "[[policy]]", f"name = {toml_string(client.name)}"]
         for rule in client.rules:
             lines += ["", "[[policy.rule]]", f"# {rule.seen.describe()}"]

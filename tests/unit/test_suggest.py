@@ -661,3 +661,20 @@ def test_cli_suggest_with_queries(tmp_path: Path, capsys: pytest.CaptureFixture[
         "refuse MX/TXT example.org  2 queries, first seen 2026-12-07T10:00:00.000Z, last "
         "2026-12-07T10:05:00.000Z  from exe=/usr/bin/curl user=alice  client=curl "
         "reason=name_not_allowed"]
+
+
+def test_a_local_resolvers_queries_give_its_client_queries_any_not_a_list() -> None:
+    resolved = {"exe": "/usr/lib/systemd/systemd-resolved", "user": "systemd-resolve"}
+    flows, queries = queries_of(
+        query("deb.debian.org", who=resolved, resolver="10.0.0.53"),
+        query("x.example", who=resolved, resolver="10.0.0.53"),
+        query("x.example", who=CURL))
+    text = suggest(flows, queries=queries, resolvers=lambda ip: ip in (STUB, "10.0.0.53"))
+    policies = load(text)
+    stub = next(c for c in policies.clients if c.name == "systemd-resolved-systemd-resolve")
+    assert stub.queries == "any"
+    assert 'queries = "any"  # a local resolver (2 queries)' in text
+    assert resolve_entries(text) == [["x.example"]]  # curl's, judged as its own
+    assert denied(flows, policies, resolvers=lambda ip: ip in (STUB, "10.0.0.53"),
+                  queries=queries) == []
+    assert refused(queries, policies) == []
