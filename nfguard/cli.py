@@ -76,11 +76,13 @@ def _parser() -> argparse.ArgumentParser:
                          "or an image id: sha256:...)")
     suggest = commands.add_parser("suggest", help="a policy (TOML) that allows what audit "
                                   "events show", description="a policy (TOML on stdout) that "
-                                  "allows the flows in audit logs; with --policy, what the "
-                                  "policy in DIR would deny of them instead")
+                                  "allows the flows and DNS queries in audit logs; with "
+                                  "--policy, what the policy in DIR would deny or refuse of "
+                                  "them instead")
     suggest.add_argument("audit", nargs="+", metavar="AUDIT.jsonl",
                          help='audit logs (JSON lines; .gz read as gzip; "-" for stdin)')
-    suggest.add_argument("--policy", metavar="DIR", help="list what this policy would deny")
+    suggest.add_argument("--policy", metavar="DIR",
+                         help="list what this policy would deny (flows) or refuse (queries)")
     suggest.add_argument("--default", choices=("deny", "allow"), default="deny",
                          help="engine.default assumed with --policy (default deny)")
     suggest.add_argument("--min-siblings", type=int, default=3, metavar="N",
@@ -254,14 +256,17 @@ def _suggest(args: argparse.Namespace) -> int:
               f"{read.without_flow} events without a flow", file=sys.stderr)
         for example in read.examples:
             print(f"  {suggest.comment_text(example)}", file=sys.stderr)
-    if not read.flows:
+    if not read.flows and not read.queries:
         print("nfguard suggest: no flows found", file=sys.stderr)
     resolvers = TrustedServers(SYSTEM_RESOLVERS).serves  # "@resolvers": this host's
     if policies is not None:
-        found = suggest.denied(read.flows, policies, args.default, resolvers)
-        print(suggest.render_denied(found, len(read.flows), args.policy, args.default), end="")
+        found = suggest.denied(read.flows, policies, args.default, resolvers, read.queries)
+        total = len(suggest.with_carriers(read.flows, read.queries))
+        refused = suggest.refused(read.queries, policies, args.default) if read.queries else None
+        print(suggest.render_denied(found, total, args.policy, args.default, refused,
+                                    len(read.queries)), end="")
     else:
-        print(suggest.suggest(read.flows, args.min_siblings, resolvers), end="")
+        print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries), end="")
     return 0
 
 

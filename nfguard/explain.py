@@ -1,4 +1,5 @@
-"""`nfguard explain`: the chain of reasoning for a hypothetical flow, without the kernel."""
+"""`nfguard explain`: the chain of reasoning for a hypothetical flow, and for the DNS query
+that comes before it, without the kernel."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from nfguard.config import Config
 from nfguard.daemon import build_engine
 from nfguard.engine import SNI, Engine
 from nfguard.policy.match import destination_names
-from nfguard.policy.model import IMAGE_ID_PREFIX
+from nfguard.policy.model import ALLOW, IMAGE_ID_PREFIX, Mode
+from nfguard.policy.patterns import normalize_name
+from nfguard.policy.resolve import Queries, QueryEvidence, QueryJudge, QueryMatch
 from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import Container
 from nfguard.wire.ip import TCP, UDP, Packet
@@ -47,9 +50,61 @@ def explain(
     elif interface is None and inside is None:
         lines.append("  from any process (no --exe/--user: only clients without a match "
                      "table can match)")
+    judge = QueryJudge(engine.policies, config.names.queries, config.engine.default)
+    lines.extend(_explain_query(engine, judge, host, process, config.engine.mode))
     for address in addresses:
         lines.extend(_explain_one(engine, address, port or 0, proto, names, process))
     return "\n".join(lines)
+
+
+def _explain_query(engine: Engine, judge: QueryJudge, host: str, process: ProcessInfo | None,
+                   mode: str) -> list[str]:
+    """Whether the client may resolve the name (an address: its PTR name), and which rule
+    decides: the policies `QueryJudge.walk` tries, in order."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        name = normalize_name(host)
+        out = [f"query: {name or '.'} (any type: the name is judged)"]
+    else:
+        name = address.reverse_pointer
+        out = [f"query: PTR {name} (the reverse name of {address})"]
+    client = engine.client_for(process)
+    decision = judge.decide(client, name)
+    mode = (client.mode if client is not None else None) or mode
+    if client is not None:
+        out.append(f"  client: {client.name}")
+        if decision.reason != "queries_any":
+            for policy, found in judge.walk(client.policies, decision.name):
+                out.append(f"  policy {policy}: " + (
+                    "covers no such name" if found is None else _covering(found, decision.name)))
+    else:
+        out.append("  client: none matched")
+    where = (f"client {client.name}'s queries" if client is not None and client.queries
+             else "[names] queries")
+    if decision.reason == "queries_any":
+        out.append(f"  {where} = \"{Queries.ANY}\": every query passes, unjudged")
+    elif decision.rule is None and client is not None:
+        out.append("  no rule covers it: engine.default decides")
+    outcome = ("it goes to the resolver" if decision.action == ALLOW
+               else "answered REFUSED at once, nothing leaves the host" if mode != Mode.AUDIT
+               else "audit mode: it goes to the resolver, recorded as refused")
+    out.append(f"  resolving: {decision.action} ({decision.reason}, evidence "
+               f"{decision.evidence}); {outcome}")
+    return out
+
+
+def _covering(found: QueryMatch, name: str) -> str:
+    """"rule R [where] covers it (evidence pattern) -> action"."""
+    rule = found.rule
+    if found.evidence in (QueryEvidence.NAME, QueryEvidence.RESOLVE):
+        patterns = rule.names if found.evidence == QueryEvidence.NAME else rule.resolve
+        via = f"{found.evidence} " + next((p.text for p in patterns if p.matches(name)), "?")
+    elif found.evidence == QueryEvidence.CIDR:
+        via = "cidr: the address is inside its `to` networks"
+    else:
+        via = "any: a rule without `to` covers every name"
+    return f"rule {rule.name} [{rule.location}] covers it ({via}) -> {rule.action}"
 
 
 def _image(image: str | None) -> tuple[str | None, str | None]:

@@ -3,15 +3,19 @@
 Pure functions over parsed events; the CLI in `nfguard.cli` only reads files and prints.
 
 - `read_flows` turns audit lines (JSON, as `nfguard.audit` writes them) into `Flow`s and
-  counts the lines that are not audit events of a flow;
+  `Query`s (events with `dns.type = "query"`) and counts the lines that are neither;
 - `suggest` groups flows by who sent them (executable, user, systemd unit) into one
   `[[client]]` and one `[[policy]]` each, rules by name where the flow had a DNS-derived
   name (many siblings under one registrable domain collapse into `**.parent`, never past the
   registrable domain), by address (/32, /128) where it had none ("@resolvers" for DNS to
   the host's resolvers), grouped by proto and the set of ports seen, and renders it as
-  TOML with counts and first/last seen as comments;
-- `denied` evaluates flows against an existing policy with the real `Engine` and reports
-  the distinct (who, destination, port, proto) it would deny.
+  TOML with counts and first/last seen as comments. A name a client resolved that its rules
+  do not already cover (judged by `QueryJudge` on the suggested policy itself: a name it
+  connected to is covered by its `to`) becomes resolvable-only, `resolve = [...]`, written
+  literally: a wildcard over names only resolved would let a tunnel through;
+- `denied` evaluates flows against an existing policy with the real `Engine`, and queries
+  with its `QueryJudge`, and reports the distinct (who, destination, port, proto) and
+  (who, name, type) it would deny or refuse.
 
 Output is deterministic: the same events in any order give the same text.
 """
@@ -31,9 +35,11 @@ import orjson
 
 from nfguard.config import EngineConfig
 from nfguard.engine import Decision, Engine
+from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
-from nfguard.policy.model import RESOLVERS, PolicySet
+from nfguard.policy.model import RESOLVERS, Client, PolicySet
 from nfguard.policy.patterns import is_pattern_text, normalize_name, parse_name_pattern
+from nfguard.policy.resolve import QueryDecision, QueryJudge
 from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import Container, image_id
 from nfguard.wire.dns import DNS_PORT
@@ -41,8 +47,16 @@ from nfguard.wire.ip import TCP, UDP, Packet
 
 DEFAULT_MIN_SIBLINGS = 3
 CATCH_ALL = "unattributed"
+# Local resolvers: they ask upstream what local processes asked them (and those queries
+# are judged by the processes' own clients), so their client gets `queries = "any"`
+# rather than the list of every name the host resolved.
+LOCAL_RESOLVERS = frozenset({
+    "/usr/lib/systemd/systemd-resolved", "/lib/systemd/systemd-resolved",
+    "/usr/sbin/dnsmasq", "/usr/sbin/unbound", "/usr/sbin/named", "/usr/sbin/pdns_recursor",
+    "/usr/bin/coredns"})
 _PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58}
 
+QUERY_NOUN = ("query", "queries")
 Resolvers = Callable[[str], bool]  # whether an address is one of the host's DNS resolvers
 
 
@@ -104,9 +118,28 @@ class Flow:
         return self.domain if self.domain is not None else self.ip
 
 
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One audit event of a DNS query: who asked which name, and the datagram or message
+    that carried it (a flow to the resolver, which the policy must let out too)."""
+
+    name: str  # the question name, normalised ("" is the root)
+    qtype: str  # "A", "SRV", ... as the event has it
+    carrier: Flow
+
+    @property
+    def identity(self) -> Identity:
+        return self.carrier.identity
+
+    @property
+    def timestamp(self) -> str | None:
+        return self.carrier.timestamp
+
+
 @dataclass
 class ReadResult:
     flows: list[Flow] = field(default_factory=list)
+    queries: list[Query] = field(default_factory=list)
     malformed: int = 0  # lines that are not JSON audit events
     without_flow: int = 0  # valid events with no destination (unparseable packets, errors)
     examples: list[str] = field(default_factory=list)  # "file:line: why" of the first few
@@ -133,16 +166,22 @@ def read_flows(sources: Iterable[tuple[str, Iterable[bytes | str]]]) -> ReadResu
                 continue
             where = f"{name}:{lineno}"
             try:
-                result.flows.append(parse_event(orjson.loads(line)))
+                parsed = parse_event(orjson.loads(line))
             except NotAFlow as exc:
                 result.add_problem(where, str(exc), malformed=False)
             except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
                 result.add_problem(where, str(exc) or type(exc).__name__)
+            else:
+                if isinstance(parsed, Query):
+                    result.queries.append(parsed)
+                else:
+                    result.flows.append(parsed)
     return result
 
 
-def parse_event(event: Any) -> Flow:
-    """One decoded audit event -> Flow; ValueError (NotAFlow for flowless events) if not."""
+def parse_event(event: Any) -> Flow | Query:
+    """One decoded audit event -> Flow, or Query for a DNS query's; ValueError (NotAFlow
+    for flowless events) if neither."""
     if not isinstance(event, dict):
         raise ValueError("not a JSON object")
     destination = event.get("destination")
@@ -162,8 +201,18 @@ def parse_event(event: Any) -> Flow:
     if not isinstance(timestamp, str):
         timestamp = None
     identity, process = _who(event)
-    return Flow(timestamp, str(address), address.version, proto, port,
-                _usable_name(destination.get("domain")), identity, process)
+    dns = _table(event, "dns")
+    flow = Flow(timestamp, str(address), address.version, proto, port,
+                None if dns else _usable_name(destination.get("domain")), identity, process)
+    if not dns:
+        return flow
+    if dns.get("type") != "query":
+        raise NotAFlow(f"dns event of type {dns.get('type')!r}")
+    question = _table(dns, "question")
+    name = question.get("name")
+    if not isinstance(name, str):
+        raise ValueError("missing or bad dns.question.name")
+    return Query(normalize_name(name), _optional_text(question.get("type")) or "?", flow)
 
 
 def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
@@ -358,13 +407,13 @@ class Seen:
     first: str | None = None
     last: str | None = None
 
-    def add(self, flow: Flow) -> None:
+    def add(self, seen: Flow | Query) -> None:
         self.count += 1
-        if flow.timestamp is not None:
-            if self.first is None or flow.timestamp < self.first:
-                self.first = flow.timestamp
-            if self.last is None or flow.timestamp > self.last:
-                self.last = flow.timestamp
+        if seen.timestamp is not None:
+            if self.first is None or seen.timestamp < self.first:
+                self.first = seen.timestamp
+            if self.last is None or seen.timestamp > self.last:
+                self.last = seen.timestamp
 
     def merge(self, other: Seen) -> None:
         self.count += other.count
@@ -373,8 +422,8 @@ class Seen:
                 self.first = ts if self.first is None or ts < self.first else self.first
                 self.last = ts if self.last is None or ts > self.last else self.last
 
-    def describe(self) -> str:
-        flows = f"{self.count} flow{'s' if self.count != 1 else ''}"
+    def describe(self, noun: str = "flow", plural: str = "") -> str:
+        flows = f"{self.count} {noun if self.count == 1 else plural or noun + 's'}"
         if self.first is None:
             return flows
         if self.first == self.last:
@@ -394,21 +443,37 @@ class SuggestedRule:
 
 
 @dataclass
+class ResolveOnly:
+    """A name a client resolved that none of its suggested rules covers."""
+
+    name: str
+    qtypes: tuple[str, ...]
+    seen: Seen
+
+
+@dataclass
 class SuggestedClient:
     name: str
     identity: Identity
     rules: list[SuggestedRule]
     seen: Seen
+    resolve: list[ResolveOnly] = field(default_factory=list)
+    any_query: int = 0  # a local resolver's queries: its client gets queries = "any"
 
 
 @dataclass
 class Suggestion:
     clients: list[SuggestedClient]
     seen: Seen
+    queries: Seen = field(default_factory=Seen)
+    unwritable: int = 0  # queries of names no pattern can name (the root, odd labels)
 
 
 def build_suggestion(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS,
-                     resolvers: Resolvers | None = None) -> Suggestion:
+                     resolvers: Resolvers | None = None,
+                     queries: Iterable[Query] = ()) -> Suggestion:
+    queries = list(queries)
+    flows = with_carriers(flows, queries)
     by_identity: dict[Identity, list[Flow]] = defaultdict(list)
     total = Seen()
     for flow in flows:
@@ -423,7 +488,53 @@ def build_suggestion(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBL
             seen.add(flow)
         rules = _rules(by_identity[identity], min_siblings, resolvers)
         clients.append(SuggestedClient(names[identity], identity, rules, seen))
-    return Suggestion(clients, total)
+    suggestion = Suggestion(clients, total)
+    if queries:
+        _add_resolve_only(suggestion, queries)
+    return suggestion
+
+
+def with_carriers(flows: Iterable[Flow], queries: Iterable[Query]) -> list[Flow]:
+    """The flows, and the flow to its resolver of each query whose (who, address, port,
+    proto) no flow event has: the policy must let the query reach the resolver too."""
+    flows = list(flows)
+    keys = {_flow_key(flow) for flow in flows}
+    for query in queries:
+        key = _flow_key(query.carrier)
+        if key not in keys:
+            keys.add(key)
+            flows.append(query.carrier)
+    return flows
+
+
+def _flow_key(flow: Flow) -> tuple[Identity, str, int, str]:
+    return flow.identity, flow.ip, flow.port, flow.proto
+
+
+def _add_resolve_only(suggestion: Suggestion, queries: list[Query]) -> None:
+    """Judge each client's queries by the policy suggested so far, as the engine would
+    (QueryJudge): the names it refuses become the client's resolvable-only names."""
+    policies = parse_policy_texts([("suggested.toml", render_suggestion(suggestion))])
+    judge = QueryJudge(CompiledPolicySet(policies))
+    loaded = {client.name: client for client in policies.clients}
+    by_identity = {client.identity: client for client in suggestion.clients}
+    asked: dict[tuple[Identity, str], tuple[Seen, set[str]]] = {}
+    for query in queries:
+        suggestion.queries.add(query)
+        if query.identity.exe in LOCAL_RESOLVERS:
+            by_identity[query.identity].any_query += 1
+            continue
+        if _usable_name(query.name) != query.name:
+            suggestion.unwritable += 1
+            continue
+        seen, qtypes = asked.setdefault((query.identity, query.name), (Seen(), set()))
+        seen.add(query)
+        qtypes.add(query.qtype)
+    for (identity, name), (seen, qtypes) in sorted(
+            asked.items(), key=lambda item: (item[0][0].sort_key(), _entry_key(item[0][1]))):
+        client = by_identity[identity]
+        if judge.decide(loaded[client.name], name).action != "allow":
+            client.resolve.append(ResolveOnly(name, tuple(sorted(qtypes)), seen))
 
 
 def _client_names(identities: list[Identity]) -> dict[Identity, str]:
@@ -531,9 +642,14 @@ def _entry_key(entry: str) -> tuple:
 
 def render_suggestion(suggestion: Suggestion) -> str:
     lines = [
-        "# Suggested by `nfguard suggest`: allows exactly the flows in the audit events read",
-        f"# ({suggestion.seen.describe()}; {len(suggestion.clients)} clients).",
+        "# Suggested by `nfguard suggest`: allows exactly the flows and DNS queries in the",
+        f"# audit events read ({suggestion.seen.describe()};",
+        *([f"# {suggestion.queries.describe(*QUERY_NOUN)};"] if suggestion.queries.count
+          else []),
+        f"# {len(suggestion.clients)} clients).",
         "# Review it before use: every destination here was contacted, not necessarily wanted.",
+        "# A client may resolve the names its `to` rules name; `resolve` lists the names it",
+        "# only looked up, each written out: a wildcard there would let a DNS tunnel through.",
         "# Clients are tried in order, most specific match first; a flow no rule here allows",
         "# falls to engine.default. A client with no match table matches every process.",
     ]
@@ -546,6 +662,9 @@ def render_suggestion(suggestion: Suggestion) -> str:
             table = ", ".join(f"{key} = {toml_string(value)}" for key, value in items)
             lines.append(f"match = {{ {table} }}")
         lines.append(f"policies = [{toml_string(client.name)}]")
+        if client.any_query:
+            lines.append(f'queries = "any"  # a local resolver ({client.any_query} queries): '
+                         "it asks what local processes, judged, asked it")
         lines += ["", "[[policy]]", f"name = {toml_string(client.name)}"]
         for rule in client.rules:
             lines += ["", "[[policy.rule]]", f"# {rule.seen.describe()}"]
@@ -567,6 +686,21 @@ def render_suggestion(suggestion: Suggestion) -> str:
             else:
                 lines.append("# transport without ports (e.g. icmp): rules cannot narrow it, "
                              "so this allows tcp and udp too")
+        if client.resolve:
+            seen = Seen()
+            for item in client.resolve:
+                seen.merge(item.seen)
+            lines += ["", "[[policy.rule]]",
+                      f"# names resolved, never connected to: {seen.describe(*QUERY_NOUN)}",
+                      'name = "resolve-only"', 'action = "allow"', "resolve = ["]
+            for item in client.resolve:
+                note = comment_text(
+                    f"{'/'.join(item.qtypes)}: {item.seen.describe(*QUERY_NOUN)}")
+                lines.append(f"    {toml_string(item.name)},  # {note}")
+            lines.append("]")
+    if suggestion.unwritable:
+        lines += ["", f"# {suggestion.unwritable} queries of names no rule can name (the root, "
+                  "labels that are not DNS labels) are not allowed by this policy"]
     return "\n".join(lines) + "\n"
 
 
@@ -585,10 +719,10 @@ def _port_items(ports: tuple[int, ...]) -> Iterator[str]:
 
 
 def suggest(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS,
-            resolvers: Resolvers | None = None) -> str:
-    """Flows -> TOML policy text that allows every one of them. `resolvers`: whether an
-    address is one of the host's DNS resolvers; DNS to them is allowed as "@resolvers"."""
-    return render_suggestion(build_suggestion(flows, min_siblings, resolvers))
+            resolvers: Resolvers | None = None, queries: Iterable[Query] = ()) -> str:
+    """Flows and queries -> TOML policy text that allows every one of them. `resolvers`:
+    whether an address is one of the host's DNS resolvers; DNS to them is "@resolvers"."""
+    return render_suggestion(build_suggestion(flows, min_siblings, resolvers, queries))
 
 
 # ------------------------------------------------------------------------------ denied
@@ -624,8 +758,11 @@ def policy_engine(policies: PolicySet, default: str = "deny",
 
 
 def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny",
-           resolvers: Resolvers | None = None) -> list[DeniedFlow]:
-    """The distinct (who, destination, port, proto) that `policies` would deny."""
+           resolvers: Resolvers | None = None, queries: Iterable[Query] = ()
+           ) -> list[DeniedFlow]:
+    """The distinct (who, destination, port, proto) that `policies` would deny, the flows
+    carrying `queries` to their resolver included."""
+    flows = with_carriers(flows, queries)
     engine = policy_engine(policies, default, resolvers)
     found: dict[tuple[Identity, str, int, str], tuple[Seen, set[str], set[str]]] = {}
     for flow in flows:
@@ -644,7 +781,48 @@ def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny",
     return out
 
 
-def render_denied(items: list[DeniedFlow], total: int, policy_dir: str, default: str) -> str:
+@dataclass(frozen=True, slots=True)
+class RefusedQuery:
+    identity: Identity
+    name: str
+    qtypes: tuple[str, ...]
+    clients: tuple[str, ...]  # which clients of the policy decided ("-" for none)
+    rules: tuple[str, ...]  # which rules (or reasons, when no rule covered the name) refused
+    seen: Seen
+
+
+def judge_query(engine: Engine, judge: QueryJudge, query: Query) -> QueryDecision:
+    """The decision the engine would give the query: its sender's client, then the judge."""
+    client: Client | None = engine.client_for(query.carrier.process)
+    return judge.decide(client, query.name)
+
+
+def refused(queries: Iterable[Query], policies: PolicySet, default: str = "deny",
+            judged: str = "policy") -> list[RefusedQuery]:
+    """The distinct (who, name) whose queries `policies` would refuse ([names] queries =
+    `judged`; a client's own `queries` overrides it, as in the engine)."""
+    engine = policy_engine(policies, default)
+    judge = QueryJudge(engine.policies, judged, default)
+    found: dict[tuple[Identity, str], tuple[Seen, set[str], set[str], set[str]]] = {}
+    for query in queries:
+        decision = judge_query(engine, judge, query)
+        if decision.action != "deny":
+            continue
+        seen, qtypes, clients, rules = found.setdefault(
+            (query.identity, query.name), (Seen(), set(), set(), set()))
+        seen.add(query)
+        qtypes.add(query.qtype)
+        clients.add(decision.client or "-")
+        rules.add(f"rule={decision.rule}" if decision.rule else f"reason={decision.reason}")
+    out = [RefusedQuery(identity, name, tuple(sorted(qtypes)), tuple(sorted(clients)),
+                        tuple(sorted(rules)), seen)
+           for (identity, name), (seen, qtypes, clients, rules) in found.items()]
+    out.sort(key=lambda r: (r.identity.sort_key(), _entry_key(r.name)))
+    return out
+
+
+def render_denied(items: list[DeniedFlow], total: int, policy_dir: str, default: str,
+                  queries: list[RefusedQuery] | None = None, total_queries: int = 0) -> str:
     flows = sum(d.seen.count for d in items)
     lines = [f"# {len(items)} distinct flows denied by the policy in {comment_text(policy_dir)} "
              f"({flows} of {total} observed flows; engine.default = {default})"]
@@ -654,4 +832,14 @@ def render_denied(items: list[DeniedFlow], total: int, policy_dir: str, default:
             f"deny {d.proto} {dest}:{d.port}  {d.seen.count} flow{'s' * (d.seen.count != 1)}"
             f"  from {d.identity.describe()}  client={','.join(d.clients)} "
             f"{' '.join(d.rules)}"))
+    if queries is not None:
+        count = sum(r.seen.count for r in queries)
+        lines.append(f"# {len(queries)} distinct names refused to their clients ({count} of "
+                     f"{total_queries} observed queries): each needs a rule whose `to` or "
+                     "`resolve` names it")
+        for r in queries:
+            lines.append(comment_text(
+                f"refuse {'/'.join(r.qtypes)} {r.name or '.'}  {r.seen.describe(*QUERY_NOUN)}"
+                f"  from {r.identity.describe()}  client={','.join(r.clients)} "
+                f"{' '.join(r.rules)}"))
     return "\n".join(lines) + "\n"

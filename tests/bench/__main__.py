@@ -6,15 +6,17 @@
 
 Parts: connections (new TCP connections/s: no filter, a bare NetfilterQueue loop, nfguard,
 OpenSnitch when installed), workers (engine.workers 1 against 2), latency (connect and
-request time added), reload (a 100k-rule policy swapped under load), scale (policy load,
-memory and decision cost at 1k-100k rules), dns (DNS answers learnt per second), memory
-(engine memory over a million flows). The lab parts need root, nginx, wrk and dnsmasq; the
-others are pure user space.
+request time added), reload (a 100k-rule policy swapped under load), queries (DNS queries
+judged per second and the query time added, dnsmasq answering), scale (policy load, memory
+and decision cost at 1k-100k rules), dns (DNS answers learnt per second), memory (engine
+memory over a million flows). The lab parts need root, nginx, wrk and dnsmasq; the others
+are pure user space.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -23,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tests.bench.report import Figure, conditions, table
 
-LAB_PARTS = ("connections", "workers", "latency", "reload")
+LAB_PARTS = ("connections", "workers", "latency", "reload", "queries")
 PURE_PARTS = ("scale", "dns", "memory")
 PARTS = LAB_PARTS + PURE_PARTS
 
@@ -38,8 +40,9 @@ def run(args: argparse.Namespace) -> list[Figure]:
     elif lab_parts:
         from tests.bench import bench_connections as lab_bench
 
-        with lab_bench.web_lab() as lab:
-            for part in lab_parts:
+        web_parts = [p for p in lab_parts if p != "queries"]
+        with lab_bench.web_lab() if web_parts else contextlib.nullcontext() as lab:
+            for part in web_parts:
                 started = time.monotonic()
                 if part == "connections":
                     figures += lab_bench.connection_rates(
@@ -52,6 +55,12 @@ def run(args: argparse.Namespace) -> list[Figure]:
                 else:
                     figures += lab_bench.reload_under_load(lab, args.reload_rules)
                 progress(part, started)
+        if "queries" in lab_parts:
+            from tests.bench.bench_dns import query_rates
+
+            started = time.monotonic()
+            figures += query_rates(args.queries, args.query_latency, args.body)
+            progress("queries", started)
     if "scale" in parts:
         from tests.bench.bench_policy_scale import policy_scale
 
@@ -94,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reload-rules", type=int, default=100_000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--dns-answers", type=int, default=20_000)
+    parser.add_argument("--queries", type=int, default=20_000, help="DNS queries per rate run")
+    parser.add_argument("--query-latency", type=int, default=2_000,
+                        help="sequential DNS queries timed")
     parser.add_argument("--flows", type=int, default=1_000_000)
     parser.add_argument("--no-opensnitch", action="store_true",
                         help="leave OpenSnitch out even when it is installed")

@@ -401,3 +401,92 @@ def test_explain_an_image_by_its_id(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "client: git" in out and "decision: deny" in out
     code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--image", "alpine/git:2")
     assert code == 0 and "client: everyone" in out, "a reference is not the id"
+
+
+# ---------------------------------------------------------------- explain: the query
+
+
+def query_lines(out: str) -> list[str]:
+    """The query section of explain's output: from "query:" to "resolving:"."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("query: "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("  resolving: "))
+    return lines[start:end + 1]
+
+
+QUERY_POLICY = POLICY.replace('["web", "lab"]', '["web", "lab", "find"]') + """
+[[policy]]
+name = "find"
+
+[[policy.rule]]
+name = "srv"
+action = "allow"
+resolve = ["_ldap._tcp.**.example.org"]
+"""
+
+
+def test_explain_says_whether_the_client_may_resolve_the_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, QUERY_POLICY)
+    policy_file = tmp_path / "rules" / "10-main.toml"
+    code, out, _err = run_explain(capsys, config, "github.com:443")
+    assert code == 0
+    assert query_lines(out) == [
+        "query: github.com (any type: the name is judged)",
+        "  client: everyone",
+        f"  policy web: rule web/github [{policy_file}:13] covers it (name github.com) -> allow",
+        "  resolving: allow (rule_match, evidence name); it goes to the resolver"]
+    code, out, _err = run_explain(capsys, config, "_ldap._tcp.dc.example.org")
+    assert query_lines(out)[1:] == [
+        "  client: everyone",
+        "  policy web: covers no such name",
+        "  policy lab: covers no such name",
+        f"  policy find: rule find/srv [{policy_file}:43] covers it "
+        "(resolve _ldap._tcp.**.example.org) -> allow",
+        "  resolving: allow (rule_match, evidence resolve); it goes to the resolver"]
+    code, out, _err = run_explain(capsys, config, "x.attacker.example")
+    assert query_lines(out)[-2:] == [
+        "  no rule covers it: engine.default decides",
+        "  resolving: deny (name_not_allowed, evidence default); answered REFUSED at once, "
+        "nothing leaves the host"]
+    code, out, _err = run_explain(capsys, config, "x.attacker.example", "--exe", "/usr/bin/git")
+    assert query_lines(out)[1:] == [
+        "  client: git",
+        f"  policy deny-all: rule deny-all/#1 [{policy_file}:37] covers it "
+        "(any: a rule without `to` covers every name) -> deny",
+        "  resolving: deny (rule_match, evidence any); answered REFUSED at once, "
+        "nothing leaves the host"]
+
+
+def test_explain_an_address_judges_its_ptr_name(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, QUERY_POLICY, engine='mode = "audit"\n')
+    policy_file = tmp_path / "rules" / "10-main.toml"
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443")
+    assert code == 0
+    assert query_lines(out) == [
+        "query: PTR 5.1.18.198.in-addr.arpa (the reverse name of 198.18.1.5)",
+        "  client: everyone",
+        "  policy web: covers no such name",
+        f"  policy lab: rule lab/https [{policy_file}:22] covers it "
+        "(cidr: the address is inside its `to` networks) -> allow",
+        "  resolving: allow (rule_match, evidence cidr); it goes to the resolver"]
+    assert out.splitlines()[-1].startswith("  decision: allow")  # the flow's, as before
+    code, out, _err = run_explain(capsys, config, "192.0.2.1")
+    assert query_lines(out)[0] == (
+        "query: PTR 1.2.0.192.in-addr.arpa (the reverse name of 192.0.2.1)")
+    assert query_lines(out)[-1] == (
+        "  resolving: deny (name_not_allowed, evidence default); audit mode: it goes to the "
+        "resolver, recorded as refused")
+
+
+def test_explain_queries_any_passes_unjudged(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, engine='[names]\nqueries = "any"\n')
+    code, out, _err = run_explain(capsys, config, "x.attacker.example")
+    assert code == 0
+    assert query_lines(out) == [
+        "query: x.attacker.example (any type: the name is judged)",
+        "  client: everyone",
+        '  [names] queries = "any": every query passes, unjudged',
+        "  resolving: allow (queries_any, evidence default); it goes to the resolver"]

@@ -164,7 +164,7 @@ def test_an_answer_is_remembered_and_a_new_judge_sees_a_new_policy() -> None:
 def test_the_base_policy_resolves_what_it_lets_the_host_reach() -> None:
     base = CompiledPolicySet(parse_policy_texts(
         [("base.toml", (REPO / "rules" / "base.toml").read_text())]))
-    everyone = base.clients[0]
+    everyone = next(c for c in base.clients if c.name == "everyone")
     j = QueryJudge(base)
     for name in ("deb.debian.org", "security.debian.org", "pypi.org"):
         assert j.decide(everyone, name).action == ALLOW, name

@@ -14,6 +14,8 @@ from nfguard.config import EngineConfig
 from nfguard.engine import Engine
 from nfguard.policy.load import load_policy_files
 from nfguard.policy.match import CompiledPolicySet
+from nfguard.policy.model import Client
+from nfguard.policy.resolve import Queries, QueryJudge
 from nfguard.procs import ProcessInfo
 from nfguard.wire.ip import TCP, UDP, Packet
 
@@ -162,3 +164,122 @@ def test_ci_runner_tier() -> None:
     assert decision(engine, PUBLIC, 22, name="github.com") == "allow"
     assert decision(engine, PUBLIC, 443, name="paste.example.com") == "deny"
     assert decision(engine, PUBLIC, 443) == "deny"
+
+
+# ---------------------------------------------------------------- which names they resolve
+
+RESOLVED = ProcessInfo(exe="/usr/lib/systemd/systemd-resolved", user="systemd-resolve",
+                       uid=990)
+
+
+def judge_for(path: Path, default: str = "deny") -> tuple[Engine, QueryJudge]:
+    engine = Engine(EngineConfig(default=default),
+                    CompiledPolicySet(load_policy_files([path])),
+                    resolvers=lambda ip: ip == RESOLVER)
+    return engine, QueryJudge(engine.policies, Queries.POLICY, default)
+
+
+def example_name(pattern: str) -> str:
+    """A name the pattern matches: each wildcard a label or two of its own."""
+    return ".".join("x.y" if label == "**" else "x" if label == "*" else label
+                    for label in pattern.split("."))
+
+
+def member(client: Client) -> ProcessInfo:
+    """A process the client's match table takes (the examples match on exe and user)."""
+    keys = dict(client.match)
+    assert set(keys) <= {"exe", "user"}, keys
+    return ProcessInfo(exe=keys.get("exe"), user=keys.get("user"),
+                       uid=1000 if "user" in keys else None)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_client_may_resolve_the_names_it_may_connect_to(path: Path) -> None:
+    engine, judge = judge_for(path)
+    checked = 0
+    for client in load_policy_files([path]).clients:
+        process = member(client)
+        taken = engine.client_for(process)
+        assert taken is not None and taken.name == client.name, "an earlier client takes it"
+        for policy in client.policies:
+            for rule in engine.policies.policies[policy].rules:
+                ports = sorted(rule.ports or ()) or [443]
+                for pattern in rule.names:
+                    name = example_name(pattern.text)
+                    flow = decision(engine, PUBLIC, ports[0], rule.proto or "tcp", name,
+                                    process.exe, process.user)
+                    if flow == "allow":
+                        checked += 1
+                        assert judge.decide(client, name).action == "allow", name
+                for pattern in rule.resolve:
+                    name = example_name(pattern.text)
+                    expected = judge.decide(client, name)
+                    assert expected.action == rule.action or expected.rule != rule.name
+                    checked += rule.action == "allow"
+        # and nothing else: a name no rule names is refused (but by the stub's client,
+        # which only asks what the others were allowed to ask it)
+        refused = judge.decide(client, "x.attacker.example").action == "deny"
+        assert refused != (client.queries == Queries.ANY), client.name
+    assert checked or path.stem in ("tier-bastion", "tier-database", "encrypted-dns")
+
+
+@pytest.mark.parametrize("policy", ["base", *TIERS])
+def test_the_resolver_stub_has_a_client_of_its_own(policy: str) -> None:
+    """systemd-resolved asks upstream what local processes were allowed to ask it: its own
+    queries pass, its flows go to the host's resolvers on 53 and nowhere else."""
+    engine, judge = judge_for(RULES / f"{policy}.toml")
+    client = engine.client_for(RESOLVED)
+    assert client is not None and client.name.endswith("systemd-resolved")
+    assert client.queries == Queries.ANY
+    assert judge.decide(client, "anything.example").action == "allow"
+    assert judge.decide(client, "").action == "allow"  # the root: DNSSEC's keys
+    stub = (RESOLVED.exe, RESOLVED.user)
+    assert decision(engine, RESOLVER, 53, "udp", None, *stub) == "allow"
+    assert decision(engine, RESOLVER, 53, "tcp", None, *stub) == "allow"
+    assert decision(engine, PUBLIC, 53, "udp", None, *stub) == "deny"
+    assert decision(engine, PUBLIC, 443, "tcp", "deb.debian.org", *stub) == "deny"
+    # a process pretending to be it under another user is not it
+    other = engine.client_for(ProcessInfo(exe=RESOLVED.exe, user="mallory", uid=1000))
+    assert other is not None and other is not client
+
+
+def test_base_lets_a_stock_debian_resolve_what_it_uses() -> None:
+    engine, judge = judge_for(RULES / "base.toml")
+    everyone = engine.client_for(ProcessInfo(exe="/usr/lib/apt/methods/http", user="_apt",
+                                             uid=42))
+    assert everyone is not None and everyone.name == "everyone"
+    for name in ("deb.debian.org", "security.debian.org", "_http._tcp.deb.debian.org",
+                 "_http._tcp.security.debian.org", "pypi.org", "files.pythonhosted.org"):
+        assert judge.decide(everyone, name).action == "allow", name
+    for name in ("x.attacker.example", "0.debian.pool.ntp.org", "1.2.0.192.in-addr.arpa"):
+        assert judge.decide(everyone, name).action == "deny", name
+    timesync = ProcessInfo(exe="/usr/lib/systemd/systemd-timesyncd", user="systemd-timesync",
+                           uid=991)
+    client = engine.client_for(timesync)
+    assert client is not None and client.name == "systemd-timesyncd"
+    assert judge.decide(client, "2.debian.pool.ntp.org").action == "allow"
+    assert judge.decide(client, "deb.debian.org").action == "deny"
+    assert decision(engine, PUBLIC, 123, "udp", "2.debian.pool.ntp.org", timesync.exe,
+                    timesync.user) == "allow"
+    assert decision(engine, RESOLVER, 53, "udp", None, timesync.exe, timesync.user) == "allow"
+
+
+def test_encrypted_dns_first_leaves_names_to_the_next_policies(tmp_path: Path) -> None:
+    """Put first in a client's policies (as its header says), encrypted-dns refuses the
+    DoH servers' names and every reverse name, and no other name."""
+    path = tmp_path / "combined.toml"
+    path.write_text((RULES / "base.toml").read_text().replace(
+        'policies = ["dns", "package-mirrors"]',
+        'policies = ["encrypted-dns", "dns", "package-mirrors"]')
+        + (RULES / "encrypted-dns.toml").read_text().split("[[policy]]", 1)[1].join(
+            ["\n[[policy]]", ""]))
+    engine, judge = judge_for(path)
+    everyone = engine.client_for(ProcessInfo(exe="/usr/bin/curl", user="alice", uid=1000))
+    assert everyone is not None and everyone.name == "everyone"
+    assert judge.decide(everyone, "deb.debian.org").action == "allow"
+    refused = judge.decide(everyone, "dns.google")
+    assert (refused.action, refused.rule) == ("deny", "encrypted-dns/public-doh-by-name")
+    ptr = judge.decide(everyone, "8.8.8.8.in-addr.arpa")
+    assert ptr.action == "deny" and ptr.rule is not None
+    assert decision(engine, "192.0.2.1", 853, "tcp") == "deny"
+    assert decision(engine, "192.0.2.1", 853, "udp") == "deny"

@@ -12,13 +12,16 @@ import pytest
 
 from nfguard import cli
 from nfguard.policy.load import parse_policy_texts
+from nfguard.policy.resolve import QueryJudge
 from nfguard.suggest import (
     collapse_names,
     decide,
     denied,
     fnmatch_escape,
+    judge_query,
     policy_engine,
     read_flows,
+    refused,
     registrable_domain,
     suggest,
     toml_string,
@@ -516,3 +519,162 @@ to = ["pypi.org"]
     assert len(denied(flows_of(moved), policies)) == 1, "the tag moved to another image"
     del moved["container"]["image"]["hash"]
     assert len(denied(flows_of(moved), policies)) == 1
+
+
+# ---------------------------------------------------------------- DNS queries
+
+STUB = "127.0.0.53"
+
+
+def query(name: str, qtype: str = "A", who: dict[str, str] | None = None,
+          ts: str = "2026-12-07T10:00:00.000Z", action: str = "deny",
+          resolver: str = STUB) -> dict[str, Any]:
+    """A query's audit event, as the engine writes it (refused ones from audit mode)."""
+    ev = event(resolver, 53, "udp", who=who, ts=ts, action=action)
+    ev["event"]["reason"] = "rule_match" if action == "allow" else "name_not_allowed"
+    ev["dns"] = {"type": "query", "question": {"name": name, "type": qtype}}
+    return ev
+
+
+def queries_of(*events: dict[str, Any]):
+    result = read_flows([("audit.jsonl", lines(*events))])
+    assert result.malformed == result.without_flow == 0
+    return result.flows, result.queries
+
+
+def resolve_entries(text: str) -> list[list[str]]:
+    return [r["resolve"] for r in all_rules(text) if "resolve" in r]
+
+
+def judged(policies, items, default: str = "deny") -> list[tuple[str, str]]:
+    """(name, action) of each query under `policies`, as the engine would judge it."""
+    engine = policy_engine(policies, default)
+    judge = QueryJudge(engine.policies, "policy", default)
+    return [(q.name, judge_query(engine, judge, q).action) for q in items]
+
+
+APT_LOG = [
+    query("_http._tcp.deb.debian.org", "SRV", who=APT),
+    query("deb.debian.org", who=APT),
+    query("deb.debian.org", "AAAA", who=APT),
+    event("151.101.2.132", 80, domain="deb.debian.org", who=APT),
+    query("Example.ORG.", "TXT", who=CURL),
+    query("example.org", "MX", who=CURL, ts="2026-12-07T10:05:00.000Z"),
+]
+
+
+def test_query_events_are_read_as_queries_not_flows() -> None:
+    flows, queries = queries_of(*APT_LOG)
+    assert [f.domain for f in flows] == ["deb.debian.org"]
+    assert [(q.name, q.qtype, q.carrier.ip, q.carrier.port, q.carrier.proto)
+            for q in queries][3:] == [("example.org", "TXT", STUB, 53, "udp"),
+                                      ("example.org", "MX", STUB, 53, "udp")]
+    assert queries[0].identity.exe == APT["exe"]
+    bad = read_flows([("a", lines({**query("x.example"), "dns": {"type": "query"}}))])
+    assert bad.malformed == 1 and not bad.queries
+
+
+def test_a_name_resolved_but_never_connected_to_becomes_resolvable_only() -> None:
+    flows, queries = queries_of(*APT_LOG)
+    text = suggest(flows, queries=queries, resolvers=lambda ip: ip == STUB)
+    # apt connected to deb.debian.org: its `to` covers resolving it; the SRV name it only
+    # looked up, and curl's example.org (TXT and MX, one entry), are resolvable-only.
+    assert resolve_entries(text) == [["_http._tcp.deb.debian.org"], ["example.org"]]
+    assert '"example.org",  # MX/TXT: 2 queries' in text
+    policies = load(text)
+    assert all(action == "allow" for _name, action in judged(policies, queries))
+    # and the datagrams carrying them reach the resolver
+    assert denied(flows, policies, resolvers=lambda ip: ip == STUB, queries=queries) == []
+    assert refused(queries, policies) == []
+
+
+def test_a_name_under_a_collapsed_wildcard_or_a_cidr_rule_needs_nothing_more() -> None:
+    reached = [event(f"93.184.216.{i}", 443, domain=f"{n}.example.com", who=CURL)
+               for i, n in enumerate("abc")]
+    asked = [query("_srv._tcp.example.com", "SRV", who=CURL),  # under **.example.com
+             query("9.2.0.192.in-addr.arpa", "PTR", who=CURL),  # 192.0.2.9/32 reached
+             query("0.216.184.93.in-addr.arpa", "PTR", who=CURL),  # reached by name only
+             event("192.0.2.9", 22, who=CURL)]
+    flows, queries = queries_of(*reached, *asked)
+    text = suggest(flows, queries=queries)
+    assert "**.example.com" in text
+    assert resolve_entries(text) == [["0.216.184.93.in-addr.arpa"]]
+    assert all(action == "allow" for _name, action in judged(load(text), queries))
+
+
+def test_resolvable_only_names_are_never_collapsed_into_a_wildcard() -> None:
+    tunnel = [query(f"{label}.t.attacker.example", "TXT", who=CURL)
+              for label in ("mzxw6ytb", "orsxg5a", "nbswy3dp", "gezdgnbv")]
+    flows, queries = queries_of(*tunnel)
+    text = suggest(flows, queries=queries, min_siblings=2)
+    assert "**" not in text
+    assert resolve_entries(text) == [sorted(q.name for q in queries)]
+    assert judged(load(text), queries_of(query("other.t.attacker.example", who=CURL))[1]) == [
+        ("other.t.attacker.example", "deny")]
+
+
+def test_names_no_rule_can_name_are_counted_not_written() -> None:
+    flows, queries = queries_of(query("", "NS", who=CURL), query("a b.example", who=CURL),
+                                query("ok.example", who=CURL))
+    text = suggest(flows, queries=queries)
+    assert resolve_entries(text) == [["ok.example"]]
+    assert "# 2 queries of names no rule can name" in text
+    load(text)
+
+
+def test_refused_lists_what_the_policy_refuses_and_honours_a_clients_queries() -> None:
+    _flows, queries = queries_of(
+        query("api.example.com", who=CURL),  # curl's `**.example.com`: allowed
+        query("paste.example.net", who=CURL),
+        query("paste.example.net", "AAAA", who=CURL),
+        query("anything.example", who={"exe": "/usr/bin/dig"}))
+    found = refused(queries, load(POLICY))
+    assert [(r.identity.exe, r.name, r.qtypes, r.clients, r.rules, r.seen.count)
+            for r in found] == [
+        ("/usr/bin/curl", "paste.example.net", ("A", "AAAA"), ("curl",),
+         ("reason=name_not_allowed",), 2)]  # everyone's rule without `to` covers any name
+    relaxed = load(POLICY.replace('name = "curl"\n', 'name = "curl"\nqueries = "any"\n'))
+    assert refused(queries, relaxed) == []
+    assert refused(queries, load(POLICY), judged="any") == []
+
+
+def test_cli_suggest_with_queries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("\n".join(lines(*APT_LOG)) + "\n")
+    code, out, err = run(capsys, "suggest", str(audit))
+    assert code == 0 and "no flows found" not in err
+    assert "resolve = [" in out
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "50-suggested.toml").write_text(out)
+    code, out, _err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "# 0 distinct names refused to their clients (0 of 5 observed queries): each needs a "
+        "rule whose `to` or `resolve` names it")
+    (rules / "50-suggested.toml").write_text(POLICY)
+    code, out, _err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    # apt's names fall to everyone's rule without `to`: only curl's example.org is refused
+    assert out.splitlines()[-2:] == [
+        "# 1 distinct names refused to their clients (2 of 5 observed queries): each needs a "
+        "rule whose `to` or `resolve` names it",
+        "refuse MX/TXT example.org  2 queries, first seen 2026-12-07T10:00:00.000Z, last "
+        "2026-12-07T10:05:00.000Z  from exe=/usr/bin/curl user=alice  client=curl "
+        "reason=name_not_allowed"]
+
+
+def test_a_local_resolvers_queries_give_its_client_queries_any_not_a_list() -> None:
+    resolved = {"exe": "/usr/lib/systemd/systemd-resolved", "user": "systemd-resolve"}
+    flows, queries = queries_of(
+        query("deb.debian.org", who=resolved, resolver="10.0.0.53"),
+        query("x.example", who=resolved, resolver="10.0.0.53"),
+        query("x.example", who=CURL))
+    text = suggest(flows, queries=queries, resolvers=lambda ip: ip in (STUB, "10.0.0.53"))
+    policies = load(text)
+    stub = next(c for c in policies.clients if c.name == "systemd-resolved-systemd-resolve")
+    assert stub.queries == "any"
+    assert 'queries = "any"  # a local resolver (2 queries)' in text
+    assert resolve_entries(text) == [["x.example"]]  # curl's, judged as its own
+    assert denied(flows, policies, resolvers=lambda ip: ip in (STUB, "10.0.0.53"),
+                  queries=queries) == []
+    assert refused(queries, policies) == []
