@@ -20,43 +20,20 @@ from tests.e2e.lab import (
     WEB_SERVER,
     Lab,
 )
+from tests.e2e.policies import DENY_REST, allow, everyone, policy
 
-WEB_POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["web", "deny-rest"]
 
-    [[policy]]
-    name = "web"
+def web_policy(*http_to: str, http_port: int = 80) -> str:
+    """Policy "web": TCP to `http_to` on `http_port`, the lab's echo servers; "deny-rest"."""
+    return everyone(policy(
+        "web",
+        allow("allowed-net-http", *http_to, ports=(http_port,), proto="tcp"),
+        allow("echo-tcp", "198.18.1.1", ports=(7000,), proto="tcp"),
+        allow("echo", "198.18.1.1", ports=(7,), proto="udp"),
+    ), DENY_REST)
 
-    [[policy.rule]]
-    name = "allowed-net-http"
-    action = "allow"
-    to = ["198.18.1.0/24", "fd00:18:1::/48"]
-    ports = [80]
-    proto = "tcp"
 
-    [[policy.rule]]
-    name = "echo-tcp"
-    action = "allow"
-    to = ["198.18.1.1"]
-    ports = [7000]
-    proto = "tcp"
-
-    [[policy.rule]]
-    name = "echo"
-    action = "allow"
-    to = ["198.18.1.1"]
-    ports = [7]
-    proto = "udp"
-
-    [[policy]]
-    name = "deny-rest"
-
-    [[policy.rule]]
-    name = "everything"
-    action = "deny"
-"""
+WEB_POLICY = web_policy("198.18.1.0/24", "fd00:18:1::/48")
 
 REFUSED = 7  # curl: connection refused / reset
 TIMED_OUT = 28
@@ -232,9 +209,7 @@ def test_filtered_loopback_is_judged_and_cut_at_once(lab: Lab) -> None:
     for port in (8080, 8081):
         lab.spawn(lab.client, sys.executable, "-c", WEB_SERVER, str(port),
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    local = WEB_POLICY.replace('to = ["198.18.1.0/24", "fd00:18:1::/48"]\n    ports = [80]',
-                               'to = ["127.0.0.1"]\n    ports = [8080]')
-    assert local != WEB_POLICY
+    local = web_policy("127.0.0.1", http_port=8080)
     lab.start_engine(lab.write_config(local, filter_loopback=True))
     lab.wait_until(lambda: lab.curl("127.0.0.1", 8080)[0] == 0)
     assert lab.curl("127.0.0.1", 8081, timeout=5)[0] == REFUSED, "cut, not left to time out"
