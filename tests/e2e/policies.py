@@ -55,6 +55,7 @@ def dns(*to: str) -> Rule:
 
 
 DENY_REST = policy("deny-rest", deny("everything"))
+ALLOWED_NET = policy("p", allow(UNNAMED, "198.18.1.0/24"))  # ALLOWED_V4's network, unnamed
 
 
 def everyone(*policies: Policy) -> str:
