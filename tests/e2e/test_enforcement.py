@@ -5,58 +5,38 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.adversary.raw import send_raw
 from tests.e2e.lab import (
     ALLOWED_V4,
     ALLOWED_V6,
     CLIENT_V4,
+    CLIENT_V6,
     OTHER_V4,
     OTHER_V6,
     WEB_SERVER,
     Lab,
 )
+from tests.e2e.policies import DENY_REST, allow, everyone, policy
 
-WEB_POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["web", "deny-rest"]
 
-    [[policy]]
-    name = "web"
+def web_policy(*http_to: str, http_port: int = 80) -> str:
+    """Policy "web": TCP to `http_to` on `http_port`, the lab's echo servers; "deny-rest"."""
+    return everyone(policy(
+        "web",
+        allow("allowed-net-http", *http_to, ports=(http_port,), proto="tcp"),
+        allow("echo-tcp", "198.18.1.1", ports=(7000,), proto="tcp"),
+        allow("echo", "198.18.1.1", ports=(7,), proto="udp"),
+    ), DENY_REST)
 
-    [[policy.rule]]
-    name = "allowed-net-http"
-    action = "allow"
-    to = ["198.18.1.0/24", "fd00:18:1::/48"]
-    ports = [80]
-    proto = "tcp"
 
-    [[policy.rule]]
-    name = "echo-tcp"
-    action = "allow"
-    to = ["198.18.1.1"]
-    ports = [7000]
-    proto = "tcp"
-
-    [[policy.rule]]
-    name = "echo"
-    action = "allow"
-    to = ["198.18.1.1"]
-    ports = [7]
-    proto = "udp"
-
-    [[policy]]
-    name = "deny-rest"
-
-    [[policy.rule]]
-    name = "everything"
-    action = "deny"
-"""
+WEB_POLICY = web_policy("198.18.1.0/24", "fd00:18:1::/48")
 
 REFUSED = 7  # curl: connection refused / reset
 TIMED_OUT = 28
@@ -197,29 +177,16 @@ def test_malformed_packet_does_not_stop_the_engine(lab: Lab) -> None:
     engine = lab.start_engine(lab.write_config(WEB_POLICY))
     # A raw IPv4 packet claiming TCP with a 4-byte TCP header: conntrack cannot track it,
     # so the kernel drops it before the queue (the sender gets EPERM).
-    sender = (
-        "import socket\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
-        "src = socket.inet_aton('198.18.0.1'); dst = socket.inet_aton('198.18.1.1')\n"
-        "hdr = bytes([0x45, 0, 0, 24, 0, 1, 0, 0, 64, 6, 0, 0]) + src + dst\n"
-        "s.sendto(hdr + b'\\x01\\x02\\x03\\x04', ('198.18.1.1', 0))\n"
-    )
-    result = lab.exec(lab.client, sys.executable, "-c", sender)
-    assert "Operation not permitted" in result.stderr
+    src, dst = socket.inet_aton(CLIENT_V4), socket.inet_aton(ALLOWED_V4)
+    hdr = bytes([0x45, 0, 0, 24, 0, 1, 0, 0, 64, 6, 0, 0]) + src + dst
+    assert send_raw(lab, lab.client, [hdr + b"\x01\x02\x03\x04"]) == 0
     # One conntrack tracks but the engine does not read: UDP behind nine destination
     # options headers (the engine follows eight).
-    sender = (
-        "import socket\n"
-        "s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
-        "src = socket.inet_pton(socket.AF_INET6, 'fd00:18::1')\n"
-        "dst = socket.inet_pton(socket.AF_INET6, 'fd00:18:1::1')\n"
-        "options = bytes([60, 0, 1, 4, 0, 0, 0, 0]) * 8 + bytes([17, 0, 1, 4, 0, 0, 0, 0])\n"
-        "body = options + bytes([0x9c, 0x40, 0, 80, 0, 12, 0, 0]) + b'data'\n"
-        "hdr = bytes([0x60, 0, 0, 0]) + len(body).to_bytes(2) + bytes([60, 64]) + src + dst\n"
-        "s.sendto(hdr + body, ('fd00:18:1::1', 0))\n"
-    )
-    result = lab.exec(lab.client, sys.executable, "-c", sender)
-    assert result.returncode == 0, result.stderr
+    src6, dst6 = (socket.inet_pton(socket.AF_INET6, a) for a in (CLIENT_V6, ALLOWED_V6))
+    options = bytes([60, 0, 1, 4, 0, 0, 0, 0]) * 8 + bytes([17, 0, 1, 4, 0, 0, 0, 0])
+    body = options + bytes([0x9c, 0x40, 0, 80, 0, 12, 0, 0]) + b"data"
+    hdr = bytes([0x60, 0, 0, 0]) + len(body).to_bytes(2) + bytes([60, 64]) + src6 + dst6
+    assert send_raw(lab, lab.client, [hdr + body]) == 1
     event = lab.wait_for_event(lambda e: e["event"]["reason"] == "unparseable_packet")
     assert event["event"]["action"] == "deny"
     assert engine.poll() is None, "the engine must survive"
@@ -232,9 +199,7 @@ def test_filtered_loopback_is_judged_and_cut_at_once(lab: Lab) -> None:
     for port in (8080, 8081):
         lab.spawn(lab.client, sys.executable, "-c", WEB_SERVER, str(port),
                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    local = WEB_POLICY.replace('to = ["198.18.1.0/24", "fd00:18:1::/48"]\n    ports = [80]',
-                               'to = ["127.0.0.1"]\n    ports = [8080]')
-    assert local != WEB_POLICY
+    local = web_policy("127.0.0.1", http_port=8080)
     lab.start_engine(lab.write_config(local, filter_loopback=True))
     lab.wait_until(lambda: lab.curl("127.0.0.1", 8080)[0] == 0)
     assert lab.curl("127.0.0.1", 8081, timeout=5)[0] == REFUSED, "cut, not left to time out"

@@ -21,34 +21,9 @@ from tests.e2e.lab import (
     SERVER_V6,
     Lab,
 )
+from tests.e2e.policies import LAB_DNS, names_policy
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["names", "deny-rest"]
-
-    [[policy]]
-    name = "names"
-
-    [[policy.rule]]
-    name = "dns"
-    action = "allow"
-    to = ["198.18.0.2", "fd00:18::2"]
-    ports = [53]
-
-    [[policy.rule]]
-    name = "allowed"
-    action = "allow"
-    to = ["allowed.test"]
-    ports = [80, 443]
-
-    [[policy]]
-    name = "deny-rest"
-
-    [[policy.rule]]
-    name = "everything"
-    action = "deny"
-"""
+POLICY = names_policy(80, 443)
 
 DNS_RECORDS = (
     f"--host-record=allowed.test,{ALLOWED_V4},{ALLOWED_V6}",
@@ -469,8 +444,7 @@ def test_by_default_only_the_hosts_resolvers_teach_and_their_changes_are_followe
     process the policy lets ask another server gets its answer, but the answer cannot
     bind an allowed name to that server's choice of address; once resolv.conf (rewritten,
     as a DHCP client or VPN does) names that server, its answers teach."""
-    other_server = POLICY.replace('to = ["198.18.0.2", "fd00:18::2"]',
-                                  f'to = ["198.18.0.2", "fd00:18::2", "{OTHER_V4}"]')
+    other_server = names_policy(80, 443, dns_to=(*LAB_DNS, OTHER_V4))
     named.serve_dns(*DNS_RECORDS)
     named.serve_dns(f"--host-record=allowed.test,{OTHER_V4}", on=(OTHER_V4,))
     named.start_engine(named.write_config(other_server))
@@ -496,7 +470,7 @@ def test_by_default_only_the_hosts_resolvers_teach_and_their_changes_are_followe
 def test_dns_to_the_hosts_resolvers_only_follows_resolv_conf(named: Lab) -> None:
     """`to = ["@resolvers"]`: DNS goes to the servers the lab host's resolv.conf names and
     to no other, and when resolv.conf is rewritten the rule follows it."""
-    resolvers_only = POLICY.replace('to = ["198.18.0.2", "fd00:18::2"]', 'to = ["@resolvers"]')
+    resolvers_only = names_policy(80, 443, dns_to=("@resolvers",))
     named.serve_dns(*DNS_RECORDS)
     named.serve_dns(f"--host-record=allowed.test,{OTHER_V4}", on=(OTHER_V4,))
     named.start_engine(named.write_config(resolvers_only))

@@ -5,19 +5,9 @@ from __future__ import annotations
 import signal
 
 from tests.e2e.lab import Lab
+from tests.e2e.policies import ALLOWED_NET, everyone
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["p"]
-
-    [[policy]]
-    name = "p"
-
-    [[policy.rule]]
-    action = "allow"
-    to = ["198.18.1.0/24"]
-"""
+POLICY = everyone(ALLOWED_NET)
 
 USER_TABLE = """
 table inet usertest {

@@ -10,6 +10,7 @@ import socket
 import struct
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -533,6 +534,29 @@ class FakeOwners:
         pass
 
 
+class Recorded(NamedTuple):
+    attr: Attributor
+    diag: FakeDiag
+    owners: FakeOwners
+    events: FakeEvents | bool
+    proc: Path
+    cg: Path
+    ids: dict[str, int]
+
+
+def _recorded(tmp_path: Path, events: bool, fake_paths: bool = True) -> Recorded:
+    """As _setup, with the kernel's record of socket owners (FakeOwners) and, if `events`,
+    process events (FakeEvents); fake_paths=False checks exe paths in the fake /proc."""
+    proc, cg = tmp_path / "proc", tmp_path / "cg"
+    ids = _fake_cgroup_tree(cg)
+    diag, owners = FakeDiag(), FakeOwners()
+    ev = FakeEvents() if events else False
+    paths = FakePaths() if fake_paths else ExePaths(str(proc))
+    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
+                      owners=owners, events=ev, paths=paths)  # type: ignore[arg-type]
+    return Recorded(attr, diag, owners, ev, proc, cg, ids)
+
+
 def test_started_before_allows_the_start_tick() -> None:
     second = 1_000_000_000
     assert started_before(1000, 10 * second, 100)
@@ -544,12 +568,7 @@ def test_started_before_allows_the_start_tick() -> None:
 @pytest.mark.parametrize("events", [False, True])
 def test_attributor_trusts_the_kernel_record_only_while_its_process_lives(
         tmp_path: Path, events: bool) -> None:
-    proc, cg = tmp_path / "proc", tmp_path / "cg"
-    ids = _fake_cgroup_tree(cg)
-    diag, owners = FakeDiag(), FakeOwners()
-    ev = FakeEvents() if events else False
-    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
-                      owners=owners, events=ev)
+    attr, diag, owners, _ev, proc, cg, ids = _recorded(tmp_path, events, fake_paths=False)
     hz = os.sysconf("SC_CLK_TCK")
     second = 1_000_000_000
     _fake_proc(proc, 700, exe="/usr/bin/client", argv=["client"], ppid=1, sockets={5: 71},
@@ -592,12 +611,7 @@ def test_attributor_refuses_a_process_that_exec_d_after_it_connected(
     """The record names the process that connected; an exec since (begun or done, seen by
     the kernel's tracepoints or, without them, the process connector) means the program
     read now did not make the flow. An exec done before the connect is that program's."""
-    proc, cg = tmp_path / "proc", tmp_path / "cg"
-    ids = _fake_cgroup_tree(cg)
-    diag, owners = FakeDiag(), FakeOwners()
-    ev = FakeEvents() if events else False
-    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
-                      owners=owners, events=ev, paths=FakePaths())  # type: ignore[arg-type]
+    attr, diag, owners, ev, proc, _cg, ids = _recorded(tmp_path, events)
     hz = os.sysconf("SC_CLK_TCK")
     second = 1_000_000_000
     now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
@@ -636,11 +650,7 @@ def test_attributor_refuses_a_process_that_exec_d_after_it_connected(
 def test_attributor_rereads_an_entry_read_before_the_last_exec(tmp_path: Path) -> None:
     """A cached entry read before an exec that ended before the connect describes the old
     program: it is read again, not refused and not believed."""
-    proc, cg = tmp_path / "proc", tmp_path / "cg"
-    ids = _fake_cgroup_tree(cg)
-    diag, owners = FakeDiag(), FakeOwners()
-    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
-                      owners=owners, events=False, paths=FakePaths())  # type: ignore[arg-type]
+    attr, diag, owners, _ev, proc, _cg, ids = _recorded(tmp_path, events=False)
     hz = os.sysconf("SC_CLK_TCK")
     _fake_proc(proc, 700, exe="/usr/bin/python3", argv=["python3"], ppid=1, sockets={5: 71},
                starttime=1 * hz)
@@ -1168,12 +1178,7 @@ def test_parent_exe_is_the_program_that_forked_it(tmp_path: Path, events: bool) 
     """A parent that exec'd after forking the flow's process (its payload) did not start
     it as the program it runs now: no parent_exe. Nor does a parent the process was
     reparented to (known from its fork event)."""
-    proc, cg = tmp_path / "proc", tmp_path / "cg"
-    ids = _fake_cgroup_tree(cg)
-    diag, owners = FakeDiag(), FakeOwners()
-    ev = FakeEvents() if events else False
-    attr = Attributor(proc_root=str(proc), cgroup_root=str(cg), diag=diag,  # type: ignore[arg-type]
-                      owners=owners, events=ev, paths=FakePaths())  # type: ignore[arg-type]
+    attr, diag, owners, ev, proc, _cg, ids = _recorded(tmp_path, events)
     hz = os.sysconf("SC_CLK_TCK")
     second = 1_000_000_000
     now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)

@@ -13,17 +13,7 @@ import pytest
 from nfguard.wire.errors import WireError
 from nfguard.wire.h2 import MAX_BYTES, PREFACE, H2HeadReader
 from nfguard.wire.http import RequestHead, RequestHeadReader
-
-
-def integer(value: int, prefix: int, flags: int = 0) -> bytes:
-    top = (1 << prefix) - 1
-    if value < top:
-        return bytes([flags | value])
-    out, value = [flags | top], value - top
-    while value >= 128:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes([*out, value])
+from tests.unit.test_wire_hpack import integer
 
 
 def block(*fields: tuple[bytes, bytes]) -> bytes:

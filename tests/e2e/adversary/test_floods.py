@@ -11,27 +11,9 @@ import uuid
 
 from tests.e2e.adversary.raw import kernel_counter
 from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, Lab
+from tests.e2e.policies import allow, dns_and
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["p"]
-
-    [[policy]]
-    name = "p"
-
-    [[policy.rule]]
-    name = "dns"
-    action = "allow"
-    to = ["198.18.0.2", "fd00:18::2"]
-    ports = [53]
-
-    [[policy.rule]]
-    name = "web"
-    action = "allow"
-    to = ["198.18.1.0/24"]
-    ports = [80]
-"""
+POLICY = dns_and(allow("web", "198.18.1.0/24", ports=(80,)))
 
 # One datagram from a socket of its own (a new flow) per marker line.
 NEW_FLOWS = """

@@ -12,27 +12,9 @@ import pytest
 
 from tests.e2e.adversary.raw import kernel_counter
 from tests.e2e.lab import ALLOWED_V4, ALLOWED_V6, SERVER_V4, Lab
+from tests.e2e.policies import allow, dns_and
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["p"]
-
-    [[policy]]
-    name = "p"
-
-    [[policy.rule]]
-    name = "dns"
-    action = "allow"
-    to = ["198.18.0.2", "fd00:18::2"]
-    ports = [53]
-
-    [[policy.rule]]
-    name = "web"
-    action = "allow"
-    to = ["allowed.test"]
-    ports = [443]
-"""
+POLICY = dns_and(allow("web", "allowed.test", ports=(443,)))
 
 # Connects and never sends a byte (a server-first protocol's client waiting for its
 # orders); prints, hex, whatever arrived within the time given.

@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.lab import ALLOWED_V4, SERVER_V4, SERVER_V6, SLOWDOWN, Lab, Recording
+from tests.e2e.policies import allow, everyone, policy
 
 METRICS = "127.0.0.1:9808"  # on the client namespace's own loopback
 DENIED_PORT, ALLOWED_PORT = 7100, 7101
@@ -23,20 +24,7 @@ DENIED_PORT, ALLOWED_PORT = 7100, 7101
 # milliseconds, the xt rules in tens); generous, for a busy machine.
 GAP = 1.0 * SLOWDOWN
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["lab"]
-
-    [[policy]]
-    name = "lab"
-
-    [[policy.rule]]
-    name = "allowed"
-    action = "allow"
-    to = ["198.18.1.0/24"]
-    proto = "tcp"
-"""
+POLICY = everyone(policy("lab", allow("allowed", "198.18.1.0/24", proto="tcp")))
 
 # Debian's /etc/nftables.conf, as nftables.service loads it on start and reload.
 DEBIAN_CONF = """\

@@ -23,29 +23,11 @@ from tests.e2e.lab import (
     SERVER_V6,
     Lab,
 )
+from tests.e2e.policies import allow, dns_and
 
 scapy = pytest.importorskip("scapy.all")
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["p"]
-
-    [[policy]]
-    name = "p"
-
-    [[policy.rule]]
-    name = "dns"
-    action = "allow"
-    to = ["198.18.0.2", "fd00:18::2"]
-    ports = [53]
-
-    [[policy.rule]]
-    name = "web"
-    action = "allow"
-    to = ["allowed.test", "fd00:18:1::1"]
-    ports = [80]
-"""
+POLICY = dns_and(allow("web", "allowed.test", "fd00:18:1::1", ports=(80,)))
 LINK_LOCAL = "fe80::1"
 
 

@@ -13,35 +13,10 @@ import time
 import pytest
 
 from tests.e2e.lab import ALLOWED_V4, Lab
+from tests.e2e.policies import names_policy
 from tests.e2e.test_names import DNS_RECORDS
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["names", "deny-rest"]
-
-    [[policy]]
-    name = "names"
-
-    [[policy.rule]]
-    name = "dns"
-    action = "allow"
-    to = ["198.18.0.2", "fd00:18::2"]
-    ports = [53]
-
-    [[policy.rule]]
-    name = "allowed"
-    action = "allow"
-    to = ["allowed.test"]
-    ports = [80, 443, 8080, 8443]
-
-    [[policy]]
-    name = "deny-rest"
-
-    [[policy.rule]]
-    name = "everything"
-    action = "deny"
-"""
+POLICY = names_policy(80, 443, 8080, 8443)
 
 MARKER = b"EXFIL-7f3c9a"
 

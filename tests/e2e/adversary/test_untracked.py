@@ -20,21 +20,11 @@ from tests.e2e.lab import (
     SERVER_V6,
     Lab,
 )
+from tests.e2e.policies import ALLOWED_NET, everyone
 
 scapy = pytest.importorskip("scapy.all")
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["p"]
-
-    [[policy]]
-    name = "p"
-
-    [[policy.rule]]
-    action = "allow"
-    to = ["198.18.1.0/24"]
-"""
+POLICY = everyone(ALLOWED_NET)
 
 
 def untrackable(v4: str, v6: str, marker: bytes) -> list[object]:
