@@ -35,8 +35,9 @@ from nfguard.config import Config, load_config
 from nfguard.control import ControlServer, Reply
 from nfguard.engine import Engine
 from nfguard.metrics import Latency, Sources, Stats, serve
+from nfguard.names.peers import Peers
+from nfguard.names.resolvers import TrustedServers
 from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, render
-from nfguard.peers import Peers
 from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.load import PolicyError, load_policy_dir
@@ -44,7 +45,6 @@ from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor
 from nfguard.procs.containers import Containers
 from nfguard.queue import QueueAdapter
-from nfguard.resolvers import TrustedServers
 from nfguard.ruleset_watch import RulesetGuard, open_events
 from nfguard.sdnotify import Notifier
 from nfguard.undecided import Undecided
@@ -255,6 +255,7 @@ class Daemon:
                 for key, _ in selector.select(timeout):
                     key.data()
                 pipeline.sweep()
+                pipeline.trusted.tend()  # resolv.conf looked at here, not per packet
                 self.attributor.poll_events()  # keep the kernel's event buffer drained
                 if team is not None:
                     team.tend()

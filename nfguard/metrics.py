@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from nfguard.config import MetricsConfig, parse_listen
 from nfguard.engine import Decision
-from nfguard.names import NameCache
+from nfguard.names.cache import NameCache
 from nfguard.nft import COUNTERS
 
 log = logging.getLogger(__name__)

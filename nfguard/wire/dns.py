@@ -20,7 +20,7 @@ a few records (a CDN's: a CNAME chain and up to 8 addresses per family).
 Trust note: the bindings are exactly what the answer claims, so an answer from an
 arbitrary server can bind any address to any name.  The engine learns only from replies
 to queries this host sent (conntrack's reply direction: the 5-tuple) and only from the
-servers [names] resolvers trusts (nfguard.resolvers).  The query id and question are not
+servers [names] resolvers trusts (nfguard.names.resolvers).  The query id and question are not
 compared (only a flow's first query reaches the engine; glibc sends A and AAAA on one
 socket), so a forger off the path who guesses a query's source port and races the server
 could teach a binding that the client itself then drops for its wrong id.  Comparing
