@@ -114,8 +114,10 @@ class Ruleset:
         return text + ("\n" if self.xt_rules else "")
 
 
-def render(settings: EngineConfig, path: str) -> Ruleset:
-    """The whole ruleset for one queue path; `nft/` in the repository holds rendered copies."""
+def render(settings: EngineConfig, path: str, queries: bool = True) -> Ruleset:
+    """The whole ruleset for one queue path; `nft/` in the repository holds rendered copies.
+    `queries`: whether DNS queries are judged (false only when [names] queries is "any" and
+    no client overrides it: then they are not queued at all)."""
     bypass = settings.fail == "open"
     last = settings.queue + settings.workers - 1
     queues = f"{settings.queue}-{last}" if last > settings.queue else str(settings.queue)
@@ -139,6 +141,13 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
         else '\t\toifname "lo" accept\t# loopback is not filtered (engine.filter_loopback)\n'
     )
     queued = f"0x{marks.QUEUED:08x}"
+    injected = f"0x{marks.INJECTED:08x}"
+    mask = f"0x{marks.MASK:08x}"
+    query_jump = ("\t\tmeta l4proto { tcp, udp } th dport 53 jump dns_query\t# every DNS query, "
+                  "whatever its flow's verdict\n" if queries else "")
+    local_query = ('\t\toifname "lo" ct direction original meta l4proto { tcp, udp } th dport '
+                   "53 jump dns_query\t# to a local stub resolver\n"
+                   if queries and not settings.filter_loopback else "")
     if bypass:
         unanswered = (
             "\t\t# Fail open: while no engine is bound, and whenever the queue is full (a\n"
@@ -170,7 +179,8 @@ table inet {TABLE} {{
 \t# and is checked on its own first.
 \tchain output {{
 \t\ttype filter hook output priority filter - 10; policy accept;
-{loopback}\t\ticmpv6 type {{ {_LINK_CONTROL_V6} }} jump link_control
+\t\tmeta mark & {mask} == {injected} accept\t# the engine's refusal of a DNS query, to its client
+{local_query}{loopback}\t\ticmpv6 type {{ {_LINK_CONTROL_V6} }} jump link_control
 \t\tip protocol igmp jump link_control
 \t\tct state invalid,untracked counter name untracked_dropped drop\t# no conntrack entry: no verdict could hold it
 \t\tct direction reply accept\t# replies to flows others started; the resets and ICMP errors of our own cuts
@@ -179,15 +189,30 @@ table inet {TABLE} {{
 {_forward_chain(settings.forward_from, dns_queue, settings.new_flows_per_user)}
 \t# A flow's packets. Decided flows never leave the kernel; new ones are marked {queued}
 \t# and handed to the engine, and so are the packets of pending flows (marked
-\t# 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name.
+\t# 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name, and every
+\t# DNS query (each is judged by its name).
 \tchain egress {{
-\t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
+{query_jump}\t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == {pending} meta l4proto tcp jump bare\t# pending, a segment that carries nothing
 \t\tct mark & {ct_field} == {pending} meta mark set meta mark | {pending}\t# pending: to the engine again
 \t\tct mark & {ct_field} != {pending} ct state established,related accept\t# flows that predate nfguard, ICMP errors
+\t\tgoto to_engine
+\t}}
+
+\tchain to_engine {{
 \t\tmeta mark set meta mark | {queued}
 {queue_step}
+\t}}
+
+\t# A DNS query (a datagram, or a TCP segment that carries bytes) goes to the engine,
+\t# which reads its question and judges the name by the sender's policy; the handshake
+\t# takes a flow's usual path, bare segments pass.
+\tchain dns_query {{
+\t\tmeta l4proto udp goto to_engine
+\t\ttcp flags & (syn | rst) != 0 return
+\t\tjump bare
+\t\tgoto to_engine
 \t}}
 
 \t# TCP segments of a pending flow that carry nothing (the handshake's ACK, window
@@ -215,6 +240,7 @@ table inet {TABLE} {{
 \t# conntrack entry: a denied packet is cut all the same, and nothing the engine saw
 \t# passes unless its verdict was kept.
 \tchain settle {{
+\t\tmeta mark & {mask} == {injected} accept\t# the engine's refusal, on its way to the client
 \t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} ct mark set ct mark & {keep} | 0x{marks.ALLOW:08x} meta mark set meta mark & {keep} accept
 \t\tmeta mark & {verdict_bits} == {pending} ct mark set ct mark & {keep} | {pending} meta mark set meta mark & {keep} accept
 \t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} ct mark set ct mark & {keep} | 0x{marks.DENY:08x}\t# the flow's later packets are cut in egress
@@ -229,6 +255,7 @@ table inet {TABLE} {{
 \t# First, a flow waiting for its name gets nothing of the server's but bare segments.
 \tchain input {{
 \t\ttype filter hook input priority filter - 10; policy accept;
+\t\tmeta mark & {mask} == {injected} meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
 \t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
 \t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
@@ -414,7 +441,7 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int) 
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
 \t\ttcp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
-{meters}\t\tct direction original iifname {names} jump egress
+{meters}\t\tct direction original iifname {names} jump egress\t# their DNS queries too
 \t}}
 
 \tchain forward_verdict {{
