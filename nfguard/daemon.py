@@ -35,9 +35,11 @@ from nfguard.config import Config, load_config
 from nfguard.control import ControlServer, Reply
 from nfguard.engine import Engine
 from nfguard.metrics import Latency, Sources, Stats, serve
+from nfguard.names.inject import Refusals
 from nfguard.names.peers import Peers
+from nfguard.names.queries import queued
 from nfguard.names.resolvers import TrustedServers
-from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, render
+from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, Ruleset, render
 from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.load import PolicyError, load_policy_dir
@@ -133,7 +135,7 @@ class Daemon:
             installer = Installer()
             self.queue_path = installer.probe_path()
             enforcing = config.engine.mode == "enforce" and config.engine.fail == "closed"
-            self.guard = RulesetGuard(render(config.engine, self.queue_path), installer,
+            self.guard = RulesetGuard(self._ruleset(config, engine), installer,
                                       open_events(), Undecided().cut if enforcing else None)
             self.guard.install()
             log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[self.queue_path])
@@ -160,9 +162,10 @@ class Daemon:
         peers = (worker.peers() if worker is not None
                  else Peers(self.team.inbox, self.team.outboxes) if self.team is not None
                  else None)
+        refusals = Refusals()  # the raw sockets that answer refused DNS queries
         pipeline = Pipeline(engine, self.audit, stats, names=make_name_cache(config.names),
                             settings=config.names, attributor=attributor, peers=peers,
-                            trusted=resolvers)
+                            trusted=resolvers, refusals=refusals)
         self.pipeline = pipeline
         latency = Latency()
         queue = QueueAdapter(queue_num, pipeline.handle,
@@ -191,6 +194,7 @@ class Daemon:
             if self.guard is not None:
                 self.guard.close()
             attributor.close()
+            refusals.close()
             self.audit.close()
             if control is not None:
                 self._answer_reload_waiters({"ok": False, "error": "nfguard stopped before the "
@@ -381,6 +385,11 @@ class Daemon:
         pipeline = self.pipeline
         pipeline.engine = engine
         pipeline.configure(config.names)
+        if self.guard is not None:
+            ruleset = self._ruleset(config, engine)
+            if ruleset != self.guard.ruleset:  # DNS queries judged now, or no longer
+                self.guard.ruleset = ruleset
+                self.guard.install()
         if (config.audit.path, config.audit.format) != (self.config.audit.path,
                                                         self.config.audit.format):
             old, self.audit = self.audit, AuditLog(config.audit.path, config.audit.format)
@@ -396,6 +405,11 @@ class Daemon:
         stats.policy_rules = engine.policies.source.rule_count
         log.info("reloaded: %d rules", stats.policy_rules)
         return {"ok": True, "rules": stats.policy_rules, "warnings": warnings}
+
+    def _ruleset(self, config: Config, engine: Engine) -> Ruleset:
+        """The ruleset for this config; DNS queries queued only if some are judged."""
+        return render(config.engine, self.queue_path,
+                      queued(config.names.queries, engine.policies.clients))
 
     # -- control socket ------------------------------------------------------------------
     def _on_request(self, request: dict[str, Any], reply: Reply) -> dict[str, Any] | None:

@@ -10,6 +10,9 @@ Three kinds of packet come here:
   will present (TLS SNI, HTTP Host, SNI in a QUIC Initial) could change the decision;
 - packets of pending flows: held (no verdict yet) until the name is known, then released
   in stream order with the final verdict; one audit event per flow, at that point;
+- DNS queries (a datagram or a TCP segment with bytes to port 53, on output, forwarded, or
+  over loopback to a local stub): their flow is decided once like any flow's, then every
+  query is judged by its name (names.queries);
 - DNS answers (LOCAL_IN, source port 53; forwarded ones marked ANSWER): handed to the
   names package's learner, which learns their names before they are accepted.
 """
@@ -30,8 +33,10 @@ from nfguard.engine import DNS, Decision, Engine
 from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names.cache import NameCache
+from nfguard.names.inject import Refusals
 from nfguard.names.learner import MAX_CHAINS, Learner, configure_name_cache, make_name_cache
 from nfguard.names.peers import Peers
+from nfguard.names.queries import QueryPath
 from nfguard.names.resolvers import TrustedServers
 from nfguard.names.streams import bound, flow_key
 from nfguard.pending import (
@@ -46,6 +51,7 @@ from nfguard.pending import (
 from nfguard.policy.clients import match_key
 from nfguard.policy.model import ALLOW
 from nfguard.procs import Attributor, ProcessInfo
+from nfguard.wire.dns import DNS_PORT
 from nfguard.wire.errors import WireError
 from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
 
@@ -57,6 +63,9 @@ LOCAL_OUT = 3
 __all__ = ["FORWARD", "LOCAL_IN", "LOCAL_OUT", "MAX_CHAINS", "Pipeline", "make_name_cache"]
 MAX_UDP_DECIDED = 4096  # UDP flows whose verdict a second early datagram gets (LRU)
 UDP_DECIDED_FOR = 2.0  # seconds: enough for the kernel to confirm the first's entry
+MAX_DNS_FLOWS = 4096  # flows to DNS servers whose verdict their later queries meet (LRU)
+DNS_FLOW_IDLE = 30.0  # seconds: idle longer, the kernel's entry may be gone (a new flow)
+_SYN = 0x02
 
 
 class Pipeline:
@@ -69,6 +78,7 @@ class Pipeline:
         attributor: Attributor | None = None,
         peers: Peers | None = None,
         trusted: TrustedServers | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
         self.attributor = attributor  # None: flows are decided without knowing the sender
@@ -90,6 +100,10 @@ class Pipeline:
         self.trusted: TrustedServers = self.learner.trusted
         self.learn = self.learner.learn
         self.receive_peers = self.learner.receive_peers
+        # DNS queries: judged by name; their flows' verdicts, for the flows' later queries.
+        self.queries = QueryPath(stats, self.write, lambda token, mark: self.release(token, mark),
+                                 refusals, self.settings.queries, clock)
+        self._dns_flows: OrderedDict[tuple, tuple[float, Engine, Any, int]] = OrderedDict()
 
     @property
     def peers(self) -> Peers | None:
@@ -108,6 +122,7 @@ class Pipeline:
         """A reload's [names] settings; what the cache learnt stays."""
         self.settings = settings
         configure_name_cache(self.names, settings)
+        self.queries.configure(settings.queries)
         self.trusted.configure(settings.resolvers)
 
     # -- entry point ---------------------------------------------------------------------
@@ -133,6 +148,9 @@ class Pipeline:
                 flow = self.flows.get(key)
                 if flow is not None:
                     return self._pending(flow, packet, payload, mark, token)
+            if packet.dport == DNS_PORT and (packet.proto == UDP or (
+                    packet.proto == TCP and packet.total_length > packet.payload_offset)):
+                return self._query(packet, payload, mark, token, uid, indev)
             now = self.clock()
             process = self._sender(packet, uid, indev)
             if packet.proto == UDP and self._udp_decided:
@@ -155,14 +173,19 @@ class Pipeline:
         self.record(decision, packet, now, process)
         if packet is not None and packet.proto == UDP and now is not None:
             self._remember_udp(flow_key(packet), now, process, _bits(decision))
+        elif packet is not None and packet.dport == DNS_PORT and now is not None:
+            # a DNS-over-TCP handshake: its queries meet this verdict
+            self._remember_dns_flow(flow_key(packet), now, _identity(process), _bits(decision))
         return marks.with_verdict(mark, _bits(decision))
 
     def record(self, decision: Decision, packet: Packet | None,
                now: float | None = None, process: ProcessInfo | None = None) -> None:
         self.stats.count(decision)
+        self.write(audit_event(decision, packet, self.clock() if now is None else now, process))
+
+    def write(self, event: dict[str, Any]) -> None:
         try:
-            self.audit.write(audit_event(decision, packet, self.clock() if now is None else now,
-                                         process))
+            self.audit.write(event)
         except Exception:
             # A full disk must not change verdicts; it is counted and logged.
             self.stats.errors += 1
@@ -185,6 +208,48 @@ class Pipeline:
         return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
                                  packet.dst, packet.dport,
                                  hash_exe=self.engine.policies.matches_sha256, uid=uid)
+
+    # -- DNS queries ---------------------------------------------------------------------
+    def _query(self, packet: Packet, payload: bytes, mark: int, token: Any, uid: int | None,
+               indev: int) -> int | Held:
+        """A query: its flow decided (once) like any flow, then its name judged. Over
+        loopback to a local stub (loopback unfiltered), the name alone is judged."""
+        engine = self.engine
+        if packet.proto == TCP and packet.tcp_flags & _SYN:
+            return marks.DROP  # data in a SYN (TCP Fast Open): sent again without, and read
+        process = self._sender(packet, uid, indev)
+        if indev or engine.settings.filter_loopback or not _loopback(packet.dst):
+            bits = self._dns_flow(packet, process)
+            if bits != marks.ALLOW:
+                return marks.with_verdict(mark, bits)
+        return self.queries.handle(engine, packet, payload, mark, token, process)
+
+    def _dns_flow(self, packet: Packet, process: ProcessInfo | None) -> int:
+        """The verdict bits of a flow to a DNS server, decided and recorded at its first
+        query (or its SYN), then remembered while the policy stands."""
+        key = flow_key(packet)
+        known = self._dns_flows.get(key)
+        identity = _identity(process)
+        now = self.clock()
+        if (known is not None and 0 <= known[0] - now <= DNS_FLOW_IDLE
+                and known[1] is self.engine and known[2] == identity):
+            self._remember_dns_flow(key, now, identity, known[3])
+            return known[3]
+        bits = self._recent_udp(key, now, process) if packet.proto == UDP else None
+        if bits is None:
+            names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
+            decision = self.engine.decide(packet, process, names)
+            self.record(decision, packet, now, process)
+            bits = _bits(decision)
+            if packet.proto == UDP:
+                self._remember_udp(key, now, process, bits)
+        self._remember_dns_flow(key, now, identity, bits)
+        return bits
+
+    def _remember_dns_flow(self, key: tuple, now: float, identity: Any, bits: int) -> None:
+        self._dns_flows[key] = (now + DNS_FLOW_IDLE, self.engine, identity, bits)
+        self._dns_flows.move_to_end(key)
+        bound(self._dns_flows, MAX_DNS_FLOWS)
 
     # -- UDP flows decided at once -------------------------------------------------------
     def _recent_udp(self, key: tuple, now: float, process: ProcessInfo | None) -> int | None:
@@ -290,6 +355,11 @@ def _identity(process: ProcessInfo | None) -> Any:
 
 def _bits(decision: Decision) -> int:
     return marks.ALLOW if decision.verdict == ALLOW else marks.DENY
+
+
+def _loopback(ip: str) -> bool:
+    """Whether `ip` is a loopback address (127/8, ::1): a local stub resolver's."""
+    return ip.startswith("127.") or ip == "::1"
 
 
 def _interface_name(index: int) -> str:
