@@ -465,7 +465,9 @@ def _xt_rules(settings: EngineConfig, bypass: bool) -> tuple[XtRule, ...]:
     the last rule takes what is left, so no queued packet passes unanswered. A flow keeps
     its port: every packet of a flow meets the same worker. In FORWARD the container's
     port is the source of a flow's packets and the destination of its DNS answers."""
+    # QUEUED, but not the engine's own refusals (marks.INJECTED carries the QUEUED bit)
     common = ("-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
+              "-m", "mark", "!", "--mark", f"0x{marks.INJECTED:08x}/0x{marks.MASK:08x}",
               "-m", "comment", "--comment", XT_COMMENT)
     tail = ("--queue-bypass",) if bypass else ()
     workers = settings.workers

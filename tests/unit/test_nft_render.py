@@ -637,3 +637,12 @@ def test_the_engines_refusals_pass_to_their_client_without_a_verdict(path: str) 
     assert marks.INJECTED & marks.QUEUED and not marks.is_answer(marks.INJECTED)
     assert marks.INJECTED not in (marks.ALLOW, marks.DENY, marks.PENDING, marks.QUEUED,
                                   marks.QUEUED | marks.PENDING)
+
+
+def test_the_xt_queue_rules_leave_the_engines_refusals_alone() -> None:
+    """INJECTED carries the QUEUED bit: the xt rules must not queue a refusal."""
+    rules = render(EngineConfig(forward_from=("br0",)), XT).xt_rules
+    unless = ("-m", "mark", "!", "--mark",
+              f"{hexmark(marks.INJECTED)}/{hexmark(marks.MASK)}")
+    for rule in rules:
+        assert any(rule.spec[i:i + len(unless)] == unless for i in range(len(rule.spec)))
