@@ -257,6 +257,7 @@ table inet {TABLE} {{
 \t\ttype filter hook input priority filter - 10; policy accept;
 \t\tmeta mark & {mask} == {injected} meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
 \t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
+\t\ttcp sport 53 ct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} tcp flags & rst == rst accept\t# the reset of a cut DNS stream (a refused query): nothing to learn
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
 \t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
 \t\ttcp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}

@@ -149,6 +149,8 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
         f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} "
         f"meta mark set meta mark & {keep} accept",
         f"ct direction reply {pending} jump pending_reply",
+        f"tcp sport 53 ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == "
+        f"{hexmark(marks.DENY)} tcp flags & rst == rst accept",  # a cut stream's reset
         "meta l4proto { tcp, udp } th sport 53 ct direction reply jump answer",
         f"udp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}",
         f"tcp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}"]
