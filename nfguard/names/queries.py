@@ -34,7 +34,7 @@ from nfguard.names.inject import Refusals, Unsent
 from nfguard.names.streams import bound, flow_key, in_order
 from nfguard.policy.clients import match_key
 from nfguard.policy.model import ALLOW, Client
-from nfguard.policy.resolve import Queries, QueryJudge
+from nfguard.policy.resolve import Queries, QueryDecision, QueryJudge
 from nfguard.procs import ProcessInfo
 from nfguard.wire.dns import DnsQuery, TcpDnsStream, parse_query, refusal, type_name
 from nfguard.wire.errors import WireError
@@ -93,43 +93,48 @@ class QueryPath:
         """The verdict on a query packet whose flow may carry it."""
         body = payload[packet.payload_offset:packet.total_length]
         if packet.proto == UDP:
-            return self._judge_messages(engine, packet, [body], mark, process, [])
+            refused, unreadable = self._read_and_judge(engine, packet, [body], process)
+            if refused:  # none of it leaves; the client hears at once
+                self.refusals.send(packet, refusal(refused[0]))
+            return DROP if refused or unreadable else marks.with_verdict(mark, marks.ALLOW)
         key = flow_key(packet)
         taken = in_order(self._streams, key, packet, body, MAX_STREAMS, _Stream)
         if taken is None:  # past the next byte: the client sends it again
             return DROP
         state, new = taken
-        if state is None or not new:  # a retransmit of what was judged: as it was
+        if state is None:
             return marks.with_verdict(mark, marks.ALLOW)
         stream: _Stream = state[1]
+        if not new:  # a retransmit: of what was judged, or of what is held unjudged
+            return DROP if stream.held else marks.with_verdict(mark, marks.ALLOW)
         try:
             messages = stream.reader.feed(new)
         except WireError:
             self.stats.dns_queries_unparseable += 1
-            return self._cut_stream(key, stream, mark)
+            return self._settle(key, stream, mark, marks.DENY)
         if not messages:  # a message not yet whole: held, so none of it leaves
             if len(stream.held) >= MAX_HELD:
-                return self._cut_stream(key, stream, mark)
+                return self._settle(key, stream, mark, marks.DENY)
             stream.held.append((token, mark))
             return HOLD
+        refused, unreadable = self._read_and_judge(engine, packet, messages, process)
+        # A refused (or unreadable) message cuts the stream: a reset, the client fails at once.
+        return self._settle(key, stream, mark,
+                            marks.DENY if refused or unreadable else marks.ALLOW)
+
+    def _settle(self, key: tuple, stream: _Stream, mark: int, bits: int) -> int:
+        """This segment's verdict, and the held ones' (a cut stream is forgotten)."""
         held, stream.held = stream.held, []
-        verdict = self._judge_messages(engine, packet, messages, mark, process, held)
-        if verdict is not DROP and verdict != marks.with_verdict(mark, marks.ALLOW):
+        for held_token, held_mark in held:
+            self.release(held_token, marks.with_verdict(held_mark, bits))
+        if bits != marks.ALLOW:
             self._streams.pop(key, None)
-        return verdict
+        return marks.with_verdict(mark, bits)
 
-    def _cut_stream(self, key: tuple, stream: _Stream, mark: int) -> int:
-        """Reset a stream that cannot be read (its held segments are cut too)."""
-        self._streams.pop(key, None)
-        for held_token, held_mark in stream.held:
-            self.release(held_token, marks.with_verdict(held_mark, marks.DENY))
-        return marks.with_verdict(mark, marks.DENY)
-
-    def _judge_messages(self, engine: Engine, packet: Packet, messages: list[bytes],
-                        mark: int, process: ProcessInfo | None,
-                        held: list[tuple[Any, int]]) -> int | Held:
-        """Judge each message; the segment (and those held for it) pass only if every one
-        may. A refused UDP query gets its refusal; a refused TCP stream is reset."""
+    def _read_and_judge(self, engine: Engine, packet: Packet, messages: list[bytes],
+               process: ProcessInfo | None) -> tuple[list[DnsQuery], bool]:
+        """Judge and record each message: the queries refused, and whether one could not be
+        read (in audit mode nothing is refused and everything may pass)."""
         now = self.clock()
         client = engine.client_for(process)
         mode = (client.mode if client is not None else None) or engine.settings.mode
@@ -149,19 +154,10 @@ class QueryPath:
             if verdict != ALLOW:
                 refused.append(query)
             self._record(decision, query, mode, verdict, packet, now, process)
-        unreadable = unreadable and mode == "enforce"  # audit mode lets everything out
-        if refused:
-            self.stats.dns_queries_refused += len(refused)
-        if packet.proto == UDP:
-            if refused:
-                self.refusals.send(packet, refusal(refused[0]))
-            return DROP if refused or unreadable else marks.with_verdict(mark, marks.ALLOW)
-        bits = marks.DENY if refused or unreadable else marks.ALLOW
-        for held_token, held_mark in held:
-            self.release(held_token, marks.with_verdict(held_mark, bits))
-        return marks.with_verdict(mark, bits)
+        self.stats.dns_queries_refused += len(refused)
+        return refused, unreadable and mode == "enforce"
 
-    def _record(self, decision: Any, query: DnsQuery, mode: str, verdict: str,
+    def _record(self, decision: QueryDecision, query: DnsQuery, mode: str, verdict: str,
                 packet: Packet, now: float, process: ProcessInfo | None) -> None:
         if decision.action == ALLOW:
             key = (None if process is None else match_key(process), decision.name,

@@ -173,6 +173,8 @@ def test_tcp_a_query_split_over_segments_is_held_until_whole(tmp_path: Path) -> 
     host.send(tcp(b"", 99, "S"))
     whole = message("x.attacker.test")
     assert host.send(tcp(whole[:5], 100), token="first") is marks.HOLD
+    assert host.send(tcp(whole[:5], 100), token="again") is marks.DROP, \
+        "a retransmit of held bytes does not pass before they are judged"
     assert host.send(tcp(whole[9:], 109), token="ahead") is marks.DROP, "out of order"
     assert host.send(tcp(whole[5:], 105), token="rest") == marks.DENY
     assert host.released == [("first", marks.DENY)]
