@@ -16,6 +16,7 @@ POLICY = """
     [[client]]
     name = "everyone"
     policies = ["p"]
+    queries = "any"  # the answers' meter is under test: queries pass to the server
 
     [[policy]]
     name = "p"
