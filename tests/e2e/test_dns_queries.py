@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.lab import ALLOWED_V4, SERVER_V4, Lab
+from tests.e2e.lab import ALLOWED_V4, SERVER_V4, SERVER_V6, Lab
 from tests.e2e.queries import dig, many
 
 POLICY = """
@@ -71,6 +71,8 @@ def test_a_refused_name_fails_at_once_and_an_allowed_one_resolves(lab: Lab,
     lab.start_engine(config(lab))
     status, _, elapsed = dig(lab, "nope.attacker.test")
     assert status == "REFUSED" and elapsed < 1.0, (status, elapsed)
+    status, _, elapsed = dig(lab, "nope6.attacker.test", server=SERVER_V6)
+    assert status == "REFUSED" and elapsed < 1.0, (status, elapsed)
     status, _, elapsed = dig(lab, "nope-tcp.attacker.test", tcp=True)
     assert status != "NOERROR" and elapsed < 1.0, (status, elapsed)  # reset at once
     rcodes, elapsed = many(lab, "udp", [f"n{i}.attacker.test" for i in range(5)])
@@ -106,6 +108,8 @@ def test_a_containers_queries_are_judged_too(lab: Lab, dns_log: Path) -> None:
     rcodes, elapsed = many(lab, "udp", [f"b{i}.attacker.test" for i in range(5)],
                            ns=lab.container)
     assert rcodes == ["REFUSED"] * 5 and elapsed < 1.0, (rcodes, elapsed)
+    status, _, elapsed = dig(lab, "box6.attacker.test", ns=lab.container, server=SERVER_V6)
+    assert status == "REFUSED" and elapsed < 1.0, (status, elapsed)
     status, answers, _ = dig(lab, "www.allowed.test", ns=lab.container)
     assert (status, answers) == ("NOERROR", [ALLOWED_V4])
     assert "attacker.test" not in dns_log.read_text()
