@@ -9,7 +9,8 @@ import time
 
 from tests.e2e.lab import SERVER_V4, Lab
 
-# Sends each name's A query: "udp" all on one socket, "tcp" all pipelined in one segment;
+# Sends each name's A query: "udp" all on one socket, "udp-in-turn" the same, each after the
+# last one's answer, "tcp" all pipelined in one segment;
 # prints one rcode (or "timeout" / the error) per query, as answers come.
 CLIENT = r"""
 import socket, struct, sys
@@ -18,13 +19,16 @@ transport, server, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 family = socket.AF_INET6 if ":" in server else socket.AF_INET
 queries = [dns.message.make_query(name, "A") for name in names]
 try:
-    if transport == "udp":
+    if transport in ("udp", "udp-in-turn"):
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.connect((server, 53))
         sock.settimeout(3)
         for query in queries:
             sock.send(query.to_wire())
-        for _ in queries:
+            if transport == "udp-in-turn":  # each after the last one's answer
+                print(dns.rcode.to_text(dns.message.from_wire(sock.recv(4096)).rcode()),
+                      flush=True)
+        for _ in queries if transport == "udp" else ():
             print(dns.rcode.to_text(dns.message.from_wire(sock.recv(4096)).rcode()), flush=True)
     else:
         sock = socket.create_connection((server, 53), timeout=3)
@@ -66,8 +70,8 @@ def dig(lab: Lab, name: str, ns: str | None = None, server: str = SERVER_V4,
 
 def many(lab: Lab, transport: str, names: list[str], ns: str | None = None,
          server: str = SERVER_V4) -> tuple[list[str], float]:
-    """The rcodes a client sending `names` on one socket ("udp") or pipelined on one TCP
-    connection ("tcp") got, and the seconds it took."""
+    """The rcodes a client sending `names` on one socket ("udp", "udp-in-turn") or pipelined
+    on one TCP connection ("tcp") got, and the seconds it took."""
     started = time.monotonic()
     result = lab.exec(ns or lab.client, sys.executable, "-c", CLIENT, transport, server,
                       *names)

@@ -354,6 +354,8 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
         "type filter hook forward priority filter - 10; policy accept;",
         # first: a container's raw socket gets nothing untracked past (ct matches fail)
         f"iifname {names} ct state invalid,untracked counter name untracked_dropped drop",
+        # every DNS query of theirs, whatever its direction (never a "reply")
+        f"iifname {names} meta l4proto {{ tcp, udp }} th dport 53 jump dns_query",
         f"ct direction reply oifname {names} {pending}",
         f"meta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} "
         "jump forwarded_answer",
@@ -587,31 +589,44 @@ def test_uninstall_drops_only_the_empty_accepting_chains_of_the_xt_table(
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
 def test_every_dns_query_goes_to_the_engine_whatever_its_flows_verdict(path: str) -> None:
-    """A decided flow's later queries too (A and AAAA on one socket, a tunnel's thousands);
-    a denied flow stays cut in the kernel; forwarded flows take the same egress chain."""
+    """A decided flow's later queries too (A and AAAA on one socket, a tunnel's thousands),
+    and a query that conntrack calls a reply (of a flow an inbound or forged packet from
+    port 53 started); a denied flow stays cut in the kernel."""
     text = render(EngineConfig(queue=2, forward_from=("br0",)), path).nft
-    egress = chain_lines(text, "egress")
+    output = chain_lines(text, "output")
+    query = output.index("meta l4proto { tcp, udp } th dport 53 jump dns_query")
+    assert (output.index("ct state invalid,untracked counter name untracked_dropped drop")
+            < query < output.index("ct direction reply accept"))
+    assert "jump dns_query" not in "\n".join(chain_lines(text, "egress"))
     ct_field = hexmark(marks.VERDICT_MASK)
-    cut = egress.index(f"ct mark & {ct_field} == {hexmark(marks.DENY)} jump cut")
-    query = egress.index("meta l4proto { tcp, udp } th dport 53 jump dns_query")
-    allowed = egress.index(f"ct mark & {ct_field} == {hexmark(marks.ALLOW)} accept")
-    assert cut < query < allowed
     assert chain_lines(text, "dns_query") == [
+        f"ct mark & {ct_field} == {hexmark(marks.DENY)} jump cut",  # stays cut
+        *(f"meta nfproto {family} update @queries_per_socket{n} {{ {field} saddr . th sport "
+          "limit rate over 200/second burst 400 packets } counter name dns_queries_over_limit "
+          "drop" for family, n, field in (("ipv4", 4, "ip"), ("ipv6", 6, "ip6"))),
         "meta l4proto udp goto to_engine",  # every datagram
         "tcp flags & (syn | rst) != 0 return",  # the handshake: the flow's usual path
         "jump bare",  # a segment without bytes passes
         "goto to_engine"]  # every segment with bytes, pipelined queries too
-    assert "ct direction original iifname { \"br0\" } jump egress" in chain_lines(text, "forward")
+
+
+def test_the_engines_refusals_are_not_tracked() -> None:
+    """Tracked, a refusal (server:53 -> client:port) would make the client's next query on
+    that socket a conntrack "reply"."""
+    text = render(EngineConfig(), NATIVE).nft
+    assert chain_lines(text, "refusals") == [
+        "type filter hook output priority raw; policy accept;",
+        f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} notrack"]
 
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
 def test_queries_to_a_local_stub_are_judged_on_loopback(path: str) -> None:
     output = chain_lines(render(EngineConfig(), path).nft, "output")
-    stub = output.index('oifname "lo" ct direction original meta l4proto { tcp, udp } '
-                        "th dport 53 jump dns_query")
+    stub = output.index('oifname "lo" meta l4proto { tcp, udp } th dport 53 jump dns_query')
     assert stub < output.index('oifname "lo" accept'), "before the rest of loopback passes"
     filtered = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
-    assert not [line for line in filtered if "dns_query" in line], "egress judges them then"
+    assert [line for line in filtered if "dns_query" in line] == [
+        "meta l4proto { tcp, udp } th dport 53 jump dns_query"], "the one rule judges them then"
 
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
