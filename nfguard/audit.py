@@ -1,4 +1,4 @@
-"""Audit events: one per decided flow, in Elastic Common Schema field names.
+"""Audit events: one per decided flow and per DNS query, in Elastic Common Schema names.
 
 `audit_event` is pure (decision + packet + process -> nested dict); `AuditLog` is the
 buffered writer, flushed by the daemon's timer and on every clean stop.
@@ -16,6 +16,7 @@ import orjson
 
 from nfguard.engine import Decision
 from nfguard.lru import Memo
+from nfguard.policy.resolve import QueryDecision
 from nfguard.procs import ProcessInfo
 from nfguard.wire.ip import Packet
 
@@ -61,11 +62,42 @@ def audit_event(
         event["nfguard"]["unreadable"] = decision.unreadable
     if decision.rule is not None:
         event["rule"] = {"name": decision.rule}
+    _where_and_who(event, packet, process)
+    if packet is not None and decision.domain is not None:
+        event["destination"]["domain"] = decision.domain
+    return event
+
+
+def query_event(decision: QueryDecision, qtype: str, mode: str, verdict: str, packet: Packet,
+                now: float, process: ProcessInfo | None = None) -> dict[str, Any]:
+    """One DNS query's decision: `dns.question` says what was asked, `event.action` what
+    the policy says of it, `nfguard.verdict` what happened (audit mode lets it out)."""
+    event: dict[str, Any] = {
+        "@timestamp": timestamp(now),
+        "event": {
+            "kind": "event",
+            "category": ["network"],
+            "type": ["protocol", "allowed" if verdict == "allow" else "denied"],
+            "action": decision.action,
+            "reason": decision.reason,
+        },
+        "dns": {"type": "query", "question": {"name": decision.name, "type": qtype}},
+        "nfguard": {"mode": mode, "verdict": verdict, "evidence": decision.evidence},
+    }
+    if decision.client is not None:
+        event["nfguard"]["client"] = decision.client
+    if decision.rule is not None:
+        event["rule"] = {"name": decision.rule}
+    _where_and_who(event, packet, process)
+    return event
+
+
+def _where_and_who(event: dict[str, Any], packet: Packet | None,
+                   process: ProcessInfo | None) -> None:
+    """The addresses, and the process, user, unit and container fields of an event."""
     if packet is not None:
         event["source"] = {"ip": packet.src, "port": packet.sport}
         event["destination"] = {"ip": packet.dst, "port": packet.dport}
-        if decision.domain is not None:
-            event["destination"]["domain"] = decision.domain
         event["network"] = {"transport": packet.transport, "type": packet.network_type}
     if process is not None:
         event.update(_process_fields(process))
@@ -93,7 +125,6 @@ def audit_event(
                 image["hash"] = {"all": [container.image_id]}
             if image:
                 event["container"]["image"] = image
-    return event
 
 
 _process_memo: Memo[tuple, dict[str, Any]] = Memo(4096)
@@ -156,6 +187,9 @@ def text_line(event: dict[str, Any]) -> str:
     target = f"{dst.get('ip', '?')}:{dst.get('port', '?')}"
     if "domain" in dst:
         target += f" ({dst['domain']})"
+    question = event.get("dns", {}).get("question")
+    if question is not None:
+        target += f" query={question['name'] or '.'} {question['type']}"
     line = (
         f"{event['@timestamp']} {event['event']['action']} mode={nfg['mode']} "
         f"client={nfg.get('client', '-')} rule={event.get('rule', {}).get('name', '-')} "

@@ -234,8 +234,8 @@ def _suggest(args: argparse.Namespace) -> int:
 
     from nfguard import suggest
     from nfguard.config import SYSTEM_RESOLVERS
+    from nfguard.names.resolvers import TrustedServers
     from nfguard.policy.load import load_policy_dir
-    from nfguard.resolvers import TrustedServers
 
     policies = load_policy_dir(args.policy) if args.policy else None
     sources = []

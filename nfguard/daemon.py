@@ -35,8 +35,11 @@ from nfguard.config import Config, load_config
 from nfguard.control import ControlServer, Reply
 from nfguard.engine import Engine
 from nfguard.metrics import Latency, Sources, Stats, serve
-from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, render
-from nfguard.peers import Peers
+from nfguard.names.inject import Refusals
+from nfguard.names.peers import Peers
+from nfguard.names.queries import queued
+from nfguard.names.resolvers import TrustedServers
+from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, Ruleset, render
 from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.load import PolicyError, load_policy_dir
@@ -44,7 +47,6 @@ from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor
 from nfguard.procs.containers import Containers
 from nfguard.queue import QueueAdapter
-from nfguard.resolvers import TrustedServers
 from nfguard.ruleset_watch import RulesetGuard, open_events
 from nfguard.sdnotify import Notifier
 from nfguard.undecided import Undecided, set_verdicts
@@ -133,7 +135,7 @@ class Daemon:
             installer = Installer()
             self.queue_path = installer.probe_path()
             enforcing = config.engine.mode == "enforce" and config.engine.fail == "closed"
-            self.guard = RulesetGuard(render(config.engine, self.queue_path), installer,
+            self.guard = RulesetGuard(self._ruleset(config, engine), installer,
                                       open_events(), Undecided().cut if enforcing else None)
             self.guard.install()
             log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[self.queue_path])
@@ -161,9 +163,10 @@ class Daemon:
         peers = (worker.peers() if worker is not None
                  else Peers(self.team.inbox, self.team.outboxes) if self.team is not None
                  else None)
+        refusals = Refusals()  # the raw sockets that answer refused DNS queries
         pipeline = Pipeline(engine, self.audit, stats, names=make_name_cache(config.names),
                             settings=config.names, attributor=attributor, peers=peers,
-                            trusted=resolvers)
+                            trusted=resolvers, refusals=refusals)
         pipeline.set_verdicts = set_verdicts  # flows that sent nothing by hello_timeout
         self.pipeline = pipeline
         latency = Latency()
@@ -193,6 +196,7 @@ class Daemon:
             if self.guard is not None:
                 self.guard.close()
             attributor.close()
+            refusals.close()
             self.audit.close()
             if control is not None:
                 self._answer_reload_waiters({"ok": False, "error": "nfguard stopped before the "
@@ -257,6 +261,7 @@ class Daemon:
                 for key, _ in selector.select(timeout):
                     key.data()
                 pipeline.sweep()
+                pipeline.trusted.tend()  # resolv.conf looked at here, not per packet
                 self.attributor.poll_events()  # keep the kernel's event buffer drained
                 if team is not None:
                     team.tend()
@@ -382,6 +387,11 @@ class Daemon:
         pipeline = self.pipeline
         pipeline.engine = engine
         pipeline.configure(config.names)
+        if self.guard is not None:
+            ruleset = self._ruleset(config, engine)
+            if ruleset != self.guard.ruleset:  # DNS queries judged now, or no longer
+                self.guard.ruleset = ruleset
+                self.guard.install()
         if (config.audit.path, config.audit.format) != (self.config.audit.path,
                                                         self.config.audit.format):
             old, self.audit = self.audit, AuditLog(config.audit.path, config.audit.format)
@@ -397,6 +407,11 @@ class Daemon:
         stats.policy_rules = engine.policies.source.rule_count
         log.info("reloaded: %d rules", stats.policy_rules)
         return {"ok": True, "rules": stats.policy_rules, "warnings": warnings}
+
+    def _ruleset(self, config: Config, engine: Engine) -> Ruleset:
+        """The ruleset for this config; DNS queries queued only if some are judged."""
+        return render(config.engine, self.queue_path,
+                      queued(config.names.queries, engine.policies.clients))
 
     # -- control socket ------------------------------------------------------------------
     def _on_request(self, request: dict[str, Any], reply: Reply) -> dict[str, Any] | None:
@@ -468,7 +483,9 @@ class Daemon:
                 "restarts": self.team.restarts()},
             "names": {"entries": len(names), "hits": names.hits, "misses": names.misses,
                       "evictions": names.evictions, "resolvers": pipeline.trusted.describe(),
-                      "untrusted_answers": stats.dns_untrusted},
+                      "untrusted_answers": stats.dns_untrusted,
+                      "queries": config.names.queries, "queries_judged": stats.dns_queries,
+                      "queries_refused": stats.dns_queries_refused},
             "attribution": src.total_attribution(),
             "audit": {"path": config.audit.path, "written": self.audit.written},
             "metrics": _metrics_url(config),

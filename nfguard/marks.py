@@ -23,6 +23,13 @@ QUEUED = 0x40000000  # packet mark only: "this packet is on its way to the engin
 ANSWER = QUEUED | ALLOW
 
 
+# A socket mark (SO_MARK) of nfguard's own: the refusal the engine writes to a client whose
+# DNS query it refused, from the server's address. The ruleset lets it through to the
+# client without a verdict and without reading it as an answer. Never set by the ruleset
+# (QUEUED with DENY means nothing else) nor returned as a verdict.
+INJECTED = QUEUED | DENY
+
+
 def is_answer(mark: int) -> bool:
     """Whether a queued packet's mark says DNS answer (see ANSWER)."""
     return mark & MASK == ANSWER
@@ -35,8 +42,12 @@ def with_verdict(mark: int, verdict: int) -> int:
 
 class Held(Enum):
     HOLD = "hold"
+    DROP = "drop"
 
 
 # The engine's answer for a packet it keeps (a pending flow's, until its name is read):
 # no mark now, its verdict comes later through the queue adapter's release(token, mark).
 HOLD: Final = Held.HOLD
+# The engine's answer for a packet that must not leave and must not decide its flow (a
+# refused DNS query: the socket's later queries are judged each on their own).
+DROP: Final = Held.DROP

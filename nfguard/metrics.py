@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from nfguard.config import MetricsConfig, parse_listen
 from nfguard.engine import Decision
-from nfguard.names import NameCache
+from nfguard.names.cache import NameCache
 from nfguard.nft import COUNTERS
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ class Stats:
     dns_unparseable: int = 0  # answers that could not be parsed (accepted, not learnt)
     dns_untrusted: int = 0  # answers from servers not in [names] resolvers (accepted, not learnt)
     dns_out_of_order: int = 0  # DNS-over-TCP segments dropped for the server to resend
+    dns_queries: int = 0  # DNS queries judged by their name
+    dns_queries_refused: int = 0  # queries that did not leave (a refusal went to the client)
+    dns_queries_unparseable: int = 0  # query packets that could not be read (dropped)
     reloads: int = 0  # reloads that swapped in a new policy
     reload_failures: int = 0  # reloads rejected; the running policy stayed
     policy_loaded_at: float = 0.0  # wall-clock time the running policy was loaded
@@ -206,7 +209,7 @@ class Sources:
 # Stats fields that add up over workers (the rest describe the policy this process runs).
 _SUMMED = ("packets", "unparseable", "errors", "pending_flows", "hello_timeouts",
            "dns_answers", "dns_bindings", "dns_cut", "dns_unparseable", "dns_untrusted",
-           "dns_out_of_order")
+           "dns_out_of_order", "dns_queries", "dns_queries_refused", "dns_queries_unparseable")
 
 
 class StatsCollector:
@@ -341,6 +344,11 @@ _NAME_COUNTERS = (
     ("dns_untrusted", "DNS answers from servers not in [names] resolvers (accepted without "
      "learning)"),
     ("dns_out_of_order", "DNS-over-TCP segments dropped out of order (the server resends)"),
+    ("dns_queries", "DNS queries judged by their name (names.queries)"),
+    ("dns_queries_refused", "DNS queries refused: none reached a server, the client got a "
+     "refusal"),
+    ("dns_queries_unparseable", "DNS query packets that could not be read, dropped (NOTIFY, "
+     "UPDATE and other non-queries too)"),
 )
 
 

@@ -61,6 +61,8 @@ COUNTERS = {
     "interface they came in on (forged over loopback or another link), dropped",
     "dns_answers_over_limit": "DNS answers over the rate per socket (forwarded: per client "
     "address), dropped before the queue",
+    "dns_queries_over_limit": "DNS queries over the rate per sending socket, dropped before "
+    "the queue",
     "new_flows_over_limit": "New flows over the rate per user (forwarded: per source "
     "address), dropped before the queue",
     "fail_open_passed": "Queued packets that got no verdict (no engine bound, or the queue "
@@ -72,6 +74,7 @@ COUNTERS = {
 # Rates metered before the queue, (per second, burst); why these numbers: the ruleset's
 # comments. New flows per user: engine.new_flows_per_user, its burst twice that.
 ANSWERS_PER_SOCKET = (200, 400)
+QUERIES_PER_SOCKET = (200, 400)
 ANSWERS_PER_FORWARDED_CLIENT = (500, 1000)
 MEMBERSHIP_REPORTS = (10, 50)
 _METER_TIMEOUT = "1m"
@@ -114,8 +117,10 @@ class Ruleset:
         return text + ("\n" if self.xt_rules else "")
 
 
-def render(settings: EngineConfig, path: str) -> Ruleset:
-    """The whole ruleset for one queue path; `nft/` in the repository holds rendered copies."""
+def render(settings: EngineConfig, path: str, queries: bool = True) -> Ruleset:
+    """The whole ruleset for one queue path; `nft/` in the repository holds rendered copies.
+    `queries`: whether DNS queries are judged (false only when [names] queries is "any" and
+    no client overrides it: then they are not queued at all)."""
     bypass = settings.fail == "open"
     last = settings.queue + settings.workers - 1
     queues = f"{settings.queue}-{last}" if last > settings.queue else str(settings.queue)
@@ -139,6 +144,15 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
         else '\t\toifname "lo" accept\t# loopback is not filtered (engine.filter_loopback)\n'
     )
     queued = f"0x{marks.QUEUED:08x}"
+    injected = f"0x{marks.INJECTED:08x}"
+    mask = f"0x{marks.MASK:08x}"
+    # Before the reply shortcut: a query is never let out as the "reply" of a flow someone
+    # else (an inbound packet, a forged one) started from port 53.
+    query_jump = ("\t\tmeta l4proto { tcp, udp } th dport 53 jump dns_query\t# every DNS query, "
+                  "whatever its flow or direction\n" if queries else "")
+    local_query = ('\t\toifname "lo" meta l4proto { tcp, udp } th dport '
+                   "53 jump dns_query\t# to a local stub resolver\n"
+                   if queries and not settings.filter_loopback else "")
     if bypass:
         unanswered = (
             "\t\t# Fail open: while no engine is bound, and whenever the queue is full (a\n"
@@ -164,30 +178,55 @@ def render(settings: EngineConfig, path: str) -> Ruleset:
 # pending {pending} (the decision waits for the name the client presents).
 table inet {TABLE} {{
 {_objects(settings.new_flows_per_user)}
+\t# The engine's refusals of DNS queries are not tracked: as a conntrack entry, a refusal
+\t# (from the server's port 53 to the client's port) would make the client's next query
+\t# on that socket a "reply", which no rule judges.
+\tchain refusals {{
+\t\ttype filter hook output priority raw; policy accept;
+\t\tmeta mark & {mask} == {injected} notrack
+\t}}
+
 \t# Locally generated packets. A packet without a conntrack entry (a raw socket's
 \t# malformed headers, SYN+FIN, a UDP length that lies) fails every ct match, so it is
 \t# dropped before anything could accept it; link-local control traffic is not tracked
 \t# and is checked on its own first.
 \tchain output {{
 \t\ttype filter hook output priority filter - 10; policy accept;
-{loopback}\t\ticmpv6 type {{ {_LINK_CONTROL_V6} }} jump link_control
+\t\tmeta mark & {mask} == {injected} accept\t# the engine's refusal of a DNS query, to its client
+{local_query}{loopback}\t\ticmpv6 type {{ {_LINK_CONTROL_V6} }} jump link_control
 \t\tip protocol igmp jump link_control
 \t\tct state invalid,untracked counter name untracked_dropped drop\t# no conntrack entry: no verdict could hold it
-\t\tct direction reply accept\t# replies to flows others started; the resets and ICMP errors of our own cuts
+{query_jump}\t\tct direction reply accept\t# replies to flows others started; the resets and ICMP errors of our own cuts
 {_meter_new_flows(settings.new_flows_per_user)}\t\tjump egress
 \t}}
-{_forward_chain(settings.forward_from, dns_queue, settings.new_flows_per_user)}
+{_forward_chain(settings.forward_from, dns_queue, settings.new_flows_per_user, queries)}
 \t# A flow's packets. Decided flows never leave the kernel; new ones are marked {queued}
 \t# and handed to the engine, and so are the packets of pending flows (marked
 \t# 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name.
 \tchain egress {{
-\t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
+\t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == {pending} meta l4proto tcp jump bare\t# pending, a segment that carries nothing
 \t\tct mark & {ct_field} == {pending} meta mark set meta mark | {pending}\t# pending: to the engine again
 \t\tct mark & {ct_field} != {pending} ct state established,related accept\t# flows that predate nfguard, ICMP errors
+\t\tgoto to_engine
+\t}}
+
+\tchain to_engine {{
 \t\tmeta mark set meta mark | {queued}
 {queue_step}
+\t}}
+
+\t# A DNS query (a datagram, or a TCP segment that carries bytes) goes to the engine,
+\t# which reads its question and judges the name by the sender's policy; the handshake
+\t# takes a flow's usual path, bare segments pass.
+\tchain dns_query {{
+\t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# a denied flow stays cut
+{_meter_queries()}
+\t\tmeta l4proto udp goto to_engine
+\t\ttcp flags & (syn | rst) != 0 return
+\t\tjump bare
+\t\tgoto to_engine
 \t}}
 
 \t# TCP segments of a pending flow that carry nothing (the handshake's ACK, window
@@ -215,6 +254,7 @@ table inet {TABLE} {{
 \t# conntrack entry: a denied packet is cut all the same, and nothing the engine saw
 \t# passes unless its verdict was kept.
 \tchain settle {{
+\t\tmeta mark & {mask} == {injected} accept\t# the engine's refusal, on its way to the client
 \t\tmeta mark & {verdict_bits} == 0x{marks.ALLOW:08x} ct mark set ct mark & {keep} | 0x{marks.ALLOW:08x} meta mark set meta mark & {keep} accept
 \t\tmeta mark & {verdict_bits} == {pending} ct mark set ct mark & {keep} | {pending} meta mark set meta mark & {keep} accept
 \t\tmeta mark & {verdict_bits} == 0x{marks.DENY:08x} ct mark set ct mark & {keep} | 0x{marks.DENY:08x}\t# the flow's later packets are cut in egress
@@ -229,7 +269,9 @@ table inet {TABLE} {{
 \t# First, a flow waiting for its name gets nothing of the server's but bare segments.
 \tchain input {{
 \t\ttype filter hook input priority filter - 10; policy accept;
+\t\tmeta mark & {mask} == {injected} meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
 \t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
+\t\ttcp sport 53 ct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} tcp flags & rst == rst accept\t# the reset of a cut DNS stream (a refused query): nothing to learn
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
 \t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
 \t\ttcp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
@@ -302,7 +344,9 @@ def _objects(new_flows: int) -> str:
                           ("answers_per_socket4", "ipv4_addr . inet_service"),
                           ("answers_per_socket6", "ipv6_addr . inet_service"),
                           ("answers_per_client4", "ipv4_addr"),
-                          ("answers_per_client6", "ipv6_addr")))
+                          ("answers_per_client6", "ipv6_addr"),
+                          ("queries_per_socket4", "ipv4_addr . inet_service"),
+                          ("queries_per_socket6", "ipv6_addr . inet_service")))
     return f"""\
 \t# Counted in the kernel, exported as nfguard_<name>_total.
 {counters}
@@ -318,6 +362,8 @@ def _objects(new_flows: int) -> str:
 \t#   a container or VM resolves over many sockets. Over the rate an answer is dropped
 \t#   before the engine sees it: only that socket's lookup waits and retries, also with
 \t#   fail closed; nobody else's answers are delayed.
+\t# - DNS queries: {QUERIES_PER_SOCKET[0]}/s per sending socket (burst {QUERIES_PER_SOCKET[1]}): each is judged, and a
+\t#   tunnel sends thousands on one socket; a lookup sends one or two per socket.
 {sets}
 """  # noqa: E501
 
@@ -329,6 +375,16 @@ def _meter_new_flows(rate: int) -> str:
     return (f"\t\tct state new update @new_flows_per_user {{ meta skuid limit rate over "
             f"{rate}/second burst {2 * rate} packets }} counter name new_flows_over_limit "
             "drop\n")
+
+
+def _meter_queries() -> str:
+    """DNS queries metered per sending socket before the queue."""
+    rate, burst = QUERIES_PER_SOCKET
+    return "\n".join(
+        f"\t\tmeta nfproto {family} update @queries_per_socket{n} {{ {field} saddr . th sport "
+        f"limit rate over {rate}/second burst {burst} packets }} counter name "
+        "dns_queries_over_limit drop"
+        for family, n, field in (("ipv4", 4, "ip"), ("ipv6", 6, "ip6")))
 
 
 def _answer_chain() -> str:
@@ -381,7 +437,8 @@ def _link_control_chain() -> str:
 """  # noqa: E501
 
 
-def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int) -> str:
+def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
+                   queries: bool) -> str:
     """The forward hook's chains, for flows from engine.forward_from's interfaces (none:
     forwarded traffic is left alone). Their new flows go through `egress` like the host's
     own, in their original direction (what comes from them in the reply direction answers
@@ -393,6 +450,8 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int) 
         return ""
     names = "{ " + ", ".join(f'"{name}"' for name in interfaces) + " }"
     answer = f"0x{marks.ANSWER:08x}"
+    query = (f"\t\tiifname {names} meta l4proto {{ tcp, udp }} th dport 53 jump dns_query\t# "
+             "every DNS query of theirs\n" if queries else "")
     ct_field, pending = f"0x{marks.VERDICT_MASK:08x}", f"0x{marks.PENDING:08x}"
     answers, answers_burst = ANSWERS_PER_FORWARDED_CLIENT
     meters = "".join(
@@ -410,7 +469,7 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int) 
 \tchain forward {{
 \t\ttype filter hook forward priority filter - 10; policy accept;
 \t\tiifname {names} ct state invalid,untracked counter name untracked_dropped drop\t# a container's raw socket (CAP_NET_RAW)
-\t\tct direction reply oifname {names} ct mark & {ct_field} == {pending} jump pending_reply
+{query}\t\tct direction reply oifname {names} ct mark & {ct_field} == {pending} jump pending_reply
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
 \t\ttcp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
@@ -438,7 +497,9 @@ def _xt_rules(settings: EngineConfig, bypass: bool) -> tuple[XtRule, ...]:
     the last rule takes what is left, so no queued packet passes unanswered. A flow keeps
     its port: every packet of a flow meets the same worker. In FORWARD the container's
     port is the source of a flow's packets and the destination of its DNS answers."""
+    # QUEUED, but not the engine's own refusals (marks.INJECTED carries the QUEUED bit)
     common = ("-m", "mark", "--mark", f"0x{marks.QUEUED:08x}/0x{marks.QUEUED:08x}",
+              "-m", "mark", "!", "--mark", f"0x{marks.INJECTED:08x}/0x{marks.MASK:08x}",
               "-m", "comment", "--comment", XT_COMMENT)
     tail = ("--queue-bypass",) if bypass else ()
     workers = settings.workers

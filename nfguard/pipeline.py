@@ -10,8 +10,11 @@ Three kinds of packet come here:
   will present (TLS SNI, HTTP Host, SNI in a QUIC Initial) could change the decision;
 - packets of pending flows: held (no verdict yet) until the name is known, then released
   in stream order with the final verdict; one audit event per flow, at that point;
-- DNS answers (LOCAL_IN, source port 53; forwarded ones marked ANSWER): their names are
-  learnt, then they are accepted, so no client can connect before the engine knows the name.
+- DNS queries (a datagram or a TCP segment with bytes to port 53, on output, forwarded, or
+  over loopback to a local stub): their flow is decided once like any flow's, then every
+  query is judged by its name (names.queries);
+- DNS answers (LOCAL_IN, source port 53; forwarded ones marked ANSWER): handed to the
+  names package's learner, which learns their names before they are accepted.
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ from nfguard.config import NamesConfig
 from nfguard.engine import DNS, Decision, Engine
 from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
-from nfguard.names import NameCache
-from nfguard.peers import Peers
+from nfguard.names.cache import NameCache
+from nfguard.names.inject import Refusals
+from nfguard.names.learner import MAX_CHAINS, Learner, configure_name_cache, make_name_cache
+from nfguard.names.peers import Peers
+from nfguard.names.queries import QueryPath
+from nfguard.names.resolvers import TrustedServers
+from nfguard.names.streams import bound, flow_key
 from nfguard.pending import (
     FlowTable,
     Named,
@@ -43,8 +51,7 @@ from nfguard.pending import (
 from nfguard.policy.clients import match_key
 from nfguard.policy.model import ALLOW
 from nfguard.procs import Attributor, ProcessInfo
-from nfguard.resolvers import TrustedServers
-from nfguard.wire.dns import DNS_PORT, TcpDnsStream, parse_response
+from nfguard.wire.dns import DNS_PORT
 from nfguard.wire.errors import WireError
 from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
 
@@ -53,26 +60,12 @@ log = logging.getLogger(__name__)
 LOCAL_IN = 1  # netfilter hooks (NFQA_PACKET_HDR's hook)
 FORWARD = 2
 LOCAL_OUT = 3
-MAX_DNS_STREAMS = 4096  # DNS-over-TCP answer streams followed at once (LRU)
-MAX_CHAINS = 65536  # (address, name) CNAME chain entries kept (LRU)
+__all__ = ["FORWARD", "LOCAL_IN", "LOCAL_OUT", "MAX_CHAINS", "Pipeline", "make_name_cache"]
 MAX_UDP_DECIDED = 4096  # UDP flows whose verdict a second early datagram gets (LRU)
 UDP_DECIDED_FOR = 2.0  # seconds: enough for the kernel to confirm the first's entry
-
-_SYN, _FIN, _RST = 0x02, 0x01, 0x04
-_SEQ = 0xFFFFFFFF
-_HALF = 1 << 31
-
-
-def make_name_cache(settings: NamesConfig) -> NameCache:
-    cache = NameCache()
-    configure_name_cache(cache, settings)
-    return cache
-
-
-def configure_name_cache(cache: NameCache, settings: NamesConfig) -> None:
-    """The config's [names] limits, at start and on reload (min_ttl capped at max_ttl)."""
-    cache.configure(max_entries=settings.max_entries, grace=settings.grace,
-                    min_ttl=min(settings.min_ttl, cache.max_ttl))
+MAX_DNS_FLOWS = 4096  # flows to DNS servers whose verdict their later queries meet (LRU)
+DNS_FLOW_IDLE = 30.0  # seconds: idle longer, the kernel's entry may be gone (a new flow)
+_SYN = 0x02
 
 
 class Pipeline:
@@ -89,32 +82,51 @@ class Pipeline:
         attributor: Attributor | None = None,
         peers: Peers | None = None,
         trusted: TrustedServers | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
         self.attributor = attributor  # None: flows are decided without knowing the sender
-        self.peers = peers  # the other workers, with engine.workers > 1
         self.audit = audit
         self.stats = stats
         self.clock = clock
         self.settings = settings or NamesConfig()
-        self.names = names if names is not None else make_name_cache(self.settings)
         self.flows = FlowTable()
         # Gives a held packet its verdict later: (token, mark); the queue adapter's.
         self.release = release or _no_release
-        self._dns_streams: OrderedDict[tuple, list[Any]] = OrderedDict()
         self._udp_decided: OrderedDict[tuple, tuple[float, Any, int]] = OrderedDict()
-        # (address, name) -> the other names one answer bound to that address with it (a
-        # CNAME chain): a client presenting alias.test, which the host resolved through
-        # "alias.test CNAME allowed.test", is going to allowed.test. Consulted only while
-        # the presented name itself resolves to the address (NameCache.resolved).
-        self._chains: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
-        # The host's resolvers: whose DNS answers teach, and the engine's "@resolvers".
-        self.trusted = trusted or TrustedServers(self.settings.resolvers, clock=clock)
+        # DNS answers: the names they teach; the host's resolvers: whose answers teach,
+        # and the engine's "@resolvers".
+        self.learner = Learner(
+            names if names is not None else make_name_cache(self.settings),
+            trusted or TrustedServers(self.settings.resolvers, clock=clock),
+            stats, clock, peers)
+        self.names: NameCache = self.learner.names
+        self.trusted: TrustedServers = self.learner.trusted
+        self.learn = self.learner.learn
+        self.receive_peers = self.learner.receive_peers
+        # DNS queries: judged by name; their flows' verdicts, for the flows' later queries.
+        self.queries = QueryPath(stats, self.write, lambda token, mark: self.release(token, mark),
+                                 refusals, self.settings.queries, clock)
+        self._dns_flows: OrderedDict[tuple, tuple[float, Engine, Any, int]] = OrderedDict()
+
+    @property
+    def peers(self) -> Peers | None:
+        """The other workers, with engine.workers > 1."""
+        return self.learner.peers
+
+    @peers.setter
+    def peers(self, peers: Peers | None) -> None:
+        self.learner.peers = peers
+
+    @property
+    def _chains(self) -> OrderedDict[tuple[str, str], tuple[str, ...]]:
+        return self.learner.chains  # the memory benchmark's gauge
 
     def configure(self, settings: NamesConfig) -> None:
         """A reload's [names] settings; what the cache learnt stays."""
         self.settings = settings
         configure_name_cache(self.names, settings)
+        self.queries.configure(settings.queries)
         self.trusted.configure(settings.resolvers)
 
     # -- entry point ---------------------------------------------------------------------
@@ -127,19 +139,22 @@ class Pipeline:
         """
         self.stats.packets += 1
         if hook == LOCAL_IN or (hook == FORWARD and marks.is_answer(mark)):
-            return self._answer(payload, mark)
+            return self.learner.answer(payload, mark)
         engine = self.engine
         packet: Packet | None = None
         now: float | None = None
         process: ProcessInfo | None = None
         try:
             packet = parse_packet(payload)
-            key = _key(packet)
+            key = flow_key(packet)
             if mark & marks.PENDING == marks.PENDING or (packet.proto == UDP
                                                          and len(self.flows)):
                 flow = self.flows.get(key)
                 if flow is not None:
                     return self._pending(flow, packet, payload, mark, token)
+            if packet.dport == DNS_PORT and (packet.proto == UDP or (
+                    packet.proto == TCP and packet.total_length > packet.payload_offset)):
+                return self._query(packet, payload, mark, token, uid, indev)
             now = self.clock()
             process = self._sender(packet, uid, indev)
             if packet.proto == UDP and self._udp_decided:
@@ -161,15 +176,20 @@ class Pipeline:
             decision = engine.failure()
         self.record(decision, packet, now, process)
         if packet is not None and packet.proto == UDP and now is not None:
-            self._remember_udp(_key(packet), now, process, _bits(decision))
+            self._remember_udp(flow_key(packet), now, process, _bits(decision))
+        elif packet is not None and packet.dport == DNS_PORT and now is not None:
+            # a DNS-over-TCP handshake: its queries meet this verdict
+            self._remember_dns_flow(flow_key(packet), now, _identity(process), _bits(decision))
         return marks.with_verdict(mark, _bits(decision))
 
     def record(self, decision: Decision, packet: Packet | None,
                now: float | None = None, process: ProcessInfo | None = None) -> None:
         self.stats.count(decision)
+        self.write(audit_event(decision, packet, self.clock() if now is None else now, process))
+
+    def write(self, event: dict[str, Any]) -> None:
         try:
-            self.audit.write(audit_event(decision, packet, self.clock() if now is None else now,
-                                         process))
+            self.audit.write(event)
         except Exception:
             # A full disk must not change verdicts; it is counted and logged.
             self.stats.errors += 1
@@ -193,6 +213,48 @@ class Pipeline:
                                  packet.dst, packet.dport,
                                  hash_exe=self.engine.policies.matches_sha256, uid=uid)
 
+    # -- DNS queries ---------------------------------------------------------------------
+    def _query(self, packet: Packet, payload: bytes, mark: int, token: Any, uid: int | None,
+               indev: int) -> int | Held:
+        """A query: its flow decided (once) like any flow, then its name judged. Over
+        loopback to a local stub (loopback unfiltered), the name alone is judged."""
+        engine = self.engine
+        if packet.proto == TCP and packet.tcp_flags & _SYN:
+            return marks.DROP  # data in a SYN (TCP Fast Open): sent again without, and read
+        process = self._sender(packet, uid, indev)
+        if indev or engine.settings.filter_loopback or not _loopback(packet.dst):
+            bits = self._dns_flow(packet, process)
+            if bits != marks.ALLOW:
+                return marks.with_verdict(mark, bits)
+        return self.queries.handle(engine, packet, payload, mark, token, process)
+
+    def _dns_flow(self, packet: Packet, process: ProcessInfo | None) -> int:
+        """The verdict bits of a flow to a DNS server, decided and recorded at its first
+        query (or its SYN), then remembered while the policy stands."""
+        key = flow_key(packet)
+        known = self._dns_flows.get(key)
+        identity = _identity(process)
+        now = self.clock()
+        if (known is not None and 0 <= known[0] - now <= DNS_FLOW_IDLE
+                and known[1] is self.engine and known[2] == identity):
+            self._remember_dns_flow(key, now, identity, known[3])
+            return known[3]
+        bits = self._recent_udp(key, now, process) if packet.proto == UDP else None
+        if bits is None:
+            names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
+            decision = self.engine.decide(packet, process, names)
+            self.record(decision, packet, now, process)
+            bits = _bits(decision)
+            if packet.proto == UDP:
+                self._remember_udp(key, now, process, bits)
+        self._remember_dns_flow(key, now, identity, bits)
+        return bits
+
+    def _remember_dns_flow(self, key: tuple, now: float, identity: Any, bits: int) -> None:
+        self._dns_flows[key] = (now + DNS_FLOW_IDLE, self.engine, identity, bits)
+        self._dns_flows.move_to_end(key)
+        bound(self._dns_flows, MAX_DNS_FLOWS)
+
     # -- UDP flows decided at once -------------------------------------------------------
     def _recent_udp(self, key: tuple, now: float, process: ProcessInfo | None) -> int | None:
         """The verdict bits of a UDP flow the same sender had decided moments ago."""
@@ -211,7 +273,7 @@ class Pipeline:
         entry is confirmed (glibc's A and AAAA on one socket): it gets this verdict."""
         self._udp_decided[key] = (now + UDP_DECIDED_FOR, _identity(process), bits)
         self._udp_decided.move_to_end(key)
-        _bound(self._udp_decided, MAX_UDP_DECIDED)
+        bound(self._udp_decided, MAX_UDP_DECIDED)
 
     # -- pending flows -------------------------------------------------------------------
     def _dns_names(self, ip: str, now: float) -> tuple[tuple[str, str], ...]:
@@ -254,7 +316,7 @@ class Pipeline:
             if isinstance(outcome, Named):
                 names = self.names
                 dst = packet.dst
-                aliases = (self._chains.get((dst, outcome.name), ())
+                aliases = (self.learner.aliases(dst, outcome.name)
                            if names.resolved(dst, outcome.name, now) else ())
                 decision = engine.decide_named(
                     packet, outcome.name, outcome.evidence, flow.process, flow.dns_names,
@@ -300,113 +362,6 @@ class Pipeline:
                 log.exception("cannot set the verdicts of flows that sent nothing")
         return len(expired) + len(silent)
 
-    # -- DNS answers ---------------------------------------------------------------------
-    def _answer(self, payload: bytes, mark: int) -> int:
-        """Learn the names of a DNS answer, then accept it (never half-parsed)."""
-        accept = marks.with_verdict(mark, marks.ALLOW)
-        try:
-            packet = parse_packet(payload)
-            if packet.sport != DNS_PORT or packet.proto not in (TCP, UDP):
-                return accept
-            if not self.trusted.trusts(packet.src):
-                self.stats.dns_untrusted += 1
-                return accept
-            if packet.total_length > len(payload):
-                self.stats.dns_cut += 1
-                log.warning("DNS answer from %s cut by the queue's copy range (%d of %d "
-                            "bytes): accepted without learning its names", packet.src,
-                            len(payload), packet.total_length)
-                if packet.proto == TCP:
-                    self._dns_streams.pop(_key(packet), None)  # framing is lost
-                return accept
-            body = payload[packet.payload_offset:packet.total_length]
-            if packet.proto == UDP:
-                self._learn(body)
-                return accept
-            return self._tcp_answer(packet, body, mark, accept)
-        except WireError:
-            self.stats.dns_unparseable += 1
-            return accept
-        except Exception:
-            self.stats.errors += 1
-            log.exception("error reading a DNS answer; accepted")
-            return accept
-
-    def _tcp_answer(self, packet: Packet, body: bytes, mark: int, accept: int) -> int:
-        key = _key(packet)
-        streams = self._dns_streams
-        flags = packet.tcp_flags
-        if flags & _SYN:
-            streams[key] = [(packet.tcp_seq + 1) & _SEQ, TcpDnsStream()]
-            _bound(streams, MAX_DNS_STREAMS)
-            return accept
-        state = streams.get(key)
-        if body:
-            if state is None:
-                state = streams[key] = [packet.tcp_seq, TcpDnsStream()]  # no SYN-ACK seen
-                _bound(streams, MAX_DNS_STREAMS)
-            offset = (packet.tcp_seq - state[0]) & _SEQ
-            if offset >= _HALF:  # starts before the next byte: a retransmit, maybe overlapping
-                behind = (state[0] - packet.tcp_seq) & _SEQ
-                body = body[behind:]
-            elif offset:
-                self.stats.dns_out_of_order += 1
-                return marks.with_verdict(mark, marks.DENY)  # dropped: the server resends
-            if body:
-                state[0] = (state[0] + len(body)) & _SEQ
-                try:
-                    messages = state[1].feed(body)
-                except WireError:
-                    self.stats.dns_unparseable += 1
-                    streams.pop(key, None)  # framing lost; nothing more is learnt
-                    return accept
-                for message in messages:
-                    try:
-                        self._learn(message)
-                    except WireError:
-                        self.stats.dns_unparseable += 1
-        if flags & (_FIN | _RST):
-            streams.pop(key, None)
-        return accept
-
-    def _learn(self, message: bytes) -> None:
-        response = parse_response(message)
-        now = self.clock()
-        bindings = [(b.ip, b.name, b.ttl) for b in response.bindings]
-        self.learn(now, bindings)
-        if self.peers is not None and bindings:
-            self.peers.publish(now, bindings)  # before the answer is accepted
-        self.stats.dns_answers += 1
-        self.stats.dns_bindings += len(bindings)  # here, not in learn: workers' sums stay true
-
-    def learn(self, now: float, bindings: list[tuple[str, str, int]]) -> None:
-        """Bind names to addresses (one DNS answer's, or what another worker learnt)."""
-        learn = self.names.learn
-        by_ip: dict[str, list[str]] = {}
-        for ip, name, ttl in bindings:
-            learn(ip, name, ttl, now)
-            by_ip.setdefault(ip, []).append(name)  # already normalised
-        chains = self._chains
-        for ip, group in by_ip.items():
-            if len(group) > 1:
-                for name in group:
-                    chains[(ip, name)] = tuple(other for other in group if other != name)
-                    chains.move_to_end((ip, name))
-        _bound(chains, MAX_CHAINS)
-
-    def receive_peers(self) -> int:
-        """Learn what other workers' DNS answers taught; call before each batch of packets."""
-        if self.peers is None:
-            return 0
-        messages = self.peers.receive()
-        for learnt_at, bindings in messages:
-            self.learn(learnt_at, bindings)
-        return len(messages)
-
-
-def _key(packet: Packet) -> tuple:
-    return (packet.proto, packet.src, packet.sport, packet.dst, packet.dport)
-
 
 def _identity(process: ProcessInfo | None) -> Any:
     """What tells senders apart for the rules (the client memo's key)."""
@@ -417,10 +372,9 @@ def _bits(decision: Decision) -> int:
     return marks.ALLOW if decision.verdict == ALLOW else marks.DENY
 
 
-def _bound(table: OrderedDict, limit: int) -> None:
-    """Drop least recently used entries past `limit`."""
-    while len(table) > limit:
-        table.popitem(last=False)
+def _loopback(ip: str) -> bool:
+    """Whether `ip` is a loopback address (127/8, ::1): a local stub resolver's."""
+    return ip.startswith("127.") or ip == "::1"
 
 
 def _interface_name(index: int) -> str:

@@ -49,8 +49,8 @@ BATCH = 256  # packets read per process_pending() call before the loop gets a tu
 VERDICT_TRAIN = 8
 RECEIVE_SIZE = 1 << 17  # a packet message is at most COPY_RANGE plus some 200 bytes
 
-# handler(payload, mark, hook, token, uid, indev) -> the mark to accept with, or HOLD (held:
-# the verdict comes later through release(token, mark)). `uid`: the sending socket's
+# handler(payload, mark, hook, token, uid, indev) -> the mark to accept with, DROP, or HOLD
+# (held: the verdict comes later through release(token, mark)). `uid`: the sending socket's
 # owner, as the kernel gave it with the packet (None for packets without a local socket);
 # `indev`: the index of the interface the packet came in on (0 for locally sent ones).
 Handler = Callable[[bytes, int, int, int, "int | None", int], "int | marks.Held"]
@@ -133,7 +133,9 @@ class QueueAdapter:
                 log.exception("packet handler failed")
                 new_mark = marks.with_verdict(queued.mark,
                                               marks.ALLOW if self.fail_open else marks.DENY)
-            if new_mark is not marks.HOLD:  # HOLD: held, released later
+            if new_mark is marks.DROP:  # dropped, its flow's ct mark untouched
+                self._push(drop_verdict(self._header, queued.packet_id, queued.mark))
+            elif new_mark is not marks.HOLD:  # HOLD: held, released later
                 self._accept(queued.packet_id, new_mark)
         except BaseException:
             # Without a verdict the kernel drops the packet when the queue closes, and the
@@ -173,7 +175,10 @@ class QueueAdapter:
     def _accept(self, packet_id: int, mark: int) -> None:
         """Accept with `mark` (the ruleset turns a deny mark into a cut): the verdict joins
         the train, which leaves when full or when the batch ends."""
-        self._verdicts.append(accept_verdict(self._header, packet_id, mark))
+        self._push(accept_verdict(self._header, packet_id, mark))
+
+    def _push(self, verdict: bytes) -> None:
+        self._verdicts.append(verdict)
         if len(self._verdicts) >= VERDICT_TRAIN:
             self._send_verdicts()
 
@@ -209,6 +214,7 @@ NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_MARK, NFQA_IFINDEX_INDEV = 1, 2, 3, 5
 NFQA_PAYLOAD, NFQA_UID = 10, 16
 NFQA_CFG_PARAMS, NFQA_CFG_MASK, NFQA_CFG_FLAGS = 2, 4, 5
 NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_UID_GID = 1 << 0, 1 << 3
+NF_DROP = 0
 NF_ACCEPT = 1
 _NFGENMSG_SIZE = 4
 _ATTR = struct.Struct("=HH")
@@ -317,3 +323,9 @@ def verdict_header(queue_num: int) -> bytes:
 def accept_verdict(header: bytes, packet_id: int, mark: int) -> bytes:
     """The message accepting packet `packet_id` with `mark`, behind `verdict_header`'s."""
     return header + _VERDICT_BODY.pack(NF_ACCEPT, packet_id, _MARK_ATTR, mark)
+
+
+def drop_verdict(header: bytes, packet_id: int, mark: int) -> bytes:
+    """The message dropping packet `packet_id` (its mark as it came: the message's size is
+    the verdict header's)."""
+    return header + _VERDICT_BODY.pack(NF_DROP, packet_id, _MARK_ATTR, mark)

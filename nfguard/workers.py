@@ -10,7 +10,7 @@ the same worker.
 
 What they share, through pipes the main process creates and keeps open (so a restarted
 worker gets the same ones):
-- DNS bindings (nfguard.peers): every worker's inbox, written before an answer is accepted;
+- DNS bindings (nfguard.names.peers): every worker's inbox, written before an answer is accepted;
 - reports: each worker sends its counters to the main process once a second, which sums
   them for metrics and `nfguard status`.
 A worker dies with the main process (PDEATHSIG); one that dies alone is restarted, and
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from nfguard.peers import Peers
+from nfguard.names.peers import Peers
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ a few records (a CDN's: a CNAME chain and up to 8 addresses per family).
 Trust note: the bindings are exactly what the answer claims, so an answer from an
 arbitrary server can bind any address to any name.  The engine learns only from replies
 to queries this host sent (conntrack's reply direction: the 5-tuple) and only from the
-servers [names] resolvers trusts (nfguard.resolvers).  The query id and question are not
+servers [names] resolvers trusts (nfguard.names.resolvers).  The query id and question are not
 compared (only a flow's first query reaches the engine; glibc sends A and AAAA on one
 socket), so a forger off the path who guesses a query's source port and races the server
 could teach a binding that the client itself then drops for its wrong id.  Comparing
@@ -75,6 +75,20 @@ MAX_LABELS_WALKED = 256  # labels decoded per message (a pointer to a known name
 TYPE_A = 1
 TYPE_CNAME = 5
 TYPE_AAAA = 28
+# Mnemonics of the query types seen in the wild (audit's dns.question.type); others by number.
+TYPE_NAMES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX",
+              16: "TXT", 17: "RP", 18: "AFSDB", 24: "SIG", 25: "KEY", 28: "AAAA", 29: "LOC",
+              33: "SRV", 35: "NAPTR", 36: "KX", 37: "CERT", 39: "DNAME", 42: "APL", 43: "DS",
+              44: "SSHFP", 45: "IPSECKEY", 46: "RRSIG", 47: "NSEC", 48: "DNSKEY", 49: "DHCID",
+              50: "NSEC3", 51: "NSEC3PARAM", 52: "TLSA", 53: "SMIMEA", 55: "HIP", 59: "CDS",
+              60: "CDNSKEY", 61: "OPENPGPKEY", 62: "CSYNC", 63: "ZONEMD", 64: "SVCB",
+              65: "HTTPS", 99: "SPF", 108: "EUI48", 109: "EUI64", 249: "TKEY", 250: "TSIG",
+              251: "IXFR", 252: "AXFR", 255: "ANY", 256: "URI", 257: "CAA"}
+
+
+def type_name(qtype: int) -> str:
+    """A query type's mnemonic ("A", "TXT"), or its number for a type not listed."""
+    return TYPE_NAMES.get(qtype) or str(qtype)
 TYPE_OPT = 41
 CLASS_IN = 1
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from nfguard.procs.cgroups import find_cgroup2_root
-from tests.e2e.lab import Lab
+from tests.e2e.lab import ALLOWED_V4, OTHER_V4, Lab
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -74,6 +74,18 @@ def named(lab: Lab, tmp_path: Path) -> Lab:
     lab.serve_https(cert, key)
     lab.serve_http(80)
     return lab
+
+
+@pytest.fixture
+def dns_log(lab: Lab) -> Path:
+    """The lab's DNS server (dnsmasq) logging every query it receives to the returned file;
+    it answers allowed.test, *.allowed.test and every name under attacker.test."""
+    if subprocess.run(["which", "dnsmasq"], capture_output=True).returncode != 0:
+        pytest.skip("dnsmasq is not installed (./bootstrap.sh test installs it)")
+    log = lab.workdir / "dnsmasq-queries.log"
+    lab.serve_dns("--log-queries", f"--log-facility={log}",
+                  f"--address=/allowed.test/{ALLOWED_V4}", f"--address=/attacker.test/{OTHER_V4}")
+    return log
 
 
 @pytest.fixture

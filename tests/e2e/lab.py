@@ -338,11 +338,14 @@ class Lab:
 
     def serve_dns(self, *options: str, on: tuple[str, ...] = (SERVER_V4, SERVER_V6)) -> None:
         """dnsmasq on the server's addresses `on` (UDP and TCP 53), answering only from
-        its options (`--host-record=...`, `--cname=...`): no upstream, no /etc/hosts."""
+        its options (`--host-record=...`, `--cname=...`): no upstream, no /etc/hosts.
+        `--log-queries` with `--log-facility=FILE` logs every query it receives."""
         self.spawn(self.server, "dnsmasq", "--keep-in-foreground", "--no-resolv",
                    "--no-hosts", "--no-poll", "--bind-interfaces", "--user=root",
                    *(f"--listen-address={address}" for address in on),
-                   "--pid-file=", "--log-facility=-", *options,
+                   "--pid-file=",
+                   *(() if any(o.startswith("--log-facility") for o in options)
+                     else ("--log-facility=-",)), *options,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for address in on:
             self.wait_listening(53, "udp", address=address)

@@ -58,19 +58,22 @@ DENY_REST = policy("deny-rest", deny("everything"))
 ALLOWED_NET = policy("p", allow(UNNAMED, "198.18.1.0/24"))  # ALLOWED_V4's network, unnamed
 
 
-def everyone(*policies: Policy) -> str:
-    """The policy file: one client, "everyone", with `policies` in their order."""
-    client = "\n".join(["[[client]]", 'name = "everyone"',
-                        f"policies = {json.dumps([p.name for p in policies])}"])
-    return "\n\n".join([client] + [p.toml() for p in policies]) + "\n"
+def everyone(*policies: Policy, queries: str = "") -> str:
+    """The policy file: one client, "everyone", with `policies` in their order (and its
+    own `queries` setting: "any" where a test judges flows, not the names it resolves)."""
+    client = ["[[client]]", 'name = "everyone"',
+              f"policies = {json.dumps([p.name for p in policies])}"]
+    if queries:
+        client.append(f"queries = {json.dumps(queries)}")
+    return "\n\n".join(["\n".join(client)] + [p.toml() for p in policies]) + "\n"
 
 
-def dns_and(rule: Rule) -> str:
+def dns_and(rule: Rule, queries: str = "") -> str:
     """Policy "p": the lab's DNS and `rule`, nothing else allowed."""
-    return everyone(policy("p", dns(), rule))
+    return everyone(policy("p", dns(), rule), queries=queries)
 
 
-def names_policy(*ports: int, dns_to: tuple[str, ...] = LAB_DNS) -> str:
+def names_policy(*ports: int, dns_to: tuple[str, ...] = LAB_DNS, queries: str = "") -> str:
     """Policy "names": DNS (to `dns_to`) and allowed.test on `ports`, then "deny-rest"."""
     return everyone(policy("names", dns(*dns_to), allow("allowed", "allowed.test", ports=ports)),
-                    DENY_REST)
+                    DENY_REST, queries=queries)

@@ -21,7 +21,7 @@ from nfguard.metrics import (
     parse_nfqueue,
     read_nfqueue,
 )
-from nfguard.names import NameCache
+from nfguard.names.cache import NameCache
 from nfguard.nft import COUNTERS
 from nfguard.procs import Attributor
 

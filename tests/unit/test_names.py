@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nfguard.names import NameCache
+from nfguard.names.cache import NameCache
 
 IP = "192.0.2.10"
 

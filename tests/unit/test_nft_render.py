@@ -144,8 +144,13 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
     suffix = " queue num 5" if path == NATIVE else ""
     queued = hexmark(marks.QUEUED)
     pending = f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)}"
+    keep = hexmark(~marks.MASK & 0xFFFFFFFF)
     assert lines[1:] == [
+        f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} "
+        f"meta mark set meta mark & {keep} accept",
         f"ct direction reply {pending} jump pending_reply",
+        f"tcp sport 53 ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == "
+        f"{hexmark(marks.DENY)} tcp flags & rst == rst accept",  # a cut stream's reset
         "meta l4proto { tcp, udp } th sport 53 ct direction reply jump answer",
         f"udp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}",
         f"tcp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}"]
@@ -155,7 +160,6 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
     assert after == [f"type filter hook input priority {nft.VERDICT_PRIORITY}; policy accept;",
                      "jump settle_answer"]
     verdict = code_lines(re.search(r"chain settle_answer \{(.*?)\}", text, re.S).group(1))
-    keep = hexmark(~marks.MASK & 0xFFFFFFFF)
     assert (f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.ALLOW)} "
             f"meta mark set meta mark & {keep} accept") in verdict
     assert not [line for line in verdict if "ct mark" in line], "answers leave the ct mark"
@@ -203,7 +207,7 @@ def test_a_pending_flows_replies_pass_only_bare_or_as_the_handshake(path: str) -
     text = render(EngineConfig(forward_from=("docker0",)), path).nft
     pending = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)} "
                "jump pending_reply")
-    assert chain_lines(text, "input")[1] == f"ct direction reply {pending}"
+    assert chain_lines(text, "input")[2] == f"ct direction reply {pending}"
     forward = chain_lines(text, "forward")
     assert f'ct direction reply oifname {{ "docker0" }} {pending}' in forward
     assert forward.index(f'ct direction reply oifname {{ "docker0" }} {pending}') < min(
@@ -350,6 +354,8 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
         "type filter hook forward priority filter - 10; policy accept;",
         # first: a container's raw socket gets nothing untracked past (ct matches fail)
         f"iifname {names} ct state invalid,untracked counter name untracked_dropped drop",
+        # every DNS query of theirs, whatever its direction (never a "reply")
+        f"iifname {names} meta l4proto {{ tcp, udp }} th dport 53 jump dns_query",
         f"ct direction reply oifname {names} {pending}",
         f"meta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} "
         "jump forwarded_answer",
@@ -376,7 +382,8 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
     # the host's own flows take the same chain: one flow logic for both
     assert chain_lines(text, "output")[-1] == "jump egress"
     egress = chain_lines(text, "egress")
-    assert egress[-1] == ("queue num 2" if path == NATIVE else
+    assert egress[-1] == "goto to_engine"
+    assert chain_lines(text, "to_engine")[-1] == ("queue num 2" if path == NATIVE else
                           f"meta mark set meta mark | {hexmark(marks.QUEUED)}")
     assert marks.ANSWER & ~marks.MASK == 0 and marks.ANSWER & marks.QUEUED
     assert marks.is_answer(marks.ANSWER | 0x5) and not marks.is_answer(marks.QUEUED)
@@ -453,10 +460,13 @@ def test_untracked_packets_are_dropped_before_anything_accepts_them(
     untracked = output.index("ct state invalid,untracked counter name untracked_dropped drop")
     assert untracked < output.index("ct direction reply accept") < output.index("jump egress")
     assert ('oifname "lo" accept' in output) is not loopback
-    before = output[1:untracked]
+    injected = f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} accept"
+    assert output[1] == injected, "the engine's own refusals first"
+    before = output[2:untracked]
     assert [line for line in before if line.endswith("accept")] == (
         [] if loopback else ['oifname "lo" accept'])
-    assert all(line.endswith(("jump link_control", "accept")) for line in before)
+    assert all(line.endswith(("jump link_control", "jump dns_query", "accept"))
+               for line in before)
 
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
@@ -575,3 +585,81 @@ def _listing(*chains: tuple[str, str | None], rules: tuple[str, ...] = (),
 def test_uninstall_drops_only_the_empty_accepting_chains_of_the_xt_table(
         listing: list[dict], expected: list[str]) -> None:
     assert nft._empty_chain_deletions("ip", listing) == expected
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_every_dns_query_goes_to_the_engine_whatever_its_flows_verdict(path: str) -> None:
+    """A decided flow's later queries too (A and AAAA on one socket, a tunnel's thousands),
+    and a query that conntrack calls a reply (of a flow an inbound or forged packet from
+    port 53 started); a denied flow stays cut in the kernel."""
+    text = render(EngineConfig(queue=2, forward_from=("br0",)), path).nft
+    output = chain_lines(text, "output")
+    query = output.index("meta l4proto { tcp, udp } th dport 53 jump dns_query")
+    assert (output.index("ct state invalid,untracked counter name untracked_dropped drop")
+            < query < output.index("ct direction reply accept"))
+    assert "jump dns_query" not in "\n".join(chain_lines(text, "egress"))
+    ct_field = hexmark(marks.VERDICT_MASK)
+    assert chain_lines(text, "dns_query") == [
+        f"ct mark & {ct_field} == {hexmark(marks.DENY)} jump cut",  # stays cut
+        *(f"meta nfproto {family} update @queries_per_socket{n} {{ {field} saddr . th sport "
+          "limit rate over 200/second burst 400 packets } counter name dns_queries_over_limit "
+          "drop" for family, n, field in (("ipv4", 4, "ip"), ("ipv6", 6, "ip6"))),
+        "meta l4proto udp goto to_engine",  # every datagram
+        "tcp flags & (syn | rst) != 0 return",  # the handshake: the flow's usual path
+        "jump bare",  # a segment without bytes passes
+        "goto to_engine"]  # every segment with bytes, pipelined queries too
+
+
+def test_the_engines_refusals_are_not_tracked() -> None:
+    """Tracked, a refusal (server:53 -> client:port) would make the client's next query on
+    that socket a conntrack "reply"."""
+    text = render(EngineConfig(), NATIVE).nft
+    assert chain_lines(text, "refusals") == [
+        "type filter hook output priority raw; policy accept;",
+        f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} notrack"]
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_queries_to_a_local_stub_are_judged_on_loopback(path: str) -> None:
+    output = chain_lines(render(EngineConfig(), path).nft, "output")
+    stub = output.index('oifname "lo" meta l4proto { tcp, udp } th dport 53 jump dns_query')
+    assert stub < output.index('oifname "lo" accept'), "before the rest of loopback passes"
+    filtered = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
+    assert [line for line in filtered if "dns_query" in line] == [
+        "meta l4proto { tcp, udp } th dport 53 jump dns_query"], "the one rule judges them then"
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_with_queries_any_for_everyone_no_query_is_queued(path: str) -> None:
+    text = render(EngineConfig(), path, queries=False).nft
+    assert "jump dns_query" not in text
+    assert code_lines(text) == [line for line in code_lines(render(EngineConfig(), path).nft)
+                                if "jump dns_query" not in line]
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_the_engines_refusals_pass_to_their_client_without_a_verdict(path: str) -> None:
+    """The REFUSED answer the engine writes carries marks.INJECTED: let through in output
+    (not a new flow), in settle (before fail-closed drops what came back unjudged) and on
+    input (not an answer to learn, and not a loopback forgery), its mark cleared there."""
+    text = render(EngineConfig(fail="closed"), path).nft
+    mask, injected = hexmark(marks.MASK), hexmark(marks.INJECTED)
+    assert chain_lines(text, "output")[1] == f"meta mark & {mask} == {injected} accept"
+    settle = chain_lines(text, "settle")
+    assert settle[0] == f"meta mark & {mask} == {injected} accept"
+    assert not [line for line in settle[1:] if injected in line]
+    keep = hexmark(~marks.MASK & 0xFFFFFFFF)
+    assert chain_lines(text, "input")[1] == (f"meta mark & {mask} == {injected} "
+                                             f"meta mark set meta mark & {keep} accept")
+    assert marks.INJECTED & marks.QUEUED and not marks.is_answer(marks.INJECTED)
+    assert marks.INJECTED not in (marks.ALLOW, marks.DENY, marks.PENDING, marks.QUEUED,
+                                  marks.QUEUED | marks.PENDING)
+
+
+def test_the_xt_queue_rules_leave_the_engines_refusals_alone() -> None:
+    """INJECTED carries the QUEUED bit: the xt rules must not queue a refusal."""
+    rules = render(EngineConfig(forward_from=("br0",)), XT).xt_rules
+    unless = ("-m", "mark", "!", "--mark",
+              f"{hexmark(marks.INJECTED)}/{hexmark(marks.MASK)}")
+    for rule in rules:
+        assert any(rule.spec[i:i + len(unless)] == unless for i in range(len(rule.spec)))

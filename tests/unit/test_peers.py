@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scapy.layers.dns import DNSRR
 
 from nfguard import marks
-from nfguard.peers import PIPE_BUF, Peers, decode, encode
+from nfguard.names.peers import PIPE_BUF, Peers, decode, encode
 from tests.unit.test_names_wiring import GH, Harness, dns_answer
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
@@ -170,7 +171,9 @@ def test_pipeline_attributes_new_flows_and_records_the_sender(tmp_path: Path) ->
     pipeline.attributor = senders  # type: ignore[assignment]
     assert pipeline.handle(v4_syn("140.82.112.3", 22), 0) == marks.DENY  # git's rule
     # the socket's owner as the kernel gave it with the packet goes to the lookup
-    assert pipeline.handle(v4_udp("9.9.9.9", 53), 0, 3, None, 1000) == marks.ALLOW
+    query = bytes(IP(src="10.0.0.2", dst="9.9.9.9") / UDP(sport=5000, dport=53)
+                  / DNS(rd=1, qd=DNSQR(qname="github.com")))
+    assert pipeline.handle(query, 0, 3, None, 1000) == marks.ALLOW
     assert senders.asked == [("tcp", 4, "10.0.0.2", 40000, "140.82.112.3", 22, False, None),
                              ("udp", 4, "10.0.0.2", 5000, "9.9.9.9", 53, False, 1000)]
     event = events(pipeline, path)[0]
@@ -298,13 +301,21 @@ def test_transcript_a_and_aaaa_on_one_socket(tmp_path: Path) -> None:
     """The second query leaves before the first's conntrack entry is confirmed, so it is
     queued as new too: it gets the first's verdict and no event of its own."""
     t = Transcript(tmp_path)
-    query = bytes(IP(src=CLIENT, dst="10.0.0.53") / UDP(sport=5353, dport=53) / Raw(b"q"))
-    assert t.send(query) == marks.ALLOW
-    assert t.send(query) == marks.ALLOW
-    assert len(t.events()) == 1
-    t.now += 10  # long after: a new flow on the same tuple is decided again
-    assert t.send(query) == marks.ALLOW
-    assert len(t.events()) == 2
+
+    def query(qtype: str) -> bytes:
+        return bytes(IP(src=CLIENT, dst="10.0.0.53") / UDP(sport=5353, dport=53)
+                     / DNS(rd=1, qd=DNSQR(qname="site.example", qtype=qtype)))
+
+    def flow_events() -> list[dict]:
+        return [e for e in t.events() if "dns" not in e]
+
+    assert t.send(query("A")) == marks.ALLOW
+    assert t.send(query("AAAA")) == marks.ALLOW
+    assert len(flow_events()) == 1
+    assert [e["dns"]["question"]["type"] for e in t.events() if "dns" in e] == ["A", "AAAA"]
+    t.now += 60  # long after: a new flow on the same tuple is decided again
+    assert t.send(query("A")) == marks.ALLOW
+    assert len(flow_events()) == 2
 
 
 def test_transcript_a_and_aaaa_denied_alike(tmp_path: Path) -> None:

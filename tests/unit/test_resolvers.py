@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nfguard.resolvers import LIBC_DEFAULT, TrustedServers, parse_nameservers, system_servers
+from nfguard.names.resolvers import LIBC_DEFAULT, TrustedServers, parse_nameservers, system_servers
 
 RESOLVED_STUB_CONF = """\
 # This is /run/systemd/resolve/stub-resolv.conf managed by man:systemd-resolved(8).
@@ -68,6 +68,7 @@ def test_system_follows_resolv_conf_as_it_changes(tmp_path: Path) -> None:
 
     def at(now: float, ip: str) -> bool:
         clock[0] = now
+        trusted.tend()  # the daemon's timer
         return trusted.serves(ip)
 
     assert at(0.0, "10.0.0.53")
@@ -91,6 +92,19 @@ def test_system_follows_resolv_conf_as_it_changes(tmp_path: Path) -> None:
     assert at(-100.0, "127.0.0.1"), "a clock stepped back still checks"
 
 
+def test_the_verdict_path_never_looks_at_the_files(tmp_path: Path) -> None:
+    conf = tmp_path / "resolv.conf"
+    write(conf, "nameserver 10.0.0.53\n", 1000)
+    clock = [0.0]
+    trusted = TrustedServers("system", str(conf), str(tmp_path / "none"), interval=1.0,
+                             clock=lambda: clock[0])
+    write(conf, "nameserver 192.0.2.1\n", 2000)
+    clock[0] = 5.0
+    assert trusted.serves("10.0.0.53") and not trusted.serves("192.0.2.1")
+    assert trusted.tend() is True and trusted.serves("192.0.2.1")
+    assert trusted.tend() is False, "within the interval"
+
+
 def test_an_unchanged_file_is_not_read_again(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     write(conf, "nameserver 10.0.0.53\n", 1000)
@@ -103,7 +117,7 @@ def test_an_unchanged_file_is_not_read_again(tmp_path: Path) -> None:
 
 def test_each_untrusted_server_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     trusted = TrustedServers(("10.0.0.53",))
-    with caplog.at_level(logging.WARNING, logger="nfguard.resolvers"):
+    with caplog.at_level(logging.WARNING, logger="nfguard.names.resolvers"):
         for _ in range(3):
             assert not trusted.serves("203.0.113.9"), "a destination check is not logged"
             assert not trusted.trusts("203.0.113.9")

@@ -10,7 +10,8 @@ the anti-fronting check with it.
 /etc/resolv.conf (none: the C library asks the local host), and, when they name
 systemd-resolved's stub, the upstream servers resolved itself asks (programs resolving
 through nss-resolve send no DNS packet the engine sees: resolved's own answers are what
-teaches). The files are watched, so a DHCP lease or VPN that rewrites them is followed.
+teaches). The files are looked at on a timer (`tend`, from the daemon's loop, never on
+the verdict path), so a DHCP lease or VPN that rewrites them is followed within a second.
 """
 
 from __future__ import annotations
@@ -86,14 +87,20 @@ class TrustedServers:
         else:
             self._use(tuple(setting) or None)
 
+    def tend(self) -> bool:
+        """With "system": look at the files when the last look is `interval` old (a changed
+        resolver is known within it); whether they had changed. The daemon's loop calls
+        this, so no packet waits for a stat."""
+        if self.setting != SYSTEM_RESOLVERS:
+            return False
+        now = self.clock()
+        if self._checked_at is not None and 0 <= now - self._checked_at < self.interval:
+            return False
+        self._checked_at = now
+        return self.refresh()
+
     def serves(self, ip: str) -> bool:
-        """Whether `ip` is one of the resolvers (with "system", the files are looked at
-        when the last look is `interval` old: a changed resolver is known within it)."""
-        if self.setting == SYSTEM_RESOLVERS:
-            now = self.clock()
-            if self._checked_at is None or not 0 <= now - self._checked_at < self.interval:
-                self._checked_at = now
-                self.refresh()
+        """Whether `ip` is one of the resolvers, as the last look at the files had them."""
         networks = self.networks
         if networks is None:
             return True

@@ -1,0 +1,59 @@
+"""DNS over TCP, both ways: a stream's bytes taken in order, segment by segment.
+
+Answers (learner) and queries (queries) are read from TCP streams the same way: a segment
+that starts past the next byte is refused (its sender sends it again), one that starts
+before it (a retransmit) gives only what is new, and the table of streams is bounded.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from nfguard.wire.ip import Packet
+
+SYN, FIN, RST = 0x02, 0x01, 0x04
+_SEQ = 0xFFFFFFFF
+_HALF = 1 << 31
+
+def flow_key(packet: Packet) -> tuple:
+    return (packet.proto, packet.src, packet.sport, packet.dst, packet.dport)
+
+
+def bound(table: OrderedDict, limit: int) -> None:
+    """Drop least recently used entries past `limit`."""
+    while len(table) > limit:
+        table.popitem(last=False)
+
+
+def in_order(streams: OrderedDict[tuple, list[Any]], key: tuple, packet: Packet, body: bytes,
+             limit: int, make: Callable[[], Any]) -> tuple[list[Any] | None, bytes] | None:
+    """The stream's state ([next sequence number, make()'s reader]) and the bytes of this
+    segment not seen before; None when the segment starts past the next byte. A
+    SYN starts the stream; a stream first met mid-way starts at the segment."""
+    if packet.tcp_flags & SYN:
+        state = streams[key] = [(packet.tcp_seq + 1) & _SEQ, make()]
+        bound(streams, limit)
+        return state, b""
+    known = streams.get(key)
+    if not body:
+        return known, b""
+    if known is None:
+        state = streams[key] = [packet.tcp_seq, make()]
+        bound(streams, limit)
+    else:
+        state = known
+        streams.move_to_end(key)
+    offset = (packet.tcp_seq - state[0]) & _SEQ
+    if offset >= _HALF:  # starts before the next byte: a retransmit, maybe overlapping
+        body = body[(state[0] - packet.tcp_seq) & _SEQ:]
+    elif offset:
+        return None
+    state[0] = (state[0] + len(body)) & _SEQ
+    return state, body
+
+
+def closing(packet: Packet) -> bool:
+    """Whether the segment ends its stream (FIN or RST)."""
+    return bool(packet.tcp_flags & (FIN | RST))
