@@ -54,6 +54,15 @@ def dns(*to: str) -> Rule:
     return allow("dns", *(to or LAB_DNS), ports=(53,))
 
 
+LAB_NETS = ("198.18.0.0/16", "fd00:18::/32")  # every lab address
+
+
+def web_by_name(*ports: int) -> Policy:
+    """Policy "p" of the DNS tests: DNS to any lab address, *.allowed.test on `ports`; the
+    names it covers are the names its client may resolve."""
+    return policy("p", dns(*LAB_NETS), allow("web", "*.allowed.test", ports=ports))
+
+
 DENY_REST = policy("deny-rest", deny("everything"))
 ALLOWED_NET = policy("p", allow(UNNAMED, "198.18.1.0/24"))  # ALLOWED_V4's network, unnamed
 

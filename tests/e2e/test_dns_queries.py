@@ -11,43 +11,23 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.lab import ALLOWED_V4, SERVER_V4, SERVER_V6, Lab
+from tests.e2e.policies import dns, policy, web_by_name
 from tests.e2e.queries import dig, many
 
-POLICY = """
-    [[client]]
-    name = "stub"
-    match = {{ exe = "{stub}" }}
-    policies = ["upstream"]
-    queries = "any"
+# A local stub (dnsmasq) asks upstream for its users; everyone else resolves by policy "p".
+STUB = """
+[[client]]
+name = "stub"
+match = {{ exe = "{stub}" }}
+policies = ["upstream"]
+queries = "any"
 
-    [[client]]
-    name = "everyone"
-    policies = ["p"]
+[[client]]
+name = "everyone"
+policies = ["p"]
 
-    [[policy]]
-    name = "upstream"
-
-    [[policy.rule]]
-    name = "dns"
-    action = "allow"
-    to = ["198.18.0.2"]
-    ports = [53]
-
-    [[policy]]
-    name = "p"
-
-    [[policy.rule]]
-    name = "dns"
-    action = "allow"
-    to = ["198.18.0.0/16", "fd00:18::/32"]
-    ports = [53]
-
-    [[policy.rule]]
-    name = "web"
-    action = "allow"
-    to = ["*.allowed.test"]
-    ports = [80]
 """
+POLICY = STUB + policy("upstream", dns("198.18.0.2")).toml() + "\n\n" + web_by_name(80).toml()
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
 

@@ -13,28 +13,10 @@ import pytest
 
 from tests.e2e.adversary.raw import kernel_counter
 from tests.e2e.lab import SERVER_V4, SERVER_V6, Lab
+from tests.e2e.policies import everyone, web_by_name
 from tests.e2e.queries import dig, many
 
-POLICY = """
-    [[client]]
-    name = "everyone"
-    policies = ["p"]
-
-    [[policy]]
-    name = "p"
-
-    [[policy.rule]]
-    name = "dns"
-    action = "allow"
-    to = ["198.18.0.0/16", "fd00:18::/32"]
-    ports = [53]
-
-    [[policy.rule]]
-    name = "web"
-    action = "allow"
-    to = ["*.allowed.test"]
-    ports = [80, 443]
-"""
+POLICY = everyone(web_by_name(80, 443))
 
 
 def secret() -> str:
