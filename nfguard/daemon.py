@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -388,7 +388,9 @@ class Daemon:
         pipeline.engine = engine
         pipeline.configure(config.names)
         if self.guard is not None:
-            ruleset = self._ruleset(config, engine)
+            # The running [engine] settings: those the ruleset is made of take a restart
+            # (workers, queue, ...); only whether DNS queries are judged changes here.
+            ruleset = self._ruleset(replace(config, engine=self.config.engine), engine)
             if ruleset != self.guard.ruleset:  # DNS queries judged now, or no longer
                 self.guard.ruleset = ruleset
                 self.guard.install()
