@@ -4,15 +4,21 @@ and through a local stub resolver on 127.0.0.53."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.lab import ALLOWED_V4, SERVER_V4, SERVER_V6, Lab
+from tests.e2e.lab import ALLOWED_V4, SERVER_V4, SERVER_V6, SLOWDOWN, Lab
 from tests.e2e.policies import dns, policy, web_by_name
 from tests.e2e.queries import dig, many
+
+# A refusal comes back at once: well under a second here (the resolver would time out
+# after 3), stretched with the test machine's slowdown (the VM's emulated CPU) but short
+# of that timeout.
+AT_ONCE = min(1.0 * SLOWDOWN, 2.5)
 
 # A local stub (dnsmasq) asks upstream for its users; everyone else resolves by policy "p".
 STUB = """
@@ -28,7 +34,7 @@ policies = ["p"]
 
 """
 POLICY = STUB + policy("upstream", dns("198.18.0.2")).toml() + "\n\n" + web_by_name(80).toml()
-DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+DNSMASQ = os.path.realpath(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq")  # as /proc shows it
 
 
 def config(lab: Lab, **engine: object) -> Path:
@@ -50,15 +56,15 @@ def test_a_refused_name_fails_at_once_and_an_allowed_one_resolves(lab: Lab,
     lab.serve_http(80)
     lab.start_engine(config(lab))
     status, _, elapsed = dig(lab, "nope.attacker.test")
-    assert status == "REFUSED" and elapsed < 1.0, (status, elapsed)
+    assert status == "REFUSED" and elapsed < AT_ONCE, (status, elapsed)
     status, _, elapsed = dig(lab, "nope6.attacker.test", server=SERVER_V6)
-    assert status == "REFUSED" and elapsed < 1.0, (status, elapsed)
+    assert status == "REFUSED" and elapsed < AT_ONCE, (status, elapsed)
     status, _, elapsed = dig(lab, "nope-tcp.attacker.test", tcp=True)
-    assert status != "NOERROR" and elapsed < 1.0, (status, elapsed)  # reset at once
+    assert status != "NOERROR" and elapsed < AT_ONCE, (status, elapsed)  # reset at once
     rcodes, elapsed = many(lab, "udp", [f"n{i}.attacker.test" for i in range(5)])
-    assert rcodes == ["REFUSED"] * 5 and elapsed < 1.0, (rcodes, elapsed)
+    assert rcodes == ["REFUSED"] * 5 and elapsed < AT_ONCE, (rcodes, elapsed)
     rcodes, elapsed = many(lab, "tcp", ["p1.attacker.test", "p2.attacker.test"])
-    assert "NOERROR" not in rcodes and elapsed < 1.0, (rcodes, elapsed)
+    assert "NOERROR" not in rcodes and elapsed < AT_ONCE, (rcodes, elapsed)
     log = dns_log.read_text()
     assert "attacker.test" not in log, log
 
@@ -84,12 +90,12 @@ def test_a_containers_queries_are_judged_too(lab: Lab, dns_log: Path) -> None:
     lab.add_container()
     lab.start_engine(config(lab, forward_from=["docker0"]))
     status, _, elapsed = dig(lab, "box.attacker.test", ns=lab.container)
-    assert status == "REFUSED" and elapsed < 1.0, (status, elapsed)
+    assert status == "REFUSED" and elapsed < AT_ONCE, (status, elapsed)
     rcodes, elapsed = many(lab, "udp", [f"b{i}.attacker.test" for i in range(5)],
                            ns=lab.container)
-    assert rcodes == ["REFUSED"] * 5 and elapsed < 1.0, (rcodes, elapsed)
+    assert rcodes == ["REFUSED"] * 5 and elapsed < AT_ONCE, (rcodes, elapsed)
     status, _, elapsed = dig(lab, "box6.attacker.test", ns=lab.container, server=SERVER_V6)
-    assert status == "REFUSED" and elapsed < 1.0, (status, elapsed)
+    assert status == "REFUSED" and elapsed < AT_ONCE, (status, elapsed)
     status, answers, _ = dig(lab, "www.allowed.test", ns=lab.container)
     assert (status, answers) == ("NOERROR", [ALLOWED_V4])
     assert "attacker.test" not in dns_log.read_text()
@@ -111,7 +117,7 @@ def test_through_a_local_stub_on_127_0_0_53(lab: Lab, dns_log: Path) -> None:
     lab.start_engine(lab.write_config(POLICY.format(stub=DNSMASQ),
                                       names={"resolvers": ["127.0.0.53", SERVER_V4]}))
     status, _, elapsed = dig(lab, "stub.attacker.test", server="127.0.0.53")
-    assert status == "REFUSED" and elapsed < 1.0, (status, elapsed)
+    assert status == "REFUSED" and elapsed < AT_ONCE, (status, elapsed)
     status, answers, _ = dig(lab, "www.allowed.test", server="127.0.0.53")
     assert (status, answers) == ("NOERROR", [ALLOWED_V4])
     log = dns_log.read_text()

@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.adversary.raw import kernel_counter
-from tests.e2e.lab import SERVER_V4, SERVER_V6, Lab
+from tests.e2e.lab import SERVER_V4, SERVER_V6, SLOWDOWN, Lab
 from tests.e2e.policies import everyone, web_by_name
 from tests.e2e.queries import dig, many
+
+# A refusal comes back at once: well under a second here (the resolver would time out
+# after 3), stretched with the test machine's slowdown (the VM's emulated CPU) but short
+# of that timeout.
+AT_ONCE = min(1.0 * SLOWDOWN, 2.5)
 
 POLICY = everyone(web_by_name(80, 443))
 
@@ -53,7 +58,7 @@ def test_a_container_cannot_tunnel_through_the_resolver(lab: Lab, dns_log: Path,
     status, _answers, elapsed = dig(lab, f"{leak}.attacker.test", ns=lab.container,
                                     tcp=transport == "tcp")
     assert leak not in dns_log.read_text()
-    assert elapsed < 1.0 and status in ("REFUSED", "error"), (status, elapsed)
+    assert elapsed < AT_ONCE and status in ("REFUSED", "error"), (status, elapsed)
 
 
 # A tunnel's pace: queries as fast as one socket sends them, each name a new chunk.
@@ -83,4 +88,4 @@ def test_a_tunnels_flood_on_one_socket_is_metered_before_the_engine(lab: Lab,
     assert kernel_counter(lab, "dns_queries_over_limit") > 0
     assert leak not in dns_log.read_text()
     status, answers, elapsed = dig(lab, "www.allowed.test")
-    assert status == "NOERROR" and answers and elapsed < 1.0, "another socket is not held"
+    assert status == "NOERROR" and answers and elapsed < AT_ONCE, "another socket is not held"
