@@ -233,6 +233,19 @@ def _ttl(raw: int) -> int:
     return 0 if raw & 0x80000000 else raw
 
 
+def _message(msg: bytes | bytearray | memoryview) -> tuple[bytes, int]:
+    """The message as bytes and its length, once it is at least a header and at most
+    what DNS can frame (both answers and queries start here)."""
+    if not isinstance(msg, bytes):
+        msg = bytes(msg)
+    n = len(msg)
+    if n > MAX_MESSAGE:
+        raise WireError("dns: message larger than 65535 bytes")
+    if n < _HEADER.size:
+        raise WireError("dns: shorter than a header")
+    return msg, n
+
+
 def parse_response(msg: bytes) -> DnsResponse:
     """Parse a DNS response and derive (address, name, ttl) bindings from its answers.
 
@@ -244,13 +257,7 @@ def parse_response(msg: bytes) -> DnsResponse:
     (RFC 9619).  Addresses are in ``socket.inet_ntop``'s text, as nfguard.wire.ip gives
     packets' addresses.
     """
-    if not isinstance(msg, bytes):
-        msg = bytes(msg)
-    n = len(msg)
-    if n > MAX_MESSAGE:
-        raise WireError("dns: message larger than 65535 bytes")
-    if n < _HEADER.size:
-        raise WireError("dns: shorter than a header")
+    msg, n = _message(msg)
     ident, flags, qdcount, ancount, _nscount, _arcount = _HEADER.unpack_from(msg, 0)
     if not flags & 0x8000:
         raise WireError("dns: not a response (QR=0)")
@@ -453,13 +460,7 @@ def parse_query(msg: bytes) -> DnsQuery:
     records, and at most one additional record, an EDNS OPT owned by the root whose
     options fill its data exactly; and on any byte after the message.
     """
-    if not isinstance(msg, bytes):
-        msg = bytes(msg)
-    n = len(msg)
-    if n > MAX_MESSAGE:
-        raise WireError("dns: message larger than 65535 bytes")
-    if n < _HEADER.size:
-        raise WireError("dns: shorter than a header")
+    msg, n = _message(msg)
     ident, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg, 0)
     if flags & _QR:
         raise WireError("dns: not a query (QR=1)")
