@@ -78,11 +78,11 @@ def test_ecs_fields_are_nested_objects() -> None:
     assert event["nfguard"]["client"] == "deploy-bot"
     assert event["nfguard"]["evidence"] == "sni"
     assert event["nfguard"]["verdict"] == "allow"
-    assert event["rule"] == {"name": "github/github-https"}
+    assert event["rule"] == {"name": "github/github-https", "ruleset": "github"}
     assert event["source"] == {"ip": "10.0.0.2", "port": 40000}
     assert event["destination"] == {"ip": "140.82.112.3", "port": 443,
                                     "domain": "api.github.com"}
-    assert event["network"] == {"transport": "tcp", "type": "ipv4"}
+    assert event["network"] == {"transport": "tcp", "type": "ipv4", "direction": "egress"}
     # ECS wants nested objects, never dotted keys.
     def keys(obj: object) -> list[str]:
         if isinstance(obj, dict):
@@ -102,7 +102,7 @@ def test_ipv6_udp_event_without_rule_or_domain() -> None:
     assert "rule" not in event
     assert event["destination"] == {"ip": "2001:db8::53", "port": 53}
     assert event["source"] == {"ip": "2001:db8::2", "port": 5353}
-    assert event["network"] == {"transport": "udp", "type": "ipv6"}
+    assert event["network"] == {"transport": "udp", "type": "ipv6", "direction": "egress"}
 
 
 def test_event_without_client_or_packet() -> None:
@@ -118,7 +118,8 @@ def test_event_without_client_or_packet() -> None:
 def test_process_fields() -> None:
     event = audit_event(ALLOW, V4, NOW, PROCESS)
     assert event["process"] == {
-        "pid": 4242, "executable": "/usr/bin/git", "command_line": "git push origin",
+        "pid": 4242, "name": "git", "executable": "/usr/bin/git",
+        "command_line": "git push origin",
         "parent": {"pid": 4000, "executable": "/bin/bash"},
     }
     assert event["user"] == {"id": "1000", "name": "deploy"}
@@ -132,7 +133,7 @@ def test_partial_process_fields_leave_unknowns_out() -> None:
     assert "process" not in event
     assert "cgroup" not in event["nfguard"] and "unit" not in event["nfguard"]
     event = audit_event(ALLOW, V4, NOW, ProcessInfo(pid=9, exe="/bin/x"))
-    assert event["process"] == {"pid": 9, "executable": "/bin/x"}
+    assert event["process"] == {"pid": 9, "name": "x", "executable": "/bin/x"}
     assert "user" not in event
     assert not {"exe_deleted", "exe_mismatch", "unproven"} & event["nfguard"].keys()
 
@@ -141,7 +142,7 @@ def test_replaced_executable_is_flagged_and_hash_shown() -> None:
     event = audit_event(ALLOW, V4, NOW, ProcessInfo(pid=9, exe="/usr/bin/x", exe_deleted=True,
                                                     sha256="ab" * 32))
     assert event["nfguard"]["exe_deleted"] is True
-    assert event["process"] == {"pid": 9, "executable": "/usr/bin/x",
+    assert event["process"] == {"pid": 9, "name": "x", "executable": "/usr/bin/x",
                                 "hash": {"sha256": "ab" * 32}}
 
 
@@ -284,3 +285,54 @@ def test_an_unreadable_name_says_why_in_both_formats() -> None:
         "unreadable", "hello_timeout")
     assert written["event"]["action"] == "deny" == Action.DENY  # the ECS strings
     assert render_text(event).endswith("reason=name_unreadable unreadable=hello_timeout")
+
+
+def test_a_full_disk_costs_the_verdict_path_no_write_per_event(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the file cannot be written, events are kept (the newest KEEP bytes, whole
+    lines) and retried by the timer's flush only: not one failing write, and one join of
+    everything kept, per event."""
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(str(path))
+    log.BUFFER, log.KEEP = 1024, 16 * 1024
+    good = log._fd
+    log._fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+    writes = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit.os, "write", counting_write)
+    line = len(audit.render_json(audit_event(ALLOW, V4, NOW)))
+    for _ in range(2000):  # ~20 KEEPs of events
+        log.write(audit_event(ALLOW, V4, NOW))
+    assert len(writes) == 1, "one failing write, then only the timer retries"
+    log.flush()  # the timer
+    assert len(writes) == 2
+    figures = log.figures()
+    assert figures.write_failures == 2
+    assert log.KEEP - line < figures.kept_bytes <= log.KEEP
+    assert figures.kept_bytes + figures.lost_bytes == 2000 * line
+    assert figures.events == 2000
+    os.close(log._fd)
+    log._fd = good  # space again
+    log.flush()
+    assert log.figures().kept_bytes == 0
+    kept = path.read_text().splitlines()
+    assert len(kept) == figures.kept_bytes // line, "whole lines, the newest"
+    assert all(json.loads(text)["event"]["action"] == "allow" for text in kept)
+    log.close()
+
+
+def test_what_close_cannot_write_is_counted_lost(tmp_path: Path) -> None:
+    log = AuditLog(str(tmp_path / "a.jsonl"))
+    log.write(audit_event(ALLOW, V4, NOW))
+    good = log._fd
+    log._fd = os.open("/dev/full", os.O_WRONLY)
+    os.close(good)
+    size = log.figures().kept_bytes
+    assert size > 0
+    log.close()
+    assert log.figures().lost_bytes == size and log.figures().kept_bytes == 0
