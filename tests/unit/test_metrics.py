@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +43,8 @@ from nfguard.procs import Attributor
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "contrib" / "grafana" / "nfguard-dashboard.json"
+ALERTS = REPO / "contrib" / "prometheus" / "nfguard-alerts.yml"
+ALERTS_TEST = REPO / "tests" / "data" / "nfguard-alerts-test.yml"
 
 # /proc/net/netfilter/nfnetlink_queue as the kernel prints it (seq_show's format).
 NFQUEUE_TEXT = (
@@ -112,7 +117,8 @@ def full_sources(tmp_path: Path) -> Sources:
                    queue_errors=lambda: 3, nfqueue_path=str(proc), restores=lambda: 2,
                    build=Build("1.2.3", "3.11.2", "xt"),
                    modes=lambda: Modes("enforce", (("web", None), ("ci", "audit"))),
-                   audit=lambda: AuditFigures(10, 4, 300, 1000))
+                   audit=lambda: AuditFigures(10, 4, 300, 1000),
+                   kernel_counters=lambda: dict.fromkeys(COUNTERS, 0))
 
 
 def scrape(sources: Sources) -> dict[tuple[str, tuple], float]:
@@ -354,3 +360,40 @@ def test_workers_figures_add_up(tmp_path: Path) -> None:
     assert samples[("nfguard_audit_write_failures_total", ())] == 2
     assert samples[("nfguard_audit_kept_bytes", ())] == 60
     assert samples[("nfguard_audit_lost_bytes_total", ())] == 100
+
+
+def promtool() -> str:
+    """Debian ships promtool only inside its prometheus server package: ./bootstrap.sh test
+    puts the binary beside the venv's python."""
+    found = shutil.which("promtool") or shutil.which("promtool", path=str(
+        Path(sys.executable).parent))
+    if found is None:
+        pytest.skip("no promtool (./bootstrap.sh test takes it from Debian's prometheus "
+                    "package)")
+    return found
+
+
+def test_alert_rules_pass_promtool_and_fire_when_they_should() -> None:
+    """`promtool check rules`, then `promtool test rules`: each alert fires on the series
+    that mean trouble (engine down, queue drops, audit not written, ruleset restored, host
+    or clients left in audit mode, ...) and not on a healthy host's."""
+    tool = promtool()
+    for command in ((tool, "check", "rules", str(ALERTS)),
+                    (tool, "test", "rules", str(ALERTS_TEST))):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_rules_ask_only_for_exported_metrics(tmp_path: Path) -> None:
+    exported = {name for name, _ in scrape(full_sources(tmp_path))}
+    exported |= {name.removesuffix("_bucket") for name in exported}  # histograms
+    text = ALERTS.read_text()
+    used = set(re.findall(r"\bnfguard_\w+", text))
+    assert used and used - exported == set(), "metrics the collector does not export"
+    alerts = set(re.findall(r"^ *- alert: (\w+)$", text, re.MULTILINE))
+    assert alerts >= {"NfguardDown", "NfguardQueueDrops", "NfguardAuditNotWritten",
+                      "NfguardRulesetRestored", "NfguardLeftInAuditMode"}
+    # promtool's cases: an alert with expected alerts (not "exp_alerts: []") fires.
+    fired = set(re.findall(r"alertname: (\w+)\n *exp_alerts:\n", ALERTS_TEST.read_text()))
+    assert fired == alerts, "every alert has a case where it fires"
