@@ -8,6 +8,7 @@ scrape time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 from bisect import bisect_left
@@ -355,6 +356,7 @@ class StatsCollector:
         yield from self._ruleset_counters(CounterMetricFamily)
         yield from self._name_cache(CounterMetricFamily, GaugeMetricFamily)
         yield from self._attribution(CounterMetricFamily, GaugeMetricFamily)
+        yield from self._worker_processes(CounterMetricFamily, GaugeMetricFamily)
 
     def _build_and_modes(self, gauge: type, modes: Modes | None) -> Iterator[object]:
         if self.sources.build is not None:
@@ -452,6 +454,27 @@ class StatsCollector:
             kind = gauge if size else counter
             yield kind(f"nfguard_attribution_{name}", f"Process attribution: {help_text}",
                        value=value)
+
+
+    def _worker_processes(self, counter: type, gauge: type) -> Iterator[object]:
+        """Each worker's process_* figures (memory, CPU, fds) as nfguard_worker_*{queue}:
+        the exporter's own process collector sees the main process only."""
+        from prometheus_client import ProcessCollector
+
+        families: dict[str, Any] = {}
+        for report in self.sources._reports():
+            pid, queue = report["pid"], str(report["queue"])
+            process = ProcessCollector(pid=functools.partial(str, pid), registry=None)
+            for found in process.collect():
+                name = "nfguard_worker_" + found.name.removeprefix("process_")
+                family = families.get(name)
+                if family is None:
+                    kind = counter if found.type == "counter" else gauge
+                    family = families[name] = kind(
+                        name, f"Each engine worker's process: {found.documentation}",
+                        labels=["queue"])
+                family.add_metric([queue], found.samples[0].value)
+        yield from families.values()
 
 
 def decision_series(decisions: Counter[tuple[str, str, str, str, str]],

@@ -4,6 +4,7 @@ exports, and the Grafana dashboard asking only for what is exported."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -350,7 +351,8 @@ def test_series_stay_bounded_with_a_100k_rule_policy(tmp_path: Path) -> None:
 def test_workers_figures_add_up(tmp_path: Path) -> None:
     """With engine.workers > 1 each worker has its own audit writer and counters: the
     exporter shows the sums."""
-    worker = {"queue": 1, "stats": Stats(packets=5), "latency": ([0] * 14, 0),
+    worker = {"queue": 1, "pid": 2**22 + 1, "stats": Stats(packets=5),
+              "latency": ([0] * 14, 0),
               "attribution": {}, "queue_errors": 1, "audit": AuditFigures(7, 2, 50, 100)}
     sources = Sources(Stats(packets=1), nfqueue_path=str(tmp_path / "missing"),
                       workers=lambda: [worker], audit=lambda: AuditFigures(3, 0, 10, 0))
@@ -397,3 +399,15 @@ def test_alert_rules_ask_only_for_exported_metrics(tmp_path: Path) -> None:
     # promtool's cases: an alert with expected alerts (not "exp_alerts: []") fires.
     fired = set(re.findall(r"alertname: (\w+)\n *exp_alerts:\n", ALERTS_TEST.read_text()))
     assert fired == alerts, "every alert has a case where it fires"
+
+
+def test_each_worker_process_has_its_memory_cpu_and_fds(tmp_path: Path) -> None:
+    worker = {"queue": 1, "pid": os.getpid(), "stats": Stats(), "latency": ([0] * 14, 0),
+              "attribution": {}, "queue_errors": 0, "audit": AuditFigures(0, 0, 0, 0)}
+    gone = {**worker, "queue": 2, "pid": 2**22 + 1}  # past pid_max: no such process
+    samples = scrape(Sources(Stats(), nfqueue_path=str(tmp_path / "missing"),
+                             workers=lambda: [worker, gone]))
+    assert samples[("nfguard_worker_resident_memory_bytes", (("queue", "1"),))] > 0
+    assert samples[("nfguard_worker_cpu_seconds_total", (("queue", "1"),))] > 0
+    assert samples[("nfguard_worker_open_fds", (("queue", "1"),))] > 0
+    assert not [labels for _, labels in samples if ("queue", "2") in labels]
