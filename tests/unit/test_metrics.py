@@ -99,6 +99,11 @@ def test_read_nfqueue(tmp_path: Path) -> None:
     assert read_nfqueue(0, str(tmp_path / "missing")) is None
 
 
+# A worker that has done nothing yet (its process: this one): its figures add nothing.
+IDLE_WORKER = {"queue": 1, "pid": os.getpid(), "stats": Stats(), "latency": ([0] * 14, 0),
+               "attribution": {}, "queue_errors": 0, "audit": AuditFigures(0, 0, 0, 0)}
+
+
 def full_sources(tmp_path: Path) -> Sources:
     stats = Stats(packets=42, errors=1, reloads=2, reload_failures=1, policy_rules=7,
                   policy_loaded_at=1_700_000_000.0)
@@ -119,7 +124,8 @@ def full_sources(tmp_path: Path) -> Sources:
                    build=Build("1.2.3", "3.11.2", "xt"),
                    modes=lambda: Modes("enforce", (("web", None), ("ci", "audit"))),
                    audit=lambda: AuditFigures(10, 4, 300, 1000),
-                   kernel_counters=lambda: dict.fromkeys(COUNTERS, 0))
+                   kernel_counters=lambda: dict.fromkeys(COUNTERS, 0),
+                   workers=lambda: [IDLE_WORKER])
 
 
 def scrape(sources: Sources) -> dict[tuple[str, tuple], float]:
@@ -402,11 +408,9 @@ def test_alert_rules_ask_only_for_exported_metrics(tmp_path: Path) -> None:
 
 
 def test_each_worker_process_has_its_memory_cpu_and_fds(tmp_path: Path) -> None:
-    worker = {"queue": 1, "pid": os.getpid(), "stats": Stats(), "latency": ([0] * 14, 0),
-              "attribution": {}, "queue_errors": 0, "audit": AuditFigures(0, 0, 0, 0)}
-    gone = {**worker, "queue": 2, "pid": 2**22 + 1}  # past pid_max: no such process
+    gone = {**IDLE_WORKER, "queue": 2, "pid": 2**22 + 1}  # past pid_max: no such process
     samples = scrape(Sources(Stats(), nfqueue_path=str(tmp_path / "missing"),
-                             workers=lambda: [worker, gone]))
+                             workers=lambda: [IDLE_WORKER, gone]))
     assert samples[("nfguard_worker_resident_memory_bytes", (("queue", "1"),))] > 0
     assert samples[("nfguard_worker_cpu_seconds_total", (("queue", "1"),))] > 0
     assert samples[("nfguard_worker_open_fds", (("queue", "1"),))] > 0
