@@ -25,7 +25,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -41,9 +40,8 @@ from nfguard.names.queries import queued
 from nfguard.names.resolvers import TrustedServers
 from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, Ruleset, render
 from nfguard.pipeline import Pipeline, make_name_cache
-from nfguard.policy.collector import collector_paused
-from nfguard.policy.load import PolicyError, load_policy_dir
-from nfguard.policy.match import CompiledPolicySet
+from nfguard.policy.build import build_engine
+from nfguard.policy.load import PolicyError
 from nfguard.procs import Attributor
 from nfguard.procs.containers import Containers
 from nfguard.queue import QueueAdapter
@@ -65,21 +63,6 @@ RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loop
                 ("control", "socket"), ("containers", "docker_root"),
                 ("containers", "podman_root"), ("containers", "containerd_state"),
                 ("containers", "crio_runroot"))
-
-
-def build_engine(config: Config, resolvers: TrustedServers | None = None) -> Engine:
-    """Config + every policy file -> a ready engine; raises PolicyError naming file and line.
-    `resolvers`: the running daemon's (a reload configures it); None: the host's now."""
-    resolvers = resolvers or TrustedServers(config.names.resolvers)
-    return Engine(config.engine, compile_policy_dir(config.engine.policy_dir),
-                  verify=config.names.verify, resolvers=resolvers.serves)
-
-
-def compile_policy_dir(directory: str | Path) -> CompiledPolicySet:
-    """Read, check and compile every policy file, as at start and on reload, in one
-    collector pause (see policy.collector: what the build made is frozen at its end)."""
-    with collector_paused():
-        return CompiledPolicySet(load_policy_dir(directory))
 
 
 class RecentErrors(logging.Handler):
