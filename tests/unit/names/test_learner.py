@@ -38,7 +38,7 @@ from nfguard.policy.match import CompiledPolicySet
 from nfguard.wire.dns import MAX_ANSWERS
 from nfguard.wire.ip import parse_packet
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLIENT, RESOLVER = "10.0.0.2", "10.0.0.53"
 GH, OTHER = "140.82.112.3", "203.0.113.9"
 
