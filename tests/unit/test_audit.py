@@ -424,7 +424,7 @@ def real_events(tmp_path: Path) -> dict[str, dict[str, Any]]:
     """Events the pipeline wrote: host and forwarded flows, DNS queries (enforce, audit),
     a flow whose name was unreadable, an internal error."""
     from tests.unit.test_forwarded import GH, OTHER, datagram, forward, harness
-    from tests.unit.test_queries import Host, udp
+    from tests.unit.names.test_queries import Host, udp
 
     h = harness(tmp_path / "flows")
     h.pipeline.attributor = Senders()  # type: ignore[assignment]
