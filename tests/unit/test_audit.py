@@ -23,6 +23,8 @@ from nfguard.procs import ProcessInfo
 from nfguard.procs.containers import Container
 from nfguard.version import version
 from nfguard.wire.ip import parse_packet
+from tests.unit.names.test_queries import Host, udp
+from tests.unit.test_forwarded import GH, OTHER, datagram, forward, harness
 
 NOW = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z (exact in binary floating point)
 STAMP = "2023-11-14T22:13:20.250Z"
@@ -423,9 +425,6 @@ class Senders:
 def real_events(tmp_path: Path) -> dict[str, dict[str, Any]]:
     """Events the pipeline wrote: host and forwarded flows, DNS queries (enforce, audit),
     a flow whose name was unreadable, an internal error."""
-    from tests.unit.test_forwarded import GH, OTHER, datagram, forward, harness
-    from tests.unit.names.test_queries import Host, udp
-
     h = harness(tmp_path / "flows")
     h.pipeline.attributor = Senders()  # type: ignore[assignment]
     h.learn("github.com", GH)
