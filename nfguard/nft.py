@@ -146,6 +146,12 @@ def render(settings: EngineConfig, path: str, queries: bool = True) -> Ruleset:
     queued = f"0x{marks.QUEUED:08x}"
     injected = f"0x{marks.INJECTED:08x}"
     mask = f"0x{marks.MASK:08x}"
+    # A refusal has one shape: UDP from port 53 to the query's sender, on this host (over
+    # lo) or behind forward_from. The mark alone proves nothing: SO_MARK takes only
+    # CAP_NET_RAW (Linux 5.17+), so a packet of any other shape that carries it goes on to
+    # the untracked drop (the raw-priority chain took its conntrack entry).
+    refusal_to = ", ".join(f'"{name}"' for name in ("lo", *settings.forward_from))
+    refusal = f"meta mark & {mask} == {injected} udp sport 53 oifname {{ {refusal_to} }}"
     # Before the reply shortcut: a query is never let out as the "reply" of a flow someone
     # else (an inbound packet, a forged one) started from port 53.
     query_jump = ("\t\tmeta l4proto { tcp, udp } th dport 53 jump dns_query\t# every DNS query, "
@@ -192,7 +198,7 @@ table inet {TABLE} {{
 \t# and is checked on its own first.
 \tchain output {{
 \t\ttype filter hook output priority filter - 10; policy accept;
-\t\tmeta mark & {mask} == {injected} accept\t# the engine's refusal of a DNS query, to its client
+\t\t{refusal} accept\t# the engine's refusal of a DNS query, to its client
 {local_query}{loopback}\t\ticmpv6 type {{ {_LINK_CONTROL_V6} }} jump link_control
 \t\tip protocol igmp jump link_control
 \t\tct state invalid,untracked counter name untracked_dropped drop\t# no conntrack entry: no verdict could hold it
@@ -269,7 +275,7 @@ table inet {TABLE} {{
 \t# First, a flow waiting for its name gets nothing of the server's but bare segments.
 \tchain input {{
 \t\ttype filter hook input priority filter - 10; policy accept;
-\t\tmeta mark & {mask} == {injected} meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
+\t\tmeta mark & {mask} == {injected} udp sport 53 iifname "lo" meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
 \t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
 \t\ttcp sport 53 ct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} tcp flags & rst == rst accept\t# the reset of a cut DNS stream (a refused query): nothing to learn
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer

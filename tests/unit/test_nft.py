@@ -146,15 +146,15 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
     pending = f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)}"
     keep = hexmark(~marks.MASK & 0xFFFFFFFF)
     assert lines[1:] == [
-        f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} "
-        f"meta mark set meta mark & {keep} accept",
+        f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} udp sport 53 "
+        f'iifname "lo" meta mark set meta mark & {keep} accept',
         f"ct direction reply {pending} jump pending_reply",
         f"tcp sport 53 ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == "
         f"{hexmark(marks.DENY)} tcp flags & rst == rst accept",  # a cut stream's reset
         "meta l4proto { tcp, udp } th sport 53 ct direction reply jump answer",
         f"udp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}",
         f"tcp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}"]
-    assert not [line for line in lines if "iifname" in line], \
+    assert not [line for line in lines[2:] if "iifname" in line], \
         "loopback answers (a local stub) are queued too"
     after = code_lines(re.search(r"chain input_verdict \{(.*?)\}", text, re.S).group(1))
     assert after == [f"type filter hook input priority {nft.VERDICT_PRIORITY}; policy accept;",
@@ -244,7 +244,8 @@ def test_loopback_accepted_by_default_and_filtered_on_request() -> None:
         assert default.index('oifname "lo" accept') < default.index(
             f"meta mark set meta mark | {hexmark(marks.QUEUED)}")
         filtered = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
-        assert not [line for line in filtered if '"lo"' in line]
+        assert not [line for line in filtered
+                    if '"lo"' in line and hexmark(marks.INJECTED) not in line]
 
 
 def test_ct_mark_rules_use_the_marks_module() -> None:
@@ -460,8 +461,7 @@ def test_untracked_packets_are_dropped_before_anything_accepts_them(
     untracked = output.index("ct state invalid,untracked counter name untracked_dropped drop")
     assert untracked < output.index("ct direction reply accept") < output.index("jump egress")
     assert ('oifname "lo" accept' in output) is not loopback
-    injected = f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} accept"
-    assert output[1] == injected, "the engine's own refusals first"
+    assert output[1] == refusal_rule(EngineConfig()), "the engine's own refusals first"
     before = output[2:untracked]
     assert [line for line in before if line.endswith("accept")] == (
         [] if loopback else ['oifname "lo" accept'])
@@ -644,16 +644,35 @@ def test_the_engines_refusals_pass_to_their_client_without_a_verdict(path: str) 
     input (not an answer to learn, and not a loopback forgery), its mark cleared there."""
     text = render(EngineConfig(fail="closed"), path).nft
     mask, injected = hexmark(marks.MASK), hexmark(marks.INJECTED)
-    assert chain_lines(text, "output")[1] == f"meta mark & {mask} == {injected} accept"
+    assert chain_lines(text, "output")[1] == refusal_rule(EngineConfig())
     settle = chain_lines(text, "settle")
     assert settle[0] == f"meta mark & {mask} == {injected} accept"
     assert not [line for line in settle[1:] if injected in line]
     keep = hexmark(~marks.MASK & 0xFFFFFFFF)
-    assert chain_lines(text, "input")[1] == (f"meta mark & {mask} == {injected} "
-                                             f"meta mark set meta mark & {keep} accept")
+    assert chain_lines(text, "input")[1] == (f"meta mark & {mask} == {injected} udp sport 53 "
+                                             f'iifname "lo" meta mark set meta mark & {keep} '
+                                             "accept")
     assert marks.INJECTED & marks.QUEUED and not marks.is_answer(marks.INJECTED)
     assert marks.INJECTED not in (marks.ALLOW, marks.DENY, marks.PENDING, marks.QUEUED,
                                   marks.QUEUED | marks.PENDING)
+
+
+def refusal_rule(settings: EngineConfig) -> str:
+    to = ", ".join(f'"{name}"' for name in ("lo", *settings.forward_from))
+    return (f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} udp sport 53 "
+            f"oifname {{ {to} }} accept")
+
+
+def test_only_a_refusals_shape_passes_with_the_refusal_mark() -> None:
+    """SO_MARK takes only CAP_NET_RAW: the mark lets through UDP from port 53 to a client
+    on this host or behind forward_from, nothing else (which, untracked, is dropped)."""
+    settings = EngineConfig(forward_from=("docker0", "br-*"))
+    output = chain_lines(render(settings, NATIVE).nft, "output")
+    assert output[1] == (f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} "
+                         'udp sport 53 oifname { "lo", "docker0", "br-*" } accept')
+    assert [line for line in output if hexmark(marks.INJECTED) in line] == [output[1]]
+    alone = chain_lines(render(EngineConfig(forward_from=()), NATIVE).nft, "output")
+    assert 'udp sport 53 oifname { "lo" } accept' in alone[1]
 
 
 def test_the_xt_queue_rules_leave_the_engines_refusals_alone() -> None:
