@@ -46,6 +46,7 @@ class Stats:
     dns_queries: int = 0  # DNS queries judged by their name
     dns_queries_refused: int = 0  # queries that did not leave (a refusal went to the client)
     dns_queries_unparseable: int = 0  # query packets that could not be read (dropped)
+    dns_streams_cut: int = 0  # DNS-over-TCP query streams cut when no longer followed
     reloads: int = 0  # reloads that swapped in a new policy
     reload_failures: int = 0  # reloads rejected; the running policy stayed
     policy_loaded_at: float = 0.0  # wall-clock time the running policy was loaded
@@ -286,7 +287,8 @@ class Sources:
 # Stats fields that add up over workers (the rest describe the policy this process runs).
 _SUMMED = ("packets", "unparseable", "errors", "pending_flows", "hello_timeouts",
            "dns_answers", "dns_bindings", "dns_cut", "dns_unparseable", "dns_untrusted",
-           "dns_out_of_order", "dns_queries", "dns_queries_refused", "dns_queries_unparseable")
+           "dns_out_of_order", "dns_queries", "dns_queries_refused", "dns_queries_unparseable",
+           "dns_streams_cut")
 
 
 class StatsCollector:
@@ -505,6 +507,8 @@ _NAME_COUNTERS = (
      "refusal"),
     ("dns_queries_unparseable", "DNS query packets that could not be read, dropped (NOTIFY, "
      "UPDATE and other non-queries too)"),
+    ("dns_streams_cut", "DNS-over-TCP query streams cut because the engine stopped following "
+     "them (more open at once than it follows)"),
 )
 
 

@@ -106,7 +106,8 @@ class Pipeline:
         self.receive_peers = self.learner.receive_peers
         # DNS queries: judged by name; their flows' verdicts, for the flows' later queries.
         self.queries = QueryPath(stats, self.write, lambda token, mark: self.release(token, mark),
-                                 refusals, self.settings.queries, clock)
+                                 refusals, self.settings.queries, clock,
+                                 cut=lambda verdicts: self.write_verdicts(verdicts, "cut"))
         self._dns_flows: OrderedDict[tuple, tuple[float, Engine, Any, int]] = OrderedDict()
 
     @property
@@ -354,13 +355,21 @@ class Pipeline:
         for flow in (*expired, *silent):
             self.stats.hello_timeouts += 1
             self._settle(flow, flow.give_up(Why.HELLO_TIMEOUT))
-        if silent and self.set_verdicts is not None:
-            try:
-                self.set_verdicts([(flow.key, _bits(flow.decision)) for flow in silent])
-            except Exception:
-                self.stats.errors += 1
-                log.exception("cannot set the verdicts of flows that sent nothing")
+        if silent:
+            self.write_verdicts([(flow.key, _bits(flow.decision)) for flow in silent],
+                                "decided as sending nothing")
         return len(expired) + len(silent)
+
+    def write_verdicts(self, verdicts: list[tuple[Hashable, int]], why: str) -> None:
+        """Write verdicts into flows' ct marks (`set_verdicts`), for flows none of whose
+        packets is here to carry one; a failure is counted and logged."""
+        if self.set_verdicts is None:
+            return
+        try:
+            self.set_verdicts(verdicts)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("cannot set the verdicts of flows %s", why)
 
 
 def _identity(process: ProcessInfo | None) -> Any:
