@@ -230,8 +230,17 @@ table inet {TABLE} {{
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# a denied flow stays cut
 {_meter_queries()}
 \t\tmeta l4proto udp goto to_engine
-\t\ttcp flags & (syn | rst) != 0 return
+\t\ttcp flags & (syn | rst) != 0 goto dns_handshake
 \t\tjump bare
+\t\tgoto to_engine
+\t}}
+
+\t# A SYN or RST to a DNS server that carries nothing takes its flow's usual path (back
+\t# where dns_query was jumped from: over loopback, to a local stub, that is no path at
+\t# all); one that carries bytes (TCP Fast Open data, which a stub taking Fast Open reads)
+\t# goes to the engine, which drops it.
+\tchain dns_handshake {{
+{_handshake_rules("return")}
 \t\tgoto to_engine
 \t}}
 
@@ -312,7 +321,7 @@ table inet {TABLE} {{
 \t# window scale), but no payload (TCP Fast Open data) and no IPv4 options or IPv6
 \t# extension headers.
 \tchain bare_handshake {{
-{_handshake_rules()}
+{_handshake_rules("accept")}
 \t}}
 
 {_answer_chain()}
@@ -558,13 +567,14 @@ def _bare_tcp_rules() -> str:
         f"\t\tip6 nexthdr tcp ip6 length 32 tcp doff 8 @th,160,32 {_TIMESTAMP_OPTION} accept"))
 
 
-def _handshake_rules() -> str:
+def _handshake_rules(verdict: str) -> str:
     """One rule per TCP header length (data offset 5-15 words, the common 10 first): the IP
-    length says the segment ends with its TCP header. nft compares a field with a
-    constant, not with another field, hence the list."""
+    length says the segment ends with its TCP header (no payload, no IPv4 options or IPv6
+    extension headers), and `verdict` applies. nft compares a field with a constant, not
+    with another field, hence the list."""
     offsets = (10, *(d for d in range(5, 16) if d != 10))
-    v4 = [f"\t\tip hdrlength 5 ip length {20 + 4 * d} tcp doff {d} accept" for d in offsets]
-    v6 = [f"\t\tip6 nexthdr tcp ip6 length {4 * d} tcp doff {d} accept" for d in offsets]
+    v4 = [f"\t\tip hdrlength 5 ip length {20 + 4 * d} tcp doff {d} {verdict}" for d in offsets]
+    v6 = [f"\t\tip6 nexthdr tcp ip6 length {4 * d} tcp doff {d} {verdict}" for d in offsets]
     return "\n".join(v4 + v6)
 
 

@@ -38,7 +38,7 @@ from nfguard.engine import Engine
 from nfguard.marks import DROP, HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names.inject import Refusals, Unsent
-from nfguard.names.streams import HALF, SEQ, URG, bound, flow_key, in_order
+from nfguard.names.streams import HALF, RST, SEQ, URG, bound, flow_key, in_order
 from nfguard.policy.clients import match_key
 from nfguard.policy.model import ALLOW, Client
 from nfguard.policy.resolve import Queries, QueryDecision, QueryJudge
@@ -130,7 +130,7 @@ class QueryPath:
                 self.refusals.send(packet, refusal(refused[0]))
             return DROP if refused or unreadable else marks.with_verdict(mark, marks.ALLOW)
         key = flow_key(packet)
-        if unseen or packet.tcp_flags & URG:
+        if unseen or packet.tcp_flags & (URG | RST):  # a reset's bytes are never read
             self.stats.dns_queries_unparseable += 1
             cut = self._streams.get(key)
             if cut is None:

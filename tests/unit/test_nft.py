@@ -605,9 +605,19 @@ def test_every_dns_query_goes_to_the_engine_whatever_its_flows_verdict(path: str
           "limit rate over 200/second burst 400 packets } counter name dns_queries_over_limit "
           "drop" for family, n, field in (("ipv4", 4, "ip"), ("ipv6", 6, "ip6"))),
         "meta l4proto udp goto to_engine",  # every datagram
-        "tcp flags & (syn | rst) != 0 return",  # the handshake: the flow's usual path
+        "tcp flags & (syn | rst) != 0 goto dns_handshake",
         "jump bare",  # a segment without bytes passes
         "goto to_engine"]  # every segment with bytes, pipelined queries too
+    # The handshake takes its flow's usual path (the return leaves dns_query too, as it
+    # was entered by goto), unless its SYN or RST carries bytes: TCP Fast Open data, which
+    # over loopback nothing else would judge.
+    handshake = chain_lines(text, "dns_handshake")
+    assert handshake[-1] == "goto to_engine"
+    assert "ip hdrlength 5 ip length 40 tcp doff 5 return" in handshake
+    assert "ip6 nexthdr tcp ip6 length 40 tcp doff 10 return" in handshake
+    assert all(line.endswith(" return") for line in handshake[:-1])
+    assert [line.replace(" return", " accept") for line in handshake[:-1]] == \
+        chain_lines(text, "bare_handshake"), "the same shape as a bare SYN-ACK"
 
 
 def test_the_engines_refusals_are_not_tracked() -> None:

@@ -212,3 +212,56 @@ def test_a_retransmit_carries_exactly_the_bytes_the_engine_read(lab: Lab) -> Non
     read = names_read(recording)
     assert "www.allowed.test." in read, "the server reads what the engine allowed"
     assert not [n for n in read if leak in n], "the hidden query was read"
+
+
+# A local stub that takes TCP Fast Open (the host's net.ipv4.tcp_fastopen has the server
+# bit): what it reads from each connection, hex, one line each.
+FASTOPEN_STUB = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
+s.bind(("127.0.0.53", 53))
+s.listen(16)
+out = open(sys.argv[1], "a")
+while True:
+    conn, _ = s.accept()
+    conn.settimeout(1)
+    got = b""
+    try:
+        while data := conn.recv(65536):
+            got += data
+    except OSError:
+        pass
+    conn.close()
+    out.write('{"peer": [], "data": "%s"}\n' % got.hex())
+    out.flush()
+"""
+
+# The hidden query in the SYN (a cookie from a first connection, then data with it).
+FASTOPEN = BUILD + r"""
+for _ in range(3):
+    s = socket.socket()
+    try:
+        s.sendto(framed(hidden), socket.MSG_FASTOPEN, (dst, 53))
+        time.sleep(1.5)  # a SYN whose data was dropped is sent again without it after 1 s
+    except OSError as exc:
+        print(exc)
+    s.close()
+"""
+
+
+def test_a_query_in_the_syn_to_a_local_stub_is_judged(lab: Lab) -> None:
+    lab.exec(lab.client, "sysctl", "-qw", "net.ipv4.tcp_fastopen=3", check=True)
+    recording = Recording(lab.workdir / "stub.jsonl")
+    lab.spawn(lab.client, sys.executable, "-c", FASTOPEN_STUB, str(recording.path))
+    lab.wait_until(lambda: "127.0.0.53:53" in lab.exec(lab.client, "ss", "-Hltn").stdout)
+    lab.start_engine(lab.write_config(POLICY))
+    leak = secret()
+    out = lab.exec(lab.client, sys.executable, "-c", FASTOPEN, "127.0.0.53", leak, timeout=30)
+    assert "Traceback" not in out.stderr, out.stderr
+    event = lab.wait_for_event(
+        lambda e: leak in e.get("dns", {}).get("question", {}).get("name", ""))
+    assert event["event"]["action"] == "deny", "judged once sent after the handshake"
+    lab.exec(lab.client, "sleep", "2")
+    assert not [n for n in names_read(recording) if leak in n], "the hidden query was read"

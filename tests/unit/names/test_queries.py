@@ -190,7 +190,7 @@ def test_queries_are_queued_only_if_some_are_judged() -> None:
     assert not queued("any", (dataclasses.replace(override, queries="any"),))
 
 
-def test_tcp_urgent_data_cuts_the_stream(tmp_path: Path) -> None:
+def test_tcp_urgent_data_or_a_reset_with_bytes_cuts_the_stream(tmp_path: Path) -> None:
     """The server's recv() skips the urgent byte: it would frame another stream than the
     one read here."""
     host = Host(tmp_path)
@@ -200,6 +200,10 @@ def test_tcp_urgent_data_cuts_the_stream(tmp_path: Path) -> None:
     assert host.send(tcp(whole[5:], 105, "PAU")) == marks.DENY
     assert host.released == [("first", marks.DENY)]
     assert host.stats.dns_queries_unparseable == 1
+    # a reset's bytes are never read by the server either: they are not a query's
+    host.send(tcp(b"", 199, "S"))
+    assert host.send(tcp(message("x.attacker.test"), 200, "R")) == marks.DENY
+    assert host.queries() == []
 
 
 def test_a_query_the_queue_copied_in_part_is_not_judged_by_its_part(tmp_path: Path) -> None:
