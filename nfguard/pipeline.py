@@ -200,15 +200,18 @@ class Pipeline:
         the queue, so even a short-lived client is still there; a UDP sender may have closed
         its socket already, and then `uid`, the kernel's word, is what is known). A
         forwarded flow's sender is known by its interface, and by its process when it
-        lives in a network namespace of this host (a container)."""
+        lives in a network namespace of this host (a container); and by its original
+        source address (a routed client's, match.source)."""
         attributor = self.attributor
         interface = _interface_name(indev) if indev else None
         if attributor is None or packet.proto not in (TCP, UDP):
-            return None if interface is None else ProcessInfo(interface=interface)
-        if interface is not None:
+            return (None if interface is None
+                    else ProcessInfo(interface=interface, source=packet.src))
+        if interface is not None:  # forward hook: the source before any SNAT
             return attributor.lookup_forwarded(
                 packet.transport, packet.version, packet.src, packet.sport, packet.dst,
-                packet.dport, interface, hash_exe=self.engine.policies.matches_sha256)
+                packet.dport, interface, hash_exe=self.engine.policies.matches_sha256,
+            )._replace(source=packet.src)
         return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
                                  packet.dst, packet.dport,
                                  hash_exe=self.engine.policies.matches_sha256, uid=uid)
