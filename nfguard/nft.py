@@ -171,6 +171,8 @@ def render(settings: EngineConfig, path: str, queries: bool = True) -> Ruleset:
     dns_where = "queued to the engine" + (
         f" (by the xt rule in iptables' {XT_TABLE} INPUT)" if path == XT else "")
     keep = _KEEP_USER_BITS
+    answer = f"0x{marks.ANSWER:08x}"
+    lan_query, lan_query_verdict = _lan_queries(settings.forward_from, queries)
     nft = f"""\
 # nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {queues}).
 # Rendered by `nfguard install`; nfguard owns this table and nothing else.
@@ -270,16 +272,16 @@ table inet {TABLE} {{
 \tchain input {{
 \t\ttype filter hook input priority filter - 10; policy accept;
 \t\tmeta mark & {mask} == {injected} meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
-\t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
+{lan_query}\t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
 \t\ttcp sport 53 ct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} tcp flags & rst == rst accept\t# the reset of a cut DNS stream (a refused query): nothing to learn
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
-\t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
-\t\ttcp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
+\t\tudp sport 53 ct direction reply meta mark set meta mark | {answer}{dns_queue}
+\t\ttcp sport 53 ct direction reply meta mark set meta mark | {answer}{dns_queue}
 \t}}
 
 \tchain input_verdict {{
 \t\ttype filter hook input priority {VERDICT_PRIORITY}; policy accept;
-\t\tjump settle_answer
+{lan_query_verdict}\t\tjump settle_answer
 \t}}
 
 \t# The engine accepts every answer (after learning it) or drops an out-of-order TCP
@@ -435,6 +437,21 @@ def _link_control_chain() -> str:
 \t\tcounter name link_control_dropped drop
 \t}}
 """  # noqa: E501
+
+
+def _lan_queries(interfaces: tuple[str, ...], queries: bool) -> tuple[str, str]:
+    """The input chain's rule for DNS queries from engine.forward_from's interfaces to a
+    resolver on this host (a gateway's dnsmasq, which recurses for them), and its verdict
+    rule: judged by the sender's policy like a forwarded query, or its name would leave
+    through the resolver unjudged. A refused TCP stream is cut as on output."""
+    if not interfaces or not queries:
+        return "", ""
+    names = "{ " + ", ".join(f'"{name}"' for name in interfaces) + " }"
+    mask = f"0x{marks.MASK:08x}"
+    return (f"\t\tiifname {names} meta l4proto {{ tcp, udp }} th dport 53 ct direction "
+            "original jump dns_query\t# to a resolver on this host, from forwarded clients\n",
+            f"\t\tct direction original meta mark & {mask} != 0 jump settle\t# such a "
+            "query\n")
 
 
 def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
