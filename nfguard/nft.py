@@ -59,6 +59,9 @@ COUNTERS = {
     "protocol's shape or over the report rate, dropped",
     "forged_answers_dropped": "DNS answers whose source is not reachable through the "
     "interface they came in on (forged over loopback or another link), dropped",
+    "spoofed_sources_dropped": "Packets from engine.forward_from's interfaces whose source "
+    "address is not routed back through the interface they came in on (a client claiming "
+    "another's address), dropped",
     "dns_answers_over_limit": "DNS answers over the rate per socket (forwarded: per client "
     "address), dropped before the queue",
     "dns_queries_over_limit": "DNS queries over the rate per sending socket, dropped before "
@@ -460,8 +463,10 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
     forwarded traffic is left alone). Their new flows go through `egress` like the host's
     own, in their original direction (what comes from them in the reply direction answers
     connections made into them); their packets without a conntrack entry are dropped first,
-    and their pending flows get only bare replies. DNS answers on their way to those
-    interfaces are learnt first, marked ANSWER so the engine tells them from flows (sport
+    and so are those whose source address is not routed back through the interface they
+    came in on (strict reverse path: a client's address is what selects its policy, by
+    match.source); their pending flows get only bare replies. DNS answers on their way to
+    those interfaces are learnt first, marked ANSWER so the engine tells them from flows (sport
     53 alone is the sender's choice)."""
     if not interfaces:
         return ""
@@ -486,6 +491,7 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
 \tchain forward {{
 \t\ttype filter hook forward priority filter - 10; policy accept;
 \t\tiifname {names} ct state invalid,untracked counter name untracked_dropped drop\t# a container's raw socket (CAP_NET_RAW)
+\t\tiifname {names} fib saddr . iif oif missing counter name spoofed_sources_dropped drop\t# a source not routed back where it came in: another's address (match.source)
 {query}\t\tct direction reply oifname {names} ct mark & {ct_field} == {pending} jump pending_reply
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}

@@ -90,7 +90,7 @@ def names_policy(*ports: int, dns_to: tuple[str, ...] = LAB_DNS, queries: str = 
 
 # The gateway lab (gateway_lab.py): its dnsmasq asks upstream for the LAN; LAN A (its
 # first address, not its spare .200) may reach a.test and the server's port 80 by CIDR,
-# LAN B b.test and the server's port 8080; the gateway's own root processes only the
+# LAN B b.test, the server's port 8080 and UDP 9999; the gateway's own root processes only the
 # server's port 8081. Clients by source: A by networks, B by one address and a network.
 def gateway_policy(dnsmasq: str, server: tuple[str, str]) -> str:
     def client(name: str, match: str, *policies: str, extra: str = "") -> str:
@@ -109,7 +109,8 @@ def gateway_policy(dnsmasq: str, server: tuple[str, str]) -> str:
         policy("a", allow("names", "a.test", ports=(80, 443), proto="tcp"),
                allow("server", *server, ports=(80,), proto="tcp")),
         policy("b", allow("names", "b.test", ports=(80, 443), proto="tcp"),
-               allow("server", *server, ports=(8080,), proto="tcp")),
+               allow("server", *server, ports=(8080,), proto="tcp"),
+               allow("datagrams", *server, ports=(9999,), proto="udp")),
         policy("gateway-own", allow("server", *server, ports=(8081,), proto="tcp")),
     ]
     return "\n".join(clients) + "\n" + "\n\n".join(p.toml() for p in policies) + "\n"

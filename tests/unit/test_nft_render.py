@@ -354,6 +354,9 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
         "type filter hook forward priority filter - 10; policy accept;",
         # first: a container's raw socket gets nothing untracked past (ct matches fail)
         f"iifname {names} ct state invalid,untracked counter name untracked_dropped drop",
+        # a source not routed back through its interface: another client's address
+        f"iifname {names} fib saddr . iif oif missing counter name spoofed_sources_dropped "
+        "drop",
         # every DNS query of theirs, whatever its direction (never a "reply")
         f"iifname {names} meta l4proto {{ tcp, udp }} th dport 53 jump dns_query",
         f"ct direction reply oifname {names} {pending}",
