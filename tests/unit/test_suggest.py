@@ -685,8 +685,9 @@ def test_routed_hosts_get_a_client_by_their_source_address() -> None:
     for: each gets a client of its own, by its original source address, and each is
     allowed only what it was seen doing. A container bridge's flows stay keyed by the
     bridge alone (their addresses are handed out per run)."""
-    def routed(source: str, ip: str, interface: str = "lan1") -> dict[str, Any]:
-        ev = event(ip, 443, domain=f"{source}.example", who={"interface": interface})
+    def routed(source: str, ip: str, interface: str = "lan1",
+               domain: str | None = None) -> dict[str, Any]:
+        ev = event(ip, 443, domain=domain or f"{source}.example", who={"interface": interface})
         ev["source"]["ip"] = source
         return ev
 
@@ -701,6 +702,7 @@ def test_routed_hosts_get_a_client_by_their_source_address() -> None:
         ("docker0", {"interface": "docker0"})]
     engine = policy_engine(load(text))
     assert all(decide(engine, flow).action == "allow" for flow in flows)
-    [borrowed] = flows_of(routed("198.18.9.2", "192.0.2.1"))  # A's destination, from B
+    [borrowed] = flows_of(routed("198.18.9.2", "192.0.2.1",  # A's destination, from B
+                                 domain="198.18.8.2.example"))
     assert decide(engine, borrowed).action == "deny"
     assert denied(flows, load(text)) == []
