@@ -360,8 +360,10 @@ class Lab:
             server: str = SERVER_V4, ns: str | None = None) -> list[str]:
         """The answer section's data (addresses and CNAME targets), from the client (or
         namespace `ns`)."""
-        result = self.exec(ns or self.client, "dig", f"@{server}", "+short", "+tries=2", "+time=2",
-                           *(("+tcp",) if tcp else ()), name, qtype)
+        wait = max(2, round(2 * SLOWDOWN))  # the VM's emulated CPU: a forwarder's answer too
+        result = self.exec(ns or self.client, "dig", f"@{server}", "+short", "+tries=2",
+                           f"+time={wait}", *(("+tcp",) if tcp else ()), name, qtype,
+                           timeout=2 * wait + 10)
         return result.stdout.split()
 
     def serve_udp_echo(self, host: str, port: int) -> None:

@@ -29,7 +29,15 @@ from tests.e2e.gateway_lab import (
     LAN_B_V6,
     GatewayLab,
 )
-from tests.e2e.lab import ALLOWED_V4, ALLOWED_V6, OTHER_V4, OTHER_V6, SERVER_V4, SERVER_V6
+from tests.e2e.lab import (
+    ALLOWED_V4,
+    ALLOWED_V6,
+    OTHER_V4,
+    OTHER_V6,
+    SERVER_V4,
+    SERVER_V6,
+    SLOWDOWN,
+)
 from tests.e2e.policies import gateway_policy
 
 DNSMASQ = os.path.realpath(shutil.which("dnsmasq") or "/usr/sbin/dnsmasq")  # as /proc shows it
@@ -100,9 +108,9 @@ def fetch(gateway: GatewayLab, ns: str, url: str, name: str, ip: str,
     """curl of `url` with `name` resolved to `ip` (as the client's resolver said), from
     namespace `ns`: (exit code, body)."""
     scheme, port = ("https", 443) if url.startswith("https") else ("http", 80)
-    result = gateway.exec(ns, "curl", "-sS", "-k", "--max-time", "4", "--resolve",
+    result = gateway.exec(ns, "curl", "-sS", "-k", "--max-time", str(4 * SLOWDOWN), "--resolve",
                           f"{name}:{port}:{bracket(ip)}", *options, f"{scheme}://{url.split('://')[1]}",
-                          timeout=15)
+                          timeout=15 * SLOWDOWN)
     return result.returncode, result.stdout.strip()
 
 
@@ -144,8 +152,8 @@ def test_each_lan_client_reaches_only_its_own_names_and_networks(
     assert allowed["observer"]["ingress"]["interface"]["name"] == "lan1"
 
     # By CIDR: A the server's port 80, B its 8080.
-    assert gateway.curl(f.server, 80, ns=a) == (0, "port 80\n")
-    assert gateway.curl(f.server, 8080, ns=b) == (0, "port 8080\n")
+    assert gateway.curl(f.server, 80, ns=a, timeout=3 * SLOWDOWN) == (0, "port 80\n")
+    assert gateway.curl(f.server, 8080, ns=b, timeout=3 * SLOWDOWN) == (0, "port 8080\n")
     assert gateway.curl(f.server, 8080, ns=a)[0] in CUT
     assert gateway.curl(f.server, 80, ns=b)[0] in CUT
     assert event_of(gateway, f.lan_b, f.server, 8080)["nfguard"]["client"] == "lan-b"
@@ -164,7 +172,7 @@ def test_each_lan_client_reaches_only_its_own_names_and_networks(
         "no_client_match")
 
     # The gateway's own flows are the host's: no source, no LAN client.
-    assert gateway.curl(f.server, 8081) == (0, "port 8081\n")
+    assert gateway.curl(f.server, 8081, timeout=3 * SLOWDOWN) == (0, "port 8081\n")
     assert gateway.curl(f.server, 80)[0] in CUT
     own = gateway.wait_for_event(lambda e: e.get("destination", {}).get("port") == 80
                                  and e["event"]["action"] == "deny"
