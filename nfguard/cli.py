@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--interface", metavar="NAME",
                          help="a forwarded flow (a container's, a VM's) coming in on NAME; "
                          "with --exe/--user, from that process in the container")
+    explain.add_argument("--source", metavar="ADDR", type=_address,
+                         help="a routed or forwarded flow from source address ADDR "
+                         "(clients' match.source); with --interface, coming in on it")
     explain.add_argument("--container", metavar="NAME",
                          help="from a process in the container named NAME")
     explain.add_argument("--image", metavar="REF",
@@ -225,7 +228,7 @@ def _explain(args: argparse.Namespace) -> int:
     host, port = _split_target(args.to)
     print(explain(config, host, port, args.proto, exe=args.exe, user=args.user,
                   interface=args.interface, container=args.container, image=args.image,
-                  resolve=socket.getaddrinfo))
+                  source=args.source, resolve=socket.getaddrinfo))
     return 0
 
 
@@ -284,3 +287,11 @@ def _split_target(target: str) -> tuple[str, int | None]:
     if sep and port.isdigit():
         return host, int(port)
     return target, None
+
+
+def _address(text: str) -> str:
+    """An --source: an IPv4 or IPv6 address, as the engine writes it."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None

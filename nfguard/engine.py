@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from nfguard.config import EngineConfig
 from nfguard.lru import Memo
-from nfguard.policy.clients import Process, client_matches, match_key
+from nfguard.policy.clients import Process, match_key
 from nfguard.policy.match import (
     CompiledPolicySet,
     Destination,
@@ -224,8 +224,7 @@ class Engine:
         key = None if process is None else match_key(process)
         if key in self._clients:
             return self._clients[key]
-        return self._clients.put(
-            key, next((c for c in self.policies.clients if client_matches(c, process)), None))
+        return self._clients.put(key, self.policies.client_index.first(process))
 
     def unparseable(self) -> Decision:
         """A packet we cannot read is never let through silently in enforce mode."""

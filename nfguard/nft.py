@@ -59,6 +59,9 @@ COUNTERS = {
     "protocol's shape or over the report rate, dropped",
     "forged_answers_dropped": "DNS answers whose source is not reachable through the "
     "interface they came in on (forged over loopback or another link), dropped",
+    "spoofed_sources_dropped": "Packets from engine.forward_from's interfaces whose source "
+    "address is not routed back through the interface they came in on (a client claiming "
+    "another's address), dropped",
     "dns_answers_over_limit": "DNS answers over the rate per socket (forwarded: per client "
     "address), dropped before the queue",
     "dns_queries_over_limit": "DNS queries over the rate per sending socket, dropped before "
@@ -177,6 +180,8 @@ def render(settings: EngineConfig, path: str, queries: bool = True) -> Ruleset:
     dns_where = "queued to the engine" + (
         f" (by the xt rule in iptables' {XT_TABLE} INPUT)" if path == XT else "")
     keep = _KEEP_USER_BITS
+    answer = f"0x{marks.ANSWER:08x}"
+    lan_query, lan_query_verdict = _lan_queries(settings.forward_from, queries)
     nft = f"""\
 # nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {queues}).
 # Rendered by `nfguard install`; nfguard owns this table and nothing else.
@@ -285,16 +290,16 @@ table inet {TABLE} {{
 \tchain input {{
 \t\ttype filter hook input priority filter - 10; policy accept;
 \t\tmeta mark & {mask} == {injected} udp sport 53 iifname "lo" meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
-\t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
+{lan_query}\t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
 \t\ttcp sport 53 ct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} tcp flags & rst == rst accept\t# the reset of a cut DNS stream (a refused query): nothing to learn
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
-\t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
-\t\ttcp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
+\t\tudp sport 53 ct direction reply meta mark set meta mark | {answer}{dns_queue}
+\t\ttcp sport 53 ct direction reply meta mark set meta mark | {answer}{dns_queue}
 \t}}
 
 \tchain input_verdict {{
 \t\ttype filter hook input priority {VERDICT_PRIORITY}; policy accept;
-\t\tjump settle_answer
+{lan_query_verdict}\t\tjump settle_answer
 \t}}
 
 \t# The engine accepts every answer (after learning it) or drops an out-of-order TCP
@@ -452,14 +457,31 @@ def _link_control_chain() -> str:
 """  # noqa: E501
 
 
+def _lan_queries(interfaces: tuple[str, ...], queries: bool) -> tuple[str, str]:
+    """The input chain's rule for DNS queries from engine.forward_from's interfaces to a
+    resolver on this host (a gateway's dnsmasq, which recurses for them), and its verdict
+    rule: judged by the sender's policy like a forwarded query, or its name would leave
+    through the resolver unjudged. A refused TCP stream is cut as on output."""
+    if not interfaces or not queries:
+        return "", ""
+    names = "{ " + ", ".join(f'"{name}"' for name in interfaces) + " }"
+    mask = f"0x{marks.MASK:08x}"
+    return (f"\t\tiifname {names} meta l4proto {{ tcp, udp }} th dport 53 ct direction "
+            "original jump dns_query\t# to a resolver on this host, from forwarded clients\n",
+            f"\t\tct direction original meta mark & {mask} != 0 jump settle\t# such a "
+            "query\n")
+
+
 def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
                    queries: bool) -> str:
     """The forward hook's chains, for flows from engine.forward_from's interfaces (none:
     forwarded traffic is left alone). Their new flows go through `egress` like the host's
     own, in their original direction (what comes from them in the reply direction answers
     connections made into them); their packets without a conntrack entry are dropped first,
-    and their pending flows get only bare replies. DNS answers on their way to those
-    interfaces are learnt first, marked ANSWER so the engine tells them from flows (sport
+    and so are those whose source address is not routed back through the interface they
+    came in on (strict reverse path: a client's address is what selects its policy, by
+    match.source); their pending flows get only bare replies. DNS answers on their way to
+    those interfaces are learnt first, marked ANSWER so the engine tells them from flows (sport
     53 alone is the sender's choice)."""
     if not interfaces:
         return ""
@@ -484,6 +506,7 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
 \tchain forward {{
 \t\ttype filter hook forward priority filter - 10; policy accept;
 \t\tiifname {names} ct state invalid,untracked counter name untracked_dropped drop\t# a container's raw socket (CAP_NET_RAW)
+\t\tiifname {names} fib saddr . iif oif missing counter name spoofed_sources_dropped drop\t# a source not routed back where it came in: another's address (match.source)
 {query}\t\tct direction reply oifname {names} ct mark & {ct_field} == {pending} jump pending_reply
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}

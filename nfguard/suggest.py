@@ -28,12 +28,13 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
-from nfguard.config import EngineConfig
+from nfguard.config import DEFAULT_FORWARD_FROM, EngineConfig
 from nfguard.engine import Decision, Engine
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
@@ -67,18 +68,23 @@ Resolvers = Callable[[str], bool]  # whether an address is one of the host's DNS
 class Identity:
     """Who sent a flow, as far as a client `match` table can say it; all None: unknown.
     A forwarded flow also has its ingress interface (and a container's, its process); a
-    container's flow its image (its unit, a scope named after one run's id, is left out)."""
+    container's flow its image (its unit, a scope named after one run's id, is left out);
+    a routed flow with no process behind it (a LAN host behind a gateway: an interface
+    that is no container or VM bridge, whose addresses are handed out per run) its source
+    address, which is all that tells such senders apart on one interface."""
 
     exe: str | None = None
     user: str | None = None  # user name, or the uid as digits when the name was unknown
     unit: str | None = None
     interface: str | None = None
     image: str | None = None
+    source: str | None = None
 
     def _given(self) -> list[tuple[str, str]]:
         return [(key, value) for key, value in (
             ("exe", self.exe), ("user", self.user), ("unit", self.unit),
-            ("interface", self.interface), ("image", self.image)) if value is not None]
+            ("interface", self.interface), ("image", self.image), ("source", self.source))
+            if value is not None]
 
     @property
     def known(self) -> bool:
@@ -93,11 +99,11 @@ class Identity:
     def describe(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self._given()) or "(no process info)"
 
-    def sort_key(self) -> tuple[int, str, str, str, str, str]:
+    def sort_key(self) -> tuple[int, str, str, str, str, str, str]:
         # Most specific first: a client whose keys are a subset of another's would otherwise
         # take that one's flows, since the first client that matches decides.
         return (-len(self._given()), self.exe or "", self.user or "", self.unit or "",
-                self.interface or "", self.image or "")
+                self.interface or "", self.image or "", self.source or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +241,11 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
     match_user = name if name is not None and not name.isdigit() else (
         str(uid) if uid is not None else None)
     image = container.image if container is not None else None
-    identity = Identity(exe, match_user, unit if container is None else None, interface, image)
+    source = _forwarded_source(event) if interface is not None else None
+    routed = (interface is not None and exe is None and container is None
+              and not any(fnmatchcase(interface, bridge) for bridge in DEFAULT_FORWARD_FROM))
+    identity = Identity(exe, match_user, unit if container is None else None, interface, image,
+                        source if routed else None)
     info = ProcessInfo(
         uid=uid,
         user=name,
@@ -247,9 +257,19 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
         unit=unit,
         interface=interface,
         container=container,
+        source=source,
     )
     has_info = identity.known or uid is not None or info.cmdline or info.cgroup
     return identity, (info if has_info else None)
+
+
+def _forwarded_source(event: dict[str, Any]) -> str | None:
+    """A forwarded flow's source.ip (its original source: before any SNAT), normalised."""
+    text = _optional_text(_table(event, "source").get("ip"))
+    try:
+        return None if text is None else str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _container(fields: dict[str, Any]) -> Container | None:
@@ -546,7 +566,7 @@ def _client_names(identities: list[Identity]) -> dict[Identity, str]:
         else:
             parts = [os.path.basename(identity.exe.rstrip("/")) or identity.exe
                      if identity.exe else None, identity.user, identity.unit,
-                     identity.interface, identity.image]
+                     identity.interface, identity.image, identity.source]
             base = "-".join(_slug(p) for p in parts if p is not None)
         name, n = base, 1
         while name in used:

@@ -1,10 +1,11 @@
 """DNS answers read before they are accepted: what the host's resolvers say teaches names.
 
-An answer (LOCAL_IN with source port 53, or forwarded to a container, marked ANSWER) is
-learnt, then accepted, so no client can connect before the engine knows the name. Answers
-over TCP are read from the server's stream in order (a segment ahead of the next byte is
-dropped: the server sends it again); one answer binding several names to an address (a
-CNAME chain) is remembered, so a client presenting the alias is known to go to its target.
+An answer (source port 53 in the reply direction, to this host or forwarded to a client,
+marked ANSWER) is learnt, then accepted, so no client can connect before the engine knows
+the name. Answers over TCP are read from the server's stream in order (a segment ahead of
+the next byte is dropped: the server sends it again); one answer binding several names to
+an address (a CNAME chain) is remembered, so a client presenting the alias is known to go
+to its target.
 Only the trusted resolvers' answers teach (resolvers.TrustedServers).
 """
 

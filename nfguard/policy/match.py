@@ -15,8 +15,10 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from nfguard.lru import Memo
+from nfguard.policy.clients import ClientIndex
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.model import DENY, Policy, PolicySet, Rule
+from nfguard.policy.networks import PrefixIndex
 from nfguard.policy.patterns import NamePattern, normalize_name
 
 
@@ -58,30 +60,6 @@ _NAME_MEMO_MAX = 1 << 17  # (proto, port) pairs remembered per policy: all of tc
 MATCH_MEMO_MAX = 1 << 16  # (policies, destination) answers remembered per compiled set
 
 
-class _PrefixIndex:
-    """All networks of one address family: prefix length -> {network int: [rule positions]}."""
-
-    def __init__(self, bits: int) -> None:
-        self.bits = bits
-        self.tables: dict[int, dict[int, list[int]]] = defaultdict(dict)
-        self.masks: list[tuple[int, dict[int, list[int]]]] = []
-
-    def add(self, network_int: int, prefix: int, position: int) -> None:
-        table = self.tables[prefix]
-        positions = table.get(network_int)
-        if positions is None:
-            table[network_int] = [position]
-        else:
-            positions.append(position)
-
-    def freeze(self) -> None:
-        full = (1 << self.bits) - 1
-        self.masks = [
-            (full ^ ((1 << (self.bits - prefix)) - 1), table)
-            for prefix, table in sorted(self.tables.items())
-        ]
-
-
 class NameIndex:
     """Name patterns keyed by literal suffix: a name probes one key per label it has."""
 
@@ -107,8 +85,8 @@ class CompiledPolicy:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.rules = policy.rules
-        self.v4 = _PrefixIndex(32)
-        self.v6 = _PrefixIndex(128)
+        self.v4 = PrefixIndex(32)
+        self.v6 = PrefixIndex(128)
         self.names = NameIndex()
         self.any_destination: list[int] = []
         self.resolver_rules = [p for p, rule in enumerate(policy.rules) if rule.resolvers]
@@ -196,6 +174,7 @@ class CompiledPolicySet:
     def __init__(self, policy_set: PolicySet) -> None:
         self.source = policy_set
         self.clients = policy_set.clients
+        self.client_index = ClientIndex(self.clients)  # the first client for a sender
         # Hashing executables costs a read of each new binary: only when a client asks.
         self.matches_sha256 = any(key == "sha256" for client in self.clients
                                   for key, _value in client.match)

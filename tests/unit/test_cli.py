@@ -352,7 +352,7 @@ def test_explain_interface_is_a_forwarded_flow(tmp_path: Path,
     config = write_config(tmp_path, policy)
     code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--interface", "br-1a2b")
     assert code == 0
-    assert "  forwarded from interface br-1a2b (a container or VM)" in out
+    assert "  forwarded from interface br-1a2b (a container, VM or routed network)" in out
     assert "client: git" in out and "matched on interface=br-*" in out
     assert "decision: deny" in out
     code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--interface", "eth0")
@@ -490,3 +490,30 @@ def test_explain_queries_any_passes_unjudged(tmp_path: Path,
         "  client: everyone",
         '  [names] queries = "any": every query passes, unjudged',
         "  resolving: allow (queries_any, evidence default); it goes to the resolver"]
+
+
+def test_explain_source_is_a_routed_flow_from_that_address(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = POLICY.replace('match = { exe = "/usr/bin/git" }',
+                            'match = { source = ["10.42.16.0/27", "2001:db8:42::/64"], '
+                            'interface = "eth1*" }')
+    config = write_config(tmp_path, policy)
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--source", "10.42.16.5",
+                                  "--interface", "eth1.42")
+    assert code == 0
+    assert "  forwarded from source address 10.42.16.5" in out
+    assert "client: git" in out
+    assert "matched on interface=eth1* source=10.42.16.0/27" in out
+    # without the interface, or from outside the networks: not that client
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--source", "10.42.16.5")
+    assert "(no --interface: clients with `interface` do not match)" in out
+    assert "client: git" not in out
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--source",
+                                  "2001:db8:42::7", "--interface", "eth1")
+    assert "matched on interface=eth1* source=2001:db8:42::/64" in out
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--source",
+                                  "10.42.17.5", "--interface", "eth1")
+    assert "client: git" not in out
+    with pytest.raises(SystemExit):
+        run_explain(capsys, config, "198.18.1.5:443", "--source", "lan.example")
+    assert "not an IP address: 'lan.example'" in capsys.readouterr().err

@@ -54,15 +54,15 @@ def test_native_workers_hash_addresses_and_ports_over_consecutive_queues(
     native = render(EngineConfig(queue=4, workers=3, fail=fail, forward_from=("docker0",)),
                     NATIVE)
     step = f"queue {flags}to symhash mod 3 offset 4"
-    answer, queued = hexmark(marks.ANSWER), hexmark(marks.QUEUED)
+    answer = hexmark(marks.ANSWER)
     assert [line for line in code_lines(native.nft) if "queue" in line] == [
         f'udp sport 53 ct direction reply oifname {{ "docker0" }} meta mark set meta mark | '
         f"{answer} {step}",
         f'tcp sport 53 ct direction reply oifname {{ "docker0" }} meta mark set meta mark | '
         f"{answer} {step}",
         step,
-        f"udp sport 53 ct direction reply meta mark set meta mark | {queued} {step}",
-        f"tcp sport 53 ct direction reply meta mark set meta mark | {queued} {step}"]
+        f"udp sport 53 ct direction reply meta mark set meta mark | {answer} {step}",
+        f"tcp sport 53 ct direction reply meta mark set meta mark | {answer} {step}"]
 
 
 def u32_share(spec: tuple[str, ...]) -> tuple[str, int, list[int]] | None:
@@ -138,11 +138,11 @@ def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) ->
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
 def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
-    text = render(EngineConfig(queue=5), path).nft
+    text = render(EngineConfig(queue=5, forward_from=()), path).nft
     lines = chain_lines(text, "input")
     assert lines[0] == "type filter hook input priority filter - 10; policy accept;"
     suffix = " queue num 5" if path == NATIVE else ""
-    queued = hexmark(marks.QUEUED)
+    queued, answer = hexmark(marks.QUEUED), hexmark(marks.ANSWER)
     pending = f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)}"
     keep = hexmark(~marks.MASK & 0xFFFFFFFF)
     assert lines[1:] == [
@@ -152,8 +152,8 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
         f"tcp sport 53 ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == "
         f"{hexmark(marks.DENY)} tcp flags & rst == rst accept",  # a cut stream's reset
         "meta l4proto { tcp, udp } th sport 53 ct direction reply jump answer",
-        f"udp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}",
-        f"tcp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}"]
+        f"udp sport 53 ct direction reply meta mark set meta mark | {answer}{suffix}",
+        f"tcp sport 53 ct direction reply meta mark set meta mark | {answer}{suffix}"]
     assert not [line for line in lines[2:] if "iifname" in line], \
         "loopback answers (a local stub) are queued too"
     after = code_lines(re.search(r"chain input_verdict \{(.*?)\}", text, re.S).group(1))
@@ -207,7 +207,7 @@ def test_a_pending_flows_replies_pass_only_bare_or_as_the_handshake(path: str) -
     text = render(EngineConfig(forward_from=("docker0",)), path).nft
     pending = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)} "
                "jump pending_reply")
-    assert chain_lines(text, "input")[2] == f"ct direction reply {pending}"
+    assert chain_lines(text, "input")[3] == f"ct direction reply {pending}"
     forward = chain_lines(text, "forward")
     assert f'ct direction reply oifname {{ "docker0" }} {pending}' in forward
     assert forward.index(f'ct direction reply oifname {{ "docker0" }} {pending}') < min(
@@ -355,6 +355,9 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
         "type filter hook forward priority filter - 10; policy accept;",
         # first: a container's raw socket gets nothing untracked past (ct matches fail)
         f"iifname {names} ct state invalid,untracked counter name untracked_dropped drop",
+        # a source not routed back through its interface: another client's address
+        f"iifname {names} fib saddr . iif oif missing counter name spoofed_sources_dropped "
+        "drop",
         # every DNS query of theirs, whatever its direction (never a "reply")
         f"iifname {names} meta l4proto {{ tcp, udp }} th dport 53 jump dns_query",
         f"ct direction reply oifname {names} {pending}",
@@ -644,7 +647,29 @@ def test_with_queries_any_for_everyone_no_query_is_queued(path: str) -> None:
     text = render(EngineConfig(), path, queries=False).nft
     assert "jump dns_query" not in text
     assert code_lines(text) == [line for line in code_lines(render(EngineConfig(), path).nft)
-                                if "jump dns_query" not in line]
+                                if "jump dns_query" not in line
+                                and "jump settle\t# such a query" not in line
+                                and not line.startswith("ct direction original meta mark")]
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_queries_from_forwarded_clients_to_a_resolver_here_are_judged(path: str) -> None:
+    """A gateway's clients ask its own dnsmasq, which recurses for them: their queries
+    come in on the input hook, from engine.forward_from's interfaces, and are queued as
+    a forwarded query is, before anything reads their ct mark; their verdict (a refused
+    TCP stream: cut) is settled like an egress packet's. Answers are marked ANSWER."""
+    text = render(EngineConfig(forward_from=("lan*", "wg0")), path).nft
+    lines = chain_lines(text, "input")
+    query = ('iifname { "lan*", "wg0" } meta l4proto { tcp, udp } th dport 53 '
+             "ct direction original jump dns_query")
+    assert lines.index(query) == 2
+    assert chain_lines(text, "input_verdict")[1:] == [
+        f"ct direction original meta mark & {hexmark(marks.MASK)} != 0 jump settle",
+        "jump settle_answer"]
+    assert all(hexmark(marks.ANSWER) in line for line in lines if "sport 53 ct direction "
+               "reply meta mark set" in line)
+    assert "dport 53 ct direction original" not in render(EngineConfig(forward_from=()),
+                                                          path).nft
 
 
 @pytest.mark.parametrize("path", [NATIVE, XT])

@@ -678,3 +678,31 @@ def test_a_local_resolvers_queries_give_its_client_queries_any_not_a_list() -> N
     assert denied(flows, policies, resolvers=lambda ip: ip in (STUB, "10.0.0.53"),
                   queries=queries) == []
     assert refused(queries, policies) == []
+
+
+def test_routed_hosts_get_a_client_by_their_source_address() -> None:
+    """Behind a gateway, two LAN hosts on one interface send flows no process is found
+    for: each gets a client of its own, by its original source address, and each is
+    allowed only what it was seen doing. A container bridge's flows stay keyed by the
+    bridge alone (their addresses are handed out per run)."""
+    def routed(source: str, ip: str, interface: str = "lan1",
+               domain: str | None = None) -> dict[str, Any]:
+        ev = event(ip, 443, domain=domain or f"{source}.example", who={"interface": interface})
+        ev["source"]["ip"] = source
+        return ev
+
+    flows = flows_of(routed("198.18.8.2", "192.0.2.1"), routed("198.18.9.2", "192.0.2.2"),
+                     routed("fd00:18:8::2", "2001:db8::1"),
+                     routed("172.17.0.2", "192.0.2.3", "docker0"))
+    text = suggest(flows)
+    assert [(c["name"], c.get("match")) for c in tomllib.loads(text)["client"]] == [
+        ("lan1-198.18.8.2", {"interface": "lan1", "source": "198.18.8.2"}),
+        ("lan1-198.18.9.2", {"interface": "lan1", "source": "198.18.9.2"}),
+        ("lan1-fd00_18_8_2", {"interface": "lan1", "source": "fd00:18:8::2"}),
+        ("docker0", {"interface": "docker0"})]
+    engine = policy_engine(load(text))
+    assert all(decide(engine, flow).action == "allow" for flow in flows)
+    [borrowed] = flows_of(routed("198.18.9.2", "192.0.2.1",  # A's destination, from B
+                                 domain="198.18.8.2.example"))
+    assert decide(engine, borrowed).action == "deny"
+    assert denied(flows, load(text)) == []

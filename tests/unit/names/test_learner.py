@@ -158,7 +158,7 @@ class Harness:
         return self.out(raw, marks.QUEUED | marks.PENDING, token)
 
     def answer(self, raw: bytes) -> int | None:
-        return self.pipeline.handle(raw, marks.QUEUED, LOCAL_IN)
+        return self.pipeline.handle(raw, marks.ANSWER, LOCAL_IN)
 
     def learn(self, name: str, ip: str, ttl: int = 300) -> None:
         kind = "AAAA" if ":" in ip else "A"
