@@ -60,6 +60,8 @@ def audit_event(
         event["nfguard"]["client"] = decision.client
     if decision.unreadable is not None:  # why the client's name could not be known
         event["nfguard"]["unreadable"] = decision.unreadable
+    if decision.private is not None:  # the internal address a name alone was kept from
+        event["nfguard"]["private"] = decision.private
     if decision.rule is not None:
         event["rule"] = {"name": decision.rule}
     _where_and_who(event, packet, process)

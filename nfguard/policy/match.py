@@ -44,6 +44,9 @@ class Destination(NamedTuple):
     port: int
     names: tuple[tuple[str, str], ...] = ()  # (normalised name, evidence: dns | sni | host ...)
     resolver: bool = False  # the address is one of the host's DNS resolvers ("@resolvers")
+    # The address is inside where [names] private keeps names out: a name matches only
+    # deny rules and rules with `private = true` (engine: the DNS rebinding guard).
+    guarded: bool = False
 
 
 class RuleMatch(NamedTuple):
@@ -147,9 +150,12 @@ class CompiledPolicy:
             positions = table.get(address & mask)
             if positions:
                 best_position = _first_holding(rules, positions, best_position, proto, port)
+        guarded = dest.guarded
         for name, name_evidence in dest.names:
             for position in self.names.lookup(name):
-                if position < best_position and rules[position].allows_port(proto, port):
+                if position < best_position and rules[position].allows_port(proto, port) and (
+                        not guarded or rules[position].private
+                        or rules[position].action == DENY):
                     best_position = position
                     evidence, matched_name = name_evidence, name
         if best_position == len(rules):
