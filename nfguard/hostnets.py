@@ -158,6 +158,11 @@ class HostNetworks:
             found = self._kinds.put(key, classify(version, address, self.networks))
         return found
 
+    def kind_of(self, ip: str) -> Internal:
+        """`kind` of an address in text (as DNS answers give them)."""
+        parsed = ipaddress.ip_address(ip)
+        return self.kind(parsed.version, int(parsed))
+
     def describe(self) -> str:
         return ", ".join(_text(n) for n in self.networks) or "none"
 

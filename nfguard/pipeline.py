@@ -30,6 +30,7 @@ from nfguard import marks
 from nfguard.audit import AuditLog, audit_event
 from nfguard.config import NamesConfig
 from nfguard.engine import DNS, Decision, Engine
+from nfguard.hostnets import HostNetworks
 from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names.cache import NameCache
@@ -49,6 +50,7 @@ from nfguard.pending import (
     Why,
 )
 from nfguard.policy.clients import match_key
+from nfguard.policy.internal import classify_text
 from nfguard.policy.model import ALLOW
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.wire.dns import DNS_PORT
@@ -83,6 +85,7 @@ class Pipeline:
         peers: Peers | None = None,
         trusted: TrustedServers | None = None,
         refusals: Refusals | None = None,
+        hostnets: HostNetworks | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
         self.attributor = attributor  # None: flows are decided without knowing the sender
@@ -99,7 +102,10 @@ class Pipeline:
         self.learner = Learner(
             names if names is not None else make_name_cache(self.settings),
             trusted or TrustedServers(self.settings.resolvers, clock=clock),
-            stats, clock, peers)
+            stats, clock, peers, hostnets.kind_of if hostnets is not None else classify_text)
+        # This host's networks ([names] private), read from the kernel by the daemon's
+        # loop (`tend`); None: only the fixed ranges are inside.
+        self.hostnets = hostnets
         self.names: NameCache = self.learner.names
         self.trusted: TrustedServers = self.learner.trusted
         self.learn = self.learner.learn
