@@ -234,6 +234,7 @@ def _suggest(args: argparse.Namespace) -> int:
 
     from nfguard import suggest
     from nfguard.config import SYSTEM_RESOLVERS
+    from nfguard.hostnets import HostNetworks
     from nfguard.names.resolvers import TrustedServers
     from nfguard.policy.load import load_policy_dir
 
@@ -266,7 +267,9 @@ def _suggest(args: argparse.Namespace) -> int:
         print(suggest.render_denied(found, total, args.policy, args.default, refused,
                                     len(read.queries)), end="")
     else:
-        print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries), end="")
+        inside = HostNetworks().kind_of  # this host's networks are inside too
+        print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries, inside),
+              end="")
     return 0
 
 

@@ -131,7 +131,7 @@ class Engine:
             return self._refuse(found, mode, client, refused)
         return self._result(found, mode, client, dest.names)
 
-    def _kept_from(self, dest: Destination) -> Internal:
+    def kept_from(self, dest: Destination) -> Internal:
         """The kind of internal address `dest` goes to when [names] private keeps a name
         alone from it, else PUBLIC."""
         kind = self.internal(dest.version, dest.address)
@@ -150,7 +150,7 @@ class Engine:
         if (found is None or found.rule.action != ALLOW or found.evidence == CIDR
                 or found.rule.private):
             return found, PUBLIC
-        kind = self._kept_from(dest)
+        kind = self.kept_from(dest)
         if kind is PUBLIC:
             return found, PUBLIC
         inside = self.policies.first_match(client.policies, dest._replace(guarded=True))
@@ -181,7 +181,7 @@ class Engine:
             return True
         policies = self.policies
         # An internal address a name is kept from: only rules with `private = true` count.
-        dest = dest._replace(guarded=self._kept_from(dest) is not PUBLIC)
+        dest = dest._replace(guarded=self.kept_from(dest) is not PUBLIC)
         for name, _evidence in dest.names:
             found = policies.first_match(client.policies, dest._replace(names=((name, SNI),)))
             if found is not None and found.rule.action == ALLOW:
