@@ -39,7 +39,7 @@ import orjson
 
 from nfguard.config import EngineConfig
 from nfguard.engine import Decision, Engine
-from nfguard.policy.internal import PUBLIC, Internal, classify_text
+from nfguard.policy.internal import PUBLIC, Internal, Private, classify, classify_text
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.policy.model import RESOLVERS, Client, PolicySet
@@ -782,18 +782,21 @@ def decide(engine: Engine, flow: Flow) -> Decision:
 
 
 def policy_engine(policies: PolicySet, default: str = "deny",
-                  resolvers: Resolvers | None = None) -> Engine:
+                  resolvers: Resolvers | None = None, private: str = Private.ALLOW,
+                  internal: Callable[[int, int], Internal] = classify) -> Engine:
     return Engine(EngineConfig(mode="enforce", default=default), CompiledPolicySet(policies),
-                  resolvers=resolvers)
+                  resolvers=resolvers, private=private, internal=internal)
 
 
 def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny",
-           resolvers: Resolvers | None = None, queries: Iterable[Query] = ()
+           resolvers: Resolvers | None = None, queries: Iterable[Query] = (),
+           private: str = Private.ALLOW, internal: Callable[[int, int], Internal] = classify,
            ) -> list[DeniedFlow]:
     """The distinct (who, destination, port, proto) that `policies` would deny, the flows
-    carrying `queries` to their resolver included."""
+    carrying `queries` to their resolver included ([names] private as `private` says, with
+    `internal` telling what kind of address one is)."""
     flows = with_carriers(flows, queries)
-    engine = policy_engine(policies, default, resolvers)
+    engine = policy_engine(policies, default, resolvers, private, internal)
     found: dict[tuple[Identity, str, int, str], tuple[Seen, set[str], set[str]]] = {}
     for flow in flows:
         decision = decide(engine, flow)
@@ -803,7 +806,11 @@ def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny",
         seen, clients, rules = found.setdefault(key, (Seen(), set(), set()))
         seen.add(flow)
         clients.add(decision.client or "-")
-        rules.add(f"rule={decision.rule}" if decision.rule else f"reason={decision.reason}")
+        if decision.private is not None:  # the rule allowed, the DNS rebinding guard did not
+            rules.add(f"reason={decision.reason} ({decision.private} address; "
+                      f"rule={decision.rule} has no private = true)")
+        else:
+            rules.add(f"rule={decision.rule}" if decision.rule else f"reason={decision.reason}")
     out = [DeniedFlow(identity, dest, port, proto, tuple(sorted(clients)), tuple(sorted(rules)),
                       seen)
            for (identity, dest, port, proto), (seen, clients, rules) in found.items()]

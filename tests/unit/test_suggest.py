@@ -721,3 +721,16 @@ def test_this_hosts_networks_count_as_inside() -> None:
     text = suggest(flows, internal=lambda ip: Internal.CONNECTED if ip.startswith("192.0.2.")
                    else PUBLIC)
     assert "192.0.2.10 (connected)" in text and "private = true" in text
+
+
+def test_denied_names_the_guard_and_the_rule_that_needs_the_opt_in() -> None:
+    policies = load('[[client]]\nname = "all"\npolicies = ["p"]\n[[policy]]\nname = "p"\n'
+                    '[[policy.rule]]\nname = "api"\naction = "allow"\n'
+                    'to = ["api.example.com"]\nports = [443]\n')
+    flows = flows_of(event("10.0.0.5", 443, domain="api.example.com", who=CURL),
+                     event("169.254.169.254", 443, domain="api.example.com", who=CURL))
+    assert [d.rules for d in denied(flows, policies)] == [
+        ("reason=name_private_address (metadata address; rule=p/api has no private = true)",)]
+    assert [d.rules for d in denied(flows, policies, private="deny")] == [(
+        "reason=name_private_address (metadata address; rule=p/api has no private = true)",
+        "reason=name_private_address (private address; rule=p/api has no private = true)")]
