@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from nfguard.config import Config
-from nfguard.daemon import build_engine
 from nfguard.engine import SNI, Engine
+from nfguard.policy.build import build_engine
 from nfguard.policy.internal import PUBLIC
 from nfguard.policy.match import Destination, destination_names
 from nfguard.policy.model import ALLOW, IMAGE_ID_PREFIX, Mode
