@@ -117,6 +117,12 @@ def read_networks() -> tuple[Network, ...]:
     return tuple(sorted(set(found)))
 
 
+def no_networks() -> tuple[Network, ...]:
+    """A reader for where the host's networks are not wanted (tests, tools): only the
+    fixed ranges are inside."""
+    return ()
+
+
 class HostNetworks:
     """The host's connected networks as last read, and the kind of an address given them."""
 

@@ -30,7 +30,7 @@ from nfguard import marks
 from nfguard.audit import AuditLog, audit_event
 from nfguard.config import NamesConfig
 from nfguard.engine import DNS, Decision, Engine
-from nfguard.hostnets import HostNetworks
+from nfguard.hostnets import HostNetworks, no_networks
 from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names.cache import NameCache
@@ -50,7 +50,6 @@ from nfguard.pending import (
     Why,
 )
 from nfguard.policy.clients import match_key
-from nfguard.policy.internal import classify_text
 from nfguard.policy.model import ALLOW
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.wire.dns import DNS_PORT
@@ -97,15 +96,15 @@ class Pipeline:
         # Gives a held packet its verdict later: (token, mark); the queue adapter's.
         self.release = release or _no_release
         self._udp_decided: OrderedDict[tuple, tuple[float, Any, int]] = OrderedDict()
+        # This host's networks ([names] private), read from the kernel by the daemon's
+        # loop (`tend`); by default none: only the fixed ranges are inside.
+        self.hostnets = hostnets or HostNetworks(no_networks)
         # DNS answers: the names they teach; the host's resolvers: whose answers teach,
         # and the engine's "@resolvers".
         self.learner = Learner(
             names if names is not None else make_name_cache(self.settings),
             trusted or TrustedServers(self.settings.resolvers, clock=clock),
-            stats, clock, peers, hostnets.kind_of if hostnets is not None else classify_text)
-        # This host's networks ([names] private), read from the kernel by the daemon's
-        # loop (`tend`); None: only the fixed ranges are inside.
-        self.hostnets = hostnets
+            stats, clock, peers, self.hostnets.kind_of)
         self.names: NameCache = self.learner.names
         self.trusted: TrustedServers = self.learner.trusted
         self.learn = self.learner.learn

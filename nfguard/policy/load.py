@@ -254,7 +254,7 @@ class _Builder:
             source.problem((*path, "private"), "private must be true or false")
             return False
         if value and (action != "allow" or not names):
-            has = "no names in `to`" if action == "allow" else f"action {action!r}"
+            has = "no names in `to`" if action == "allow" else f'action = "{action}"'
             source.problem((*path, "private"), "private = true lets an allow rule's names "
                            f"lead to internal addresses: this rule has {has}")
             return False

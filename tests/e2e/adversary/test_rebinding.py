@@ -170,7 +170,8 @@ def test_private_addresses_by_name_work_on_a_host_and_are_counted(lab: Lab) -> N
     assert send(lab, INSIDE_V4, "sni", "ten.allowed.test") == "sent"
     lab.wait_until(lambda: recorded["sni"].contains(MARKER))
     status = lab.nfguard("status", "--config", str(lab.workdir / "nfguard.toml")).stdout
-    assert "1 binding a name to an internal address" in status, status
+    assert "DNS bound names to internal addresses 1 time (private 1); last " \
+        "ten.allowed.test -> 10.9.9.9 (private)" in status, status
 
 
 def test_with_private_deny_a_name_alone_never_leads_inside(lab: Lab) -> None:
