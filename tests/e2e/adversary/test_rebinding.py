@@ -28,7 +28,9 @@ from tests.e2e.lab import (
 from tests.e2e.policies import DENY_REST, allow, dns, everyone, policy
 
 METADATA_V4, METADATA_V6 = "169.254.169.254", "fd00:ec2::254"
-INSIDE_V4, CIDR_V4 = "10.9.9.9", "10.9.9.10"  # an RFC 1918 host, and one a CIDR rule names
+# RFC 1918 hosts: one public names are bound to, one a CIDR rule names, one whose own
+# name's rule opts in (apart: a flow by DNS names carries every name of its address)
+INSIDE_V4, CIDR_V4, OPTED_V4 = "10.9.9.9", "10.9.9.10", "10.9.9.11"
 MARKER = b"REBIND-5e1f07"
 WEB_PORTS = (80, 443, 5000)  # Host, SNI, and a binary protocol (decided by DNS names)
 EVIDENCE = ("dns", "host", "sni", "quic")
@@ -47,9 +49,10 @@ DNS_RECORDS = (
     f"--host-record=allowed.test,{METADATA_V4},{METADATA_V6}",
     f"--host-record=lan.allowed.test,{SERVER_V4},{SERVER_V6}",  # the client's own network
     f"--host-record=ten.allowed.test,{INSIDE_V4}",
-    f"--host-record=mixed.allowed.test,{ALLOWED_V4},{INSIDE_V4}",
+    f"--host-record=mixed.allowed.test,{ALLOWED_V4}",
+    f"--host-record=mixed.allowed.test,{INSIDE_V4}",  # one answer, a public and a private
     f"--host-record=cidr.allowed.test,{CIDR_V4}",
-    f"--host-record=inside.test,{INSIDE_V4}",
+    f"--host-record=inside.test,{OPTED_V4}",
     f"--host-record=db.internal.test,{INSIDE_V4}",
     "--cname=cdn.allowed.test,db.internal.test",  # a public name CNAMEd inside
 )
@@ -177,14 +180,16 @@ def test_private_addresses_by_name_work_on_a_host_and_are_counted(lab: Lab) -> N
 def test_with_private_deny_a_name_alone_never_leads_inside(lab: Lab) -> None:
     """The gateway's setting: this host's own network, RFC 1918 and ULA addresses are
     reached by name only with the rule's `private = true` or a CIDR rule naming them."""
-    host_inside(lab, INSIDE_V4, CIDR_V4)
-    lan, inside, cidr = (recorders(lab, ip) for ip in (SERVER_V4, INSIDE_V4, CIDR_V4))
+    host_inside(lab, INSIDE_V4, CIDR_V4, OPTED_V4)
+    lan, inside, cidr, opted = (recorders(lab, ip)
+                                for ip in (SERVER_V4, INSIDE_V4, CIDR_V4, OPTED_V4))
     allowed = lab.record_tcp(ALLOWED_V4, 443)
     lan6 = lab.record_tcp(SERVER_V6, 443)
     start(lab, private="deny")
-    for name in ("lan.allowed.test", "ten.allowed.test", "mixed.allowed.test",
-                 "cdn.allowed.test", "cidr.allowed.test", "inside.test"):
+    for name in ("lan.allowed.test", "ten.allowed.test", "cdn.allowed.test",
+                 "cidr.allowed.test", "inside.test"):
         assert lab.dig(name), name
+    assert sorted(lab.dig("mixed.allowed.test")) == sorted([ALLOWED_V4, INSIDE_V4])
     assert lab.dig("lan.allowed.test", "AAAA") == [SERVER_V6]
     for how in EVIDENCE:
         send(lab, SERVER_V4, how, "lan.allowed.test")  # the client's connected network
@@ -204,6 +209,6 @@ def test_with_private_deny_a_name_alone_never_leads_inside(lab: Lab) -> None:
         assert event["event"]["reason"] == "name_private_address", event
     # The opt-ins: a rule with `private = true`, and a CIDR rule naming the address.
     for how in EVIDENCE:
-        assert send(lab, INSIDE_V4, how, "inside.test") == "sent"
+        assert send(lab, OPTED_V4, how, "inside.test") == "sent"
         assert send(lab, CIDR_V4, how, "cidr.allowed.test") == "sent"
-    lab.wait_until(lambda: all(r.contains(MARKER) for r in (*inside.values(), *cidr.values())))
+    lab.wait_until(lambda: all(r.contains(MARKER) for r in (*opted.values(), *cidr.values())))
