@@ -199,6 +199,7 @@ def text_line(event: dict[str, Any]) -> str:
         f"{src.get('ip', '?')}:{src.get('port', '?')} -> {target} exe={who} "
         f"reason={event['event']['reason']}"
         + (f" unreadable={nfg['unreadable']}" if "unreadable" in nfg else "")
+        + (f" private={nfg['private']}" if "private" in nfg else "")
     )
     # Names and paths come from the wire and from processes: never let them forge a line.
     return line if line.isprintable() else line.encode("unicode_escape").decode("ascii")
