@@ -175,13 +175,21 @@ class Engine:
         (one of its DNS names) or the address is inside the allowing rule's networks; a
         name that cannot be read leaves the address rules. With it off, any name can be
         presented, so any flow a name rule covers may wait; so may every flow when
-        engine.default allows what no rule matches.
+        engine.default allows what no rule matches. At an address [names] private keeps
+        names from, only the names of rules with `private = true` count, either way.
         """
-        if not self.verify or self.settings.default == ALLOW:
+        if self.settings.default == ALLOW:
             return True
         policies = self.policies
         # An internal address a name is kept from: only rules with `private = true` count.
-        dest = dest._replace(guarded=self.kept_from(dest) is not PUBLIC)
+        kept = self.kept_from(dest) is not PUBLIC
+        if not self.verify:
+            if not kept or policies.private_names_hold(client.policies, dest.proto,
+                                                       dest.port):
+                return True
+            found, _shadowed = policies.address_match(client.policies, dest)
+            return found is not None and found.rule.action == ALLOW
+        dest = dest._replace(guarded=kept)
         for name, _evidence in dest.names:
             found = policies.first_match(client.policies, dest._replace(names=((name, SNI),)))
             if found is not None and found.rule.action == ALLOW:

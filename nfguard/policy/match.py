@@ -121,6 +121,8 @@ class CompiledPolicy:
         self._first_name_rule: dict[tuple[str, int], int] = {}
         # ... and whether a name nobody could read might have been a denied one.
         self.deny_name_rules = [p for p in self.name_rules if policy.rules[p].action == DENY]
+        # ... and, at an address names are kept from, which names may still lead there.
+        self.private_rules = [p for p in self.name_rules if policy.rules[p].private]
         self._first_deny_name_rule: dict[tuple[str, int], int] = {}
         for position, rule in enumerate(policy.rules):
             if rule.any_destination:
@@ -266,6 +268,15 @@ class CompiledPolicySet:
             if found is not None:
                 return found, shadowed
         return None, shadowed
+
+    def private_names_hold(self, policy_names: Iterable[str], proto: str, port: int) -> bool:
+        """Whether a rule with `private = true` of these policies holds for proto/port: at
+        an address names are kept from, the only names that could still allow."""
+        for name in policy_names:
+            policy = self.policies[name]
+            if any(policy.rules[p].allows_port(proto, port) for p in policy.private_rules):
+                return True
+        return False
 
     def walk(self, policy_names: Iterable[str],
              dest: Destination) -> Iterator[tuple[CompiledPolicy, RuleMatch | None]]:

@@ -418,3 +418,20 @@ def test_audit_mode_records_the_refusal() -> None:
     decision = decide(private_engine("deny", mode="audit"), syn("10.0.0.5"), None, API)
     assert (decision.action, decision.verdict, decision.reason) == (
         "deny", "allow", "name_private_address")
+
+
+def test_with_verify_off_only_an_opted_in_rule_makes_a_flow_inside_wait() -> None:
+    """Any name may be presented then, but inside only a rule with private = true could
+    allow it: without one the SYN is decided, so not even a handshake reaches inside."""
+    packet = parse_packet(syn("10.0.0.5", 80))
+    engine = private_engine("deny")
+    engine.verify = False
+    assert engine.assess(packet, None, API) is None  # corp's names (private) hold on 80
+    decided = engine.assess(parse_packet(syn("10.0.0.5", 5001)), None, API)
+    assert decided is not None and decided.action == "deny"
+    policies = CompiledPolicySet(parse_policy_texts([("r.toml", PRIVATE_NAMES.replace(
+        "private = true", "private = false"))]))
+    strict = Engine(EngineConfig(), policies, verify=False, private="deny")
+    refused = strict.assess(packet, None, API)
+    assert refused is not None and refused.reason == "name_private_address"
+    assert strict.assess(parse_packet(syn("8.8.8.8", 80)), None, API) is None
