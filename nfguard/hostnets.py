@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 import psutil  # type: ignore[import-untyped]
 
 from nfguard.lru import Memo
-from nfguard.policy.internal import Internal, Network, classify, network
+from nfguard.policy.internal import Internal, Network, address_of, classify, network
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ class HostNetworks:
         self.clock = clock
         self.networks: tuple[Network, ...] = ()
         self._kinds: Memo[tuple[int, int], Internal] = Memo(MAX_REMEMBERED)
+        self._texts: Memo[str, Internal] = Memo(MAX_REMEMBERED)
         self._checked_at: float | None = None
         self.tend()
 
@@ -153,6 +154,7 @@ class HostNetworks:
             return False
         self.networks = networks
         self._kinds = Memo(MAX_REMEMBERED)
+        self._texts = Memo(MAX_REMEMBERED)
         log.info("this host's networks: %s", self.describe())
         return True
 
@@ -165,9 +167,11 @@ class HostNetworks:
         return found
 
     def kind_of(self, ip: str) -> Internal:
-        """`kind` of an address in text (as DNS answers give them)."""
-        parsed = ipaddress.ip_address(ip)
-        return self.kind(parsed.version, int(parsed))
+        """`kind` of an address in text (as DNS answers give them), remembered too."""
+        found = self._texts.get(ip)
+        if found is None:
+            found = self._texts.put(ip, self.kind(*address_of(ip)))
+        return found
 
     def describe(self) -> str:
         return ", ".join(_text(n) for n in self.networks) or "none"
