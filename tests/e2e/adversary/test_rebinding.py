@@ -107,7 +107,7 @@ except OSError as exc:
 
 def send(lab: Lab, ip: str, how: str, name: str) -> str:
     return lab.exec(lab.client, sys.executable, "-c", SEND, ip, str(PORT_OF[how]), how, name,
-                    MARKER.decode()).stdout.strip()
+                    MARKER.decode(), timeout=30 * SLOWDOWN).stdout.strip()
 
 
 def host_inside(lab: Lab, *addresses: str) -> None:
