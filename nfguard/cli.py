@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="list what this policy would deny (flows) or refuse (queries)")
     suggest.add_argument("--default", choices=("deny", "allow"), default="deny",
                          help="engine.default assumed with --policy (default deny)")
+    suggest.add_argument("--private", choices=("allow", "deny"), default="allow",
+                         help="[names] private assumed with --policy (default allow)")
     suggest.add_argument("--min-siblings", type=int, default=3, metavar="N",
                          help="names under one registrable domain that collapse into a "
                          "wildcard (default 3; 0 never)")
@@ -237,6 +239,7 @@ def _suggest(args: argparse.Namespace) -> int:
 
     from nfguard import suggest
     from nfguard.config import SYSTEM_RESOLVERS
+    from nfguard.hostnets import HostNetworks
     from nfguard.names.resolvers import TrustedServers
     from nfguard.policy.load import load_policy_dir
 
@@ -262,14 +265,17 @@ def _suggest(args: argparse.Namespace) -> int:
     if not read.flows and not read.queries:
         print("nfguard suggest: no flows found", file=sys.stderr)
     resolvers = TrustedServers(SYSTEM_RESOLVERS).serves  # "@resolvers": this host's
+    hostnets = HostNetworks()  # this host's networks are inside too
     if policies is not None:
-        found = suggest.denied(read.flows, policies, args.default, resolvers, read.queries)
+        found = suggest.denied(read.flows, policies, args.default, resolvers, read.queries,
+                               args.private, hostnets.kind)
         total = len(suggest.with_carriers(read.flows, read.queries))
         refused = suggest.refused(read.queries, policies, args.default) if read.queries else None
         print(suggest.render_denied(found, total, args.policy, args.default, refused,
                                     len(read.queries)), end="")
     else:
-        print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries), end="")
+        print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries,
+                              hostnets.kind_of), end="")
     return 0
 
 

@@ -14,7 +14,8 @@ from typing import Any
 from nfguard.config import Config
 from nfguard.engine import SNI, Engine
 from nfguard.policy.build import build_engine
-from nfguard.policy.match import destination_names
+from nfguard.policy.internal import PUBLIC
+from nfguard.policy.match import Destination, destination_names
 from nfguard.policy.model import ALLOW, IMAGE_ID_PREFIX, Mode
 from nfguard.policy.patterns import normalize_name
 from nfguard.policy.resolve import Queries, QueryEvidence, QueryJudge, QueryMatch
@@ -144,6 +145,7 @@ def _explain_one(
         dest = engine.destination(packet, destination_names(names))
         if dest.resolver:
             out.append(f"  {address} is one of the host's DNS resolvers (@resolvers)")
+        out.extend(_inside(engine, address, dest))
         for policy, found in engine.policies.walk(client.policies, dest):
             name = policy.policy.name
             if found is None:
@@ -168,6 +170,21 @@ def _explain_one(
     out.append(f"  decision: {decision.action} ({decision.reason}, evidence {decision.evidence})"
                f"; mode {decision.mode}, the kernel is told {decision.verdict}")
     return out
+
+
+def _inside(engine: Engine, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+            dest: Destination) -> list[str]:
+    """Whether the address is inside, and whether [names] private keeps a name alone from
+    it (the DNS rebinding guard)."""
+    kind = engine.internal(dest.version, dest.address)
+    if kind is PUBLIC:
+        return []
+    setting = f'[names] private = "{engine.private}"'
+    if engine.kept_from(dest) is PUBLIC:
+        return [f"  {address} is inside ({kind}); {setting} lets names reach it"]
+    return [f"  {address} is inside ({kind}): {setting} keeps a name alone from it; only a "
+            "rule with private = true, or one naming the address (CIDR), reaches it "
+            "(name_private_address)"]
 
 
 def _process(exe: str | None, user: str | None) -> ProcessInfo | None:

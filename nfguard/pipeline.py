@@ -33,6 +33,7 @@ from nfguard import marks
 from nfguard.audit import AuditLog, audit_event
 from nfguard.config import NamesConfig
 from nfguard.engine import DNS, Decision, Engine
+from nfguard.hostnets import HostNetworks, no_networks
 from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names.cache import NameCache
@@ -86,6 +87,7 @@ class Pipeline:
         peers: Peers | None = None,
         trusted: TrustedServers | None = None,
         refusals: Refusals | None = None,
+        hostnets: HostNetworks | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
         self.attributor = attributor  # None: flows are decided without knowing the sender
@@ -97,12 +99,15 @@ class Pipeline:
         # Gives a held packet its verdict later: (token, mark); the queue adapter's.
         self.release = release or _no_release
         self._udp_decided: OrderedDict[tuple, tuple[float, Any, int]] = OrderedDict()
+        # This host's networks ([names] private), read from the kernel by the daemon's
+        # loop (`tend`); by default none: only the fixed ranges are inside.
+        self.hostnets = hostnets or HostNetworks(no_networks)
         # DNS answers: the names they teach; the host's resolvers: whose answers teach,
         # and the engine's "@resolvers".
         self.learner = Learner(
             names if names is not None else make_name_cache(self.settings),
             trusted or TrustedServers(self.settings.resolvers, clock=clock),
-            stats, clock, peers)
+            stats, clock, peers, self.hostnets.kind_of)
         self.names: NameCache = self.learner.names
         self.trusted: TrustedServers = self.learner.trusted
         self.learn = self.learner.learn

@@ -55,6 +55,8 @@ def render_status(status: dict[str, Any]) -> str:
                  f"{names['misses']} misses, {names['evictions']} evictions")
     lines.append(f"DNS answers:  taught by {names['resolvers']}; "
                  f"{names['untrusted_answers']} from other servers, not learnt")
+    if s.get("private") is not None:
+        lines += _private(s["private"])
     if s["attribution"] is not None:
         a = s["attribution"]
         lines.append(f"attribution:  {a.get('lookups', 0)} lookups, {a.get('recorded', 0)} "
@@ -74,6 +76,21 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"    {_when(at)} {first}")
             lines += [f"      {line}" for line in more]
     return "\n".join(lines) + "\n"
+
+
+def _private(private: dict[str, Any]) -> list[str]:
+    """The DNS rebinding guard ([names] private) and the bindings to internal addresses."""
+    reach = ("names lead nowhere inside" if private["setting"] == "deny" else
+             "names lead inside, never to loopback, link-local or metadata addresses")
+    bindings = private["bindings"]
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(bindings.items()))
+    counted = (f"DNS bound names to internal addresses {_count(sum(bindings.values()), 'time')}"
+               f" ({kinds}); last {private['last']}" if bindings
+               else "DNS bound no name to an internal address")
+    return [f"private:      [names] private = \"{private['setting']}\": {reach} (but by a rule "
+            "with private = true or a CIDR)",
+            f"  {counted}",
+            f"  this host's networks: {private['networks']}"]
 
 
 def _ruleset(guard: dict[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ from nfguard.policy.source import SourceMap
 _TOP_KEYS = ("client", "policy")
 _CLIENT_KEYS = ("name", "match", "policies", "mode", "queries")
 _POLICY_KEYS = ("name", "rule")
-_RULE_KEYS = ("name", "action", "to", "resolve", "ports", "proto")
+_RULE_KEYS = ("name", "action", "to", "resolve", "ports", "proto", "private")
 _TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 _AT_END = re.compile(r"\(at end of document\)")
 
@@ -244,11 +244,30 @@ class _Builder:
                 if key in raw:
                     source.problem((*path, key), f"{key} does not apply to a rule with "
                                    "'resolve' and no 'to': it allows or denies no connection")
+        private = self._private(source, path, raw, action, names)
         if len(self.problems) > before or action is None:
             return None
         name = f"{policy}/{label}" if label is not None else f"{policy}/#{index + 1}"
         return Rule(policy, name, action, networks, names, ports, ranges, proto,
-                    source.location(path), resolvers, resolve)
+                    source.location(path), resolvers, resolve, private)
+
+    @staticmethod
+    def _private(source: _Source, path: tuple, raw: dict[str, Any], action: str | None,
+                 names: tuple[NamePattern, ...]) -> bool:
+        """`private = true`: the rule's names may lead to internal addresses. Only an allow
+        rule with names in `to` has any: elsewhere the key would promise what it cannot."""
+        if "private" not in raw:
+            return False
+        value = raw["private"]
+        if not isinstance(value, bool):
+            source.problem((*path, "private"), "private must be true or false")
+            return False
+        if value and (action != "allow" or not names):
+            has = "no names in `to`" if action == "allow" else f'action = "{action}"'
+            source.problem((*path, "private"), "private = true lets an allow rule's names "
+                           f"lead to internal addresses: this rule has {has}")
+            return False
+        return value
 
     def _destinations(
         self, source: _Source, path: tuple, raw: dict[str, Any]

@@ -46,6 +46,9 @@ class Destination(NamedTuple):
     port: int
     names: tuple[tuple[str, str], ...] = ()  # (normalised name, evidence: dns | sni | host ...)
     resolver: bool = False  # the address is one of the host's DNS resolvers ("@resolvers")
+    # The address is inside where [names] private keeps names out: a name matches only
+    # deny rules and rules with `private = true` (engine: the DNS rebinding guard).
+    guarded: bool = False
 
 
 class RuleMatch(NamedTuple):
@@ -96,6 +99,8 @@ class CompiledPolicy:
         self._first_name_rule: dict[tuple[str, int], int] = {}
         # ... and whether a name nobody could read might have been a denied one.
         self.deny_name_rules = [p for p in self.name_rules if policy.rules[p].action == DENY]
+        # ... and, at an address names are kept from, which names may still lead there.
+        self.private_rules = [p for p in self.name_rules if policy.rules[p].private]
         self._first_deny_name_rule: dict[tuple[str, int], int] = {}
         for position, rule in enumerate(policy.rules):
             if rule.any_destination:
@@ -125,9 +130,12 @@ class CompiledPolicy:
             positions = table.get(address & mask)
             if positions:
                 best_position = _first_holding(rules, positions, best_position, proto, port)
+        guarded = dest.guarded
         for name, name_evidence in dest.names:
             for position in self.names.lookup(name):
-                if position < best_position and rules[position].allows_port(proto, port):
+                if position < best_position and rules[position].allows_port(proto, port) and (
+                        not guarded or rules[position].private
+                        or rules[position].action == DENY):
                     best_position = position
                     evidence, matched_name = name_evidence, name
         if best_position == len(rules):
@@ -239,6 +247,15 @@ class CompiledPolicySet:
             if found is not None:
                 return found, shadowed
         return None, shadowed
+
+    def private_names_hold(self, policy_names: Iterable[str], proto: str, port: int) -> bool:
+        """Whether a rule with `private = true` of these policies holds for proto/port: at
+        an address names are kept from, the only names that could still allow."""
+        for name in policy_names:
+            policy = self.policies[name]
+            if any(policy.rules[p].allows_port(proto, port) for p in policy.private_rules):
+                return True
+        return False
 
     def walk(self, policy_names: Iterable[str],
              dest: Destination) -> Iterator[tuple[CompiledPolicy, RuleMatch | None]]:

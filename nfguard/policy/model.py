@@ -79,6 +79,9 @@ class Rule(NamedTuple):
     # Names the client may resolve (allow) or is refused (deny) by this rule, without
     # connecting: they never match a flow (see policy.resolve).
     resolve: tuple[NamePattern, ...] = ()
+    # Its names may lead to internal addresses ([names] private; nfguard.policy.internal):
+    # the rule names a service inside, whose DNS the operator trusts.
+    private: bool = False
 
     @property
     def any_destination(self) -> bool:

@@ -17,6 +17,7 @@ class Rule(NamedTuple):
     to: tuple[str, ...] = ()  # () = anywhere
     ports: tuple[int, ...] = ()  # () = any port
     proto: str = ""  # "" = any protocol
+    private: bool = False  # its names may lead to internal addresses ([names] private)
 
     def toml(self) -> str:
         lines = ["[[policy.rule]]"]
@@ -25,6 +26,7 @@ class Rule(NamedTuple):
         lines += [f"to = {json.dumps(list(self.to))}"] if self.to else []
         lines += [f"ports = {json.dumps(list(self.ports))}"] if self.ports else []
         lines += [f"proto = {json.dumps(self.proto)}"] if self.proto else []
+        lines += ["private = true"] if self.private else []
         return "\n".join(lines)
 
 
@@ -37,8 +39,9 @@ class Policy(NamedTuple):
                            + [rule.toml() for rule in self.rules])
 
 
-def allow(name: str, *to: str, ports: tuple[int, ...] = (), proto: str = "") -> Rule:
-    return Rule(name, "allow", to, ports, proto)
+def allow(name: str, *to: str, ports: tuple[int, ...] = (), proto: str = "",
+          private: bool = False) -> Rule:
+    return Rule(name, "allow", to, ports, proto, private)
 
 
 def deny(name: str, *to: str) -> Rule:

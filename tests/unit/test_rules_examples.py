@@ -89,10 +89,10 @@ def test_check_passes_on_copies(tmp_path: Path, capsys: pytest.CaptureFixture[st
 RESOLVER = "10.0.0.53"  # the host's resolver, as the engines below are told
 
 
-def engine_for(tier: str, default: str = "allow") -> Engine:
+def engine_for(tier: str, default: str = "allow", private: str = "allow") -> Engine:
     return Engine(EngineConfig(default=default),
                   CompiledPolicySet(load_policy_files([RULES / f"{tier}.toml"])),
-                  resolvers=lambda ip: ip == RESOLVER)
+                  resolvers=lambda ip: ip == RESOLVER, private=private)
 
 
 def decision(engine: Engine, dst: str, port: int, proto: str = "tcp", name: str | None = None,
@@ -167,6 +167,14 @@ def test_ci_runner_tier() -> None:
     assert decision(engine, PUBLIC, 22, name="github.com") == "allow"
     assert decision(engine, PUBLIC, 443, name="paste.example.com") == "deny"
     assert decision(engine, PUBLIC, 443) == "deny"
+    # The internal registry's name leads inside (private = true); a public one's does not.
+    for private in ("allow", "deny"):
+        engine = engine_for("tier-ci-runner", default="deny", private=private)
+        assert decision(engine, "10.20.0.5", 443, name="registry.ci.internal.example") == \
+            "allow"
+        assert decision(engine, "169.254.169.254", 443, name="pypi.org") == "deny"
+        assert decision(engine, "10.20.0.5", 443, name="pypi.org") == (
+            "allow" if private == "allow" else "deny")
 
 
 # ---------------------------------------------------------------- which names they resolve

@@ -100,3 +100,22 @@ def test_ruleset_watch() -> None:
     assert " in 12.3 ms (1 flow made meanwhile cut), after nft (pid 77):\n" \
         "  table inet nfguard deleted\n  table ip security deleted\n" in text
     assert "ruleset:" not in render_status(answer(ruleset=None)), "a worker has no watch"
+
+
+def test_private_names_line() -> None:
+    """[names] private, what DNS bound to internal addresses, and the host's networks."""
+    assert "private:" not in render_status(answer())  # an older daemon's answer
+    text = render_status(answer(private={
+        "setting": "allow", "bindings": {"private": 3, "metadata": 1},
+        "last": "api.example.com -> 169.254.169.254 (metadata)",
+        "networks": "192.0.2.0/24, fd00::/64"}))
+    assert ('private:      [names] private = "allow": names lead inside, never to loopback, '
+            "link-local or metadata addresses (but by a rule with private = true or a CIDR)\n"
+            ) in text
+    assert ("  DNS bound names to internal addresses 4 times (metadata 1, private 3); last "
+            "api.example.com -> 169.254.169.254 (metadata)\n") in text
+    assert "  this host's networks: 192.0.2.0/24, fd00::/64\n" in text
+    quiet = render_status(answer(private={"setting": "deny", "bindings": {}, "last": "",
+                                          "networks": "none"}))
+    assert '[names] private = "deny": names lead nowhere inside' in quiet
+    assert "  DNS bound no name to an internal address\n" in quiet

@@ -8,7 +8,7 @@ import pytest
 
 from nfguard.policy.load import PolicyError, load_policy_dir, parse_policy_texts
 from nfguard.policy.model import PortRange
-from tests.unit.policies import QUERIES
+from tests.unit.policies import PRIVATE_NAMES, QUERIES
 
 
 def problems_of(*documents: tuple[str, str]) -> list[str]:
@@ -198,7 +198,7 @@ baz = 3
         "cgroup, parent_exe, sha256, interface, container, image, source)",
         "p.toml:9: unknown key 'bar' in [[policy]] (allowed: name, rule)",
         "p.toml:12: unknown key 'baz' in [[policy.rule]] (allowed: name, action, to, "
-        "resolve, ports, proto)",
+        "resolve, ports, proto, private)",
     ]
 
 
@@ -617,3 +617,25 @@ match = { source = %s }
     for bad in ("[]", "[42]", "true"):
         assert only_problem(body % bad, "gw.toml").startswith(
             "gw.toml:10: match.source takes CIDRs and addresses"), bad
+
+
+def test_private_opts_an_allow_rules_names_in() -> None:
+    rules = {rule.name: rule for policy in parse_policy_texts(
+        [("p.toml", PRIVATE_NAMES)]).policies.values() for rule in policy.rules}
+    assert rules["web/corp"].private is True
+    assert rules["web/api"].private is False and rules["web/db-net"].private is False
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ('action = "allow"\nto = ["a.example"]\nprivate = "yes"',
+     "p.toml:7: private must be true or false"),
+    ('action = "deny"\nto = ["a.example"]\nprivate = true',
+     "p.toml:7: private = true lets an allow rule's names lead to internal addresses: "
+     "this rule has action = \"deny\""),
+    ('action = "allow"\nto = ["10.0.0.0/8"]\nprivate = true',
+     "p.toml:7: private = true lets an allow rule's names lead to internal addresses: "
+     "this rule has no names in `to`"),
+])
+def test_private_where_it_means_nothing_is_an_error(rule: str, message: str) -> None:
+    text = f'[[policy]]\nname = "p"\n\n[[policy.rule]]\n{rule}\n'
+    assert only_problem(text) == message
