@@ -777,7 +777,7 @@ def test_bindings_to_internal_addresses_are_counted_by_kind(tmp_path: Path) -> N
                              rdata="db.corp.example"),
                        DNSRR(rrname="db.corp.example", type="A", ttl=300, rdata="10.0.0.5"),
                        qname="www.github.com")
-    assert pipeline.handle(chain, marks.QUEUED, LOCAL_IN) == marks.ALLOW
+    assert pipeline.handle(chain, marks.ANSWER, LOCAL_IN) == marks.ALLOW
     assert stats.dns_private == {"private": 2}  # both names of the chain are bound there
     assert stats.dns_private_last in ("www.github.com -> 10.0.0.5 (private)",
                                       "db.corp.example -> 10.0.0.5 (private)")
@@ -785,7 +785,7 @@ def test_bindings_to_internal_addresses_are_counted_by_kind(tmp_path: Path) -> N
                      ("::ffff:127.0.0.1", "loopback"), (GH, None)):
         qtype = "AAAA" if ":" in ip else "A"
         pipeline.handle(dns_answer(DNSRR(rrname="x.example", type=qtype, ttl=300, rdata=ip),
-                                   qname="x.example", qtype=qtype), marks.QUEUED, LOCAL_IN)
+                                   qname="x.example", qtype=qtype), marks.ANSWER, LOCAL_IN)
         if kind is not None:
             assert stats.dns_private[kind] == 1
             assert stats.dns_private_last == f"x.example -> {ip} ({kind})"
