@@ -18,6 +18,11 @@ DENY = 0x20000000
 # again. In a packet mark coming to the engine (with QUEUED), "this flow is pending".
 PENDING = 0x30000000
 QUEUED = 0x40000000  # packet mark only: "this packet is on its way to the engine"
+# In the ct mark only: PENDING set by the ruleset itself at a flow's SYN (its destination
+# in the one-trip sets, see nfguard.onetrip), so the engine has not seen the flow yet; its
+# first verdict (PENDING, ALLOW or DENY) clears the extra bit. The rules read the verdict
+# field alone, so such a flow is pending to them.
+KERNEL_PENDING = PENDING | QUEUED
 # With QUEUED on a forwarded packet: "a DNS answer on its way to a container", which the
 # engine learns from instead of judging (on LOCAL_IN the hook says so already).
 ANSWER = QUEUED | ALLOW

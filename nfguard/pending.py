@@ -343,6 +343,9 @@ class FlowTable:
     def __len__(self) -> int:
         return len(self._flows)
 
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._flows
+
     @property
     def holding(self) -> int:
         """Flows that hold packets now."""

@@ -19,12 +19,13 @@ Three kinds of packet come here:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 from nfguard import marks
 from nfguard.audit import AuditLog, audit_event
@@ -39,6 +40,7 @@ from nfguard.names.peers import Peers
 from nfguard.names.queries import QueryPath
 from nfguard.names.resolvers import TrustedServers
 from nfguard.names.streams import bound, flow_key
+from nfguard.onetrip import OneTrip
 from nfguard.pending import (
     FlowTable,
     Named,
@@ -66,12 +68,17 @@ UDP_DECIDED_FOR = 2.0  # seconds: enough for the kernel to confirm the first's e
 MAX_DNS_FLOWS = 4096  # flows to DNS servers whose verdict their later queries meet (LRU)
 DNS_FLOW_IDLE = 30.0  # seconds: idle longer, the kernel's entry may be gone (a new flow)
 _SYN = 0x02
+UNSEEN_INTERVAL = 1.0  # seconds between looks at flows the kernel made pending (one trip)
 
 
 class Pipeline:
     # Writes verdicts into flows' ct marks, by flow key (nfguard.undecided.set_verdicts);
     # None: not at all (tests without a kernel).
     set_verdicts: Callable[[list[tuple[Hashable, int]]], object] | None = None
+    # The flows the ruleset made pending at their SYN (marks.KERNEL_PENDING) that no
+    # packet has brought to the engine yet, as (flow key, when it opened at the latest)
+    # (nfguard.undecided.kernel_pending); None: not looked at (tests without a kernel).
+    kernel_pending: Callable[[], list[tuple[Hashable, float]]] | None = None
 
     def __init__(
         self, engine: Engine, audit: AuditLog, stats: Stats,
@@ -108,6 +115,19 @@ class Pipeline:
         self.queries = QueryPath(stats, self.write, lambda token, mark: self.release(token, mark),
                                  refusals, self.settings.queries, clock)
         self._dns_flows: OrderedDict[tuple, tuple[float, Engine, Any, int]] = OrderedDict()
+        self.one_trip: OneTrip | None = None  # the kernel's one-trip sets (use_one_trip)
+        self._unseen: dict[Hashable, float] = {}  # kernel-pending flow -> opened at the latest
+        self._next_unseen = 0.0
+        # Audit events wait here when deferred (defer_events): the verdict leaves first,
+        # then flush_events builds and writes them, in the same process.
+        self.defer_events = False
+        self._deferred: list[tuple[Decision, Packet | None, float, ProcessInfo | None]] = []
+
+    def use_one_trip(self, one_trip: OneTrip) -> None:
+        """Keep the kernel's one-trip sets after what DNS teaches and the policy allows."""
+        self.one_trip = one_trip
+        self.learner.listener = lambda held, now: one_trip.learnt(self.engine.policies,
+                                                                  held, now)
 
     @property
     def peers(self) -> Peers | None:
@@ -185,7 +205,26 @@ class Pipeline:
     def record(self, decision: Decision, packet: Packet | None,
                now: float | None = None, process: ProcessInfo | None = None) -> None:
         self.stats.count(decision)
-        self.write(audit_event(decision, packet, self.clock() if now is None else now, process))
+        when = self.clock() if now is None else now
+        if self.defer_events:
+            self._deferred.append((decision, packet, when, process))
+        else:
+            self.write(audit_event(decision, packet, when, process))
+
+    def flush_events(self) -> None:
+        """Build and write the deferred audit events (after their verdicts left)."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        self._deferred = []
+        for decision, packet, when, process in deferred:
+            try:
+                event = audit_event(decision, packet, when, process)
+            except Exception:
+                self.stats.errors += 1
+                log.exception("cannot build an audit event")
+                continue
+            self.write(event)
 
     def write(self, event: dict[str, Any]) -> None:
         try:
@@ -345,12 +384,17 @@ class Pipeline:
         opened that long ago and sent nothing to read. The latter's verdicts go into their
         ct marks at once (`set_verdicts`): their bare segments pass in the kernel, and no
         packet of theirs may come to carry the verdict."""
-        if not self.flows.waiting:
-            return 0
         now = self.clock() if now is None else now
+        if self.one_trip is not None:
+            self.one_trip.tend(self.engine.policies, self.names.live)
+        unseen = self._unseen_silent(now) if self.kernel_pending is not None else []
+        if not self.flows.waiting and not unseen:
+            self.flush_events()
+            return 0
         timeout = self.settings.hello_timeout
         expired = self.flows.expired(now, timeout)
         silent = self.flows.silent(now, timeout)
+        silent += [flow for flow in unseen if flow not in silent]
         for flow in (*expired, *silent):
             self.stats.hello_timeouts += 1
             self._settle(flow, flow.give_up(Why.HELLO_TIMEOUT))
@@ -360,7 +404,41 @@ class Pipeline:
             except Exception:
                 self.stats.errors += 1
                 log.exception("cannot set the verdicts of flows that sent nothing")
+        self.flush_events()
         return len(expired) + len(silent)
+
+    def _unseen_silent(self, now: float) -> list[PendingFlow]:
+        """Flows the ruleset made pending at their SYN that have sent nothing the engine
+        saw for hello_timeout: tracked now, to be decided like the engine's own silent
+        flows. Looked at every UNSEEN_INTERVAL: a flow is decided within that of its
+        hello_timeout (its bare segments pass meanwhile, nothing else)."""
+        if now < self._next_unseen:
+            return []
+        self._next_unseen = now + UNSEEN_INTERVAL
+        assert self.kernel_pending is not None
+        try:
+            listing = self.kernel_pending()
+        except Exception:
+            self.stats.errors += 1
+            log.exception("cannot list the flows the ruleset made pending")
+            return []
+        known, previous = self.flows, self._unseen
+        unseen: dict[Hashable, float] = {}
+        for key, opened in listing:
+            if key not in known:
+                unseen[key] = min(opened, previous.get(key, opened))
+        self._unseen = unseen
+        timeout = self.settings.hello_timeout
+        found = []
+        for key, opened in unseen.items():
+            if now - opened >= timeout:
+                packet = _packet_of(key)
+                names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
+                flow = PendingFlow(key, packet, names, self._sender(packet, None, 0))
+                found.append(self._track(flow, opened))
+        for flow in found:
+            del unseen[flow.key]
+        return found
 
 
 def _identity(process: ProcessInfo | None) -> Any:
@@ -370,6 +448,13 @@ def _identity(process: ProcessInfo | None) -> Any:
 
 def _bits(decision: Decision) -> int:
     return marks.ALLOW if decision.verdict == ALLOW else marks.DENY
+
+
+def _packet_of(key: Hashable) -> Packet:
+    """A flow's opening as its key tells it (no bytes: for a flow the engine never saw)."""
+    proto, src, sport, dst, dport = cast(tuple[int, str, int, str, int], key)
+    address = ipaddress.ip_address(dst)
+    return Packet(address.version, proto, src, dst, sport, dport, int(address), 0, 0, 0)
 
 
 def _loopback(ip: str) -> bool:

@@ -14,6 +14,7 @@ from nfguard.nft import NATIVE, XT, render
 
 REPO = Path(__file__).resolve().parents[2]
 XT_BINARIES = {("iptables-nft", "ip6tables-nft"), ("iptables", "ip6tables")}
+ONE_TRIP_JUMP = "ct state new ct mark & 0x30000000 == 0 meta l4proto tcp jump one_trip"
 
 
 def hexmark(value: int) -> str:
@@ -488,7 +489,8 @@ def test_new_flows_and_dns_answers_are_metered_before_the_queue(path: str) -> No
     output = chain_lines(text, "output")
     meter = ("ct state new update @new_flows_per_user { meta skuid limit rate over "
              "2000/second burst 4000 packets } counter name new_flows_over_limit drop")
-    assert output.index(meter) == output.index("jump egress") - 1
+    assert output.index(meter) == output.index(ONE_TRIP_JUMP) - 1
+    assert output.index(ONE_TRIP_JUMP) == output.index("jump egress") - 1
     assert chain_lines(text, "answer") == [
         'iifname "lo" fib saddr type != local counter name forged_answers_dropped drop',
         'iifname != "lo" fib saddr . iif oif missing counter name forged_answers_dropped drop',
@@ -552,8 +554,8 @@ def test_locally_sent_replies_pass_before_the_egress_checks(path: str) -> None:
     conntrack as a related reply: judged by `egress`, the flow's DENY would drop it (the
     container or loopback client would wait for a timeout instead of failing at once)."""
     output = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
-    assert output.index("ct direction reply accept") == output.index("jump egress") - 2
-    assert "new_flows_per_user" in output[output.index("jump egress") - 1]
+    assert output.index("ct direction reply accept") == output.index(ONE_TRIP_JUMP) - 2
+    assert "new_flows_per_user" in output[output.index(ONE_TRIP_JUMP) - 1]
 
 
 def _listing(*chains: tuple[str, str | None], rules: tuple[str, ...] = (),
@@ -663,3 +665,25 @@ def test_the_xt_queue_rules_leave_the_engines_refusals_alone() -> None:
               f"{hexmark(marks.INJECTED)}/{hexmark(marks.MASK)}")
     for rule in rules:
         assert any(rule.spec[i:i + len(unless)] == unless for i in range(len(rule.spec)))
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_a_bare_syn_to_a_one_trip_destination_is_made_pending_by_the_kernel(path: str) -> None:
+    """Only the host's own new TCP flows without a verdict, not DNS, only to the sets'
+    destinations, and only a SYN that carries nothing: it gets KERNEL_PENDING and passes;
+    anything else returns to the engine's path."""
+    text = render(EngineConfig(), path).nft
+    assert ONE_TRIP_JUMP in chain_lines(text, "output")
+    assert "one_trip" not in "".join(chain_lines(text, "egress"))
+    lookups = chain_lines(text, "one_trip")
+    assert lookups[0] == "tcp dport 53 return"
+    assert all(line.endswith("goto one_trip_syn") for line in lookups[1:])
+    assert {line.split("@")[1].split()[0] for line in lookups[1:]} == set(nft.ONE_TRIP_SETS)
+    syn = chain_lines(text, "one_trip_syn")
+    pending = f"ct mark set ct mark & 0x8fffffff | 0x{marks.KERNEL_PENDING:08x} accept"
+    settling = [line for line in syn if line.endswith(pending)]
+    assert len(settling) == 4 and all(" length " in line and "doff" in line
+                                      for line in settling)
+    assert syn[:3] == ["tcp flags & (fin | syn | rst | psh | ack | urg) != syn return",
+                       "tcp urgptr != 0 return", "@th,100,3 != 0 return"]
+    assert marks.KERNEL_PENDING & marks.VERDICT_MASK == marks.PENDING
