@@ -86,3 +86,16 @@ def names_policy(*ports: int, dns_to: tuple[str, ...] = LAB_DNS, queries: str = 
     """Policy "names": DNS (to `dns_to`) and allowed.test on `ports`, then "deny-rest"."""
     return everyone(policy("names", dns(*dns_to), allow("allowed", "allowed.test", ports=ports)),
                     DENY_REST, queries=queries)
+
+
+def names_for_exe(exe: str, *ports: int) -> str:
+    """Client "named" (the program `exe`): policy "names" (DNS and allowed.test on `ports`),
+    then "deny-rest"; everyone else ("others"): the lab's DNS only, then "deny-rest"."""
+    named = ["[[client]]", 'name = "named"', f"match = {{ exe = {json.dumps(exe)} }}",
+             'policies = ["names", "deny-rest"]', 'queries = "any"']
+    others = ["[[client]]", 'name = "others"', 'policies = ["dns-only", "deny-rest"]',
+              'queries = "any"']
+    policies = (policy("names", dns(), allow("allowed", "allowed.test", ports=ports)),
+                policy("dns-only", dns()), DENY_REST)
+    return "\n\n".join(["\n".join(named), "\n".join(others)]
+                       + [p.toml() for p in policies]) + "\n"
