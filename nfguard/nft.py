@@ -53,8 +53,8 @@ COUNTERS = {
     "sockets, malformed headers) dropped on the egress paths",
     "verdicts_without_conntrack": "Packets the engine gave a verdict that no conntrack entry "
     "could keep, dropped",
-    "pending_replies_dropped": "Replies to flows waiting for a name that carried more than "
-    "a bare TCP segment (payload, options), dropped",
+    "pending_replies_dropped": "Replies to flows waiting for a name (or cut) that carried "
+    "more than a bare TCP segment (payload, options), dropped",
     "link_control_dropped": "Neighbour discovery, MLD and IGMP packets out of their "
     "protocol's shape or over the report rate, dropped",
     "forged_answers_dropped": "DNS answers whose source is not reachable through the "
@@ -281,6 +281,7 @@ table inet {TABLE} {{
 \t\ttype filter hook input priority filter - 10; policy accept;
 \t\tmeta mark & {mask} == {injected} meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
 \t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
+\t\tct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} meta l4proto tcp jump pending_reply\t# a cut flow's server: no bytes either
 \t\ttcp sport 53 ct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} tcp flags & rst == rst accept\t# the reset of a cut DNS stream (a refused query): nothing to learn
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
 \t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
@@ -526,6 +527,7 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
 \t\ttype filter hook forward priority filter - 10; policy accept;
 \t\tiifname {names} ct state invalid,untracked counter name untracked_dropped drop\t# a container's raw socket (CAP_NET_RAW)
 {query}\t\tct direction reply oifname {names} ct mark & {ct_field} == {pending} jump pending_reply
+\t\tct direction reply oifname {names} ct mark & {ct_field} == 0x{marks.DENY:08x} meta l4proto tcp jump pending_reply
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
 \t\ttcp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}

@@ -150,6 +150,8 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
         f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} "
         f"meta mark set meta mark & {keep} accept",
         f"ct direction reply {pending} jump pending_reply",
+        f"ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.DENY)} "
+        "meta l4proto tcp jump pending_reply",
         f"tcp sport 53 ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == "
         f"{hexmark(marks.DENY)} tcp flags & rst == rst accept",  # a cut stream's reset
         "meta l4proto { tcp, udp } th sport 53 ct direction reply jump answer",
@@ -209,6 +211,11 @@ def test_a_pending_flows_replies_pass_only_bare_or_as_the_handshake(path: str) -
     pending = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)} "
                "jump pending_reply")
     assert chain_lines(text, "input")[2] == f"ct direction reply {pending}"
+    # and so does the server of a flow cut since (decided at hello_timeout, say)
+    cut = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.DENY)} meta l4proto tcp "
+           "jump pending_reply")
+    assert chain_lines(text, "input")[3] == f"ct direction reply {cut}"
+    assert f'ct direction reply oifname {{ "docker0" }} {cut}' in chain_lines(text, "forward")
     forward = chain_lines(text, "forward")
     assert f'ct direction reply oifname {{ "docker0" }} {pending}' in forward
     assert forward.index(f'ct direction reply oifname {{ "docker0" }} {pending}') < min(
@@ -358,6 +365,8 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
         # every DNS query of theirs, whatever its direction (never a "reply")
         f"iifname {names} meta l4proto {{ tcp, udp }} th dport 53 jump dns_query",
         f"ct direction reply oifname {names} {pending}",
+        f"ct direction reply oifname {names} ct mark & {hexmark(marks.VERDICT_MASK)} == "
+        f"{hexmark(marks.DENY)} meta l4proto tcp jump pending_reply",
         f"meta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} "
         "jump forwarded_answer",
         f"udp sport 53 ct direction reply oifname {names} meta mark set meta mark | "
