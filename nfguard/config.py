@@ -77,6 +77,9 @@ class NamesConfig:
     # Whether the names of the host's DNS queries are judged by the sender's policy
     # (Queries.POLICY) or every query passes (Queries.ANY); a client's `queries` overrides.
     queries: str = Queries.POLICY
+    # Whether a SYN to where a name rule may allow passes as pending in the kernel, so the
+    # flow crosses the queue once (nfguard.onetrip); off: every such SYN goes to the engine.
+    one_trip: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "hello_timeout": (float, None),
         "resolvers": (object, None),  # checked by _resolvers
         "queries": (str, QUERIES),
+        "one_trip": (bool, None),
     },
     "control": {"socket": (str, None)},
     "containers": {"docker_root": (str, None), "podman_root": (str, None),

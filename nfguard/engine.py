@@ -44,6 +44,7 @@ DEFAULT, DNS, SNI, QUIC, HOST = (Evidence.DEFAULT, Evidence.DNS, Evidence.SNI, E
                                  Evidence.HOST)
 
 QUIC_PORT = 443
+_NOBODY = object()  # no process asked about yet (see Engine.client_for)
 CLIENT_MEMO_MAX = 4096  # process identities whose client is remembered
 
 
@@ -73,6 +74,10 @@ class Engine:
         self.resolvers = resolvers
         self.verify = verify  # anti-fronting ([names] verify)
         self._clients: Memo[tuple | None, Client | None] = Memo(CLIENT_MEMO_MAX)
+        # The last process asked about, and its client: a flow's decisions ask twice, and
+        # the attributor hands out one ProcessInfo per process (immutable), so asking by
+        # identity spares building its match key again.
+        self._last: tuple[object, Client | None] = (_NOBODY, None)
 
     def decide(
         self,
@@ -221,11 +226,18 @@ class Engine:
     def client_for(self, process: Process | None) -> Client | None:
         """The first client whose match table holds for the process (clients are ordered).
         Remembered per process identity: one busy program opens flow after flow."""
+        last, client = self._last
+        if process is last:
+            return client
         key = None if process is None else match_key(process)
         if key in self._clients:
-            return self._clients[key]
-        return self._clients.put(
-            key, next((c for c in self.policies.clients if client_matches(c, process)), None))
+            client = self._clients[key]
+        else:
+            client = self._clients.put(
+                key, next((c for c in self.policies.clients if client_matches(c, process)),
+                          None))
+        self._last = (process, client)
+        return client
 
     def unparseable(self) -> Decision:
         """A packet we cannot read is never let through silently in enforce mode."""

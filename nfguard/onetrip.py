@@ -205,6 +205,7 @@ class OneTrip:
         self._seen_generation = generation()
         self._ports: dict[str, frozenset[int]] = {}  # name -> name_ports, per policy
         self._next_push = 0.0
+        self._failed = False
         self.pushes = 0
         self.failures = 0
 
@@ -218,19 +219,21 @@ class OneTrip:
             for port in self._name_ports(policies, name):
                 mirror.want(Element(_version(address), address, port), expiry, now)
 
-    def tend(self, policies: CompiledPolicySet,
+    def tend(self, policies: CompiledPolicySet | None,
              cached: Callable[[float], Iterable[tuple[str, str, float]]]) -> None:
         """Push what is due; `cached(now)`: every live (address, name, expiry) the cache
-        holds, for a rewrite."""
+        holds, for a rewrite. `policies` None: one trip is off, the sets are emptied."""
         now = self.clock()
         if now < self._next_push:
             return
         self._next_push = now + PUSH_INTERVAL
         generation = self.generation()
-        if policies is not self._policies or generation != self._seen_generation:
-            self._policies, self._seen_generation = policies, generation
+        if (policies is not self._policies or generation != self._seen_generation
+                or self._failed):
+            self._policies, self._seen_generation, self._failed = policies, generation, False
             self._ports = {}
-            batch = self.mirror.rewrite(self._wanted(policies, cached(now)), now)
+            wanted = () if policies is None else self._wanted(policies, cached(now))
+            batch = self.mirror.rewrite(wanted, now)
         else:
             batch = self.mirror.take(now)
         if not batch:
@@ -242,7 +245,7 @@ class OneTrip:
             self.failures += 1
             log.warning("one-trip sets not updated (%s); rewriting them", exc)
             self.mirror.forget()
-            self._policies = None
+            self._failed = True
 
     def _wanted(self, policies: CompiledPolicySet,
                 bindings: Iterable[tuple[str, str, float]]) -> Iterable[tuple[Element, float]]:

@@ -186,7 +186,7 @@ class Pipeline:
             decision = engine.assess(packet, process, names)
             if decision is None:  # the SYN too is the pending flow's (its options, TFO data)
                 flow = self._track(PendingFlow(key, packet, names, process), now)
-                return self._pending(flow, packet, payload, mark, token)
+                return self._pending(flow, packet, payload, mark, token, now)
         except WireError:
             self.stats.unparseable += 1
             decision = engine.unparseable()
@@ -327,12 +327,13 @@ class Pipeline:
         return flow
 
     def _pending(self, flow: PendingFlow, packet: Packet, payload: bytes, mark: int,
-                 token: Any) -> int | Held:
+                 token: Any, now: float | None = None) -> int | Held:
         """A packet of a pending flow: its verdict if the flow is decided, else it is held
         (or passes as a bare segment) and the flow is decided once its outcome is known."""
         if flow.decision is not None:
             return marks.with_verdict(mark, _bits(flow.decision))
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if packet.proto == TCP:
             step = flow.segment(packet, payload, token, mark, now)
         else:
@@ -343,13 +344,14 @@ class Pipeline:
             for old in self.flows.mark_holding(flow):
                 self._settle(old, old.give_up(Why.EVICTED))
         else:
-            self._settle(flow, step)
+            self._settle(flow, step, now)
         return HOLD
 
-    def _settle(self, flow: PendingFlow, outcome: Outcome) -> None:
+    def _settle(self, flow: PendingFlow, outcome: Outcome, now: float | None = None) -> None:
         """Decide a pending flow, record its one audit event, release its held packets."""
         engine = self.engine
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         packet = flow.packet
         try:
             if isinstance(outcome, Named):
@@ -386,7 +388,8 @@ class Pipeline:
         packet of theirs may come to carry the verdict."""
         now = self.clock() if now is None else now
         if self.one_trip is not None:
-            self.one_trip.tend(self.engine.policies, self.names.live)
+            self.one_trip.tend(self.engine.policies if self.settings.one_trip else None,
+                               self.names.live)
         unseen = self._unseen_silent(now) if self.kernel_pending is not None else []
         if not self.flows.waiting and not unseen:
             self.flush_events()

@@ -164,7 +164,7 @@ class Keeper:
             raise RuntimeError("Could not process rule: No such file or directory")
         self.applied.append(commands)
 
-    def tend(self, policies: CompiledPolicySet) -> str:
+    def tend(self, policies: CompiledPolicySet | None) -> str:
         self.applied.clear()
         self.one_trip.tend(policies, lambda now: self.cached)
         self.now += 1
@@ -199,3 +199,14 @@ def test_a_reload_or_a_restored_ruleset_rewrites_and_a_failed_push_is_retried_wh
     keeper.fail = False
     again = keeper.tend(reloaded)
     assert again.startswith("flush set") and f"{V4} . 443" in again
+
+
+def test_one_trip_turned_off_empties_the_sets_and_on_again_fills_them() -> None:
+    keeper, policies = Keeper(), compiled()
+    keeper.cached = [(V4, "www.example", NOW + 100)]
+    assert "add element" in keeper.tend(policies)
+    off = keeper.tend(None)
+    assert off.startswith("flush set") and "add element" not in off
+    keeper.one_trip.learnt(policies, [(V6, "www.example", keeper.now + 50)], keeper.now)
+    assert keeper.tend(None) == ""  # type: ignore[arg-type]
+    assert "add element" in keeper.tend(policies)
