@@ -121,7 +121,8 @@ class Pipeline:
         # Audit events wait here when deferred (defer_events): the verdict leaves first,
         # then flush_events builds and writes them, in the same process.
         self.defer_events = False
-        self._deferred: list[tuple[Decision, Packet | None, float, ProcessInfo | None]] = []
+        self._deferred: list[tuple[Decision, Packet | None, float, ProcessInfo | None]
+                             | dict[str, Any]] = []
 
     def use_one_trip(self, one_trip: OneTrip) -> None:
         """Keep the kernel's one-trip sets after what DNS teaches and the policy allows."""
@@ -209,24 +210,35 @@ class Pipeline:
         if self.defer_events:
             self._deferred.append((decision, packet, when, process))
         else:
-            self.write(audit_event(decision, packet, when, process))
+            self._write(audit_event(decision, packet, when, process))
 
     def flush_events(self) -> None:
-        """Build and write the deferred audit events (after their verdicts left)."""
+        """Build and write the deferred audit events (after their verdicts left), in the
+        order they were recorded."""
         deferred = self._deferred
         if not deferred:
             return
         self._deferred = []
-        for decision, packet, when, process in deferred:
+        for item in deferred:
+            if isinstance(item, dict):
+                self._write(item)
+                continue
             try:
-                event = audit_event(decision, packet, when, process)
+                event = audit_event(*item)
             except Exception:
                 self.stats.errors += 1
                 log.exception("cannot build an audit event")
                 continue
-            self.write(event)
+            self._write(event)
 
     def write(self, event: dict[str, Any]) -> None:
+        """Write an event built elsewhere (a DNS query's), after the verdicts if deferred."""
+        if self.defer_events:
+            self._deferred.append(event)
+        else:
+            self._write(event)
+
+    def _write(self, event: dict[str, Any]) -> None:
         try:
             self.audit.write(event)
         except Exception:

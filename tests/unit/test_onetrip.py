@@ -208,5 +208,5 @@ def test_one_trip_turned_off_empties_the_sets_and_on_again_fills_them() -> None:
     off = keeper.tend(None)
     assert off.startswith("flush set") and "add element" not in off
     keeper.one_trip.learnt(policies, [(V6, "www.example", keeper.now + 50)], keeper.now)
-    assert keeper.tend(None) == ""  # type: ignore[arg-type]
+    assert keeper.tend(None) == ""
     assert "add element" in keeper.tend(policies)
