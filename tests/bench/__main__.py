@@ -9,8 +9,9 @@ OpenSnitch when installed), workers (engine.workers 1 against 2), latency (conne
 request time added), reload (a 100k-rule policy swapped under load), queries (DNS queries
 judged per second and the query time added, dnsmasq answering), scale (policy load, memory
 and decision cost at 1k-100k rules), dns (DNS answers learnt per second), memory (engine
-memory over a million flows). The lab parts need root, nginx, wrk and dnsmasq; the others
-are pure user space.
+memory over a million flows), instructions (callgrind's count of the engine's own work
+per flow decided by name, valgrind needed). The lab parts need root, nginx, wrk and
+dnsmasq; the others are pure user space.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from tests.bench.report import Figure, conditions, table
 
 LAB_PARTS = ("connections", "workers", "latency", "reload", "queries")
-PURE_PARTS = ("scale", "dns", "memory")
+PURE_PARTS = ("scale", "dns", "memory", "instructions")
 PARTS = LAB_PARTS + PURE_PARTS
 
 
@@ -83,6 +84,12 @@ def run(args: argparse.Namespace) -> list[Figure]:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             figures.append(pool.submit(flow_memory, args.flows).result())
         progress("memory", started)
+    if "instructions" in parts:
+        from tests.bench.bench_pipeline import instructions
+
+        started = time.monotonic()
+        figures.append(instructions())
+        progress("instructions", started)
     return figures
 
 
