@@ -45,6 +45,9 @@ DEFAULT, DNS, SNI, QUIC, HOST = (Evidence.DEFAULT, Evidence.DNS, Evidence.SNI, E
 
 QUIC_PORT = 443
 _NOBODY = object()  # no process asked about yet (see Engine.client_for)
+_ACTIONS: dict[str, Action] = {action: action for action in Action}
+_MODES: dict[str, Mode] = {mode: mode for mode in Mode}
+_EVIDENCE: dict[str, Evidence] = {evidence: evidence for evidence in Evidence}
 CLIENT_MEMO_MAX = 4096  # process identities whose client is remembered
 
 
@@ -253,8 +256,11 @@ class Engine:
         action: str, mode: str, reason: Reason, evidence: str, client: str | None = None,
         rule: str | None = None, domain: str | None = None, unreadable: str | None = None,
     ) -> Decision:
-        verdict = ALLOW if mode == Mode.AUDIT else Action(action)
-        return Decision(Action(action), verdict, Mode(mode), reason, Evidence(evidence),
+        # By dict, not by calling the enums: members and their strings hash alike, and an
+        # enum call costs more than the rest of the decision's bookkeeping.
+        chosen = _ACTIONS[action]
+        verdict = ALLOW if mode == Mode.AUDIT else chosen
+        return Decision(chosen, verdict, _MODES[mode], reason, _EVIDENCE[evidence],
                         client, rule, domain, unreadable)
 
 

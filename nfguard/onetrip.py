@@ -182,8 +182,11 @@ class SetMirror:
             self._count(element, -1)
 
 
+MAX_TIMEOUT = 30 * 86400  # seconds: nft refuses timeouts past 2^32 ms; the cache's are shorter
+
+
 def _timeout(expiry: float, now: float) -> int:
-    return max(1, math.ceil(expiry - now))
+    return min(MAX_TIMEOUT, max(1, math.ceil(expiry - now)))
 
 
 def _version(address: str) -> int:
