@@ -19,10 +19,15 @@ DENY = 0x20000000
 PENDING = 0x30000000
 QUEUED = 0x40000000  # packet mark only: "this packet is on its way to the engine"
 # In the ct mark only: PENDING set by the ruleset itself at a flow's SYN (its destination
-# in the one-trip sets, see nfguard.onetrip), so the engine has not seen the flow yet; its
-# first verdict (PENDING, ALLOW or DENY) clears the extra bit. The rules read the verdict
-# field alone, so such a flow is pending to them.
+# in the one-trip sets, see nfguard.onetrip), so the engine has not seen the flow yet. The
+# first of its packets to go to the engine clears the extra bit (the rules read the
+# verdict field alone: such a flow is pending to them) and carries UNSEEN.
 KERNEL_PENDING = PENDING | QUEUED
+# With QUEUED on a locally sent packet: "the first packet of a flow the ruleset made
+# pending", a new flow whatever the engine remembers of its addresses and ports (a
+# connection on a reused tuple is another flow). Never a verdict: `settle` compares the
+# whole of MASK, so an unanswered UNSEEN packet is not taken for an allowed one.
+UNSEEN = QUEUED | ALLOW
 # With QUEUED on a forwarded packet: "a DNS answer on its way to a container", which the
 # engine learns from instead of judging (on LOCAL_IN the hook says so already).
 ANSWER = QUEUED | ALLOW

@@ -217,6 +217,7 @@ table inet {TABLE} {{
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
 \t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == {pending} meta l4proto tcp jump bare\t# pending, a segment that carries nothing
+\t\tct mark & {mask} == 0x{marks.KERNEL_PENDING:08x} ct mark set ct mark & 0x{~marks.QUEUED & 0xFFFFFFFF:08x} meta mark set meta mark | 0x{marks.UNSEEN & ~marks.QUEUED:08x} goto to_engine\t# made pending at its SYN: the engine's first sight
 \t\tct mark & {ct_field} == {pending} meta mark set meta mark | {pending}\t# pending: to the engine again
 \t\tct mark & {ct_field} != {pending} ct state established,related accept\t# flows that predate nfguard, ICMP errors
 \t\tgoto to_engine

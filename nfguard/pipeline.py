@@ -168,8 +168,10 @@ class Pipeline:
         try:
             packet = parse_packet(payload)
             key = flow_key(packet)
-            if mark & marks.PENDING == marks.PENDING or (packet.proto == UDP
-                                                         and len(self.flows)):
+            if mark & marks.MASK == marks.UNSEEN and hook == LOCAL_OUT:
+                pass  # a flow's first sight (one trip): new, whatever its tuple's past
+            elif mark & marks.PENDING == marks.PENDING or (packet.proto == UDP
+                                                           and len(self.flows)):
                 flow = self.flows.get(key)
                 if flow is not None:
                     return self._pending(flow, packet, payload, mark, token)
@@ -332,7 +334,11 @@ class Pipeline:
         return tuple((name, DNS) for name in sorted(found)) if found else ()
 
     def _track(self, flow: PendingFlow, now: float) -> PendingFlow:
-        """Remember a new pending flow; flows evicted while holding are decided now."""
+        """Remember a new pending flow; flows evicted while holding are decided now, and
+        so is one it replaces (an earlier connection on the same tuple)."""
+        replaced = self.flows.get(flow.key)
+        if replaced is not None and replaced.decision is None and replaced.held:
+            self._settle(replaced, replaced.give_up(Why.EVICTED), now)
         for old in self.flows.add(flow, now):
             self._settle(old, old.give_up(Why.EVICTED))
         self.stats.pending_flows += 1

@@ -63,3 +63,53 @@ def test_a_client_whose_policy_denies_the_name_is_denied_at_its_first_data(lab: 
                                and e.get("destination", {}).get("port") == 80)
     assert (event["event"]["action"], event["nfguard"]["client"]) == ("deny", "others")
     assert not recording.contains(marker.encode()), "the request reached the server"
+
+
+# An allowed request, the connection reset, and another at once from the same port to the
+# same server (a new conntrack entry on the same tuple, its sequence numbers near the
+# first's) asking for another name; prints what each got.
+REUSED_TUPLE = r"""
+import socket, struct, sys
+host, first, second = sys.argv[1], sys.argv[2], sys.argv[3]
+def ask(sock, name):
+    sock.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+    try:
+        return sock.recv(4096).split(b"\r\n")[0].decode() or "closed"
+    except OSError as exc:
+        return type(exc).__name__
+a = socket.socket()
+a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+a.bind(("0.0.0.0", 0))
+port = a.getsockname()[1]
+a.settimeout(5)
+a.connect((host, 80))
+print(ask(a, first))
+a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+a.close()
+b = socket.socket()
+b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+b.bind(("0.0.0.0", port))
+b.settimeout(5)
+try:
+    b.connect((host, 80))
+    print(ask(b, second))
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_a_connection_on_a_reused_tuple_is_judged_by_its_own_name(lab: Lab) -> None:
+    """Both connections skip the engine at their SYN; the second must not inherit the
+    first's verdict (the engine knows the tuple, decided): the ruleset marks each flow's
+    first packet to the engine as a new flow's."""
+    lab.serve_dns(f"--host-record=allowed.test,{ALLOWED_V4}")
+    lab.serve_http(80)
+    lab.start_engine(lab.write_config(names_policy(80, queries="any")))
+    assert lab.dig("allowed.test") == [ALLOWED_V4]
+    lab.wait_until(lambda: f"{ALLOWED_V4} . 80" in elements(lab))
+    before = queued(lab)
+    got = lab.exec(lab.client, sys.executable, "-c", REUSED_TUPLE, ALLOWED_V4,
+                   "allowed.test", "denied.test", timeout=30).stdout.split("\n")
+    assert got[0] == "HTTP/1.0 200 OK"
+    assert got[1] in ("ConnectionResetError", "closed"), got
+    assert queued(lab) - before == 2, "not two one-trip flows"
