@@ -83,7 +83,9 @@ def run(flows: int, audit_path: str) -> float:
     """Decide `flows` flows; seconds taken."""
     pipeline = make_pipeline(audit_path)
     handle, flush = pipeline.handle, getattr(pipeline, "flush_events", None)
-    queued, pending = marks.QUEUED, marks.QUEUED | marks.PENDING
+    queued = marks.QUEUED
+    # One trip: the data segment comes as the flow's first sight; else as a pending flow's.
+    pending = getattr(marks, "UNSEEN", marks.QUEUED | marks.PENDING)
     packets = []
     for n in range(flows):
         sport = 1024 + n % 64000
