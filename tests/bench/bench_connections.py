@@ -388,6 +388,9 @@ def nfguard_rate(lab: WebLab, seconds: int, body: int, by_name: bool,
     ok, note = verified(web_decisions(lab), "wrk", run.requests, in_flight=WRK_CONNECTIONS)
     per_flow = scraped.get("nfguard_packets_total", 0) / max(1, run.requests)
     note = f"{cost}, {per_flow:.1f} queued packets; {note}"
+    why = Counter(reason for _t, _c, _r, action, reason in web_events(lab) if action != "allow")
+    if why:
+        note += " (denied: " + ", ".join(f"{r} {n}" for r, n in why.most_common()) + ")"
     if drops:
         note += f"; **{drops} packets dropped by the queue**"
     return run, note, ok and not drops and not run.errors
