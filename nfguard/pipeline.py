@@ -436,6 +436,8 @@ class Pipeline:
         if now < self._next_unseen:
             return []
         self._next_unseen = now + UNSEEN_INTERVAL
+        if self.one_trip is not None and not self.one_trip.mirror.pushed and not self._unseen:
+            return []  # the sets are empty: no SYN was made pending in the kernel lately
         assert self.kernel_pending is not None
         try:
             listing = self.kernel_pending()
