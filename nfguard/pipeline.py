@@ -118,6 +118,7 @@ class Pipeline:
         self.one_trip: OneTrip | None = None  # the kernel's one-trip sets (use_one_trip)
         self._unseen: dict[Hashable, float] = {}  # kernel-pending flow -> opened at the latest
         self._next_unseen = 0.0
+        self._listing_until = 0.0  # kernel-pending flows are listed until then at least
         # Audit events wait here when deferred (defer_events): the verdict leaves first,
         # then flush_events builds and writes them, in the same process.
         self.defer_events = False
@@ -436,8 +437,11 @@ class Pipeline:
         if now < self._next_unseen:
             return []
         self._next_unseen = now + UNSEEN_INTERVAL
-        if self.one_trip is not None and not self.one_trip.mirror.pushed and not self._unseen:
-            return []  # the sets are empty: no SYN was made pending in the kernel lately
+        if self.one_trip is not None:
+            if self.one_trip.mirror.pushed:
+                self._listing_until = now + self.settings.hello_timeout + 2 * UNSEEN_INTERVAL
+            elif not self._unseen and now > self._listing_until:
+                return []  # the sets were empty long enough: no such flow can be waiting
         assert self.kernel_pending is not None
         try:
             listing = self.kernel_pending()
