@@ -82,6 +82,9 @@ class NamesConfig:
     # anywhere but loopback, link-local and the metadata address; Private.DENY, nowhere
     # inside. A rule's `private = true`, or a CIDR rule naming the address, opts in.
     private: str = Private.ALLOW
+    # Whether a SYN to where a name rule may allow passes as pending in the kernel, so the
+    # flow crosses the queue once (nfguard.onetrip); off: every such SYN goes to the engine.
+    one_trip: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "resolvers": (object, None),  # checked by _resolvers
         "queries": (str, QUERIES),
         "private": (str, PRIVATE_SETTINGS),
+        "one_trip": (bool, None),
     },
     "control": {"socket": (str, None)},
     "containers": {"docker_root": (str, None), "podman_root": (str, None),

@@ -49,6 +49,10 @@ DEFAULT, DNS, SNI, QUIC, HOST = (Evidence.DEFAULT, Evidence.DNS, Evidence.SNI, E
                                  Evidence.HOST)
 
 QUIC_PORT = 443
+_NOBODY = object()  # no process asked about yet (see Engine.client_for)
+_ACTIONS: dict[str, Action] = {action: action for action in Action}
+_MODES: dict[str, Mode] = {mode: mode for mode in Mode}
+_EVIDENCE: dict[str, Evidence] = {evidence: evidence for evidence in Evidence}
 CLIENT_MEMO_MAX = 4096  # process identities whose client is remembered
 
 
@@ -85,6 +89,10 @@ class Engine:
         self.private = Private(private)
         self.internal = internal
         self._clients: Memo[tuple | None, Client | None] = Memo(CLIENT_MEMO_MAX)
+        # The last process asked about, and its client: a flow's decisions ask twice, and
+        # the attributor hands out one ProcessInfo per process (immutable), so asking by
+        # identity spares building its match key again.
+        self._last: tuple[object, Client | None] = (_NOBODY, None)
 
     def decide(
         self,
@@ -134,7 +142,16 @@ class Engine:
     def kept_from(self, dest: Destination) -> Internal:
         """The kind of internal address `dest` goes to when [names] private keeps a name
         alone from it, else PUBLIC."""
-        kind = self.internal(dest.version, dest.address)
+        return self._kept_from(dest.version, dest.address)
+
+    def keeps_names_from(self, address: str) -> bool:
+        """Whether a name alone never leads to `address` (the one-trip sets leave it out, so
+        the engine decides a SYN to it before anything leaves)."""
+        ip = ipaddress.ip_address(address)
+        return self._kept_from(ip.version, int(ip)) is not PUBLIC
+
+    def _kept_from(self, version: int, address: int) -> Internal:
+        kind = self.internal(version, address)
         if self.private == Private.ALLOW and kind not in NEVER_BY_NAME:
             return PUBLIC
         return kind
@@ -294,10 +311,16 @@ class Engine:
     def client_for(self, process: Process | None) -> Client | None:
         """The first client whose match table holds for the process (clients are ordered).
         Remembered per process identity: one busy program opens flow after flow."""
+        last, client = self._last
+        if process is last:
+            return client
         key = None if process is None else match_key(process)
         if key in self._clients:
-            return self._clients[key]
-        return self._clients.put(key, self.policies.client_index.first(process))
+            client = self._clients[key]
+        else:
+            client = self._clients.put(key, self.policies.client_index.first(process))
+        self._last = (process, client)
+        return client
 
     def unparseable(self) -> Decision:
         """A packet we cannot read is never let through silently in enforce mode."""
@@ -314,8 +337,11 @@ class Engine:
         rule: str | None = None, domain: str | None = None, unreadable: str | None = None,
         private: str | None = None,
     ) -> Decision:
-        verdict = ALLOW if mode == Mode.AUDIT else Action(action)
-        return Decision(Action(action), verdict, Mode(mode), reason, Evidence(evidence),
+        # By dict, not by calling the enums: members and their strings hash alike, and an
+        # enum call costs more than the rest of the decision's bookkeeping.
+        chosen = _ACTIONS[action]
+        verdict = ALLOW if mode == Mode.AUDIT else chosen
+        return Decision(chosen, verdict, _MODES[mode], reason, _EVIDENCE[evidence],
                         client, rule, domain, unreadable, private)
 
 

@@ -18,9 +18,20 @@ DENY = 0x20000000
 # again. In a packet mark coming to the engine (with QUEUED), "this flow is pending".
 PENDING = 0x30000000
 QUEUED = 0x40000000  # packet mark only: "this packet is on its way to the engine"
-# With QUEUED: "a DNS answer" (to this host, or on its way to a forwarded client), which
-# the engine learns from instead of judging; a query to this host's resolver from a
-# forwarded client comes in on LOCAL_IN too, with QUEUED alone.
+# In the ct mark only: PENDING set by the ruleset itself at a flow's SYN (its destination
+# in the one-trip sets, see nfguard.onetrip), so the engine has not seen the flow yet. The
+# first of its packets to go to the engine clears the extra bit (the rules read the
+# verdict field alone: such a flow is pending to them) and carries UNSEEN.
+KERNEL_PENDING = PENDING | QUEUED
+# QUEUED | ALLOW means one thing per hook, never a verdict (`settle` compares the whole of
+# MASK, so an unanswered packet with it is not taken for an allowed one):
+# - on LOCAL_OUT (UNSEEN): "the first packet of a flow the ruleset made pending", a new
+#   flow whatever the engine remembers of its addresses and ports (a connection on a
+#   reused tuple is another flow);
+# - on LOCAL_IN and FORWARD (ANSWER): "a DNS answer" (to this host, or on its way to a
+#   forwarded client), which the engine learns from instead of judging; a query to this
+#   host's resolver from a forwarded client comes in on LOCAL_IN with QUEUED alone.
+UNSEEN = QUEUED | ALLOW
 ANSWER = QUEUED | ALLOW
 
 

@@ -53,8 +53,8 @@ COUNTERS = {
     "sockets, malformed headers) dropped on the egress paths",
     "verdicts_without_conntrack": "Packets the engine gave a verdict that no conntrack entry "
     "could keep, dropped",
-    "pending_replies_dropped": "Replies to flows waiting for a name that carried more than "
-    "a bare TCP segment (payload, options), dropped",
+    "pending_replies_dropped": "Replies to flows waiting for a name (or cut) that carried "
+    "more than a bare TCP segment (payload, options), dropped",
     "link_control_dropped": "Neighbour discovery, MLD and IGMP packets out of their "
     "protocol's shape or over the report rate, dropped",
     "forged_answers_dropped": "DNS answers whose source is not reachable through the "
@@ -82,6 +82,15 @@ ANSWERS_PER_FORWARDED_CLIENT = (500, 1000)
 MEMBERSHIP_REPORTS = (10, 50)
 _METER_TIMEOUT = "1m"
 _METER_SIZE = 65536
+# The one-trip sets (nfguard.onetrip): name -> nft type. Their size bounds what the engine
+# pushes; a destination left out costs its flow a second trip, never its verdict.
+ONE_TRIP_SETS = {
+    "onetrip4": "ipv4_addr . inet_service",
+    "onetrip_any4": "ipv4_addr",
+    "onetrip6": "ipv6_addr . inet_service",
+    "onetrip_any6": "ipv6_addr",
+}
+ONE_TRIP_SET_SIZE = 262144
 # TCP options of a bare segment as the kernel sends them after the handshake: none, or
 # NOP, NOP, Timestamp (kind 8, length 10). SACK blocks only follow data received out of
 # order, and a pending flow receives no data (see pending_reply), so they never qualify.
@@ -208,9 +217,10 @@ table inet {TABLE} {{
 \t\tip protocol igmp jump link_control
 \t\tct state invalid,untracked counter name untracked_dropped drop\t# no conntrack entry: no verdict could hold it
 {query_jump}\t\tct direction reply accept\t# replies to flows others started; the resets and ICMP errors of our own cuts
-{_meter_new_flows(settings.new_flows_per_user)}\t\tjump egress
+{_meter_new_flows(settings.new_flows_per_user)}\t\tct state new ct mark & {ct_field} == 0 meta l4proto tcp jump one_trip\t# a SYN to where a name may allow: pending at once
+\t\tjump egress
 \t}}
-{_forward_chain(settings.forward_from, dns_queue, settings.new_flows_per_user, queries)}
+{_one_trip_chains()}{_forward_chain(settings.forward_from, dns_queue, settings.new_flows_per_user, queries)}
 \t# A flow's packets. Decided flows never leave the kernel; new ones are marked {queued}
 \t# and handed to the engine, and so are the packets of pending flows (marked
 \t# 0x{marks.QUEUED | marks.PENDING:08x}) until the engine has seen the name.
@@ -218,6 +228,7 @@ table inet {TABLE} {{
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# decided: denied
 \t\tct mark & {ct_field} == 0x{marks.ALLOW:08x} accept\t# decided: allowed
 \t\tct mark & {ct_field} == {pending} meta l4proto tcp jump bare\t# pending, a segment that carries nothing
+\t\tct mark & {mask} == 0x{marks.KERNEL_PENDING:08x} ct mark set ct mark & 0x{~marks.QUEUED & 0xFFFFFFFF:08x} meta mark set meta mark | 0x{marks.UNSEEN & ~marks.QUEUED:08x} goto to_engine\t# made pending at its SYN: the engine's first sight
 \t\tct mark & {ct_field} == {pending} meta mark set meta mark | {pending}\t# pending: to the engine again
 \t\tct mark & {ct_field} != {pending} ct state established,related accept\t# flows that predate nfguard, ICMP errors
 \t\tgoto to_engine
@@ -291,6 +302,7 @@ table inet {TABLE} {{
 \t\ttype filter hook input priority filter - 10; policy accept;
 \t\tmeta mark & {mask} == {injected} udp sport 53 iifname "lo" meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
 {lan_query}\t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
+\t\tct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} meta l4proto tcp jump pending_reply\t# a cut flow's server: no bytes either
 \t\ttcp sport 53 ct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} tcp flags & rst == rst accept\t# the reset of a cut DNS stream (a refused query): nothing to learn
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
 \t\tudp sport 53 ct direction reply meta mark set meta mark | {answer}{dns_queue}
@@ -367,6 +379,9 @@ def _objects(new_flows: int) -> str:
                           ("answers_per_client6", "ipv6_addr"),
                           ("queries_per_socket4", "ipv4_addr . inet_service"),
                           ("queries_per_socket6", "ipv6_addr . inet_service")))
+    one_trip = "\n".join(
+        f"\tset {name} {{ type {key}; flags timeout; size {ONE_TRIP_SET_SIZE}; }}"
+        for name, key in ONE_TRIP_SETS.items())
     return f"""\
 \t# Counted in the kernel, exported as nfguard_<name>_total.
 {counters}
@@ -385,7 +400,50 @@ def _objects(new_flows: int) -> str:
 \t# - DNS queries: {QUERIES_PER_SOCKET[0]}/s per sending socket (burst {QUERIES_PER_SOCKET[1]}): each is judged, and a
 \t#   tunnel sends thousands on one socket; a lookup sends one or two per socket.
 {sets}
+
+\t# Where a TCP flow may take one trip through the queue: the addresses (and ports) that
+\t# some rule allows by a name those addresses were learnt for, each element as long as
+\t# the name cache keeps the binding (nfguard.onetrip fills them; a reload rewrites them).
+{one_trip}
 """  # noqa: E501
+
+
+def _one_trip_chains() -> str:
+    """A new TCP flow to a destination in the one-trip sets: its SYN, if it carries
+    nothing (no payload, no IP options, the kernel's own SYN options), passes as PENDING
+    marked by the kernel (marks.KERNEL_PENDING), and the engine sees the flow first at its
+    first data segment, where the client's policy judges the name it presents. Any other
+    SYN goes on to the engine as before. DNS (port 53) keeps its own path."""
+    pending = f"0x{marks.KERNEL_PENDING:08x}"
+    lookups = "\n".join(
+        f"\t\t{field} daddr{port} @{name} goto one_trip_syn"
+        for name, field, port in (("onetrip4", "ip", " . tcp dport"),
+                                  ("onetrip_any4", "ip", ""),
+                                  ("onetrip6", "ip6", " . tcp dport"),
+                                  ("onetrip_any6", "ip6", "")))
+    # The kernel's SYN options with timestamps on: MSS, SACK permitted, timestamps (the
+    # echo 0), NOP, window scale; or none. Others (Fast Open, MPTCP, MD5) go to the engine.
+    syn_options = ("@th,160,16 0x0204 @th,192,32 0x0402080a @th,256,32 0 "
+                   "@th,288,24 0x010303")
+    settle = f"ct mark set ct mark & {_KEEP_USER_BITS} | {pending} accept"
+    return f"""
+\t# A new TCP flow to where a name may allow it (see the sets above).
+\tchain one_trip {{
+\t\ttcp dport 53 return
+{lookups}
+\t}}
+
+\t# Its SYN, if it carries nothing: pending from here, without the trip to the engine.
+\tchain one_trip_syn {{
+\t\ttcp flags & (fin | syn | rst | psh | ack | urg) != syn return
+\t\ttcp urgptr != 0 return
+\t\t@th,100,3 != 0 return
+\t\tip hdrlength 5 ip length 40 tcp doff 5 {settle}
+\t\tip hdrlength 5 ip length 60 tcp doff 10 {syn_options} {settle}
+\t\tip6 nexthdr tcp ip6 length 20 tcp doff 5 {settle}
+\t\tip6 nexthdr tcp ip6 length 40 tcp doff 10 {syn_options} {settle}
+\t}}
+"""
 
 
 def _meter_new_flows(rate: int) -> str:
@@ -508,6 +566,7 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
 \t\tiifname {names} ct state invalid,untracked counter name untracked_dropped drop\t# a container's raw socket (CAP_NET_RAW)
 \t\tiifname {names} fib saddr . iif oif missing counter name spoofed_sources_dropped drop\t# a source not routed back where it came in: another's address (match.source)
 {query}\t\tct direction reply oifname {names} ct mark & {ct_field} == {pending} jump pending_reply
+\t\tct direction reply oifname {names} ct mark & {ct_field} == 0x{marks.DENY:08x} meta l4proto tcp jump pending_reply
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
 \t\ttcp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}

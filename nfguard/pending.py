@@ -317,7 +317,7 @@ class PendingFlow:
 
     def release(self) -> list[tuple[Any, int]]:
         """The held (token, mark) pairs in stream order (arrival order for equal offsets)."""
-        held = sorted(self.held, key=lambda h: (h[0], h[1]))
+        held = self.held if len(self.held) < 2 else sorted(self.held, key=lambda h: (h[0], h[1]))
         self.held = []
         self._ahead.clear()
         self._reader = None
@@ -342,6 +342,9 @@ class FlowTable:
 
     def __len__(self) -> int:
         return len(self._flows)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._flows
 
     @property
     def holding(self) -> int:

@@ -22,12 +22,13 @@ Three kinds of packet come here:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 from nfguard import marks
 from nfguard.audit import AuditLog, audit_event
@@ -43,6 +44,7 @@ from nfguard.names.peers import Peers
 from nfguard.names.queries import QueryPath
 from nfguard.names.resolvers import TrustedServers
 from nfguard.names.streams import bound, flow_key
+from nfguard.onetrip import OneTrip
 from nfguard.pending import (
     FlowTable,
     Named,
@@ -70,12 +72,17 @@ UDP_DECIDED_FOR = 2.0  # seconds: enough for the kernel to confirm the first's e
 MAX_DNS_FLOWS = 4096  # flows to DNS servers whose verdict their later queries meet (LRU)
 DNS_FLOW_IDLE = 30.0  # seconds: idle longer, the kernel's entry may be gone (a new flow)
 _SYN = 0x02
+UNSEEN_INTERVAL = 1.0  # seconds between looks at flows the kernel made pending (one trip)
 
 
 class Pipeline:
     # Writes verdicts into flows' ct marks, by flow key (nfguard.undecided.set_verdicts);
     # None: not at all (tests without a kernel).
     set_verdicts: Callable[[list[tuple[Hashable, int]]], object] | None = None
+    # The flows the ruleset made pending at their SYN (marks.KERNEL_PENDING) that no
+    # packet has brought to the engine yet, as (flow key, when it opened at the latest)
+    # (nfguard.undecided.kernel_pending); None: not looked at (tests without a kernel).
+    kernel_pending: Callable[[], list[tuple[Hashable, float]]] | None = None
 
     def __init__(
         self, engine: Engine, audit: AuditLog, stats: Stats,
@@ -117,6 +124,22 @@ class Pipeline:
                                  refusals, self.settings.queries, clock,
                                  cut=lambda verdicts: self.write_verdicts(verdicts, "cut"))
         self._dns_flows: OrderedDict[tuple, tuple[float, Engine, Any, int]] = OrderedDict()
+        self.one_trip: OneTrip | None = None  # the kernel's one-trip sets (use_one_trip)
+        self._unseen: dict[Hashable, float] = {}  # kernel-pending flow -> opened at the latest
+        self._next_unseen = 0.0
+        self._listing_until = 0.0  # kernel-pending flows are listed until then at least
+        # Audit events wait here when deferred (defer_events): the verdict leaves first,
+        # then flush_events builds and writes them, in the same process.
+        self.defer_events = False
+        self._deferred: list[tuple[Decision, Packet | None, float, ProcessInfo | None]
+                             | dict[str, Any]] = []
+
+    def use_one_trip(self, one_trip: OneTrip) -> None:
+        """Keep the kernel's one-trip sets after what DNS teaches and the policy allows."""
+        self.one_trip = one_trip
+        one_trip.kept_from = lambda address: self.engine.keeps_names_from(address)
+        self.learner.listener = lambda held, now: one_trip.learnt(self.engine.policies,
+                                                                  held, now)
 
     @property
     def peers(self) -> Peers | None:
@@ -156,8 +179,10 @@ class Pipeline:
         try:
             packet = parse_packet(payload)
             key = flow_key(packet)
-            if mark & marks.PENDING == marks.PENDING or (packet.proto == UDP
-                                                         and len(self.flows)):
+            if mark & marks.MASK == marks.UNSEEN and hook == LOCAL_OUT:
+                pass  # a flow's first sight (one trip): new, whatever its tuple's past
+            elif mark & marks.PENDING == marks.PENDING or (packet.proto == UDP
+                                                           and len(self.flows)):
                 flow = self.flows.get(key)
                 if flow is not None:
                     return self._pending(flow, packet, payload, mark, token)
@@ -175,7 +200,7 @@ class Pipeline:
             decision = engine.assess(packet, process, names)
             if decision is None:  # the SYN too is the pending flow's (its options, TFO data)
                 flow = self._track(PendingFlow(key, packet, names, process), now)
-                return self._pending(flow, packet, payload, mark, token)
+                return self._pending(flow, packet, payload, mark, token, now)
         except WireError:
             self.stats.unparseable += 1
             decision = engine.unparseable()
@@ -194,9 +219,39 @@ class Pipeline:
     def record(self, decision: Decision, packet: Packet | None,
                now: float | None = None, process: ProcessInfo | None = None) -> None:
         self.stats.count(decision)
-        self.write(audit_event(decision, packet, self.clock() if now is None else now, process))
+        when = self.clock() if now is None else now
+        if self.defer_events:
+            self._deferred.append((decision, packet, when, process))
+        else:
+            self._write(audit_event(decision, packet, when, process))
+
+    def flush_events(self) -> None:
+        """Build and write the deferred audit events (after their verdicts left), in the
+        order they were recorded."""
+        deferred = self._deferred
+        if not deferred:
+            return
+        self._deferred = []
+        for item in deferred:
+            if isinstance(item, dict):
+                self._write(item)
+                continue
+            try:
+                event = audit_event(*item)
+            except Exception:
+                self.stats.errors += 1
+                log.exception("cannot build an audit event")
+                continue
+            self._write(event)
 
     def write(self, event: dict[str, Any]) -> None:
+        """Write an event built elsewhere (a DNS query's), after the verdicts if deferred."""
+        if self.defer_events:
+            self._deferred.append(event)
+        else:
+            self._write(event)
+
+    def _write(self, event: dict[str, Any]) -> None:
         try:
             self.audit.write(event)
         except Exception:
@@ -296,19 +351,24 @@ class Pipeline:
         return tuple((name, DNS) for name in sorted(found)) if found else ()
 
     def _track(self, flow: PendingFlow, now: float) -> PendingFlow:
-        """Remember a new pending flow; flows evicted while holding are decided now."""
+        """Remember a new pending flow; flows evicted while holding are decided now, and
+        so is one it replaces (an earlier connection on the same tuple)."""
+        replaced = self.flows.get(flow.key)
+        if replaced is not None and replaced.decision is None and replaced.held:
+            self._settle(replaced, replaced.give_up(Why.EVICTED), now)
         for old in self.flows.add(flow, now):
             self._settle(old, old.give_up(Why.EVICTED))
         self.stats.pending_flows += 1
         return flow
 
     def _pending(self, flow: PendingFlow, packet: Packet, payload: bytes, mark: int,
-                 token: Any) -> int | Held:
+                 token: Any, now: float | None = None) -> int | Held:
         """A packet of a pending flow: its verdict if the flow is decided, else it is held
         (or passes as a bare segment) and the flow is decided once its outcome is known."""
         if flow.decision is not None:
             return marks.with_verdict(mark, _bits(flow.decision))
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if packet.proto == TCP:
             step = flow.segment(packet, payload, token, mark, now)
         else:
@@ -319,13 +379,14 @@ class Pipeline:
             for old in self.flows.mark_holding(flow):
                 self._settle(old, old.give_up(Why.EVICTED))
         else:
-            self._settle(flow, step)
+            self._settle(flow, step, now)
         return HOLD
 
-    def _settle(self, flow: PendingFlow, outcome: Outcome) -> None:
+    def _settle(self, flow: PendingFlow, outcome: Outcome, now: float | None = None) -> None:
         """Decide a pending flow, record its one audit event, release its held packets."""
         engine = self.engine
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         packet = flow.packet
         try:
             if isinstance(outcome, Named):
@@ -360,18 +421,25 @@ class Pipeline:
         opened that long ago and sent nothing to read. The latter's verdicts go into their
         ct marks at once (`set_verdicts`): their bare segments pass in the kernel, and no
         packet of theirs may come to carry the verdict."""
-        if not self.flows.waiting:
-            return 0
         now = self.clock() if now is None else now
+        if self.one_trip is not None:
+            self.one_trip.tend(self.engine.policies if self.settings.one_trip else None,
+                               self.names.live)
+        unseen = self._unseen_silent(now) if self.kernel_pending is not None else []
+        if not self.flows.waiting and not unseen:
+            self.flush_events()
+            return 0
         timeout = self.settings.hello_timeout
         expired = self.flows.expired(now, timeout)
         silent = self.flows.silent(now, timeout)
+        silent += [flow for flow in unseen if flow not in silent]
         for flow in (*expired, *silent):
             self.stats.hello_timeouts += 1
             self._settle(flow, flow.give_up(Why.HELLO_TIMEOUT))
         if silent:
             self.write_verdicts([(flow.key, _bits(flow.decision)) for flow in silent],
                                 "decided as sending nothing")
+        self.flush_events()
         return len(expired) + len(silent)
 
     def write_verdicts(self, verdicts: list[tuple[Hashable, int]], why: str) -> None:
@@ -385,6 +453,44 @@ class Pipeline:
             self.stats.errors += 1
             log.exception("cannot set the verdicts of flows %s", why)
 
+    def _unseen_silent(self, now: float) -> list[PendingFlow]:
+        """Flows the ruleset made pending at their SYN that have sent nothing the engine
+        saw for hello_timeout: tracked now, to be decided like the engine's own silent
+        flows. Looked at every UNSEEN_INTERVAL: a flow is decided within that of its
+        hello_timeout (its bare segments pass meanwhile, nothing else)."""
+        if now < self._next_unseen:
+            return []
+        self._next_unseen = now + UNSEEN_INTERVAL
+        if self.one_trip is not None:
+            if self.one_trip.mirror.pushed:
+                self._listing_until = now + self.settings.hello_timeout + 2 * UNSEEN_INTERVAL
+            elif not self._unseen and now > self._listing_until:
+                return []  # the sets were empty long enough: no such flow can be waiting
+        assert self.kernel_pending is not None
+        try:
+            listing = self.kernel_pending()
+        except Exception:
+            self.stats.errors += 1
+            log.exception("cannot list the flows the ruleset made pending")
+            return []
+        known, previous = self.flows, self._unseen
+        unseen: dict[Hashable, float] = {}
+        for key, opened in listing:
+            if key not in known:
+                unseen[key] = min(opened, previous.get(key, opened))
+        self._unseen = unseen
+        timeout = self.settings.hello_timeout
+        found = []
+        for key, opened in unseen.items():
+            if now - opened >= timeout:
+                packet = _packet_of(key)
+                names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
+                flow = PendingFlow(key, packet, names, self._sender(packet, None, 0))
+                found.append(self._track(flow, opened))
+        for flow in found:
+            del unseen[flow.key]
+        return found
+
 
 def _identity(process: ProcessInfo | None) -> Any:
     """What tells senders apart for the rules (the client memo's key)."""
@@ -393,6 +499,13 @@ def _identity(process: ProcessInfo | None) -> Any:
 
 def _bits(decision: Decision) -> int:
     return marks.ALLOW if decision.verdict == ALLOW else marks.DENY
+
+
+def _packet_of(key: Hashable) -> Packet:
+    """A flow's opening as its key tells it (no bytes: for a flow the engine never saw)."""
+    proto, src, sport, dst, dport = cast(tuple[int, str, int, str, int], key)
+    address = ipaddress.ip_address(dst)
+    return Packet(address.version, proto, src, dst, sport, dport, int(address), 0, 0, 0)
 
 
 def _loopback(ip: str) -> bool:

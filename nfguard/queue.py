@@ -79,6 +79,8 @@ class QueueAdapter:
         self._view = memoryview(self._buffer)
         self._header = verdict_header(queue_num)
         self._verdicts: list[bytes] = []
+        # Runs after each batch's verdicts left (the pipeline's deferred audit events).
+        self.after_batch: Callable[[], None] | None = None
         self._in_batch = False
         # Acknowledged (or refused) later, in the packet stream: see _on_error.
         self._sock.send(queue_config(queue_num, COPY_RANGE, NFQA_CFG_F_UID_GID
@@ -105,6 +107,8 @@ class QueueAdapter:
         finally:
             self._in_batch = False
             self._send_verdicts()
+            if self.after_batch is not None:
+                self.after_batch()
 
     def close(self) -> None:
         self._queue.unbind()

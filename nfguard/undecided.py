@@ -18,7 +18,8 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Collection, Hashable, Iterable, Iterator
+import time
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from typing import NamedTuple, cast
 
 from nfguard import marks
@@ -39,7 +40,10 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
 NLM_F_DUMP = 0x300
-CTA_TUPLE_ORIG, CTA_MARK, CTA_ID, CTA_ZONE, CTA_MARK_MASK, CTA_FILTER = 1, 8, 12, 18, 21, 25
+CTA_TUPLE_ORIG, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_ID, CTA_ZONE = 1, 4, 7, 8, 12, 18
+CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
+TCP_CONNTRACK_ESTABLISHED = 3
+CTA_MARK_MASK, CTA_FILTER = 21, 25
 CTA_FILTER_ORIG_FLAGS = 1
 CTA_FILTER_F_IP_SRC = 1 << 0
 NLA_F_NESTED = 1 << 15
@@ -61,9 +65,14 @@ class Flow(NamedTuple):
     destination: Address | None
     protocol: int
     name: bytes  # its CTA_TUPLE_ORIG (and CTA_ZONE) attributes, to name it in an update
+    sport: int = 0  # original direction
+    dport: int = 0
+    timeout: int = 0  # seconds left before conntrack forgets it (reset by each packet)
+    tcp_state: int = 0  # conntrack's TCP state (TCP_CONNTRACK_*), 0 for others
 
 
-def dump_request(family: int, source: Address | None = None, seq: int = 1) -> bytes:
+def dump_request(family: int, source: Address | None = None, seq: int = 1,
+                 mark: int = 0, mask: int = marks.VERDICT_MASK) -> bytes:
     """The conntrack entries of `family` whose ct mark has no verdict (CTA_MARK under
     CTA_MARK_MASK) and, given a `source`, whose original source it is (CTA_FILTER, Linux
     5.8+; an older kernel ignores it and sends all, which started_here sorts out): the
@@ -75,8 +84,8 @@ def dump_request(family: int, source: Address | None = None, seq: int = 1) -> by
                        CTA_TUPLE_IP | NLA_F_NESTED, attribute(CTA_IP_V4_SRC, source.packed)))
                    + attribute(CTA_FILTER | NLA_F_NESTED, attribute(
                        CTA_FILTER_ORIG_FLAGS, struct.pack("=I", CTA_FILTER_F_IP_SRC))))
-    body = (NFGENMSG.pack(family, 0, 0) + filters + attribute(CTA_MARK, _BE32.pack(0))
-            + attribute(CTA_MARK_MASK, _BE32.pack(marks.VERDICT_MASK)))
+    body = (NFGENMSG.pack(family, 0, 0) + filters + attribute(CTA_MARK, _BE32.pack(mark))
+            + attribute(CTA_MARK_MASK, _BE32.pack(mask)))
     return NLMSGHDR.pack(NLMSGHDR.size + len(body),
                          NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET,
                          NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
@@ -145,23 +154,33 @@ def parse_dump(data: Buffer) -> tuple[list[Flow], bool]:
 
 def _flow(data: Buffer, body: int, end: int) -> Flow:
     family = data[body]
-    ident = protocol = 0
+    ident = protocol = sport = dport = timeout = state = 0
     source = destination = None
     name = b""
     for kind, start, stop in attributes(data, body + NFGENMSG.size, end):
         if kind == CTA_TUPLE_ORIG:
             name += bytes(data[start - 4:(stop + 3) & ~3])
-            source, destination, protocol = _tuple(data, start, stop)
+            source, destination, protocol, sport, dport = _tuple(data, start, stop)
         elif kind == CTA_ZONE:
             name += bytes(data[start - 4:(stop + 3) & ~3])
         elif kind == CTA_ID and stop - start == 4:
             (ident,) = _BE32.unpack_from(data, start)
-    return Flow(family, ident, source, destination, protocol, name)
+        elif kind == CTA_TIMEOUT and stop - start == 4:
+            (timeout,) = _BE32.unpack_from(data, start)
+        elif kind == CTA_PROTOINFO:
+            for field, at, until in attributes(data, start, stop):
+                if field == CTA_PROTOINFO_TCP:
+                    for item, value, last in attributes(data, at, until):
+                        if item == CTA_PROTOINFO_TCP_STATE and last > value:
+                            state = data[value]
+    return Flow(family, ident, source, destination, protocol, name, sport, dport, timeout,
+                state)
 
 
-def _tuple(data: Buffer, start: int, end: int) -> tuple[Address | None, Address | None, int]:
+def _tuple(data: Buffer, start: int,
+           end: int) -> tuple[Address | None, Address | None, int, int, int]:
     source = destination = None
-    protocol = 0
+    protocol = sport = dport = 0
     for kind, value, stop in attributes(data, start, end):
         if kind == CTA_TUPLE_IP:
             for field, at, until in attributes(data, value, stop):
@@ -174,7 +193,11 @@ def _tuple(data: Buffer, start: int, end: int) -> tuple[Address | None, Address 
             for field, at, until in attributes(data, value, stop):
                 if field == CTA_PROTO_NUM and until > at:
                     protocol = data[at]
-    return source, destination, protocol
+                elif field == CTA_PROTO_SRC_PORT and until - at == 2:
+                    sport = data[at] << 8 | data[at + 1]
+                elif field == CTA_PROTO_DST_PORT and until - at == 2:
+                    dport = data[at] << 8 | data[at + 1]
+    return source, destination, protocol, sport, dport
 
 
 def started_here(flows: Iterable[Flow], local: Collection[Address],
@@ -220,6 +243,39 @@ def undecided(local: Iterable[Address]) -> Iterator[Flow]:
             while not done:
                 flows, done = parse_dump(sock.recv(1 << 17))
                 yield from flows
+
+
+ESTABLISHED_TIMEOUT = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established"
+
+
+def kernel_pending(clock: Callable[[], float] = time.time) -> list[tuple[Hashable, float]]:
+    """The flows the ruleset made pending at their SYN that the engine has not given a
+    verdict yet (ct mark marks.KERNEL_PENDING, filtered in the kernel), as (the pipeline's
+    flow key, when the flow opened at the latest). That time is the flow's last packet,
+    from what is left of conntrack's established timeout: for a flow that sent nothing
+    since its handshake, its opening."""
+    try:
+        with open(ESTABLISHED_TIMEOUT) as file:
+            established = int(file.read())
+    except (OSError, ValueError):
+        established = 0
+    now = clock()
+    found: list[tuple[Hashable, float]] = []
+    with _socket() as sock:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            sock.send(dump_request(family, mark=marks.KERNEL_PENDING, mask=marks.MASK))
+            done = False
+            while not done:
+                flows, done = parse_dump(sock.recv(1 << 17))
+                for flow in flows:
+                    if flow.source is None or flow.destination is None:
+                        continue
+                    idle = (established - flow.timeout
+                            if flow.tcp_state == TCP_CONNTRACK_ESTABLISHED
+                            and 0 < flow.timeout <= established else 0)
+                    found.append(((flow.protocol, str(flow.source), flow.sport,
+                                   str(flow.destination), flow.dport), now - idle))
+    return found
 
 
 class Undecided:

@@ -23,13 +23,14 @@ from nfguard.names.peers import Peers
 from nfguard.names.queries import queued
 from nfguard.names.resolvers import TrustedServers
 from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, Ruleset, render
+from nfguard.onetrip import OneTrip, nft_apply
 from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.build import build_engine
 from nfguard.procs import Attributor
 from nfguard.procs.containers import Containers
 from nfguard.queue import QueueAdapter
 from nfguard.ruleset_watch import RulesetGuard, open_events
-from nfguard.undecided import Undecided, set_verdicts
+from nfguard.undecided import Undecided, kernel_pending, set_verdicts
 from nfguard.workers import Team, WorkerLink
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Services:
             self.guard.close()
         self.attributor.close()
         self.refusals.close()
+        self.pipeline.flush_events()
         self.audit.close()
         if self.control is not None:
             self.control.close()
@@ -144,11 +146,19 @@ def build_services(config_path: str, worker: WorkerLink | None) -> Services:
                         settings=config.names, attributor=attributor, peers=peers,
                         trusted=resolvers, refusals=refusals, hostnets=hostnets)
     pipeline.set_verdicts = set_verdicts  # flows that sent nothing by hello_timeout
+    if worker is None and team is None:
+        # One trip for flows decided by name (one engine only: with workers, a flow the
+        # kernel made pending could not be told whose it is when it stays silent).
+        pipeline.use_one_trip(OneTrip(nft_apply(), time.time,
+                                      guard.count if guard is not None else lambda: 0))
+        pipeline.kernel_pending = kernel_pending
+    pipeline.defer_events = True  # written after the verdicts of each batch
     latency = Latency()
     queue = QueueAdapter(queue_num, pipeline.handle,
                          fail_open=config.engine.fail == "open",
                          maxlen=config.engine.queue_maxlen, latency=latency)
     pipeline.release = queue.release
+    queue.after_batch = pipeline.flush_events
     sources = Sources(stats, latency, queue=queue_num, names=pipeline.names,
                       attribution=attributor.stats, queue_errors=lambda: queue.errors,
                       workers=team.snapshots if team is not None else None,

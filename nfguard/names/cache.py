@@ -155,6 +155,15 @@ class NameCache:
         self.hits += 1
         return True
 
+    def expiry(self, ip: str, name: str) -> float | None:
+        """When the (ip, name) binding expires (`name` normalised), None if not held;
+        untouched (no hit, no LRU move)."""
+        return self._lru.get((ip, name))
+
+    def live(self, now: float) -> list[tuple[str, str, float]]:
+        """Every unexpired (ip, name, expiry), untouched (O(n): for rewrites)."""
+        return [(ip, name, expiry) for (ip, name), expiry in self._lru.items() if expiry > now]
+
     def purge(self, now: float) -> int:
         """Drop every expired pair (O(n)); return how many were dropped."""
         dead = [key for key, expiry in self._lru.items() if expiry <= now]

@@ -62,6 +62,8 @@ class Learner:
         self.clock = clock
         self.peers = peers  # the other workers, with engine.workers > 1
         self.internal = internal  # the kind of an address (nfguard.hostnets knows the host's)
+        # Told of every binding learnt, as (ip, name, expiry) (the one-trip sets).
+        self.listener: Callable[[list[tuple[str, str, float]], float], None] | None = None
         self._streams: OrderedDict[tuple, list[Any]] = OrderedDict()
         # (address, name) -> the other names one answer bound to that address with it (a
         # CNAME chain): a client presenting alias.test, which the host resolved through
@@ -159,6 +161,11 @@ class Learner:
                     chains[(ip, name)] = tuple(other for other in group if other != name)
                     chains.move_to_end((ip, name))
         bound(chains, MAX_CHAINS)
+        listener = self.listener
+        if listener is not None:
+            expiry = self.names.expiry
+            held = [(ip, name, expiry(ip, name) or 0.0) for ip, name, _ttl in bindings]
+            listener(held, now)
 
     def receive_peers(self) -> int:
         """Learn what other workers' DNS answers taught; call before each batch of packets."""

@@ -10,8 +10,9 @@ request time added), reload (a 100k-rule policy swapped under load), queries (DN
 judged per second and the query time added, dnsmasq answering), gateway (forwarded new
 connections/s through a gateway running nfguard, clients by source), scale (policy load, memory
 and decision cost at 1k-100k rules), dns (DNS answers learnt per second), memory (engine
-memory over a million flows). The lab parts need root, nginx, wrk and dnsmasq; the others
-are pure user space.
+memory over a million flows), instructions (callgrind's count of the engine's own work
+per flow decided by name, valgrind needed). The lab parts need root, nginx, wrk and
+dnsmasq; the others are pure user space.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from tests.bench.report import Figure, conditions, table
 
 LAB_PARTS = ("connections", "workers", "latency", "reload", "queries", "gateway")
-PURE_PARTS = ("scale", "dns", "memory")
+PURE_PARTS = ("scale", "dns", "memory", "instructions")
 PARTS = LAB_PARTS + PURE_PARTS
 
 
@@ -90,6 +91,12 @@ def run(args: argparse.Namespace) -> list[Figure]:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             figures.append(pool.submit(flow_memory, args.flows).result())
         progress("memory", started)
+    if "instructions" in parts:
+        from tests.bench.bench_pipeline import instructions
+
+        started = time.monotonic()
+        figures.append(instructions())
+        progress("instructions", started)
     return figures
 
 

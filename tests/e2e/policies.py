@@ -117,3 +117,16 @@ def gateway_policy(dnsmasq: str, server: tuple[str, str]) -> str:
         policy("gateway-own", allow("server", *server, ports=(8081,), proto="tcp")),
     ]
     return "\n".join(clients) + "\n" + "\n\n".join(p.toml() for p in policies) + "\n"
+
+
+def names_for_exe(exe: str, *ports: int) -> str:
+    """Client "named" (the program `exe`): policy "names" (DNS and allowed.test on `ports`),
+    then "deny-rest"; everyone else ("others"): the lab's DNS only, then "deny-rest"."""
+    named = ["[[client]]", 'name = "named"', f"match = {{ exe = {json.dumps(exe)} }}",
+             'policies = ["names", "deny-rest"]', 'queries = "any"']
+    others = ["[[client]]", 'name = "others"', 'policies = ["dns-only", "deny-rest"]',
+              'queries = "any"']
+    policies = (policy("names", dns(), allow("allowed", "allowed.test", ports=ports)),
+                policy("dns-only", dns()), DENY_REST)
+    return "\n\n".join(["\n".join(named), "\n".join(others)]
+                       + [p.toml() for p in policies]) + "\n"

@@ -14,6 +14,7 @@ from nfguard.nft import NATIVE, XT, render
 
 REPO = Path(__file__).resolve().parents[2]
 XT_BINARIES = {("iptables-nft", "ip6tables-nft"), ("iptables", "ip6tables")}
+ONE_TRIP_JUMP = "ct state new ct mark & 0x30000000 == 0 meta l4proto tcp jump one_trip"
 
 
 def hexmark(value: int) -> str:
@@ -149,6 +150,8 @@ def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
         f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} udp sport 53 "
         f'iifname "lo" meta mark set meta mark & {keep} accept',
         f"ct direction reply {pending} jump pending_reply",
+        f"ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.DENY)} "
+        "meta l4proto tcp jump pending_reply",
         f"tcp sport 53 ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == "
         f"{hexmark(marks.DENY)} tcp flags & rst == rst accept",  # a cut stream's reset
         "meta l4proto { tcp, udp } th sport 53 ct direction reply jump answer",
@@ -207,7 +210,13 @@ def test_a_pending_flows_replies_pass_only_bare_or_as_the_handshake(path: str) -
     text = render(EngineConfig(forward_from=("docker0",)), path).nft
     pending = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)} "
                "jump pending_reply")
-    assert chain_lines(text, "input")[3] == f"ct direction reply {pending}"
+    lines = chain_lines(text, "input")
+    at = lines.index(f"ct direction reply {pending}")
+    # and so does the server of a flow cut since (decided at hello_timeout, say)
+    cut = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.DENY)} meta l4proto tcp "
+           "jump pending_reply")
+    assert lines[at + 1] == f"ct direction reply {cut}"
+    assert f'ct direction reply oifname {{ "docker0" }} {cut}' in chain_lines(text, "forward")
     forward = chain_lines(text, "forward")
     assert f'ct direction reply oifname {{ "docker0" }} {pending}' in forward
     assert forward.index(f'ct direction reply oifname {{ "docker0" }} {pending}') < min(
@@ -361,6 +370,8 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
         # every DNS query of theirs, whatever its direction (never a "reply")
         f"iifname {names} meta l4proto {{ tcp, udp }} th dport 53 jump dns_query",
         f"ct direction reply oifname {names} {pending}",
+        f"ct direction reply oifname {names} ct mark & {hexmark(marks.VERDICT_MASK)} == "
+        f"{hexmark(marks.DENY)} meta l4proto tcp jump pending_reply",
         f"meta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} "
         "jump forwarded_answer",
         f"udp sport 53 ct direction reply oifname {names} meta mark set meta mark | "
@@ -491,7 +502,8 @@ def test_new_flows_and_dns_answers_are_metered_before_the_queue(path: str) -> No
     output = chain_lines(text, "output")
     meter = ("ct state new update @new_flows_per_user { meta skuid limit rate over "
              "2000/second burst 4000 packets } counter name new_flows_over_limit drop")
-    assert output.index(meter) == output.index("jump egress") - 1
+    assert output.index(meter) == output.index(ONE_TRIP_JUMP) - 1
+    assert output.index(ONE_TRIP_JUMP) == output.index("jump egress") - 1
     assert chain_lines(text, "answer") == [
         'iifname "lo" fib saddr type != local counter name forged_answers_dropped drop',
         'iifname != "lo" fib saddr . iif oif missing counter name forged_answers_dropped drop',
@@ -555,8 +567,8 @@ def test_locally_sent_replies_pass_before_the_egress_checks(path: str) -> None:
     conntrack as a related reply: judged by `egress`, the flow's DENY would drop it (the
     container or loopback client would wait for a timeout instead of failing at once)."""
     output = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
-    assert output.index("ct direction reply accept") == output.index("jump egress") - 2
-    assert "new_flows_per_user" in output[output.index("jump egress") - 1]
+    assert output.index("ct direction reply accept") == output.index(ONE_TRIP_JUMP) - 2
+    assert "new_flows_per_user" in output[output.index(ONE_TRIP_JUMP) - 1]
 
 
 def _listing(*chains: tuple[str, str | None], rules: tuple[str, ...] = (),
@@ -717,3 +729,25 @@ def test_the_xt_queue_rules_leave_the_engines_refusals_alone() -> None:
               f"{hexmark(marks.INJECTED)}/{hexmark(marks.MASK)}")
     for rule in rules:
         assert any(rule.spec[i:i + len(unless)] == unless for i in range(len(rule.spec)))
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_a_bare_syn_to_a_one_trip_destination_is_made_pending_by_the_kernel(path: str) -> None:
+    """Only the host's own new TCP flows without a verdict, not DNS, only to the sets'
+    destinations, and only a SYN that carries nothing: it gets KERNEL_PENDING and passes;
+    anything else returns to the engine's path."""
+    text = render(EngineConfig(), path).nft
+    assert ONE_TRIP_JUMP in chain_lines(text, "output")
+    assert "one_trip" not in "".join(chain_lines(text, "egress"))
+    lookups = chain_lines(text, "one_trip")
+    assert lookups[0] == "tcp dport 53 return"
+    assert all(line.endswith("goto one_trip_syn") for line in lookups[1:])
+    assert {line.split("@")[1].split()[0] for line in lookups[1:]} == set(nft.ONE_TRIP_SETS)
+    syn = chain_lines(text, "one_trip_syn")
+    pending = f"ct mark set ct mark & 0x8fffffff | 0x{marks.KERNEL_PENDING:08x} accept"
+    settling = [line for line in syn if line.endswith(pending)]
+    assert len(settling) == 4 and all(" length " in line and "doff" in line
+                                      for line in settling)
+    assert syn[:3] == ["tcp flags & (fin | syn | rst | psh | ack | urg) != syn return",
+                       "tcp urgptr != 0 return", "@th,100,3 != 0 return"]
+    assert marks.KERNEL_PENDING & marks.VERDICT_MASK == marks.PENDING

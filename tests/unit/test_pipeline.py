@@ -228,8 +228,10 @@ class Transcript:
                                  release=lambda token, mark: self.released.append((token, mark)))
         self.pipeline.learn(self.now, [(SITE, "site.example", 300)])
 
-    def send(self, raw: bytes, pending: bool = False, token: Any = None) -> int | marks.Held:
-        mark = marks.QUEUED | (marks.PENDING if pending else 0)
+    def send(self, raw: bytes, pending: bool = False, token: Any = None,
+             unseen: bool = False) -> int | marks.Held:
+        """`unseen`: the first packet of a flow the ruleset made pending at its SYN."""
+        mark = marks.UNSEEN if unseen else marks.QUEUED | (marks.PENDING if pending else 0)
         return self.pipeline.handle(raw, mark, 3, token)
 
     def events(self) -> list[dict]:
@@ -330,3 +332,92 @@ def test_the_engine_answers_held_packets_with_hold(tmp_path: Path) -> None:
     assert t.send(tcp(SITE, "S", 99)) == marks.PENDING
     assert t.send(tcp(SITE, "PA", 100, b"\x16\x03"), True, "h") is marks.HOLD
     assert t.pipeline.flows.holding == 1
+
+
+# -- flows the kernel made pending at their SYN (one trip) ----------------------------------
+
+def test_transcript_a_flow_first_seen_at_its_data_is_decided_by_its_name(tmp_path: Path) -> None:
+    """The ruleset let the SYN pass as pending: the engine starts at the first data."""
+    t = Transcript(tmp_path)
+    hello = client_hello("site.example")
+    assert t.send(tcp(SITE, "PA", 100, hello[:100]), token="h1", unseen=True) is HOLD
+    assert t.send(tcp(SITE, "A", 100), pending=True) == marks.PENDING  # bare: passes
+    assert t.send(tcp(SITE, "PA", 200, hello[100:]), True, "h2") is HOLD
+    assert t.released == [("h1", marks.ALLOW), ("h2", marks.ALLOW)]
+    (event,) = t.events()
+    assert (event["event"]["action"], event["rule"]["name"]) == ("allow", "p/site")
+
+
+def test_transcript_a_flow_first_seen_at_its_data_that_no_name_could_allow(
+        tmp_path: Path) -> None:
+    """The sets are global: another client's rule put the address there. This client's
+    policy decides at the first data segment, as it would have at the SYN."""
+    t = Transcript(tmp_path)
+    assert t.send(tcp(ELSEWHERE, "PA", 100, b"GET / HTTP/1.1\r\n"), unseen=True) == marks.DENY
+    (event,) = t.events()
+    assert event["rule"]["name"] == "p/rest"
+
+
+def test_a_silent_flow_the_kernel_made_pending_is_decided_at_hello_timeout(
+        tmp_path: Path) -> None:
+    t = Transcript(tmp_path)
+    pipeline, opened = t.pipeline, t.now
+    key = (6, CLIENT, 40000, SITE, 443)
+    seen = (6, CLIENT, 40002, SITE, 443)  # one the engine knows: its own to decide
+    pipeline.kernel_pending = lambda: [(key, opened + 0.5), (seen, opened)]
+    written: list[list[tuple[Any, int]]] = []
+    pipeline.set_verdicts = written.append
+    t.send(bytes(IP(src=CLIENT, dst=SITE) / TCP(sport=40002, dport=443, flags="PA", seq=5)
+                 / Raw(client_hello("site.example")[:50])), True, "held")
+    t.now += 1
+    assert pipeline.sweep() == 0 and written == []  # seen first: opened then at the latest
+    pipeline.kernel_pending = lambda: [(key, t.now), (seen, opened)]  # a bare ACK since
+    t.now = opened + 5.4  # hello_timeout is 5 s from the earliest opening seen
+    pipeline._next_unseen = 0.0
+    assert pipeline.sweep() == 1 and written == []  # only the held flow
+    t.now = opened + 5.5
+    pipeline._next_unseen = 0.0
+    assert pipeline.sweep() == 1
+    assert written == [[(key, marks.DENY)]]
+    events = {e["source"]["port"]: e for e in t.events()}
+    assert events[40000]["nfguard"]["unreadable"] == "hello_timeout"
+    assert events[40000]["event"]["action"] == "deny"
+    # Decided: a late packet of it gets the same verdict, and it is not decided again.
+    assert t.send(tcp(SITE, "PA", 100, b"\x16\x03\x01"), True) == marks.DENY
+    pipeline._next_unseen = 0.0
+    assert pipeline.sweep() == 0
+
+
+def test_deferred_audit_events_are_written_by_flush_events(tmp_path: Path) -> None:
+    t = Transcript(tmp_path)
+    t.pipeline.defer_events = True
+    assert t.send(tcp(ELSEWHERE, "S", 99)) == marks.DENY
+    assert t.events() == []  # the verdict first
+    t.pipeline.flush_events()
+    assert [e["event"]["action"] for e in t.events()] == ["deny"]
+
+
+def test_a_connection_on_a_reused_tuple_is_judged_anew_not_given_the_last_ones_verdict(
+        tmp_path: Path) -> None:
+    """The ruleset marks the first packet of each flow it made pending UNSEEN, once per
+    conntrack entry: an allowed connection, then another on the same addresses and ports
+    (closed with a reset, opened again at once: its sequence numbers close to the first's)
+    presenting another name, is decided by that name."""
+    t = Transcript(tmp_path)
+    first = client_hello("site.example")
+    assert t.send(tcp(SITE, "PA", 100, first), token="a", unseen=True) is HOLD
+    assert t.released == [("a", marks.ALLOW)]
+    assert t.send(tcp(SITE, "PA", 100 + len(first), b"\x17\x03\x03"), True) == marks.ALLOW
+    again = client_hello("evil.example")
+    assert t.send(tcp(SITE, "PA", 100 + len(first), again), token="b", unseen=True) is HOLD
+    assert t.released[-1] == ("b", marks.DENY)
+    assert [e["event"]["action"] for e in t.events()] == ["allow", "deny"]
+
+
+def test_a_flow_replaced_while_holding_is_decided_not_left_in_the_queue(tmp_path: Path) -> None:
+    t = Transcript(tmp_path)
+    hello = client_hello("site.example")
+    assert t.send(tcp(SITE, "PA", 100, hello[:60]), token="old", unseen=True) is HOLD
+    assert t.send(tcp(SITE, "PA", 900, hello), token="new", unseen=True) is HOLD
+    assert t.released == [("old", marks.DENY), ("new", marks.ALLOW)]
+    assert [e["nfguard"].get("unreadable") for e in t.events()] == ["evicted", None]

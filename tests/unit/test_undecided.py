@@ -144,3 +144,21 @@ def test_a_flow_is_named_by_its_key_as_the_kernel_names_it() -> None:
 @given(st.binary(max_size=512))
 def test_garbage_never_raises(data: bytes) -> None:
     parse_dump(data)
+
+
+def test_the_dump_tells_ports_time_left_and_tcp_state() -> None:
+    """What kernel_pending needs of a flow: its key's ports, and how long it has been idle
+    (conntrack's time left, read against the state's full timeout)."""
+    flows, _ends = recorded()
+    (tcp,) = [f for f in flows if f.protocol == 6]
+    assert tcp.sport and tcp.dport and tcp.timeout > 0 and tcp.tcp_state > 0
+    (udp,) = [f for f in flows if f.source == V4]
+    assert udp.sport and udp.dport and udp.tcp_state == 0
+
+
+def test_kernel_pending_flows_are_asked_for_by_their_whole_mark() -> None:
+    _kind, _flags, attrs = message(dump_request(socket.AF_INET, mark=marks.KERNEL_PENDING,
+                                                mask=marks.MASK))
+    assert attrs[CTA_MARK] == struct.pack("!I", marks.KERNEL_PENDING)
+    assert attrs[CTA_MARK_MASK] == struct.pack("!I", marks.MASK)
+    assert CTA_FILTER not in attrs
