@@ -177,7 +177,7 @@ def test_each_lan_client_reaches_only_its_own_names_and_networks(
     own = gateway.wait_for_event(lambda e: e.get("destination", {}).get("port") == 80
                                  and e["event"]["action"] == "deny"
                                  and e["nfguard"].get("client") == "gateway-root")
-    assert "observer" not in own
+    assert "ingress" not in own["observer"]
 
 
 def test_routed_without_nat_the_server_sees_each_clients_own_address(
