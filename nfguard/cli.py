@@ -9,6 +9,7 @@ import os
 import socket
 import sys
 
+from nfguard import journal
 from nfguard.config import DEFAULT_PATH, load_config
 from nfguard.policy.load import PolicyError
 
@@ -16,8 +17,10 @@ from nfguard.policy.load import PolicyError
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(journal.formatter(sys.stderr, os.environ))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="nfguard: %(levelname)s %(message)s", stream=sys.stderr)
+                        handlers=[handler])
     try:
         return int(args.func(args))
     except PolicyError as exc:
@@ -61,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     for sub in (status, reload):
         sub.add_argument("--socket", metavar="PATH",
                          help="the daemon's control socket (default: control.socket of --config)")
+    log = command("log", _log, "decisions from the audit log as lines a person reads "
+                  "(coloured on a terminal; NO_COLOR turns it off)")
+    log.add_argument("-f", "--follow", action="store_true",
+                     help="then show new decisions as they are written, across log rotation")
+    log.add_argument("--deny", action="store_true",
+                     help="only what the policy denies (in audit mode too)")
+    log.add_argument("--client", metavar="NAME", help="only this client's decisions")
+    log.add_argument("--since", metavar="TIME",
+                     help="only from TIME on (10m, 2h, 1d, 14:30, 2026-12-07T14:30); rotated "
+                     "files written since are read too")
+    log.add_argument("-n", "--lines", type=int, metavar="N",
+                     help="only the last N of what was written before (default: all; 10 "
+                     "with -f)")
+    log.add_argument("--json", action="store_true", help="the events as JSON lines, unchanged")
+    log.add_argument("--file", metavar="PATH",
+                     help="the audit log to read (default: audit.path of --config)")
     explain = command("explain", _explain, "which client, policy and rule decide a flow, and why")
     explain.add_argument("--to", required=True, metavar="HOST_OR_IP[:PORT]")
     explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
@@ -82,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     suggest.add_argument("audit", nargs="+", metavar="AUDIT.jsonl",
                          help='audit logs (JSON lines; .gz read as gzip; "-" for stdin)')
     suggest.add_argument("--policy", metavar="DIR",
-                         help="list what this policy would deny (flows) or refuse (queries)")
+                         help="list what this policy would deny (flows) or refuse (queries); "
+                         "exit 1 if it would deny or refuse any (0 if none, 2 if a log or "
+                         "the policy cannot be read)")
     suggest.add_argument("--default", choices=("deny", "allow"), default="deny",
                          help="engine.default assumed with --policy (default deny)")
     suggest.add_argument("--min-siblings", type=int, default=3, metavar="N",
@@ -181,7 +202,10 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer["status"], indent=2))
     else:
-        print(render_status(answer["status"]), end="")
+        from nfguard.logview import wants_colour
+
+        print(render_status(answer["status"], wants_colour(sys.stdout.isatty(), os.environ)),
+              end="")
     return 0
 
 
@@ -218,6 +242,80 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log(args: argparse.Namespace) -> int:
+    import time
+    from collections import deque
+
+    from nfguard import follow, logview
+
+    path = args.file
+    if path is None:
+        audit = load_config(args.config).audit
+        path = audit.path
+        if path == "-" or audit.format != "json":
+            print(f"nfguard log: {args.config} writes the audit log "
+                  f"{'to stdout' if path == '-' else 'as text'}; it reads JSON audit files "
+                  "(journalctl -u nfguard shows stdout)", file=sys.stderr)
+            return 2
+    try:
+        since = logview.parse_since(args.since, time.time()) if args.since else None
+    except ValueError as exc:
+        print(f"nfguard log: {exc}", file=sys.stderr)
+        return 2
+    wanted = logview.Filter(args.deny, args.client, since)
+    colour = not args.json and logview.wants_colour(sys.stdout.isatty(), os.environ)
+    lines = 10 if args.lines is None and args.follow and since is None else args.lines
+    shown: deque[str] | None = deque(maxlen=max(lines, 0)) if lines is not None else None
+    skipped = 0
+
+    def show(line: bytes) -> None:
+        nonlocal skipped
+        event = logview.parse_event(line)
+        if event is None:
+            skipped += 1
+        elif wanted.wants(event):
+            text = line.decode("utf-8", "replace") if args.json else logview.render(event, colour)
+            if shown is not None:
+                shown.append(text)
+            else:
+                print(text, flush=args.follow)
+
+    try:
+        for rotated in follow.rotated(path, since) if since is not None else ():
+            for line in follow.read_lines(rotated):
+                show(line)
+        if not args.follow:
+            if os.path.exists(path) or since is None:
+                for line in follow.read_lines(path):
+                    show(line)
+        else:
+            start = follow.tail_offset(path) if since is None and args.lines is None else 0
+            tail = follow.Follower(path, start)
+            while news := tail.poll():
+                for line in news:
+                    show(line)
+        if shown is not None:
+            print("\n".join(shown), end="\n" if shown else "", flush=True)
+            shown = None
+        if skipped:
+            print(f"nfguard log: skipped {skipped} lines that are not audit events",
+                  file=sys.stderr)
+        while args.follow:
+            news = tail.poll()
+            for line in news:
+                show(line)
+            if not news:
+                time.sleep(follow.POLL)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `nfguard log | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, EOFError) as exc:
+        print(f"nfguard log: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _explain(args: argparse.Namespace) -> int:
     from nfguard.explain import explain
 
@@ -229,7 +327,20 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+SUGGEST_CLEAN, SUGGEST_DENIED, SUGGEST_ERROR = 0, 1, 2  # `suggest --policy` exit codes
+
+
 def _suggest(args: argparse.Namespace) -> int:
+    """Exits SUGGEST_DENIED when the policy of --policy denies a flow or refuses a query of
+    the audit logs (a CI gate), SUGGEST_ERROR when a log or the policy cannot be read."""
+    try:
+        return _suggest_or_judge(args)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return SUGGEST_ERROR
+
+
+def _suggest_or_judge(args: argparse.Namespace) -> int:
     import gzip
 
     from nfguard import suggest
@@ -249,7 +360,7 @@ def _suggest(args: argparse.Namespace) -> int:
                     sources.append((path, file.readlines()))
         except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
             print(f"nfguard suggest: cannot read {path}: {exc}", file=sys.stderr)
-            return 1
+            return SUGGEST_ERROR
     read = suggest.read_flows(sources)
     if read.malformed or read.without_flow:
         print(f"nfguard suggest: skipped {read.malformed} lines that are not audit events and "
@@ -265,6 +376,7 @@ def _suggest(args: argparse.Namespace) -> int:
         refused = suggest.refused(read.queries, policies, args.default) if read.queries else None
         print(suggest.render_denied(found, total, args.policy, args.default, refused,
                                     len(read.queries)), end="")
+        return SUGGEST_DENIED if found or refused else SUGGEST_CLEAN
     else:
         print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries), end="")
     return 0

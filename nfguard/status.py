@@ -5,8 +5,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from nfguard.logview import Colour, printable
 
-def render_status(status: dict[str, Any]) -> str:
+DROPS_WARNING = "packets dropped by the kernel: the engine fell behind"
+RECENT_SHOWN = 5  # most recent denies listed
+
+
+def render_status(status: dict[str, Any], colour: bool = False) -> str:
+    """`colour`: ANSI colours (a terminal): what needs attention in red."""
     s = status
     now = s["now"]
     policy, reloads, counters = s["policy"], s["reloads"], s["counters"]
@@ -47,8 +53,14 @@ def render_status(status: dict[str, Any]) -> str:
     if kernel is None:
         lines.append("kernel queue: not found in /proc/net/netfilter/nfnetlink_queue")
     else:
-        lines.append(f"kernel queue: {kernel['length']} waiting, {kernel['dropped']} dropped "
-                     f"(queue full), {kernel['user_dropped']} dropped (socket buffer full)")
+        line = (f"kernel queue: {kernel['length']} waiting, {kernel['dropped']} dropped "
+                f"(queue full), {kernel['user_dropped']} dropped (socket buffer full)")
+        if kernel["dropped"] or kernel["user_dropped"]:
+            # Each drop is a packet no verdict reached: a flow that failed or stalled.
+            line = _alarm(f"{line}  <-- {DROPS_WARNING}", colour)
+        lines.append(line)
+    if s.get("denies") is not None:
+        lines += _denies(s["denies"], colour)
     names = s["names"]
     lines.append(f"name cache:   {names['entries']} entries, {names['hits']} hits, "
                  f"{names['misses']} misses, {names['evictions']} evictions")
@@ -73,6 +85,34 @@ def render_status(status: dict[str, Any]) -> str:
             lines.append(f"    {_when(at)} {first}")
             lines += [f"      {line}" for line in more]
     return "\n".join(lines) + "\n"
+
+
+def _denies(denies: dict[str, Any], colour: bool) -> list[str]:
+    """The last denies and the most frequent kinds (nfguard.denies)."""
+    if not denies["total"]:
+        return ["denies:       none since start"]
+    lines = [f"denies:       {denies['total']} since start; most recent first:"]
+    for deny in reversed(denies["recent"][-RECENT_SHOWN:]):
+        note = "" if deny["enforced"] else " (audit mode: let through)"
+        lines.append(printable(f"  {deny['at']}  {_flow(deny)}  {deny['client']}/"
+                                f"{deny['rule']}  {deny['reason']}{note}"))
+    lines.append("  most frequent:")
+    for count in denies["top"]:
+        # Space-Saving: up to `error` of the count may be other kinds' (nfguard.denies)
+        times = f"{count['count']}" if not count["error"] else f"~{count['count']}"
+        lines.append(printable(f"  {times:>7}x  {_flow(count)}  client {count['client']}"))
+    if colour:
+        lines[0] = f"{Colour.YELLOW}{lines[0]}{Colour.RESET}"
+    return lines
+
+
+def _flow(kind: dict[str, Any]) -> str:
+    port = f":{kind['port']}" if kind["port"] is not None else ""
+    return f"{kind['executable']} -> {kind['destination']}{port}/{kind['transport']}"
+
+
+def _alarm(line: str, colour: bool) -> str:
+    return f"{Colour.RED}{line}{Colour.RESET}" if colour else line
 
 
 def _ruleset(guard: dict[str, Any]) -> list[str]:
