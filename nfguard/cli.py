@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
 from nfguard import journal
 from nfguard.config import DEFAULT_PATH, load_config
@@ -61,7 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
     reload = command("reload", _reload, "re-read config and policy in the running daemon; "
                      "exit 1 (and the running policy stays) if they have errors")
-    for sub in (status, reload):
+    names = command("names", _names, "what the running daemon's name cache holds for an "
+                    "address or a name, and which DNS answer taught it")
+    names.add_argument("query", nargs="?", default="", metavar="ADDR|NAME",
+                       help="an address or a name (none: every pair, most recent first)")
+    names.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+    for sub in (status, reload, names):
         sub.add_argument("--socket", metavar="PATH",
                          help="the daemon's control socket (default: control.socket of --config)")
     log = command("log", _log, "decisions from the audit log as lines a person reads "
@@ -173,7 +179,7 @@ def _install_unit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _daemon_request(args: argparse.Namespace, command: str) -> dict | None:
+def _daemon_request(args: argparse.Namespace, command: str, **arguments: Any) -> dict | None:
     from nfguard.config import control_socket
     from nfguard.control import ControlError, request
 
@@ -182,7 +188,7 @@ def _daemon_request(args: argparse.Namespace, command: str) -> dict | None:
         print(f"nfguard: control.socket is off in {args.config}", file=sys.stderr)
         return None
     try:
-        return request(path, command)
+        return request(path, command, arguments=arguments)
     except ControlError as exc:
         print(f"nfguard: {exc}", file=sys.stderr)
         return None
@@ -206,6 +212,24 @@ def _status(args: argparse.Namespace) -> int:
 
         print(render_status(answer["status"], wants_colour(sys.stdout.isatty(), os.environ)),
               end="")
+    return 0
+
+
+def _names(args: argparse.Namespace) -> int:
+    import json
+
+    from nfguard.names import listing
+
+    answer = _daemon_request(args, "names", query=args.query)
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"nfguard: {answer.get('error')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer["names"], indent=2))
+    else:
+        print(listing.render(answer["names"]), end="")
     return 0
 
 

@@ -17,8 +17,8 @@ def render_status(status: dict[str, Any], colour: bool = False) -> str:
     now = s["now"]
     policy, reloads, counters = s["policy"], s["reloads"], s["counters"]
     lines = [
-        f"nfguard {s['version']} running, pid {s['pid']}, since {_when(s['started_at'])} "
-        f"(up {_duration(now - s['started_at'])})",
+        f"nfguard {s['version']} running, pid {s['pid']}, since {when(s['started_at'])} "
+        f"(up {duration(now - s['started_at'])})",
         f"config:       {s['config']}",
         f"engine:       mode {s['mode']}, default {s['default']}, fail {s['fail']}",
         f"queue:        {s['queue']} via {s['queue_path']}",
@@ -28,12 +28,12 @@ def render_status(status: dict[str, Any], colour: bool = False) -> str:
         f"under "
         f"{policy['dir']} ({_count(policy['clients'], 'client')}, "
         f"{_count(policy['policies'], 'policy', 'policies')}), "
-        f"loaded {_when(policy['loaded_at'])} ({_duration(now - policy['loaded_at'])} ago)",
+        f"loaded {when(policy['loaded_at'])} ({duration(now - policy['loaded_at'])} ago)",
         f"reloads:      {reloads['ok']} applied, {reloads['failed']} rejected",
     ]
     if reloads["last_rejection"]:
         at, message = reloads["last_rejection"]
-        lines.append(f"  last rejected {_when(at)}:")
+        lines.append(f"  last rejected {when(at)}:")
         lines += [f"    {line}" for line in message.splitlines()]
     if s.get("ruleset") is not None:
         lines += _ruleset(s["ruleset"])
@@ -82,7 +82,7 @@ def render_status(status: dict[str, Any], colour: bool = False) -> str:
         lines.append("  last errors:")
         for at, message in s["errors"]:
             first, *more = message.splitlines() or [""]
-            lines.append(f"    {_when(at)} {first}")
+            lines.append(f"    {when(at)} {first}")
             lines += [f"      {line}" for line in more]
     return "\n".join(lines) + "\n"
 
@@ -120,7 +120,7 @@ def _ruleset(guard: dict[str, Any]) -> list[str]:
     if not guard["restores"]:
         return ["ruleset:      watched; never changed by another program"]
     return [f"ruleset:      watched; restored {_count(guard['restores'], 'time')}, last "
-            f"{_when(guard['last_at'])} in {_seconds(guard['last_took'])} "
+            f"{when(guard['last_at'])} in {_seconds(guard['last_took'])} "
             f"({_count(guard.get('last_cut', 0), 'flow')} made meanwhile cut), after "
             f"{guard['last_by']}:",
             *(f"  {change}" for change in guard["last_missing"])]
@@ -130,11 +130,11 @@ def _count(n: int, one: str, many: str = "") -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
-def _when(timestamp: float) -> str:
+def when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)
