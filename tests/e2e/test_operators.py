@@ -116,3 +116,21 @@ def test_names_says_which_answer_taught_a_name(named: Lab) -> None:
     assert "no names for other.test" in lab.nfguard("names", "other.test", "--config",
                                                     str(config)).stdout
     assert lab.stop_engine() == 0
+
+
+def test_journald_sees_priorities(lab: Lab) -> None:
+    """stderr is the journal when JOURNAL_STREAM names it (as systemd sets it): each line,
+    continuation lines too, starts with its priority."""
+    config = lab.write_config(names_policy(80))
+    lab.engine_log.touch()
+    status = lab.engine_log.stat()
+    lab.start_engine(config, env={"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"})
+    (lab.workdir / "rules" / "policy.toml").write_text("[[policy]]\nname = 5\n")
+    assert lab.nfguard("reload", "--config", str(config), check=False).returncode == 1
+    lab.wait_until(lambda: "reload rejected" in lab.engine_log.read_text())
+    log = lab.engine_log.read_text().splitlines()
+    assert "<6>INFO engine bound to queue 0" in log
+    rejected = log.index("<3>ERROR reload rejected, the running policy stays:")
+    assert log[rejected + 1].startswith("<3>") and "policy.toml:2" in log[rejected + 1]
+    assert all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in log), log
+    assert lab.stop_engine() == 0
