@@ -161,7 +161,8 @@ class Learner:
             by_ip.setdefault(ip, []).append(name)  # already normalised
             origins[(ip, name)] = (origin, ttl)
             origins.move_to_end((ip, name))
-        bound(origins, MAX_ORIGINS)
+        if len(origins) > MAX_ORIGINS:
+            bound(origins, MAX_ORIGINS)
         chains = self.chains
         for ip, group in by_ip.items():
             if len(group) > 1:
