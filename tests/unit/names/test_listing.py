@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
 
@@ -120,3 +124,23 @@ def test_the_control_request() -> None:
 def test_normalise() -> None:
     assert normalise("2001:0DB8:0::1") == "2001:db8::1"
     assert normalise(" a.test ") == "a.test"
+
+
+def test_nfguard_names_asks_the_daemon(tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from nfguard import cli
+    from nfguard.control import ControlServer
+    from tests.unit.test_control import Loop
+
+    learner, _ = make_learner()
+    learner.clock = time.time
+    learner.learn(time.time(), [("192.0.2.9", "x.test", 60)])
+    loop = Loop(ControlServer(str(tmp_path / "nfguard.sock"), names_handler(learner)))
+    try:
+        assert cli.main(["names", "X.test", "--socket", loop.server.path]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("192.0.2.9  x.test  expires in 5m 59s (")
+        assert cli.main(["names", "--json", "--socket", loop.server.path]) == 0
+        assert json.loads(capsys.readouterr().out)["pairs"][0]["name"] == "x.test"
+    finally:
+        loop.stop()
