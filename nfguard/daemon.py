@@ -117,7 +117,6 @@ class Daemon:
         self.guard: RulesetGuard | None = None  # the main process's (nfguard.ruleset_watch)
         self._stop = False
         self._sighup = False
-        self._sigusr1 = False
         self._reload: _Reload | None = None  # the build running now
         self._reload_waiters: list[Reply] = []  # for the build after it
         self._reload_again = False
@@ -219,7 +218,7 @@ class Daemon:
         self._wake_w = wake_w
         previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         handlers = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
+                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         selector = selectors.DefaultSelector()
 
         def on_queue() -> None:
@@ -249,7 +248,6 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval
         next_flush = time.monotonic() + FLUSH_INTERVAL
         next_ping = time.monotonic()
-        denies_written = pipeline.denies.total
         try:
             while not self._stop:
                 now = time.monotonic()
@@ -262,12 +260,6 @@ class Daemon:
                     timeout = max(0.0, min(timeout, next_ping - now))
                 for key, _ in selector.select(timeout):
                     key.data()
-                if pipeline.denies.total != denies_written:
-                    denies_written = pipeline.denies.total
-                    self.audit.flush()  # a deny reaches the file (`nfguard log -f`) at once
-                if self._sigusr1:
-                    self._sigusr1 = False
-                    self._reopen_audit()
                 pipeline.sweep()
                 pipeline.trusted.tend()  # resolv.conf looked at here, not per packet
                 self.attributor.poll_events()  # keep the kernel's event buffer drained
@@ -309,19 +301,9 @@ class Daemon:
             "latency": (list(latency.counts), latency.total_ns),
             "attribution": self.attributor.stats(), "queue_errors": queue.errors})
 
-    def _reopen_audit(self) -> None:
-        """SIGUSR1 (logrotate's postrotate): a new audit file at the same path; the policy
-        stays as it is. The workers each reopen theirs."""
-        self.audit.reopen()
-        log.info("audit file %s reopened", self.audit.path)
-        if self.team is not None:
-            self.team.signal(signal.SIGUSR1)
-
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self._sighup = True
-        elif signum == signal.SIGUSR1:
-            self._sigusr1 = True
         else:
             log.info("signal %s: stopping", signal.Signals(signum).name)
             self._stop = True
@@ -441,9 +423,6 @@ class Daemon:
         if command == "reload":
             self._request_reload(reply)
             return None
-        if command == "names":
-            from nfguard.names.listing import names_handler
-            return names_handler(self.pipeline.learner)(request, reply)
         return {"ok": False, "error": f"unknown command {command!r} (status, reload)"}
 
     def _summary(self) -> str:
@@ -513,7 +492,6 @@ class Daemon:
             "audit": {"path": config.audit.path, "written": self.audit.written},
             "metrics": _metrics_url(config),
             "errors": list(self._errors.lines),
-            "denies": self.pipeline.denies.snapshot(),
         }
 
 
