@@ -134,3 +134,26 @@ def test_journald_sees_priorities(lab: Lab) -> None:
     assert log[rejected + 1].startswith("<3>") and "policy.toml:2" in log[rejected + 1]
     assert all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in log), log
     assert lab.stop_engine() == 0
+
+
+def test_two_workers_reopen_on_sigusr1_and_status_adds_up_their_denies(lab: Lab) -> None:
+    """The main process passes SIGUSR1 on: every worker continues in the new file."""
+    config = lab.write_config(names_policy(80), workers=2)
+    engine = lab.start_engine(config)
+    ports = range(7101, 7109)  # spread over both workers by port
+    for port in ports[:4]:
+        deny_to(lab, port)
+    lab.audit_path.rename(lab.audit_path.with_name("audit.jsonl.1"))
+    engine.send_signal(signal.SIGUSR1)
+    lab.wait_until(lambda: lab.engine_log.read_text().count("reopened") == 2)  # main, worker
+    for port in ports[4:]:
+        deny_to(lab, port)
+    assert sorted(e["destination"]["port"] for e in lab.audit_events()
+                  if e["event"]["action"] == "deny") == list(ports[4:])
+
+    def denies() -> int:
+        shown = json.loads(lab.nfguard("status", "--json", "--config", str(config)).stdout)
+        return int(shown["denies"]["total"])
+
+    lab.wait_until(lambda: denies() == len(ports), timeout=5)  # workers report each second
+    assert lab.stop_engine() == 0
