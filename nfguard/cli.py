@@ -268,7 +268,6 @@ def _check(args: argparse.Namespace) -> int:
 
 def _log(args: argparse.Namespace) -> int:
     import time
-    from collections import deque
 
     from nfguard import follow, logview
 
@@ -286,58 +285,9 @@ def _log(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"nfguard log: {exc}", file=sys.stderr)
         return 2
-    wanted = logview.Filter(args.deny, args.client, since)
     colour = not args.json and logview.wants_colour(sys.stdout.isatty(), os.environ)
-    lines = 10 if args.lines is None and args.follow and since is None else args.lines
-    shown: deque[str] | None = deque(maxlen=max(lines, 0)) if lines is not None else None
-    skipped = 0
-
-    def show(line: bytes) -> None:
-        nonlocal skipped
-        event = logview.parse_event(line)
-        if event is None:
-            skipped += 1
-        elif wanted.wants(event):
-            text = line.decode("utf-8", "replace") if args.json else logview.render(event, colour)
-            if shown is not None:
-                shown.append(text)
-            else:
-                print(text, flush=args.follow)
-
-    try:
-        for rotated in follow.rotated(path, since) if since is not None else ():
-            for line in follow.read_lines(rotated):
-                show(line)
-        if not args.follow:
-            if os.path.exists(path) or since is None:
-                for line in follow.read_lines(path):
-                    show(line)
-        else:
-            start = follow.tail_offset(path) if since is None and args.lines is None else 0
-            tail = follow.Follower(path, start)
-            while news := tail.poll():
-                for line in news:
-                    show(line)
-        if shown is not None:
-            print("\n".join(shown), end="\n" if shown else "", flush=True)
-            shown = None
-        if skipped:
-            print(f"nfguard log: skipped {skipped} lines that are not audit events",
-                  file=sys.stderr)
-        while args.follow:
-            news = tail.poll()
-            for line in news:
-                show(line)
-            if not news:
-                time.sleep(follow.POLL)
-    except KeyboardInterrupt:
-        pass
-    except BrokenPipeError:  # `nfguard log | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, EOFError) as exc:
-        print(f"nfguard log: cannot read {path}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return follow.show(path, logview.Filter(args.deny, args.client, since), follow=args.follow,
+                       lines=args.lines, as_json=args.json, colour=colour)
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """Reading the audit log for `nfguard log`: what is there, rotated files too, then what
-comes (`-f`), across rotation.
+comes (`-f`), across rotation; each line shown as nfguard.logview makes it.
 
 logrotate renames the file and nfguard reopens its path on SIGUSR1 (a new inode), or
 copies and truncates it (`copytruncate`: the same inode, shorter). The follower polls:
@@ -14,9 +14,15 @@ import contextlib
 import glob
 import gzip
 import os
+import sys
+import time
+from collections import deque
 from collections.abc import Iterator
 from typing import IO
 
+from nfguard import logview
+
+TAIL_LINES = 10  # what `-f` shows of the past, unless told
 POLL = 0.1  # seconds between looks at a file that did not grow: a deny shows within it
 TAIL_BYTES = 1 << 20  # `-f` without --since starts this far before the file's end
 CHUNK = 1 << 20  # bytes read at once
@@ -136,3 +142,62 @@ def tail_offset(path: str, tail: int = TAIL_BYTES) -> int:
         skipped = file.readline()  # the cut line
         return size - tail + len(skipped)
 
+
+
+def show(path: str, wanted: logview.Filter, *, follow: bool, lines: int | None,
+         as_json: bool, colour: bool) -> int:
+    """`nfguard log`: print the wanted events of `path` (after its rotated files written
+    since `wanted.since`), only the last `lines` of them if given, then with `follow` what
+    comes. Exit status 1 when a file cannot be read."""
+    if lines is None and follow and wanted.since is None:
+        lines = TAIL_LINES
+    kept: deque[str] | None = deque(maxlen=max(lines, 0)) if lines is not None else None
+    skipped = 0
+
+    def out(line: bytes) -> None:
+        nonlocal skipped
+        event = logview.parse_event(line)
+        if event is None:
+            skipped += 1
+        elif wanted.wants(event):
+            text = line.decode("utf-8", "replace") if as_json else logview.render(event, colour)
+            if kept is not None:
+                kept.append(text)
+            else:
+                print(text, flush=follow)
+
+    try:
+        since = wanted.since
+        for older in rotated(path, since) if since is not None else ():
+            for line in read_lines(older):
+                out(line)
+        if not follow:
+            if os.path.exists(path) or since is None:
+                for line in read_lines(path):
+                    out(line)
+        else:
+            # Without --since, the past is looked for in the file's last TAIL_BYTES only.
+            tail = Follower(path, tail_offset(path) if since is None else 0)
+            while news := tail.poll():
+                for line in news:
+                    out(line)
+        if kept is not None:
+            print("\n".join(kept), end="\n" if kept else "", flush=True)
+            kept = None
+        if skipped:
+            print(f"nfguard log: skipped {skipped} lines that are not audit events",
+                  file=sys.stderr)
+        while follow:
+            news = tail.poll()
+            for line in news:
+                out(line)
+            if not news:
+                time.sleep(POLL)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `nfguard log | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, EOFError) as exc:
+        print(f"nfguard log: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    return 0
