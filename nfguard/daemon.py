@@ -198,7 +198,7 @@ class Daemon:
             "queue": services.queue_num, "pid": os.getpid(), "stats": services.pipeline.stats,
             "latency": (list(latency.counts), latency.total_ns),
             "attribution": services.attributor.stats(), "queue_errors": services.queue.errors,
-            "denies": services.pipeline.denies})
+            "audit": services.audit.figures(), "denies": services.pipeline.denies})
 
     def _reopen_audit(self) -> None:
         """SIGUSR1: continue in a new audit file at the same path; each worker reopens

@@ -64,7 +64,7 @@ def test_colours_only_on_request_and_only_on_the_mark() -> None:
 def test_hostile_names_cannot_forge_lines_or_colours() -> None:
     event = audit_event(ALLOW, V4, NOW, PROCESS)
     event["destination"]["domain"] = "x.test\n2023-11-14 DENY \x1b[31mfake"
-    event["process"]["executable"] = "/tmp/\x1b]0;title\x07"
+    event["process"] = {**event["process"], "executable": "/tmp/\x1b]0;title\x07"}  # shared
     for colour in (False, True):
         text = line(event, colour)
         assert "\n" not in text and "\x1b]" not in text and "\x1b[31m" not in text
