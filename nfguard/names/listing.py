@@ -9,12 +9,14 @@ the control request ("names") with `listing`; the command line shows it with `re
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nfguard.control import Handler, Reply
 from nfguard.logview import printable
-from nfguard.names.learner import FROM_PEER, MAX_ORIGINS, Learner
 from nfguard.status import duration, when
+
+if TYPE_CHECKING:  # the command line renders without loading the engine's modules
+    from nfguard.names.learner import Learner
 
 MAX_LISTED = 200  # pairs in one answer (it must stay far below a socket buffer)
 
@@ -29,6 +31,8 @@ def normalise(key: str) -> str:
 
 def listing(learner: Learner, key: str, now: float, limit: int = MAX_LISTED) -> dict[str, Any]:
     """The pairs of an address or a name ("": all, most recently used first)."""
+    from nfguard.names.learner import FROM_PEER, MAX_ORIGINS
+
     key = normalise(key)
     found = learner.names.entries(key, now)
     pairs = []
@@ -46,7 +50,7 @@ def listing(learner: Learner, key: str, now: float, limit: int = MAX_LISTED) -> 
         pairs.append(row)
     return {"query": key, "now": now, "pairs": pairs, "total": len(found),
             "cache_size": len(learner.names), "grace": learner.names.grace,
-            "min_ttl": learner.names.min_ttl}
+            "min_ttl": learner.names.min_ttl, "origins_kept": MAX_ORIGINS}
 
 
 def names_handler(learner: Learner) -> Handler:
@@ -81,8 +85,8 @@ def render(answer: dict[str, Any]) -> str:
         elif pair.get("from_peer"):
             lines.append(f"  learnt by another engine worker; TTL {pair['ttl']} s")
         else:
-            lines.append(f"  learnt before the last {MAX_ORIGINS} bindings: its answer is "
-                         "forgotten")
+            lines.append(f"  learnt before the last {answer['origins_kept']} bindings: its "
+                         "answer is forgotten")
         if pair["chain"]:
             lines.append(f"  same answer, same address: {', '.join(pair['chain'])}")
     if answer["total"] > len(pairs):
