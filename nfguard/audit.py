@@ -81,6 +81,8 @@ def audit_event(
         event["nfguard"]["client"] = decision.client
     if decision.unreadable is not None:  # why the client's name could not be known
         event["nfguard"]["unreadable"] = decision.unreadable
+    if decision.private is not None:  # the internal address a name alone was kept from
+        event["nfguard"]["private"] = decision.private
     if decision.rule is not None:
         event["rule"] = _rule(decision.rule)
     _where_and_who(event, packet, process)
@@ -242,6 +244,7 @@ def text_line(event: dict[str, Any]) -> str:
         f"{src.get('ip', '?')}:{src.get('port', '?')} -> {target} exe={who} "
         f"reason={event['event']['reason']}"
         + (f" unreadable={nfg['unreadable']}" if "unreadable" in nfg else "")
+        + (f" private={nfg['private']}" if "private" in nfg else "")
     )
     # Names and paths come from the wire and from processes: never let them forge a line.
     return line if line.isprintable() else line.encode("unicode_escape").decode("ascii")

@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--interface", metavar="NAME",
                          help="a forwarded flow (a container's, a VM's) coming in on NAME; "
                          "with --exe/--user, from that process in the container")
+    explain.add_argument("--source", metavar="ADDR", type=_address,
+                         help="a routed or forwarded flow from source address ADDR "
+                         "(clients' match.source); with --interface, coming in on it")
     explain.add_argument("--container", metavar="NAME",
                          help="from a process in the container named NAME")
     explain.add_argument("--image", metavar="REF",
@@ -112,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
                          "the policy cannot be read)")
     suggest.add_argument("--default", choices=("deny", "allow"), default="deny",
                          help="engine.default assumed with --policy (default deny)")
+    suggest.add_argument("--private", choices=("allow", "deny"), default="allow",
+                         help="[names] private assumed with --policy (default allow)")
     suggest.add_argument("--min-siblings", type=int, default=3, metavar="N",
                          help="names under one registrable domain that collapse into a "
                          "wildcard (default 3; 0 never)")
@@ -297,7 +302,7 @@ def _explain(args: argparse.Namespace) -> int:
     host, port = _split_target(args.to)
     print(explain(config, host, port, args.proto, exe=args.exe, user=args.user,
                   interface=args.interface, container=args.container, image=args.image,
-                  resolve=socket.getaddrinfo))
+                  source=args.source, resolve=socket.getaddrinfo))
     return 0
 
 
@@ -319,6 +324,7 @@ def _suggest_or_judge(args: argparse.Namespace) -> int:
 
     from nfguard import suggest
     from nfguard.config import SYSTEM_RESOLVERS
+    from nfguard.hostnets import HostNetworks
     from nfguard.names.resolvers import TrustedServers
     from nfguard.policy.load import load_policy_dir
 
@@ -344,15 +350,18 @@ def _suggest_or_judge(args: argparse.Namespace) -> int:
     if not read.flows and not read.queries:
         print("nfguard suggest: no flows found", file=sys.stderr)
     resolvers = TrustedServers(SYSTEM_RESOLVERS).serves  # "@resolvers": this host's
+    hostnets = HostNetworks()  # this host's networks are inside too
     if policies is not None:
-        found = suggest.denied(read.flows, policies, args.default, resolvers, read.queries)
+        found = suggest.denied(read.flows, policies, args.default, resolvers, read.queries,
+                               args.private, hostnets.kind)
         total = len(suggest.with_carriers(read.flows, read.queries))
         refused = suggest.refused(read.queries, policies, args.default) if read.queries else None
         print(suggest.render_denied(found, total, args.policy, args.default, refused,
                                     len(read.queries)), end="")
         return SUGGEST_DENIED if found or refused else SUGGEST_CLEAN
     else:
-        print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries), end="")
+        print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries,
+                              hostnets.kind_of), end="")
     return 0
 
 
@@ -370,3 +379,11 @@ def _split_target(target: str) -> tuple[str, int | None]:
     if sep and port.isdigit():
         return host, int(port)
     return target, None
+
+
+def _address(text: str) -> str:
+    """An --source: an IPv4 or IPv6 address, as the engine writes it."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None

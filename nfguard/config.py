@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nfguard.policy import document
+from nfguard.policy.internal import PRIVATE_SETTINGS, Private
 from nfguard.policy.load import PolicyError, Problem, parse_toml
 from nfguard.policy.model import Location
 from nfguard.policy.resolve import QUERIES, Queries
@@ -77,6 +78,10 @@ class NamesConfig:
     # Whether the names of the host's DNS queries are judged by the sender's policy
     # (Queries.POLICY) or every query passes (Queries.ANY); a client's `queries` overrides.
     queries: str = Queries.POLICY
+    # Where a flow allowed only by a name may go (nfguard.policy.internal): Private.ALLOW,
+    # anywhere but loopback, link-local and the metadata address; Private.DENY, nowhere
+    # inside. A rule's `private = true`, or a CIDR rule naming the address, opts in.
+    private: str = Private.ALLOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "hello_timeout": (float, None),
         "resolvers": (object, None),  # checked by _resolvers
         "queries": (str, QUERIES),
+        "private": (str, PRIVATE_SETTINGS),
     },
     "control": {"socket": (str, None)},
     "containers": {"docker_root": (str, None), "podman_root": (str, None),

@@ -160,6 +160,7 @@ class Daemon:
                     self._reopen_audit()
                 pipeline.sweep()
                 pipeline.trusted.tend()  # resolv.conf looked at here, not per packet
+                pipeline.hostnets.tend()  # and the host's networks ([names] private)
                 services.attributor.poll_events()  # keep the kernel's event buffer drained
                 if team is not None:
                     team.tend()

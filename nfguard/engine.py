@@ -11,8 +11,10 @@ from typing import NamedTuple
 
 from nfguard.config import EngineConfig
 from nfguard.lru import Memo
-from nfguard.policy.clients import Process, client_matches, match_key
+from nfguard.policy.clients import Process, match_key
+from nfguard.policy.internal import NEVER_BY_NAME, PUBLIC, Internal, Private, classify
 from nfguard.policy.match import (
+    CIDR,
     CompiledPolicySet,
     Destination,
     Evidence,
@@ -34,12 +36,15 @@ class Reason(StrEnum):
     NAME_MISMATCH = "name_mismatch"  # an allowed name presented to an address it does not have
     # The client's name could not be read: only address rules decided, or none and denied.
     NAME_UNREADABLE = "name_unreadable"
+    # Only a name allowed it, to an internal address [names] private keeps names from.
+    NAME_PRIVATE_ADDRESS = "name_private_address"
 
 
 RULE_MATCH, NO_RULE_MATCH, NO_CLIENT_MATCH = (Reason.RULE_MATCH, Reason.NO_RULE_MATCH,
                                               Reason.NO_CLIENT_MATCH)
 UNPARSEABLE, ENGINE_ERROR = Reason.UNPARSEABLE, Reason.ENGINE_ERROR
 NAME_MISMATCH, NAME_UNREADABLE = Reason.NAME_MISMATCH, Reason.NAME_UNREADABLE
+NAME_PRIVATE_ADDRESS = Reason.NAME_PRIVATE_ADDRESS
 DEFAULT, DNS, SNI, QUIC, HOST = (Evidence.DEFAULT, Evidence.DNS, Evidence.SNI, Evidence.QUIC,
                                  Evidence.HOST)
 
@@ -57,6 +62,7 @@ class Decision(NamedTuple):
     rule: str | None = None  # "policy/rule"
     domain: str | None = None  # the name that decided, if one did
     unreadable: str | None = None  # why the client's name could not be read, if it could not
+    private: str | None = None  # the kind of internal address a name was kept from, if one was
 
 
 class Engine:
@@ -65,6 +71,8 @@ class Engine:
     def __init__(
         self, settings: EngineConfig, policies: CompiledPolicySet, verify: bool = True,
         resolvers: Callable[[str], bool] | None = None,
+        private: str = Private.ALLOW,
+        internal: Callable[[int, int], Internal] = classify,
     ) -> None:
         self.settings = settings
         self.policies = policies
@@ -72,6 +80,10 @@ class Engine:
         # (resolvers.TrustedServers.serves); None: no address is.
         self.resolvers = resolvers
         self.verify = verify  # anti-fronting ([names] verify)
+        # The DNS rebinding guard: [names] private, and what kind of address one is
+        # ((version, address) -> Internal: nfguard.hostnets knows this host's networks).
+        self.private = Private(private)
+        self.internal = internal
         self._clients: Memo[tuple | None, Client | None] = Memo(CLIENT_MEMO_MAX)
 
     def decide(
@@ -108,13 +120,52 @@ class Engine:
         dest = self.destination(packet, destination_names(names) if names else ())
         if not may_wait:
             found = self.policies.first_match(client.policies, dest)
-            return self._result(found, mode, client, dest.names)
-        found, pending = self.policies.match_and_pending(client.policies, dest)
-        if (pending and (packet.proto == TCP or (packet.proto == UDP
-                                                 and packet.dport == QUIC_PORT))
-                and self._name_could_allow(client, dest)):
-            return None
+        else:
+            found, pending = self.policies.match_and_pending(client.policies, dest)
+            if (pending and (packet.proto == TCP or (packet.proto == UDP
+                                                     and packet.dport == QUIC_PORT))
+                    and self._name_could_allow(client, dest)):
+                return None
+        found, refused = self._guard(found, client, dest)
+        if refused is not PUBLIC:
+            return self._refuse(found, mode, client, refused)
         return self._result(found, mode, client, dest.names)
+
+    def kept_from(self, dest: Destination) -> Internal:
+        """The kind of internal address `dest` goes to when [names] private keeps a name
+        alone from it, else PUBLIC."""
+        kind = self.internal(dest.version, dest.address)
+        if self.private == Private.ALLOW and kind not in NEVER_BY_NAME:
+            return PUBLIC
+        return kind
+
+    def _guard(self, found: RuleMatch | None, client: Client,
+               dest: Destination) -> tuple[RuleMatch | None, Internal]:
+        """The DNS rebinding guard over the rule that matched: (what decides, PUBLIC), or
+        (the refused match, the kind of address) when only a name allowed the flow to an
+        address the name is kept from. There, names match only rules with `private = true`
+        (and deny rules): an allow by the address alone (a CIDR rule naming it, a rule
+        without `to`) or by such a rule decides instead, and with none, engine.default
+        if it allows (the address alone would get it), else the flow is refused."""
+        if (found is None or found.rule.action != ALLOW or found.evidence == CIDR
+                or found.rule.private):
+            return found, PUBLIC
+        kind = self.kept_from(dest)
+        if kind is PUBLIC:
+            return found, PUBLIC
+        inside = self.policies.first_match(client.policies, dest._replace(guarded=True))
+        if inside is not None and inside.rule.action == ALLOW:
+            return inside, PUBLIC
+        if inside is None and self.settings.default == ALLOW:
+            return None, PUBLIC
+        return found, kind
+
+    def _refuse(self, found: RuleMatch | None, mode: str, client: Client,
+                kind: Internal) -> Decision:
+        """The decision of a flow the guard refused: the rule it kept, the address's kind."""
+        assert found is not None
+        return self._finish(DENY, mode, NAME_PRIVATE_ADDRESS, found.evidence, client.name,
+                            found.rule.name, found.name, private=kind)
 
     def _name_could_allow(self, client: Client, dest: Destination) -> bool:
         """Whether some name the client may present could end in an allow (else waiting
@@ -124,11 +175,21 @@ class Engine:
         (one of its DNS names) or the address is inside the allowing rule's networks; a
         name that cannot be read leaves the address rules. With it off, any name can be
         presented, so any flow a name rule covers may wait; so may every flow when
-        engine.default allows what no rule matches.
+        engine.default allows what no rule matches. At an address [names] private keeps
+        names from, only the names of rules with `private = true` count, either way.
         """
-        if not self.verify or self.settings.default == ALLOW:
+        if self.settings.default == ALLOW:
             return True
         policies = self.policies
+        # An internal address a name is kept from: only rules with `private = true` count.
+        kept = self.kept_from(dest) is not PUBLIC
+        if not self.verify:
+            if not kept or policies.private_names_hold(client.policies, dest.proto,
+                                                       dest.port):
+                return True
+            found, _shadowed = policies.address_match(client.policies, dest)
+            return found is not None and found.rule.action == ALLOW
+        dest = dest._replace(guarded=kept)
         for name, _evidence in dest.names:
             found = policies.first_match(client.policies, dest._replace(names=((name, SNI),)))
             if found is not None and found.rule.action == ALLOW:
@@ -169,15 +230,27 @@ class Engine:
         dest = self.destination(packet, destination_names(
             ((name, evidence), *((alias, evidence) for alias in aliases))))
         found = self.policies.first_match(client.policies, dest)
-        if (self.verify and found is not None and found.rule.action == ALLOW
-                and found.name is not None
-                and not (resolved is not None and resolved(packet.dst, found.name))
-                and not _inside(packet.dst, dest, found.rule)):
+        refused = PUBLIC
+        if not self._fronted(packet, dest, found, resolved):
+            found, refused = self._guard(found, client, dest)
+        if refused is not PUBLIC:
+            return self._refuse(found, mode, client, refused)
+        if self._fronted(packet, dest, found, resolved):
+            assert found is not None
             return self._finish(DENY, mode, NAME_MISMATCH, evidence, client.name,
                                 found.rule.name, found.name)
         if found is not None and found.name is None:
             found = found._replace(name=dest.names[0][0])  # show the presented name
         return self._result(found, mode, client, dest.names)
+
+    def _fronted(self, packet: Packet, dest: Destination, found: RuleMatch | None,
+                 resolved: Callable[[str, str], bool] | None) -> bool:
+        """Anti-fronting: whether an allow matched by a presented name goes to an address
+        that name does not resolve to, outside the rule's networks."""
+        return (self.verify and found is not None and found.rule.action == ALLOW
+                and found.name is not None
+                and not (resolved is not None and resolved(packet.dst, found.name))
+                and not _inside(packet.dst, dest, found.rule))
 
     def decide_unreadable(self, packet: Packet, why: str,
                           process: Process | None = None) -> Decision:
@@ -224,8 +297,7 @@ class Engine:
         key = None if process is None else match_key(process)
         if key in self._clients:
             return self._clients[key]
-        return self._clients.put(
-            key, next((c for c in self.policies.clients if client_matches(c, process)), None))
+        return self._clients.put(key, self.policies.client_index.first(process))
 
     def unparseable(self) -> Decision:
         """A packet we cannot read is never let through silently in enforce mode."""
@@ -240,10 +312,11 @@ class Engine:
     def _finish(
         action: str, mode: str, reason: Reason, evidence: str, client: str | None = None,
         rule: str | None = None, domain: str | None = None, unreadable: str | None = None,
+        private: str | None = None,
     ) -> Decision:
         verdict = ALLOW if mode == Mode.AUDIT else Action(action)
         return Decision(Action(action), verdict, Mode(mode), reason, Evidence(evidence),
-                        client, rule, domain, unreadable)
+                        client, rule, domain, unreadable, private)
 
 
 def _some_name(names: tuple[tuple[str, str], ...]) -> str | None:

@@ -14,7 +14,8 @@ from typing import Any
 from nfguard.config import Config
 from nfguard.engine import SNI, Engine
 from nfguard.policy.build import build_engine
-from nfguard.policy.match import destination_names
+from nfguard.policy.internal import PUBLIC
+from nfguard.policy.match import Destination, destination_names
 from nfguard.policy.model import ALLOW, IMAGE_ID_PREFIX, Mode
 from nfguard.policy.patterns import normalize_name
 from nfguard.policy.resolve import Queries, QueryEvidence, QueryJudge, QueryMatch
@@ -28,21 +29,31 @@ Resolver = Callable[..., list[tuple[Any, ...]]]
 def explain(
     config: Config, host: str, port: int | None, proto: str, *, exe: str | None = None,
     user: str | None = None, interface: str | None = None, container: str | None = None,
-    image: str | None = None, resolve: Resolver = socket.getaddrinfo,
+    image: str | None = None, source: str | None = None,
+    resolve: Resolver = socket.getaddrinfo,
 ) -> str:
+    """`source`: a routed or forwarded flow's original source address (match.source);
+    without `interface` it came in on an interface no client names."""
     engine = build_engine(config)
     sender = _process(exe, user)
     inside = (Container("", "", container, *_image(image))
               if container is not None or image is not None else None)
-    process = sender if interface is None and inside is None else (
-        sender or ProcessInfo())._replace(interface=interface, container=inside)
+    origin = None if source is None else str(ipaddress.ip_address(source))
+    process = sender if interface is None and inside is None and origin is None else (
+        sender or ProcessInfo())._replace(interface=interface, container=inside,
+                                          source=origin)
     addresses, names = _addresses(host, resolve)
     lines = [f"flow: {proto} to {host}{f':{port}' if port is not None else ' (any port)'}"]
     if names:
         lines.append(f"  {host} resolves to {', '.join(str(a) for a in addresses) or 'nothing'}"
                      " (evidence: dns)")
     if interface is not None:
-        lines.append(f"  forwarded from interface {interface} (a container or VM)")
+        lines.append(f"  forwarded from interface {interface} (a container, VM or routed "
+                     "network)")
+    if origin is not None:
+        lines.append(f"  forwarded from source address {origin}"
+                     + ("" if interface is not None else " (no --interface: clients with "
+                        "`interface` do not match)"))
     if inside is not None:
         lines.append(f"  in container name={container or '-'} image={image or '-'}")
     if sender is not None:
@@ -125,11 +136,16 @@ def _explain_one(
     if client is None:
         out.append("  client: none matched")
     else:
-        match = " ".join(f"{k}={v}" for k, v in client.match) or "(everyone)"
+        match = " ".join([*(f"{k}={v}" for k, v in client.match),
+                          *(f"source={n}" for n in client.sources
+                            if process is not None and process.source is not None
+                            and ipaddress.ip_address(process.source) in ipaddress.ip_network(
+                                str(n)))]) or "(everyone)"
         out.append(f"  client: {client.name} [{client.location}] matched on {match}")
         dest = engine.destination(packet, destination_names(names))
         if dest.resolver:
             out.append(f"  {address} is one of the host's DNS resolvers (@resolvers)")
+        out.extend(_inside(engine, address, dest))
         for policy, found in engine.policies.walk(client.policies, dest):
             name = policy.policy.name
             if found is None:
@@ -154,6 +170,21 @@ def _explain_one(
     out.append(f"  decision: {decision.action} ({decision.reason}, evidence {decision.evidence})"
                f"; mode {decision.mode}, the kernel is told {decision.verdict}")
     return out
+
+
+def _inside(engine: Engine, address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+            dest: Destination) -> list[str]:
+    """Whether the address is inside, and whether [names] private keeps a name alone from
+    it (the DNS rebinding guard)."""
+    kind = engine.internal(dest.version, dest.address)
+    if kind is PUBLIC:
+        return []
+    setting = f'[names] private = "{engine.private}"'
+    if engine.kept_from(dest) is PUBLIC:
+        return [f"  {address} is inside ({kind}); {setting} lets names reach it"]
+    return [f"  {address} is inside ({kind}): {setting} keeps a name alone from it; only a "
+            "rule with private = true, or one naming the address (CIDR), reaches it "
+            "(name_private_address)"]
 
 
 def _process(exe: str | None, user: str | None) -> ProcessInfo | None:

@@ -18,8 +18,9 @@ DENY = 0x20000000
 # again. In a packet mark coming to the engine (with QUEUED), "this flow is pending".
 PENDING = 0x30000000
 QUEUED = 0x40000000  # packet mark only: "this packet is on its way to the engine"
-# With QUEUED on a forwarded packet: "a DNS answer on its way to a container", which the
-# engine learns from instead of judging (on LOCAL_IN the hook says so already).
+# With QUEUED: "a DNS answer" (to this host, or on its way to a forwarded client), which
+# the engine learns from instead of judging; a query to this host's resolver from a
+# forwarded client comes in on LOCAL_IN too, with QUEUED alone.
 ANSWER = QUEUED | ALLOW
 
 

@@ -46,6 +46,11 @@ class Stats:
     dns_queries: int = 0  # DNS queries judged by their name
     dns_queries_refused: int = 0  # queries that did not leave (a refusal went to the client)
     dns_queries_unparseable: int = 0  # query packets that could not be read (dropped)
+    dns_streams_cut: int = 0  # DNS-over-TCP query streams cut when no longer followed
+    # DNS bindings of names to internal addresses, by kind (nfguard.policy.internal), and
+    # the last one ("name -> address (kind)")
+    dns_private: Counter[str] = field(default_factory=Counter)
+    dns_private_last: str = ""
     reloads: int = 0  # reloads that swapped in a new policy
     reload_failures: int = 0  # reloads rejected; the running policy stayed
     policy_loaded_at: float = 0.0  # wall-clock time the running policy was loaded
@@ -242,12 +247,15 @@ class Sources:
         reports = self._reports()
         if not reports:
             return self.stats
-        total = replace(self.stats, decisions=Counter(self.stats.decisions))
+        total = replace(self.stats, decisions=Counter(self.stats.decisions),
+                        dns_private=Counter(self.stats.dns_private))
         for report in reports:
             other: Stats = report["stats"]
             for name in _SUMMED:
                 setattr(total, name, getattr(total, name) + getattr(other, name))
             total.decisions.update(other.decisions)
+            total.dns_private.update(other.dns_private)
+            total.dns_private_last = total.dns_private_last or other.dns_private_last
         return total
 
     def total_latency(self) -> Latency:
@@ -286,7 +294,8 @@ class Sources:
 # Stats fields that add up over workers (the rest describe the policy this process runs).
 _SUMMED = ("packets", "unparseable", "errors", "pending_flows", "hello_timeouts",
            "dns_answers", "dns_bindings", "dns_cut", "dns_unparseable", "dns_untrusted",
-           "dns_out_of_order", "dns_queries", "dns_queries_refused", "dns_queries_unparseable")
+           "dns_out_of_order", "dns_queries", "dns_queries_refused", "dns_queries_unparseable",
+           "dns_streams_cut")
 
 
 class StatsCollector:
@@ -327,6 +336,12 @@ class StatsCollector:
         yield errors
         for name, help_text in _NAME_COUNTERS:
             yield CounterMetricFamily(f"nfguard_{name}", help_text, value=getattr(stats, name))
+        private = CounterMetricFamily(
+            "nfguard_dns_private_bindings", "Bindings of names to internal addresses learnt "
+            "from DNS answers, by kind of address ([names] private)", labels=["kind"])
+        for kind, value in sorted(stats.dns_private.items()):
+            private.add_metric([kind], value)
+        yield private
 
         latency = HistogramMetricFamily(
             "nfguard_verdict_latency_seconds",
@@ -505,6 +520,8 @@ _NAME_COUNTERS = (
      "refusal"),
     ("dns_queries_unparseable", "DNS query packets that could not be read, dropped (NOTIFY, "
      "UPDATE and other non-queries too)"),
+    ("dns_streams_cut", "DNS-over-TCP query streams cut because the engine stopped following "
+     "them (more open at once than it follows)"),
 )
 
 

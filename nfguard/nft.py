@@ -59,6 +59,9 @@ COUNTERS = {
     "protocol's shape or over the report rate, dropped",
     "forged_answers_dropped": "DNS answers whose source is not reachable through the "
     "interface they came in on (forged over loopback or another link), dropped",
+    "spoofed_sources_dropped": "Packets from engine.forward_from's interfaces whose source "
+    "address is not routed back through the interface they came in on (a client claiming "
+    "another's address), dropped",
     "dns_answers_over_limit": "DNS answers over the rate per socket (forwarded: per client "
     "address), dropped before the queue",
     "dns_queries_over_limit": "DNS queries over the rate per sending socket, dropped before "
@@ -146,6 +149,12 @@ def render(settings: EngineConfig, path: str, queries: bool = True) -> Ruleset:
     queued = f"0x{marks.QUEUED:08x}"
     injected = f"0x{marks.INJECTED:08x}"
     mask = f"0x{marks.MASK:08x}"
+    # A refusal has one shape: UDP from port 53 to the query's sender, on this host (over
+    # lo) or behind forward_from. The mark alone proves nothing: SO_MARK takes only
+    # CAP_NET_RAW (Linux 5.17+), so a packet of any other shape that carries it goes on to
+    # the untracked drop (the raw-priority chain took its conntrack entry).
+    refusal_to = ", ".join(f'"{name}"' for name in ("lo", *settings.forward_from))
+    refusal = f"meta mark & {mask} == {injected} udp sport 53 oifname {{ {refusal_to} }}"
     # Before the reply shortcut: a query is never let out as the "reply" of a flow someone
     # else (an inbound packet, a forged one) started from port 53.
     query_jump = ("\t\tmeta l4proto { tcp, udp } th dport 53 jump dns_query\t# every DNS query, "
@@ -171,6 +180,8 @@ def render(settings: EngineConfig, path: str, queries: bool = True) -> Ruleset:
     dns_where = "queued to the engine" + (
         f" (by the xt rule in iptables' {XT_TABLE} INPUT)" if path == XT else "")
     keep = _KEEP_USER_BITS
+    answer = f"0x{marks.ANSWER:08x}"
+    lan_query, lan_query_verdict = _lan_queries(settings.forward_from, queries)
     nft = f"""\
 # nfguard egress ruleset (engine mode {settings.mode}, fail {settings.fail}, queue {queues}).
 # Rendered by `nfguard install`; nfguard owns this table and nothing else.
@@ -192,7 +203,7 @@ table inet {TABLE} {{
 \t# and is checked on its own first.
 \tchain output {{
 \t\ttype filter hook output priority filter - 10; policy accept;
-\t\tmeta mark & {mask} == {injected} accept\t# the engine's refusal of a DNS query, to its client
+\t\t{refusal} accept\t# the engine's refusal of a DNS query, to its client
 {local_query}{loopback}\t\ticmpv6 type {{ {_LINK_CONTROL_V6} }} jump link_control
 \t\tip protocol igmp jump link_control
 \t\tct state invalid,untracked counter name untracked_dropped drop\t# no conntrack entry: no verdict could hold it
@@ -224,8 +235,17 @@ table inet {TABLE} {{
 \t\tct mark & {ct_field} == 0x{marks.DENY:08x} jump cut\t# a denied flow stays cut
 {_meter_queries()}
 \t\tmeta l4proto udp goto to_engine
-\t\ttcp flags & (syn | rst) != 0 return
+\t\ttcp flags & (syn | rst) != 0 goto dns_handshake
 \t\tjump bare
+\t\tgoto to_engine
+\t}}
+
+\t# A SYN or RST to a DNS server that carries nothing takes its flow's usual path (back
+\t# where dns_query was jumped from: over loopback, to a local stub, that is no path at
+\t# all); one that carries bytes (TCP Fast Open data, which a stub taking Fast Open reads)
+\t# goes to the engine, which drops it.
+\tchain dns_handshake {{
+{_handshake_rules("return")}
 \t\tgoto to_engine
 \t}}
 
@@ -269,17 +289,17 @@ table inet {TABLE} {{
 \t# First, a flow waiting for its name gets nothing of the server's but bare segments.
 \tchain input {{
 \t\ttype filter hook input priority filter - 10; policy accept;
-\t\tmeta mark & {mask} == {injected} meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
-\t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
+\t\tmeta mark & {mask} == {injected} udp sport 53 iifname "lo" meta mark set meta mark & {keep} accept\t# the engine's refusal of a query (no answer to learn)
+{lan_query}\t\tct direction reply ct mark & {ct_field} == {pending} jump pending_reply
 \t\ttcp sport 53 ct direction reply ct mark & {ct_field} == 0x{marks.DENY:08x} tcp flags & rst == rst accept\t# the reset of a cut DNS stream (a refused query): nothing to learn
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply jump answer
-\t\tudp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
-\t\ttcp sport 53 ct direction reply meta mark set meta mark | {queued}{dns_queue}
+\t\tudp sport 53 ct direction reply meta mark set meta mark | {answer}{dns_queue}
+\t\ttcp sport 53 ct direction reply meta mark set meta mark | {answer}{dns_queue}
 \t}}
 
 \tchain input_verdict {{
 \t\ttype filter hook input priority {VERDICT_PRIORITY}; policy accept;
-\t\tjump settle_answer
+{lan_query_verdict}\t\tjump settle_answer
 \t}}
 
 \t# The engine accepts every answer (after learning it) or drops an out-of-order TCP
@@ -306,7 +326,7 @@ table inet {TABLE} {{
 \t# window scale), but no payload (TCP Fast Open data) and no IPv4 options or IPv6
 \t# extension headers.
 \tchain bare_handshake {{
-{_handshake_rules()}
+{_handshake_rules("accept")}
 \t}}
 
 {_answer_chain()}
@@ -437,14 +457,31 @@ def _link_control_chain() -> str:
 """  # noqa: E501
 
 
+def _lan_queries(interfaces: tuple[str, ...], queries: bool) -> tuple[str, str]:
+    """The input chain's rule for DNS queries from engine.forward_from's interfaces to a
+    resolver on this host (a gateway's dnsmasq, which recurses for them), and its verdict
+    rule: judged by the sender's policy like a forwarded query, or its name would leave
+    through the resolver unjudged. A refused TCP stream is cut as on output."""
+    if not interfaces or not queries:
+        return "", ""
+    names = "{ " + ", ".join(f'"{name}"' for name in interfaces) + " }"
+    mask = f"0x{marks.MASK:08x}"
+    return (f"\t\tiifname {names} meta l4proto {{ tcp, udp }} th dport 53 ct direction "
+            "original jump dns_query\t# to a resolver on this host, from forwarded clients\n",
+            f"\t\tct direction original meta mark & {mask} != 0 jump settle\t# such a "
+            "query\n")
+
+
 def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
                    queries: bool) -> str:
     """The forward hook's chains, for flows from engine.forward_from's interfaces (none:
     forwarded traffic is left alone). Their new flows go through `egress` like the host's
     own, in their original direction (what comes from them in the reply direction answers
     connections made into them); their packets without a conntrack entry are dropped first,
-    and their pending flows get only bare replies. DNS answers on their way to those
-    interfaces are learnt first, marked ANSWER so the engine tells them from flows (sport
+    and so are those whose source address is not routed back through the interface they
+    came in on (strict reverse path: a client's address is what selects its policy, by
+    match.source); their pending flows get only bare replies. DNS answers on their way to
+    those interfaces are learnt first, marked ANSWER so the engine tells them from flows (sport
     53 alone is the sender's choice)."""
     if not interfaces:
         return ""
@@ -469,6 +506,7 @@ def _forward_chain(interfaces: tuple[str, ...], dns_queue: str, new_flows: int,
 \tchain forward {{
 \t\ttype filter hook forward priority filter - 10; policy accept;
 \t\tiifname {names} ct state invalid,untracked counter name untracked_dropped drop\t# a container's raw socket (CAP_NET_RAW)
+\t\tiifname {names} fib saddr . iif oif missing counter name spoofed_sources_dropped drop\t# a source not routed back where it came in: another's address (match.source)
 {query}\t\tct direction reply oifname {names} ct mark & {ct_field} == {pending} jump pending_reply
 \t\tmeta l4proto {{ tcp, udp }} th sport 53 ct direction reply oifname {names} jump forwarded_answer
 \t\tudp sport 53 ct direction reply oifname {names} meta mark set meta mark | {answer}{dns_queue}
@@ -552,13 +590,14 @@ def _bare_tcp_rules() -> str:
         f"\t\tip6 nexthdr tcp ip6 length 32 tcp doff 8 @th,160,32 {_TIMESTAMP_OPTION} accept"))
 
 
-def _handshake_rules() -> str:
+def _handshake_rules(verdict: str) -> str:
     """One rule per TCP header length (data offset 5-15 words, the common 10 first): the IP
-    length says the segment ends with its TCP header. nft compares a field with a
-    constant, not with another field, hence the list."""
+    length says the segment ends with its TCP header (no payload, no IPv4 options or IPv6
+    extension headers), and `verdict` applies. nft compares a field with a constant, not
+    with another field, hence the list."""
     offsets = (10, *(d for d in range(5, 16) if d != 10))
-    v4 = [f"\t\tip hdrlength 5 ip length {20 + 4 * d} tcp doff {d} accept" for d in offsets]
-    v6 = [f"\t\tip6 nexthdr tcp ip6 length {4 * d} tcp doff {d} accept" for d in offsets]
+    v4 = [f"\t\tip hdrlength 5 ip length {20 + 4 * d} tcp doff {d} {verdict}" for d in offsets]
+    v6 = [f"\t\tip6 nexthdr tcp ip6 length {4 * d} tcp doff {d} {verdict}" for d in offsets]
     return "\n".join(v4 + v6)
 
 

@@ -13,8 +13,11 @@ Three kinds of packet come here:
 - DNS queries (a datagram or a TCP segment with bytes to port 53, on output, forwarded, or
   over loopback to a local stub): their flow is decided once like any flow's, then every
   query is judged by its name (names.queries);
-- DNS answers (LOCAL_IN, source port 53; forwarded ones marked ANSWER): handed to the
-  names package's learner, which learns their names before they are accepted.
+- DNS queries from engine.forward_from's interfaces to a resolver on this host (LOCAL_IN,
+  a gateway's dnsmasq): their names judged, as the sender's client says;
+- DNS answers (source port 53 in the reply direction, marked ANSWER: on LOCAL_IN, or
+  forwarded to a client): handed to the names package's learner, which learns their names
+  before they are accepted.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from nfguard.audit import AuditLog, audit_event
 from nfguard.config import NamesConfig
 from nfguard.denies import Denies
 from nfguard.engine import DNS, Decision, Engine
+from nfguard.hostnets import HostNetworks, no_networks
 from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names.cache import NameCache
@@ -84,6 +88,7 @@ class Pipeline:
         peers: Peers | None = None,
         trusted: TrustedServers | None = None,
         refusals: Refusals | None = None,
+        hostnets: HostNetworks | None = None,
     ) -> None:
         self.engine = engine  # swapped whole on reload
         self.attributor = attributor  # None: flows are decided without knowing the sender
@@ -96,19 +101,23 @@ class Pipeline:
         # Gives a held packet its verdict later: (token, mark); the queue adapter's.
         self.release = release or _no_release
         self._udp_decided: OrderedDict[tuple, tuple[float, Any, int]] = OrderedDict()
+        # This host's networks ([names] private), read from the kernel by the daemon's
+        # loop (`tend`); by default none: only the fixed ranges are inside.
+        self.hostnets = hostnets or HostNetworks(no_networks)
         # DNS answers: the names they teach; the host's resolvers: whose answers teach,
         # and the engine's "@resolvers".
         self.learner = Learner(
             names if names is not None else make_name_cache(self.settings),
             trusted or TrustedServers(self.settings.resolvers, clock=clock),
-            stats, clock, peers)
+            stats, clock, peers, self.hostnets.kind_of)
         self.names: NameCache = self.learner.names
         self.trusted: TrustedServers = self.learner.trusted
         self.learn = self.learner.learn
         self.receive_peers = self.learner.receive_peers
         # DNS queries: judged by name; their flows' verdicts, for the flows' later queries.
         self.queries = QueryPath(stats, self.write, lambda token, mark: self.release(token, mark),
-                                 refusals, self.settings.queries, clock)
+                                 refusals, self.settings.queries, clock,
+                                 cut=lambda verdicts: self.write_verdicts(verdicts, "cut"))
         self._dns_flows: OrderedDict[tuple, tuple[float, Engine, Any, int]] = OrderedDict()
 
     @property
@@ -140,7 +149,7 @@ class Pipeline:
         `indev`: the interface index a forwarded packet came in on (0: sent by this host).
         """
         self.stats.packets += 1
-        if hook == LOCAL_IN or (hook == FORWARD and marks.is_answer(mark)):
+        if hook != LOCAL_OUT and marks.is_answer(mark):  # to this host, or a forwarded client
             return self.learner.answer(payload, mark)
         engine = self.engine
         packet: Packet | None = None
@@ -154,9 +163,9 @@ class Pipeline:
                 flow = self.flows.get(key)
                 if flow is not None:
                     return self._pending(flow, packet, payload, mark, token)
-            if packet.dport == DNS_PORT and (packet.proto == UDP or (
-                    packet.proto == TCP and packet.total_length > packet.payload_offset)):
-                return self._query(packet, payload, mark, token, uid, indev)
+            if hook == LOCAL_IN or (packet.dport == DNS_PORT and (packet.proto == UDP or (
+                    packet.proto == TCP and packet.total_length > packet.payload_offset))):
+                return self._query(packet, payload, mark, token, uid, indev, hook)
             now = self.clock()
             process = self._sender(packet, uid, indev)
             if packet.proto == UDP and self._udp_decided:
@@ -204,29 +213,35 @@ class Pipeline:
         the queue, so even a short-lived client is still there; a UDP sender may have closed
         its socket already, and then `uid`, the kernel's word, is what is known). A
         forwarded flow's sender is known by its interface, and by its process when it
-        lives in a network namespace of this host (a container)."""
+        lives in a network namespace of this host (a container); and by its original
+        source address (a routed client's, match.source)."""
         attributor = self.attributor
         interface = _interface_name(indev) if indev else None
         if attributor is None or packet.proto not in (TCP, UDP):
-            return None if interface is None else ProcessInfo(interface=interface)
-        if interface is not None:
+            return (None if interface is None
+                    else ProcessInfo(interface=interface, source=packet.src))
+        if interface is not None:  # forward hook: the source before any SNAT
             return attributor.lookup_forwarded(
                 packet.transport, packet.version, packet.src, packet.sport, packet.dst,
-                packet.dport, interface, hash_exe=self.engine.policies.matches_sha256)
+                packet.dport, interface, hash_exe=self.engine.policies.matches_sha256,
+            )._replace(source=packet.src)
         return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
                                  packet.dst, packet.dport,
                                  hash_exe=self.engine.policies.matches_sha256, uid=uid)
 
     # -- DNS queries ---------------------------------------------------------------------
     def _query(self, packet: Packet, payload: bytes, mark: int, token: Any, uid: int | None,
-               indev: int) -> int | Held:
+               indev: int, hook: int) -> int | Held:
         """A query: its flow decided (once) like any flow, then its name judged. Over
-        loopback to a local stub (loopback unfiltered), the name alone is judged."""
+        loopback to a local stub (loopback unfiltered), and from a forwarded client to a
+        resolver on this host (LOCAL_IN: a gateway's), the name alone is judged: that flow
+        ends here, and only the resolver's own queries leave."""
         engine = self.engine
         if packet.proto == TCP and packet.tcp_flags & _SYN:
             return marks.DROP  # data in a SYN (TCP Fast Open): sent again without, and read
         process = self._sender(packet, uid, indev)
-        if indev or engine.settings.filter_loopback or not _loopback(packet.dst):
+        if hook != LOCAL_IN and (indev or engine.settings.filter_loopback
+                                 or not _loopback(packet.dst)):
             bits = self._dns_flow(packet, process)
             if bits != marks.ALLOW:
                 return marks.with_verdict(mark, bits)
@@ -358,13 +373,21 @@ class Pipeline:
         for flow in (*expired, *silent):
             self.stats.hello_timeouts += 1
             self._settle(flow, flow.give_up(Why.HELLO_TIMEOUT))
-        if silent and self.set_verdicts is not None:
-            try:
-                self.set_verdicts([(flow.key, _bits(flow.decision)) for flow in silent])
-            except Exception:
-                self.stats.errors += 1
-                log.exception("cannot set the verdicts of flows that sent nothing")
+        if silent:
+            self.write_verdicts([(flow.key, _bits(flow.decision)) for flow in silent],
+                                "decided as sending nothing")
         return len(expired) + len(silent)
+
+    def write_verdicts(self, verdicts: list[tuple[Hashable, int]], why: str) -> None:
+        """Write verdicts into flows' ct marks (`set_verdicts`), for flows none of whose
+        packets is here to carry one; a failure is counted and logged."""
+        if self.set_verdicts is None:
+            return
+        try:
+            self.set_verdicts(verdicts)
+        except Exception:
+            self.stats.errors += 1
+            log.exception("cannot set the verdicts of flows %s", why)
 
 
 def _identity(process: ProcessInfo | None) -> Any:

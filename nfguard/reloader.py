@@ -102,7 +102,8 @@ class Reloader:
         """In the reload thread: read and compile; never touches the running state."""
         try:
             config = load_config(self.services.config_path)
-            job.result = (config, build_engine(config, self.services.pipeline.trusted))
+            pipeline = self.services.pipeline
+            job.result = (config, build_engine(config, pipeline.trusted, pipeline.hostnets))
         except Exception as exc:
             job.result = exc
         job.done.set()

@@ -67,6 +67,8 @@ def render_status(status: dict[str, Any], colour: bool = False) -> str:
                  f"{names['misses']} misses, {names['evictions']} evictions")
     lines.append(f"DNS answers:  taught by {names['resolvers']}; "
                  f"{names['untrusted_answers']} from other servers, not learnt")
+    if s.get("private") is not None:
+        lines += _private(s["private"])
     if s["attribution"] is not None:
         a = s["attribution"]
         lines.append(f"attribution:  {a.get('lookups', 0)} lookups, {a.get('recorded', 0)} "
@@ -114,6 +116,21 @@ def _flow(kind: dict[str, Any]) -> str:
 
 def _alarm(line: str, colour: bool) -> str:
     return f"{Colour.RED}{line}{Colour.RESET}" if colour else line
+
+
+def _private(private: dict[str, Any]) -> list[str]:
+    """The DNS rebinding guard ([names] private) and the bindings to internal addresses."""
+    reach = ("names lead nowhere inside" if private["setting"] == "deny" else
+             "names lead inside, never to loopback, link-local or metadata addresses")
+    bindings = private["bindings"]
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(bindings.items()))
+    counted = (f"DNS bound names to internal addresses {_count(sum(bindings.values()), 'time')}"
+               f" ({kinds}); last {private['last']}" if bindings
+               else "DNS bound no name to an internal address")
+    return [f"private:      [names] private = \"{private['setting']}\": {reach} (but by a rule "
+            "with private = true or a CIDR)",
+            f"  {counted}",
+            f"  this host's networks: {private['networks']}"]
 
 
 def _ruleset(guard: dict[str, Any]) -> list[str]:

@@ -12,7 +12,11 @@ Pure functions over parsed events; the CLI in `nfguard.cli` only reads files and
   TOML with counts and first/last seen as comments. A name a client resolved that its rules
   do not already cover (judged by `QueryJudge` on the suggested policy itself: a name it
   connected to is covered by its `to`) becomes resolvable-only, `resolve = [...]`, written
-  literally: a wildcard over names only resolved would let a tunnel through;
+  literally: a wildcard over names only resolved would let a tunnel through. A name whose
+  flows went to an internal address (nfguard.policy.internal) gets a rule of its own with
+  `private = true`, each name written out and the addresses in a comment: without it the
+  DNS rebinding guard ([names] private) would refuse those flows, and the opt-in is a
+  decision for the reviewer, not a wildcard's side effect;
 - `denied` evaluates flows against an existing policy with the real `Engine`, and queries
   with its `QueryJudge`, and reports the distinct (who, destination, port, proto) and
   (who, name, type) it would deny or refuse.
@@ -28,13 +32,15 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any
 
 import orjson
 
-from nfguard.config import EngineConfig
+from nfguard.config import DEFAULT_FORWARD_FROM, EngineConfig
 from nfguard.engine import Decision, Engine
+from nfguard.policy.internal import PUBLIC, Internal, Private, classify, classify_text
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.policy.model import RESOLVERS, Client, PolicySet
@@ -58,6 +64,7 @@ _PROTO_NUMBERS = {"tcp": TCP, "udp": UDP, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 
 
 QUERY_NOUN = ("query", "queries")
 Resolvers = Callable[[str], bool]  # whether an address is one of the host's DNS resolvers
+Inside = Callable[[str], Internal]  # what kind of address one is (nfguard.hostnets)
 
 
 # ------------------------------------------------------------------------------ events
@@ -67,18 +74,23 @@ Resolvers = Callable[[str], bool]  # whether an address is one of the host's DNS
 class Identity:
     """Who sent a flow, as far as a client `match` table can say it; all None: unknown.
     A forwarded flow also has its ingress interface (and a container's, its process); a
-    container's flow its image (its unit, a scope named after one run's id, is left out)."""
+    container's flow its image (its unit, a scope named after one run's id, is left out);
+    a routed flow with no process behind it (a LAN host behind a gateway: an interface
+    that is no container or VM bridge, whose addresses are handed out per run) its source
+    address, which is all that tells such senders apart on one interface."""
 
     exe: str | None = None
     user: str | None = None  # user name, or the uid as digits when the name was unknown
     unit: str | None = None
     interface: str | None = None
     image: str | None = None
+    source: str | None = None
 
     def _given(self) -> list[tuple[str, str]]:
         return [(key, value) for key, value in (
             ("exe", self.exe), ("user", self.user), ("unit", self.unit),
-            ("interface", self.interface), ("image", self.image)) if value is not None]
+            ("interface", self.interface), ("image", self.image), ("source", self.source))
+            if value is not None]
 
     @property
     def known(self) -> bool:
@@ -93,11 +105,11 @@ class Identity:
     def describe(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self._given()) or "(no process info)"
 
-    def sort_key(self) -> tuple[int, str, str, str, str, str]:
+    def sort_key(self) -> tuple[int, str, str, str, str, str, str]:
         # Most specific first: a client whose keys are a subset of another's would otherwise
         # take that one's flows, since the first client that matches decides.
         return (-len(self._given()), self.exe or "", self.user or "", self.unit or "",
-                self.interface or "", self.image or "")
+                self.interface or "", self.image or "", self.source or "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +247,11 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
     match_user = name if name is not None and not name.isdigit() else (
         str(uid) if uid is not None else None)
     image = container.image if container is not None else None
-    identity = Identity(exe, match_user, unit if container is None else None, interface, image)
+    source = _forwarded_source(event) if interface is not None else None
+    routed = (interface is not None and exe is None and container is None
+              and not any(fnmatchcase(interface, bridge) for bridge in DEFAULT_FORWARD_FROM))
+    identity = Identity(exe, match_user, unit if container is None else None, interface, image,
+                        source if routed else None)
     info = ProcessInfo(
         uid=uid,
         user=name,
@@ -247,9 +263,19 @@ def _who(event: dict[str, Any]) -> tuple[Identity, ProcessInfo | None]:
         unit=unit,
         interface=interface,
         container=container,
+        source=source,
     )
     has_info = identity.known or uid is not None or info.cmdline or info.cgroup
     return identity, (info if has_info else None)
+
+
+def _forwarded_source(event: dict[str, Any]) -> str | None:
+    """A forwarded flow's source.ip (its original source: before any SNAT), normalised."""
+    text = _optional_text(_table(event, "source").get("ip"))
+    try:
+        return None if text is None else str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _container(fields: dict[str, Any]) -> Container | None:
@@ -435,11 +461,12 @@ class Seen:
 @dataclass
 class SuggestedRule:
     name: str
-    kind: str  # "names" | "addresses"
+    kind: str  # "names" | "addresses" | "inside" (names that led to internal addresses)
     proto: str | None  # None: both (a transport rules cannot name, e.g. icmp)
     ports: tuple[int, ...]  # empty: any port
     to: list[tuple[str, Seen, list[str]]]  # (entry, seen, names it covers if a wildcard)
     seen: Seen
+    inside: tuple[str, ...] = ()  # "address (kind)" of the internal addresses reached
 
 
 @dataclass
@@ -471,7 +498,8 @@ class Suggestion:
 
 def build_suggestion(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS,
                      resolvers: Resolvers | None = None,
-                     queries: Iterable[Query] = ()) -> Suggestion:
+                     queries: Iterable[Query] = (), internal: Inside = classify_text,
+                     ) -> Suggestion:
     queries = list(queries)
     flows = with_carriers(flows, queries)
     by_identity: dict[Identity, list[Flow]] = defaultdict(list)
@@ -486,7 +514,7 @@ def build_suggestion(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBL
         seen = Seen()
         for flow in by_identity[identity]:
             seen.add(flow)
-        rules = _rules(by_identity[identity], min_siblings, resolvers)
+        rules = _rules(by_identity[identity], min_siblings, resolvers, internal)
         clients.append(SuggestedClient(names[identity], identity, rules, seen))
     suggestion = Suggestion(clients, total)
     if queries:
@@ -546,7 +574,7 @@ def _client_names(identities: list[Identity]) -> dict[Identity, str]:
         else:
             parts = [os.path.basename(identity.exe.rstrip("/")) or identity.exe
                      if identity.exe else None, identity.user, identity.unit,
-                     identity.interface, identity.image]
+                     identity.interface, identity.image, identity.source]
             base = "-".join(_slug(p) for p in parts if p is not None)
         name, n = base, 1
         while name in used:
@@ -562,15 +590,20 @@ def _slug(text: str) -> str:
     return slug or "x"
 
 
-def _rules(flows: list[Flow], min_siblings: int,
-           resolvers: Resolvers | None) -> list[SuggestedRule]:
+def _rules(flows: list[Flow], min_siblings: int, resolvers: Resolvers | None,
+           internal: Inside = classify_text) -> list[SuggestedRule]:
     # proto -> destination entry -> ports seen / Seen ; names are collapsed per proto.
     named: dict[str | None, dict[str, list[Flow]]] = defaultdict(lambda: defaultdict(list))
     addressed: dict[str | None, dict[str, list[Flow]]] = defaultdict(lambda: defaultdict(list))
+    inside: dict[str | None, dict[str, list[Flow]]] = defaultdict(lambda: defaultdict(list))
+    kinds: dict[str, Internal] = {}
     for flow in flows:
         proto = flow.proto if flow.proto in ("tcp", "udp") else None
         if flow.domain is not None:
-            named[proto][flow.domain].append(flow)
+            where = kinds.get(flow.ip)
+            if where is None:
+                where = kinds[flow.ip] = internal(flow.ip)
+            (named if where is PUBLIC else inside)[proto][flow.domain].append(flow)
         elif flow.port == DNS_PORT and resolvers is not None and resolvers(flow.ip):
             addressed[proto][RESOLVERS].append(flow)  # not today's address: whatever it becomes
         else:
@@ -590,6 +623,10 @@ def _rules(flows: list[Flow], min_siblings: int,
         for entry, members in per_address.items():
             groups[("addresses", proto, _ports(proto, members))].append(
                 (entry, _seen(members), []))
+    for proto, per_name in inside.items():  # written out: an opt-in is never a wildcard's
+        for entry, members in per_name.items():
+            groups[("inside", proto, _ports(proto, members))].append(
+                (entry, _seen(members), []))
 
     rules = []
     used: set[str] = set()
@@ -606,7 +643,11 @@ def _rules(flows: list[Flow], min_siblings: int,
             n += 1
             name = f"{base}-{n}"
         used.add(name)
-        rules.append(SuggestedRule(name, kind, proto, ports, to, seen))
+        reached: tuple[str, ...] = ()
+        if kind == "inside":
+            reached = tuple(sorted({f"{f.ip} ({kinds[f.ip]})" for entry, *_ in to
+                                    for f in inside[proto][entry]}))
+        rules.append(SuggestedRule(name, kind, proto, ports, to, seen, reached))
     return rules
 
 
@@ -686,6 +727,12 @@ def render_suggestion(suggestion: Suggestion) -> str:
             else:
                 lines.append("# transport without ports (e.g. icmp): rules cannot narrow it, "
                              "so this allows tcp and udp too")
+            if rule.inside:
+                shown = ", ".join(rule.inside[:5]) + (", ..." if len(rule.inside) > 5 else "")
+                lines.append("# these names led to internal addresses: "
+                             f"{comment_text(shown)}; a name alone is kept from them")
+                lines.append("# ([names] private): keep this only if they are meant to")
+                lines.append("private = true")
         if client.resolve:
             seen = Seen()
             for item in client.resolve:
@@ -719,10 +766,13 @@ def _port_items(ports: tuple[int, ...]) -> Iterator[str]:
 
 
 def suggest(flows: Iterable[Flow], min_siblings: int = DEFAULT_MIN_SIBLINGS,
-            resolvers: Resolvers | None = None, queries: Iterable[Query] = ()) -> str:
+            resolvers: Resolvers | None = None, queries: Iterable[Query] = (),
+            internal: Inside = classify_text) -> str:
     """Flows and queries -> TOML policy text that allows every one of them. `resolvers`:
-    whether an address is one of the host's DNS resolvers; DNS to them is "@resolvers"."""
-    return render_suggestion(build_suggestion(flows, min_siblings, resolvers, queries))
+    whether an address is one of the host's DNS resolvers; DNS to them is "@resolvers".
+    `internal`: what kind of address one is (names that led inside opt in)."""
+    return render_suggestion(build_suggestion(flows, min_siblings, resolvers, queries,
+                                              internal))
 
 
 # ------------------------------------------------------------------------------ denied
@@ -752,18 +802,21 @@ def decide(engine: Engine, flow: Flow) -> Decision:
 
 
 def policy_engine(policies: PolicySet, default: str = "deny",
-                  resolvers: Resolvers | None = None) -> Engine:
+                  resolvers: Resolvers | None = None, private: str = Private.ALLOW,
+                  internal: Callable[[int, int], Internal] = classify) -> Engine:
     return Engine(EngineConfig(mode="enforce", default=default), CompiledPolicySet(policies),
-                  resolvers=resolvers)
+                  resolvers=resolvers, private=private, internal=internal)
 
 
 def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny",
-           resolvers: Resolvers | None = None, queries: Iterable[Query] = ()
+           resolvers: Resolvers | None = None, queries: Iterable[Query] = (),
+           private: str = Private.ALLOW, internal: Callable[[int, int], Internal] = classify,
            ) -> list[DeniedFlow]:
     """The distinct (who, destination, port, proto) that `policies` would deny, the flows
-    carrying `queries` to their resolver included."""
+    carrying `queries` to their resolver included ([names] private as `private` says, with
+    `internal` telling what kind of address one is)."""
     flows = with_carriers(flows, queries)
-    engine = policy_engine(policies, default, resolvers)
+    engine = policy_engine(policies, default, resolvers, private, internal)
     found: dict[tuple[Identity, str, int, str], tuple[Seen, set[str], set[str]]] = {}
     for flow in flows:
         decision = decide(engine, flow)
@@ -773,7 +826,11 @@ def denied(flows: Iterable[Flow], policies: PolicySet, default: str = "deny",
         seen, clients, rules = found.setdefault(key, (Seen(), set(), set()))
         seen.add(flow)
         clients.add(decision.client or "-")
-        rules.add(f"rule={decision.rule}" if decision.rule else f"reason={decision.reason}")
+        if decision.private is not None:  # the rule allowed, the DNS rebinding guard did not
+            rules.add(f"reason={decision.reason} ({decision.private} address; "
+                      f"rule={decision.rule} has no private = true)")
+        else:
+            rules.add(f"rule={decision.rule}" if decision.rule else f"reason={decision.reason}")
     out = [DeniedFlow(identity, dest, port, proto, tuple(sorted(clients)), tuple(sorted(rules)),
                       seen)
            for (identity, dest, port, proto), (seen, clients, rules) in found.items()]

@@ -16,6 +16,7 @@ from nfguard.audit import AuditLog
 from nfguard.config import Config, load_config
 from nfguard.control import ControlServer, Handler
 from nfguard.engine import Engine
+from nfguard.hostnets import HostNetworks
 from nfguard.metrics import Latency, Sources, Stats, build, running_modes, serve
 from nfguard.names.inject import Refusals
 from nfguard.names.peers import Peers
@@ -103,7 +104,8 @@ def build_services(config_path: str, worker: WorkerLink | None) -> Services:
     """Load the config and policy, install the ruleset (main process), bind the queue."""
     config = load_config(config_path)
     resolvers = TrustedServers(config.names.resolvers)
-    engine = build_engine(config, resolvers)
+    hostnets = HostNetworks()  # for [names] private; the loop follows them
+    engine = build_engine(config, resolvers, hostnets)
     guard = None
     if worker is None:
         installer = Installer()
@@ -140,7 +142,7 @@ def build_services(config_path: str, worker: WorkerLink | None) -> Services:
     # The name cache lives as long as the daemon: reloads keep what DNS taught it.
     pipeline = Pipeline(engine, audit, stats, names=make_name_cache(config.names),
                         settings=config.names, attributor=attributor, peers=peers,
-                        trusted=resolvers, refusals=refusals)
+                        trusted=resolvers, refusals=refusals, hostnets=hostnets)
     pipeline.set_verdicts = set_verdicts  # flows that sent nothing by hello_timeout
     latency = Latency()
     queue = QueueAdapter(queue_num, pipeline.handle,

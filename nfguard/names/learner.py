@@ -1,11 +1,15 @@
 """DNS answers read before they are accepted: what the host's resolvers say teaches names.
 
-An answer (LOCAL_IN with source port 53, or forwarded to a container, marked ANSWER) is
-learnt, then accepted, so no client can connect before the engine knows the name. Answers
-over TCP are read from the server's stream in order (a segment ahead of the next byte is
-dropped: the server sends it again); one answer binding several names to an address (a
-CNAME chain) is remembered, so a client presenting the alias is known to go to its target.
+An answer (source port 53 in the reply direction, to this host or forwarded to a client,
+marked ANSWER) is learnt, then accepted, so no client can connect before the engine knows
+the name. Answers over TCP are read from the server's stream in order (a segment ahead of
+the next byte is dropped: the server sends it again); one answer binding several names to
+an address (a CNAME chain) is remembered, so a client presenting the alias is known to go
+to its target.
 Only the trusted resolvers' answers teach (resolvers.TrustedServers).
+Bindings of names to internal addresses (nfguard.policy.internal) are counted here, by kind:
+a public name that suddenly answers with an inside address is what DNS rebinding looks
+like.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from nfguard.names.cache import NameCache
 from nfguard.names.peers import Peers
 from nfguard.names.resolvers import TrustedServers
 from nfguard.names.streams import SYN, bound, closing, flow_key, in_order
+from nfguard.policy.internal import PUBLIC, Internal, classify_text
 from nfguard.wire.dns import DNS_PORT, TcpDnsStream, parse_response
 from nfguard.wire.errors import WireError
 from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
@@ -64,12 +69,14 @@ class Learner:
     """Reads DNS answers into the name cache (and tells the other workers)."""
 
     def __init__(self, names: NameCache, trusted: TrustedServers, stats: Stats,
-                 clock: Callable[[], float] = time.time, peers: Peers | None = None) -> None:
+                 clock: Callable[[], float] = time.time, peers: Peers | None = None,
+                 internal: Callable[[str], Internal] = classify_text) -> None:
         self.names = names
         self.trusted = trusted
         self.stats = stats
         self.clock = clock
         self.peers = peers  # the other workers, with engine.workers > 1
+        self.internal = internal  # the kind of an address (nfguard.hostnets knows the host's)
         self._streams: OrderedDict[tuple, list[Any]] = OrderedDict()
         # (address, name) -> the other names one answer bound to that address with it (a
         # CNAME chain): a client presenting alias.test, which the host resolved through
@@ -147,8 +154,15 @@ class Learner:
                                          now, response.question))
         if self.peers is not None and bindings:
             self.peers.publish(now, bindings)  # before the answer is accepted
-        self.stats.dns_answers += 1
-        self.stats.dns_bindings += len(bindings)  # here, not in learn: workers' sums stay true
+        stats = self.stats
+        stats.dns_answers += 1
+        stats.dns_bindings += len(bindings)  # here, not in learn: workers' sums stay true
+        internal = self.internal
+        for ip, name, _ttl in bindings:
+            kind = internal(ip)
+            if kind is not PUBLIC:
+                stats.dns_private[kind] += 1
+                stats.dns_private_last = f"{name} -> {ip} ({kind})"
 
     def learn(self, now: float, bindings: list[tuple[str, str, int]],
               origin: Origin = FROM_PEER) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 from nfguard.wire.ip import Packet
 
-SYN, FIN, RST = 0x02, 0x01, 0x04
-_SEQ = 0xFFFFFFFF
-_HALF = 1 << 31
+SYN, FIN, RST, URG = 0x02, 0x01, 0x04, 0x20
+SEQ = 0xFFFFFFFF  # sequence numbers wrap at 2**32
+HALF = 1 << 31  # a difference past half the space is negative
 
 def flow_key(packet: Packet) -> tuple:
     return (packet.proto, packet.src, packet.sport, packet.dst, packet.dport)
@@ -33,7 +33,7 @@ def in_order(streams: OrderedDict[tuple, list[Any]], key: tuple, packet: Packet,
     segment not seen before; None when the segment starts past the next byte. A
     SYN starts the stream; a stream first met mid-way starts at the segment."""
     if packet.tcp_flags & SYN:
-        state = streams[key] = [(packet.tcp_seq + 1) & _SEQ, make()]
+        state = streams[key] = [(packet.tcp_seq + 1) & SEQ, make()]
         bound(streams, limit)
         return state, b""
     known = streams.get(key)
@@ -45,12 +45,12 @@ def in_order(streams: OrderedDict[tuple, list[Any]], key: tuple, packet: Packet,
     else:
         state = known
         streams.move_to_end(key)
-    offset = (packet.tcp_seq - state[0]) & _SEQ
-    if offset >= _HALF:  # starts before the next byte: a retransmit, maybe overlapping
-        body = body[(state[0] - packet.tcp_seq) & _SEQ:]
+    offset = (packet.tcp_seq - state[0]) & SEQ
+    if offset >= HALF:  # starts before the next byte: a retransmit, maybe overlapping
+        body = body[(state[0] - packet.tcp_seq) & SEQ:]
     elif offset:
         return None
-    state[0] = (state[0] + len(body)) & _SEQ
+    state[0] = (state[0] + len(body)) & SEQ
     return state, body
 
 

@@ -9,18 +9,23 @@ from pathlib import Path
 
 from nfguard.config import Config
 from nfguard.engine import Engine
+from nfguard.hostnets import HostNetworks
 from nfguard.names.resolvers import TrustedServers
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.load import load_policy_dir
 from nfguard.policy.match import CompiledPolicySet
 
 
-def build_engine(config: Config, resolvers: TrustedServers | None = None) -> Engine:
+def build_engine(config: Config, resolvers: TrustedServers | None = None,
+                 hostnets: HostNetworks | None = None) -> Engine:
     """Config + every policy file -> a ready engine; raises PolicyError naming file and line.
-    `resolvers`: the running daemon's (a reload configures it); None: the host's now."""
+    `resolvers`, `hostnets`: the running daemon's (a reload configures the resolvers, the
+    loop follows the networks); None: the host's now."""
     resolvers = resolvers or TrustedServers(config.names.resolvers)
+    hostnets = hostnets or HostNetworks()
     return Engine(config.engine, compile_policy_dir(config.engine.policy_dir),
-                  verify=config.names.verify, resolvers=resolvers.serves)
+                  verify=config.names.verify, resolvers=resolvers.serves,
+                  private=config.names.private, internal=hostnets.kind)
 
 
 def compile_policy_dir(directory: str | Path) -> CompiledPolicySet:

@@ -8,6 +8,12 @@ the host's network) only in a table that also says where it comes from: its inte
 its container's name or image, or its cgroup (all set by this host, not the container);
 a table of process keys alone speaks of this host's own programs.
 
+`source` holds for a forwarded flow whose original source address (before any SNAT on
+the way out) is inside one of its networks, and never for a flow of the host's own: an
+address speaks of the sender's place on the network, as `interface` does. Clients with
+`source` are found through an index by the sender's address (ClientIndex), so 10,000
+client networks cost a lookup what 10 do.
+
 `exe` holds only for a path that names the file the process runs (attribution checks it
 by device and inode, see nfguard.procs.exepath): not for a program whose path was mounted
 over in a namespace of its own, nor for one whose file was deleted or replaced since it
@@ -17,10 +23,14 @@ holding its socket, which a child that inherited it across an exec also does).""
 
 from __future__ import annotations
 
+import heapq
+import socket
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Protocol
 
 from nfguard.policy.model import IMAGE_ID_PREFIX, Client
+from nfguard.policy.networks import Network, PrefixIndex
 
 
 class Process(Protocol):
@@ -57,6 +67,8 @@ class Process(Protocol):
     def interface(self) -> str | None: ...
     @property
     def container(self) -> ContainerIdentity | None: ...
+    @property
+    def source(self) -> str | None: ...  # a forwarded flow's original source address
 
 
 class ContainerIdentity(Protocol):
@@ -69,7 +81,7 @@ class ContainerIdentity(Protocol):
 
 
 # Keys that say where a container's flow comes from (see the module's docstring).
-ORIGIN_KEYS = frozenset({"interface", "container", "image", "cgroup"})
+ORIGIN_KEYS = frozenset({"interface", "container", "image", "cgroup", "source"})
 # Keys about what a process runs: none holds for an unproven sender.
 PROGRAM_KEYS = frozenset({"exe", "parent_exe", "sha256", "cmdline"})
 
@@ -80,19 +92,79 @@ def match_key(process: Process) -> tuple:
             process.parent_exe,
             process.cmdline, process.uid, process.user, process.gids, process.groups,
             process.unit, process.cgroup, process.sha256, process.interface,
-            process.container)
+            process.container, process.source)
 
 
-def client_matches(client: Client, process: Process | None) -> bool:
-    """All keys must hold; an empty match table matches every flow, even unattributed ones."""
-    if not client.match:
+def client_matches(client: Client, process: Process | None,
+                   source_checked: bool = False) -> bool:
+    """All keys must hold; an empty match table matches every flow, even unattributed ones.
+    `source_checked`: the sender's address is known to be inside the client's `source`
+    (ClientIndex found it there), so its networks are not tried one by one."""
+    if client.matches_everyone:
         return True
     if process is None:
         return False
+    if client.sources and not (source_checked or _inside(client.sources, process.source)):
+        return False
     if ((process.interface is not None or process.container is not None)
+            and not client.sources
             and ORIGIN_KEYS.isdisjoint(key for key, _ in client.match)):
         return False
     return all(_holds(key, expected, process) for key, expected in client.match)
+
+
+class ClientIndex:
+    """The first client, in order, whose match table holds for a sender. Clients without
+    `source` are tried in turn as before; of those with it, only the ones whose networks
+    hold the sender's address, found in a prefix index (one probe per prefix length in
+    use, however many networks): a gateway's 10,000 client networks cost what 10 do."""
+
+    def __init__(self, clients: tuple[Client, ...]) -> None:
+        self.clients = clients
+        self._any_source = [p for p, client in enumerate(clients) if not client.sources]
+        self._by_version = {4: PrefixIndex(32), 6: PrefixIndex(128)}
+        for position, client in enumerate(clients):
+            for network in client.sources:
+                self._by_version[network.version].add(network.address, network.prefixlen,
+                                                      position)
+        for index in self._by_version.values():
+            index.freeze()
+        self._sourced = len(self._any_source) < len(clients)
+
+    def first(self, process: Process | None) -> Client | None:
+        clients = self.clients
+        for position in self._candidates(process):
+            client = clients[position]
+            if client_matches(client, process, source_checked=True):
+                return client
+        return None
+
+    def _candidates(self, process: Process | None) -> Iterable[int]:
+        """Client positions in order: those without `source`, and those whose networks
+        hold the sender's address (none for the host's own flows)."""
+        source = None if process is None else process.source
+        if source is None or not self._sourced:
+            return self._any_source
+        version, address = _address(source)
+        found = sorted({p for positions in self._by_version[version].lookup(address)
+                        for p in positions})
+        return heapq.merge(self._any_source, found) if found else self._any_source
+
+
+def _address(text: str) -> tuple[int, int]:
+    """(version, integer) of an address as the wire parsers write it."""
+    if ":" in text:
+        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+    return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+
+
+def _inside(networks: tuple[Network, ...], source: str | None) -> bool:
+    if source is None:
+        return False
+    version, address = _address(source)
+    return any(network.version == version
+               and address >> (bits := (32 if version == 4 else 128) - network.prefixlen)
+               == network.address >> bits for network in networks)
 
 
 def _holds(key: str, expected: str, process: Process) -> bool:

@@ -34,7 +34,7 @@ from nfguard.policy.source import SourceMap
 _TOP_KEYS = ("client", "policy")
 _CLIENT_KEYS = ("name", "match", "policies", "mode", "queries")
 _POLICY_KEYS = ("name", "rule")
-_RULE_KEYS = ("name", "action", "to", "resolve", "ports", "proto")
+_RULE_KEYS = ("name", "action", "to", "resolve", "ports", "proto", "private")
 _TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
 _AT_END = re.compile(r"\(at end of document\)")
 
@@ -105,6 +105,7 @@ class _Builder:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
         self.clients: list[Client] = []
+        self.client_names: set[str] = set()  # a gateway may have a client per host
         self.policies: dict[str, Policy] = {}
         # (client, its index in its file, that file's map) for the reference check at the end.
         self.references: list[tuple[Client, int, SourceMap]] = []
@@ -151,27 +152,35 @@ class _Builder:
         name = source.required_str(raw, path, "name")
         if name is None:
             return
-        if any(c.name == name for c in self.clients):
+        if name in self.client_names:
             source.problem((*path, "name"), f"duplicate client name {name!r}")
-        match = self._match(source, path, raw.get("match", {}))
+        match, sources = self._match(source, path, raw.get("match", {}))
         policies = source.str_list(raw, path, "policies", required=True)
         mode = source.choice(raw, path, "mode", MODES)
         queries = source.choice(raw, path, "queries", QUERIES)
         if not policies:
             return
-        client = Client(name, match, tuple(policies), mode, source.location(path), queries)
+        client = Client(name, match, tuple(policies), mode, source.location(path), queries,
+                        sources)
         self.clients.append(client)
+        self.client_names.add(name)
         self.references.append((client, index, source.map))
 
-    def _match(self, source: _Source, path: tuple, raw: Any) -> tuple[tuple[str, str], ...]:
+    def _match(self, source: _Source, path: tuple, raw: Any
+               ) -> tuple[tuple[tuple[str, str], ...], tuple[Network, ...]]:
+        """The match table's (key, value) pairs, and its `source` networks."""
         if not isinstance(raw, dict):
             source.problem((*path, "match"), 'match must be a table: { exe = "/usr/bin/git" }')
-            return ()
+            return (), ()
         pairs = []
+        sources: tuple[Network, ...] = ()
         for key, value in raw.items():
             if key not in MATCH_KEYS:
                 source.problem((*path, "match", key), f"unknown match key {key!r} "
                                f"(allowed: {', '.join(MATCH_KEYS)})", needle=key)
+                continue
+            if key == "source":
+                sources = self._sources(source, path, value)
                 continue
             if isinstance(value, int) and not isinstance(value, bool) and key == "user":
                 value = str(value)
@@ -191,7 +200,7 @@ class _Builder:
                                    needle=key)
                     continue
             pairs.append((key, value.lower() if key == "sha256" else value))
-        return tuple(pairs)
+        return tuple(pairs), sources
 
     def _policy(self, source: _Source, index: int, raw: dict[str, Any]) -> None:
         path = ("policy", index)
@@ -235,11 +244,30 @@ class _Builder:
                 if key in raw:
                     source.problem((*path, key), f"{key} does not apply to a rule with "
                                    "'resolve' and no 'to': it allows or denies no connection")
+        private = self._private(source, path, raw, action, names)
         if len(self.problems) > before or action is None:
             return None
         name = f"{policy}/{label}" if label is not None else f"{policy}/#{index + 1}"
         return Rule(policy, name, action, networks, names, ports, ranges, proto,
-                    source.location(path), resolvers, resolve)
+                    source.location(path), resolvers, resolve, private)
+
+    @staticmethod
+    def _private(source: _Source, path: tuple, raw: dict[str, Any], action: str | None,
+                 names: tuple[NamePattern, ...]) -> bool:
+        """`private = true`: the rule's names may lead to internal addresses. Only an allow
+        rule with names in `to` has any: elsewhere the key would promise what it cannot."""
+        if "private" not in raw:
+            return False
+        value = raw["private"]
+        if not isinstance(value, bool):
+            source.problem((*path, "private"), "private must be true or false")
+            return False
+        if value and (action != "allow" or not names):
+            has = "no names in `to`" if action == "allow" else f'action = "{action}"'
+            source.problem((*path, "private"), "private = true lets an allow rule's names "
+                           f"lead to internal addresses: this rule has {has}")
+            return False
+        return value
 
     def _destinations(
         self, source: _Source, path: tuple, raw: dict[str, Any]
@@ -268,16 +296,23 @@ class _Builder:
                 except ValueError as exc:
                     source.problem(where, f"bad name pattern: {exc}", needle=entry)
                 continue
-            try:
-                networks.append(parse_network(entry.strip()))
-            except ValueError as exc:
-                hint = ""
-                if "host bits set" in str(exc):
-                    fixed = ipaddress.ip_network(entry.strip(), strict=False)
-                    hint = f"; did you mean {fixed}?"
-                source.problem(where, f"bad CIDR or address {entry!r}: {exc}{hint}",
-                               needle=entry)
+            network = _network(source, where, entry)
+            if network is not None:
+                networks.append(network)
         return tuple(networks), tuple(names), resolvers
+
+    def _sources(self, source: _Source, path: tuple, value: Any) -> tuple[Network, ...]:
+        """match.source: the networks (CIDRs, addresses) a forwarded flow's original source
+        must be inside; one string or a list of them."""
+        where = (*path, "match", "source")
+        entries = [value] if isinstance(value, str) else value
+        if (not isinstance(entries, list) or not entries
+                or not all(isinstance(e, str) and e for e in entries)):
+            source.problem(where, 'match.source takes CIDRs and addresses: source = '
+                           '["10.42.16.0/27", "2001:db8:42::/64", "10.42.17.5"]', needle="source")
+            return ()
+        found = [_network(source, where, entry) for entry in entries]
+        return tuple(dict.fromkeys(n for n in found if n is not None))
 
     def _resolve(
         self, source: _Source, path: tuple, raw: dict[str, Any]
@@ -396,3 +431,17 @@ class _Source:
                          f"not {value!r}")
             return None
         return allowed[allowed.index(value)]  # the constant: one string, not one per rule
+
+
+def _network(source: _Source, where: tuple, entry: str) -> Network | None:
+    """A CIDR or address of a policy, or None with the problem told (and the network
+    probably meant, when host bits are set)."""
+    try:
+        return parse_network(entry.strip())
+    except ValueError as exc:
+        hint = ""
+        if "host bits set" in str(exc):
+            fixed = ipaddress.ip_network(entry.strip(), strict=False)
+            hint = f"; did you mean {fixed}?"
+        source.problem(where, f"bad CIDR or address {entry!r}: {exc}{hint}", needle=entry)
+        return None

@@ -15,8 +15,10 @@ from enum import StrEnum
 from typing import NamedTuple
 
 from nfguard.lru import Memo
+from nfguard.policy.clients import ClientIndex
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.model import DENY, Policy, PolicySet, Rule
+from nfguard.policy.networks import PrefixIndex
 from nfguard.policy.patterns import NamePattern, normalize_name
 
 
@@ -44,6 +46,9 @@ class Destination(NamedTuple):
     port: int
     names: tuple[tuple[str, str], ...] = ()  # (normalised name, evidence: dns | sni | host ...)
     resolver: bool = False  # the address is one of the host's DNS resolvers ("@resolvers")
+    # The address is inside where [names] private keeps names out: a name matches only
+    # deny rules and rules with `private = true` (engine: the DNS rebinding guard).
+    guarded: bool = False
 
 
 class RuleMatch(NamedTuple):
@@ -56,30 +61,6 @@ class RuleMatch(NamedTuple):
 NO_NAME_RULE = 1 << 30  # "no rule with names applies to this proto/port"
 _NAME_MEMO_MAX = 1 << 17  # (proto, port) pairs remembered per policy: all of tcp and udp
 MATCH_MEMO_MAX = 1 << 16  # (policies, destination) answers remembered per compiled set
-
-
-class _PrefixIndex:
-    """All networks of one address family: prefix length -> {network int: [rule positions]}."""
-
-    def __init__(self, bits: int) -> None:
-        self.bits = bits
-        self.tables: dict[int, dict[int, list[int]]] = defaultdict(dict)
-        self.masks: list[tuple[int, dict[int, list[int]]]] = []
-
-    def add(self, network_int: int, prefix: int, position: int) -> None:
-        table = self.tables[prefix]
-        positions = table.get(network_int)
-        if positions is None:
-            table[network_int] = [position]
-        else:
-            positions.append(position)
-
-    def freeze(self) -> None:
-        full = (1 << self.bits) - 1
-        self.masks = [
-            (full ^ ((1 << (self.bits - prefix)) - 1), table)
-            for prefix, table in sorted(self.tables.items())
-        ]
 
 
 class NameIndex:
@@ -107,8 +88,8 @@ class CompiledPolicy:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.rules = policy.rules
-        self.v4 = _PrefixIndex(32)
-        self.v6 = _PrefixIndex(128)
+        self.v4 = PrefixIndex(32)
+        self.v6 = PrefixIndex(128)
         self.names = NameIndex()
         self.any_destination: list[int] = []
         self.resolver_rules = [p for p, rule in enumerate(policy.rules) if rule.resolvers]
@@ -118,6 +99,8 @@ class CompiledPolicy:
         self._first_name_rule: dict[tuple[str, int], int] = {}
         # ... and whether a name nobody could read might have been a denied one.
         self.deny_name_rules = [p for p in self.name_rules if policy.rules[p].action == DENY]
+        # ... and, at an address names are kept from, which names may still lead there.
+        self.private_rules = [p for p in self.name_rules if policy.rules[p].private]
         self._first_deny_name_rule: dict[tuple[str, int], int] = {}
         for position, rule in enumerate(policy.rules):
             if rule.any_destination:
@@ -147,9 +130,12 @@ class CompiledPolicy:
             positions = table.get(address & mask)
             if positions:
                 best_position = _first_holding(rules, positions, best_position, proto, port)
+        guarded = dest.guarded
         for name, name_evidence in dest.names:
             for position in self.names.lookup(name):
-                if position < best_position and rules[position].allows_port(proto, port):
+                if position < best_position and rules[position].allows_port(proto, port) and (
+                        not guarded or rules[position].private
+                        or rules[position].action == DENY):
                     best_position = position
                     evidence, matched_name = name_evidence, name
         if best_position == len(rules):
@@ -196,6 +182,7 @@ class CompiledPolicySet:
     def __init__(self, policy_set: PolicySet) -> None:
         self.source = policy_set
         self.clients = policy_set.clients
+        self.client_index = ClientIndex(self.clients)  # the first client for a sender
         # Hashing executables costs a read of each new binary: only when a client asks.
         self.matches_sha256 = any(key == "sha256" for client in self.clients
                                   for key, _value in client.match)
@@ -260,6 +247,15 @@ class CompiledPolicySet:
             if found is not None:
                 return found, shadowed
         return None, shadowed
+
+    def private_names_hold(self, policy_names: Iterable[str], proto: str, port: int) -> bool:
+        """Whether a rule with `private = true` of these policies holds for proto/port: at
+        an address names are kept from, the only names that could still allow."""
+        for name in policy_names:
+            policy = self.policies[name]
+            if any(policy.rules[p].allows_port(proto, port) for p in policy.private_rules):
+                return True
+        return False
 
     def walk(self, policy_names: Iterable[str],
              dest: Destination) -> Iterator[tuple[CompiledPolicy, RuleMatch | None]]:

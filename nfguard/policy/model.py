@@ -40,7 +40,7 @@ RESOLVERS = "@resolvers"
 
 # Keys a client's `match` table may use, and what they test (see policy.clients).
 MATCH_KEYS = ("exe", "cmdline", "user", "group", "unit", "cgroup", "parent_exe", "sha256",
-              "interface", "container", "image")
+              "interface", "container", "image", "source")
 # An `image` that starts so names the image by its id (the loader checks the digits), not
 # by the reference a container was started from: a tag can be moved to another image.
 IMAGE_ID_PREFIX = "sha256:"
@@ -79,6 +79,9 @@ class Rule(NamedTuple):
     # Names the client may resolve (allow) or is refused (deny) by this rule, without
     # connecting: they never match a flow (see policy.resolve).
     resolve: tuple[NamePattern, ...] = ()
+    # Its names may lead to internal addresses ([names] private; nfguard.policy.internal):
+    # the rule names a service inside, whose DNS the operator trusts.
+    private: bool = False
 
     @property
     def any_destination(self) -> bool:
@@ -114,6 +117,14 @@ class Client:
     mode: str | None  # overrides engine.mode for this client's flows
     location: Location
     queries: str | None = None  # overrides [names] queries for this client's DNS queries
+    # match.source: a forwarded flow's original source address is inside one of these
+    # (never a flow of the host's own); empty: any sender. Kept out of `match`, whose
+    # values are single strings, and indexed by policy.clients.ClientIndex.
+    sources: tuple[Network, ...] = ()
+
+    @property
+    def matches_everyone(self) -> bool:
+        return not self.match and not self.sources
 
 
 @dataclass(frozen=True, slots=True)

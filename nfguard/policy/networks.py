@@ -11,6 +11,8 @@ so what is accepted, and every error message, is `ipaddress`'s own.
 from __future__ import annotations
 
 import ipaddress
+from collections import defaultdict
+from collections.abc import Iterator
 from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 from typing import NamedTuple
 
@@ -51,3 +53,38 @@ def parse_network(text: str) -> Network:
             return Network(version, value, length)  # else "host bits set" and others, below
     network = ipaddress.ip_network(text, strict=True)
     return Network(network.version, int(network.network_address), network.prefixlen)
+
+
+class PrefixIndex:
+    """Networks of one address family, each with the positions (rules, clients) that name
+    it: a hash table per prefix length, so "which networks hold this address" costs one
+    probe per length in use (at most 33 for IPv4, 129 for IPv6), however many networks
+    there are."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.tables: dict[int, dict[int, list[int]]] = defaultdict(dict)
+        self.masks: list[tuple[int, dict[int, list[int]]]] = []
+
+    def add(self, network_int: int, prefix: int, position: int) -> None:
+        table = self.tables[prefix]
+        positions = table.get(network_int)
+        if positions is None:
+            table[network_int] = [position]
+        else:
+            positions.append(position)
+
+    def freeze(self) -> None:
+        """Ready for lookups, once every network is added."""
+        full = (1 << self.bits) - 1
+        self.masks = [
+            (full ^ ((1 << (self.bits - prefix)) - 1), table)
+            for prefix, table in sorted(self.tables.items())
+        ]
+
+    def lookup(self, address: int) -> Iterator[list[int]]:
+        """The positions of each network holding `address`, shortest prefix first."""
+        for mask, table in self.masks:
+            positions = table.get(address & mask)
+            if positions:
+                yield positions

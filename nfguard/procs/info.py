@@ -40,6 +40,7 @@ class ProcessInfo(NamedTuple):
     # when the flow came from a network namespace of this host (a container's).
     interface: str | None = None
     container: Container | None = None  # the container the process runs in, by its cgroup
+    source: str | None = None  # a forwarded flow's original source address (match.source)
 
 
 UNKNOWN = ProcessInfo()

@@ -7,7 +7,8 @@
 Parts: connections (new TCP connections/s: no filter, a bare NetfilterQueue loop, nfguard,
 OpenSnitch when installed), workers (engine.workers 1 against 2), latency (connect and
 request time added), reload (a 100k-rule policy swapped under load), queries (DNS queries
-judged per second and the query time added, dnsmasq answering), scale (policy load, memory
+judged per second and the query time added, dnsmasq answering), gateway (forwarded new
+connections/s through a gateway running nfguard, clients by source), scale (policy load, memory
 and decision cost at 1k-100k rules), dns (DNS answers learnt per second), memory (engine
 memory over a million flows). The lab parts need root, nginx, wrk and dnsmasq; the others
 are pure user space.
@@ -25,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tests.bench.report import Figure, conditions, table
 
-LAB_PARTS = ("connections", "workers", "latency", "reload", "queries")
+LAB_PARTS = ("connections", "workers", "latency", "reload", "queries", "gateway")
 PURE_PARTS = ("scale", "dns", "memory")
 PARTS = LAB_PARTS + PURE_PARTS
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
     elif lab_parts:
         from tests.bench import bench_connections as lab_bench
 
-        web_parts = [p for p in lab_parts if p != "queries"]
+        web_parts = [p for p in lab_parts if p not in ("queries", "gateway")]
         with lab_bench.web_lab() if web_parts else contextlib.nullcontext() as lab:
             for part in web_parts:
                 started = time.monotonic()
@@ -61,6 +62,12 @@ def run(args: argparse.Namespace) -> list[Figure]:
             started = time.monotonic()
             figures += query_rates(args.queries, args.query_latency, args.body)
             progress("queries", started)
+        if "gateway" in lab_parts:
+            from tests.bench.bench_gateway import gateway_rates
+
+            started = time.monotonic()
+            figures += gateway_rates(args.seconds, args.gateway_clients)
+            progress("gateway", started)
     if "scale" in parts:
         from tests.bench.bench_policy_scale import policy_scale
 
@@ -107,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query-latency", type=int, default=2_000,
                         help="sequential DNS queries timed")
     parser.add_argument("--flows", type=int, default=1_000_000)
+    parser.add_argument("--gateway-clients", type=int, default=10_000,
+                        help="client networks (match.source) of the gateway part")
     parser.add_argument("--no-opensnitch", action="store_true",
                         help="leave OpenSnitch out even when it is installed")
     args = parser.parse_args(argv)

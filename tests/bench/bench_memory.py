@@ -82,7 +82,7 @@ def flow_memory(flows: int = 1_000_000, checkpoints: int = 4) -> Figure:
         sport = 1024 + i % 60000
         if i % 4 == 0:
             answer = dns_answer(i & 0xFFFF, f"n{i}.mem.example", dst)
-            handle(ipv4(17, RESOLVER, CLIENT, answer), queued, LOCAL_IN)
+            handle(ipv4(17, RESOLVER, CLIENT, answer), marks.ANSWER, LOCAL_IN)
         port = 443 if i % 4 < 2 else 22
         verdict = handle(ipv4(6, CLIENT, dst, tcp(sport, port, i, _SYN)), queued, LOCAL_OUT)
         marks_seen[None if verdict is marks.HOLD else verdict & marks.VERDICT_MASK] += 1

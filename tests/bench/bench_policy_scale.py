@@ -19,6 +19,7 @@ from pathlib import Path
 
 from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, raw
 
+from nfguard import marks
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
@@ -103,7 +104,7 @@ def dns_answers(count: int = 20000) -> Figure:
                                an=answer)))
     start = time.perf_counter()
     for payload in answers:
-        pipeline.handle(payload, 0, LOCAL_IN)
+        pipeline.handle(payload, marks.ANSWER, LOCAL_IN)
     elapsed = time.perf_counter() - start
     learnt = len(pipeline.names)
     assert learnt == 2 * count, f"only {learnt} names learnt"

@@ -11,11 +11,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from nfguard.procs.cgroups import find_cgroup2_root
+from tests.e2e.gateway_lab import GatewayLab
 from tests.e2e.lab import ALLOWED_V4, OTHER_V4, Lab
+
+LabT = TypeVar("LabT", bound=Lab)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -88,19 +92,38 @@ def dns_log(lab: Lab) -> Path:
     return log
 
 
-@pytest.fixture
-def lab(tmp_path) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
+def needs(*tools: str) -> None:
+    """Skip unless root (network namespaces, the kernel queue) and `tools` are there."""
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces and the kernel queue")
-    for tool in ("ip", "nft", "curl"):
+    for tool in ("ip", "nft", "curl", *tools):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (./bootstrap.sh test installs it)")
-    lab = Lab(tmp_path)
+
+
+@contextlib.contextmanager
+def started(lab: LabT) -> Iterator[LabT]:
+    """The lab, started; closed on the way out, and nothing of it left behind."""
     try:
         yield lab.start()  # within the try: a lab that starts half way is removed too
     finally:
         lab.close()
         assert not lab.namespaces_left(), f"namespaces left behind: {lab.namespaces_left()}"
+
+
+@pytest.fixture
+def lab(tmp_path) -> Iterator[Lab]:  # type: ignore[no-untyped-def]
+    needs()
+    with started(Lab(tmp_path)) as made:
+        yield made
+
+
+@pytest.fixture
+def gateway(tmp_path) -> Iterator[GatewayLab]:  # type: ignore[no-untyped-def]
+    """Four namespaces: two LAN clients, the gateway (nfguard's host) and the server."""
+    needs("dnsmasq", "dig")
+    with started(GatewayLab(tmp_path)) as made:
+        yield made
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from nfguard.metrics import NFQUEUE_PROC, QueueCounters, parse_nfqueue
 
@@ -231,7 +232,7 @@ class Lab:
         return f"{self.tag}k"
 
     # -- set-up and tear-down -------------------------------------------------------
-    def start(self) -> Lab:
+    def start(self) -> Self:
         """Both hosts and the link between them. A failure half way removes what was made
         before it goes on: nobody holds a lab that did not start, to close it."""
         try:
@@ -316,8 +317,12 @@ class Lab:
     def namespaces_left(self) -> list[str]:
         """This lab's namespaces that still exist."""
         listed = run("ip", "netns", "list", check=False).stdout.splitlines()
-        ours = (self.client, self.server, self.container)
+        ours = self.namespace_names()
         return [line.split()[0] for line in listed if line and line.split()[0] in ours]
+
+    def namespace_names(self) -> tuple[str, ...]:
+        """Every namespace this lab may make (a topology that adds hosts extends it)."""
+        return (self.client, self.server, self.container)
 
     def spawn(self, ns: str, *argv: str, **kw: object) -> subprocess.Popen:
         proc = subprocess.Popen([*in_netns(ns), *argv], **kw)  # type: ignore[call-overload]
@@ -355,8 +360,10 @@ class Lab:
             server: str = SERVER_V4, ns: str | None = None) -> list[str]:
         """The answer section's data (addresses and CNAME targets), from the client (or
         namespace `ns`)."""
-        result = self.exec(ns or self.client, "dig", f"@{server}", "+short", "+tries=2", "+time=2",
-                           *(("+tcp",) if tcp else ()), name, qtype)
+        wait = max(2, round(2 * SLOWDOWN))  # the VM's emulated CPU: a forwarder's answer too
+        result = self.exec(ns or self.client, "dig", f"@{server}", "+short", "+tries=2",
+                           f"+time={wait}", *(("+tcp",) if tcp else ()), name, qtype,
+                           timeout=2 * wait + 10)
         return result.stdout.split()
 
     def serve_udp_echo(self, host: str, port: int) -> None:
@@ -397,19 +404,20 @@ class Lab:
         return recording
 
     def wait_listening(self, port: int, proto: str, deadline: float = 10,
-                       address: str | None = None) -> None:
-        """Until something listens on `port` in the server namespace (on `address`)."""
+                       address: str | None = None, ns: str | None = None) -> None:
+        """Until something listens on `port` in the server namespace, or `ns` (on
+        `address`)."""
         flag = "-ltn" if proto == "tcp" else "-lun"
         local = None if address is None else (
             f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
         end = time.monotonic() + deadline * SLOWDOWN
         while time.monotonic() < end:
-            out = self.exec(self.server, "ss", "-H", flag, f"sport = :{port}").stdout
+            out = self.exec(ns or self.server, "ss", "-H", flag, f"sport = :{port}").stdout
             if out.strip() and (local is None or local in out.split()):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"nothing listens on {proto}/{address or '*'}:{port} in "
-                           f"{self.server}")
+                           f"{ns or self.server}")
 
     # -- nfguard --------------------------------------------------------------------
     def write_config(self, policy: str, names: dict | None = None, metrics: dict | None = None,

@@ -17,6 +17,7 @@ class Rule(NamedTuple):
     to: tuple[str, ...] = ()  # () = anywhere
     ports: tuple[int, ...] = ()  # () = any port
     proto: str = ""  # "" = any protocol
+    private: bool = False  # its names may lead to internal addresses ([names] private)
 
     def toml(self) -> str:
         lines = ["[[policy.rule]]"]
@@ -25,6 +26,7 @@ class Rule(NamedTuple):
         lines += [f"to = {json.dumps(list(self.to))}"] if self.to else []
         lines += [f"ports = {json.dumps(list(self.ports))}"] if self.ports else []
         lines += [f"proto = {json.dumps(self.proto)}"] if self.proto else []
+        lines += ["private = true"] if self.private else []
         return "\n".join(lines)
 
 
@@ -37,8 +39,9 @@ class Policy(NamedTuple):
                            + [rule.toml() for rule in self.rules])
 
 
-def allow(name: str, *to: str, ports: tuple[int, ...] = (), proto: str = "") -> Rule:
-    return Rule(name, "allow", to, ports, proto)
+def allow(name: str, *to: str, ports: tuple[int, ...] = (), proto: str = "",
+          private: bool = False) -> Rule:
+    return Rule(name, "allow", to, ports, proto, private)
 
 
 def deny(name: str, *to: str) -> Rule:
@@ -86,3 +89,31 @@ def names_policy(*ports: int, dns_to: tuple[str, ...] = LAB_DNS, queries: str = 
     """Policy "names": DNS (to `dns_to`) and allowed.test on `ports`, then "deny-rest"."""
     return everyone(policy("names", dns(*dns_to), allow("allowed", "allowed.test", ports=ports)),
                     DENY_REST, queries=queries)
+
+
+# The gateway lab (gateway_lab.py): its dnsmasq asks upstream for the LAN; LAN A (its
+# first address, not its spare .200) may reach a.test and the server's port 80 by CIDR,
+# LAN B b.test, the server's port 8080 and UDP 9999; the gateway's own root processes only the
+# server's port 8081. Clients by source: A by networks, B by one address and a network.
+def gateway_policy(dnsmasq: str, server: tuple[str, str]) -> str:
+    def client(name: str, match: str, *policies: str, extra: str = "") -> str:
+        return (f"[[client]]\nname = {json.dumps(name)}\nmatch = {{ {match} }}\n"
+                f"policies = {json.dumps(list(policies))}\n{extra}")
+
+    clients = [
+        client("gateway-dns", f"exe = {json.dumps(dnsmasq)}", "upstream-dns",
+               extra='queries = "any"\n'),
+        client("lan-a", 'source = ["198.18.8.0/27", "fd00:18:8::/120"]', "a"),
+        client("lan-b", 'source = ["198.18.9.2", "fd00:18:9::/64"], interface = "lan*"', "b"),
+        client("gateway-root", 'user = "root"', "gateway-own"),
+    ]
+    policies = [
+        policy("upstream-dns", allow("resolvers", "@resolvers", ports=(53,))),
+        policy("a", allow("names", "a.test", ports=(80, 443), proto="tcp"),
+               allow("server", *server, ports=(80,), proto="tcp")),
+        policy("b", allow("names", "b.test", ports=(80, 443), proto="tcp"),
+               allow("server", *server, ports=(8080,), proto="tcp"),
+               allow("datagrams", *server, ports=(9999,), proto="udp")),
+        policy("gateway-own", allow("server", *server, ports=(8081,), proto="tcp")),
+    ]
+    return "\n".join(clients) + "\n" + "\n\n".join(p.toml() for p in policies) + "\n"

@@ -91,3 +91,46 @@ action = "allow"
 ports = [443]
 proto = "tcp"
 """
+
+# The DNS rebinding guard ([names] private, issue 26): a public name's rule, a CIDR rule
+# naming one internal network, and an opted-in rule for the host's internal names
+# (test_engine; explain and suggest too).
+PRIVATE_NAMES = """\
+[[client]]
+name = "lenient"
+match = { user = "lenient" }
+policies = ["web"]
+
+[[client]]
+name = "everyone"
+policies = ["web", "deny-rest"]
+
+[[policy]]
+name = "web"
+
+[[policy.rule]]
+name = "api"
+action = "allow"
+to = ["api.example.com"]
+ports = [80, 443, 5000]
+
+[[policy.rule]]
+name = "db-net"
+action = "allow"
+to = ["10.1.2.0/24"]
+ports = [5000]
+
+[[policy.rule]]
+name = "corp"
+action = "allow"
+to = ["**.corp.example"]
+ports = [80, 443, 5000]
+private = true
+
+[[policy]]
+name = "deny-rest"
+
+[[policy.rule]]
+name = "everything"
+action = "deny"
+"""

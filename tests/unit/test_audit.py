@@ -294,6 +294,19 @@ def test_an_unreadable_name_says_why_in_both_formats() -> None:
     assert render_text(event).endswith("reason=name_unreadable unreadable=hello_timeout")
 
 
+def test_a_name_kept_from_inside_says_what_kind_of_address_in_both_formats() -> None:
+    decision = Decision(Action.DENY, Action.DENY, Mode.ENFORCE, Reason.NAME_PRIVATE_ADDRESS,
+                        Evidence.SNI, "everyone", "web/api", "api.example.com",
+                        private="metadata")
+    event = audit_event(decision, V4, NOW)
+    written = json.loads(render_json(event))
+    assert written["event"]["reason"] == "name_private_address"
+    assert written["nfguard"]["private"] == "metadata"
+    assert render_text(event).endswith("reason=name_private_address private=metadata")
+    plain = audit_event(decision._replace(private=None, reason=Reason.RULE_MATCH), V4, NOW)
+    assert "private" not in plain["nfguard"]
+
+
 def test_a_full_disk_costs_the_verdict_path_no_write_per_event(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While the file cannot be written, events are kept (the newest KEEP bytes, whole

@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from nfguard import marks
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
@@ -77,7 +78,7 @@ def test_dns_answers_are_learnt_by_the_pipeline() -> None:
     pipeline = Pipeline(Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([]))),
                         AuditLog("/dev/null"), Stats(),
                         settings=NamesConfig(resolvers=("0.0.0.1",)))
-    pipeline.handle(ipv4(17, 1, 2, dns_answer(1, "a.example", 0x0A000001)), 0, LOCAL_IN)
+    pipeline.handle(ipv4(17, 1, 2, dns_answer(1, "a.example", 0x0A000001)), marks.ANSWER, LOCAL_IN)
     assert pipeline.names.names_for("10.0.0.1", pipeline.clock()) == {"a.example"}
 
 

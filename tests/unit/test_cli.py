@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nfguard import cli, nft
+from tests.unit.policies import PRIVATE_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -353,7 +354,7 @@ def test_explain_interface_is_a_forwarded_flow(tmp_path: Path,
     config = write_config(tmp_path, policy)
     code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--interface", "br-1a2b")
     assert code == 0
-    assert "  forwarded from interface br-1a2b (a container or VM)" in out
+    assert "  forwarded from interface br-1a2b (a container, VM or routed network)" in out
     assert "client: git" in out and "matched on interface=br-*" in out
     assert "decision: deny" in out
     code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--interface", "eth0")
@@ -570,3 +571,53 @@ def test_log_follow_shows_a_deny_within_a_second(tmp_path: Path) -> None:
     finally:
         follow.terminate()
         follow.wait(5)
+
+
+def test_explain_source_is_a_routed_flow_from_that_address(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = POLICY.replace('match = { exe = "/usr/bin/git" }',
+                            'match = { source = ["10.42.16.0/27", "2001:db8:42::/64"], '
+                            'interface = "eth1*" }')
+    config = write_config(tmp_path, policy)
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--source", "10.42.16.5",
+                                  "--interface", "eth1.42")
+    assert code == 0
+    assert "  forwarded from source address 10.42.16.5" in out
+    assert "client: git" in out
+    assert "matched on interface=eth1* source=10.42.16.0/27" in out
+    # without the interface, or from outside the networks: not that client
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--source", "10.42.16.5")
+    assert "(no --interface: clients with `interface` do not match)" in out
+    assert "client: git" not in out
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--source",
+                                  "2001:db8:42::7", "--interface", "eth1")
+    assert "matched on interface=eth1* source=2001:db8:42::/64" in out
+    code, out, _err = run_explain(capsys, config, "198.18.1.5:443", "--source",
+                                  "10.42.17.5", "--interface", "eth1")
+    assert "client: git" not in out
+    with pytest.raises(SystemExit):
+        run_explain(capsys, config, "198.18.1.5:443", "--source", "lan.example")
+    assert "not an IP address: 'lan.example'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("private", "address", "kind"), [
+    ("allow", "169.254.169.254", "metadata"), ("deny", "10.0.0.5", "private")])
+def test_explain_shows_a_name_kept_from_inside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    private: str, address: str, kind: str,
+) -> None:
+    """The DNS rebinding guard: the address is inside, and a name alone does not reach it."""
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *_args, **_kw: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 0))])
+    config = write_config(tmp_path, PRIVATE_NAMES)
+    config.write_text(config.read_text() + f'[names]\nprivate = "{private}"\n')
+    code, out, _err = run_explain(capsys, config, "api.example.com:443")
+    assert code == 0
+    assert (f'{address} is inside ({kind}): [names] private = "{private}" keeps a name '
+            "alone from it") in out
+    assert "decision: deny (name_private_address, evidence dns)" in out
+    assert "if it presents api.example.com (TLS SNI / HTTP Host): deny " \
+           "(name_private_address, rule web/api)" not in out  # decided at its SYN
+    code, out, _err = run_explain(capsys, config, "db.corp.example:443")
+    assert "decision: allow (rule_match, evidence dns)" in out
+    assert "rule web/corp" in out

@@ -255,6 +255,13 @@ def test_names_queries_are_judged_by_policy_unless_any() -> None:
         "/etc/nfguard/nfguard.toml:2: names.queries must be a str"]
 
 
+def test_names_private_is_allow_on_a_host_unless_deny() -> None:
+    assert parse_config("", "c.toml").names.private == "allow"
+    assert parse_config('[names]\nprivate = "deny"\n', "c.toml").names.private == "deny"
+    assert problems('[names]\nprivate = "block"\n') == [
+        "/etc/nfguard/nfguard.toml:2: names.private must be one of allow | deny, not 'block'"]
+
+
 def test_names_resolvers_are_the_systems_or_addresses_and_networks() -> None:
     config = parse_config('[names]\nresolvers = ["127.0.0.53", "10.1.2.3/8", "::1"]\n', "c.toml")
     assert config.names.resolvers == ("127.0.0.53/32", "10.0.0.0/8", "::1/128")

@@ -17,10 +17,12 @@ from nfguard.engine import (
     Decision,
     Engine,
 )
+from nfguard.policy.internal import classify, network
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import ProcessInfo
 from nfguard.wire.ip import parse_packet
+from tests.unit.policies import PRIVATE_NAMES
 
 POLICY = """\
 [[client]]
@@ -292,3 +294,144 @@ def test_remembered_clients_tell_processes_apart_by_every_match_key(key: str) ->
     other = MATCHED._replace(**ONE_FIELD_OFF[key])
     assert engine.client_for(other) is None
     assert engine.client_for(MATCHED).name == f"by-{key}"
+
+
+# -- the DNS rebinding guard ([names] private) ----------------------------------------
+
+LENIENT = ProcessInfo(uid=1004, user="lenient", exe="/usr/bin/curl")
+CONNECTED = network("203.0.113.0/24")
+
+
+def private_engine(private: str = "allow", **settings: object) -> Engine:
+    policies = CompiledPolicySet(parse_policy_texts([("rules.toml", PRIVATE_NAMES)]))
+    return Engine(EngineConfig(**settings), policies, private=private,  # type: ignore[arg-type]
+                  internal=lambda version, address: classify(version, address, (CONNECTED,)))
+
+
+def syn(dst: str, dport: int = 443) -> bytes:
+    return v6_syn(dst, dport) if ":" in dst else v4_syn(dst, dport)
+
+
+API = (("api.example.com", "dns"),)
+
+
+@pytest.mark.parametrize(("private", "dst", "kind"), [
+    ("allow", "169.254.169.254", "metadata"),
+    ("allow", "::ffff:169.254.169.254", "metadata"),
+    ("allow", "64:ff9b::a9fe:a9fe", "metadata"),  # NAT64 of it
+    ("allow", "fd00:ec2::254", "metadata"),
+    ("allow", "100.100.100.200", "metadata"),
+    ("allow", "127.0.0.1", "loopback"),
+    ("allow", "0.0.0.0", "loopback"),
+    ("allow", "::1", "loopback"),
+    ("allow", "169.254.10.1", "link_local"),
+    ("allow", "fe80::1", "link_local"),
+    ("deny", "10.0.0.5", "private"),
+    ("deny", "::ffff:10.0.0.5", "private"),
+    ("deny", "64:ff9b::a00:5", "private"),
+    ("deny", "192.168.1.1", "private"),
+    ("deny", "fd12::1", "private"),
+    ("deny", "100.64.1.1", "cgnat"),
+    ("deny", "203.0.113.9", "connected"),
+    ("deny", "239.1.2.3", "multicast"),
+    ("deny", "169.254.169.254", "metadata"),
+])
+def test_a_name_alone_is_kept_from_inside(private: str, dst: str, kind: str) -> None:
+    engine = private_engine(private)
+    decision = decide(engine, syn(dst), None, API)
+    assert (decision.action, decision.reason, decision.private) == (
+        "deny", "name_private_address", kind)
+    assert (decision.rule, decision.domain, decision.evidence) == (
+        "web/api", "api.example.com", "dns")
+    named = engine.decide_named(parse_packet(syn(dst)), "api.example.com", "sni",
+                                resolved=lambda _ip, _name: True)
+    assert (named.action, named.reason, named.private, named.evidence) == (
+        "deny", "name_private_address", kind, "sni")
+
+
+@pytest.mark.parametrize(("private", "dst"), [
+    ("allow", "10.0.0.5"), ("allow", "fd12::1"), ("allow", "100.64.1.1"),
+    ("allow", "203.0.113.9"), ("allow", "8.8.8.8"), ("deny", "8.8.8.8"),
+    ("deny", "2606:4700::1"), ("deny", "64:ff9b::808:808"),
+])
+def test_names_reach_what_the_setting_allows(private: str, dst: str) -> None:
+    decision = decide(private_engine(private), syn(dst), None, API)
+    assert (decision.action, decision.reason, decision.rule, decision.private) == (
+        "allow", "rule_match", "web/api", None)
+
+
+@pytest.mark.parametrize("private", ["allow", "deny"])
+@pytest.mark.parametrize("dst", ["10.0.0.9", "169.254.169.254", "fd12::9"])
+def test_a_rule_with_private_true_opts_its_names_in(private: str, dst: str) -> None:
+    engine = private_engine(private)
+    decision = decide(engine, syn(dst), None, (("db.corp.example", "dns"),))
+    assert (decision.action, decision.rule) == ("allow", "web/corp")
+    # one address, two names: where the public name is kept out, the opted-in rule decides
+    both = decide(engine, syn(dst), None, (("api.example.com", "dns"),
+                                           ("db.corp.example", "dns")))
+    kept = private == "deny" or dst == "169.254.169.254"
+    assert (both.action, both.rule) == ("allow", "web/corp" if kept else "web/api")
+    named = engine.decide_named(parse_packet(syn(dst)), "db.corp.example", "sni",
+                                resolved=lambda _ip, _name: True)
+    assert (named.action, named.rule) == ("allow", "web/corp")
+
+
+def test_a_cidr_rule_naming_the_address_allows_it() -> None:
+    engine = private_engine("deny")
+    decision = decide(engine, syn("10.1.2.3", 5000), None, API)
+    assert (decision.action, decision.rule, decision.evidence) == ("allow", "web/db-net", "cidr")
+    # ... on its ports only
+    other = decide(engine, syn("10.1.2.3", 443), None, API)
+    assert (other.action, other.reason) == ("deny", "name_private_address")
+
+
+def test_anti_fronting_comes_first() -> None:
+    engine = private_engine("deny")
+    named = engine.decide_named(parse_packet(syn("10.0.0.5")), "api.example.com", "sni",
+                                resolved=lambda _ip, _name: False)
+    assert named.reason == "name_mismatch"
+    opted = engine.decide_named(parse_packet(syn("10.0.0.5")), "db.corp.example", "sni",
+                                resolved=lambda _ip, _name: False)
+    assert opted.reason == "name_mismatch"
+
+
+def test_a_flow_kept_from_inside_does_not_wait_for_its_name() -> None:
+    """Its SYN is decided: no name could allow it there, so nothing reaches the server."""
+    packet = parse_packet(syn("10.0.0.5"))
+    assert private_engine("allow").assess(packet, None, API) is None  # waits for the SNI
+    refused = private_engine("deny").assess(packet, None, API)
+    assert refused is not None and refused.reason == "name_private_address"
+    assert private_engine("deny").assess(packet, None, (("db.corp.example", "dns"),)) is None
+
+
+def test_engine_default_decides_where_no_rule_does() -> None:
+    """Without a rule for the address, an engine.default that allows allows (the address
+    alone gets it); one that denies refuses it as the guard's."""
+    lenient = decide(private_engine("deny", default="allow"), syn("10.0.0.5"), LENIENT, API)
+    assert (lenient.action, lenient.reason) == ("allow", "no_rule_match")
+    strict = decide(private_engine("deny"), syn("10.0.0.5"), LENIENT, API)
+    assert (strict.action, strict.reason, strict.rule) == (
+        "deny", "name_private_address", "web/api")
+
+
+def test_audit_mode_records_the_refusal() -> None:
+    decision = decide(private_engine("deny", mode="audit"), syn("10.0.0.5"), None, API)
+    assert (decision.action, decision.verdict, decision.reason) == (
+        "deny", "allow", "name_private_address")
+
+
+def test_with_verify_off_only_an_opted_in_rule_makes_a_flow_inside_wait() -> None:
+    """Any name may be presented then, but inside only a rule with private = true could
+    allow it: without one the SYN is decided, so not even a handshake reaches inside."""
+    packet = parse_packet(syn("10.0.0.5", 80))
+    engine = private_engine("deny")
+    engine.verify = False
+    assert engine.assess(packet, None, API) is None  # corp's names (private) hold on 80
+    decided = engine.assess(parse_packet(syn("10.0.0.5", 5001)), None, API)
+    assert decided is not None and decided.action == "deny"
+    policies = CompiledPolicySet(parse_policy_texts([("r.toml", PRIVATE_NAMES.replace(
+        "private = true", "private = false"))]))
+    strict = Engine(EngineConfig(), policies, verify=False, private="deny")
+    refused = strict.assess(packet, None, API)
+    assert refused is not None and refused.reason == "name_private_address"
+    assert strict.assess(parse_packet(syn("8.8.8.8", 80)), None, API) is None

@@ -8,14 +8,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from scapy.layers.dns import DNSRR
+from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
 
 from nfguard import marks
 from nfguard.audit import text_line
 from nfguard.config import EngineConfig
 from nfguard.engine import Engine
-from nfguard.pipeline import FORWARD
+from nfguard.pipeline import FORWARD, LOCAL_IN
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import ProcessInfo
@@ -151,3 +151,69 @@ def test_an_interface_gone_before_its_packet_is_read_keeps_its_index(tmp_path: P
     [event] = h.events()
     assert event["observer"]["ingress"]["interface"]["name"] == "#987654"
     assert event["event"]["reason"] == "no_client_match"
+
+
+SOURCES = POLICY.replace('[[client]]\nname = "git"\n', f"""[[client]]
+name = "lan"
+match = {{ source = ["{CLIENT}/32", "2001:db8:42::/64"] }}
+policies = ["web"]
+
+[[client]]
+name = "git"
+""", 1)
+
+
+def source_harness(tmp_path: Path) -> Harness:
+    h = Harness(tmp_path, Engine(EngineConfig(), CompiledPolicySet(
+        parse_policy_texts([("r.toml", SOURCES)]))))
+    h.pipeline.attributor = ContainerSenders()  # type: ignore[assignment]
+    return h
+
+
+def test_a_routed_flow_gets_the_client_its_source_address_selects(tmp_path: Path) -> None:
+    """The forward hook sees the source before any SNAT: that address picks the client,
+    with a process found or not, and the event says which client and which address."""
+    h = source_harness(tmp_path)
+    h.learn("github.com", GH)
+    assert forward(h, datagram(GH, 22)) == marks.ALLOW
+    senders(h).exe = "/usr/bin/git"  # a process behind it changes nothing: source is first
+    assert forward(h, datagram(GH, 22)) == marks.ALLOW
+    h.pipeline.attributor = None  # no attribution at all: interface and source still known
+    assert forward(h, bytes(IP(src="10.0.0.3", dst=GH) / UDP(sport=5000, dport=22))) == (
+        marks.ALLOW)
+    lan, lan_git, other = h.events()
+    assert (lan["nfguard"]["client"], lan["source"]["ip"]) == ("lan", CLIENT)
+    assert lan_git["nfguard"]["client"] == "lan"
+    assert other["nfguard"]["client"] == "containers", "10.0.0.3 is in no client's source"
+    # the host's own flow from the same address is never "lan" (no client holds for it)
+    assert h.out(datagram(OTHER, 22)) == marks.DENY
+    assert h.events()[-1]["event"]["reason"] == "no_client_match"
+
+
+def query(name: str, dst: str = "10.0.0.1") -> bytes:
+    return bytes(IP(src=CLIENT, dst=dst) / UDP(sport=5300, dport=53)
+                 / DNS(id=7, rd=1, qd=DNSQR(qname=name)))
+
+
+def test_a_forwarded_clients_query_to_a_resolver_here_is_judged_by_its_name(
+        tmp_path: Path) -> None:
+    """A gateway's LAN client asks the gateway's own resolver (LOCAL_IN from a forward_from
+    interface): its name is judged by the client its source selects, before the resolver
+    recurses with it; the flow into this host is no egress and is not decided."""
+    h = source_harness(tmp_path)
+    local_in = dict(hook=LOCAL_IN, token=None, uid=None, indev=LOOPBACK)
+    assert h.pipeline.handle(query("github.com"), marks.QUEUED, **local_in) == marks.ALLOW
+    assert h.pipeline.handle(query("s3cr3t.attacker.example"), marks.QUEUED,
+                             **local_in) == marks.DROP
+    [(refused, answer)] = h.pipeline.queries.refusals.sent  # type: ignore[attr-defined]
+    assert refused.src == CLIENT and answer[:2] == b"\x00\x07"
+    allowed, denied = h.events()
+    assert [e["dns"]["question"]["name"] for e in (allowed, denied)] == [
+        "github.com", "s3cr3t.attacker.example"]
+    assert {e["nfguard"]["client"] for e in (allowed, denied)} == {"lan"}
+    assert denied["event"]["action"] == "deny"
+    assert denied["observer"]["ingress"]["interface"]["name"] == "lo"
+    # an answer on LOCAL_IN carries the ANSWER mark: learnt, never judged as a query
+    assert h.pipeline.handle(dns_answer(DNSRR(rrname="github.com", type="A", ttl=300,
+                                              rdata=GH)), marks.ANSWER,
+                             **local_in) == marks.ALLOW

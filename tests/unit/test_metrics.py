@@ -262,6 +262,26 @@ def test_dashboard_is_importable_grafana_json() -> None:
 
 
 
+def test_dns_bindings_to_internal_addresses_by_kind_summed_over_workers(
+        tmp_path: Path) -> None:
+    stats = Stats()
+    stats.dns_private.update({"private": 2, "metadata": 1})
+    stats.dns_private_last = "a.test -> 10.0.0.1 (private)"
+    worker = Stats()
+    worker.dns_private.update({"private": 5, "connected": 1})
+    worker.dns_private_last = "b.test -> 192.0.2.9 (connected)"
+    sources = Sources(stats, queue=0, nfqueue_path=str(tmp_path / "missing"),
+                      workers=lambda: [{"queue": 1, "pid": 2**22 + 1, "stats": worker,
+                                        "latency": ([0] * (len(LATENCY_BOUNDS_NS) + 1), 0),
+                                        "queue_errors": 0, "attribution": {}}])
+    samples = scrape(sources)
+    assert samples[("nfguard_dns_private_bindings_total", (("kind", "private"),))] == 7
+    assert samples[("nfguard_dns_private_bindings_total", (("kind", "metadata"),))] == 1
+    assert samples[("nfguard_dns_private_bindings_total", (("kind", "connected"),))] == 1
+    assert stats.dns_private == {"private": 2, "metadata": 1}  # the sum is a copy
+    assert sources.total_stats().dns_private_last == "a.test -> 10.0.0.1 (private)"
+
+
 # Label names the exporter may use: none names a rule, a policy, a name or an address.
 BOUNDED_LABELS = {"action", "verdict", "client", "evidence", "stage", "result", "queue", "mode",
                   "version", "python", "queue_path", "le"}

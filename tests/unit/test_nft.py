@@ -54,15 +54,15 @@ def test_native_workers_hash_addresses_and_ports_over_consecutive_queues(
     native = render(EngineConfig(queue=4, workers=3, fail=fail, forward_from=("docker0",)),
                     NATIVE)
     step = f"queue {flags}to symhash mod 3 offset 4"
-    answer, queued = hexmark(marks.ANSWER), hexmark(marks.QUEUED)
+    answer = hexmark(marks.ANSWER)
     assert [line for line in code_lines(native.nft) if "queue" in line] == [
         f'udp sport 53 ct direction reply oifname {{ "docker0" }} meta mark set meta mark | '
         f"{answer} {step}",
         f'tcp sport 53 ct direction reply oifname {{ "docker0" }} meta mark set meta mark | '
         f"{answer} {step}",
         step,
-        f"udp sport 53 ct direction reply meta mark set meta mark | {queued} {step}",
-        f"tcp sport 53 ct direction reply meta mark set meta mark | {queued} {step}"]
+        f"udp sport 53 ct direction reply meta mark set meta mark | {answer} {step}",
+        f"tcp sport 53 ct direction reply meta mark set meta mark | {answer} {step}"]
 
 
 def u32_share(spec: tuple[str, ...]) -> tuple[str, int, list[int]] | None:
@@ -138,23 +138,23 @@ def test_xt_has_no_nft_queue_and_one_rule_per_family(fail: str, bypass: bool) ->
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
 def test_dns_answers_are_queued_on_input_including_loopback(path: str) -> None:
-    text = render(EngineConfig(queue=5), path).nft
+    text = render(EngineConfig(queue=5, forward_from=()), path).nft
     lines = chain_lines(text, "input")
     assert lines[0] == "type filter hook input priority filter - 10; policy accept;"
     suffix = " queue num 5" if path == NATIVE else ""
-    queued = hexmark(marks.QUEUED)
+    queued, answer = hexmark(marks.QUEUED), hexmark(marks.ANSWER)
     pending = f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)}"
     keep = hexmark(~marks.MASK & 0xFFFFFFFF)
     assert lines[1:] == [
-        f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} "
-        f"meta mark set meta mark & {keep} accept",
+        f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} udp sport 53 "
+        f'iifname "lo" meta mark set meta mark & {keep} accept',
         f"ct direction reply {pending} jump pending_reply",
         f"tcp sport 53 ct direction reply ct mark & {hexmark(marks.VERDICT_MASK)} == "
         f"{hexmark(marks.DENY)} tcp flags & rst == rst accept",  # a cut stream's reset
         "meta l4proto { tcp, udp } th sport 53 ct direction reply jump answer",
-        f"udp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}",
-        f"tcp sport 53 ct direction reply meta mark set meta mark | {queued}{suffix}"]
-    assert not [line for line in lines if "iifname" in line], \
+        f"udp sport 53 ct direction reply meta mark set meta mark | {answer}{suffix}",
+        f"tcp sport 53 ct direction reply meta mark set meta mark | {answer}{suffix}"]
+    assert not [line for line in lines[2:] if "iifname" in line], \
         "loopback answers (a local stub) are queued too"
     after = code_lines(re.search(r"chain input_verdict \{(.*?)\}", text, re.S).group(1))
     assert after == [f"type filter hook input priority {nft.VERDICT_PRIORITY}; policy accept;",
@@ -207,7 +207,7 @@ def test_a_pending_flows_replies_pass_only_bare_or_as_the_handshake(path: str) -
     text = render(EngineConfig(forward_from=("docker0",)), path).nft
     pending = (f"ct mark & {hexmark(marks.VERDICT_MASK)} == {hexmark(marks.PENDING)} "
                "jump pending_reply")
-    assert chain_lines(text, "input")[2] == f"ct direction reply {pending}"
+    assert chain_lines(text, "input")[3] == f"ct direction reply {pending}"
     forward = chain_lines(text, "forward")
     assert f'ct direction reply oifname {{ "docker0" }} {pending}' in forward
     assert forward.index(f'ct direction reply oifname {{ "docker0" }} {pending}') < min(
@@ -244,7 +244,8 @@ def test_loopback_accepted_by_default_and_filtered_on_request() -> None:
         assert default.index('oifname "lo" accept') < default.index(
             f"meta mark set meta mark | {hexmark(marks.QUEUED)}")
         filtered = chain_lines(render(EngineConfig(filter_loopback=True), path).nft, "output")
-        assert not [line for line in filtered if '"lo"' in line]
+        assert not [line for line in filtered
+                    if '"lo"' in line and hexmark(marks.INJECTED) not in line]
 
 
 def test_ct_mark_rules_use_the_marks_module() -> None:
@@ -354,6 +355,9 @@ def test_forwarded_flows_from_the_listed_interfaces_take_the_egress_path(path: s
         "type filter hook forward priority filter - 10; policy accept;",
         # first: a container's raw socket gets nothing untracked past (ct matches fail)
         f"iifname {names} ct state invalid,untracked counter name untracked_dropped drop",
+        # a source not routed back through its interface: another client's address
+        f"iifname {names} fib saddr . iif oif missing counter name spoofed_sources_dropped "
+        "drop",
         # every DNS query of theirs, whatever its direction (never a "reply")
         f"iifname {names} meta l4proto {{ tcp, udp }} th dport 53 jump dns_query",
         f"ct direction reply oifname {names} {pending}",
@@ -460,8 +464,7 @@ def test_untracked_packets_are_dropped_before_anything_accepts_them(
     untracked = output.index("ct state invalid,untracked counter name untracked_dropped drop")
     assert untracked < output.index("ct direction reply accept") < output.index("jump egress")
     assert ('oifname "lo" accept' in output) is not loopback
-    injected = f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} accept"
-    assert output[1] == injected, "the engine's own refusals first"
+    assert output[1] == refusal_rule(EngineConfig()), "the engine's own refusals first"
     before = output[2:untracked]
     assert [line for line in before if line.endswith("accept")] == (
         [] if loopback else ['oifname "lo" accept'])
@@ -605,9 +608,19 @@ def test_every_dns_query_goes_to_the_engine_whatever_its_flows_verdict(path: str
           "limit rate over 200/second burst 400 packets } counter name dns_queries_over_limit "
           "drop" for family, n, field in (("ipv4", 4, "ip"), ("ipv6", 6, "ip6"))),
         "meta l4proto udp goto to_engine",  # every datagram
-        "tcp flags & (syn | rst) != 0 return",  # the handshake: the flow's usual path
+        "tcp flags & (syn | rst) != 0 goto dns_handshake",
         "jump bare",  # a segment without bytes passes
         "goto to_engine"]  # every segment with bytes, pipelined queries too
+    # The handshake takes its flow's usual path (the return leaves dns_query too, as it
+    # was entered by goto), unless its SYN or RST carries bytes: TCP Fast Open data, which
+    # over loopback nothing else would judge.
+    handshake = chain_lines(text, "dns_handshake")
+    assert handshake[-1] == "goto to_engine"
+    assert "ip hdrlength 5 ip length 40 tcp doff 5 return" in handshake
+    assert "ip6 nexthdr tcp ip6 length 40 tcp doff 10 return" in handshake
+    assert all(line.endswith(" return") for line in handshake[:-1])
+    assert [line.replace(" return", " accept") for line in handshake[:-1]] == \
+        chain_lines(text, "bare_handshake"), "the same shape as a bare SYN-ACK"
 
 
 def test_the_engines_refusals_are_not_tracked() -> None:
@@ -634,7 +647,29 @@ def test_with_queries_any_for_everyone_no_query_is_queued(path: str) -> None:
     text = render(EngineConfig(), path, queries=False).nft
     assert "jump dns_query" not in text
     assert code_lines(text) == [line for line in code_lines(render(EngineConfig(), path).nft)
-                                if "jump dns_query" not in line]
+                                if "jump dns_query" not in line
+                                and "jump settle\t# such a query" not in line
+                                and not line.startswith("ct direction original meta mark")]
+
+
+@pytest.mark.parametrize("path", [NATIVE, XT])
+def test_queries_from_forwarded_clients_to_a_resolver_here_are_judged(path: str) -> None:
+    """A gateway's clients ask its own dnsmasq, which recurses for them: their queries
+    come in on the input hook, from engine.forward_from's interfaces, and are queued as
+    a forwarded query is, before anything reads their ct mark; their verdict (a refused
+    TCP stream: cut) is settled like an egress packet's. Answers are marked ANSWER."""
+    text = render(EngineConfig(forward_from=("lan*", "wg0")), path).nft
+    lines = chain_lines(text, "input")
+    query = ('iifname { "lan*", "wg0" } meta l4proto { tcp, udp } th dport 53 '
+             "ct direction original jump dns_query")
+    assert lines.index(query) == 2
+    assert chain_lines(text, "input_verdict")[1:] == [
+        f"ct direction original meta mark & {hexmark(marks.MASK)} != 0 jump settle",
+        "jump settle_answer"]
+    assert all(hexmark(marks.ANSWER) in line for line in lines if "sport 53 ct direction "
+               "reply meta mark set" in line)
+    assert "dport 53 ct direction original" not in render(EngineConfig(forward_from=()),
+                                                          path).nft
 
 
 @pytest.mark.parametrize("path", [NATIVE, XT])
@@ -644,16 +679,35 @@ def test_the_engines_refusals_pass_to_their_client_without_a_verdict(path: str) 
     input (not an answer to learn, and not a loopback forgery), its mark cleared there."""
     text = render(EngineConfig(fail="closed"), path).nft
     mask, injected = hexmark(marks.MASK), hexmark(marks.INJECTED)
-    assert chain_lines(text, "output")[1] == f"meta mark & {mask} == {injected} accept"
+    assert chain_lines(text, "output")[1] == refusal_rule(EngineConfig())
     settle = chain_lines(text, "settle")
     assert settle[0] == f"meta mark & {mask} == {injected} accept"
     assert not [line for line in settle[1:] if injected in line]
     keep = hexmark(~marks.MASK & 0xFFFFFFFF)
-    assert chain_lines(text, "input")[1] == (f"meta mark & {mask} == {injected} "
-                                             f"meta mark set meta mark & {keep} accept")
+    assert chain_lines(text, "input")[1] == (f"meta mark & {mask} == {injected} udp sport 53 "
+                                             f'iifname "lo" meta mark set meta mark & {keep} '
+                                             "accept")
     assert marks.INJECTED & marks.QUEUED and not marks.is_answer(marks.INJECTED)
     assert marks.INJECTED not in (marks.ALLOW, marks.DENY, marks.PENDING, marks.QUEUED,
                                   marks.QUEUED | marks.PENDING)
+
+
+def refusal_rule(settings: EngineConfig) -> str:
+    to = ", ".join(f'"{name}"' for name in ("lo", *settings.forward_from))
+    return (f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} udp sport 53 "
+            f"oifname {{ {to} }} accept")
+
+
+def test_only_a_refusals_shape_passes_with_the_refusal_mark() -> None:
+    """SO_MARK takes only CAP_NET_RAW: the mark lets through UDP from port 53 to a client
+    on this host or behind forward_from, nothing else (which, untracked, is dropped)."""
+    settings = EngineConfig(forward_from=("docker0", "br-*"))
+    output = chain_lines(render(settings, NATIVE).nft, "output")
+    assert output[1] == (f"meta mark & {hexmark(marks.MASK)} == {hexmark(marks.INJECTED)} "
+                         'udp sport 53 oifname { "lo", "docker0", "br-*" } accept')
+    assert [line for line in output if hexmark(marks.INJECTED) in line] == [output[1]]
+    alone = chain_lines(render(EngineConfig(forward_from=()), NATIVE).nft, "output")
+    assert 'udp sport 53 oifname { "lo" } accept' in alone[1]
 
 
 def test_the_xt_queue_rules_leave_the_engines_refusals_alone() -> None:

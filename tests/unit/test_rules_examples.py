@@ -21,7 +21,8 @@ from nfguard.wire.ip import TCP, UDP, Packet
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 FILES = sorted(RULES.glob("*.toml"))
-TIERS = ["tier-app", "tier-bastion", "tier-ci-runner", "tier-database", "tier-web"]
+TIERS = ["tier-app", "tier-bastion", "tier-ci-runner", "tier-database", "tier-gateway",
+         "tier-web"]
 
 
 def test_the_tier_files_are_there() -> None:
@@ -88,18 +89,20 @@ def test_check_passes_on_copies(tmp_path: Path, capsys: pytest.CaptureFixture[st
 RESOLVER = "10.0.0.53"  # the host's resolver, as the engines below are told
 
 
-def engine_for(tier: str, default: str = "allow") -> Engine:
+def engine_for(tier: str, default: str = "allow", private: str = "allow") -> Engine:
     return Engine(EngineConfig(default=default),
                   CompiledPolicySet(load_policy_files([RULES / f"{tier}.toml"])),
-                  resolvers=lambda ip: ip == RESOLVER)
+                  resolvers=lambda ip: ip == RESOLVER, private=private)
 
 
 def decision(engine: Engine, dst: str, port: int, proto: str = "tcp", name: str | None = None,
-             exe: str | None = None, user: str | None = None) -> str:
+             exe: str | None = None, user: str | None = None,
+             sender: ProcessInfo | None = None) -> str:
+    """`sender`: who sends, when more than an exe and a user (a routed client)."""
     address = ipaddress.ip_address(dst)
     packet = Packet(address.version, TCP if proto == "tcp" else UDP, "10.9.9.9", dst, 40000,
                     port, int(address), 0, 0, 0)
-    process = ProcessInfo(exe=exe, user=user, uid=1000 if user else None)
+    process = sender or ProcessInfo(exe=exe, user=user, uid=1000 if user else None)
     names = [(name, "dns")] if name else []
     return engine.decide(packet, process, names).action
 
@@ -164,6 +167,14 @@ def test_ci_runner_tier() -> None:
     assert decision(engine, PUBLIC, 22, name="github.com") == "allow"
     assert decision(engine, PUBLIC, 443, name="paste.example.com") == "deny"
     assert decision(engine, PUBLIC, 443) == "deny"
+    # The internal registry's name leads inside (private = true); a public one's does not.
+    for private in ("allow", "deny"):
+        engine = engine_for("tier-ci-runner", default="deny", private=private)
+        assert decision(engine, "10.20.0.5", 443, name="registry.ci.internal.example") == \
+            "allow"
+        assert decision(engine, "169.254.169.254", 443, name="pypi.org") == "deny"
+        assert decision(engine, "10.20.0.5", 443, name="pypi.org") == (
+            "allow" if private == "allow" else "deny")
 
 
 # ---------------------------------------------------------------- which names they resolve
@@ -186,11 +197,17 @@ def example_name(pattern: str) -> str:
 
 
 def member(client: Client) -> ProcessInfo:
-    """A process the client's match table takes (the examples match on exe and user)."""
+    """A sender the client's match table takes (the examples match on exe and user; the
+    gateway's on a routed client's interface and source address)."""
     keys = dict(client.match)
-    assert set(keys) <= {"exe", "user"}, keys
-    return ProcessInfo(exe=keys.get("exe"), user=keys.get("user"),
-                       uid=1000 if "user" in keys else None)
+    assert set(keys) <= {"exe", "user", "interface"}, keys
+    if "interface" not in keys and not client.sources:
+        return ProcessInfo(exe=keys.get("exe"), user=keys.get("user"),
+                           uid=1000 if "user" in keys else None)
+    network = ipaddress.ip_network(str(client.sources[0])) if client.sources else None
+    source = ("10.99.99.99" if network is None
+              else str(network[1] if network.num_addresses > 1 else network[0]))
+    return ProcessInfo(interface=keys.get("interface", "eth1").rstrip("*"), source=source)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -207,7 +224,7 @@ def test_every_client_may_resolve_the_names_it_may_connect_to(path: Path) -> Non
                 for pattern in rule.names:
                     name = example_name(pattern.text)
                     flow = decision(engine, PUBLIC, ports[0], rule.proto or "tcp", name,
-                                    process.exe, process.user)
+                                    sender=process)
                     if flow == "allow":
                         checked += 1
                         assert judge.decide(client, name).action == "allow", name
@@ -283,3 +300,39 @@ def test_encrypted_dns_first_leaves_names_to_the_next_policies(tmp_path: Path) -
     assert ptr.action == "deny" and ptr.rule is not None
     assert decision(engine, "192.0.2.1", 853, "tcp") == "deny"
     assert decision(engine, "192.0.2.1", 853, "udp") == "deny"
+
+
+def test_gateway_tier() -> None:
+    """Routed clients by their original source (and VLAN), the gateway's own processes by
+    what they run; a LAN address no client names gets nothing."""
+    engine = engine_for("tier-gateway", default="deny")
+
+    def routed(source: str, interface: str = "eth1") -> ProcessInfo:
+        return ProcessInfo(interface=interface, source=source)
+
+    def client(sender: ProcessInfo) -> str | None:
+        found = engine.client_for(sender)
+        return None if found is None else found.name
+
+    assert client(routed("10.42.16.5", "eth1.16")) == "gateway-servers"
+    assert client(routed("2001:db8:42::7", "eth1.16")) == "gateway-servers"
+    assert client(routed("10.42.16.5", "eth1.17")) == "gateway-lan-rest", "not its VLAN"
+    assert client(routed("10.42.17.5")) == "gateway-office-monitoring"
+    assert client(routed("10.42.17.9")) == "gateway-office"
+    assert client(routed("10.42.99.1")) == "gateway-lan-rest"
+    assert client(ProcessInfo(exe="/usr/bin/apt", user="root")) == "gateway-host"
+    servers = routed("10.42.16.5", "eth1.16")
+    assert decision(engine, PUBLIC, 443, name="github.com", sender=servers) == "allow"
+    assert decision(engine, "10.50.1.2", 22, sender=servers) == "allow"
+    assert decision(engine, PUBLIC, 443, name="mail.example.net", sender=servers) == "deny"
+    office = routed("10.42.17.9")
+    assert decision(engine, PUBLIC, 443, name="mail.example.net", sender=office) == "allow"
+    assert decision(engine, PUBLIC, 443, name="monitoring.example.net",
+                    sender=office) == "deny"
+    assert decision(engine, PUBLIC, 443, name="monitoring.example.net",
+                    sender=routed("10.42.17.5")) == "allow"
+    assert decision(engine, PUBLIC, 443, name="github.com", sender=routed("10.42.99.1")) == (
+        "deny")
+    # the gateway's own flows are never a LAN client's, whatever their address
+    assert decision(engine, PUBLIC, 443, name="github.com", exe="/usr/bin/curl") == "deny"
+

@@ -133,3 +133,22 @@ def test_recent_and_frequent_denies() -> None:
             "        2x  /usr/bin/curl -> x\\x1b[2J.test:443/tcp  client web\n") in text
     assert "denies:       none since start" in render_status(answer(denies=Denies().snapshot()))
     assert "denies:" not in render_status(answer()), "an older daemon's answer"
+
+
+def test_private_names_line() -> None:
+    """[names] private, what DNS bound to internal addresses, and the host's networks."""
+    assert "private:" not in render_status(answer())  # an older daemon's answer
+    text = render_status(answer(private={
+        "setting": "allow", "bindings": {"private": 3, "metadata": 1},
+        "last": "api.example.com -> 169.254.169.254 (metadata)",
+        "networks": "192.0.2.0/24, fd00::/64"}))
+    assert ('private:      [names] private = "allow": names lead inside, never to loopback, '
+            "link-local or metadata addresses (but by a rule with private = true or a CIDR)\n"
+            ) in text
+    assert ("  DNS bound names to internal addresses 4 times (metadata 1, private 3); last "
+            "api.example.com -> 169.254.169.254 (metadata)\n") in text
+    assert "  this host's networks: 192.0.2.0/24, fd00::/64\n" in text
+    quiet = render_status(answer(private={"setting": "deny", "bindings": {}, "last": "",
+                                          "networks": "none"}))
+    assert '[names] private = "deny": names lead nowhere inside' in quiet
+    assert "  DNS bound no name to an internal address\n" in quiet

@@ -11,7 +11,11 @@ from typing import Any
 import pytest
 
 from nfguard import cli
+from nfguard.config import EngineConfig
+from nfguard.engine import Engine
+from nfguard.policy.internal import PUBLIC, Internal
 from nfguard.policy.load import parse_policy_texts
+from nfguard.policy.match import CompiledPolicySet
 from nfguard.policy.resolve import QueryJudge
 from nfguard.suggest import (
     collapse_names,
@@ -679,3 +683,83 @@ def test_a_local_resolvers_queries_give_its_client_queries_any_not_a_list() -> N
     assert denied(flows, policies, resolvers=lambda ip: ip in (STUB, "10.0.0.53"),
                   queries=queries) == []
     assert refused(queries, policies) == []
+
+
+def test_routed_hosts_get_a_client_by_their_source_address() -> None:
+    """Behind a gateway, two LAN hosts on one interface send flows no process is found
+    for: each gets a client of its own, by its original source address, and each is
+    allowed only what it was seen doing. A container bridge's flows stay keyed by the
+    bridge alone (their addresses are handed out per run)."""
+    def routed(source: str, ip: str, interface: str = "lan1",
+               domain: str | None = None) -> dict[str, Any]:
+        ev = event(ip, 443, domain=domain or f"{source}.example", who={"interface": interface})
+        ev["source"]["ip"] = source
+        return ev
+
+    flows = flows_of(routed("198.18.8.2", "192.0.2.1"), routed("198.18.9.2", "192.0.2.2"),
+                     routed("fd00:18:8::2", "2001:db8::1"),
+                     routed("172.17.0.2", "192.0.2.3", "docker0"))
+    text = suggest(flows)
+    assert [(c["name"], c.get("match")) for c in tomllib.loads(text)["client"]] == [
+        ("lan1-198.18.8.2", {"interface": "lan1", "source": "198.18.8.2"}),
+        ("lan1-198.18.9.2", {"interface": "lan1", "source": "198.18.9.2"}),
+        ("lan1-fd00_18_8_2", {"interface": "lan1", "source": "fd00:18:8::2"}),
+        ("docker0", {"interface": "docker0"})]
+    engine = policy_engine(load(text))
+    assert all(decide(engine, flow).action == "allow" for flow in flows)
+    [borrowed] = flows_of(routed("198.18.9.2", "192.0.2.1",  # A's destination, from B
+                                 domain="198.18.8.2.example"))
+    assert decide(engine, borrowed).action == "deny"
+    assert denied(flows, load(text)) == []
+
+
+def test_names_that_led_inside_opt_in_each_written_out() -> None:
+    """A suggested policy must not trip the DNS rebinding guard unseen: a name whose flows
+    went to an internal address gets `private = true`, in a rule of its own, literally."""
+    flows = flows_of(
+        event("169.254.169.254", 80, domain="metadata.google.internal", who=CURL),
+        event("10.0.0.5", 5432, domain="db1.corp.example", who=CURL),
+        event("10.0.0.6", 5432, domain="db2.corp.example", who=CURL),
+        event("10.0.0.7", 5432, domain="db3.corp.example", who=CURL),
+        event("93.184.216.34", 443, domain="a.example.com", who=CURL),
+        event("93.184.216.35", 443, domain="b.example.com", who=CURL),
+        event("93.184.216.36", 443, domain="c.example.com", who=CURL),
+    )
+    text = suggest(flows)
+    rules = {r["name"]: r for r in all_rules(text)}
+    assert rules["inside-tcp-5432"]["to"] == [
+        "db1.corp.example", "db2.corp.example", "db3.corp.example"], "never a wildcard"
+    assert rules["inside-tcp-5432"]["private"] is True
+    assert rules["inside-tcp-80"]["to"] == ["metadata.google.internal"]
+    assert rules["names-tcp-443"]["to"] == ["**.example.com"]
+    assert "private" not in rules["names-tcp-443"]
+    assert "# these names led to internal addresses: 169.254.169.254 (metadata)" in text
+    policies = load(text)
+    for private in ("allow", "deny"):
+        engine = Engine(EngineConfig(), CompiledPolicySet(policies), private=private)
+        for flow in flows:
+            assert decide(engine, flow).action == "allow", (private, flow)
+    # what the guard keeps out still is: a public name's rule does not reach inside
+    engine = Engine(EngineConfig(), CompiledPolicySet(policies), private="deny")
+    inside = flows_of(event("10.0.0.9", 443, domain="a.example.com", who=CURL))
+    assert decide(engine, inside[0]).reason == "name_private_address"
+
+
+def test_this_hosts_networks_count_as_inside() -> None:
+    flows = flows_of(event("192.0.2.10", 443, domain="printer.example", who=CURL))
+    text = suggest(flows, internal=lambda ip: Internal.CONNECTED if ip.startswith("192.0.2.")
+                   else PUBLIC)
+    assert "192.0.2.10 (connected)" in text and "private = true" in text
+
+
+def test_denied_names_the_guard_and_the_rule_that_needs_the_opt_in() -> None:
+    policies = load('[[client]]\nname = "all"\npolicies = ["p"]\n[[policy]]\nname = "p"\n'
+                    '[[policy.rule]]\nname = "api"\naction = "allow"\n'
+                    'to = ["api.example.com"]\nports = [443]\n')
+    flows = flows_of(event("10.0.0.5", 443, domain="api.example.com", who=CURL),
+                     event("169.254.169.254", 443, domain="api.example.com", who=CURL))
+    assert [d.rules for d in denied(flows, policies)] == [
+        ("reason=name_private_address (metadata address; rule=p/api has no private = true)",)]
+    assert [d.rules for d in denied(flows, policies, private="deny")] == [(
+        "reason=name_private_address (metadata address; rule=p/api has no private = true)",
+        "reason=name_private_address (private address; rule=p/api has no private = true)")]

@@ -18,6 +18,7 @@ from nfguard import cli, marks
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig, parse_config
 from nfguard.engine import NAME_MISMATCH, Engine
+from nfguard.hostnets import HostNetworks
 from nfguard.marks import HOLD
 from nfguard.metrics import Stats
 from nfguard.pending import (
@@ -33,6 +34,7 @@ from nfguard.pending import (
     classify,
 )
 from nfguard.pipeline import LOCAL_IN, Pipeline
+from nfguard.policy.internal import network
 from nfguard.policy.load import PolicyError, parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.wire.dns import MAX_ANSWERS
@@ -158,7 +160,7 @@ class Harness:
         return self.out(raw, marks.QUEUED | marks.PENDING, token)
 
     def answer(self, raw: bytes) -> int | None:
-        return self.pipeline.handle(raw, marks.QUEUED, LOCAL_IN)
+        return self.pipeline.handle(raw, marks.ANSWER, LOCAL_IN)
 
     def learn(self, name: str, ip: str, ttl: int = 300) -> None:
         kind = "AAAA" if ":" in ip else "A"
@@ -760,3 +762,45 @@ def test_a_name_rule_with_resolvers_lets_the_resolvers_wait() -> None:
                     resolvers=lambda ip: ip == "10.0.0.53")
     assert engine.assess(parse_packet(syn("10.0.0.53", 853))) is None
     assert engine.assess(parse_packet(syn("10.0.0.54", 853))) is not None
+
+
+# ---------------------------------------------------------------- names bound inside
+
+def test_bindings_to_internal_addresses_are_counted_by_kind(tmp_path: Path) -> None:
+    """Where answers are learnt: a public name answering with an inside address is what
+    DNS rebinding looks like; the host's networks count too."""
+    stats = Stats()
+    hostnets = HostNetworks(lambda: (network(f"{OTHER}/24"),))
+    pipeline = Pipeline(make_engine(), AuditLog(str(tmp_path / "a.jsonl")), stats,
+                        settings=NamesConfig(resolvers=EVERY_SERVER), hostnets=hostnets)
+    chain = dns_answer(DNSRR(rrname="www.github.com", type="CNAME", ttl=300,
+                             rdata="db.corp.example"),
+                       DNSRR(rrname="db.corp.example", type="A", ttl=300, rdata="10.0.0.5"),
+                       qname="www.github.com")
+    assert pipeline.handle(chain, marks.ANSWER, LOCAL_IN) == marks.ALLOW
+    assert stats.dns_private == {"private": 2}  # both names of the chain are bound there
+    assert stats.dns_private_last in ("www.github.com -> 10.0.0.5 (private)",
+                                      "db.corp.example -> 10.0.0.5 (private)")
+    for ip, kind in (("169.254.169.254", "metadata"), (OTHER, "connected"),
+                     ("::ffff:127.0.0.1", "loopback"), (GH, None)):
+        qtype = "AAAA" if ":" in ip else "A"
+        pipeline.handle(dns_answer(DNSRR(rrname="x.example", type=qtype, ttl=300, rdata=ip),
+                                   qname="x.example", qtype=qtype), marks.ANSWER, LOCAL_IN)
+        if kind is not None:
+            assert stats.dns_private[kind] == 1
+            assert stats.dns_private_last == f"x.example -> {ip} ({kind})"
+    assert sum(stats.dns_private.values()) == 5
+    assert stats.dns_bindings == 6
+
+
+def test_a_flow_to_a_name_bound_inside_is_refused_on_its_syn(tmp_path: Path) -> None:
+    """The pipeline end to end: DNS binds github.com to the metadata address; the SYN to it
+    is decided at once (nothing could allow it there), refused, and says why."""
+    h = Harness(tmp_path)
+    h.learn("github.com", "169.254.169.254")
+    assert h.out(syn("169.254.169.254", 443)) == marks.DENY  # the SYN never leaves
+    [event] = [e for e in h.events() if e["destination"]["ip"] == "169.254.169.254"]
+    assert event["event"]["reason"] == "name_private_address"
+    assert event["nfguard"]["private"] == "metadata"
+    assert event["rule"]["name"] == "names/github"
+    assert event["destination"]["domain"] == "github.com"

@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
@@ -17,6 +18,7 @@ from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
 from nfguard.metrics import Stats
+from nfguard.names import queries
 from nfguard.names.inject import Unsent
 from nfguard.names.queries import queued
 from nfguard.pipeline import Pipeline
@@ -186,3 +188,69 @@ def test_queries_are_queued_only_if_some_are_judged() -> None:
     assert not queued("any", ())
     assert queued("any", (override,))
     assert not queued("any", (dataclasses.replace(override, queries="any"),))
+
+
+def test_tcp_urgent_data_or_a_reset_with_bytes_cuts_the_stream(tmp_path: Path) -> None:
+    """The server's recv() skips the urgent byte: it would frame another stream than the
+    one read here."""
+    host = Host(tmp_path)
+    host.send(tcp(b"", 99, "S"))
+    whole = message("www.allowed.test")
+    assert host.send(tcp(whole[:5], 100), token="first") is marks.HOLD
+    assert host.send(tcp(whole[5:], 105, "PAU")) == marks.DENY
+    assert host.released == [("first", marks.DENY)]
+    assert host.stats.dns_queries_unparseable == 1
+    # a reset's bytes are never read by the server either: they are not a query's
+    host.send(tcp(b"", 199, "S"))
+    assert host.send(tcp(message("x.attacker.test"), 200, "R")) == marks.DENY
+    assert host.queries() == []
+
+
+def test_a_query_the_queue_copied_in_part_is_not_judged_by_its_part(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    host.send(tcp(b"", 99, "S"))
+    two = message("www.allowed.test") + message("x.attacker.test")
+    assert host.send(tcp(two, 100)[:-4]) == marks.DENY, "its end was never seen"
+    assert host.send(udp("www.allowed.test")[:-2]) is marks.DROP
+    assert host.stats.dns_queries_unparseable == 2 and host.queries() == []
+
+
+def test_a_retransmit_must_carry_the_bytes_read(tmp_path: Path) -> None:
+    """A raw socket can resend a range whose first copy the server dropped, with other
+    bytes: the same bytes pass, other ones (or too old to check) cut the stream."""
+    host = Host(tmp_path)
+    host.send(tcp(b"", 99, "S"))
+    first, second = message("a.allowed.test", 1), message("b.allowed.test", 2)
+    assert host.send(tcp(first + second, 100)) == marks.ALLOW
+    assert host.send(tcp(second, 100 + len(first))) == marks.ALLOW, "a true retransmit"
+    third = message("c.allowed.test", 3)
+    assert host.send(tcp(second[-3:] + third, 100 + len(first + second) - 3)) == marks.ALLOW
+    forged = message("x.attacker.test", 2)[:len(second)].ljust(len(second), b"\0")
+    assert host.send(tcp(forged, 100 + len(first))) == marks.DENY
+    assert [e["dns"]["question"]["name"] for e in host.queries()] == [
+        "a.allowed.test", "b.allowed.test", "c.allowed.test"], "the forged one never read"
+
+    old = Host(tmp_path / "old")
+    old.send(tcp(b"", 99, "S"))
+    many = b"".join(message(f"n{i}.allowed.test", i) for i in range(200))
+    assert len(many) > queries.REREAD
+    assert old.send(tcp(many, 100)) == marks.ALLOW
+    assert old.send(tcp(many[:10], 100)) == marks.DENY, "too far back to check"
+
+
+def test_a_stream_pushed_out_of_the_table_is_cut_in_the_kernel(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read afresh from a later segment, mid-message, its framing would be the sender's:
+    the stream pushed out gets DENY in its ct mark, and its held segments are dropped."""
+    monkeypatch.setattr(queries, "MAX_STREAMS", 3)
+    host = Host(tmp_path)
+    written: list[list] = []
+    host.pipeline.set_verdicts = written.append  # type: ignore[assignment]
+    whole = message("www.allowed.test")
+    assert host.send(tcp(whole[:5], 100), token="held") is marks.HOLD
+    for sport in (41001, 41002, 41003):
+        packet = IP(src=CLIENT, dst=SERVER) / TCP(sport=sport, dport=53, flags="PA", seq=1)
+        assert host.send(bytes(packet / Raw(whole))) == marks.ALLOW
+    assert written == [[((6, CLIENT, 41000, SERVER, 53), marks.DENY)]]
+    assert host.released == [("held", marks.DENY)]
+    assert host.stats.dns_streams_cut == 1

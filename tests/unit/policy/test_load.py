@@ -8,7 +8,7 @@ import pytest
 
 from nfguard.policy.load import PolicyError, load_policy_dir, parse_policy_texts
 from nfguard.policy.model import PortRange
-from tests.unit.policies import QUERIES
+from tests.unit.policies import PRIVATE_NAMES, QUERIES
 
 
 def problems_of(*documents: tuple[str, str]) -> list[str]:
@@ -195,10 +195,10 @@ baz = 3
         "p.toml:4: unknown key 'foo' in [[client]] (allowed: name, match, policies, mode, "
         "queries)",
         "p.toml:5: unknown match key 'bogus' (allowed: exe, cmdline, user, group, unit, "
-        "cgroup, parent_exe, sha256, interface, container, image)",
+        "cgroup, parent_exe, sha256, interface, container, image, source)",
         "p.toml:9: unknown key 'bar' in [[policy]] (allowed: name, rule)",
         "p.toml:12: unknown key 'baz' in [[policy.rule]] (allowed: name, action, to, "
-        "resolve, ports, proto)",
+        "resolve, ports, proto, private)",
     ]
 
 
@@ -571,3 +571,71 @@ def test_a_bad_rule_is_not_applied_but_the_rest_is_checked() -> None:
     with pytest.raises(PolicyError):
         parse_policy_texts([("good.toml", good), ("bad.toml", "x = 1\n")])
     assert parse_policy_texts([("good.toml", good)]).rule_count == 1
+
+
+def test_match_source_takes_cidrs_and_addresses_of_both_families() -> None:
+    text = """
+[[client]]
+name = "lan"
+match = { source = ["10.42.16.0/27", "2001:db8:42::/64", "10.42.17.5"], interface = "eth1*" }
+policies = ["p"]
+
+[[client]]
+name = "one"
+match = { source = "10.42.18.7" }
+policies = ["p"]
+
+[[policy]]
+name = "p"
+[[policy.rule]]
+action = "allow"
+"""
+    lan, one = parse_policy_texts([("gw.toml", text)]).clients
+    assert [str(n) for n in lan.sources] == ["10.42.16.0/27", "2001:db8:42::/64",
+                                             "10.42.17.5/32"]
+    assert lan.match == (("interface", "eth1*"),)
+    assert [str(n) for n in one.sources] == ["10.42.18.7/32"] and not one.matches_everyone
+
+
+def test_bad_match_source_names_file_and_line() -> None:
+    body = """
+[[policy]]
+name = "p"
+[[policy.rule]]
+action = "allow"
+
+[[client]]
+name = "lan"
+policies = ["p"]
+match = { source = %s }
+"""
+    assert only_problem(body % '["10.42.16.1/27"]', "gw.toml") == (
+        "gw.toml:10: bad CIDR or address '10.42.16.1/27': 10.42.16.1/27 has host bits set; "
+        "did you mean 10.42.16.0/27?")
+    assert only_problem(body % '["lan.example"]', "gw.toml").startswith(
+        "gw.toml:10: bad CIDR or address 'lan.example'")
+    for bad in ("[]", "[42]", "true"):
+        assert only_problem(body % bad, "gw.toml").startswith(
+            "gw.toml:10: match.source takes CIDRs and addresses"), bad
+
+
+def test_private_opts_an_allow_rules_names_in() -> None:
+    rules = {rule.name: rule for policy in parse_policy_texts(
+        [("p.toml", PRIVATE_NAMES)]).policies.values() for rule in policy.rules}
+    assert rules["web/corp"].private is True
+    assert rules["web/api"].private is False and rules["web/db-net"].private is False
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ('action = "allow"\nto = ["a.example"]\nprivate = "yes"',
+     "p.toml:7: private must be true or false"),
+    ('action = "deny"\nto = ["a.example"]\nprivate = true',
+     "p.toml:7: private = true lets an allow rule's names lead to internal addresses: "
+     "this rule has action = \"deny\""),
+    ('action = "allow"\nto = ["10.0.0.0/8"]\nprivate = true',
+     "p.toml:7: private = true lets an allow rule's names lead to internal addresses: "
+     "this rule has no names in `to`"),
+])
+def test_private_where_it_means_nothing_is_an_error(rule: str, message: str) -> None:
+    text = f'[[policy]]\nname = "p"\n\n[[policy.rule]]\n{rule}\n'
+    assert only_problem(text) == message
