@@ -8,7 +8,9 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 
+from nfguard import journal
 from nfguard.config import DEFAULT_PATH, load_config
 from nfguard.policy.load import PolicyError
 
@@ -16,8 +18,10 @@ from nfguard.policy.load import PolicyError
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(journal.formatter(sys.stderr, os.environ))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="nfguard: %(levelname)s %(message)s", stream=sys.stderr)
+                        handlers=[handler])
     try:
         return int(args.func(args))
     except PolicyError as exc:
@@ -58,9 +62,30 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
     reload = command("reload", _reload, "re-read config and policy in the running daemon; "
                      "exit 1 (and the running policy stays) if they have errors")
-    for sub in (status, reload):
+    names = command("names", _names, "what the running daemon's name cache holds for an "
+                    "address or a name, and which DNS answer taught it")
+    names.add_argument("query", nargs="?", default="", metavar="ADDR|NAME",
+                       help="an address or a name (none: every pair, most recent first)")
+    names.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+    for sub in (status, reload, names):
         sub.add_argument("--socket", metavar="PATH",
                          help="the daemon's control socket (default: control.socket of --config)")
+    log = command("log", _log, "decisions from the audit log as lines a person reads "
+                  "(coloured on a terminal; NO_COLOR turns it off)")
+    log.add_argument("-f", "--follow", action="store_true",
+                     help="then show new decisions as they are written, across log rotation")
+    log.add_argument("--deny", action="store_true",
+                     help="only what the policy denies (in audit mode too)")
+    log.add_argument("--client", metavar="NAME", help="only this client's decisions")
+    log.add_argument("--since", metavar="TIME",
+                     help="only from TIME on (10m, 2h, 1d, 14:30, 2026-12-07T14:30); rotated "
+                     "files written since are read too")
+    log.add_argument("-n", "--lines", type=int, metavar="N",
+                     help="only the last N of what was written before (default: all; 10 "
+                     "with -f)")
+    log.add_argument("--json", action="store_true", help="the events as JSON lines, unchanged")
+    log.add_argument("--file", metavar="PATH",
+                     help="the audit log to read (default: audit.path of --config)")
     explain = command("explain", _explain, "which client, policy and rule decide a flow, and why")
     explain.add_argument("--to", required=True, metavar="HOST_OR_IP[:PORT]")
     explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
@@ -85,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     suggest.add_argument("audit", nargs="+", metavar="AUDIT.jsonl",
                          help='audit logs (JSON lines; .gz read as gzip; "-" for stdin)')
     suggest.add_argument("--policy", metavar="DIR",
-                         help="list what this policy would deny (flows) or refuse (queries)")
+                         help="list what this policy would deny (flows) or refuse (queries); "
+                         "exit 1 if it would deny or refuse any (0 if none, 2 if a log or "
+                         "the policy cannot be read)")
     suggest.add_argument("--default", choices=("deny", "allow"), default="deny",
                          help="engine.default assumed with --policy (default deny)")
     suggest.add_argument("--private", choices=("allow", "deny"), default="allow",
@@ -157,7 +184,7 @@ def _install_unit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _daemon_request(args: argparse.Namespace, command: str) -> dict | None:
+def _daemon_request(args: argparse.Namespace, command: str, **arguments: Any) -> dict | None:
     from nfguard.config import control_socket
     from nfguard.control import ControlError, request
 
@@ -166,7 +193,7 @@ def _daemon_request(args: argparse.Namespace, command: str) -> dict | None:
         print(f"nfguard: control.socket is off in {args.config}", file=sys.stderr)
         return None
     try:
-        return request(path, command)
+        return request(path, command, arguments=arguments)
     except ControlError as exc:
         print(f"nfguard: {exc}", file=sys.stderr)
         return None
@@ -186,7 +213,28 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer["status"], indent=2))
     else:
-        print(render_status(answer["status"]), end="")
+        from nfguard.logview import wants_colour
+
+        print(render_status(answer["status"], wants_colour(sys.stdout.isatty(), os.environ)),
+              end="")
+    return 0
+
+
+def _names(args: argparse.Namespace) -> int:
+    import json
+
+    from nfguard.names import listing
+
+    answer = _daemon_request(args, "names", query=args.query)
+    if answer is None:
+        return 1
+    if not answer.get("ok"):
+        print(f"nfguard: {answer.get('error')}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer["names"], indent=2))
+    else:
+        print(listing.render(answer["names"]), end="")
     return 0
 
 
@@ -223,6 +271,30 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log(args: argparse.Namespace) -> int:
+    import time
+
+    from nfguard import follow, logview
+
+    path = args.file
+    if path is None:
+        audit = load_config(args.config).audit
+        path = audit.path
+        if path == "-" or audit.format != "json":
+            print(f"nfguard log: {args.config} writes the audit log "
+                  f"{'to stdout' if path == '-' else 'as text'}; it reads JSON audit files "
+                  "(journalctl -u nfguard shows stdout)", file=sys.stderr)
+            return 2
+    try:
+        since = logview.parse_since(args.since, time.time()) if args.since else None
+    except ValueError as exc:
+        print(f"nfguard log: {exc}", file=sys.stderr)
+        return 2
+    colour = not args.json and logview.wants_colour(sys.stdout.isatty(), os.environ)
+    return follow.show(path, logview.Filter(args.deny, args.client, since), follow=args.follow,
+                       lines=args.lines, as_json=args.json, colour=colour)
+
+
 def _explain(args: argparse.Namespace) -> int:
     from nfguard.explain import explain
 
@@ -234,7 +306,20 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+SUGGEST_CLEAN, SUGGEST_DENIED, SUGGEST_ERROR = 0, 1, 2  # `suggest --policy` exit codes
+
+
 def _suggest(args: argparse.Namespace) -> int:
+    """Exits SUGGEST_DENIED when the policy of --policy denies a flow or refuses a query of
+    the audit logs (a CI gate), SUGGEST_ERROR when a log or the policy cannot be read."""
+    try:
+        return _suggest_or_judge(args)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return SUGGEST_ERROR
+
+
+def _suggest_or_judge(args: argparse.Namespace) -> int:
     import gzip
 
     from nfguard import suggest
@@ -255,7 +340,7 @@ def _suggest(args: argparse.Namespace) -> int:
                     sources.append((path, file.readlines()))
         except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
             print(f"nfguard suggest: cannot read {path}: {exc}", file=sys.stderr)
-            return 1
+            return SUGGEST_ERROR
     read = suggest.read_flows(sources)
     if read.malformed or read.without_flow:
         print(f"nfguard suggest: skipped {read.malformed} lines that are not audit events and "
@@ -273,6 +358,7 @@ def _suggest(args: argparse.Namespace) -> int:
         refused = suggest.refused(read.queries, policies, args.default) if read.queries else None
         print(suggest.render_denied(found, total, args.policy, args.default, refused,
                                     len(read.queries)), end="")
+        return SUGGEST_DENIED if found or refused else SUGGEST_CLEAN
     else:
         print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries,
                               hostnets.kind_of), end="")

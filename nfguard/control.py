@@ -154,8 +154,10 @@ class ControlServer:
             os.unlink(self.path)
 
 
-def request(path: str, command: str, timeout: float = 60.0) -> dict[str, Any]:
-    """Send one command to the daemon at `path`; its answer (a dict with "ok")."""
+def request(path: str, command: str, timeout: float = 60.0,
+            arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Send one command (and its `arguments`) to the daemon at `path`; its answer (a dict
+    with "ok")."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
@@ -167,7 +169,7 @@ def request(path: str, command: str, timeout: float = 60.0) -> dict[str, Any]:
         except PermissionError as exc:
             raise ControlError(f"cannot talk to the daemon at {path}: {exc.strerror} "
                                "(run as root)") from exc
-        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        sock.sendall(json.dumps({**(arguments or {}), "command": command}).encode() + b"\n")
         data = bytearray()
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)

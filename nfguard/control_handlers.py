@@ -15,6 +15,7 @@ from typing import Any
 from nfguard import __version__
 from nfguard.config import Config
 from nfguard.control import Handler, Reply
+from nfguard.denies import Denies
 from nfguard.nft import PATH_DESCRIPTIONS
 from nfguard.wiring import Services
 
@@ -122,6 +123,9 @@ def status_report(services: Services, *, started_at: float,
         "audit": {"path": config.audit.path, "written": services.audit.written},
         "metrics": _metrics_url(config),
         "errors": list(errors),
+        "denies": Denies.merged([pipeline.denies, *(
+            report["denies"] for report in (team.snapshots() if team is not None else ())
+            if "denies" in report)]).snapshot(),
     }
 
 

@@ -5,7 +5,9 @@ The loop waits on the queue socket, a signal wake-up socket and the control sock
 together, so SIGTERM and SIGINT stop it cleanly between packets and the audit buffer is
 flushed on the way out. The ruleset stays in place after exit: with fail closed, no new
 flow leaves while the engine is down. SIGHUP asks the reloader for a reload; the loop
-applies it between two packets once it is built (see reloader).
+applies it between two packets once it is built (see reloader). SIGUSR1 reopens the audit
+file and does nothing else (logrotate's postrotate: the policy is not re-read). A batch of
+packets with a deny in it is written out at once, so `nfguard log -f` shows it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from types import FrameType
 from typing import Any
 
 from nfguard.control_handlers import Handlers, status_handler, status_report
+from nfguard.names.listing import names_handler
 from nfguard.reloader import Reloader
 from nfguard.sdnotify import Notifier
 from nfguard.wiring import Services, build_services
@@ -59,11 +62,15 @@ class Daemon:
         self.worker = worker  # None: the main process (installs, serves metrics and control)
         self._stop = False
         self._sighup = False
+        self._sigusr1 = False
         self._errors = RecentErrors()
         self.started_at = time.time()
         self.notifier = Notifier()
 
     def run(self) -> int:
+        # From the start: logrotate may signal while the policy is still being built, and
+        # SIGUSR1's default action would end the process.
+        signal.signal(signal.SIGUSR1, self._on_signal)
         self.services = services = build_services(self.config_path, self.worker)
         self.reloader = reloader = Reloader(services, self.notifier)
         self.handlers = self._handlers()
@@ -88,6 +95,7 @@ class Daemon:
         handlers = Handlers()
         handlers.add("status", status_handler(self.status))
         handlers.add("reload", self.reloader.on_request)
+        handlers.add("names", names_handler(self.services.pipeline.learner))
         return handlers
 
     # -- the loop ------------------------------------------------------------------------
@@ -100,7 +108,8 @@ class Daemon:
         reloader.wake = wake_w
         previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         previous_handlers = {sig: signal.signal(sig, self._on_signal)
-                             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+                             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                         signal.SIGUSR1)}
         selector = selectors.DefaultSelector()
 
         def on_queue() -> None:
@@ -130,6 +139,7 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval
         next_flush = time.monotonic() + FLUSH_INTERVAL
         next_ping = time.monotonic()
+        denies_written = pipeline.denies.total
         try:
             while not self._stop:
                 now = time.monotonic()
@@ -142,6 +152,12 @@ class Daemon:
                     timeout = max(0.0, min(timeout, next_ping - now))
                 for key, _ in selector.select(timeout):
                     key.data()
+                if pipeline.denies.total != denies_written:
+                    denies_written = pipeline.denies.total
+                    services.audit.flush()  # a deny reaches the file (`nfguard log -f`) now
+                if self._sigusr1:
+                    self._sigusr1 = False
+                    self._reopen_audit()
                 pipeline.sweep()
                 pipeline.trusted.tend()  # resolv.conf looked at here, not per packet
                 pipeline.hostnets.tend()  # and the host's networks ([names] private)
@@ -183,11 +199,22 @@ class Daemon:
             "queue": services.queue_num, "pid": os.getpid(), "stats": services.pipeline.stats,
             "latency": (list(latency.counts), latency.total_ns),
             "attribution": services.attributor.stats(), "queue_errors": services.queue.errors,
-            "audit": services.audit.figures()})
+            "audit": services.audit.figures(), "denies": services.pipeline.denies})
+
+    def _reopen_audit(self) -> None:
+        """SIGUSR1: continue in a new audit file at the same path; each worker reopens
+        its own when the main process passes the signal on."""
+        audit = self.services.audit
+        audit.reopen()
+        log.info("audit file %s reopened", audit.path)
+        if self.services.team is not None:
+            self.services.team.signal(signal.SIGUSR1)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self._sighup = True
+        elif signum == signal.SIGUSR1:
+            self._sigusr1 = True
         else:
             log.info("signal %s: stopping", signal.Signals(signum).name)
             self._stop = True

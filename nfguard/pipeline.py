@@ -33,6 +33,7 @@ from typing import Any, cast
 from nfguard import marks
 from nfguard.audit import AuditLog, audit_event
 from nfguard.config import NamesConfig
+from nfguard.denies import Denies
 from nfguard.engine import DNS, Decision, Engine
 from nfguard.hostnets import HostNetworks, no_networks
 from nfguard.marks import HOLD, Held
@@ -103,6 +104,7 @@ class Pipeline:
         self.clock = clock
         self.settings = settings or NamesConfig()
         self.flows = FlowTable()
+        self.denies = Denies()  # the last and the most frequent, for `nfguard status`
         # Gives a held packet its verdict later: (token, mark); the queue adapter's.
         self.release = release or _no_release
         self._udp_decided: OrderedDict[tuple, tuple[float, Any, int]] = OrderedDict()
@@ -252,6 +254,8 @@ class Pipeline:
             self._write(event)
 
     def _write(self, event: dict[str, Any]) -> None:
+        if event["event"]["action"] == "deny":
+            self.denies.add(event)
         try:
             self.audit.write(event)
         except Exception:

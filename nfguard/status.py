@@ -6,14 +6,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from nfguard.logview import Colour, printable
 
-def render_status(status: dict[str, Any]) -> str:
+DROPS_WARNING = "packets dropped by the kernel: the engine fell behind"
+RECENT_SHOWN = 5  # most recent denies listed
+
+
+def render_status(status: dict[str, Any], colour: bool = False) -> str:
+    """`colour`: ANSI colours (a terminal): what needs attention in red."""
     s = status
     now = s["now"]
     policy, reloads, counters = s["policy"], s["reloads"], s["counters"]
     lines = [
-        f"nfguard {s['version']} running, pid {s['pid']}, since {_when(s['started_at'])} "
-        f"(up {_duration(now - s['started_at'])})",
+        f"nfguard {s['version']} running, pid {s['pid']}, since {when(s['started_at'])} "
+        f"(up {duration(now - s['started_at'])})",
         f"config:       {s['config']}",
         f"engine:       mode {s['mode']}, default {s['default']}, fail {s['fail']}",
         f"queue:        {s['queue']} via {s['queue_path']}",
@@ -23,12 +29,12 @@ def render_status(status: dict[str, Any]) -> str:
         f"under "
         f"{policy['dir']} ({_count(policy['clients'], 'client')}, "
         f"{_count(policy['policies'], 'policy', 'policies')}), "
-        f"loaded {_when(policy['loaded_at'])} ({_duration(now - policy['loaded_at'])} ago)",
+        f"loaded {when(policy['loaded_at'])} ({duration(now - policy['loaded_at'])} ago)",
         f"reloads:      {reloads['ok']} applied, {reloads['failed']} rejected",
     ]
     if reloads["last_rejection"]:
         at, message = reloads["last_rejection"]
-        lines.append(f"  last rejected {_when(at)}:")
+        lines.append(f"  last rejected {when(at)}:")
         lines += [f"    {line}" for line in message.splitlines()]
     if s.get("ruleset") is not None:
         lines += _ruleset(s["ruleset"])
@@ -48,8 +54,14 @@ def render_status(status: dict[str, Any]) -> str:
     if kernel is None:
         lines.append("kernel queue: not found in /proc/net/netfilter/nfnetlink_queue")
     else:
-        lines.append(f"kernel queue: {kernel['length']} waiting, {kernel['dropped']} dropped "
-                     f"(queue full), {kernel['user_dropped']} dropped (socket buffer full)")
+        line = (f"kernel queue: {kernel['length']} waiting, {kernel['dropped']} dropped "
+                f"(queue full), {kernel['user_dropped']} dropped (socket buffer full)")
+        if kernel["dropped"] or kernel["user_dropped"]:
+            # Each drop is a packet no verdict reached: a flow that failed or stalled.
+            line = _alarm(f"{line}  <-- {DROPS_WARNING}", colour)
+        lines.append(line)
+    if s.get("denies") is not None:
+        lines += _denies(s["denies"], colour)
     names = s["names"]
     lines.append(f"name cache:   {names['entries']} entries, {names['hits']} hits, "
                  f"{names['misses']} misses, {names['evictions']} evictions")
@@ -73,9 +85,37 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append("  last errors:")
         for at, message in s["errors"]:
             first, *more = message.splitlines() or [""]
-            lines.append(f"    {_when(at)} {first}")
+            lines.append(f"    {when(at)} {first}")
             lines += [f"      {line}" for line in more]
     return "\n".join(lines) + "\n"
+
+
+def _denies(denies: dict[str, Any], colour: bool) -> list[str]:
+    """The last denies and the most frequent kinds (nfguard.denies)."""
+    if not denies["total"]:
+        return ["denies:       none since start"]
+    lines = [f"denies:       {denies['total']} since start; most recent first:"]
+    for deny in reversed(denies["recent"][-RECENT_SHOWN:]):
+        note = "" if deny["enforced"] else " (audit mode: let through)"
+        lines.append(printable(f"  {deny['at']}  {_flow(deny)}  {deny['client']}/"
+                                f"{deny['rule']}  {deny['reason']}{note}"))
+    lines.append("  most frequent:")
+    for count in denies["top"]:
+        # Space-Saving: up to `error` of the count may be other kinds' (nfguard.denies)
+        times = f"{count['count']}" if not count["error"] else f"~{count['count']}"
+        lines.append(printable(f"  {times:>7}x  {_flow(count)}  client {count['client']}"))
+    if colour:
+        lines[0] = f"{Colour.YELLOW}{lines[0]}{Colour.RESET}"
+    return lines
+
+
+def _flow(kind: dict[str, Any]) -> str:
+    port = f":{kind['port']}" if kind["port"] is not None else ""
+    return f"{kind['executable']} -> {kind['destination']}{port}/{kind['transport']}"
+
+
+def _alarm(line: str, colour: bool) -> str:
+    return f"{Colour.RED}{line}{Colour.RESET}" if colour else line
 
 
 def _private(private: dict[str, Any]) -> list[str]:
@@ -98,7 +138,7 @@ def _ruleset(guard: dict[str, Any]) -> list[str]:
     if not guard["restores"]:
         return ["ruleset:      watched; never changed by another program"]
     return [f"ruleset:      watched; restored {_count(guard['restores'], 'time')}, last "
-            f"{_when(guard['last_at'])} in {_seconds(guard['last_took'])} "
+            f"{when(guard['last_at'])} in {_seconds(guard['last_took'])} "
             f"({_count(guard.get('last_cut', 0), 'flow')} made meanwhile cut), after "
             f"{guard['last_by']}:",
             *(f"  {change}" for change in guard["last_missing"])]
@@ -108,11 +148,11 @@ def _count(n: int, one: str, many: str = "") -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
-def _when(timestamp: float) -> str:
+def when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     days, rest = divmod(seconds, 86400)
     hours, rest = divmod(rest, 3600)

@@ -14,6 +14,7 @@ dropped lazily when met (on lookup, or at the cold end of the LRU order when lea
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 
 __all__ = ["NameCache"]
 
@@ -163,6 +164,18 @@ class NameCache:
     def live(self, now: float) -> list[tuple[str, str, float]]:
         """Every unexpired (ip, name, expiry), untouched (O(n): for rewrites)."""
         return [(ip, name, expiry) for (ip, name), expiry in self._lru.items() if expiry > now]
+
+    def entries(self, key: str, now: float) -> list[tuple[str, str, float]]:
+        """(address, name, expiry) of the unexpired pairs of an address (by name), of a
+        name or all of them ("" as `key`; most recently used first). For `nfguard names`:
+        reads without touching the LRU order or the counters; a name costs O(pairs)."""
+        lru = self._lru
+        if key in self._by_ip:
+            keys: Iterable[tuple[str, str]] = sorted((key, name) for name in self._by_ip[key])
+        else:
+            name = self._norm(key)
+            keys = (pair for pair in reversed(lru) if not name or pair[1] == name)
+        return [(ip, name, lru[(ip, name)]) for ip, name in keys if lru[(ip, name)] > now]
 
     def purge(self, now: float) -> int:
         """Drop every expired pair (O(n)); return how many were dropped."""

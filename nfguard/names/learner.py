@@ -18,7 +18,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from nfguard import marks
 from nfguard.config import NamesConfig
@@ -36,6 +36,21 @@ log = logging.getLogger(__name__)
 
 MAX_DNS_STREAMS = 4096  # DNS-over-TCP answer streams followed at once (LRU)
 MAX_CHAINS = 65536  # (address, name) CNAME chain entries kept (LRU)
+MAX_ORIGINS = 32768  # (address, name) pairs whose answer `nfguard names` can tell (LRU)
+
+
+class Origin(NamedTuple):
+    """The DNS answer that taught a binding, for `nfguard names`."""
+
+    resolver: str  # the server that answered
+    client: str  # "address:port": the socket the answer went to (the one that asked)
+    transport: str  # "udp" | "tcp"
+    learnt_at: float
+    question: str | None
+
+
+# Bindings another engine worker learnt (engine.workers > 1): it holds their answer.
+FROM_PEER = Origin("another engine worker", "?", "?", 0.0, None)
 
 
 def make_name_cache(settings: NamesConfig) -> NameCache:
@@ -70,6 +85,8 @@ class Learner:
         # "alias.test CNAME allowed.test", is going to allowed.test. Consulted only while
         # the presented name itself resolves to the address (NameCache.resolved).
         self.chains: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
+        # (address, name) -> the answer that last taught it, and the TTL it gave
+        self.origins: OrderedDict[tuple[str, str], tuple[Origin, int]] = OrderedDict()
 
     def aliases(self, ip: str, name: str) -> tuple[str, ...]:
         """The names one answer bound to `ip` together with `name`."""
@@ -95,7 +112,7 @@ class Learner:
                 return accept
             body = payload[packet.payload_offset:packet.total_length]
             if packet.proto == UDP:
-                self._learn(body)
+                self._learn(body, packet)
                 return accept
             return self._tcp_answer(packet, body, mark, accept)
         except WireError:
@@ -123,18 +140,20 @@ class Learner:
                 return accept
             for message in messages:
                 try:
-                    self._learn(message)
+                    self._learn(message, packet)
                 except WireError:
                     self.stats.dns_unparseable += 1
         if closing(packet) and not packet.tcp_flags & SYN:
             streams.pop(key, None)
         return accept
 
-    def _learn(self, message: bytes) -> None:
+    def _learn(self, message: bytes, packet: Packet) -> None:
         response = parse_response(message)
         now = self.clock()
         bindings = [(b.ip, b.name, b.ttl) for b in response.bindings]
-        self.learn(now, bindings)
+        transport = "udp" if packet.proto == UDP else "tcp"
+        self.learn(now, bindings, Origin(packet.src, f"{packet.dst}:{packet.dport}", transport,
+                                         now, response.question))
         if self.peers is not None and bindings:
             self.peers.publish(now, bindings)  # before the answer is accepted
         stats = self.stats
@@ -147,13 +166,19 @@ class Learner:
                 stats.dns_private[kind] += 1
                 stats.dns_private_last = f"{name} -> {ip} ({kind})"
 
-    def learn(self, now: float, bindings: list[tuple[str, str, int]]) -> None:
+    def learn(self, now: float, bindings: list[tuple[str, str, int]],
+              origin: Origin = FROM_PEER) -> None:
         """Bind names to addresses (one DNS answer's, or what another worker learnt)."""
         learn = self.names.learn
+        origins = self.origins
         by_ip: dict[str, list[str]] = {}
         for ip, name, ttl in bindings:
             learn(ip, name, ttl, now)
             by_ip.setdefault(ip, []).append(name)  # already normalised
+            origins[(ip, name)] = (origin, ttl)
+            origins.move_to_end((ip, name))
+        if len(origins) > MAX_ORIGINS:
+            bound(origins, MAX_ORIGINS)
         chains = self.chains
         for ip, group in by_ip.items():
             if len(group) > 1:

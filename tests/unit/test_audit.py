@@ -512,7 +512,7 @@ def test_the_ecs_check_finds_what_elastic_would_flag() -> None:
     event["event"]["kind"] = "flow"
     event["event"]["type"] = ["connection", "blocked"]
     event["destination"]["port"] = "443"
-    event["process"]["pid"] = True
+    event["process"] = {**event["process"], "pid": True}  # shared by events: not in place
     event["source"]["ip"] = "10.0.0.300"
     event["rule"]["policy"] = "github"
     problems = "\n".join(ecs_problems(event))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -491,6 +492,85 @@ def test_explain_queries_any_passes_unjudged(tmp_path: Path,
         "  client: everyone",
         '  [names] queries = "any": every query passes, unjudged',
         "  resolving: allow (queries_any, evidence default); it goes to the resolver"]
+
+
+# ---------------------------------------------------------------- log
+
+
+def audit_file(path: Path) -> Path:
+    from nfguard.audit import audit_event, render_json
+    from tests.unit.test_audit import ALLOW, DENY_AUDIT, NO_CLIENT, NOW, PROCESS, V4
+
+    with path.open("wb") as file:
+        for i, decision in enumerate((ALLOW, DENY_AUDIT, NO_CLIENT)):
+            file.write(render_json(audit_event(decision, V4, NOW + i * 3600, PROCESS)))
+        file.write(b"a text line\n")
+    return path
+
+
+def test_log_from_the_configs_audit_file(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    audit = audit_file(tmp_path / "audit.jsonl")
+    config.write_text(config.read_text() + f'[audit]\npath = "{audit}"\n')
+    code, out, err = run(capsys, "log", "--config", str(config))
+    assert code == 0
+    assert [line.split()[2] for line in out.splitlines()] == ["ALLOW", "DENY*", "DENY"]
+    assert "\x1b" not in out, "not a terminal: plain"
+    assert "skipped 1 lines that are not audit events" in err
+    code, out, _err = run(capsys, "log", "--config", str(config), "--deny", "--client", "ci")
+    assert [line.split()[2] for line in out.splitlines()] == ["DENY*"]
+    code, out, _err = run(capsys, "log", "--file", str(audit), "--since",
+                          "2023-11-14T23:00:00Z", "--json")
+    assert [json.loads(line)["event"]["reason"] for line in out.splitlines()] == [
+        "no_rule_match", "no_client_match"]
+    code, out, _err = run(capsys, "log", "--file", str(audit), "-n", "1")
+    assert len(out.splitlines()) == 1 and " DENY " in out
+
+
+def test_log_refuses_what_it_cannot_read(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text() + '[audit]\npath = "-"\n')
+    code, _out, err = run(capsys, "log", "--config", str(config))
+    assert code == 2 and "to stdout" in err
+    code, _out, err = run(capsys, "log", "--file", str(tmp_path / "none"))
+    assert code == 1 and "cannot read" in err
+    code, _out, err = run(capsys, "log", "--file", str(tmp_path / "none"), "--since", "soon")
+    assert code == 2 and "--since 'soon'" in err
+
+
+def test_log_follow_shows_a_deny_within_a_second(tmp_path: Path) -> None:
+    """`nfguard log -f` as a process: an event appended shows at once, after a rotation too."""
+    import time
+
+    from nfguard.audit import audit_event, render_json
+    from tests.unit.test_audit import NO_CLIENT, NOW, V4
+
+    audit = audit_file(tmp_path / "audit.jsonl")
+    follow = subprocess.Popen([sys.executable, "-m", "nfguard", "log", "-f", "--deny",
+                               "--file", str(audit)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "NO_COLOR": "1"})
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()  # history: the last denies
+        assert " DENY* " in first
+        assert " DENY " in follow.stdout.readline()
+        for rotate in (False, True):
+            if rotate:
+                audit.rename(audit.with_name("audit.jsonl.1"))
+            event = audit_event(NO_CLIENT, V4, NOW)
+            event["destination"]["domain"] = f"rotated-{rotate}.test"
+            with audit.open("ab") as file:
+                file.write(render_json(event))
+            written = time.monotonic()
+            line = follow.stdout.readline()
+            assert f"rotated-{rotate}.test" in line
+            assert time.monotonic() - written < 1.0
+    finally:
+        follow.terminate()
+        follow.wait(5)
 
 
 def test_explain_source_is_a_routed_flow_from_that_address(

@@ -102,6 +102,39 @@ def test_ruleset_watch() -> None:
     assert "ruleset:" not in render_status(answer(ruleset=None)), "a worker has no watch"
 
 
+def test_kernel_drops_stand_out() -> None:
+    text = render_status(answer())
+    assert "3 dropped (socket buffer full)  <-- packets dropped by the kernel" in text
+    coloured = render_status(answer(), colour=True)
+    assert "\x1b[1;31mkernel queue: 0 waiting, 17 dropped" in coloured
+    quiet = answer(kernel_queue={"length": 2, "dropped": 0, "user_dropped": 0})
+    assert "<--" not in render_status(quiet) and "\x1b" not in render_status(quiet, True)
+
+
+def test_recent_and_frequent_denies() -> None:
+    from nfguard.denies import Denies
+
+    denies = Denies()
+    for second in range(8):
+        denies.add({"@timestamp": f"2026-12-07T21:00:0{second}.000Z",
+                    "event": {"action": "deny", "reason": "no_rule_match"},
+                    "nfguard": {"client": "web", "verdict": "deny"},
+                    "destination": {"ip": "198.18.0.9", "port": 443,
+                                    "domain": "evil.test" if second % 4 else "x\x1b[2J.test"},
+                    "network": {"transport": "tcp"},
+                    "process": {"executable": "/usr/bin/curl"}})
+    text = render_status(answer(denies=denies.snapshot()))
+    assert ("denies:       8 since start; most recent first:\n"
+            "  2026-12-07T21:00:07.000Z  /usr/bin/curl -> evil.test:443/tcp  web/-  "
+            "no_rule_match\n") in text
+    assert "x\\x1b[2J.test" in text, "no terminal control from a name"
+    assert ("  most frequent:\n"
+            "        6x  /usr/bin/curl -> evil.test:443/tcp  client web\n"
+            "        2x  /usr/bin/curl -> x\\x1b[2J.test:443/tcp  client web\n") in text
+    assert "denies:       none since start" in render_status(answer(denies=Denies().snapshot()))
+    assert "denies:" not in render_status(answer()), "an older daemon's answer"
+
+
 def test_private_names_line() -> None:
     """[names] private, what DNS bound to internal addresses, and the host's networks."""
     assert "private:" not in render_status(answer())  # an older daemon's answer

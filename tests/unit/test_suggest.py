@@ -429,7 +429,7 @@ def test_cli_policy_mode_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str
     rules.mkdir()
     (rules / "p.toml").write_text(POLICY)
     code, out, _err = run(capsys, "suggest", str(audit), "--policy", str(rules))
-    assert code == 0
+    assert code == 1, "flows would be denied: a CI gate fails"
     assert out.splitlines() == [
         f"# 3 distinct flows denied by the policy in {rules} (4 of 7 observed flows; "
         "engine.default = deny)",
@@ -445,7 +445,7 @@ def test_cli_policy_mode_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_cli_missing_file_and_bad_policy(tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     code, _out, err = run(capsys, "suggest", str(tmp_path / "none.jsonl"))
-    assert code == 1
+    assert code == 2, "trouble, not a deny"
     assert "cannot read" in err
     audit = tmp_path / "a.jsonl"
     audit.write_text("\n".join(lines(*MIXED)) + "\n")
@@ -453,7 +453,7 @@ def test_cli_missing_file_and_bad_policy(tmp_path: Path,
     rules.mkdir()
     (rules / "bad.toml").write_text('[[policy]]\nname = "x"\n[[policy.rule]]\naction = "maybe"\n')
     code, out, err = run(capsys, "suggest", str(audit), "--policy", str(rules))
-    assert code == 1
+    assert code == 2
     assert out == ""
     assert f"{rules / 'bad.toml'}:4: action must be one of allow | deny" in err
 
@@ -658,6 +658,7 @@ def test_cli_suggest_with_queries(tmp_path: Path, capsys: pytest.CaptureFixture[
         "rule whose `to` or `resolve` names it")
     (rules / "50-suggested.toml").write_text(POLICY)
     code, out, _err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    assert code == 1, "a refused query fails the gate too"
     # apt's names fall to everyone's rule without `to`: only curl's example.org is refused
     assert out.splitlines()[-2:] == [
         "# 1 distinct names refused to their clients (2 of 5 observed queries): each needs a "

@@ -132,3 +132,16 @@ def test_bad_parameters() -> None:
         NameCache(max_entries=0)
     with pytest.raises(ValueError):
         NameCache(min_ttl=100, max_ttl=10)
+
+
+def test_entries_by_address_by_name_or_all_and_read_only() -> None:
+    c = NameCache()
+    c.learn("192.0.2.1", "b.example", ttl=100, now=0.0)
+    c.learn("192.0.2.1", "a.example", ttl=100, now=0.0)
+    c.learn("192.0.2.2", "a.example", ttl=1, now=0.0)
+    assert c.entries("192.0.2.1", 10.0) == [("192.0.2.1", "a.example", 400.0),
+                                            ("192.0.2.1", "b.example", 400.0)]
+    assert [ip for ip, _, _ in c.entries("A.Example.", 10.0)] == ["192.0.2.2", "192.0.2.1"]
+    assert [ip for ip, _, _ in c.entries("a.example", 361.0)] == ["192.0.2.1"], "expired"
+    assert len(c.entries("", 10.0)) == 3
+    assert (c.hits, c.misses, len(c)) == (0, 0, 3), "a listing is no lookup"
