@@ -135,7 +135,7 @@ def test_a_policy_edit_takes_effect_while_the_command_runs(lab: Lab) -> None:
     lab.serve_http(80)
     policy = lab.workdir / "egress.toml"
     allow = ('[[client]]\nname = "all"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
-             f'[[policy.rule]]\naction = "allow"\nto = ["{{}}"]\nports = [80]\n')
+             '[[policy.rule]]\naction = "allow"\nto = ["{}"]\nports = [80]\n')
     policy.write_text(allow.format(ALLOWED_V4))
     flag, results = lab.workdir / "go", lab.workdir / "results"
     script = (f"{' '.join(curl(f'http://{OTHER_V4}/'))} >/dev/null 2>&1; echo $? > {results}; "
