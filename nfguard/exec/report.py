@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from nfguard.suggest import Flow, Query, parse_event, suggest
+from nfguard.suggest import Flow, Query, Resolvers, parse_event, suggest
 
 SUMMARY_LINES = 20  # distinct denials listed; the rest are counted
 
@@ -130,7 +130,7 @@ def to_event(record: FlowRecord) -> dict[str, Any]:
     return event
 
 
-def suggestion(records: Iterable[FlowRecord], resolvers: Any = None) -> str:
+def suggestion(records: Iterable[FlowRecord], resolvers: Resolvers | None = None) -> str:
     """The policy `nfguard suggest` writes for what the command reached (TOML text)."""
     flows: list[Flow] = []
     queries: list[Query] = []
