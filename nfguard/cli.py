@@ -89,7 +89,18 @@ def _parser() -> argparse.ArgumentParser:
                          help="names under one registrable domain that collapse into a "
                          "wildcard (default 3; 0 never)")
     suggest.set_defaults(func=_suggest)
+    exec_ = command("exec", _exec, "run one command (and everything it starts) under a "
+                    "policy of its own; exits with its status")
+    from nfguard.exec.args import add_arguments
+
+    add_arguments(exec_)
     return parser
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from nfguard.exec.main import run
+
+    return run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ class FlowRecord(NamedTuple):
     @property
     def key(self) -> tuple[Any, ...]:
         """What makes two records the same (everything but the pid and the count)."""
-        return self[:11] + (self.exe, self.comm, self.user, self.qtype)
+        return (*self[:11], self.exe, self.comm, self.user, self.qtype)
 
     @property
     def destination(self) -> str:
