@@ -28,24 +28,15 @@ from enum import StrEnum
 from typing import Any
 
 from nfguard.engine import Engine
+from nfguard.exec.policy import compose
 from nfguard.exec.report import FlowRecord, from_event
 from nfguard.policy.clients import Process, client_matches
 from nfguard.policy.collector import collector_paused
-from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
-from nfguard.policy.model import ALLOW, DENY, Client, Location, Mode, PolicySet
+from nfguard.policy.model import ALLOW, DENY, Client, Location, Mode
 from nfguard.policy.resolve import Queries
 
 MAX_RECORDS = 4096  # distinct flows and queries one command's record keeps; more counted
-ALLOW_ALL_NAME = "allow-all"
-# --allow-all: every flow and query allowed, and recorded.
-_ALLOW_ALL = f"""\
-[[policy]]
-name = "{ALLOW_ALL_NAME}"
-
-[[policy.rule]]
-action = "allow"
-"""
 
 
 class ExecMode(StrEnum):
@@ -135,31 +126,22 @@ def normalize_cgroup(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def compile_transient(
-    name: str, documents: Iterable[tuple[str, str]], mode: ExecMode, host: Engine,
-) -> Engine:
+def compile_transient(documents: Iterable[tuple[str, str]], allows: list[str],
+                      mode: ExecMode, host: Engine) -> Engine:
     """The engine of a command's transient client; raises PolicyError (file:line).
 
-    `documents`: (file name, TOML text) pairs in nfguard's policy format. Without
-    `[[client]]` tables, one client named `name` covers the whole command with every
-    policy in the order written; with them, they are the command's clients, in order (a
-    process of the command none matches gets the default: deny). Every client's flows run
-    in the request's mode, and its DNS queries are judged by its policy unless it says
-    `queries = "any"` itself. `allow_all` ignores the documents.
+    `documents`: (file name, TOML text) pairs in nfguard's policy format, and `allows`
+    the `--allow` one-liners, made one policy set as the private engine makes it
+    (nfguard.exec.policy.compose). Every client's flows run in the request's mode, deny
+    by default, and its DNS queries are judged by its policy unless it says
+    `queries = "any"` itself.
     """
-    if mode == ExecMode.ALLOW_ALL:
-        documents = [(ALLOW_ALL_NAME, _ALLOW_ALL)]
     with collector_paused():
-        policy_set = parse_policy_texts(documents)
+        policy_set = compose(list(documents), allows, allow_all=mode == ExecMode.ALLOW_ALL)
         run_as = Mode.AUDIT if mode == ExecMode.AUDIT else Mode.ENFORCE
         clients = tuple(replace(client, mode=run_as, queries=client.queries or Queries.POLICY)
                         for client in policy_set.clients)
-        if not clients:
-            location = Location(policy_set.files[0] if policy_set.files else name, 1)
-            clients = (Client(name, (), tuple(policy_set.policies), run_as, location,
-                              Queries.POLICY),)
-        compiled = CompiledPolicySet(PolicySet(clients, policy_set.policies,
-                                               policy_set.files))
+        compiled = CompiledPolicySet(replace(policy_set, clients=clients))
     settings = replace(host.settings, mode=run_as, default=DENY)
     return Engine(settings, compiled, verify=host.verify, resolvers=host.resolvers)
 

@@ -114,6 +114,10 @@ to = ["203.0.113.0/24", "vault.example"]
 """
 
 EXEC_COMMAND = """\
+[[client]]
+name = "build"
+policies = ["build"]
+
 [[policy]]
 name = "build"
 

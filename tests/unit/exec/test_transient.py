@@ -46,9 +46,9 @@ def begin(host: Engine, text: str = EXEC_COMMAND, mode: ExecMode = ExecMode.ENFO
     registry = host.transients
     assert registry is not None
     ident = registry.new_id()
+    engine = compile_transient([("egress.toml", text)], [], mode, host)
     transient = Transient(ident, cgroup, "make[42]", mode, 0 if not stacked else 1000, 1,
-                          stacked, compile_transient(ident, [("egress.toml", text)], mode,
-                                                     host), "egress.toml")
+                          stacked, engine, "egress.toml")
     registry.add(transient)
     return transient
 
@@ -65,9 +65,9 @@ def decide(host: Engine, dst: str, process: ProcessInfo, port: int = 443,
 
 def test_the_command_is_denied_what_the_host_allows_the_same_exe_outside() -> None:
     host = host_engine()
-    transient = begin(host)
-    assert decide(host, "198.51.100.5", INSIDE) == ("deny", "deny", transient.id)
-    assert decide(host, "198.51.100.5", CHILD) == ("deny", "deny", transient.id)
+    begin(host)
+    assert decide(host, "198.51.100.5", INSIDE) == ("deny", "deny", "build")
+    assert decide(host, "198.51.100.5", CHILD) == ("deny", "deny", "build")
     assert decide(host, "198.51.100.5", OUTSIDE) == ("allow", "allow", "everyone")
     assert decide(host, "198.51.100.5", NEIGHBOUR) == ("allow", "allow", "everyone")
     assert decide(host, "198.51.100.5", INSIDE._replace(interface="docker0"))[0] == "allow"
@@ -92,7 +92,7 @@ def test_root_replaces_the_hosts_decision_a_stacked_one_only_adds_to_it() -> Non
     # both allow: the command's client decides, and is named
     verdict, _action, client = decide(user, "192.0.2.9", INSIDE,
                                       names=(("pkg.example.org", "dns"),))
-    assert verdict == "allow" and client is not None and client.startswith("exec-")
+    assert (verdict, client) == ("allow", "build")
 
 
 @pytest.mark.parametrize("mode", [ExecMode.AUDIT, ExecMode.ALLOW_ALL])
@@ -116,17 +116,14 @@ def test_nested_a_stacked_inner_command_cannot_loosen_the_outer_one() -> None:
     host = host_engine()
     begin(host)  # root's, around
     inner = begin(host, text=_allow_everything(), stacked=True, cgroup=CGROUP + "/sub")
-    assert decide(host, "198.51.100.5", CHILD)[2] == transient_of(host, CGROUP).id
-    assert decide(host, "203.0.113.7", CHILD) == ("allow", "allow", inner.id)
-
-
-def transient_of(host: Engine, cgroup: str) -> Transient:
-    assert host.transients is not None
-    return next(t for t in host.transients if t.cgroup == cgroup)
+    assert inner.stacked
+    assert decide(host, "198.51.100.5", CHILD) == ("deny", "deny", "build")
+    assert decide(host, "203.0.113.7", CHILD) == ("allow", "allow", "all")
 
 
 def _allow_everything() -> str:
-    return '[[policy]]\nname = "all"\n[[policy.rule]]\naction = "allow"\n'
+    return ('[[client]]\nname = "all"\npolicies = ["all"]\n'
+            '[[policy]]\nname = "all"\n[[policy.rule]]\naction = "allow"\n')
 
 
 def test_waiting_for_a_name_and_the_hosts_final_deny() -> None:
@@ -182,14 +179,20 @@ def test_clients_in_the_command_policy_run_in_the_requested_mode() -> None:
 
 def test_a_broken_policy_names_file_and_line() -> None:
     with pytest.raises(PolicyError) as caught:
-        compile_transient("exec-1", [("egress.toml", EXEC_COMMAND.replace(
-            '"203.0.113.7"', '"203.0.113.7/8"'))], ExecMode.ENFORCE, host_engine())
-    assert str(caught.value).startswith("egress.toml:13: bad CIDR")
+        compile_transient([("egress.toml", EXEC_COMMAND.replace(
+            '"203.0.113.7"', '"203.0.113.7/8"'))], [], ExecMode.ENFORCE, host_engine())
+    assert str(caught.value).startswith("egress.toml:17: bad CIDR")
+    with pytest.raises(PolicyError) as caught:
+        compile_transient([], ["exa mple.org:99999"], ExecMode.ENFORCE, host_engine())
+    assert str(caught.value).startswith("command line:")
 
 
 def test_allow_all_needs_no_policy() -> None:
     host = host_engine()
     begin(host, text="", mode=ExecMode.ALLOW_ALL)
+    nothing = host_engine()
+    begin(nothing, text="")  # nothing allowed
+    assert decide(nothing, "198.51.100.5", INSIDE)[0] == "deny"
     assert decide(host, "192.0.2.1", INSIDE, port=22)[0] == "allow"
     assert query(host, "anything.example", INSIDE) == "allow"
 
