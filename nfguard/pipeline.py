@@ -185,15 +185,21 @@ class Pipeline:
     def record(self, decision: Decision, packet: Packet | None,
                now: float | None = None, process: ProcessInfo | None = None) -> None:
         self.stats.count(decision)
-        self.write(audit_event(decision, packet, self.clock() if now is None else now, process))
+        self.write(audit_event(decision, packet, self.clock() if now is None else now, process),
+                   process)
 
-    def write(self, event: dict[str, Any]) -> None:
+    def write(self, event: dict[str, Any], process: ProcessInfo | None = None) -> None:
+        """Record an event of `process`'s: in the audit log, and in the flows of each
+        `nfguard exec` command it belongs to."""
         try:
             self.audit.write(event)
         except Exception:
             # A full disk must not change verdicts; it is counted and logged.
             self.stats.errors += 1
             log.exception("cannot write audit event")
+        transients = self.engine.transients
+        if transients and process is not None:
+            transients.record(process, event)
 
     def _sender(self, packet: Packet, uid: int | None, indev: int) -> ProcessInfo | None:
         """Who sent a new flow's first packet (a TCP socket still exists: the SYN waits in
