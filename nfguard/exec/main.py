@@ -29,7 +29,6 @@ from nfguard.exec.command import (
     FORWARDED,
     NOT_FOUND,
     TERMINAL,
-    Child,
     StartError,
     caller,
     spawn,

@@ -41,11 +41,11 @@ class FlowRecord(NamedTuple):
     comm: str | None  # the command line's first word (argv0), as the event has it
     user: str | None  # user name, or uid digits
     qtype: str | None = None
-    times: int = 1  # how many times it was seen
+    count: int = 1  # type: ignore[assignment]  # times seen (shadows tuple.count)
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """What makes two records the same (everything but the pid and the times seen)."""
+        """What makes two records the same (everything but the pid and the count)."""
         return (*self[:11], self.exe, self.comm, self.user, self.qtype)
 
     @property
@@ -103,7 +103,7 @@ def tally(records: Iterable[FlowRecord]) -> list[FlowRecord]:
     for record in records:
         seen = merged.get(record.key)
         merged[record.key] = record if seen is None else seen._replace(
-            times=seen.times + record.times)
+            count=seen.count + record.count)
     return list(merged.values())
 
 
@@ -148,13 +148,13 @@ def summary(records: Iterable[FlowRecord], limit: int = SUMMARY_LINES) -> str:
         return ""
     passed = any(r.verdict == "allow" for r in denied)
     head = "would have been denied" if passed else "denied"
-    total = sum(r.times for r in denied)
+    total = sum(r.count for r in denied)
     lines = [f"nfguard exec: {total} flow(s) {head}:"]
     for record in denied[:limit]:
         who = record.exe or record.comm or "(process unknown)"
         if record.pid is not None:
             who += f" [{record.pid}]"
-        times = f" x{record.times}" if record.times > 1 else ""
+        times = f" x{record.count}" if record.count > 1 else ""
         lines.append(f"  {record.destination}  by {who}  ({record.reason}"
                      f"{', rule ' + record.rule if record.rule else ''}){times}")
     if len(denied) > limit:
@@ -166,7 +166,7 @@ def reached(records: Iterable[FlowRecord]) -> str:
     """`--audit`: every destination the command reached, one line each."""
     lines = []
     for record in sorted(tally(records), key=lambda r: (r.kind, r.destination)):
-        times = f" x{record.times}" if record.times > 1 else ""
+        times = f" x{record.count}" if record.count > 1 else ""
         lines.append(f"  {record.destination}  by {record.exe or record.comm or '?'}"
                      f"  (policy: {record.action}){times}")
     return "\n".join(lines) + ("\n" if lines else "")
