@@ -192,3 +192,40 @@ def test_dns_server_of_the_lab_is_reachable_only_as_a_resolver(lab: Lab) -> None
     lab.serve_http(80)
     done = nfguard_exec(lab, "--", *curl(f"http://{SERVER_V4}/"))
     assert done.returncode in CUT
+
+
+def test_under_sudo_the_command_runs_as_the_caller(lab: Lab) -> None:
+    argv = exec_argv(lab, "--", "sh", "-c", "id -u; id -g; id -G")
+    env = {**os.environ, "SUDO_UID": "65534", "SUDO_GID": "65534"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30 * SLOWDOWN)
+    assert done.returncode == 0, done.stderr
+    uid, gid, groups = done.stdout.split("\n")[:3]
+    assert (uid, gid) == ("65534", "65534") and "0" not in groups.split()
+    done = subprocess.run(exec_argv(lab, "--as-root", "--", "id", "-u"), capture_output=True,
+                          text=True, env=env, timeout=30 * SLOWDOWN)
+    assert done.stdout.strip() == "0"
+
+
+def test_not_root_and_no_service_says_what_is_needed(lab: Lab) -> None:
+    argv = exec_argv(lab, "--", "true")
+    python = argv.index(sys.executable)
+    argv[python:python] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30 * SLOWDOWN)
+    assert done.returncode == 125
+    assert "needs root" in done.stderr and "control socket" in done.stderr
+
+
+def test_concurrent_execs_keep_to_their_own_policies(lab: Lab) -> None:
+    lab.serve_http(80)
+    script = f"sleep 1; {' '.join(curl('http://{}/'))}"
+    first = subprocess.Popen(exec_argv(lab, "--allow", ALLOWED_V4, "--", "sh", "-c",
+                                       script.format(ALLOWED_V4)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(exec_argv(lab, "--allow", OTHER_V4, "--", "sh", "-c",
+                                        script.format(ALLOWED_V4)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    third = nfguard_exec(lab, "--allow", OTHER_V4, "--", "sh", "-c", script.format(OTHER_V4))
+    assert first.wait(timeout=30 * SLOWDOWN) == 0, first.communicate()[1]
+    assert second.wait(timeout=30 * SLOWDOWN) in CUT
+    assert third.returncode == 0, third.stderr
+    assert left_behind(lab) == ("", [])
