@@ -9,7 +9,8 @@ OpenSnitch when installed), workers (engine.workers 1 against 2), latency (conne
 request time added), reload (a 100k-rule policy swapped under load), queries (DNS queries
 judged per second and the query time added, dnsmasq answering), scale (policy load, memory
 and decision cost at 1k-100k rules), dns (DNS answers learnt per second), memory (engine
-memory over a million flows). The lab parts need root, nginx, wrk and dnsmasq; the others
+memory over a million flows), exec (what `nfguard exec` adds to starting a command and
+to 1,000 connections). The lab parts need root, nginx, wrk and dnsmasq; the others
 are pure user space.
 """
 
@@ -25,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tests.bench.report import Figure, conditions, table
 
-LAB_PARTS = ("connections", "workers", "latency", "reload", "queries")
+LAB_PARTS = ("connections", "workers", "latency", "reload", "queries", "exec")
 PURE_PARTS = ("scale", "dns", "memory")
 PARTS = LAB_PARTS + PURE_PARTS
 
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
     elif lab_parts:
         from tests.bench import bench_connections as lab_bench
 
-        web_parts = [p for p in lab_parts if p != "queries"]
+        web_parts = [p for p in lab_parts if p not in ("queries", "exec")]
         with lab_bench.web_lab() if web_parts else contextlib.nullcontext() as lab:
             for part in web_parts:
                 started = time.monotonic()
@@ -61,6 +62,12 @@ def run(args: argparse.Namespace) -> list[Figure]:
             started = time.monotonic()
             figures += query_rates(args.queries, args.query_latency, args.body)
             progress("queries", started)
+        if "exec" in lab_parts:
+            from tests.bench.bench_exec import exec_costs
+
+            started = time.monotonic()
+            figures += exec_costs()
+            progress("exec", started)
     if "scale" in parts:
         from tests.bench.bench_policy_scale import policy_scale
 
