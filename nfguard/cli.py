@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
 def _exec(args: argparse.Namespace) -> int:
     from nfguard.exec.main import run
 
+    if not args.verbose:  # stderr is the command's too: only what needs saying
+        logging.getLogger().setLevel(logging.WARNING)
     return run(args)
 
 

@@ -12,9 +12,11 @@ import contextlib
 import errno
 import os
 import signal
+import socket
 import time
 
 from nfguard.procs.cgroups import find_cgroup2_root, parse_proc_cgroup, parse_procs
+from nfguard.procs.sockdiag import SockDiag
 
 SLICE = "nfguard.exec"  # nfguard's own parent of every command's cgroup
 KILL_WAIT = 5.0  # seconds to wait for a killed cgroup to empty
@@ -116,6 +118,42 @@ class Cgroup:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
             time.sleep(0.01)
+
+    def tags_sockets(self) -> bool:
+        """Whether the kernel records this cgroup on the sockets its processes make (what
+        the ruleset's classifier and attribution read): not so once a cgroup v1 net_cls or
+        net_prio controller was configured on a hybrid host. Tried with a listening socket
+        made by a process in the cgroup, asked of sock_diag; nothing is sent."""
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_end)
+                self.join()
+                probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                probe.bind(("127.0.0.1", 0))  # no route needed: loopback may be down
+                probe.listen(1)
+                os.write(write_end, str(probe.getsockname()[1]).encode())
+                os.close(write_end)
+                signal.pause()  # until killed, holding the socket
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        try:
+            port = int(os.read(read_end, 16) or 0)
+            if not port:
+                raise CgroupError("cannot make a socket in the command's cgroup to check it")
+            diag = SockDiag()
+            try:
+                found = diag.find("tcp", socket.AF_INET, "127.0.0.1", port, "0.0.0.0", 0)
+            finally:
+                diag.close()
+            return found is not None and found.cgroup_id == os.stat(self.directory).st_ino
+        finally:
+            os.close(read_end)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
     def remove(self) -> None:
         """Kill what is left and remove the directory (and nfguard's slice, once empty)."""

@@ -160,7 +160,8 @@ class Standalone(Run):
         settings = engine_settings(config, "audit" if self.args.audit else "enforce")
         slot = Slot()
         try:
-            cgroup = Cgroup.create(f"{slot.number}-{os.getpid()}-{secrets.token_hex(3)}")
+            cgroup = checked(Cgroup.create(f"{slot.number}-{os.getpid()}-"
+                                           f"{secrets.token_hex(3)}"))
         except CgroupError as exc:
             slot.close()
             print(f"nfguard exec: {exc}", file=sys.stderr)
@@ -206,8 +207,8 @@ class Served(Run):
     def run(self, config: Config) -> int:
         name = f"{os.getpid()}-{secrets.token_hex(3)}"
         try:
-            cgroup = (Cgroup.create(name) if os.geteuid() == 0
-                      else Cgroup.create_delegated(name))
+            cgroup = checked(Cgroup.create(name) if os.geteuid() == 0
+                             else Cgroup.create_delegated(name))
         except CgroupError as exc:
             print(f"nfguard exec: {exc}", file=sys.stderr)
             return FAILURE
@@ -242,6 +243,22 @@ class Served(Run):
                 cgroup.remove()
         self.report(records, None)
         return status
+
+
+def checked(cgroup: Cgroup) -> Cgroup:
+    """The cgroup, if the kernel records it on its processes' sockets (else nothing could
+    tell the command's flows from others': they would pass unjudged); removed if not."""
+    try:
+        if cgroup.tags_sockets():
+            return cgroup
+        problem = ("this kernel does not record cgroup v2 on sockets (a cgroup v1 net_cls "
+                   "or net_prio controller was configured): the command's flows cannot be "
+                   "told apart; nothing was run")
+    except (CgroupError, OSError) as exc:
+        problem = f"cannot check the command's cgroup: {exc}"
+    with contextlib.suppress(OSError):
+        cgroup.remove()
+    raise CgroupError(problem)
 
 
 def _hold(cgroup: Cgroup) -> int:
