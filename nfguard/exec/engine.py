@@ -3,7 +3,9 @@ and Pipeline, fed by a queue of its own that only the command's flows reach.
 
 Each exec holds a slot (a lock file under /run/nfguard/exec): its number gives the table
 name, the ct label and the queue number, so concurrent execs never share one, and a slot
-is reused only once its previous holder (and that one's watchdog) is gone.
+is reused only once its previous holder (and that one's watchdog) is gone, the least
+recently used first (the conntrack entries of a finished command's UDP flows keep its
+label for up to a few minutes).
 """
 
 from __future__ import annotations
@@ -43,14 +45,15 @@ class Slot:
 
     def __init__(self, directory: str = SLOT_DIR) -> None:
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        for number in range(SLOTS):
-            fd = os.open(os.path.join(directory, f"slot-{number}.lock"),
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        paths = [os.path.join(directory, f"slot-{number}.lock") for number in range(SLOTS)]
+        for number in sorted(range(SLOTS), key=lambda n: _last_used(paths[n])):
+            fd = os.open(paths[number], os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
                 continue
+            os.utime(fd)  # in use now: the last to be taken again
             self.number, self.fd = number, fd
             return
         raise RuntimeError(f"{SLOTS} nfguard exec commands already run on this host")
@@ -63,6 +66,13 @@ class Slot:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def _last_used(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 class RecordingLog(AuditLog):

@@ -4,7 +4,8 @@
 puts a classifier in front of each hook chain, so only the command's packets meet the
 rest (everything else passes there, in the kernel, without a trip to user space):
 - on output, `socket cgroupv2 level N "<path>"` picks the command's sockets and tags
-  their conntrack entry with a ct label of this exec's own;
+  the conntrack entries of the flows they start with a ct label of this exec's own (an
+  entry another process made is not the command's to reuse: its packets there are cut);
 - every hook chain (output, verdict, input: DNS answers) then follows that label, which
   also tells the xt queue rules (no nft `queue` on some kernels) of concurrent execs and
   the service apart: each matches its own label and queue number only.
@@ -45,10 +46,16 @@ class Scope(NamedTuple):
         socket = f'socket cgroupv2 level {self.level} "{self.cgroup}"'
         rules = []
         if chain == "output":
-            rules.append(f"{socket} ct label set {self.label}\t# the command's flows")
+            rules.append(f"{socket} ct state new ct label set {self.label}"
+                         "\t# the flows the command starts")
         rules.append(f"ct label {self.label} goto {chain}_command")
+        if chain == "output":
+            # An entry someone else made (a UDP flow lingers after its last packet) is
+            # no judgement of the command: reusing its tuple is cut, not waved through.
+            rules.append(f"{socket} ct direction original ct state established,related "
+                         "jump cut\t# another's conntrack entry")
         if chain in ("output", "verdict"):
-            rules.append(f"{socket} goto {chain}_command\t# its packets without conntrack")
+            rules.append(f"{socket} goto {chain}_command\t# without conntrack; replies")
         return "".join(f"\t\t{rule}\n" for rule in rules)
 
 

@@ -19,7 +19,8 @@ def test_hook_chains_pass_everything_but_the_command_s_packets() -> None:
     text = render_scoped(EngineConfig(), NATIVE, True, SCOPE).nft
     assert text.count("table inet nfguard_exec_3 {") == 1 and "table inet nfguard {" not in text
     assert _chain(text, "output")[1:] == [
-        f"{SOCKET} ct label set 67", "ct label 67 goto output_command",
+        f"{SOCKET} ct state new ct label set 67", "ct label 67 goto output_command",
+        f"{SOCKET} ct direction original ct state established,related jump cut",
         f"{SOCKET} goto output_command"]
     assert _chain(text, "input")[1:] == ["ct label 67 goto input_command"]
     assert _chain(text, "input_verdict")[1:] == ["ct label 67 goto input_verdict_command"]
