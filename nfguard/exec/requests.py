@@ -44,6 +44,7 @@ from typing import Any
 
 from nfguard.control import Peer, Reply
 from nfguard.engine import Engine
+from nfguard.exec.events import CgroupEvents
 from nfguard.exec.transient import (
     EXEC_MODES,
     ExecMode,
@@ -80,6 +81,7 @@ class ExecRequests:
         self.changed = changed  # a client came or went (the ruleset may need queries)
         self.refusal = refusal  # why this service serves no exec at all, if it does not
         self._pidfds: dict[str, int] = {}  # client -> pidfd of its requester
+        self._events = CgroupEvents()  # a command that ran and ended between two looks
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], Reply], dict[str, Any]]]:
         """Command -> control handler."""
@@ -138,6 +140,8 @@ class ExecRequests:
                               populated=populated(directory) is True)
         with contextlib.suppress(OSError):
             self._pidfds[ident] = os.pidfd_open(peer.pid)
+        with contextlib.suppress(OSError):  # without it: seen populated once a second
+            self._events.watch(ident, str(directory / "cgroup.events"))
         self.transients.add(transient)
         log.info("exec client %s: %s in %s, %s, policy %s, for pid %d (uid %d%s)", ident,
                  label or "(no label)", cgroup, mode, transient.policy_name, peer.pid,
@@ -173,6 +177,7 @@ class ExecRequests:
     # -- upkeep --------------------------------------------------------------------------
     def tend(self) -> None:
         """Remove the clients whose command is over (called about once a second)."""
+        changed = self._events.changed()
         for transient in self.transients:
             directory = Path(f"{self.cgroup_root}{transient.cgroup}")
             state = populated(directory)
@@ -180,7 +185,7 @@ class ExecRequests:
                 self._remove(transient, "its cgroup is gone")
             elif state:
                 transient.populated = True
-            elif transient.populated:
+            elif transient.populated or transient.id in changed:  # ran, and is over
                 self._remove(transient, "its cgroup emptied")
                 if not self._alive(transient):
                     with contextlib.suppress(OSError):
@@ -201,6 +206,7 @@ class ExecRequests:
         pidfd = self._pidfds.pop(transient.id, None)
         if pidfd is not None:
             os.close(pidfd)
+        self._events.forget(transient.id)
         log.info("exec client %s (%s) removed: %s; %d flows allowed, %d denied", transient.id,
                  transient.label, why, transient.flows.allowed, transient.flows.denied)
         self.changed()
@@ -212,6 +218,7 @@ class ExecRequests:
         for pidfd in self._pidfds.values():
             os.close(pidfd)
         self._pidfds.clear()
+        self._events.close()
 
 
 def own_cgroup(directory: Path, uid: int) -> None:

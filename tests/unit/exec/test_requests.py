@@ -176,3 +176,13 @@ def test_refused_where_the_service_cannot_serve_it(tmp_path: Path) -> None:
                                  refusal="engine.workers > 1")):
         with pytest.raises(Refused):
             begin(service, ROOT, cgroup(tmp_path, f"/{id(service)}.scope"))
+
+
+def test_a_command_that_ran_and_ended_between_two_looks(
+        service: ExecRequests, tmp_path: Path) -> None:
+    ident = begin(service, ROOT, cgroup(tmp_path, "/quick.scope"))["client"]
+    events = tmp_path / "quick.scope/cgroup.events"
+    events.write_text("populated 1\n")
+    events.write_text("populated 0\n")
+    service.tend()
+    assert service.transients.get(ident) is None
