@@ -95,14 +95,25 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         if group is not None:
-            # The group's members must reach the socket: through the directory (traverse
-            # only, no listing), then the socket itself, for them and root alone.
-            os.chown(path, 0, group)
-            os.chmod(path, 0o660)
-            if directory:
-                os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | 0o011)
+            self._open_to(group, directory)
         self._listener.listen(MAX_CLIENTS)
         self._listener.setblocking(False)
+
+    def _open_to(self, group: int, directory: str) -> None:
+        """The group's members must reach the socket: through the directory (traverse
+        only, no listing), then the socket itself, for them and root alone. Giving the
+        socket to a group takes CAP_CHOWN, or the daemon being in that group (systemd:
+        SupplementaryGroups=); without either the socket stays root's alone."""
+        try:
+            os.chown(self.path, os.geteuid(), group)
+        except PermissionError:
+            log.error("control socket: cannot give %s to group %d (the daemon needs to be "
+                      "in that group, or CAP_CHOWN): it stays root's only", self.path, group)
+            self.group = None
+            return
+        os.chmod(self.path, 0o660)
+        if directory:
+            os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | 0o011)
 
     def register(self, selector: selectors.BaseSelector) -> None:
         """Serve from `selector`; each key's data is the callable to run when it is ready."""
