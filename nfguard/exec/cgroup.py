@@ -14,7 +14,7 @@ import os
 import signal
 import time
 
-from nfguard.procs.cgroups import find_cgroup2_root, parse_procs
+from nfguard.procs.cgroups import find_cgroup2_root, parse_proc_cgroup, parse_procs
 
 SLICE = "nfguard.exec"  # nfguard's own parent of every command's cgroup
 KILL_WAIT = 5.0  # seconds to wait for a killed cgroup to empty
@@ -56,6 +56,34 @@ class Cgroup:
             raise CgroupError(f"cannot create cgroup {cgroup.directory}: {exc}") from None
         return cgroup
 
+    @classmethod
+    def create_delegated(cls, name: str, root: str | None = None) -> Cgroup:
+        """For a user who is not root: under the highest cgroup above its own that is
+        delegated to it (its directory and cgroup.procs its uid's, as systemd's
+        user@UID.service is), so it may move its child there."""
+        root = root or find_cgroup2_root()
+        if root is None:
+            raise CgroupError("no cgroup v2 file system is mounted: nfguard exec needs one")
+        with open("/proc/self/cgroup") as f:
+            own = parse_proc_cgroup(f.read()) or "/"
+        uid, base = os.getuid(), None
+        parts = own.strip("/").split("/") if own.strip("/") else []
+        for depth in range(len(parts), 0, -1):
+            candidate = os.path.join(root, *parts[:depth])
+            if not _owned(candidate, uid):
+                break
+            base = "/".join(parts[:depth])
+        if base is None:
+            raise CgroupError(
+                f"no cgroup is delegated to uid {uid} (yours is {own}): run nfguard exec as "
+                "root (sudo), or from a systemd login session, whose user@UID.service is")
+        cgroup = cls(root, f"{base}/{SLICE}-{name}")
+        try:
+            os.mkdir(cgroup.directory, 0o755)
+        except OSError as exc:
+            raise CgroupError(f"cannot create cgroup {cgroup.directory}: {exc}") from None
+        return cgroup
+
     def join(self, pid: int = 0) -> None:
         """Move a process (0: the caller) into the cgroup."""
         with open(os.path.join(self.directory, "cgroup.procs"), "w") as f:
@@ -90,9 +118,12 @@ class Cgroup:
             time.sleep(0.01)
 
     def remove(self) -> None:
-        """Kill what is left and remove the directory (and the slice, once empty)."""
+        """Kill what is left and remove the directory (and nfguard's slice, once empty)."""
         self.kill()
-        for directory in (self.directory, os.path.dirname(self.directory)):
+        parent = os.path.dirname(self.directory)
+        ours = (self.directory, parent) if os.path.basename(parent) == SLICE else (
+            self.directory,)
+        for directory in ours:
             try:
                 os.rmdir(directory)
             except OSError as exc:
@@ -100,3 +131,11 @@ class Cgroup:
                     raise
                 if directory == self.directory and exc.errno != errno.ENOENT:
                     raise
+
+
+def _owned(directory: str, uid: int) -> bool:
+    try:
+        return (os.stat(directory).st_uid == uid
+                and os.stat(os.path.join(directory, "cgroup.procs")).st_uid == uid)
+    except OSError:
+        return False

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from nfguard.suggest import Flow, Query, parse_event, suggest
+from nfguard.suggest import Flow, Query, Resolvers, parse_event, suggest
 
 SUMMARY_LINES = 20  # distinct denials listed; the rest are counted
 
@@ -41,7 +41,7 @@ class FlowRecord(NamedTuple):
     comm: str | None  # the command line's first word (argv0), as the event has it
     user: str | None  # user name, or uid digits
     qtype: str | None = None
-    count: int = 1
+    count: int = 1  # type: ignore[assignment]  # times seen (shadows tuple.count)
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -130,7 +130,7 @@ def to_event(record: FlowRecord) -> dict[str, Any]:
     return event
 
 
-def suggestion(records: Iterable[FlowRecord], resolvers: Any = None) -> str:
+def suggestion(records: Iterable[FlowRecord], resolvers: Resolvers | None = None) -> str:
     """The policy `nfguard suggest` writes for what the command reached (TOML text)."""
     flows: list[Flow] = []
     queries: list[Query] = []

@@ -1,0 +1,231 @@
+"""`nfguard exec` without the service: one command under a private engine, in the lab's
+client namespace (with the lab's resolver as its /etc/resolv.conf)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nfguard.exec.engine import SLOT_DIR
+from nfguard.procs.cgroups import find_cgroup2_root
+from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, SLOWDOWN, Lab, in_netns, with_resolv_conf
+from tests.e2e.test_names import DNS_RECORDS
+
+CUT = {7, 35, 56}  # curl: refused / reset
+
+
+def exec_argv(lab: Lab, *args: str) -> list[str]:
+    """`nfguard exec ARGS` in the client namespace, with the lab's resolver."""
+    return [*in_netns(lab.client), *with_resolv_conf(lab.resolv_conf), sys.executable, "-m",
+            "nfguard", "exec", "--config", str(lab.workdir / "none.toml"), *args]
+
+
+def nfguard_exec(lab: Lab, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(exec_argv(lab, *args), capture_output=True, text=True,
+                          timeout=timeout * SLOWDOWN)
+
+
+def curl(url: str, *options: str) -> list[str]:
+    return ["curl", "-sS", "--max-time", "4", *options, url]
+
+
+def left_behind(lab: Lab) -> tuple[str, list[str]]:
+    """Tables in the client namespace and exec cgroups still there."""
+    tables = lab.exec(lab.client, "nft", "list", "tables").stdout
+    root = find_cgroup2_root()
+    slice_ = Path(root or "/nonexistent") / "nfguard.exec"
+    cgroups = [p.name for p in slice_.iterdir() if p.is_dir()] if slice_.exists() else []
+    return ("nfguard_exec" if "nfguard_exec" in tables else ""), cgroups
+
+
+def test_allowed_passes_and_denied_is_cut_at_once(lab: Lab) -> None:
+    lab.serve_http(80)
+    done = nfguard_exec(lab, "--allow", f"{ALLOWED_V4}:80", "--", *curl(f"http://{ALLOWED_V4}/"))
+    assert done.returncode == 0, done.stderr
+    assert "port 80" in done.stdout
+    started = time.monotonic()
+    done = nfguard_exec(lab, "--allow", f"{ALLOWED_V4}:80", "--", *curl(f"http://{OTHER_V4}/"))
+    assert done.returncode in CUT, done.stderr
+    assert time.monotonic() - started < 3 * SLOWDOWN + 2  # cut, not timed out
+    assert f"{OTHER_V4}:80/tcp" in done.stderr  # the summary of denials
+    assert left_behind(lab) == ("", [])
+
+
+def test_grandchild_and_daemonised_child_are_cut(lab: Lab) -> None:
+    lab.serve_http(80)
+    inner = " ".join(curl(f"http://{OTHER_V4}/"))
+    done = nfguard_exec(lab, "--", "sh", "-c", f"sh -c '{inner}'")
+    assert done.returncode in CUT, done.stderr
+    out = lab.workdir / "daemon.status"
+    script = (f"setsid sh -c '{inner}; echo $? > {out}' </dev/null >/dev/null 2>&1 & "
+              f"while [ ! -s {out} ]; do sleep 0.1; done")
+    done = nfguard_exec(lab, "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    assert int(out.read_text()) in CUT
+
+
+def test_a_process_outside_the_command_is_untouched(lab: Lab) -> None:
+    """Same user, same executable, same namespace: only the command's tree is judged."""
+    lab.serve_http(80)
+    proc = subprocess.Popen(exec_argv(lab, "--", "sleep", "4"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lab.wait_until(lambda: "nfguard_exec" in lab.exec(lab.client, "nft", "list",
+                                                          "tables").stdout, timeout=15)
+        assert lab.curl(OTHER_V4, 80)[0] == 0
+    finally:
+        proc.wait(timeout=20 * SLOWDOWN)
+    assert proc.returncode == 0
+
+
+def test_exit_statuses_are_passed_through(lab: Lab) -> None:
+    assert nfguard_exec(lab, "--", "true").returncode == 0
+    assert nfguard_exec(lab, "--", "sh", "-c", "exit 7").returncode == 7
+    missing = nfguard_exec(lab, "--", "/nonexistent/command")
+    assert missing.returncode == 127
+    assert "/nonexistent/command" in missing.stderr
+    assert nfguard_exec(lab, "--", "sh", "-c", "kill -TERM $$").returncode == 128 + 15
+    assert left_behind(lab) == ("", [])
+
+
+def test_a_policy_with_errors_runs_nothing(lab: Lab) -> None:
+    policy = lab.workdir / "bad.toml"
+    policy.write_text('[[client]]\nname = "x"\npolicies = ["missing"]\n')
+    marker = lab.workdir / "ran"
+    done = nfguard_exec(lab, "--policy", str(policy), "--", "touch", str(marker))
+    assert done.returncode != 0
+    assert f"{policy}:3" in done.stderr
+    assert not marker.exists()
+
+
+def test_names_allowed_on_the_command_line_and_dns_refused_for_the_command_only(
+        named: Lab) -> None:
+    named.serve_dns(*DNS_RECORDS)
+    https = curl("https://allowed.test/", "--cacert", str(named.ca))  # type: ignore[attr-defined]
+    done = nfguard_exec(named, "--allow", "allowed.test:443/tcp", "--", *https)
+    assert (done.returncode, done.stdout.strip()) == (0, "https allowed.test"), done.stderr
+    dig = ["dig", "+short", "+tries=1", "+time=3", "denied.test"]
+    done = nfguard_exec(named, "--allow", "allowed.test:443", "--", *dig)
+    assert OTHER_V4 not in done.stdout
+    assert "denied.test" in done.stderr  # refused: in the summary
+    outside = named.exec(named.client, *with_resolv_conf(named.resolv_conf), *dig)
+    assert OTHER_V4 in outside.stdout
+
+
+def test_audit_prints_a_policy_that_lets_the_command_pass(named: Lab) -> None:
+    named.serve_dns(*DNS_RECORDS)
+    https = curl("https://allowed.test/", "--cacert", str(named.ca))  # type: ignore[attr-defined]
+    done = nfguard_exec(named, "--audit", "--", *https)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "https allowed.test"  # stdout stays the command's
+    suggested = done.stderr.split("(nfguard suggest):\n", 1)[1]
+    assert "allowed.test" in suggested
+    policy = named.workdir / "egress.toml"
+    policy.write_text(suggested)
+    assert nfguard_exec(named, "--", *https).returncode != 0
+    done = nfguard_exec(named, "--policy", str(policy), "--", *https)
+    assert (done.returncode, done.stdout.strip()) == (0, "https allowed.test"), done.stderr
+
+
+def test_a_policy_edit_takes_effect_while_the_command_runs(lab: Lab) -> None:
+    lab.serve_http(80)
+    policy = lab.workdir / "egress.toml"
+    allow = ('[[client]]\nname = "all"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
+             '[[policy.rule]]\naction = "allow"\nto = ["{}"]\nports = [80]\n')
+    policy.write_text(allow.format(ALLOWED_V4))
+    flag, results = lab.workdir / "go", lab.workdir / "results"
+    script = (f"{' '.join(curl(f'http://{OTHER_V4}/'))} >/dev/null 2>&1; echo $? > {results}; "
+              f"while [ ! -e {flag} ]; do sleep 0.1; done; "
+              f"{' '.join(curl(f'http://{OTHER_V4}/'))} >/dev/null 2>&1; echo $? >> {results}")
+    proc = subprocess.Popen(exec_argv(lab, "--policy", str(policy), "--", "sh", "-c", script),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lab.wait_until(lambda: results.exists() and results.read_text().strip() != "",
+                       timeout=15)
+        policy.write_text("[[client]]\nbroken")  # kept out: the old policy stays
+        time.sleep(1.5)
+        policy.write_text(allow.format(OTHER_V4))
+        time.sleep(1.5)
+        flag.touch()
+        _out, err = proc.communicate(timeout=20 * SLOWDOWN)
+    finally:
+        proc.kill()
+    first, second = map(int, results.read_text().split())
+    assert first in CUT and second == 0, err
+    assert f"{policy}:2" in err and "reloaded" in err
+
+
+def test_kill_9_of_exec_leaves_nothing_and_cuts_the_command(lab: Lab) -> None:
+    lab.serve_http(80)
+    marker = lab.workdir / "after"
+    proc = subprocess.Popen(exec_argv(lab, "--allow-all", "--", "sh", "-c",
+                                      f"sleep 3; touch {marker}"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    lab.wait_until(lambda: "nfguard_exec" in lab.exec(lab.client, "nft", "list",
+                                                      "tables").stdout, timeout=15)
+    target = _descendant_python(proc.pid)
+    os.kill(target, signal.SIGKILL)
+    lab.wait_until(lambda: left_behind(lab) == ("", []), timeout=10)
+    time.sleep(3.5)
+    assert not marker.exists()  # the command was killed with it
+    proc.wait(timeout=10)
+    assert Path(SLOT_DIR).is_dir()
+
+
+def _descendant_python(pid: int) -> int:
+    """The nfguard process of the nsenter / unshare / sh chain started as `pid` (each
+    execs the next, so it is the first in the chain that runs nfguard)."""
+    for _ in range(100):
+        if b"nfguard" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+        time.sleep(0.05)
+    raise AssertionError("nfguard exec process not found")
+
+
+def test_dns_server_of_the_lab_is_reachable_only_as_a_resolver(lab: Lab) -> None:
+    """Port 53 to the host's resolver passes; the same server's port 80 does not."""
+    lab.serve_http(80)
+    done = nfguard_exec(lab, "--", *curl(f"http://{SERVER_V4}/"))
+    assert done.returncode in CUT
+
+
+def test_under_sudo_the_command_runs_as_the_caller(lab: Lab) -> None:
+    argv = exec_argv(lab, "--", "sh", "-c", "id -u; id -g; id -G")
+    env = {**os.environ, "SUDO_UID": "65534", "SUDO_GID": "65534"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30 * SLOWDOWN)
+    assert done.returncode == 0, done.stderr
+    uid, gid, groups = done.stdout.split("\n")[:3]
+    assert (uid, gid) == ("65534", "65534") and "0" not in groups.split()
+    done = subprocess.run(exec_argv(lab, "--as-root", "--", "id", "-u"), capture_output=True,
+                          text=True, env=env, timeout=30 * SLOWDOWN)
+    assert done.stdout.strip() == "0"
+
+
+def test_not_root_and_no_service_says_what_is_needed(lab: Lab) -> None:
+    argv = exec_argv(lab, "--", "true")
+    python = argv.index(sys.executable)
+    argv[python:python] = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30 * SLOWDOWN)
+    assert done.returncode == 125
+    assert "needs root" in done.stderr and "control socket" in done.stderr
+
+
+def test_concurrent_execs_keep_to_their_own_policies(lab: Lab) -> None:
+    lab.serve_http(80)
+    script = f"sleep 1; {' '.join(curl('http://{}/'))}"
+    first = subprocess.Popen(exec_argv(lab, "--allow", ALLOWED_V4, "--", "sh", "-c",
+                                       script.format(ALLOWED_V4)),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(exec_argv(lab, "--allow", OTHER_V4, "--", "sh", "-c",
+                                        script.format(ALLOWED_V4)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    third = nfguard_exec(lab, "--allow", OTHER_V4, "--", "sh", "-c", script.format(OTHER_V4))
+    assert first.wait(timeout=30 * SLOWDOWN) == 0, first.communicate()[1]
+    assert second.wait(timeout=30 * SLOWDOWN) in CUT
+    assert third.returncode == 0, third.stderr
+    assert left_behind(lab) == ("", [])
