@@ -81,7 +81,13 @@ class ExecRequests:
         self.changed = changed  # a client came or went (the ruleset may need queries)
         self.refusal = refusal  # why this service serves no exec at all, if it does not
         self._pidfds: dict[str, int] = {}  # client -> pidfd of its requester
-        self._events = CgroupEvents()  # a command that ran and ended between two looks
+        # A command that ran and ended between two looks; None: no inotify (then only
+        # what a look sees counts, about once a second).
+        self._events: CgroupEvents | None = None
+        try:
+            self._events = CgroupEvents()
+        except OSError as exc:
+            log.warning("exec: no inotify (%s): a command's end is seen by polling", exc)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], Reply], dict[str, Any]]]:
         """Command -> control handler."""
@@ -140,8 +146,9 @@ class ExecRequests:
                               populated=populated(directory) is True)
         with contextlib.suppress(OSError):
             self._pidfds[ident] = os.pidfd_open(peer.pid)
-        with contextlib.suppress(OSError):  # without it: seen populated once a second
-            self._events.watch(ident, str(directory / "cgroup.events"))
+        if self._events is not None:
+            with contextlib.suppress(OSError):  # without it: seen populated once a second
+                self._events.watch(ident, str(directory / "cgroup.events"))
         self.transients.add(transient)
         log.info("exec client %s: %s in %s, %s, policy %s, for pid %d (uid %d%s)", ident,
                  label or "(no label)", cgroup, mode, transient.policy_name, peer.pid,
@@ -177,7 +184,7 @@ class ExecRequests:
     # -- upkeep --------------------------------------------------------------------------
     def tend(self) -> None:
         """Remove the clients whose command is over (called about once a second)."""
-        changed = self._events.changed()
+        changed = self._events.changed() if self._events is not None else set()
         for transient in self.transients:
             directory = Path(f"{self.cgroup_root}{transient.cgroup}")
             state = populated(directory)
@@ -206,7 +213,8 @@ class ExecRequests:
         pidfd = self._pidfds.pop(transient.id, None)
         if pidfd is not None:
             os.close(pidfd)
-        self._events.forget(transient.id)
+        if self._events is not None:
+            self._events.forget(transient.id)
         log.info("exec client %s (%s) removed: %s; %d flows allowed, %d denied", transient.id,
                  transient.label, why, transient.flows.allowed, transient.flows.denied)
         self.changed()
@@ -218,7 +226,8 @@ class ExecRequests:
         for pidfd in self._pidfds.values():
             os.close(pidfd)
         self._pidfds.clear()
-        self._events.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def own_cgroup(directory: Path, uid: int) -> None:
