@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 1 << 20  # bytes of one request line (an exec request carries its policy)
 _CHUNK = 65536
 MAX_CLIENTS = 16  # connections served at once; more wait in the listen backlog
+MAX_PER_USER = 4  # of them from one user who is not root (a group member's cannot fill it)
 IDLE_TIMEOUT = 10.0  # seconds a connection may take to send its request
 
 
@@ -131,6 +132,12 @@ class ControlServer:
                 return
             peer = _peer(conn, self.group)
             if peer is None:
+                conn.close()
+                continue
+            if not peer.privileged and sum(
+                    1 for p in self._peers.values() if p.uid == peer.uid) >= MAX_PER_USER:
+                log.warning("control socket: uid %d has %d connections open; refused pid %d",
+                            peer.uid, MAX_PER_USER, peer.pid)
                 conn.close()
                 continue
             self._peers[conn] = peer
