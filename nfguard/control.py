@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 1 << 20  # bytes of one request line (an exec request carries its policy)
 _CHUNK = 65536
 MAX_CLIENTS = 16  # connections served at once; more wait in the listen backlog
+MAX_PER_USER = 4  # of them from one user who is not root (a group member's cannot fill it)
 IDLE_TIMEOUT = 10.0  # seconds a connection may take to send its request
 
 
@@ -95,14 +96,25 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         if group is not None:
-            # The group's members must reach the socket: through the directory (traverse
-            # only, no listing), then the socket itself, for them and root alone.
-            os.chown(path, 0, group)
-            os.chmod(path, 0o660)
-            if directory:
-                os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | 0o011)
+            self._open_to(group, directory)
         self._listener.listen(MAX_CLIENTS)
         self._listener.setblocking(False)
+
+    def _open_to(self, group: int, directory: str) -> None:
+        """The group's members must reach the socket: through the directory (traverse
+        only, no listing), then the socket itself, for them and root alone. Giving the
+        socket to a group takes CAP_CHOWN, or the daemon being in that group (systemd:
+        SupplementaryGroups=); without either the socket stays root's alone."""
+        try:
+            os.chown(self.path, os.geteuid(), group)
+        except PermissionError:
+            log.error("control socket: cannot give %s to group %d (the daemon needs to be "
+                      "in that group, or CAP_CHOWN): it stays root's only", self.path, group)
+            self.group = None
+            return
+        os.chmod(self.path, 0o660)
+        if directory:
+            os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | 0o011)
 
     def register(self, selector: selectors.BaseSelector) -> None:
         """Serve from `selector`; each key's data is the callable to run when it is ready."""
@@ -120,6 +132,12 @@ class ControlServer:
                 return
             peer = _peer(conn, self.group)
             if peer is None:
+                conn.close()
+                continue
+            if not peer.privileged and sum(
+                    1 for p in self._peers.values() if p.uid == peer.uid) >= MAX_PER_USER:
+                log.warning("control socket: uid %d has %d connections open; refused pid %d",
+                            peer.uid, MAX_PER_USER, peer.pid)
                 conn.close()
                 continue
             self._peers[conn] = peer

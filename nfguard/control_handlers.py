@@ -119,6 +119,7 @@ def status_report(services: Services, *, started_at: float,
         "audit": {"path": config.audit.path, "written": services.audit.written},
         "metrics": _metrics_url(config),
         "errors": list(errors),
+        "exec": services.exec.status() if services.exec is not None else [],
     }
 
 

@@ -88,6 +88,9 @@ class Daemon:
         handlers = Handlers()
         handlers.add("status", status_handler(self.status))
         handlers.add("reload", self.reloader.on_request)
+        if self.services.exec is not None:
+            for command, handler in self.services.exec.handlers().items():
+                handlers.add(command, handler)
         return handlers
 
     # -- the loop ------------------------------------------------------------------------
@@ -163,6 +166,8 @@ class Daemon:
                         control.expire()
                     if guard is not None:
                         guard.tend()
+                    if services.exec is not None:
+                        services.exec.tend()  # exec clients whose command is over
                     next_flush = time.monotonic() + FLUSH_INTERVAL
         finally:
             reloader.wake = None

@@ -111,6 +111,12 @@ class Engine:
         return self._judged(process, lambda engine: engine._evaluate(
             packet, process, names, may_wait=True), _denies)
 
+    @property
+    def matches_sha256(self) -> bool:
+        """Whether a client here or of an exec command matches executables by hash."""
+        return self.policies.matches_sha256 or bool(
+            self.transients and self.transients.matches_sha256)
+
     def _judged(self, process: Process | None, ask: Callable[[Engine], T | None],
                 denies: Callable[[T], bool]) -> T | None:
         """`ask` put to the engines that judge the process: the transient clients whose

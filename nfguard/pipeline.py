@@ -214,10 +214,10 @@ class Pipeline:
         if interface is not None:
             return attributor.lookup_forwarded(
                 packet.transport, packet.version, packet.src, packet.sport, packet.dst,
-                packet.dport, interface, hash_exe=self.engine.policies.matches_sha256)
+                packet.dport, interface, hash_exe=self.engine.matches_sha256)
         return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
                                  packet.dst, packet.dport,
-                                 hash_exe=self.engine.policies.matches_sha256, uid=uid)
+                                 hash_exe=self.engine.matches_sha256, uid=uid)
 
     # -- DNS queries ---------------------------------------------------------------------
     def _query(self, packet: Packet, payload: bytes, mark: int, token: Any, uid: int | None,

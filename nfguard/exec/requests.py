@@ -44,6 +44,7 @@ from typing import Any
 
 from nfguard.control import Peer, Reply
 from nfguard.engine import Engine
+from nfguard.exec.events import CgroupEvents
 from nfguard.exec.transient import (
     EXEC_MODES,
     ExecMode,
@@ -58,7 +59,10 @@ log = logging.getLogger(__name__)
 
 # Open to [control] group members too.
 COMMANDS = ("exec_ping", "exec_begin", "exec_policy", "exec_end")
-MAX_POLICY = 512 * 1024  # characters of policy text in one request (compiled in the loop)
+# Characters of policy text (and --allow values) in one request: it is compiled in the
+# engine's loop, no decision meanwhile (some 10,000 rules, ~0.2 s; a group member's 1/8).
+MAX_POLICY = 512 * 1024
+MAX_POLICY_UNPRIVILEGED = MAX_POLICY // 8
 MAX_PER_USER = 16  # transient clients one non-root uid may hold at once
 MAX_TRANSIENTS = 256  # all of them
 MAX_LABEL = 200
@@ -80,6 +84,13 @@ class ExecRequests:
         self.changed = changed  # a client came or went (the ruleset may need queries)
         self.refusal = refusal  # why this service serves no exec at all, if it does not
         self._pidfds: dict[str, int] = {}  # client -> pidfd of its requester
+        # A command that ran and ended between two looks; None: no inotify (then only
+        # what a look sees counts, about once a second).
+        self._events: CgroupEvents | None = None
+        try:
+            self._events = CgroupEvents()
+        except OSError as exc:
+            log.warning("exec: no inotify (%s): a command's end is seen by polling", exc)
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any], Reply], dict[str, Any]]]:
         """Command -> control handler."""
@@ -127,9 +138,9 @@ class ExecRequests:
                 raise Refused(f"uid {peer.uid} already holds {MAX_PER_USER} exec clients")
             own_cgroup(directory, peer.uid)
         ident = self.transients.new_id()
-        documents = _documents(request)
+        documents, allows = _policy(request, peer)
         try:
-            engine = compile_transient(documents, _allows(request), ExecMode(mode),
+            engine = compile_transient(documents, allows, ExecMode(mode),
                                        self.host())
         except PolicyError as exc:
             raise Refused(str(exc)) from None
@@ -138,6 +149,9 @@ class ExecRequests:
                               populated=populated(directory) is True)
         with contextlib.suppress(OSError):
             self._pidfds[ident] = os.pidfd_open(peer.pid)
+        if self._events is not None:
+            with contextlib.suppress(OSError):  # without it: seen populated once a second
+                self._events.watch(ident, str(directory / "cgroup.events"))
         self.transients.add(transient)
         log.info("exec client %s: %s in %s, %s, policy %s, for pid %d (uid %d%s)", ident,
                  label or "(no label)", cgroup, mode, transient.policy_name, peer.pid,
@@ -147,9 +161,9 @@ class ExecRequests:
 
     def policy(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         transient = self._own(request, peer)
-        documents = _documents(request)
+        documents, allows = _policy(request, peer)
         try:
-            transient.engine = compile_transient(documents, _allows(request), transient.mode,
+            transient.engine = compile_transient(documents, allows, transient.mode,
                                                  self.host())
         except PolicyError as exc:
             raise Refused(f"{exc}\n(the policy of {transient.id} stays as it was)") from None
@@ -173,6 +187,7 @@ class ExecRequests:
     # -- upkeep --------------------------------------------------------------------------
     def tend(self) -> None:
         """Remove the clients whose command is over (called about once a second)."""
+        changed = self._events.changed() if self._events is not None else set()
         for transient in self.transients:
             directory = Path(f"{self.cgroup_root}{transient.cgroup}")
             state = populated(directory)
@@ -180,7 +195,7 @@ class ExecRequests:
                 self._remove(transient, "its cgroup is gone")
             elif state:
                 transient.populated = True
-            elif transient.populated:
+            elif transient.populated or transient.id in changed:  # ran, and is over
                 self._remove(transient, "its cgroup emptied")
                 if not self._alive(transient):
                     with contextlib.suppress(OSError):
@@ -201,6 +216,8 @@ class ExecRequests:
         pidfd = self._pidfds.pop(transient.id, None)
         if pidfd is not None:
             os.close(pidfd)
+        if self._events is not None:
+            self._events.forget(transient.id)
         log.info("exec client %s (%s) removed: %s; %d flows allowed, %d denied", transient.id,
                  transient.label, why, transient.flows.allowed, transient.flows.denied)
         self.changed()
@@ -212,6 +229,8 @@ class ExecRequests:
         for pidfd in self._pidfds.values():
             os.close(pidfd)
         self._pidfds.clear()
+        if self._events is not None:
+            self._events.close()
 
 
 def own_cgroup(directory: Path, uid: int) -> None:
@@ -260,6 +279,16 @@ def _text(request: dict[str, Any], key: str, default: str | None = None) -> str:
     return value
 
 
+def _policy(request: dict[str, Any],
+            peer: Peer) -> tuple[list[tuple[str, str]], list[str]]:
+    """The request's policy documents and --allow values, within the asker's size."""
+    documents, allows = _documents(request), _allows(request)
+    limit = MAX_POLICY if peer.privileged else MAX_POLICY_UNPRIVILEGED
+    if sum(len(text) for _name, text in documents) + sum(map(len, allows)) > limit:
+        raise Refused(f"the policy is longer than {limit} characters")
+    return documents, allows
+
+
 def _documents(request: dict[str, Any]) -> list[tuple[str, str]]:
     """The request's policy as (file name, text) pairs."""
     policy = request.get("policy", "")
@@ -272,8 +301,6 @@ def _documents(request: dict[str, Any]) -> list[tuple[str, str]]:
         documents = [(name, text) for name, text in policy]
     else:
         raise Refused("'policy' must be a TOML text or a list of [file name, text] pairs")
-    if sum(len(text) for _name, text in documents) > MAX_POLICY:
-        raise Refused(f"the policy is longer than {MAX_POLICY} characters")
     return documents
 
 
@@ -282,8 +309,6 @@ def _allows(request: dict[str, Any]) -> list[str]:
     allows = request.get("allow", [])
     if not isinstance(allows, list) or not all(isinstance(a, str) for a in allows):
         raise Refused("'allow' must be a list of strings")
-    if sum(map(len, allows)) > MAX_POLICY:
-        raise Refused(f"the --allow values are longer than {MAX_POLICY} characters")
     return allows
 
 

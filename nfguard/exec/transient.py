@@ -176,6 +176,11 @@ class Transients:
     def __iter__(self) -> Iterator[Transient]:
         return iter(list(self._by_id.values()))
 
+    @property
+    def matches_sha256(self) -> bool:
+        """Whether a command's policy matches executables by hash (attribution reads it)."""
+        return any(t.engine.policies.matches_sha256 for t in self._by_id.values())
+
     def covering(self, process: Process | None) -> tuple[Transient, ...]:
         """The transient clients whose cgroup holds the process, deepest cgroup first."""
         if not self._by_id or process is None or process.cgroup is None:

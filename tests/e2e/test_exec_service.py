@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,3 +167,24 @@ def test_dns_queries_judged_by_the_commands_policy_even_where_the_host_lets_all_
     assert "status: NOERROR" in dig_in("allowed.test")
     assert "status: REFUSED" in dig_in("other.test")
     assert lab.dig("other.test") == ["198.18.1.1"], "outside the command: every query passes"
+
+
+def test_nfguard_exec_through_the_service(lab: Lab) -> None:
+    lab.serve_http(80, 81)
+    config = lab.write_config(HOST)
+    lab.start_engine(config)
+
+    def nfguard_exec(*argv: str) -> subprocess.CompletedProcess:
+        return lab.exec(lab.client, sys.executable, "-m", "nfguard", "exec", "--config",
+                        str(config), "--allow", f"{ALLOWED_V4}:81/tcp", "--", *argv,
+                        timeout=60)
+
+    denied = nfguard_exec(CURL, "-sS", "--max-time", "3", f"http://{ALLOWED_V4}:80/")
+    assert denied.returncode == REFUSED, denied.stderr
+    assert f"{ALLOWED_V4}:80/tcp" in denied.stderr, "the summary names what was denied"
+    allowed = nfguard_exec(CURL, "-sS", "--max-time", "3", f"http://{ALLOWED_V4}:81/")
+    assert (allowed.returncode, allowed.stdout) == (0, "port 81\n"), allowed.stderr
+    log = lab.engine_log.read_text()
+    assert log.count("exec client exec-") >= 2, "the service judged them, no engine of exec's"
+    assert lab.curl(ALLOWED_V4, 80)[0] == 0
+    lab.wait_until(lambda: transients(lab, config) == [], timeout=5)

@@ -12,7 +12,7 @@ import pytest
 from nfguard.config import EngineConfig
 from nfguard.control import Peer
 from nfguard.engine import Engine
-from nfguard.exec.requests import MAX_PER_USER, ExecRequests, Refused
+from nfguard.exec.requests import MAX_PER_USER, MAX_POLICY_UNPRIVILEGED, ExecRequests, Refused
 from nfguard.exec.transient import Transients
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
@@ -176,3 +176,21 @@ def test_refused_where_the_service_cannot_serve_it(tmp_path: Path) -> None:
                                  refusal="engine.workers > 1")):
         with pytest.raises(Refused):
             begin(service, ROOT, cgroup(tmp_path, f"/{id(service)}.scope"))
+
+
+def test_a_command_that_ran_and_ended_between_two_looks(
+        service: ExecRequests, tmp_path: Path) -> None:
+    ident = begin(service, ROOT, cgroup(tmp_path, "/quick.scope"))["client"]
+    events = tmp_path / "quick.scope/cgroup.events"
+    events.write_text("populated 1\n")
+    events.write_text("populated 0\n")
+    service.tend()
+    assert service.transients.get(ident) is None
+
+
+def test_a_users_policy_is_smaller_than_roots(service: ExecRequests, tmp_path: Path) -> None:
+    path = cgroup(tmp_path, "/user.slice/mine.scope", owner=1000)
+    big = EXEC_COMMAND + "#" * (MAX_POLICY_UNPRIVILEGED + 1) + "\n"
+    with pytest.raises(Refused, match="longer than"):
+        begin(service, ALICE, path, policy=big)
+    assert begin(service, ROOT, path, policy=big)["ok"]

@@ -260,3 +260,11 @@ def test_a_query_packet_of_the_command() -> None:
     assert path.handle(host, packet, raw, 0, None, INSIDE) is DROP  # refused
     assert path.handle(host, packet, raw, 0, None, OUTSIDE) is not DROP
     assert [e["event"]["action"] for e in events] == ["deny", "allow"]
+
+
+def test_a_commands_hash_rule_has_executables_hashed() -> None:
+    host = host_engine()
+    assert not host.matches_sha256
+    begin(host, text='[[client]]\nname = "h"\nmatch = { sha256 = "' + "a" * 64 + '" }\n'
+          'policies = ["build"]\n' + EXEC_COMMAND)
+    assert host.matches_sha256
