@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import secrets
 import selectors
@@ -42,6 +43,7 @@ from nfguard.suggest import Resolvers
 
 FAILURE = 125  # nfguard exec itself failed (as env, timeout and chroot say it)
 TICK = 0.25  # seconds between the loop's chores
+PR_SET_PDEATHSIG = 1  # prctl: the signal a process gets when its parent dies
 Handlers = list[tuple[int, Callable[[], None]]]  # (fd, what to call when it is readable)
 
 
@@ -262,10 +264,15 @@ def checked(cgroup: Cgroup) -> Cgroup:
 
 
 def _hold(cgroup: Cgroup) -> int:
-    """A process of ours that waits in the cgroup (killed with it)."""
+    """A process of ours that waits in the cgroup: killed with it, or when exec dies (then
+    the command alone keeps its client at the service alive, as it should)."""
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # exec died before that was set
+                os._exit(0)
             for signum in (*TERMINAL, *FORWARDED):
                 signal.signal(signum, signal.SIG_IGN)
             cgroup.join()

@@ -35,6 +35,7 @@ then removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import select
@@ -84,6 +85,9 @@ class ExecRequests:
         self.changed = changed  # a client came or went (the ruleset may need queries)
         self.refusal = refusal  # why this service serves no exec at all, if it does not
         self._pidfds: dict[str, int] = {}  # client -> pidfd of its requester
+        # Cgroups of dead requesters to remove: the command's last process may still be a
+        # zombie its new parent has not reaped when the cgroup reads empty (rmdir: EBUSY).
+        self._orphans: set[Path] = set()
         # A command that ran and ended between two looks; None: no inotify (then only
         # what a look sees counts, about once a second).
         self._events: CgroupEvents | None = None
@@ -188,6 +192,13 @@ class ExecRequests:
     def tend(self) -> None:
         """Remove the clients whose command is over (called about once a second)."""
         changed = self._events.changed() if self._events is not None else set()
+        for directory in list(self._orphans):
+            try:
+                directory.rmdir()
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    continue
+            self._orphans.discard(directory)
         for transient in self.transients:
             directory = Path(f"{self.cgroup_root}{transient.cgroup}")
             state = populated(directory)
@@ -196,10 +207,9 @@ class ExecRequests:
             elif state:
                 transient.populated = True
             elif transient.populated or transient.id in changed:  # ran, and is over
+                if not self._alive(transient):  # asked before _remove closes its pidfd
+                    self._orphans.add(directory)  # its requester cannot remove it any more
                 self._remove(transient, "its cgroup emptied")
-                if not self._alive(transient):
-                    with contextlib.suppress(OSError):
-                        directory.rmdir()  # its requester cannot any more
             elif not self._alive(transient):
                 self._remove(transient, "its requester exited before anything ran")
 

@@ -1,5 +1,7 @@
-"""`nfguard exec` without the service: one command under a private engine, in the lab's
-client namespace (with the lab's resolver as its /etc/resolv.conf)."""
+"""`nfguard exec`: one command under a policy of its own, in the lab's client namespace
+(with the lab's resolver as its /etc/resolv.conf): without the service (a private
+engine), and, where marked `via`, also through a running service that lets the host's
+own processes reach the whole lab."""
 
 from __future__ import annotations
 
@@ -10,18 +12,36 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from nfguard.exec.engine import SLOT_DIR
 from nfguard.procs.cgroups import find_cgroup2_root
 from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, SLOWDOWN, Lab, in_netns, with_resolv_conf
+from tests.e2e.policies import LAB_NETS, allow, everyone, policy
 from tests.e2e.test_names import DNS_RECORDS
 
 CUT = {7, 35, 56}  # curl: refused / reset
+# The service's own policy: the host's processes reach every lab address, resolve anything.
+HOST = everyone(policy("lab", allow("lab", *LAB_NETS)), queries="any")
+BOTH = pytest.mark.parametrize("via", ["standalone", "service"], indirect=True)
+
+
+@pytest.fixture
+def via(request: pytest.FixtureRequest, lab: Lab) -> str:
+    """"service": a running service exec hands the command to (its config's socket)."""
+    if request.param == "service":
+        config = lab.write_config(HOST)
+        lab.start_engine(config)
+        lab.exec_config = config  # type: ignore[attr-defined]
+    return str(request.param)
 
 
 def exec_argv(lab: Lab, *args: str) -> list[str]:
-    """`nfguard exec ARGS` in the client namespace, with the lab's resolver."""
+    """`nfguard exec ARGS` in the client namespace, with the lab's resolver; with the
+    service's config when a test runs `via` the service, else with none."""
+    config = getattr(lab, "exec_config", lab.workdir / "none.toml")
     return [*in_netns(lab.client), *with_resolv_conf(lab.resolv_conf), sys.executable, "-m",
-            "nfguard", "exec", "--config", str(lab.workdir / "none.toml"), *args]
+            "nfguard", "exec", "--config", str(config), *args]
 
 
 def nfguard_exec(lab: Lab, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -42,7 +62,17 @@ def left_behind(lab: Lab) -> tuple[str, list[str]]:
     return ("nfguard_exec" if "nfguard_exec" in tables else ""), cgroups
 
 
-def test_allowed_passes_and_denied_is_cut_at_once(lab: Lab) -> None:
+def running(lab: Lab, via: str) -> bool:
+    """Whether an exec's command runs: in its cgroup (beside exec's holder, through the
+    service), after its table was installed (standalone)."""
+    table, cgroups = left_behind(lab)
+    slice_ = Path(find_cgroup2_root() or "/nonexistent") / "nfguard.exec"
+    procs = sum(len((slice_ / name / "cgroup.procs").read_text().split()) for name in cgroups)
+    return procs >= (2 if via == "service" else 1) and (via == "service" or bool(table))
+
+
+@BOTH
+def test_allowed_passes_and_denied_is_cut_at_once(lab: Lab, via: str) -> None:
     lab.serve_http(80)
     done = nfguard_exec(lab, "--allow", f"{ALLOWED_V4}:80", "--", *curl(f"http://{ALLOWED_V4}/"))
     assert done.returncode == 0, done.stderr
@@ -55,7 +85,8 @@ def test_allowed_passes_and_denied_is_cut_at_once(lab: Lab) -> None:
     assert left_behind(lab) == ("", [])
 
 
-def test_grandchild_and_daemonised_child_are_cut(lab: Lab) -> None:
+@BOTH
+def test_grandchild_and_daemonised_child_are_cut(lab: Lab, via: str) -> None:
     lab.serve_http(80)
     inner = " ".join(curl(f"http://{OTHER_V4}/"))
     done = nfguard_exec(lab, "--", "sh", "-c", f"sh -c '{inner}'")
@@ -68,21 +99,22 @@ def test_grandchild_and_daemonised_child_are_cut(lab: Lab) -> None:
     assert int(out.read_text()) in CUT
 
 
-def test_a_process_outside_the_command_is_untouched(lab: Lab) -> None:
+@BOTH
+def test_a_process_outside_the_command_is_untouched(lab: Lab, via: str) -> None:
     """Same user, same executable, same namespace: only the command's tree is judged."""
     lab.serve_http(80)
     proc = subprocess.Popen(exec_argv(lab, "--", "sleep", "4"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        lab.wait_until(lambda: "nfguard_exec" in lab.exec(lab.client, "nft", "list",
-                                                          "tables").stdout, timeout=15)
+        lab.wait_until(lambda: running(lab, via), timeout=15)
         assert lab.curl(OTHER_V4, 80)[0] == 0
     finally:
         proc.wait(timeout=20 * SLOWDOWN)
     assert proc.returncode == 0
 
 
-def test_exit_statuses_are_passed_through(lab: Lab) -> None:
+@BOTH
+def test_exit_statuses_are_passed_through(lab: Lab, via: str) -> None:
     assert nfguard_exec(lab, "--", "true").returncode == 0
     assert nfguard_exec(lab, "--", "sh", "-c", "exit 7").returncode == 7
     missing = nfguard_exec(lab, "--", "/nonexistent/command")
@@ -92,7 +124,8 @@ def test_exit_statuses_are_passed_through(lab: Lab) -> None:
     assert left_behind(lab) == ("", [])
 
 
-def test_a_policy_with_errors_runs_nothing(lab: Lab) -> None:
+@BOTH
+def test_a_policy_with_errors_runs_nothing(lab: Lab, via: str) -> None:
     policy = lab.workdir / "bad.toml"
     policy.write_text('[[client]]\nname = "x"\npolicies = ["missing"]\n')
     marker = lab.workdir / "ran"
@@ -102,8 +135,9 @@ def test_a_policy_with_errors_runs_nothing(lab: Lab) -> None:
     assert not marker.exists()
 
 
+@BOTH
 def test_names_allowed_on_the_command_line_and_dns_refused_for_the_command_only(
-        named: Lab) -> None:
+        named: Lab, via: str) -> None:
     named.serve_dns(*DNS_RECORDS)
     https = curl("https://allowed.test/", "--cacert", str(named.ca))  # type: ignore[attr-defined]
     done = nfguard_exec(named, "--allow", "allowed.test:443/tcp", "--", *https)
@@ -116,7 +150,8 @@ def test_names_allowed_on_the_command_line_and_dns_refused_for_the_command_only(
     assert OTHER_V4 in outside.stdout
 
 
-def test_audit_prints_a_policy_that_lets_the_command_pass(named: Lab) -> None:
+@BOTH
+def test_audit_prints_a_policy_that_lets_the_command_pass(named: Lab, via: str) -> None:
     named.serve_dns(*DNS_RECORDS)
     https = curl("https://allowed.test/", "--cacert", str(named.ca))  # type: ignore[attr-defined]
     done = nfguard_exec(named, "--audit", "--", *https)
@@ -131,7 +166,8 @@ def test_audit_prints_a_policy_that_lets_the_command_pass(named: Lab) -> None:
     assert (done.returncode, done.stdout.strip()) == (0, "https allowed.test"), done.stderr
 
 
-def test_a_policy_edit_takes_effect_while_the_command_runs(lab: Lab) -> None:
+@BOTH
+def test_a_policy_edit_takes_effect_while_the_command_runs(lab: Lab, via: str) -> None:
     lab.serve_http(80)
     policy = lab.workdir / "egress.toml"
     allow = ('[[client]]\nname = "all"\npolicies = ["p"]\n\n[[policy]]\nname = "p"\n\n'
@@ -177,6 +213,29 @@ def test_kill_9_of_exec_leaves_nothing_and_cuts_the_command(lab: Lab) -> None:
     assert Path(SLOT_DIR).is_dir()
 
 
+def test_kill_9_of_exec_under_the_service_leaves_the_command_judged(lab: Lab) -> None:
+    """The service keeps the command's client until its cgroup empties: cut, not freed;
+    then the client and the cgroup go."""
+    lab.serve_http(80)
+    config = lab.write_config(HOST)
+    lab.start_engine(config)
+    lab.exec_config = config  # type: ignore[attr-defined]
+    results = lab.workdir / "after"
+    script = (f"sleep 2; {' '.join(curl(f'http://{OTHER_V4}/'))} >/dev/null 2>&1; "
+              f"echo $? > {results}")
+    proc = subprocess.Popen(exec_argv(lab, "--", "sh", "-c", script),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    lab.wait_until(lambda: running(lab, "service"), timeout=15)
+    os.kill(_descendant_python(proc.pid), signal.SIGKILL)
+    proc.wait(timeout=10)
+    lab.wait_until(results.exists, timeout=10)
+    lab.wait_until(lambda: results.read_text().strip() != "", timeout=5)
+    assert int(results.read_text()) in CUT
+    lab.wait_until(lambda: left_behind(lab) == ("", []), timeout=10)
+    assert "exec client" in lab.engine_log.read_text()
+
+
 def _descendant_python(pid: int) -> int:
     """The nfguard process of the nsenter / unshare / sh chain started as `pid` (each
     execs the next, so it is the first in the chain that runs nfguard)."""
@@ -194,7 +253,8 @@ def test_dns_server_of_the_lab_is_reachable_only_as_a_resolver(lab: Lab) -> None
     assert done.returncode in CUT
 
 
-def test_under_sudo_the_command_runs_as_the_caller(lab: Lab) -> None:
+@BOTH
+def test_under_sudo_the_command_runs_as_the_caller(lab: Lab, via: str) -> None:
     argv = exec_argv(lab, "--", "sh", "-c", "id -u; id -g; id -G")
     env = {**os.environ, "SUDO_UID": "65534", "SUDO_GID": "65534"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30 * SLOWDOWN)
@@ -215,7 +275,8 @@ def test_not_root_and_no_service_says_what_is_needed(lab: Lab) -> None:
     assert "needs root" in done.stderr and "control socket" in done.stderr
 
 
-def test_concurrent_execs_keep_to_their_own_policies(lab: Lab) -> None:
+@BOTH
+def test_concurrent_execs_keep_to_their_own_policies(lab: Lab, via: str) -> None:
     lab.serve_http(80)
     script = f"sleep 1; {' '.join(curl('http://{}/'))}"
     first = subprocess.Popen(exec_argv(lab, "--allow", ALLOWED_V4, "--", "sh", "-c",
