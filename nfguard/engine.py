@@ -92,8 +92,11 @@ class Engine:
         names: Iterable[tuple[str, str]] = (),
     ) -> Decision:
         """The decision from the address and DNS names alone (no waiting for a name)."""
-        decision = self._judged(process, lambda engine: engine._evaluate(
-            packet, process, names, may_wait=False), _denies)
+        if not self.transients:  # the usual case, without a call per judge
+            decision = self._evaluate(packet, process, names, may_wait=False)
+        else:
+            decision = self._judged(process, lambda engine: engine._evaluate(
+                packet, process, names, may_wait=False), _denies)
         assert decision is not None
         return decision
 
@@ -108,6 +111,8 @@ class Engine:
         A flow waits when a name it may present (TLS SNI, HTTP Host on TCP; SNI in a QUIC
         Initial on udp/443) could change what the rules decide on its address and DNS names.
         """
+        if not self.transients:
+            return self._evaluate(packet, process, names, may_wait=True)
         return self._judged(process, lambda engine: engine._evaluate(
             packet, process, names, may_wait=True), _denies)
 

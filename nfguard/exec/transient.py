@@ -30,10 +30,10 @@ from typing import Any
 from nfguard.engine import Engine
 from nfguard.exec.policy import compose
 from nfguard.exec.report import FlowRecord, from_event
-from nfguard.policy.clients import Process, client_matches
+from nfguard.policy.clients import Process, in_cgroup
 from nfguard.policy.collector import collector_paused
 from nfguard.policy.match import CompiledPolicySet
-from nfguard.policy.model import ALLOW, DENY, Client, Location, Mode
+from nfguard.policy.model import ALLOW, DENY, Mode
 from nfguard.policy.resolve import Queries
 
 MAX_RECORDS = 4096  # distinct flows and queries one command's record keeps; more counted
@@ -96,16 +96,10 @@ class Transient:
     since: float = field(default_factory=time.time)
     flows: FlowLog = field(default_factory=FlowLog)
     populated: bool = False  # its cgroup has been seen with processes in it
-    _match: Client | None = None
 
-    def __post_init__(self) -> None:
-        # The key the host's clients use for "this cgroup or below" (policy.clients).
-        self._match = Client(self.id, (("cgroup", self.cgroup),), (), None,
-                             Location("exec", 0))
-
-    def covers(self, process: Process | None) -> bool:
-        return (process is not None and process.interface is None
-                and client_matches(self._match, process))  # type: ignore[arg-type]
+    def covers(self, process: Process) -> bool:
+        """Its cgroup or below, as a client's `cgroup` key; never a forwarded flow."""
+        return process.interface is None and in_cgroup(process.cgroup, self.cgroup)
 
     def status(self) -> dict[str, Any]:
         """What `nfguard status` lists of it."""
@@ -186,6 +180,8 @@ class Transients:
         if not self._by_id or process is None or process.cgroup is None:
             return ()
         found = [t for t in self._by_id.values() if t.covers(process)]
+        if not found:
+            return ()
         if len(found) > 1:
             found.sort(key=lambda t: t.cgroup.count("/"), reverse=True)
         return tuple(found)

@@ -8,6 +8,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,10 +32,29 @@ PORT_80 = everyone(policy("cmd", allow("web80", "198.18.1.0/24", ports=(80,))), 
 
 @pytest.fixture
 def cgroups() -> Iterator[Iterator[Path]]:
-    """Fresh cgroups under the v2 root, as many as a test asks for; removed after it."""
+    """Fresh cgroups under the v2 root, as many as a test asks for, each with a process
+    that holds it (as `nfguard exec` holds its command's: the service removes a client
+    whose cgroup empties, here after each curl); all removed after the test."""
     with contextlib.ExitStack() as stack:
-        yield (stack.enter_context(made_cgroup(f"nfguard-exec-{uuid.uuid4().hex[:8]}.scope"))
-               for _ in iter(int, 1))
+        yield (held(stack, stack.enter_context(
+            made_cgroup(f"nfguard-exec-{uuid.uuid4().hex[:8]}.scope")))
+            for _ in iter(int, 1))
+
+
+def held(stack: contextlib.ExitStack, cgroup: Path, *prefix: str) -> Path:
+    """`cgroup`, with a sleeping process in it until the test ends (or it is killed)."""
+    holder = subprocess.Popen([*prefix, "sh", "-c",
+                               'echo $$ > "$0"/cgroup.procs && exec sleep 600', str(cgroup)])
+    stack.callback(holder.wait)
+    stack.callback(holder.kill)
+    while not (cgroup / "cgroup.procs").read_text().split():
+        time.sleep(0.01)
+    return cgroup
+
+
+def release(cgroup: Path) -> None:
+    """Kill the cgroup's processes (its holder): it empties."""
+    (cgroup / "cgroup.kill").write_text("1")
 
 
 def relative(cgroup: Path) -> str:
@@ -116,7 +136,9 @@ def test_removed_when_its_cgroup_empties(lab: Lab, cgroups: Iterator[Path]) -> N
     lab.start_engine(config)
     cgroup = next(cgroups)
     begin(lab, cgroup, PORT_81)
-    assert curl_in(lab, cgroup, 80) == REFUSED  # ran in it, exited: the cgroup is empty
+    assert curl_in(lab, cgroup, 80) == REFUSED
+    assert len(transients(lab, config)) == 1, "its holder keeps it"
+    release(cgroup)
     lab.wait_until(lambda: transients(lab, config) == [], timeout=5)
     assert "emptied" in lab.engine_log.read_text()
 

@@ -19,8 +19,9 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,22 @@ def cgroups() -> Iterator[Iterator[Path]]:
     with contextlib.ExitStack() as stack:
         yield (stack.enter_context(made_cgroup(f"nfguard-adv-{uuid.uuid4().hex[:8]}.scope"))
                for _ in iter(int, 1))
+
+
+@pytest.fixture
+def hold() -> Iterator[Callable[..., Path]]:
+    """Put a sleeping process (of a user) in a cgroup until the test ends, as `nfguard
+    exec` holds its command's cgroup: the service removes a client whose cgroup empties."""
+    with contextlib.ExitStack() as stack:
+        def holding(cgroup: Path, uid: int = NOBODY) -> Path:
+            holder = subprocess.Popen(["sh", "-c", 'echo $$ > "$0"/cgroup.procs && exec "$@"',
+                                       str(cgroup), *as_user(uid, uid), "sleep", "600"])
+            stack.callback(holder.wait)
+            stack.callback(holder.kill)
+            while not (cgroup / "cgroup.procs").read_text().split():
+                time.sleep(0.01)
+            return cgroup
+        yield holding
 
 
 def delegate(cgroup: Path, uid: int) -> Path:
@@ -170,9 +187,10 @@ def test_its_own_cgroup_holding_anothers_process_is_refused(
 @pytest.mark.parametrize(("text", "mode"), [(LOOSE, "enforce"), (LOOSE, "audit"),
                                             ("", "allow_all")])
 def test_its_own_cgroup_cannot_loosen_the_hosts_policy(
-        service: tuple[Lab, str], cgroups: Iterator[Path], text: str, mode: str) -> None:
+        service: tuple[Lab, str], cgroups: Iterator[Path], hold: Callable[..., Path],
+        text: str, mode: str) -> None:
     lab, socket_path = service
-    mine = delegate(next(cgroups), NOBODY)
+    mine = hold(delegate(next(cgroups), NOBODY))
     answer = begin_as(NOBODY, socket_path, mine, text=text, mode=mode)
     assert answer["ok"], answer
     assert curl_in(lab, mine, 81) == REFUSED, "the host denies 81: so does the command"
@@ -182,9 +200,10 @@ def test_its_own_cgroup_cannot_loosen_the_hosts_policy(
 
 
 def test_its_own_cgroup_can_be_made_stricter(service: tuple[Lab, str],
-                                             cgroups: Iterator[Path]) -> None:
+                                             cgroups: Iterator[Path],
+                                             hold: Callable[..., Path]) -> None:
     lab, socket_path = service
-    mine = delegate(next(cgroups), NOBODY)
+    mine = hold(delegate(next(cgroups), NOBODY))
     assert begin_as(NOBODY, socket_path, mine, text=ONLY_81)["ok"]
     assert curl_in(lab, mine, 80) == REFUSED, "its own policy allows 81 only"
     assert curl_in(lab, mine, 81) == REFUSED, "and the host denies 81"
@@ -192,9 +211,10 @@ def test_its_own_cgroup_can_be_made_stricter(service: tuple[Lab, str],
 
 
 def test_roots_client_cannot_be_ended_or_changed(service: tuple[Lab, str],
-                                                cgroups: Iterator[Path]) -> None:
+                                                cgroups: Iterator[Path],
+                                                hold: Callable[..., Path]) -> None:
     lab, socket_path = service
-    roots = next(cgroups)
+    roots = hold(next(cgroups), 0)
     client = request(socket_path, "exec_begin", cgroup="/" + roots.name, policy=ONLY_81,
                      policy_name="root.toml", mode="enforce", label="root[1]")["client"]
     for command, fields in (("exec_end", {}), ("exec_policy", {"policy": LOOSE})):
