@@ -50,7 +50,9 @@ def nfguard_exec(lab: Lab, *args: str, timeout: float = 30) -> subprocess.Comple
 
 
 def curl(url: str, *options: str) -> list[str]:
-    return ["curl", "-sS", "--max-time", "4", *options, url]
+    """curl with a time limit stretched where everything runs slower (the VM: the command's
+    first flows wait for its engine's first decisions)."""
+    return ["curl", "-sS", "--max-time", f"{4 * SLOWDOWN:g}", *options, url]
 
 
 def left_behind(lab: Lab) -> tuple[str, list[str]]:
@@ -77,10 +79,8 @@ def test_allowed_passes_and_denied_is_cut_at_once(lab: Lab, via: str) -> None:
     done = nfguard_exec(lab, "--allow", f"{ALLOWED_V4}:80", "--", *curl(f"http://{ALLOWED_V4}/"))
     assert done.returncode == 0, done.stderr
     assert "port 80" in done.stdout
-    started = time.monotonic()
     done = nfguard_exec(lab, "--allow", f"{ALLOWED_V4}:80", "--", *curl(f"http://{OTHER_V4}/"))
-    assert done.returncode in CUT, done.stderr
-    assert time.monotonic() - started < 3 * SLOWDOWN + 2  # cut, not timed out
+    assert done.returncode in CUT, done.stderr  # cut at once: reset, not timed out (28)
     assert f"{OTHER_V4}:80/tcp" in done.stderr  # the summary of denials
     assert left_behind(lab) == ("", [])
 
@@ -103,10 +103,10 @@ def test_grandchild_and_daemonised_child_are_cut(lab: Lab, via: str) -> None:
 def test_a_process_outside_the_command_is_untouched(lab: Lab, via: str) -> None:
     """Same user, same executable, same namespace: only the command's tree is judged."""
     lab.serve_http(80)
-    proc = subprocess.Popen(exec_argv(lab, "--", "sleep", "4"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(exec_argv(lab, "--", "sleep", f"{4 * SLOWDOWN:g}"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        lab.wait_until(lambda: running(lab, via), timeout=15)
+        lab.wait_until(lambda: running(lab, via), timeout=60)
         assert lab.curl(OTHER_V4, 80)[0] == 0
     finally:
         proc.wait(timeout=20 * SLOWDOWN)
@@ -142,7 +142,7 @@ def test_names_allowed_on_the_command_line_and_dns_refused_for_the_command_only(
     https = curl("https://allowed.test/", "--cacert", str(named.ca))  # type: ignore[attr-defined]
     done = nfguard_exec(named, "--allow", "allowed.test:443/tcp", "--", *https)
     assert (done.returncode, done.stdout.strip()) == (0, "https allowed.test"), done.stderr
-    dig = ["dig", "+short", "+tries=1", "+time=3", "denied.test"]
+    dig = ["dig", "+short", "+tries=1", f"+time={round(3 * SLOWDOWN)}", "denied.test"]
     done = nfguard_exec(named, "--allow", "allowed.test:443", "--", *dig)
     assert OTHER_V4 not in done.stdout
     assert "denied.test" in done.stderr  # refused: in the summary
@@ -199,15 +199,14 @@ def test_kill_9_of_exec_leaves_nothing_and_cuts_the_command(lab: Lab) -> None:
     lab.serve_http(80)
     marker = lab.workdir / "after"
     proc = subprocess.Popen(exec_argv(lab, "--allow-all", "--", "sh", "-c",
-                                      f"sleep 3; touch {marker}"),
+                                      f"sleep {3 * SLOWDOWN:g}; touch {marker}"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    lab.wait_until(lambda: "nfguard_exec" in lab.exec(lab.client, "nft", "list",
-                                                      "tables").stdout, timeout=15)
+    lab.wait_until(lambda: running(lab, "standalone"), timeout=60)
     target = _descendant_python(proc.pid)
     os.kill(target, signal.SIGKILL)
     lab.wait_until(lambda: left_behind(lab) == ("", []), timeout=10)
-    time.sleep(3.5)
+    time.sleep(3.5 * SLOWDOWN)
     assert not marker.exists()  # the command was killed with it
     proc.wait(timeout=10)
     assert Path(SLOT_DIR).is_dir()
@@ -226,7 +225,7 @@ def test_kill_9_of_exec_under_the_service_leaves_the_command_judged(lab: Lab) ->
     proc = subprocess.Popen(exec_argv(lab, "--", "sh", "-c", script),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    lab.wait_until(lambda: running(lab, "service"), timeout=15)
+    lab.wait_until(lambda: running(lab, "service"), timeout=60)
     os.kill(_descendant_python(proc.pid), signal.SIGKILL)
     proc.wait(timeout=10)
     lab.wait_until(results.exists, timeout=10)
