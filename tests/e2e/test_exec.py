@@ -103,8 +103,8 @@ def test_grandchild_and_daemonised_child_are_cut(lab: Lab, via: str) -> None:
 def test_a_process_outside_the_command_is_untouched(lab: Lab, via: str) -> None:
     """Same user, same executable, same namespace: only the command's tree is judged."""
     lab.serve_http(80)
-    proc = subprocess.Popen(exec_argv(lab, "--", "sleep", f"{4 * SLOWDOWN:g}"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(exec_argv(lab, "--", "sleep", f"{4 * SLOWDOWN:g}"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lab.wait_until(lambda: running(lab, via), timeout=60)
         assert lab.curl(OTHER_V4, 80)[0] == 0
