@@ -121,7 +121,20 @@ def _parser() -> argparse.ArgumentParser:
                          help="names under one registrable domain that collapse into a "
                          "wildcard (default 3; 0 never)")
     suggest.set_defaults(func=_suggest)
+    exec_ = command("exec", _exec, "run one command (and everything it starts) under a "
+                    "policy of its own; exits with its status")
+    from nfguard.exec.args import add_arguments
+
+    add_arguments(exec_)
     return parser
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from nfguard.exec.main import run
+
+    if not args.verbose:  # stderr is the command's too: only what needs saying
+        logging.getLogger().setLevel(logging.WARNING)
+    return run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -193,7 +206,7 @@ def _daemon_request(args: argparse.Namespace, command: str, **arguments: Any) ->
         print(f"nfguard: control.socket is off in {args.config}", file=sys.stderr)
         return None
     try:
-        return request(path, command, arguments=arguments)
+        return request(path, command, **arguments)
     except ControlError as exc:
         print(f"nfguard: {exc}", file=sys.stderr)
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import re
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,10 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class ControlConfig:
     socket: str = "/run/nfguard/nfguard.sock"  # for `nfguard status` / `reload`; "" turns it off
+    # A group whose members may ask for `nfguard exec` clients of their own processes (the
+    # socket is then 0660 root:group; they get the exec requests only, stacked on the
+    # host's policy: nfguard.exec.requests); "": root only (0600).
+    group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +140,7 @@ _SCHEMA: dict[str, dict[str, tuple[type[Any], tuple[Any, ...] | None]]] = {
         "private": (str, PRIVATE_SETTINGS),
         "one_trip": (bool, None),
     },
-    "control": {"socket": (str, None)},
+    "control": {"socket": (str, None), "group": (str, None)},
     "containers": {"docker_root": (str, None), "podman_root": (str, None),
                    "containerd_state": (str, None), "crio_runroot": (str, None)},
 }
@@ -223,6 +228,9 @@ def parse_config(text: str, path: str) -> Config:
             elif key == "socket" and value and not value.startswith("/"):
                 problem((name, key), f"control.socket must be an absolute path (or \"\" for "
                         f"off), not {value!r}")
+            elif key == "group" and value and group_id(value) is None:
+                problem((name, key), f"control.group: no group {value!r} on this host "
+                        "(or \"\" for root only)")
             elif key == "forward_from" and (bad := [
                     v for v in value
                     if not isinstance(v, str) or not _INTERFACE_PATTERN.fullmatch(v)]):
@@ -271,6 +279,14 @@ def _resolvers(value: Any) -> tuple[str, ...] | str:
         raise ValueError(f"names.resolvers takes addresses and networks (\"10.0.0.53\", "
                          f"\"127.0.0.0/8\"), not {', '.join(map(repr, bad))}")
     return tuple(networks)
+
+
+def group_id(name: str) -> int | None:
+    """The gid of a group given by name or in digits; None when the host has no such."""
+    try:
+        return grp.getgrgid(int(name)).gr_gid if name.isdigit() else grp.getgrnam(name).gr_gid
+    except (KeyError, OverflowError):
+        return None
 
 
 def _beside(base: Path, path: str) -> str:

@@ -1,10 +1,13 @@
 """The control socket: `nfguard status` and `nfguard reload` talking to the running daemon.
 
-A Unix stream socket (mode 0600; only root, or the daemon's own user, may talk to it).
-One request per connection: a JSON object on one line (`{"command": "status"}`), answered
-by one JSON object on one line. The server never blocks the daemon: it lives in the
-daemon's select loop, reads what is there, and answers when the answer is ready (a reload
-answers after the new policy was built, or rejected).
+A Unix stream socket, mode 0600: only root, or the daemon's own user, may talk to it. With
+`[control] group`, 0660 root:group: that group's members may connect too, but they are
+served only the requests the daemon opens to them (`open_commands`: `nfguard exec`'s),
+and each handler sees who asked (`Reply.peer`, the kernel's SO_PEERCRED of the
+connection). One request per connection: a JSON object on one line
+(`{"command": "status"}`), answered by one JSON object on one line. The server never
+blocks the daemon: it lives in the daemon's select loop, reads what is there, and answers
+when the answer is ready (a reload answers after the new policy was built, or rejected).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 4096  # bytes; requests are one short line
+MAX_REQUEST = 1 << 20  # bytes of one request line (an exec request carries its policy)
+_CHUNK = 65536
 MAX_CLIENTS = 16  # connections served at once; more wait in the listen backlog
+MAX_PER_USER = 4  # of them from one user who is not root (a group member's cannot fill it)
 IDLE_TIMEOUT = 10.0  # seconds a connection may take to send its request
 
 
@@ -33,12 +38,22 @@ class ControlError(Exception):
     """The daemon could not be reached, or answered with nonsense."""
 
 
+class Peer(NamedTuple):
+    """Who is on the other end of a connection, as the kernel saw it connect."""
+
+    pid: int
+    uid: int
+    gid: int
+    privileged: bool  # root or the daemon's own user; else a member of [control] group
+
+
 class Reply:
     """Where the answer to one request goes; `send` may be called later (a reload)."""
 
-    def __init__(self, server: ControlServer, conn: socket.socket) -> None:
+    def __init__(self, server: ControlServer, conn: socket.socket, peer: Peer) -> None:
         self._server = server
         self._conn = conn
+        self.peer = peer
 
     def send(self, answer: dict[str, Any]) -> None:
         data = json.dumps(answer, separators=(",", ":"), default=str).encode() + b"\n"
@@ -58,9 +73,15 @@ Handler = Callable[[dict[str, Any], Reply], "dict[str, Any] | None"]
 
 
 class ControlServer:
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(self, path: str, handler: Handler, group: int | None = None,
+                 open_commands: Collection[str] = ()) -> None:
+        """`group`: the gid whose members may connect (None: root only); they are served
+        `open_commands` only."""
         self.path = path
         self.handler = handler
+        self.group = group
+        self.open_commands = frozenset(open_commands)
+        self._peers: dict[socket.socket, Peer] = {}
         self._reading: dict[socket.socket, tuple[bytearray, float]] = {}
         self._answering: set[socket.socket] = set()  # request read, answer not sent yet
         self._selector: selectors.BaseSelector | None = None
@@ -74,8 +95,26 @@ class ControlServer:
             self._listener.bind(path)
         finally:
             os.umask(old_umask)
+        if group is not None:
+            self._open_to(group, directory)
         self._listener.listen(MAX_CLIENTS)
         self._listener.setblocking(False)
+
+    def _open_to(self, group: int, directory: str) -> None:
+        """The group's members must reach the socket: through the directory (traverse
+        only, no listing), then the socket itself, for them and root alone. Giving the
+        socket to a group takes CAP_CHOWN, or the daemon being in that group (systemd:
+        SupplementaryGroups=); without either the socket stays root's alone."""
+        try:
+            os.chown(self.path, os.geteuid(), group)
+        except PermissionError:
+            log.error("control socket: cannot give %s to group %d (the daemon needs to be "
+                      "in that group, or CAP_CHOWN): it stays root's only", self.path, group)
+            self.group = None
+            return
+        os.chmod(self.path, 0o660)
+        if directory:
+            os.chmod(directory, stat.S_IMODE(os.stat(directory).st_mode) | 0o011)
 
     def register(self, selector: selectors.BaseSelector) -> None:
         """Serve from `selector`; each key's data is the callable to run when it is ready."""
@@ -91,9 +130,17 @@ class ControlServer:
             except OSError as exc:
                 log.warning("control socket: accept failed: %s", exc)
                 return
-            if not _trusted(conn):
+            peer = _peer(conn, self.group)
+            if peer is None:
                 conn.close()
                 continue
+            if not peer.privileged and sum(
+                    1 for p in self._peers.values() if p.uid == peer.uid) >= MAX_PER_USER:
+                log.warning("control socket: uid %d has %d connections open; refused pid %d",
+                            peer.uid, MAX_PER_USER, peer.pid)
+                conn.close()
+                continue
+            self._peers[conn] = peer
             conn.setblocking(False)
             self._reading[conn] = (bytearray(), time.monotonic())
             assert self._selector is not None
@@ -102,7 +149,7 @@ class ControlServer:
     def _read(self, conn: socket.socket) -> None:
         buffer, _ = self._reading[conn]
         try:
-            data = conn.recv(MAX_REQUEST)
+            data = conn.recv(_CHUNK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -114,13 +161,21 @@ class ControlServer:
         self._selector.unregister(conn)  # one request per connection
         del self._reading[conn]
         self._answering.add(conn)
-        reply = Reply(self, conn)
+        peer = self._peers[conn]
+        reply = Reply(self, conn, peer)
         try:
+            if b"\n" not in buffer and len(buffer) >= MAX_REQUEST:
+                raise ValueError(f"longer than {MAX_REQUEST} bytes")
             request = json.loads(bytes(buffer).split(b"\n", 1)[0])
             if not isinstance(request, dict) or not isinstance(request.get("command"), str):
                 raise ValueError("want a JSON object with a \"command\"")
         except ValueError as exc:
             reply.send({"ok": False, "error": f"bad request: {exc}"})
+            return
+        if not peer.privileged and request["command"] not in self.open_commands:
+            log.warning("control socket: refused %r to pid %d (uid %d): root only",
+                        request["command"], peer.pid, peer.uid)
+            reply.send({"ok": False, "error": f"{request['command']!r} is for root only"})
             return
         try:
             answer = self.handler(request, reply)
@@ -141,6 +196,7 @@ class ControlServer:
         if self._reading.pop(conn, None) is not None and self._selector is not None:
             self._selector.unregister(conn)
         self._answering.discard(conn)
+        self._peers.pop(conn, None)
         conn.close()
 
     def close(self) -> None:
@@ -155,9 +211,9 @@ class ControlServer:
 
 
 def request(path: str, command: str, timeout: float = 60.0,
-            arguments: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Send one command (and its `arguments`) to the daemon at `path`; its answer (a dict
-    with "ok")."""
+            **fields: Any) -> dict[str, Any]:
+    """Send one command (with `fields`) to the daemon at `path`; its answer (a dict with
+    "ok")."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
@@ -169,7 +225,7 @@ def request(path: str, command: str, timeout: float = 60.0,
         except PermissionError as exc:
             raise ControlError(f"cannot talk to the daemon at {path}: {exc.strerror} "
                                "(run as root)") from exc
-        sock.sendall(json.dumps({**(arguments or {}), "command": command}).encode() + b"\n")
+        sock.sendall(json.dumps({**fields, "command": command}).encode() + b"\n")
         data = bytearray()
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -191,17 +247,33 @@ def request(path: str, command: str, timeout: float = 60.0,
     return answer
 
 
-def _trusted(conn: socket.socket) -> bool:
-    """Only root and the daemon's own user; the socket mode says the same, this makes sure."""
+def _peer(conn: socket.socket, group: int | None) -> Peer | None:
+    """Who connected, if they may: root and the daemon's own user; with a group, its
+    members (primary or supplementary, as their process has it now). The socket's mode
+    says the same; this makes sure."""
     try:
         creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except OSError:
-        return False
-    pid, uid, _gid = struct.unpack("3i", creds)
+        return None
+    pid, uid, gid = struct.unpack("3i", creds)
     if uid in (0, os.geteuid()):
-        return True
+        return Peer(pid, uid, gid, True)
+    if group is not None and (gid == group or group in _groups(pid)):
+        return Peer(pid, uid, gid, False)
     log.warning("control socket: refused pid %d (uid %d)", pid, uid)
-    return False
+    return None
+
+
+def _groups(pid: int) -> tuple[int, ...]:
+    """The supplementary groups of a process (none when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return tuple(int(g) for g in line.split()[1:] if g.isdigit())
+    except OSError:
+        pass
+    return ()
 
 
 def _remove_stale(path: str) -> None:

@@ -126,6 +126,7 @@ def status_report(services: Services, *, started_at: float,
         "denies": Denies.merged([pipeline.denies, *(
             report["denies"] for report in (team.snapshots() if team is not None else ())
             if "denies" in report)]).snapshot(),
+        "exec": services.exec.status() if services.exec is not None else [],
     }
 
 

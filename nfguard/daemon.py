@@ -96,6 +96,9 @@ class Daemon:
         handlers.add("status", status_handler(self.status))
         handlers.add("reload", self.reloader.on_request)
         handlers.add("names", names_handler(self.services.pipeline.learner))
+        if self.services.exec is not None:
+            for command, handler in self.services.exec.handlers().items():
+                handlers.add(command, handler)
         return handlers
 
     # -- the loop ------------------------------------------------------------------------
@@ -180,6 +183,8 @@ class Daemon:
                         control.expire()
                     if guard is not None:
                         guard.tend()
+                    if services.exec is not None:
+                        services.exec.tend()  # exec clients whose command is over
                     next_flush = time.monotonic() + FLUSH_INTERVAL
         finally:
             reloader.wake = None

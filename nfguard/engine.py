@@ -5,9 +5,9 @@ the policy. No I/O here; the queue adapter feeds it and acts on what it returns.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from nfguard.config import EngineConfig
 from nfguard.lru import Memo
@@ -22,7 +22,13 @@ from nfguard.policy.match import (
     destination_names,
 )
 from nfguard.policy.model import ALLOW, DENY, Action, Client, Mode, Rule
+from nfguard.policy.resolve import QueryDecision, QueryJudge
 from nfguard.wire.ip import TCP, UDP, Packet
+
+if TYPE_CHECKING:
+    from nfguard.exec.transient import Transient, Transients
+
+T = TypeVar("T")
 
 
 class Reason(StrEnum):
@@ -93,6 +99,11 @@ class Engine:
         # the attributor hands out one ProcessInfo per process (immutable), so asking by
         # identity spares building its match key again.
         self._last: tuple[object, Client | None] = (_NOBODY, None)
+        # `nfguard exec` commands' transient clients, in front of this engine's own (the
+        # service's registry, kept across reloads); None: none can exist (a transient's
+        # own engine, `explain`, tests).
+        self.transients: Transients | None = None
+        self._query_judge: QueryJudge | None = None
 
     def decide(
         self,
@@ -101,7 +112,11 @@ class Engine:
         names: Iterable[tuple[str, str]] = (),
     ) -> Decision:
         """The decision from the address and DNS names alone (no waiting for a name)."""
-        decision = self._evaluate(packet, process, names, may_wait=False)
+        if not self.transients:  # the usual case, without a call per judge
+            decision = self._evaluate(packet, process, names, may_wait=False)
+        else:
+            decision = self._judged(process, lambda engine: engine._evaluate(
+                packet, process, names, may_wait=False), _denies)
         assert decision is not None
         return decision
 
@@ -116,7 +131,23 @@ class Engine:
         A flow waits when a name it may present (TLS SNI, HTTP Host on TCP; SNI in a QUIC
         Initial on udp/443) could change what the rules decide on its address and DNS names.
         """
-        return self._evaluate(packet, process, names, may_wait=True)
+        if not self.transients:
+            return self._evaluate(packet, process, names, may_wait=True)
+        return self._judged(process, lambda engine: engine._evaluate(
+            packet, process, names, may_wait=True), _denies)
+
+    @property
+    def matches_sha256(self) -> bool:
+        """Whether a client here or of an exec command matches executables by hash."""
+        return self.policies.matches_sha256 or bool(
+            self.transients and self.transients.matches_sha256)
+
+    def _judged(self, process: Process | None, ask: Callable[[Engine], T | None],
+                denies: Callable[[T], bool]) -> T | None:
+        """`ask` put to the engines that judge the process: the transient clients whose
+        cgroup holds it (deepest first), then this engine's own clients."""
+        chain = () if self.transients is None else self.transients.covering(process)
+        return _chained(chain, self, ask, denies)
 
     def _evaluate(
         self, packet: Packet, process: Process | None, names: Iterable[tuple[str, str]],
@@ -240,6 +271,16 @@ class Engine:
         `aliases`: names one DNS answer chained to `name` for this address (CNAME
         targets and sources); they stand with the presented name's evidence.
         """
+        decision = self._judged(process, lambda engine: engine._decide_named(
+            packet, name, evidence, process, dns_names, resolved, aliases), _denies)
+        assert decision is not None
+        return decision
+
+    def _decide_named(
+        self, packet: Packet, name: str, evidence: str, process: Process | None,
+        dns_names: Iterable[tuple[str, str]], resolved: Callable[[str, str], bool] | None,
+        aliases: Iterable[str],
+    ) -> Decision:
         client, mode = self._client_and_mode(process)
         if client is None:
             return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
@@ -279,6 +320,12 @@ class Engine:
         (the unread name might be that rule's); otherwise the flow is denied, whatever
         engine.default says.
         """
+        decision = self._judged(process, lambda engine: engine._decide_unreadable(
+            packet, why, process), _denies)
+        assert decision is not None
+        return decision
+
+    def _decide_unreadable(self, packet: Packet, why: str, process: Process | None) -> Decision:
         client, mode = self._client_and_mode(process)
         if client is None:
             return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
@@ -322,6 +369,34 @@ class Engine:
         self._last = (process, client)
         return client
 
+    def judge_query(self, process: Process | None, name: str,
+                    queries: str) -> tuple[QueryDecision, str]:
+        """Whether the process may resolve `name`, and the mode that decision runs in
+        (`queries`: [names] queries)."""
+        answer = self._judged(process, lambda engine: engine._judge_query(
+            process, name, queries), _query_denies)
+        assert answer is not None
+        return answer
+
+    def enforces(self, process: Process | None) -> bool:
+        """Whether the process's flows are enforced (by any judge of it that decides)."""
+        mode = self._judged(process, lambda engine: engine._client_and_mode(process)[1],
+                            lambda mode: mode == Mode.ENFORCE)
+        return mode == Mode.ENFORCE
+
+    def _judge_query(self, process: Process | None, name: str,
+                     queries: str) -> tuple[QueryDecision, str]:
+        client, mode = self._client_and_mode(process)
+        return self.query_judge(queries).decide(client, name), mode
+
+    def query_judge(self, queries: str) -> QueryJudge:
+        """The judge of DNS queries under this engine's policy ([names] queries)."""
+        judge = self._query_judge
+        if judge is None or judge.queries != queries:
+            judge = self._query_judge = QueryJudge(self.policies, queries,
+                                                   self.settings.default)
+        return judge
+
     def unparseable(self) -> Decision:
         """A packet we cannot read is never let through silently in enforce mode."""
         return self._finish(DENY, self.settings.mode, UNPARSEABLE, DEFAULT)
@@ -343,6 +418,32 @@ class Engine:
         verdict = ALLOW if mode == Mode.AUDIT else chosen
         return Decision(chosen, verdict, _MODES[mode], reason, _EVIDENCE[evidence],
                         client, rule, domain, unreadable, private)
+
+
+def _chained(chain: Sequence[Transient], host: Engine, ask: Callable[[Engine], T | None],
+             denies: Callable[[T], bool]) -> T | None:
+    """The answer of the first judge in `chain`, or of `host` past its end. A stacked judge
+    (a non-root requester's) only adds to the rest: whichever denies decides, and a flow
+    waits (None) if one of them waits for its name and neither denies."""
+    if not chain:
+        return ask(host)
+    first = chain[0]
+    own = ask(first.engine)
+    if not first.stacked or (own is not None and denies(own)):
+        return own
+    rest = _chained(chain[1:], host, ask, denies)
+    if rest is None or denies(rest):
+        return rest
+    return own
+
+
+def _denies(decision: Decision) -> bool:
+    return decision.verdict == DENY
+
+
+def _query_denies(answer: tuple[QueryDecision, str]) -> bool:
+    decision, mode = answer
+    return decision.action == DENY and mode == Mode.ENFORCE
 
 
 def _some_name(names: tuple[tuple[str, str], ...]) -> str | None:

@@ -134,7 +134,7 @@ class Pipeline:
         # then flush_events builds and writes them, in the same process.
         self.defer_events = False
         self._deferred: list[tuple[Decision, Packet | None, float, ProcessInfo | None]
-                             | dict[str, Any]] = []
+                             | tuple[dict[str, Any], ProcessInfo | None]] = []
 
     def use_one_trip(self, one_trip: OneTrip) -> None:
         """Keep the kernel's one-trip sets after what DNS teaches and the policy allows."""
@@ -225,7 +225,7 @@ class Pipeline:
         if self.defer_events:
             self._deferred.append((decision, packet, when, process))
         else:
-            self._write(audit_event(decision, packet, when, process))
+            self._write(audit_event(decision, packet, when, process), process)
 
     def flush_events(self) -> None:
         """Build and write the deferred audit events (after their verdicts left), in the
@@ -235,8 +235,8 @@ class Pipeline:
             return
         self._deferred = []
         for item in deferred:
-            if isinstance(item, dict):
-                self._write(item)
+            if len(item) == 2:  # an event built elsewhere, and its process
+                self._write(*item)
                 continue
             try:
                 event = audit_event(*item)
@@ -244,16 +244,18 @@ class Pipeline:
                 self.stats.errors += 1
                 log.exception("cannot build an audit event")
                 continue
-            self._write(event)
+            self._write(event, item[3])
 
-    def write(self, event: dict[str, Any]) -> None:
+    def write(self, event: dict[str, Any], process: ProcessInfo | None = None) -> None:
         """Write an event built elsewhere (a DNS query's), after the verdicts if deferred."""
         if self.defer_events:
-            self._deferred.append(event)
+            self._deferred.append((event, process))
         else:
-            self._write(event)
+            self._write(event, process)
 
-    def _write(self, event: dict[str, Any]) -> None:
+    def _write(self, event: dict[str, Any], process: ProcessInfo | None) -> None:
+        """Record an event of `process`'s: in the audit log, among the denies `status`
+        shows, and in the flows of each `nfguard exec` command it belongs to."""
         if event["event"]["action"] == "deny":
             self.denies.add(event)
         try:
@@ -262,6 +264,9 @@ class Pipeline:
             # A full disk must not change verdicts; it is counted and logged.
             self.stats.errors += 1
             log.exception("cannot write audit event")
+        transients = self.engine.transients
+        if transients and process is not None:
+            transients.record(process, event)
 
     def _sender(self, packet: Packet, uid: int | None, indev: int) -> ProcessInfo | None:
         """Who sent a new flow's first packet (a TCP socket still exists: the SYN waits in
@@ -278,11 +283,11 @@ class Pipeline:
         if interface is not None:  # forward hook: the source before any SNAT
             return attributor.lookup_forwarded(
                 packet.transport, packet.version, packet.src, packet.sport, packet.dst,
-                packet.dport, interface, hash_exe=self.engine.policies.matches_sha256,
+                packet.dport, interface, hash_exe=self.engine.matches_sha256,
             )._replace(source=packet.src)
         return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
                                  packet.dst, packet.dport,
-                                 hash_exe=self.engine.policies.matches_sha256, uid=uid)
+                                 hash_exe=self.engine.matches_sha256, uid=uid)
 
     # -- DNS queries ---------------------------------------------------------------------
     def _query(self, packet: Packet, payload: bytes, mark: int, token: Any, uid: int | None,

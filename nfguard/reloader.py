@@ -35,7 +35,7 @@ RESTART_KEYS = (("engine", "queue"), ("engine", "fail"), ("engine", "filter_loop
                 ("engine", "forward_from"), ("engine", "queue_maxlen"), ("engine", "workers"),
                 ("engine", "new_flows_per_user"),
                 ("metrics", "listen"), ("metrics", "tls_cert"), ("metrics", "tls_key"),
-                ("control", "socket"), ("containers", "docker_root"),
+                ("control", "socket"), ("control", "group"), ("containers", "docker_root"),
                 ("containers", "podman_root"), ("containers", "containerd_state"),
                 ("containers", "crio_runroot"))
 
@@ -150,6 +150,7 @@ class Reloader:
         ]
         for warning in warnings:
             log.warning("reload: %s", warning)
+        engine.transients = services.transients  # exec clients outlive the host's policy
         pipeline.engine = engine
         pipeline.configure(config.names)
         guard = services.guard

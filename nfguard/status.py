@@ -78,6 +78,7 @@ def render_status(status: dict[str, Any], colour: bool = False) -> str:
                      f"{a.get('proc_cache', 0)} processes")
     lines.append(f"audit:        {s['audit']['path']} ({s['audit']['written']} events written)")
     lines.append(f"metrics:      {s['metrics'] or 'off'}")
+    lines += _exec(s.get("exec") or [], now)
     errors = counters["engine_errors"] + counters["queue_errors"]
     lines.append(f"errors:       {errors} ({counters['engine_errors']} in the engine, "
                  f"{counters['queue_errors']} giving verdicts)")
@@ -142,6 +143,20 @@ def _ruleset(guard: dict[str, Any]) -> list[str]:
             f"({_count(guard.get('last_cut', 0), 'flow')} made meanwhile cut), after "
             f"{guard['last_by']}:",
             *(f"  {change}" for change in guard["last_missing"])]
+
+
+def _exec(clients: list[dict[str, Any]], now: float) -> list[str]:
+    """The `nfguard exec` commands judged now, each by its own policy."""
+    if not clients:
+        return ["exec:         no command under a policy of its own"]
+    lines = [f"exec:         {_count(len(clients), 'command')} under a policy of its own:"]
+    for c in clients:
+        stacked = ", on top of the host's policy" if c["stacked"] else ""
+        lines.append(f"  {c['id']} {c['label'] or '(no label)'}: cgroup {c['cgroup']}, "
+                     f"{c['mode']}{stacked}, policy {c['policy']}, uid {c['owner']}, "
+                     f"{duration(now - c['since'])}; flows {c['allowed']} allowed, "
+                     f"{c['denied']} denied")
+    return lines
 
 
 def _count(n: int, one: str, many: str = "") -> str:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nfguard.audit import AuditLog
-from nfguard.config import Config, load_config
+from nfguard.config import Config, group_id, load_config
 from nfguard.control import ControlServer, Handler
 from nfguard.engine import Engine
+from nfguard.exec.requests import COMMANDS as EXEC_COMMANDS
+from nfguard.exec.requests import ExecRequests
+from nfguard.exec.transient import Transients
 from nfguard.hostnets import HostNetworks
 from nfguard.metrics import Latency, Sources, Stats, build, running_modes, serve
 from nfguard.names.inject import Refusals
@@ -57,6 +60,10 @@ class Services:
     sources: Sources
     control: ControlServer | None = None
     metrics_server: object | None = None
+    # `nfguard exec` commands' clients, in front of the host's (every engine the reloads
+    # build asks them first), and the control requests that add and end them.
+    transients: Transients = field(default_factory=Transients)
+    exec: ExecRequests | None = None
 
     @property
     def audit(self) -> AuditLog:
@@ -77,8 +84,22 @@ class Services:
         if self.worker is not None:
             return
         self.metrics_server = serve(self.config.metrics, self.sources)
-        if self.config.control.socket:
-            self.control = ControlServer(self.config.control.socket, handler)
+        control = self.config.control
+        if control.socket:
+            self.control = ControlServer(control.socket, handler,
+                                         group_id(control.group) if control.group else None,
+                                         EXEC_COMMANDS)
+
+    def transients_changed(self) -> None:
+        """An exec client came or went: DNS queries are queued while any exists (its
+        queries are judged whatever [names] queries says for the host)."""
+        guard = self.guard
+        if guard is None:
+            return
+        ruleset = self.ruleset(self.config, self.pipeline.engine)
+        if ruleset != guard.ruleset:
+            guard.ruleset = ruleset
+            guard.install()
 
     def close(self) -> None:
         """Stop everything, workers first; the ruleset stays in place (fail closed)."""
@@ -93,13 +114,18 @@ class Services:
         self.audit.close()
         if self.control is not None:
             self.control.close()
+        if self.exec is not None:
+            self.exec.close()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()  # type: ignore[attr-defined]
 
 
 def ruleset_for(config: Config, engine: Engine, queue_path: str) -> Ruleset:
-    """The ruleset for this config; DNS queries queued only if some are judged."""
-    return render(config.engine, queue_path, queued(config.names.queries, engine.policies.clients))
+    """The ruleset for this config; DNS queries queued only if some are judged (an exec
+    client's always are)."""
+    return render(config.engine, queue_path,
+                  queued(config.names.queries, engine.policies.clients)
+                  or bool(engine.transients))
 
 
 def build_services(config_path: str, worker: WorkerLink | None) -> Services:
@@ -108,6 +134,7 @@ def build_services(config_path: str, worker: WorkerLink | None) -> Services:
     resolvers = TrustedServers(config.names.resolvers)
     hostnets = HostNetworks()  # for [names] private; the loop follows them
     engine = build_engine(config, resolvers, hostnets)
+    engine.transients = transients = Transients()
     guard = None
     if worker is None:
         installer = Installer()
@@ -169,7 +196,16 @@ def build_services(config_path: str, worker: WorkerLink | None) -> Services:
                       modes=lambda: running_modes(pipeline.engine.settings.mode,
                                                   pipeline.engine.policies.clients),
                       audit=lambda: pipeline.audit.figures())
-    return Services(config_path=config_path, config=config, worker=worker,
-                    queue_path=queue_path, queue_num=queue_num, guard=guard, team=team,
-                    attributor=attributor, refusals=refusals, pipeline=pipeline, queue=queue,
-                    sources=sources)
+    services = Services(config_path=config_path, config=config, worker=worker,
+                        queue_path=queue_path, queue_num=queue_num, guard=guard, team=team,
+                        attributor=attributor, refusals=refusals, pipeline=pipeline,
+                        queue=queue, sources=sources, transients=transients)
+    if worker is None:
+        # Several workers each judge a share of the flows with their own engine: a
+        # transient client in the main process alone would miss the others' shares.
+        services.exec = ExecRequests(
+            transients, lambda: pipeline.engine, attributor.cgroup_root,
+            services.transients_changed,
+            refusal=None if config.engine.workers == 1 else
+            "this service runs engine.workers > 1: nfguard exec under it needs 1")
+    return services

@@ -41,7 +41,7 @@ from nfguard.names.inject import Refusals, Unsent
 from nfguard.names.streams import HALF, RST, SEQ, URG, bound, flow_key, in_order
 from nfguard.policy.clients import match_key
 from nfguard.policy.model import ALLOW, Client
-from nfguard.policy.resolve import Queries, QueryDecision, QueryJudge
+from nfguard.policy.resolve import Queries, QueryDecision
 from nfguard.procs import ProcessInfo
 from nfguard.wire.dns import DnsQuery, TcpDnsStream, parse_query, refusal, type_name
 from nfguard.wire.errors import WireError
@@ -85,36 +85,26 @@ class _Stream:
 class QueryPath:
     """Reads, judges and records the host's DNS queries; refuses what the policy denies."""
 
-    def __init__(self, stats: Stats, write: Callable[[dict[str, Any]], None],
+    def __init__(self, stats: Stats, write: Callable[[dict[str, Any], Any], None],
                  release: Callable[[Any, int], None], refusals: Refusals | None = None,
                  setting: str = Queries.POLICY, clock: Callable[[], float] = time.time,
                  cut: Callable[[list[tuple[Hashable, int]]], object] = lambda verdicts: None,
                  ) -> None:
         self.stats = stats
-        self.write = write  # records an event (the audit log's, errors counted there)
+        # records an event of the sender (the audit log's, errors counted there)
+        self.write = write
         self.release = release  # gives a held segment its verdict: (token, mark)
         self.cut = cut  # writes (flow key, verdict bits) into flows' ct marks
         # None: built, never sent (a pipeline outside the daemon must not write packets)
         self.refusals = refusals if refusals is not None else Unsent()
         self.setting = setting  # [names] queries
         self.clock = clock
-        self._judge: QueryJudge | None = None
-        self._judged_for: Engine | None = None
         self._streams: OrderedDict[tuple, list[Any]] = OrderedDict()
         self._recorded: OrderedDict[tuple, float] = OrderedDict()
 
     def configure(self, setting: str) -> None:
         """A reload's [names] queries."""
-        if setting != self.setting:
-            self.setting = setting
-            self._judge = None
-
-    def judge(self, engine: Engine) -> QueryJudge:
-        """The decision of the running policy (rebuilt when a reload swaps the engine)."""
-        if self._judge is None or self._judged_for is not engine:
-            self._judge = QueryJudge(engine.policies, self.setting, engine.settings.default)
-            self._judged_for = engine
-        return self._judge
+        self.setting = setting
 
     def handle(self, engine: Engine, packet: Packet, payload: bytes, mark: int, token: Any,
                process: ProcessInfo | None) -> int | Held:
@@ -193,9 +183,6 @@ class QueryPath:
         """Judge and record each message: the queries refused, and whether one could not be
         read (in audit mode nothing is refused and everything may pass)."""
         now = self.clock()
-        client = engine.client_for(process)
-        mode = (client.mode if client is not None else None) or engine.settings.mode
-        judge = self.judge(engine)
         refused: list[DnsQuery] = []
         unreadable = False
         for message in messages:
@@ -205,14 +192,14 @@ class QueryPath:
                 self.stats.dns_queries_unparseable += 1
                 unreadable = True
                 continue
-            decision = judge.decide(client, query.name)
+            decision, mode = engine.judge_query(process, query.name, self.setting)
             self.stats.dns_queries += 1
             verdict = decision.action if mode == "enforce" else ALLOW
             if verdict != ALLOW:
                 refused.append(query)
             self._record(decision, query, mode, verdict, packet, now, process)
         self.stats.dns_queries_refused += len(refused)
-        return refused, unreadable and mode == "enforce"
+        return refused, unreadable and engine.enforces(process)
 
     def _record(self, decision: QueryDecision, query: DnsQuery, mode: str, verdict: str,
                 packet: Packet, now: float, process: ProcessInfo | None) -> None:
@@ -226,7 +213,7 @@ class QueryPath:
             self._recorded.move_to_end(key)
             bound(self._recorded, MAX_DEDUP)
         self.write(query_event(decision, type_name(query.qtype), mode, verdict, packet, now,
-                               process))
+                               process), process)
 
 
 def queued(setting: str, clients: Iterable[Client]) -> bool:

@@ -188,10 +188,7 @@ def _holds(key: str, expected: str, process: Process) -> bool:
     if key == "unit":
         return process.unit == expected
     if key == "cgroup":
-        prefix = expected.rstrip("/")
-        return process.cgroup is not None and (
-            process.cgroup == prefix or process.cgroup.startswith(prefix + "/")
-        )
+        return in_cgroup(process.cgroup, expected)
     if key == "sha256":
         return process.sha256 == expected  # both lower-case hex
     if key == "interface":
@@ -205,6 +202,12 @@ def _holds(key: str, expected: str, process: Process) -> bool:
             container.image_id if expected.startswith(IMAGE_ID_PREFIX) else container.image,
             expected)
     raise ValueError(f"unknown match key {key!r}")  # the loader admits only MATCH_KEYS
+
+
+def in_cgroup(cgroup: str | None, path: str) -> bool:
+    """Whether a cgroup is `path` or below it (the `cgroup` key)."""
+    prefix = path.rstrip("/")
+    return cgroup is not None and (cgroup == prefix or cgroup.startswith(prefix + "/"))
 
 
 def _glob(value: str | None, pattern: str) -> bool:

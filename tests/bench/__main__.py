@@ -11,8 +11,9 @@ judged per second and the query time added, dnsmasq answering), gateway (forward
 connections/s through a gateway running nfguard, clients by source), scale (policy load, memory
 and decision cost at 1k-100k rules), dns (DNS answers learnt per second), memory (engine
 memory over a million flows), instructions (callgrind's count of the engine's own work
-per flow decided by name, valgrind needed). The lab parts need root, nginx, wrk and
-dnsmasq; the others are pure user space.
+per flow decided by name, valgrind needed), exec (what `nfguard exec` adds to starting a
+command and to 1,000 connections). The lab parts need root, nginx, wrk and dnsmasq; the
+others are pure user space.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from tests.bench.report import Figure, conditions, table
 
-LAB_PARTS = ("connections", "workers", "latency", "reload", "queries", "gateway")
+LAB_PARTS = ("connections", "workers", "latency", "reload", "queries", "gateway", "exec")
 PURE_PARTS = ("scale", "dns", "memory", "instructions")
 PARTS = LAB_PARTS + PURE_PARTS
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
     elif lab_parts:
         from tests.bench import bench_connections as lab_bench
 
-        web_parts = [p for p in lab_parts if p not in ("queries", "gateway")]
+        web_parts = [p for p in lab_parts if p not in ("queries", "gateway", "exec")]
         with lab_bench.web_lab() if web_parts else contextlib.nullcontext() as lab:
             for part in web_parts:
                 started = time.monotonic()
@@ -69,6 +70,12 @@ def run(args: argparse.Namespace) -> list[Figure]:
             started = time.monotonic()
             figures += gateway_rates(args.seconds, args.gateway_clients)
             progress("gateway", started)
+        if "exec" in lab_parts:
+            from tests.bench.bench_exec import exec_costs
+
+            started = time.monotonic()
+            figures += exec_costs()
+            progress("exec", started)
     if "scale" in parts:
         from tests.bench.bench_policy_scale import policy_scale
 

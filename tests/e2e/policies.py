@@ -70,10 +70,11 @@ DENY_REST = policy("deny-rest", deny("everything"))
 ALLOWED_NET = policy("p", allow(UNNAMED, "198.18.1.0/24"))  # ALLOWED_V4's network, unnamed
 
 
-def everyone(*policies: Policy, queries: str = "") -> str:
-    """The policy file: one client, "everyone", with `policies` in their order (and its
-    own `queries` setting: "any" where a test judges flows, not the names it resolves)."""
-    client = ["[[client]]", 'name = "everyone"',
+def everyone(*policies: Policy, queries: str = "", name: str = "everyone") -> str:
+    """The policy file: one client, "everyone" (or `name`), with `policies` in their order
+    (and its own `queries` setting: "any" where a test judges flows, not the names it
+    resolves)."""
+    client = ["[[client]]", f"name = {json.dumps(name)}",
               f"policies = {json.dumps([p.name for p in policies])}"]
     if queries:
         client.append(f"queries = {json.dumps(queries)}")

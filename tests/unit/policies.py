@@ -134,3 +134,44 @@ name = "deny-rest"
 name = "everything"
 action = "deny"
 """
+
+# `nfguard exec` under the service (issue 25): the host's policy, and a command's own.
+EXEC_HOST = """\
+[[client]]
+name = "everyone"
+policies = ["host"]
+
+[[policy]]
+name = "host"
+
+[[policy.rule]]
+name = "web"
+action = "allow"
+to = ["198.51.100.0/24", "pkg.example.org", "api.example.com"]
+ports = [443]
+
+[[policy.rule]]
+name = "no-vault"
+action = "deny"
+to = ["203.0.113.0/24", "vault.example"]
+"""
+
+EXEC_COMMAND = """\
+[[client]]
+name = "build"
+policies = ["build"]
+
+[[policy]]
+name = "build"
+
+[[policy.rule]]
+name = "packages"
+action = "allow"
+to = ["pkg.example.org"]
+ports = [443]
+
+[[policy.rule]]
+name = "vault"
+action = "allow"
+to = ["203.0.113.7", "vault.example"]
+"""

@@ -152,3 +152,17 @@ def test_private_names_line() -> None:
                                           "networks": "none"}))
     assert '[names] private = "deny": names lead nowhere inside' in quiet
     assert "  DNS bound no name to an internal address\n" in quiet
+
+
+def test_exec_commands() -> None:
+    assert "exec:         no command under a policy of its own\n" in render_status(answer())
+    status = answer(exec=[
+        {"id": "exec-3", "label": "make[4242]", "cgroup": "/nfguard.slice/exec-4242.scope",
+         "mode": "enforce", "owner": 1000, "stacked": True, "policy": "egress.toml",
+         "since": 0.0, "allowed": 12, "denied": 2}])
+    status["exec"][0]["since"] = status["now"] - 65
+    text = render_status(status)
+    assert ("exec:         1 command under a policy of its own:\n"
+            "  exec-3 make[4242]: cgroup /nfguard.slice/exec-4242.scope, enforce, on top of "
+            "the host's policy, policy egress.toml, uid 1000, 1m 5s; flows 12 allowed, "
+            "2 denied\n") in text

@@ -86,7 +86,8 @@ def test_unit_under_systemd_in_a_stock_kernel(
     vm_run: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
     """systemd as init in the guest: the shipped unit starts (READY=1), reloads, rejects a
-    broken policy and keeps running, is restarted by the watchdog when hung, and stops."""
+    broken policy and keeps running, judges an `nfguard exec` command as a transient
+    client, is restarted by the watchdog when hung, and stops."""
     assert re.search(r"^vm-test: guest kernel \S+, \d+ CPUs, init systemd, systemd \d+",
                      vm_run, re.M), vm_run
     _, marker, out = vm_run.partition("vm-test: systemd unit checks\n")
@@ -96,6 +97,7 @@ def test_unit_under_systemd_in_a_stock_kernel(
     names = " ".join(name for _, name in checks)
     for step in ("is systemd/nfguard.service", "systemctl start", "native nft queue",
                  "record socket owners", "systemctl reload", "broken policy",
+                 "transient client",
                  "watchdog and restarted", "systemctl stop"):
         assert step in names, f"{step!r} was not checked:\n{vm_run}"
     assert re.search(r"^vm-test: systemd checks: 0 failed, after \d+ s$", out, re.M), vm_run
