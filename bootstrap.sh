@@ -65,6 +65,26 @@ make_venv() {  # make_venv DIR PIP-INSTALL-ARGS...
     "$venv/bin/pip" install -q "$@"
 }
 
+# promtool checks contrib/prometheus's alert rules. Debian 12 ships it only inside the
+# prometheus server package (96 MB of web assets, and a server started on install): the
+# one binary is taken from that package into the venv instead.
+promtool_into() {  # promtool_into VENV
+    local target=$1/bin/promtool tmp
+    [ -x "$target" ] && return
+    tmp=$(mktemp -d)
+    log "apt: taking promtool from Debian's prometheus package"
+    (
+        cd "$tmp"
+        apt-get download -qq -o APT::Sandbox::User=root prometheus 2>/dev/null || {
+            apt-get update -qq
+            apt-get download -qq -o APT::Sandbox::User=root prometheus
+        }
+        dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool
+    )
+    install -m 0755 "$tmp/usr/bin/promtool" "$target"
+    rm -rf "$tmp"
+}
+
 modules() {
     # Stock kernels build these as modules; this does nothing where they are built in.
     for mod in nfnetlink_queue nft_queue xt_NFQUEUE nf_conntrack; do
@@ -93,6 +113,7 @@ cmd_test() {
     apt_install "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${VM_TEST_PACKAGES[@]}"
     modules
     make_venv .venv -e ".[test]"
+    promtool_into .venv
     log "ruff"
     .venv/bin/ruff check nfguard tests vagrant/vm-test
     log "mypy"

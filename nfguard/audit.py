@@ -10,14 +10,16 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from collections import deque
+from typing import Any, NamedTuple
 
 import orjson
 
-from nfguard.engine import Decision
+from nfguard.engine import Decision, Reason
 from nfguard.lru import Memo
 from nfguard.policy.resolve import QueryDecision
 from nfguard.procs import ProcessInfo
+from nfguard.version import version
 from nfguard.wire.ip import Packet
 
 log = logging.getLogger(__name__)
@@ -38,18 +40,37 @@ def timestamp(now: float) -> str:
     return f"{text}.{millis:03d}Z"
 
 
+# ECS: the schema version the events follow (tests/data holds its field reference), and
+# what every event says of its source. Shared by every event: never modified.
+ECS_VERSION = "8.11.0"
+_ECS = {"version": ECS_VERSION}
+OBSERVER = {"type": "firewall", "vendor": "nfguard", "product": "nfguard", "version": version()}
+DATASET, MODULE = "nfguard.audit", "nfguard"
+
+
+def _event_fields(decision_type: str, verdict: str, action: str, reason: str) -> dict[str, Any]:
+    """ECS `event`: a network event of `decision_type` ("connection" or, for DNS queries,
+    "protocol") that the kernel let through ("allowed") or not ("denied"). Its outcome is
+    whether nfguard could decide: an internal error decided by the fail mode instead."""
+    return {
+        "kind": "event",
+        "category": ["network"],
+        "type": [decision_type, "allowed" if verdict == "allow" else "denied"],
+        "action": action,
+        "reason": reason,
+        "outcome": "failure" if reason == Reason.ENGINE_ERROR else "success",
+        "dataset": DATASET,
+        "module": MODULE,
+    }
+
+
 def audit_event(
     decision: Decision, packet: Packet | None, now: float, process: ProcessInfo | None = None
 ) -> dict[str, Any]:
     event: dict[str, Any] = {
         "@timestamp": timestamp(now),
-        "event": {
-            "kind": "event",
-            "category": ["network"],
-            "type": ["connection", "allowed" if decision.verdict == "allow" else "denied"],
-            "action": decision.action,
-            "reason": decision.reason,
-        },
+        "ecs": _ECS,
+        "event": _event_fields("connection", decision.verdict, decision.action, decision.reason),
         "nfguard": {
             "mode": decision.mode,
             "verdict": decision.verdict,
@@ -61,10 +82,11 @@ def audit_event(
     if decision.unreadable is not None:  # why the client's name could not be known
         event["nfguard"]["unreadable"] = decision.unreadable
     if decision.rule is not None:
-        event["rule"] = {"name": decision.rule}
+        event["rule"] = _rule(decision.rule)
     _where_and_who(event, packet, process)
     if packet is not None and decision.domain is not None:
         event["destination"]["domain"] = decision.domain
+    _related(event, decision.domain if packet is not None else None)
     return event
 
 
@@ -74,31 +96,52 @@ def query_event(decision: QueryDecision, qtype: str, mode: str, verdict: str, pa
     the policy says of it, `nfguard.verdict` what happened (audit mode lets it out)."""
     event: dict[str, Any] = {
         "@timestamp": timestamp(now),
-        "event": {
-            "kind": "event",
-            "category": ["network"],
-            "type": ["protocol", "allowed" if verdict == "allow" else "denied"],
-            "action": decision.action,
-            "reason": decision.reason,
-        },
+        "ecs": _ECS,
+        "event": _event_fields("protocol", verdict, decision.action, decision.reason),
         "dns": {"type": "query", "question": {"name": decision.name, "type": qtype}},
         "nfguard": {"mode": mode, "verdict": verdict, "evidence": decision.evidence},
     }
     if decision.client is not None:
         event["nfguard"]["client"] = decision.client
     if decision.rule is not None:
-        event["rule"] = {"name": decision.rule}
+        event["rule"] = _rule(decision.rule)
     _where_and_who(event, packet, process)
+    _related(event, decision.name or None)
     return event
+
+
+def _rule(name: str) -> dict[str, str]:
+    """ECS `rule`: its name as the policy files say ("policy/rule"), and the policy it
+    belongs to as the ruleset (a rule's own name has no '/')."""
+    return {"name": name, "ruleset": name.rpartition("/")[0]}
+
+
+def _related(event: dict[str, Any], host: str | None) -> None:
+    """ECS `related`: the addresses, the name and the user of the event, for pivoting."""
+    related: dict[str, Any] = {}
+    source, destination = event.get("source"), event.get("destination")
+    if source is not None and destination is not None:
+        ips = [source["ip"], destination["ip"]]
+        related["ip"] = ips if ips[0] != ips[1] else ips[:1]
+    if host:
+        related["hosts"] = [host]
+    user = event.get("user", {}).get("name")
+    if user is not None:
+        related["user"] = [user]
+    if related:
+        event["related"] = related
 
 
 def _where_and_who(event: dict[str, Any], packet: Packet | None,
                    process: ProcessInfo | None) -> None:
-    """The addresses, and the process, user, unit and container fields of an event."""
+    """The addresses, and the observer, process, user, unit and container fields of an
+    event."""
+    event["observer"] = OBSERVER
     if packet is not None:
         event["source"] = {"ip": packet.src, "port": packet.sport}
         event["destination"] = {"ip": packet.dst, "port": packet.dport}
-        event["network"] = {"transport": packet.transport, "type": packet.network_type}
+        event["network"] = {"transport": packet.transport, "type": packet.network_type,
+                            "direction": "egress"}
     if process is not None:
         event.update(_process_fields(process))
         if process.cgroup is not None:
@@ -112,7 +155,8 @@ def _where_and_who(event: dict[str, Any], packet: Packet | None,
         if process.unproven:  # found holding the socket, not seen connecting it
             event["nfguard"]["unproven"] = True
         if process.interface is not None:  # forwarded: a container's or a VM's flow
-            event["observer"] = {"ingress": {"interface": {"name": process.interface}}}
+            event["observer"] = {**OBSERVER,
+                                 "ingress": {"interface": {"name": process.interface}}}
         container = process.container
         if container is not None:  # ECS container.*
             event["container"] = {"id": container.id, "runtime": container.runtime}
@@ -144,6 +188,7 @@ def _build_process_fields(process: ProcessInfo) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     info: dict[str, Any] = {
         "pid": process.pid,
+        "name": os.path.basename(process.exe) if process.exe else None,
         "executable": process.exe,
         "command_line": " ".join(process.cmdline) if process.cmdline else None,
     }
@@ -202,11 +247,23 @@ def text_line(event: dict[str, Any]) -> str:
     return line if line.isprintable() else line.encode("unicode_escape").decode("ascii")
 
 
+class AuditFigures(NamedTuple):
+    """What the writer did, for metrics and status (an operator alerts on the last three)."""
+
+    events: int  # events handed to the writer
+    write_failures: int  # writes the file refused (disk full, I/O error)
+    kept_bytes: int  # rendered but not in the file yet: buffered, or kept back by failures
+    lost_bytes: int  # dropped: past KEEP while the file could not be written, or at close
+
+
 class AuditLog:
     """Buffered line writer; `flush` on a timer and `close` on stop lose nothing.
 
     Lines are kept whole in memory and written with one `write` to a file opened with
     O_APPEND, so several engine workers can share one audit file without interleaving.
+    While the file cannot be written (disk full), only the timer's `flush` retries: an
+    event costs the verdict path an append, never a failing write nor a join of what is
+    kept, and the oldest whole lines go once more than KEEP bytes wait.
     """
 
     BUFFER = 1 << 16  # bytes kept before a write is due anyway
@@ -215,11 +272,12 @@ class AuditLog:
     def __init__(self, path: str, fmt: str = "json") -> None:
         self.path = path
         self.render = render_text if fmt == "text" else render_json
-        self.written = 0
+        self.written = 0  # events handed to the writer
         self.errors = 0  # failed writes (the data is kept for the next flush, up to KEEP)
-        self.lost = 0  # bytes dropped past KEEP
-        self._lines: list[bytes] = []
+        self.lost = 0  # bytes dropped past KEEP, or left unwritten at close
+        self._lines: deque[bytes] = deque()
         self._size = 0
+        self._failing = False  # the last write failed: wait for the timer's flush
         self._fd: int | None = self._open()
 
     def _open(self) -> int:
@@ -230,6 +288,9 @@ class AuditLog:
             os.makedirs(directory, mode=0o750, exist_ok=True)
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
 
+    def figures(self) -> AuditFigures:
+        return AuditFigures(self.written, self.errors, self._size, self.lost)
+
     def write(self, event: dict[str, Any]) -> None:
         if self._fd is None:
             raise ValueError("the audit log is closed")
@@ -237,7 +298,9 @@ class AuditLog:
         self._lines.append(line)
         self._size += len(line)
         self.written += 1
-        if self._size >= self.BUFFER:
+        if self._failing:
+            self._drop_past_keep()
+        elif self._size >= self.BUFFER:
             self.flush()
 
     def flush(self) -> None:
@@ -252,14 +315,25 @@ class AuditLog:
         except OSError as exc:
             self.errors += 1
             if self.errors == 1 or self.errors % 1000 == 0:
-                log.error("cannot write the audit log %s: %s (%d failures)", self.path, exc,
-                          self.errors)
-            if len(data) > self.KEEP:  # drop the oldest whole lines
-                cut = bytes(data).find(b"\n", len(data) - self.KEEP) + 1
-                self.lost += cut
-                data = data[cut:]
-        self._lines = [bytes(data)] if data else []
+                log.error("cannot write the audit log %s: %s (%d failures; the newest %d MiB "
+                          "are kept for a retry)", self.path, exc, self.errors, self.KEEP >> 20)
+            self._failing = True
+        else:
+            if self._failing:
+                log.warning("the audit log %s is written again (%d failures, %d bytes lost "
+                            "so far)", self.path, self.errors, self.lost)
+            self._failing = False
+        self._lines = deque([bytes(data)] if data else ())
         self._size = len(data)
+        self._drop_past_keep()
+
+    def _drop_past_keep(self) -> None:
+        """Forget the oldest lines while more than KEEP bytes wait (a line cut by a short
+        write counts as one: its start is in the file)."""
+        while self._size > self.KEEP:
+            dropped = len(self._lines.popleft())
+            self._size -= dropped
+            self.lost += dropped
 
     def reopen(self) -> None:
         """For log rotation: flush, then continue in a new file at the same path."""
@@ -270,6 +344,12 @@ class AuditLog:
 
     def close(self) -> None:
         self.flush()
+        if self._size:
+            log.error("the audit log %s is closed with %d bytes it could not write",
+                      self.path, self._size)
+            self.lost += self._size
+            self._lines.clear()
+            self._size = 0
         if self.path != "-" and self._fd is not None:
             os.close(self._fd)
         self._fd = None

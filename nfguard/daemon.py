@@ -186,7 +186,8 @@ class Daemon:
         send_report(self.worker.report, {
             "queue": services.queue_num, "pid": os.getpid(), "stats": services.pipeline.stats,
             "latency": (list(latency.counts), latency.total_ns),
-            "attribution": services.attributor.stats(), "queue_errors": services.queue.errors})
+            "attribution": services.attributor.stats(), "queue_errors": services.queue.errors,
+            "audit": services.audit.figures()})
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:

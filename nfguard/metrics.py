@@ -8,17 +8,22 @@ scrape time.
 
 from __future__ import annotations
 
+import functools
 import logging
+import platform
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from nfguard.audit import AuditFigures, AuditLog
 from nfguard.config import MetricsConfig, parse_listen
 from nfguard.engine import Decision
 from nfguard.names.cache import NameCache
 from nfguard.nft import COUNTERS
+from nfguard.policy.model import Client, Mode
+from nfguard.version import version
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +133,71 @@ def read_nfqueue(queue: int, path: str = NFQUEUE_PROC) -> QueueCounters | None:
         return None
 
 
-# Attribution figures that are sizes (gauges); every other key is a counter.
-ATTRIBUTION_GAUGES = frozenset({"inode_cache", "proc_cache", "exe_hashes", "fd_dirs",
-                                "cgroups_tracked"})
+# What each figure of nfguard.procs.Attributor.stats() counts: the metric's name after
+# "nfguard_attribution_", whether it is a size (a gauge) or a count (a counter), and its help.
+ATTRIBUTION = {
+    "lookups": ("lookups", False, "Sockets looked up to find the sending process"),
+    "recorded": ("recorded", False, "Lookups settled by the kernel's record of the socket's "
+                 "owner"),
+    "refused": ("refused", False, "Lookups whose recorded owner exited or exec'd since it "
+                "connected (no process given)"),
+    "unrecorded": ("unrecorded", False, "Lookups of sockets without a record of their owner "
+                   "(the holder searched for, given as unproven)"),
+    "hits": ("hits", False, "Lookups answered from the socket cache"),
+    "misses": ("misses", False, "Lookups the socket cache could not answer"),
+    "fallbacks": ("fallbacks", False, "Misses the cgroup route could not settle"),
+    "failures": ("failures", False, "Lookups that ended without a process"),
+    "no_socket": ("no_socket", False, "Lookups that found no socket or inode"),
+    "errors": ("errors", False, "Lookups that failed with an error"),
+    "pids_probed": ("pids_probed", False, "Processes looked at while searching for a socket"),
+    "pids_scanned": ("pids_scanned", False, "Processes whose open files were read"),
+    "procs_reads": ("procs_reads", False, "cgroup.procs files read"),
+    "events": ("events", False, "Process events (fork, exec, exit) folded in"),
+    "forwarded": ("forwarded", False, "Lookups of forwarded flows' senders"),
+    "inode_cache": ("cached_sockets", True, "Sockets whose process is cached"),
+    "inode_cache_evictions": ("socket_cache_evictions", False,
+                              "Sockets dropped from the cache to stay within its size"),
+    "proc_cache": ("cached_processes", True, "Processes whose details are cached"),
+    "proc_cache_evictions": ("process_cache_evictions", False,
+                             "Processes dropped from the cache to stay within its size"),
+    "exe_hashes": ("cached_exe_hashes", True, "Executables whose SHA-256 is cached"),
+    "exe_hashed": ("exe_hashed", False, "Executables hashed"),
+    "fd_dirs": ("tracked_fd_dirs", True, "Processes whose open files are tracked"),
+    "cgroups_tracked": ("tracked_cgroups", True, "cgroups whose member processes are tracked"),
+    "netns_rescans": ("netns_rescans", False, "Network namespaces searched again for a "
+                      "forwarded flow's sender"),
+    "cgroup_walks": ("cgroup_walks", False, "Walks of the cgroup tree"),
+}
+
+# Clients with a label of their own in nfguard_decisions_total and nfguard_client_mode: the
+# first ones in policy order. Others count as OTHER_CLIENTS, so a generated policy of
+# thousands of clients still makes a bounded number of series.
+CLIENT_SERIES = 100
+OTHER_CLIENTS = "(other)"
+
+
+class Build(NamedTuple):
+    """nfguard_build_info's labels."""
+
+    version: str
+    python: str
+    queue_path: str  # nfguard.nft.NATIVE or XT
+
+
+def build(queue_path: str) -> Build:
+    return Build(version(), platform.python_version(), queue_path)
+
+
+class Modes(NamedTuple):
+    """The running mode: the engine's, and each client's own (policy order; None: the
+    engine's)."""
+
+    engine: str
+    clients: tuple[tuple[str, str | None], ...]
+
+
+def running_modes(engine_mode: str, clients: Iterable[Client]) -> Modes:
+    return Modes(engine_mode, tuple((client.name, client.mode) for client in clients))
 
 
 @dataclass
@@ -147,6 +214,9 @@ class Sources:
     # engine.workers > 1: the other workers' latest reports (see nfguard.workers.snapshot)
     workers: Callable[[], list[dict[str, Any]]] | None = None
     restores: Callable[[], int] | None = None  # nfguard.ruleset_watch: the ruleset put back
+    build: Build | None = None
+    modes: Callable[[], Modes] | None = None  # the running config and policy's
+    audit: Callable[[], AuditFigures] | None = None  # this process's audit writer
     # the ruleset's named counters, read from the kernel (see nfguard.nft.CounterReader)
     kernel_counters: Callable[[], dict[str, int]] | None = None
 
@@ -205,6 +275,13 @@ class Sources:
         own = self.queue_errors() if self.queue_errors is not None else 0
         return own + sum(report["queue_errors"] for report in self._reports())
 
+    def total_audit(self) -> AuditFigures | None:
+        """This process's audit writer's figures plus every worker's (each has its own)."""
+        if self.audit is None:
+            return None
+        figures = [self.audit(), *(report["audit"] for report in self._reports())]
+        return AuditFigures(*(sum(column) for column in zip(*figures, strict=True)))
+
 
 # Stats fields that add up over workers (the rest describe the policy this process runs).
 _SUMMED = ("packets", "unparseable", "errors", "pending_flows", "hello_timeouts",
@@ -225,11 +302,15 @@ class StatsCollector:
 
         src = self.sources
         stats = src.total_stats()
+        modes = src.modes() if src.modes is not None else None
+        yield from self._build_and_modes(GaugeMetricFamily, modes)
         decisions = CounterMetricFamily(
-            "nfguard_decisions", "Flows decided, by policy decision and what the kernel was told",
-            labels=["action", "verdict", "client", "rule", "evidence"],
+            "nfguard_decisions", "Flows decided, by policy decision, what the kernel was told, "
+            f"client (the first {CLIENT_SERIES} in the policy; others as {OTHER_CLIENTS}, no "
+            "client as \"\") and evidence; rules are in the audit log",
+            labels=["action", "verdict", "client", "evidence"],
         )
-        for labels, value in dict(stats.decisions).items():
+        for labels, value in sorted(decision_series(stats.decisions, modes).items()):
             decisions.add_metric(list(labels), value)
         yield decisions
         yield CounterMetricFamily("nfguard_packets", "Packets the engine received",
@@ -270,10 +351,53 @@ class StatsCollector:
                                       "removed or changed nfguard's ruleset and it was put back",
                                       value=src.restores())
 
+        yield from self._audit(CounterMetricFamily, GaugeMetricFamily)
         yield from self._kernel_queue(CounterMetricFamily, GaugeMetricFamily)
         yield from self._ruleset_counters(CounterMetricFamily)
         yield from self._name_cache(CounterMetricFamily, GaugeMetricFamily)
         yield from self._attribution(CounterMetricFamily, GaugeMetricFamily)
+        yield from self._worker_processes(CounterMetricFamily, GaugeMetricFamily)
+
+    def _build_and_modes(self, gauge: type, modes: Modes | None) -> Iterator[object]:
+        if self.sources.build is not None:
+            info = gauge("nfguard_build_info", "nfguard's version, its Python's, and the "
+                         "queue path its ruleset uses (always 1)", labels=list(Build._fields))
+            info.add_metric(list(self.sources.build), 1)
+            yield info
+        if modes is None:
+            return
+        engine = gauge("nfguard_mode", "The engine's mode (engine.mode): 1 for the running "
+                       "one", labels=["mode"])
+        for mode in Mode:
+            engine.add_metric([mode.value], int(modes.engine == mode))
+        yield engine
+        clients = gauge("nfguard_clients", "Clients whose flows run in each mode (their own "
+                        "or the engine's)", labels=["mode"])
+        running = Counter(own or modes.engine for _name, own in modes.clients)
+        for mode in Mode:
+            clients.add_metric([mode.value], running[mode.value])
+        yield clients
+        own = gauge("nfguard_client_mode", f"Clients with a mode of their own (the first "
+                    f"{CLIENT_SERIES} in the policy): 1 for the running one",
+                    labels=["client", "mode"])
+        for name, its_mode in [c for c in modes.clients if c[1] is not None][:CLIENT_SERIES]:
+            own.add_metric([name, str(its_mode)], 1)
+        yield own
+
+    def _audit(self, counter: type, gauge: type) -> Iterator[object]:
+        figures = self.sources.total_audit()
+        if figures is None:
+            return
+        yield counter("nfguard_audit_events", "Audit events handed to the audit writer",
+                      value=figures.events)
+        yield counter("nfguard_audit_write_failures", "Writes of the audit log that failed "
+                      "(disk full, I/O error); retried every second", value=figures.write_failures)
+        yield gauge("nfguard_audit_kept_bytes", "Audit lines waiting to be written: buffered "
+                    "(up to 1 s), or kept back while the file cannot be written",
+                    value=figures.kept_bytes)
+        yield counter("nfguard_audit_lost_bytes", "Audit lines dropped: the oldest past "
+                      f"{AuditLog.KEEP >> 20} MiB kept back, or what could not be written at "
+                      "stop", value=figures.lost_bytes)
 
     def _kernel_queue(self, counter: type, gauge: type) -> Iterator[object]:
         queues = self.sources.kernel_queues()
@@ -326,12 +450,44 @@ class StatsCollector:
         if figures is None:
             return
         for key, value in sorted(figures.items()):
-            if key in ATTRIBUTION_GAUGES:
-                yield gauge(f"nfguard_attribution_{key}", f"Process attribution: {key} size",
-                            value=value)
-            else:
-                yield counter(f"nfguard_attribution_{key}", f"Process attribution: {key}",
-                              value=value)
+            name, size, help_text = ATTRIBUTION.get(key, (key, False, key.replace("_", " ")))
+            kind = gauge if size else counter
+            yield kind(f"nfguard_attribution_{name}", f"Process attribution: {help_text}",
+                       value=value)
+
+
+    def _worker_processes(self, counter: type, gauge: type) -> Iterator[object]:
+        """Each worker's process_* figures (memory, CPU, fds) as nfguard_worker_*{queue}:
+        the exporter's own process collector sees the main process only."""
+        from prometheus_client import ProcessCollector
+
+        families: dict[str, Any] = {}
+        for report in self.sources._reports():
+            pid, queue = report["pid"], str(report["queue"])
+            process = ProcessCollector(pid=functools.partial(str, pid), registry=None)
+            for found in process.collect():
+                name = "nfguard_worker_" + found.name.removeprefix("process_")
+                family = families.get(name)
+                if family is None:
+                    kind = counter if found.type == "counter" else gauge
+                    family = families[name] = kind(
+                        name, f"Each engine worker's process: {found.documentation}",
+                        labels=["queue"])
+                family.add_metric([queue], found.samples[0].value)
+        yield from families.values()
+
+
+def decision_series(decisions: Counter[tuple[str, str, str, str, str]],
+                    modes: Modes | None) -> Counter[tuple[str, str, str, str]]:
+    """The decision counts by (action, verdict, client, evidence): rules summed away, and
+    clients past the first CLIENT_SERIES of the running policy counted as OTHER_CLIENTS."""
+    named = None if modes is None else {name for name, _ in modes.clients[:CLIENT_SERIES]}
+    series: Counter[tuple[str, str, str, str]] = Counter()
+    for (action, verdict, client, _rule, evidence), count in dict(decisions).items():
+        if named is not None and client and client not in named:
+            client = OTHER_CLIENTS
+        series[(action, verdict, client, evidence)] += count
+    return series
 
 
 _NAME_COUNTERS = (
@@ -357,10 +513,11 @@ def serve(settings: MetricsConfig, sources: Sources) -> object | None:
     server (to shut down) or None when disabled."""
     if not settings.listen:
         return None
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
     registry = CollectorRegistry()
     registry.register(StatsCollector(sources))  # type: ignore[arg-type]
+    ProcessCollector(registry=registry)  # process_*: memory, CPU, open fds of this process
     host, port = parse_listen(settings.listen)
     server, _thread = start_http_server(port, addr=host, registry=registry,
                                         certfile=settings.tls_cert or None,

@@ -19,7 +19,7 @@ from nfguard.engine import Engine
 from nfguard.exec.requests import COMMANDS as EXEC_COMMANDS
 from nfguard.exec.requests import ExecRequests
 from nfguard.exec.transient import Transients
-from nfguard.metrics import Latency, Sources, Stats, serve
+from nfguard.metrics import Latency, Sources, Stats, build, running_modes, serve
 from nfguard.names.inject import Refusals
 from nfguard.names.peers import Peers
 from nfguard.names.queries import queued
@@ -178,7 +178,12 @@ def build_services(config_path: str, worker: WorkerLink | None) -> Services:
                       attribution=attributor.stats, queue_errors=lambda: queue.errors,
                       workers=team.snapshots if team is not None else None,
                       restores=guard.count if guard else None,
-                      kernel_counters=CounterReader() if worker is None else None)
+                      kernel_counters=CounterReader() if worker is None else None,
+                      build=build(queue_path),
+                      # the engine and the audit log a reload swapped in
+                      modes=lambda: running_modes(pipeline.engine.settings.mode,
+                                                  pipeline.engine.policies.clients),
+                      audit=lambda: pipeline.audit.figures())
     services = Services(config_path=config_path, config=config, worker=worker,
                         queue_path=queue_path, queue_num=queue_num, guard=guard, team=team,
                         attributor=attributor, refusals=refusals, pipeline=pipeline,

@@ -83,7 +83,7 @@ def test_audit_event_fields(lab: Lab) -> None:
     assert event["nfguard"] == {"mode": "enforce", "verdict": "allow", "evidence": "cidr",
                                 "client": "everyone", "cgroup": cgroup}
     assert unit is None or cgroup.endswith("/" + unit)
-    assert event["rule"] == {"name": "web/allowed-net-http"}
+    assert event["rule"] == {"name": "web/allowed-net-http", "ruleset": "web"}
     # who: curl, run by root from this test's cgroup; nsenter execs it, so its parent is us
     curl = os.path.realpath(shutil.which("curl") or "curl")
     assert event["process"]["executable"] == curl
@@ -95,7 +95,7 @@ def test_audit_event_fields(lab: Lab) -> None:
     assert event["source"]["ip"] == CLIENT_V4
     assert 1024 <= event["source"]["port"] <= 65535
     assert event["destination"] == {"ip": ALLOWED_V4, "port": 80}
-    assert event["network"] == {"transport": "tcp", "type": "ipv4"}
+    assert event["network"] == {"transport": "tcp", "type": "ipv4", "direction": "egress"}
     assert event["@timestamp"].endswith("Z")
     # One event per flow, not per packet: the HTTP exchange's other packets never queue.
     flows = [e for e in lab.audit_events() if e.get("destination", {}).get("ip") == ALLOWED_V4]

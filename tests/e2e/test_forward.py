@@ -71,7 +71,7 @@ def test_a_containers_flows_are_judged_by_its_interface(
     assert allow["event"]["action"] == "allow"
     assert allow["nfguard"]["client"] == "containers"
     assert allow["rule"]["name"] == "web/server"
-    assert allow["observer"] == {"ingress": {"interface": {"name": "docker0"}}}
+    assert allow["observer"]["ingress"] == {"interface": {"name": "docker0"}}
     # found in the container's network namespace, through /proc
     assert allow["process"]["executable"] == CURL and allow["process"]["pid"] > 0
     assert allow["user"]["id"] == "0"
@@ -84,7 +84,7 @@ def test_a_containers_flows_are_judged_by_its_interface(
     assert code in CUT
     host = lab.wait_for_event(lambda e: e["source"]["ip"] not in (CONTAINER_V4, CONTAINER_V6)
                               and e["destination"]["ip"] == allowed)
-    assert host["event"]["reason"] == "no_client_match" and "observer" not in host
+    assert host["event"]["reason"] == "no_client_match" and "ingress" not in host["observer"]
 
 
 def start_with_curl_clients(lab: Lab, name: str, origin: str,
@@ -159,7 +159,7 @@ def test_a_container_is_matched_by_its_image(lab: Lab, docker_scope: Path, image
     forwarded, host_network = (
         lab.wait_for_event(lambda e, where=where: e["event"]["action"] == "allow" and where(e))
         for where in (lambda e: from_container(e, CONTAINER_V4),
-                      lambda e: "observer" not in e))
+                      lambda e: "ingress" not in e["observer"]))
     for event in (forwarded, host_network):
         assert event["nfguard"]["client"] == "build-curl"
         assert event["container"] == {"id": container_id, "runtime": "docker",

@@ -303,15 +303,26 @@ def test_metrics_after_known_traffic(lab: Lab) -> None:
 
     samples = scrape(lab)
     allow = (("action", "allow"), ("client", "everyone"), ("evidence", "cidr"),
-             ("rule", "lab/web"), ("verdict", "allow"))
-    deny = (("action", "deny"), ("client", "everyone"), ("evidence", "default"),
-            ("rule", "lab/rest"), ("verdict", "deny"))
+             ("verdict", "allow"))
     assert samples[("nfguard_decisions_total", allow)] == 3
     # "rest" has no `to`: evidence says which kind of rule matched (any destination).
     deny_samples = {k: v for k, v in samples.items()
                     if k[0] == "nfguard_decisions_total" and ("action", "deny") in k[1]}
     assert sum(deny_samples.values()) == 2, deny_samples
-    assert all(("rule", "lab/rest") in k[1] for k in deny_samples), (deny, deny_samples)
+    assert all(("client", "everyone") in k[1] and ("verdict", "deny") in k[1]
+               for k in deny_samples), deny_samples
+    assert not [k for k in samples if any(label == "rule" for label, _ in k[1])], \
+        "no label per rule"
+    # What an operator alerts on: the build, the mode, the audit writer, the process.
+    [build] = [k for k in samples if k[0] == "nfguard_build_info"]
+    assert dict(build[1])["queue_path"] in ("native", "xt") and samples[build] == 1
+    assert samples[("nfguard_mode", (("mode", "enforce"),))] == 1
+    assert samples[("nfguard_mode", (("mode", "audit"),))] == 0
+    assert samples[("nfguard_audit_events_total", ())] == 5
+    assert samples[("nfguard_audit_write_failures_total", ())] == 0
+    assert samples[("nfguard_audit_lost_bytes_total", ())] == 0
+    assert samples[("process_resident_memory_bytes", ())] > 0
+    assert samples[("process_open_fds", ())] > 0
     packets = samples[("nfguard_packets_total", ())]
     assert packets == 5, "one queued packet (the SYN) per flow"
     assert samples[("nfguard_verdict_latency_seconds_count", ())] == packets

@@ -9,6 +9,7 @@ import subprocess
 import time
 
 from tests.e2e.lab import SERVER_V4, Lab, run
+from tests.e2e.test_service import METRICS, scrape
 
 # Sixteen web addresses, each with its name: flows to every one of them must get their
 # names from whichever worker read the DNS answer.
@@ -48,7 +49,7 @@ def start(lab: Lab) -> object:
     lab.serve_http(80)
     lab.serve_dns(*(f"--host-record=w{i}.test,{address}"
                     for i, address in enumerate(ADDRESSES, 1)))
-    config = lab.write_config(POLICY, workers=2)
+    config = lab.write_config(POLICY, workers=2, metrics={"listen": METRICS})
     lab.start_engine(config)  # returns once both workers are bound
     return config
 
@@ -90,6 +91,12 @@ def test_two_workers_share_names_and_both_decide(lab: Lab) -> None:
     assert shown["workers"] == {"count": 2, "alive": 2, "restarts": 0}
     # one answer per name, both workers' added up once (dig retries after 2 s under load)
     assert len(ADDRESSES) <= shown["counters"]["dns_answers"] < 2 * len(ADDRESSES), shown
+    # the exporter too: both audit writers' events, and the worker's process figures
+    samples = scrape(lab)
+    assert samples[("nfguard_audit_events_total", ())] >= 2 * len(ADDRESSES)
+    assert samples[("nfguard_audit_write_failures_total", ())] == 0
+    assert samples[("nfguard_worker_resident_memory_bytes", (("queue", "1"),))] > 0
+    assert samples[("process_resident_memory_bytes", ())] > 0
 
 
 def test_flows_between_two_hosts_spread_and_each_stays_on_its_worker(lab: Lab) -> None:

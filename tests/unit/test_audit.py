@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -17,7 +20,11 @@ from nfguard.engine import Decision, Reason
 from nfguard.policy.match import Evidence
 from nfguard.policy.model import Action, Mode
 from nfguard.procs import ProcessInfo
+from nfguard.procs.containers import Container
+from nfguard.version import version
 from nfguard.wire.ip import parse_packet
+from tests.unit.names.test_queries import Host, udp
+from tests.unit.test_forwarded import GH, OTHER, datagram, forward, harness
 
 NOW = 1_700_000_000.25  # 2023-11-14T22:13:20.250Z (exact in binary floating point)
 STAMP = "2023-11-14T22:13:20.250Z"
@@ -78,11 +85,11 @@ def test_ecs_fields_are_nested_objects() -> None:
     assert event["nfguard"]["client"] == "deploy-bot"
     assert event["nfguard"]["evidence"] == "sni"
     assert event["nfguard"]["verdict"] == "allow"
-    assert event["rule"] == {"name": "github/github-https"}
+    assert event["rule"] == {"name": "github/github-https", "ruleset": "github"}
     assert event["source"] == {"ip": "10.0.0.2", "port": 40000}
     assert event["destination"] == {"ip": "140.82.112.3", "port": 443,
                                     "domain": "api.github.com"}
-    assert event["network"] == {"transport": "tcp", "type": "ipv4"}
+    assert event["network"] == {"transport": "tcp", "type": "ipv4", "direction": "egress"}
     # ECS wants nested objects, never dotted keys.
     def keys(obj: object) -> list[str]:
         if isinstance(obj, dict):
@@ -102,7 +109,7 @@ def test_ipv6_udp_event_without_rule_or_domain() -> None:
     assert "rule" not in event
     assert event["destination"] == {"ip": "2001:db8::53", "port": 53}
     assert event["source"] == {"ip": "2001:db8::2", "port": 5353}
-    assert event["network"] == {"transport": "udp", "type": "ipv6"}
+    assert event["network"] == {"transport": "udp", "type": "ipv6", "direction": "egress"}
 
 
 def test_event_without_client_or_packet() -> None:
@@ -118,7 +125,8 @@ def test_event_without_client_or_packet() -> None:
 def test_process_fields() -> None:
     event = audit_event(ALLOW, V4, NOW, PROCESS)
     assert event["process"] == {
-        "pid": 4242, "executable": "/usr/bin/git", "command_line": "git push origin",
+        "pid": 4242, "name": "git", "executable": "/usr/bin/git",
+        "command_line": "git push origin",
         "parent": {"pid": 4000, "executable": "/bin/bash"},
     }
     assert event["user"] == {"id": "1000", "name": "deploy"}
@@ -132,7 +140,7 @@ def test_partial_process_fields_leave_unknowns_out() -> None:
     assert "process" not in event
     assert "cgroup" not in event["nfguard"] and "unit" not in event["nfguard"]
     event = audit_event(ALLOW, V4, NOW, ProcessInfo(pid=9, exe="/bin/x"))
-    assert event["process"] == {"pid": 9, "executable": "/bin/x"}
+    assert event["process"] == {"pid": 9, "name": "x", "executable": "/bin/x"}
     assert "user" not in event
     assert not {"exe_deleted", "exe_mismatch", "unproven"} & event["nfguard"].keys()
 
@@ -141,7 +149,7 @@ def test_replaced_executable_is_flagged_and_hash_shown() -> None:
     event = audit_event(ALLOW, V4, NOW, ProcessInfo(pid=9, exe="/usr/bin/x", exe_deleted=True,
                                                     sha256="ab" * 32))
     assert event["nfguard"]["exe_deleted"] is True
-    assert event["process"] == {"pid": 9, "executable": "/usr/bin/x",
+    assert event["process"] == {"pid": 9, "name": "x", "executable": "/usr/bin/x",
                                 "hash": {"sha256": "ab" * 32}}
 
 
@@ -284,3 +292,218 @@ def test_an_unreadable_name_says_why_in_both_formats() -> None:
         "unreadable", "hello_timeout")
     assert written["event"]["action"] == "deny" == Action.DENY  # the ECS strings
     assert render_text(event).endswith("reason=name_unreadable unreadable=hello_timeout")
+
+
+def test_a_full_disk_costs_the_verdict_path_no_write_per_event(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the file cannot be written, events are kept (the newest KEEP bytes, whole
+    lines) and retried by the timer's flush only: not one failing write, and one join of
+    everything kept, per event."""
+    path = tmp_path / "a.jsonl"
+    log = AuditLog(str(path))
+    log.BUFFER, log.KEEP = 1024, 16 * 1024
+    good = log._fd
+    log._fd = os.open("/dev/full", os.O_WRONLY)  # every write: ENOSPC
+    writes = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit.os, "write", counting_write)
+    line = len(audit.render_json(audit_event(ALLOW, V4, NOW)))
+    for _ in range(2000):  # ~20 KEEPs of events
+        log.write(audit_event(ALLOW, V4, NOW))
+    assert len(writes) == 1, "one failing write, then only the timer retries"
+    log.flush()  # the timer
+    assert len(writes) == 2
+    figures = log.figures()
+    assert figures.write_failures == 2
+    assert log.KEEP - line < figures.kept_bytes <= log.KEEP
+    assert figures.kept_bytes + figures.lost_bytes == 2000 * line
+    assert figures.events == 2000
+    os.close(log._fd)
+    log._fd = good  # space again
+    log.flush()
+    assert log.figures().kept_bytes == 0
+    kept = path.read_text().splitlines()
+    assert len(kept) == figures.kept_bytes // line, "whole lines, the newest"
+    assert all(json.loads(text)["event"]["action"] == "allow" for text in kept)
+    log.close()
+
+
+def test_what_close_cannot_write_is_counted_lost(tmp_path: Path) -> None:
+    log = AuditLog(str(tmp_path / "a.jsonl"))
+    log.write(audit_event(ALLOW, V4, NOW))
+    good = log._fd
+    log._fd = os.open("/dev/full", os.O_WRONLY)
+    os.close(good)
+    size = log.figures().kept_bytes
+    assert size > 0
+    log.close()
+    assert log.figures().lost_bytes == size and log.figures().kept_bytes == 0
+
+
+# ------------------------------------------------ ECS conformance, against Elastic's schema
+
+ECS_FIELDS = json.loads((Path(__file__).resolve().parents[1] / "data" / (
+    f"ecs_fields_{audit.ECS_VERSION}.json")).read_text())
+# What a JSON value of each ECS type may be (the types nfguard's events can use).
+ECS_TYPES: dict[str, Callable[[Any], bool]] = {
+    "keyword": lambda v: isinstance(v, str), "constant_keyword": lambda v: isinstance(v, str),
+    "wildcard": lambda v: isinstance(v, str), "match_only_text": lambda v: isinstance(v, str),
+    "long": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "date": lambda v: isinstance(v, str) and TS.match(v) is not None,
+    "ip": lambda v: isinstance(v, str) and _is_ip(v),
+}
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def leaves(obj: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def ecs_problems(event: dict[str, Any]) -> list[str]:
+    """Every way an event departs from the ECS field reference (nfguard.* are custom)."""
+    problems = []
+    for name, value in leaves(event):
+        if name.startswith("nfguard."):
+            continue
+        spec = ECS_FIELDS.get(name)
+        if spec is None:
+            problems.append(f"{name}: not an ECS {audit.ECS_VERSION} field")
+            continue
+        is_array = "array" in spec.get("normalize", ())
+        if isinstance(value, list) != is_array:
+            problems.append(f"{name}: {'an array' if is_array else 'one value'} expected")
+        for item in value if isinstance(value, list) else [value]:
+            if not ECS_TYPES[spec["type"]](item):
+                problems.append(f"{name}: {item!r} is not of ECS type {spec['type']}")
+            allowed = {v["name"] for v in spec.get("allowed_values", ())}
+            if allowed and item not in allowed:
+                problems.append(f"{name}: {item!r} is not one of {sorted(allowed)}")
+    # Each event.type must be one its categories expect.
+    expected = {v["name"]: set(v["expected_event_types"])
+                for v in ECS_FIELDS["event.category"]["allowed_values"]}
+    for category in event["event"]["category"]:
+        for kind in set(event["event"]["type"]) - expected[category]:
+            problems.append(f"event.type {kind!r} is not expected for category {category!r}")
+    return problems
+
+
+class Senders:
+    """Who sent: every field the attribution can give, for host and forwarded flows (a
+    forwarded one from a container)."""
+
+    info = ProcessInfo(uid=1000, user="deploy", pid=4242, exe="/usr/bin/git",
+                       cmdline=("git", "fetch"), ppid=4000, parent_exe="/bin/bash",
+                       cgroup="/system.slice/deploy.service", unit="deploy.service",
+                       sha256="ab" * 32)
+    container = Container("docker", "c" * 64, "ci-build", "python:3.12", "sha256:" + "d" * 64)
+
+    def lookup(self, *args: Any, **kwargs: Any) -> ProcessInfo:
+        return self.info
+
+    def lookup_forwarded(self, *args: Any, **kwargs: Any) -> ProcessInfo:
+        return self.info._replace(interface=args[6], container=self.container,
+                                  cgroup="/system.slice/docker-" + "c" * 64 + ".scope")
+
+
+def real_events(tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Events the pipeline wrote: host and forwarded flows, DNS queries (enforce, audit),
+    a flow whose name was unreadable, an internal error."""
+    h = harness(tmp_path / "flows")
+    h.pipeline.attributor = Senders()  # type: ignore[assignment]
+    h.learn("github.com", GH)
+    h.out(datagram(GH, 22))
+    forward(h, datagram(GH, 22))
+    forward(h, datagram(OTHER, 22))
+    host_flow, forwarded, forwarded_denied = h.events()
+    events = {"host flow": host_flow, "forwarded flow": forwarded,
+              "forwarded, no rule": forwarded_denied}
+    for mode in ("enforce", "audit"):
+        host = Host(tmp_path / mode, mode=mode)
+        host.pipeline.attributor = Senders()  # type: ignore[assignment]
+        host.send(udp("www.allowed.test"))
+        host.send(udp("x.attacker.test", "TXT", sport=40001))
+        allowed, refused = host.queries()
+        events[f"DNS query allowed, {mode}"] = allowed
+        events[f"DNS query refused, {mode}"] = refused
+        flow = next(e for e in host.events() if "dns" not in e)
+        events[f"flow, {mode} mode"] = flow
+    engine = h.pipeline.engine
+    packet = parse_packet(datagram(GH, 443))
+    events["unreadable"] = audit_event(
+        engine.decide_unreadable(packet, "hello_unparseable", Senders.info), packet, NOW,
+        Senders.info)
+    events["engine error"] = audit_event(engine.failure(), packet, NOW)
+    events["unparseable"] = audit_event(engine.unparseable(), packet, NOW)
+    return events
+
+
+def test_real_events_conform_to_the_ecs_field_reference(tmp_path: Path) -> None:
+    events = real_events(tmp_path)
+    assert {name: ecs_problems(event) for name, event in events.items()} == {
+        name: [] for name in events}
+    for name, event in events.items():
+        assert event["ecs"] == {"version": audit.ECS_VERSION}, name
+        assert event["network"]["direction"] == "egress", name
+        assert event["observer"]["type"] == "firewall", name
+        assert event["observer"]["vendor"] == event["observer"]["product"] == "nfguard", name
+        assert event["observer"]["version"] == version(), name
+        assert (event["event"]["dataset"], event["event"]["module"]) == ("nfguard.audit",
+                                                                        "nfguard"), name
+        assert event["event"]["kind"] == "event", name
+        assert event["event"]["category"] == ["network"], name
+        assert set(event["related"]["ip"]) == {event["source"]["ip"],
+                                                event["destination"]["ip"]}, name
+    flow = events["host flow"]
+    assert flow["process"]["name"] == "git" and flow["related"]["user"] == ["deploy"]
+    assert flow["rule"] == {"name": "web/github", "ruleset": "web"}
+    assert flow["related"]["hosts"] == ["github.com"]
+    assert "ingress" not in flow["observer"]
+    assert events["forwarded flow"]["observer"]["ingress"] == {"interface": {"name": "lo"}}
+    assert events["forwarded flow"]["container"]["image"]["name"] == "python:3.12"
+    assert events["forwarded flow"]["event"]["type"] == ["connection", "allowed"]
+    assert events["forwarded, no rule"]["event"]["type"] == ["connection", "denied"]
+    refused = events["DNS query refused, enforce"]
+    assert refused["event"]["type"] == ["protocol", "denied"]
+    assert refused["related"]["hosts"] == ["x.attacker.test"]
+    assert events["DNS query refused, audit"]["event"]["type"] == ["protocol", "allowed"]
+    assert events["DNS query refused, audit"]["event"]["action"] == "deny"
+    assert events["engine error"]["event"]["outcome"] == "failure"
+    assert {e["event"]["outcome"] for n, e in events.items() if n != "engine error"} == {
+        "success"}
+    assert events["unreadable"]["nfguard"]["unreadable"] == "hello_unparseable"
+    assert events["unreadable"]["event"]["reason"] == "name_unreadable"
+
+
+def test_the_ecs_check_finds_what_elastic_would_flag() -> None:
+    """The check itself can fail: unknown fields, wrong types, values outside the lists."""
+    event = audit_event(ALLOW, V4, NOW, PROCESS)
+    assert ecs_problems(event) == []
+    event["network"]["direction"] = ["egress"]
+    event["event"]["kind"] = "flow"
+    event["event"]["type"] = ["connection", "blocked"]
+    event["destination"]["port"] = "443"
+    event["process"]["pid"] = True
+    event["source"]["ip"] = "10.0.0.300"
+    event["rule"]["policy"] = "github"
+    problems = "\n".join(ecs_problems(event))
+    for needle in ("network.direction: one value expected", "event.kind: 'flow'",
+                   "event.type: 'blocked'", "destination.port: '443'", "process.pid: True",
+                   "rule.policy: not an ECS"):
+        assert needle in problems, needle

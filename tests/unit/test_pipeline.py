@@ -56,7 +56,7 @@ def test_handle_allow_and_deny_marks_keep_user_bits(tmp_path: Path) -> None:
     assert len(written) == 2
     assert [e["event"]["action"] for e in written] == ["allow", "deny"]
     assert written[0]["destination"] == {"ip": "140.82.112.3", "port": 443}
-    assert written[1]["network"] == {"transport": "tcp", "type": "ipv6"}
+    assert written[1]["network"] == {"transport": "tcp", "type": "ipv6", "direction": "egress"}
     assert written[0]["@timestamp"] == "2023-11-14T22:13:20.250Z"
 
 
@@ -178,7 +178,7 @@ def test_pipeline_attributes_new_flows_and_records_the_sender(tmp_path: Path) ->
                              ("udp", 4, "10.0.0.2", 5000, "9.9.9.9", 53, False, 1000)]
     event = events(pipeline, path)[0]
     assert event["nfguard"]["client"] == "git"
-    assert event["process"] == {"pid": 42, "executable": "/usr/bin/git"}
+    assert event["process"] == {"pid": 42, "name": "git", "executable": "/usr/bin/git"}
     assert event["user"] == {"id": "1000", "name": "alice"}
 
 
