@@ -10,6 +10,7 @@ import socket
 import sys
 
 from nfguard.config import DEFAULT_PATH, load_config
+from nfguard.package import version
 from nfguard.policy.load import PolicyError
 
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nfguard", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"nfguard {version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, func: object, help_text: str) -> argparse.ArgumentParser:
@@ -107,9 +109,9 @@ def _run(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     from nfguard.nft import NATIVE, PATH_DESCRIPTIONS, Installer, NftError, render
 
-    config = load_config(args.config)
     if args.systemd:
         return _install_unit(args)
+    config = load_config(args.config)
     try:
         installer = Installer()
         path = installer.probe_path()
@@ -132,12 +134,18 @@ def _install_unit(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
-    from nfguard import service
+    from nfguard import package, service
 
     unit = service.render_unit(service.this_command(), os.path.abspath(args.config))
     if args.dry_run:
+        if os.path.exists(args.config):
+            load_config(args.config)
         print(unit, end="")
         return 0
+    # A host set up by `pip install` alone has no config yet: the package's default one
+    # (audit mode) and base.toml, as ./bootstrap.sh run and the Debian package lay them out.
+    for path in package.install_defaults(args.config):
+        print(f"wrote {path} (the default shipped with nfguard {version()})")
     directory = Path(args.unit_dir or service.UNIT_DIR)
     path = directory / service.UNIT_NAME
     directory.mkdir(parents=True, exist_ok=True)
