@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, func: object, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--config", default=DEFAULT_PATH, help=f"default {DEFAULT_PATH}")
+        sub.add_argument("--config", default=DEFAULT_PATH, metavar="PATH",
+                         help=f"default {DEFAULT_PATH}")
         sub.set_defaults(func=func)
         return sub
 
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     explain = command("explain", _explain, "which client, policy and rule decide a flow, and why")
     explain.add_argument("--to", required=True, metavar="HOST_OR_IP[:PORT]")
     explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
-    explain.add_argument("--exe", help="executable of the client process")
+    explain.add_argument("--exe", metavar="PATH", help="executable of the client process")
     explain.add_argument("--user", help="user name (or uid) of the client process")
     explain.add_argument("--interface", metavar="NAME",
                          help="a forwarded flow (a container's, a VM's) coming in on NAME; "
@@ -210,7 +211,8 @@ def _reload(args: argparse.Namespace) -> int:
 def _uninstall(args: argparse.Namespace) -> int:
     from nfguard.nft import Installer
 
-    load_config(args.config)
+    # The config is not read: what install added is known without it, and a config broken
+    # since (or gone) must not keep the ruleset in place (the Debian package's prerm).
     removed = Installer().uninstall()
     print("nfguard ruleset removed" if removed else "nfguard ruleset was not installed")
     return 0

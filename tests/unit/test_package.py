@@ -38,7 +38,7 @@ def test_version_comes_from_the_installed_distribution(
 
 def test_the_debian_package_has_the_same_upstream_version() -> None:
     first = (REPO / "debian" / "changelog").read_text(encoding="utf-8").partition("\n")[0]
-    found = re.match(r"^nfguard \(([^)-]+)-[^)]+\) \w+; urgency=\w+$", first)
+    found = re.match(r"^nfguard \(([^)-]+)(-[^)]+)?\) \w+; urgency=\w+$", first)
     assert found, first
     assert found[1] == pyproject()["project"]["version"]
 
