@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 from nfguard.config import Config
-from nfguard.daemon import build_engine
 from nfguard.engine import SNI, Engine
+from nfguard.policy.build import build_engine
 from nfguard.policy.match import destination_names
 from nfguard.policy.model import ALLOW, IMAGE_ID_PREFIX, Mode
 from nfguard.policy.patterns import normalize_name

@@ -1,4 +1,5 @@
-"""`nfguard status`: the running daemon's summary (Daemon.status) as text for a person."""
+"""`nfguard status`: the running daemon's summary (control_handlers.status_report) as
+text for a person."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A ClientHello can span several TCP segments (post-quantum key shares make it ~1.7 KB) and
 several TLS records (record splitting is a known DPI-evasion trick), so the reader
 reassembles the handshake message across both before parsing, the way a server's record
-layer does (OpenSSL 3 was asked, see tests/unit/test_wire_tls.py): records of 0 to 2^14
+layer does (OpenSSL 3 was asked, see tests/unit/wire/test_tls.py): records of 0 to 2^14
 bytes, up to 32 empty ones (more and OpenSSL fails the handshake), any 3.x record
 version, no record of another type before the hello ends.  The hello itself is bounded
 at 64 KiB (OpenSSL takes up to 128 KiB: a larger one is "cannot be known", not a guess).

@@ -21,10 +21,10 @@ from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, raw
 
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
-from nfguard.daemon import compile_policy_dir
 from nfguard.engine import Engine
 from nfguard.metrics import Stats
 from nfguard.pipeline import LOCAL_IN, Pipeline
+from nfguard.policy.build import compile_policy_dir
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.wire.ip import parse_packet

@@ -22,7 +22,7 @@ from tests.e2e.lab import (
     Lab,
 )
 from tests.e2e.test_clients import CURL, PYTHON, urllib_get
-from tests.unit.test_containers import CONTAINERD_SPEC, CRIO_SPEC
+from tests.unit.procs.test_containers import CONTAINERD_SPEC, CRIO_SPEC
 
 CUT = {7, 56}  # curl: refused / reset during connect or receive
 

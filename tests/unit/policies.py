@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Which names a client may resolve (issue 24): the query decision (test_policy_resolve),
+# Which names a client may resolve (issue 24): the query decision (policy/test_resolve.py),
 # and the pipeline and explain once queries are wired to them.
 QUERIES = """\
 [[client]]

@@ -19,7 +19,7 @@ from nfguard.pipeline import FORWARD
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import ProcessInfo
-from tests.unit.test_names_wiring import CLIENT, GH, OTHER, Harness, dns_answer
+from tests.unit.names.test_learner import CLIENT, GH, OTHER, Harness, dns_answer
 
 LOOPBACK = socket.if_nametoindex("lo")  # an interface every network namespace has
 

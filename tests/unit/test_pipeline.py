@@ -22,8 +22,8 @@ from nfguard.pipeline import Pipeline
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import ProcessInfo
+from tests.unit.names.test_learner import client_hello
 from tests.unit.test_engine import GIT, POLICY, make_engine, v4_syn, v4_udp, v6_syn
-from tests.unit.test_names_wiring import client_hello
 
 USER_BITS = 0x0000BEEF | 0x80000000  # includes a bit above nfguard's
 

@@ -13,7 +13,7 @@ import pytest
 from nfguard.wire.errors import WireError
 from nfguard.wire.h2 import MAX_BYTES, PREFACE, H2HeadReader
 from nfguard.wire.http import RequestHead, RequestHeadReader
-from tests.unit.test_wire_hpack import integer
+from tests.unit.wire.test_hpack import integer
 
 
 def block(*fields: tuple[bytes, bytes]) -> bytes:

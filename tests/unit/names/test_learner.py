@@ -38,7 +38,7 @@ from nfguard.policy.match import CompiledPolicySet
 from nfguard.wire.dns import MAX_ANSWERS
 from nfguard.wire.ip import parse_packet
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CLIENT, RESOLVER = "10.0.0.2", "10.0.0.53"
 GH, OTHER = "140.82.112.3", "203.0.113.9"
 
@@ -730,7 +730,7 @@ def test_encrypted_dns_policy_checks_and_denies(tmp_path: Path,
     assert cli.main(["check", "--config", str(config)]) == 0
     assert "ok" in capsys.readouterr().out
     from nfguard.config import load_config
-    from nfguard.daemon import build_engine
+    from nfguard.policy.build import build_engine
 
     engine = build_engine(load_config(config))
     tcp = lambda dst, port: parse_packet(syn(dst, port))  # noqa: E731

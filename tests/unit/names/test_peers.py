@@ -14,7 +14,7 @@ from scapy.layers.dns import DNSRR
 
 from nfguard import marks
 from nfguard.names.peers import PIPE_BUF, Peers, decode, encode
-from tests.unit.test_names_wiring import GH, Harness, dns_answer
+from tests.unit.names.test_learner import GH, Harness, dns_answer
 
 
 def test_codec_round_trip_keeps_an_address_with_its_names() -> None:

@@ -25,7 +25,7 @@ from nfguard.policy.resolve import (
 from tests.bench.policies import body_name, body_rules, client
 from tests.unit.policies import QUERIES
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 COMPILED = CompiledPolicySet(parse_policy_texts([("q.toml", QUERIES)]))
 CLIENTS = {c.name: c for c in COMPILED.clients}
 
