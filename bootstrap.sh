@@ -27,7 +27,7 @@ VM_TEST_PACKAGES=(linux-image-amd64 qemu-system-x86 busybox-static file systemd-
 # The Debian package: debhelper and dh-virtualenv, what the wheels without a binary for
 # this machine (NetfilterQueue) compile with, scdoc for the man pages, lintian to check it.
 # Only the build machine needs them; the package's own Depends are runtime libraries.
-DEB_BUILD_PACKAGES=(build-essential debhelper dh-virtualenv dpkg-dev python3 python3-dev
+DEB_BUILD_PACKAGES=(build-essential ca-certificates debhelper dh-virtualenv dpkg-dev python3 python3-dev
                     python3-venv libnetfilter-queue-dev scdoc lintian)
 # Benchmarks only (not CI): what users would run instead, measured side by side.
 BENCH_PACKAGES=(opensnitch)
