@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
                       "the systemd unit")
     install.add_argument("--dry-run", action="store_true", help="print it, load nothing")
     install.add_argument("--systemd", action="store_true",
-                         help="install the systemd unit (nfguard.service) instead; the service "
+                         help="install the systemd unit (nfguard.service) instead, and the "
+                         "default config and policy where --config names none; the service "
                          "installs the ruleset when it starts")
     install.add_argument("--unit-dir", default=None, metavar="DIR",
                          help="where --systemd writes the unit (default /etc/systemd/system)")
