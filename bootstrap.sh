@@ -4,6 +4,8 @@
 #   ./bootstrap.sh test   install dependencies and run the whole test suite
 #   ./bootstrap.sh bench  install dependencies (and OpenSnitch, to compare) and run the
 #                         benchmark suite (python -m tests.bench; options pass through)
+#   ./bootstrap.sh deb    build the Debian package (dist/nfguard_VERSION_ARCH.deb) and
+#                         check it with lintian
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 
@@ -13,13 +15,20 @@ RUNTIME_PACKAGES=(python3 python3-venv python3-dev gcc libnetfilter-queue-dev li
                   nftables iptables iproute2 kmod)
 # systemd: `systemd-analyze verify` checks the unit; util-linux: setpriv drops the engine to
 # the unit's capabilities.
-TEST_PACKAGES=(curl dnsmasq-base dnsutils nginx-light wrk procps psmisc systemd util-linux)
+# bash-completion and scdoc: the shipped completion and man pages are tried.
+TEST_PACKAGES=(curl dnsmasq-base dnsutils nginx-light wrk procps psmisc systemd util-linux
+               bash-completion scdoc)
 # The VM test boots Debian's stock kernel on a snapshot of this machine: virtme-ng needs a
 # static busybox for its initramfs and `file` to read the kernel's version and busybox's
 # linking; `vng --systemd` boots the snapshot's /sbin/init (systemd-sysv). Vagrant and its
 # libvirt plugin validate the Vagrantfile.
 VM_TEST_PACKAGES=(linux-image-amd64 qemu-system-x86 busybox-static file systemd-sysv
                   vagrant vagrant-libvirt)
+# The Debian package: debhelper and dh-virtualenv, what the wheels without a binary for
+# this machine (NetfilterQueue) compile with, scdoc for the man pages, lintian to check it.
+# Only the build machine needs them; the package's own Depends are runtime libraries.
+DEB_BUILD_PACKAGES=(build-essential ca-certificates debhelper dh-virtualenv dpkg-dev python3 python3-dev
+                    python3-venv libnetfilter-queue-dev scdoc lintian)
 # Benchmarks only (not CI): what users would run instead, measured side by side.
 BENCH_PACKAGES=(opensnitch)
 PREFIX=/opt/nfguard
@@ -139,10 +148,37 @@ cmd_bench() {
     exec .venv/bin/python -m tests.bench "$@"
 }
 
+cmd_deb() {
+    need_root deb
+    apt_install "${DEB_BUILD_PACKAGES[@]}"
+    local build
+    build=$(mktemp -d /tmp/nfguard-deb.XXXXXX)
+    # shellcheck disable=SC2064  # $build is known now
+    trap "rm -rf '$build'" EXIT
+    # Built from a copy, so that debhelper's and pip's scratch files never land in the
+    # checkout; what is not committed is built too.
+    mkdir "$build/nfguard"
+    tar --exclude=./.git --exclude=./.venv --exclude=./dist --exclude=__pycache__ \
+        --exclude='*.egg-info' --exclude=./build -cf - . | tar -xf - -C "$build/nfguard"
+    log "dpkg-buildpackage in $build (a virtualenv with every dependency; a few minutes)"
+    (cd "$build/nfguard" && dpkg-buildpackage --build=binary --no-sign) >"$build/build.log" 2>&1 \
+        || { tail -n 40 "$build/build.log" >&2; log "the build failed"; exit 1; }
+    mkdir -p dist
+    local deb
+    for deb in "$build"/*.deb; do
+        mv "$deb" dist/
+        deb=dist/$(basename "$deb")
+        log "lintian $deb"
+        lintian --fail-on error,warning --info "$deb" >&2 || { log "lintian: $deb fails"; exit 1; }
+        log "built $PWD/$deb ($(du -h "$deb" | cut -f1); install: apt install ./$deb)"
+    done
+}
+
 case "${1:-}" in
     run) shift; cmd_run "$@" ;;
     test) shift; cmd_test "$@" ;;
     bench) shift; cmd_bench "$@" ;;
-    *) echo "usage: $0 run | test [pytest args] | bench [python -m tests.bench args]" >&2
+    deb) shift; cmd_deb ;;
+    *) echo "usage: $0 run | test [pytest args] | bench [python -m tests.bench args] | deb" >&2
        exit 2 ;;
 esac

@@ -12,6 +12,7 @@ from typing import Any
 
 from nfguard import journal
 from nfguard.config import DEFAULT_PATH, load_config
+from nfguard.package import version
 from nfguard.policy.load import PolicyError
 
 
@@ -37,11 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nfguard", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"nfguard {version()}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, func: object, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--config", default=DEFAULT_PATH, help=f"default {DEFAULT_PATH}")
+        sub.add_argument("--config", default=DEFAULT_PATH, metavar="PATH",
+                         help=f"default {DEFAULT_PATH}")
         sub.set_defaults(func=func)
         return sub
 
@@ -52,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                       "the systemd unit")
     install.add_argument("--dry-run", action="store_true", help="print it, load nothing")
     install.add_argument("--systemd", action="store_true",
-                         help="install the systemd unit (nfguard.service) instead; the service "
+                         help="install the systemd unit (nfguard.service) instead, and the "
+                         "default config and policy where --config names none; the service "
                          "installs the ruleset when it starts")
     install.add_argument("--unit-dir", default=None, metavar="DIR",
                          help="where --systemd writes the unit (default /etc/systemd/system)")
@@ -89,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     explain = command("explain", _explain, "which client, policy and rule decide a flow, and why")
     explain.add_argument("--to", required=True, metavar="HOST_OR_IP[:PORT]")
     explain.add_argument("--proto", choices=("tcp", "udp"), default="tcp")
-    explain.add_argument("--exe", help="executable of the client process")
+    explain.add_argument("--exe", metavar="PATH", help="executable of the client process")
     explain.add_argument("--user", help="user name (or uid) of the client process")
     explain.add_argument("--interface", metavar="NAME",
                          help="a forwarded flow (a container's, a VM's) coming in on NAME; "
@@ -152,9 +156,9 @@ def _run(args: argparse.Namespace) -> int:
 def _install(args: argparse.Namespace) -> int:
     from nfguard.nft import NATIVE, PATH_DESCRIPTIONS, Installer, NftError, render
 
-    config = load_config(args.config)
     if args.systemd:
         return _install_unit(args)
+    config = load_config(args.config)
     try:
         installer = Installer()
         path = installer.probe_path()
@@ -177,12 +181,18 @@ def _install_unit(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
-    from nfguard import service
+    from nfguard import package, service
 
     unit = service.render_unit(service.this_command(), os.path.abspath(args.config))
     if args.dry_run:
+        if os.path.exists(args.config):
+            load_config(args.config)
         print(unit, end="")
         return 0
+    # A host set up by `pip install` alone has no config yet: the package's default one
+    # (audit mode) and base.toml, as ./bootstrap.sh run and the Debian package lay them out.
+    for path in package.install_defaults(args.config):
+        print(f"wrote {path} (the default shipped with nfguard {version()})")
     directory = Path(args.unit_dir or service.UNIT_DIR)
     path = directory / service.UNIT_NAME
     directory.mkdir(parents=True, exist_ok=True)
@@ -268,7 +278,8 @@ def _reload(args: argparse.Namespace) -> int:
 def _uninstall(args: argparse.Namespace) -> int:
     from nfguard.nft import Installer
 
-    load_config(args.config)
+    # The config is not read: what install added is known without it, and a config broken
+    # since (or gone) must not keep the ruleset in place (the Debian package's prerm).
     removed = Installer().uninstall()
     print("nfguard ruleset removed" if removed else "nfguard ruleset was not installed")
     return 0

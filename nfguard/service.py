@@ -46,6 +46,7 @@ _TEMPLATE = """\
 # Rendered by `nfguard install --systemd`; see nfguard/service.py for why it looks so.
 [Unit]
 Description=nfguard host egress firewall
+Documentation=man:nfguard(8) man:nfguard.toml(5)
 Wants=network-pre.target
 Before=network-pre.target shutdown.target
 Conflicts=shutdown.target

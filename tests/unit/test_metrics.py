@@ -435,3 +435,24 @@ def test_each_worker_process_has_its_memory_cpu_and_fds(tmp_path: Path) -> None:
     assert samples[("nfguard_worker_cpu_seconds_total", (("queue", "1"),))] > 0
     assert samples[("nfguard_worker_open_fds", (("queue", "1"),))] > 0
     assert not [labels for _, labels in samples if ("queue", "2") in labels]
+
+
+def test_exporter_serves_on_loopback_and_shuts_down(tmp_path: Path) -> None:
+    """The exporter thread as the daemon starts and stops it: prometheus-client's
+    start_http_server returns its server only from 0.20 on (pyproject's floor)."""
+    import socket
+    import urllib.request
+
+    from nfguard.config import MetricsConfig
+    from nfguard.metrics import serve
+
+    with socket.socket() as probe:  # a free port (the config takes no port 0)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = serve(MetricsConfig(f"127.0.0.1:{port}"),
+                   Sources(Stats(), queue=0, nfqueue_path=str(tmp_path / "missing")))
+    assert server is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        assert b"nfguard_packets_total" in answer.read()
+    server.shutdown()  # type: ignore[attr-defined]
+    assert serve(MetricsConfig(""), Sources(Stats())) is None

@@ -66,8 +66,9 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     # verify checks that the commands exist: render for the nfguard that runs these tests.
     unit = tmp_path / service.UNIT_NAME
     unit.write_text(service.render_unit(service.this_command(), DEFAULT_PATH))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                            text=True, timeout=60)
+    # Its Documentation= man pages are installed by the Debian package only.
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
     # The same template with the shipped command differs only in the command.
