@@ -376,14 +376,15 @@ class Lab:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_listening(port, "tcp")
 
-    def record_tcp(self, host: str, port: int, banner: bytes = b"") -> Recording:
-        """A TCP listener on the server that records each connection and what it sent
-        (and first sends `banner`, as a server-first protocol does)."""
+    def record_tcp(self, host: str, port: int, banner: bytes = b"",
+                   ns: str | None = None) -> Recording:
+        """A TCP listener on the server (or namespace `ns`) that records each connection
+        and what it sent (and first sends `banner`, as a server-first protocol does)."""
         recording = Recording(self.workdir / f"tcp-{host}-{port}.jsonl")
-        self.spawn(self.server, sys.executable, "-c", TCP_RECORDER, host, str(port),
+        self.spawn(ns or self.server, sys.executable, "-c", TCP_RECORDER, host, str(port),
                    str(recording.path), banner.decode(),
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.wait_listening(port, "tcp")
+        self.wait_listening(port, "tcp", ns=ns)
         return recording
 
     def record_udp(self, host: str, port: int) -> Recording:

@@ -96,7 +96,10 @@ def names_policy(*ports: int, dns_to: tuple[str, ...] = LAB_DNS, queries: str = 
 # first address, not its spare .200) may reach a.test and the server's port 80 by CIDR,
 # LAN B b.test, the server's port 8080 and UDP 9999; the gateway's own root processes only the
 # server's port 8081. Clients by source: A by networks, B by one address and a network.
-def gateway_policy(dnsmasq: str, server: tuple[str, str]) -> str:
+def gateway_policy(dnsmasq: str, server: tuple[str, str],
+                   a_names: tuple[str, ...] = ("a.test",)) -> str:
+    """LAN A's client may reach `a_names` by name, LAN B's b.test; each a port or two of
+    the server by address; the gateway's dnsmasq any resolver."""
     def client(name: str, match: str, *policies: str, extra: str = "") -> str:
         return (f"[[client]]\nname = {json.dumps(name)}\nmatch = {{ {match} }}\n"
                 f"policies = {json.dumps(list(policies))}\n{extra}")
@@ -110,7 +113,7 @@ def gateway_policy(dnsmasq: str, server: tuple[str, str]) -> str:
     ]
     policies = [
         policy("upstream-dns", allow("resolvers", "@resolvers", ports=(53,))),
-        policy("a", allow("names", "a.test", ports=(80, 443), proto="tcp"),
+        policy("a", allow("names", *a_names, ports=(80, 443), proto="tcp"),
                allow("server", *server, ports=(80,), proto="tcp")),
         policy("b", allow("names", "b.test", ports=(80, 443), proto="tcp"),
                allow("server", *server, ports=(8080,), proto="tcp"),

@@ -81,21 +81,24 @@ FAMILIES = {
 }
 
 
-def start(gateway: GatewayLab, nat: bool, web: bool = True) -> Path:
-    """Servers, the gateway's dnsmasq and nfguard; the server's DNS query log."""
+def start(gateway: GatewayLab, nat: bool, web: bool = True, *, records: tuple[str, ...] = (),
+          a_names: tuple[str, ...] = ("a.test",), names: dict | None = None) -> Path:
+    """Servers (the DNS server with `records` too), the gateway's dnsmasq and nfguard (LAN
+    A allowed `a_names`, the config's [names] `names`); the server's DNS query log."""
     if nat:
         gateway.masquerade()
     else:
         gateway.route_back()
     log = gateway.workdir / "server-dns.log"
-    gateway.serve_dns(*SERVER_RECORDS, "--log-queries", f"--log-facility={log}")
+    gateway.serve_dns(*SERVER_RECORDS, *records, "--log-queries", f"--log-facility={log}")
     if web:
         _ca, cert, key = make_certs(gateway.workdir)
         gateway.serve_https(cert, key)
         gateway.serve_http(80, 8080, 8081)
     gateway.serve_lan_dns()
     gateway.start_engine(gateway.write_config(
-        gateway_policy(DNSMASQ, (SERVER_V4, SERVER_V6)), forward_from=["lan*"]))
+        gateway_policy(DNSMASQ, (SERVER_V4, SERVER_V6), a_names), names=names,
+        forward_from=["lan*"]))
     return log
 
 
