@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nfguard.procs import Attributor
 from nfguard.procs.cgroups import find_cgroup2_root
+from tests.bench.bench_connections import remove_cgroup
 
 SPAWNER = r"""
 import os, signal, socket, struct, sys, time
@@ -386,15 +387,7 @@ def main() -> int:
         lst.close()
         usrv.close()
         if cgdir:
-            kill = os.path.join(cgdir, "cgroup.kill")
-            if os.path.exists(kill):
-                Path(kill).write_text("1")
-            for _ in range(100):
-                try:
-                    os.rmdir(cgdir)
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            remove_cgroup(cgdir)
 
 
 if __name__ == "__main__":
