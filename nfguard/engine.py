@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from nfguard.config import EngineConfig
 from nfguard.lru import Memo
 from nfguard.policy.clients import Process, match_key
-from nfguard.policy.internal import NEVER_BY_NAME, PUBLIC, Internal, Private, classify
+from nfguard.policy.internal import (
+    NEVER_BY_NAME,
+    PUBLIC,
+    Internal,
+    Private,
+    address_of,
+    classify,
+)
 from nfguard.policy.match import (
     CIDR,
     CompiledPolicySet,
@@ -178,8 +185,7 @@ class Engine:
     def keeps_names_from(self, address: str) -> bool:
         """Whether a name alone never leads to `address` (the one-trip sets leave it out, so
         the engine decides a SYN to it before anything leaves)."""
-        ip = ipaddress.ip_address(address)
-        return self._kept_from(ip.version, int(ip)) is not PUBLIC
+        return self._kept_from(*address_of(address)) is not PUBLIC
 
     def _kept_from(self, version: int, address: int) -> Internal:
         kind = self.internal(version, address)

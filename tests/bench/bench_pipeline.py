@@ -31,6 +31,7 @@ from nfguard import marks
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
+from nfguard.hostnets import HostNetworks
 from nfguard.metrics import Stats
 from nfguard.pipeline import LOCAL_OUT, Pipeline
 from nfguard.policy.load import parse_policy_texts
@@ -70,7 +71,9 @@ def make_pipeline(audit_path: str) -> Pipeline:
     policy = "\n".join([client("wrk", [BODY, "web"], exe=WRK), client("rest", ["none"]),
                         body_rules(1000), allow_rule("web", "server", [NAME], [80], "tcp"),
                         '[[policy]]\nname = "none"\n'])
-    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("b.toml", policy)])))
+    # The address kinds remembered, as the daemon's engine has them (build_engine).
+    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts([("b.toml", policy)])),
+                    internal=HostNetworks(lambda: ()).kind)
     released: list[int] = []
     pipeline = Pipeline(engine, AuditLog(audit_path), Stats(), settings=NamesConfig(),
                         attributor=Attributor(),  # type: ignore[arg-type]
