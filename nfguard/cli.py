@@ -346,11 +346,14 @@ def _suggest(args: argparse.Namespace) -> int:
 def _suggest_or_judge(args: argparse.Namespace) -> int:
     import gzip
 
-    from nfguard import suggest
     from nfguard.config import SYSTEM_RESOLVERS
     from nfguard.hostnets import HostNetworks
     from nfguard.names.resolvers import TrustedServers
     from nfguard.policy.load import load_policy_dir
+    from nfguard.suggest.build import suggest
+    from nfguard.suggest.check import denied, refused, render_denied
+    from nfguard.suggest.events import read_flows, with_carriers
+    from nfguard.suggest.text import comment_text
 
     policies = load_policy_dir(args.policy) if args.policy else None
     sources = []
@@ -365,27 +368,27 @@ def _suggest_or_judge(args: argparse.Namespace) -> int:
         except (OSError, EOFError) as exc:  # EOFError: a truncated .gz
             print(f"nfguard suggest: cannot read {path}: {exc}", file=sys.stderr)
             return SUGGEST_ERROR
-    read = suggest.read_flows(sources)
+    read = read_flows(sources)
     if read.malformed or read.without_flow:
         print(f"nfguard suggest: skipped {read.malformed} lines that are not audit events and "
               f"{read.without_flow} events without a flow", file=sys.stderr)
         for example in read.examples:
-            print(f"  {suggest.comment_text(example)}", file=sys.stderr)
+            print(f"  {comment_text(example)}", file=sys.stderr)
     if not read.flows and not read.queries:
         print("nfguard suggest: no flows found", file=sys.stderr)
     resolvers = TrustedServers(SYSTEM_RESOLVERS).serves  # "@resolvers": this host's
     hostnets = HostNetworks()  # this host's networks are inside too
     if policies is not None:
-        found = suggest.denied(read.flows, policies, args.default, resolvers, read.queries,
-                               args.private, hostnets.kind)
-        total = len(suggest.with_carriers(read.flows, read.queries))
-        refused = suggest.refused(read.queries, policies, args.default) if read.queries else None
-        print(suggest.render_denied(found, total, args.policy, args.default, refused,
-                                    len(read.queries)), end="")
-        return SUGGEST_DENIED if found or refused else SUGGEST_CLEAN
+        found = denied(read.flows, policies, args.default, resolvers, read.queries,
+                       args.private, hostnets.kind)
+        total = len(with_carriers(read.flows, read.queries))
+        refusals = refused(read.queries, policies, args.default) if read.queries else None
+        print(render_denied(found, total, args.policy, args.default, refusals,
+                            len(read.queries)), end="")
+        return SUGGEST_DENIED if found or refusals else SUGGEST_CLEAN
     else:
-        print(suggest.suggest(read.flows, args.min_siblings, resolvers, read.queries,
-                              hostnets.kind_of), end="")
+        print(suggest(read.flows, args.min_siblings, resolvers, read.queries,
+                      hostnets.kind_of), end="")
     return 0
 
 

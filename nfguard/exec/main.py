@@ -39,7 +39,7 @@ from nfguard.exec.policy import Documents, compose, read_documents
 from nfguard.exec.watch import PolicyWatcher
 from nfguard.policy.load import PolicyError
 from nfguard.policy.model import PolicySet
-from nfguard.suggest import Resolvers
+from nfguard.suggest.events import Resolvers
 
 FAILURE = 125  # nfguard exec itself failed (as env, timeout and chroot say it)
 TICK = 0.25  # seconds between the loop's chores

@@ -14,7 +14,7 @@ import re
 from typing import NamedTuple
 
 from nfguard.policy.model import RESOLVERS
-from nfguard.suggest import toml_string
+from nfguard.suggest.text import toml_string
 
 QUICK_POLICY = "exec-allow"  # the policy the --allow rules make
 ALLOW_ALL_POLICY = "exec-allow-all"  # --allow-all: every destination, recorded

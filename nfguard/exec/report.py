@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from nfguard.suggest import Flow, Query, Resolvers, parse_event, suggest
+from nfguard.suggest.build import suggest
+from nfguard.suggest.events import Flow, Query, Resolvers, parse_event
 
 SUMMARY_LINES = 20  # distinct denials listed; the rest are counted
 

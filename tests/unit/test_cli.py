@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from nfguard import cli, nft
+from nfguard.suggest.build import suggest
 from tests.unit.policies import PRIVATE_NAMES
+from tests.unit.suggest.samples import APT_LOG, MIXED, flows_of, lines
+from tests.unit.suggest.samples import POLICY as SUGGEST_POLICY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -621,3 +624,93 @@ def test_explain_shows_a_name_kept_from_inside(
     code, out, _err = run_explain(capsys, config, "db.corp.example:443")
     assert "decision: allow (rule_match, evidence dns)" in out
     assert "rule web/corp" in out
+
+
+# ---------------------------------------------------------------- suggest
+
+
+def test_cli_suggest_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("\n".join([*lines(*MIXED[:6]), "garbage"]) + "\n")
+    more = tmp_path / "more.jsonl"
+    more.write_text("\n".join(lines(*MIXED[6:])) + "\n")
+    code, out, err = run(capsys, "suggest", str(audit), str(more))
+    assert code == 0
+    assert "skipped 1 lines that are not audit events" in err
+    assert f"{audit}:7:" in err
+    assert out == suggest(flows_of(*MIXED))
+
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "50-suggested.toml").write_text(out)
+    config = tmp_path / "nfguard.toml"
+    config.write_text('[engine]\npolicy_dir = "rules"\n[metrics]\nlisten = ""\n')
+    code, out, err = run(capsys, "check", "--config", str(config))
+    assert code == 0, err
+
+    code, out, err = run(capsys, "suggest", str(audit), str(more), "--policy", str(rules))
+    assert code == 0
+    assert out.splitlines() == [f"# 0 distinct flows denied by the policy in {rules} "
+                                "(0 of 13 observed flows; engine.default = deny)"]
+
+
+def test_cli_policy_mode_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("\n".join(lines(*MIXED[:6], MIXED[5])) + "\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "p.toml").write_text(SUGGEST_POLICY)
+    code, out, _err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    assert code == 1, "flows would be denied: a CI gate fails"
+    assert out.splitlines() == [
+        f"# 3 distinct flows denied by the policy in {rules} (4 of 7 observed flows; "
+        "engine.default = deny)",
+        "deny tcp 192.0.2.10:8443  2 flows  from exe=/usr/bin/curl user=alice  client=curl "
+        "rule=web/no-8443",
+        "deny tcp example.com:80  1 flow  from exe=/usr/bin/curl user=alice  client=curl "
+        "reason=no_rule_match",
+        "deny tcp pypi.org:443  1 flow  from exe=/usr/bin/curl user=alice  client=curl "
+        "reason=no_rule_match",
+    ]
+
+
+def test_cli_missing_file_and_bad_policy(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(capsys, "suggest", str(tmp_path / "none.jsonl"))
+    assert code == 2, "trouble, not a deny"
+    assert "cannot read" in err
+    audit = tmp_path / "a.jsonl"
+    audit.write_text("\n".join(lines(*MIXED)) + "\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "bad.toml").write_text('[[policy]]\nname = "x"\n[[policy.rule]]\naction = "maybe"\n')
+    code, out, err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    assert code == 2
+    assert out == ""
+    assert f"{rules / 'bad.toml'}:4: action must be one of allow | deny" in err
+
+
+def test_cli_suggest_with_queries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("\n".join(lines(*APT_LOG)) + "\n")
+    code, out, err = run(capsys, "suggest", str(audit))
+    assert code == 0 and "no flows found" not in err
+    assert "resolve = [" in out
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "50-suggested.toml").write_text(out)
+    code, out, _err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    assert code == 0
+    assert out.splitlines()[-1] == (
+        "# 0 distinct names refused to their clients (0 of 5 observed queries): each needs a "
+        "rule whose `to` or `resolve` names it")
+    (rules / "50-suggested.toml").write_text(SUGGEST_POLICY)
+    code, out, _err = run(capsys, "suggest", str(audit), "--policy", str(rules))
+    assert code == 1, "a refused query fails the gate too"
+    # apt's names fall to everyone's rule without `to`: only curl's example.org is refused
+    assert out.splitlines()[-2:] == [
+        "# 1 distinct names refused to their clients (2 of 5 observed queries): each needs a "
+        "rule whose `to` or `resolve` names it",
+        "refuse MX/TXT example.org  2 queries, first seen 2026-12-07T10:00:00.000Z, last "
+        "2026-12-07T10:05:00.000Z  from exe=/usr/bin/curl user=alice  client=curl "
+        "reason=name_not_allowed"]
