@@ -411,7 +411,7 @@ class Attributor:
         self.poll_events()
         if self._events is None:  # an entry read through a kept directory that still
             self._fds.refresh(pid)  # works describes the live process (entries)
-        entry = self._entries.get(pid, False, cg_path is None)
+        entry = self._entries.get(pid, False, cg_path is None, exec_checked=True)
         if entry is not None and started_before(entry.starttime, connected_at, self._hz):
             # everything about the process is read first, then its exec times: an exec
             # that replaced what was read has begun (or ended) by then
