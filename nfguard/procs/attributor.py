@@ -341,8 +341,8 @@ class Attributor:
                 self.counters.failures += 1
                 return self._socket_only(found.uid, user, found.inode, None)._replace(
                     interface=interface)
-            return self._info(found.uid, user, found.inode, hit[0], entry, None,
-                              hash_exe)._replace(interface=interface, unproven=True)
+            return self._info(found.uid, user, found.inode, hit[0], entry, None, hash_exe,
+                              unproven=True)._replace(interface=interface)
         except Exception:
             self.counters.errors += 1
             self.counters.failures += 1
@@ -398,8 +398,7 @@ class Attributor:
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
-        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe)._replace(
-            unproven=True)
+        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe, unproven=True)
 
     def _recorded(self, uid: int, user: str | None, inode: int, record: tuple[int, int],
                   cg_path: str | None, hash_exe: bool) -> ProcessInfo:
@@ -432,25 +431,16 @@ class Attributor:
         return self._socket_only(uid, user, inode, cg_path)
 
     def _info(self, uid: int, user: str | None, inode: int, pid: int, entry: ProcEntry,
-              cg_path: str | None, hash_exe: bool) -> ProcessInfo:
+              cg_path: str | None, hash_exe: bool, unproven: bool = False) -> ProcessInfo:
         cgroup = cg_path if cg_path is not None else entry.cgroup
+        # positional, in ProcessInfo's order: keywords cost twice as much, once per flow
         return ProcessInfo(
-            uid=uid,
-            user=user,
-            inode=inode,
-            pid=pid,
-            exe=entry.exe,
-            exe_deleted=entry.exe_deleted,
-            exe_mismatch=entry.exe_mismatch,
-            cmdline=entry.cmdline,
-            ppid=entry.ppid,
-            parent_exe=entry.parent_exe,
-            cgroup=cgroup,
-            unit=self._unit(cgroup),
-            container=self._containers.of(cgroup),
-            gids=entry.gids,
-            groups=entry.groups,
-            sha256=self._hashes.sha256(pid) if hash_exe else None,
+            uid, user, inode, pid, entry.exe, entry.exe_deleted, entry.exe_mismatch,
+            unproven, entry.cmdline, entry.ppid, entry.parent_exe, cgroup,
+            self._unit(cgroup), entry.gids, entry.groups,
+            self._hashes.sha256(pid) if hash_exe else None,
+            None,  # interface: a forwarded flow's, given by lookup_forwarded
+            self._containers.of(cgroup),
         )
 
     def _uid_only(self, uid: int | None) -> ProcessInfo:
