@@ -68,8 +68,8 @@ class ProcessEntries:
         seen there, and read again). Where the kernel sees every exec from its start, a
         cached entry of the same process (its kept directory) then needs no exe link read,
         but for one every LINK_RECHECK_NS: the kernel's exec record is an LRU map, and
-        the link catches an exec whose record later ones pushed out (65,536 execs take
-        seconds).
+        the link catches an exec whose record later ones pushed out (a map's worth of
+        execs, tens of thousands, takes seconds).
         """
         entry = self.cache.get(pid)
         if entry is not None and want_cgroup and entry.cgroup is None:
