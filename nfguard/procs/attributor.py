@@ -407,9 +407,10 @@ class Attributor:
         now, or the program exec'd since, did not make this flow."""
         c = self.counters
         pid, connected_at = record
-        self.poll_events()
-        if self._events is None:  # an entry read through a kept directory that still
-            self._fds.refresh(pid)  # works describes the live process (entries)
+        if self._events is not None:
+            self.poll_events()
+        else:  # an entry read through a kept directory that still works describes the
+            self._fds.refresh(pid)  # live process (entries)
         entry = self._entries.get(pid, False, cg_path is None, exec_checked=True)
         if entry is not None and started_before(entry.starttime, connected_at, self._hz):
             # everything about the process is read first, then its exec times: an exec
@@ -463,7 +464,11 @@ class Attributor:
         self._inodes.put(inode, (pid, fd))
 
     def _user(self, uid: int) -> str | None:
-        return name_of(self._users, uid, lambda u: pwd.getpwuid(u).pw_name)
+        return name_of(self._users, uid, _user_name)
+
+
+def _user_name(uid: int) -> str:
+    return pwd.getpwuid(uid).pw_name
 
 
 def _clocks() -> tuple[int, int]:
