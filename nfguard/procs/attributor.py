@@ -341,8 +341,8 @@ class Attributor:
                 self.counters.failures += 1
                 return self._socket_only(found.uid, user, found.inode, None)._replace(
                     interface=interface)
-            return self._info(found.uid, user, found.inode, hit[0], entry, None,
-                              hash_exe)._replace(interface=interface, unproven=True)
+            return self._info(found.uid, user, found.inode, hit[0], entry, None, hash_exe,
+                              unproven=True)._replace(interface=interface)
         except Exception:
             self.counters.errors += 1
             self.counters.failures += 1
@@ -398,8 +398,7 @@ class Attributor:
         if entry is None:  # exited between the fd check and now
             c.failures += 1
             return self._socket_only(uid, user, inode, cg_path)
-        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe)._replace(
-            unproven=True)
+        return self._info(uid, user, inode, pid, entry, cg_path, hash_exe, unproven=True)
 
     def _recorded(self, uid: int, user: str | None, inode: int, record: tuple[int, int],
                   cg_path: str | None, hash_exe: bool) -> ProcessInfo:
@@ -408,10 +407,11 @@ class Attributor:
         now, or the program exec'd since, did not make this flow."""
         c = self.counters
         pid, connected_at = record
-        self.poll_events()
-        if self._events is None:  # an entry read through a kept directory that still
-            self._fds.refresh(pid)  # works describes the live process (entries)
-        entry = self._entries.get(pid, False, cg_path is None)
+        if self._events is not None:
+            self.poll_events()
+        else:  # an entry read through a kept directory that still works describes the
+            self._fds.refresh(pid)  # live process (entries)
+        entry = self._entries.get(pid, False, cg_path is None, exec_checked=True)
         if entry is not None and started_before(entry.starttime, connected_at, self._hz):
             # everything about the process is read first, then its exec times: an exec
             # that replaced what was read has begun (or ended) by then
@@ -432,25 +432,16 @@ class Attributor:
         return self._socket_only(uid, user, inode, cg_path)
 
     def _info(self, uid: int, user: str | None, inode: int, pid: int, entry: ProcEntry,
-              cg_path: str | None, hash_exe: bool) -> ProcessInfo:
+              cg_path: str | None, hash_exe: bool, unproven: bool = False) -> ProcessInfo:
         cgroup = cg_path if cg_path is not None else entry.cgroup
+        # positional, in ProcessInfo's order: keywords cost twice as much, once per flow
         return ProcessInfo(
-            uid=uid,
-            user=user,
-            inode=inode,
-            pid=pid,
-            exe=entry.exe,
-            exe_deleted=entry.exe_deleted,
-            exe_mismatch=entry.exe_mismatch,
-            cmdline=entry.cmdline,
-            ppid=entry.ppid,
-            parent_exe=entry.parent_exe,
-            cgroup=cgroup,
-            unit=self._unit(cgroup),
-            container=self._containers.of(cgroup),
-            gids=entry.gids,
-            groups=entry.groups,
-            sha256=self._hashes.sha256(pid) if hash_exe else None,
+            uid, user, inode, pid, entry.exe, entry.exe_deleted, entry.exe_mismatch,
+            unproven, entry.cmdline, entry.ppid, entry.parent_exe, cgroup,
+            self._unit(cgroup), entry.gids, entry.groups,
+            self._hashes.sha256(pid) if hash_exe else None,
+            None,  # interface: a forwarded flow's, given by lookup_forwarded
+            self._containers.of(cgroup),
         )
 
     def _uid_only(self, uid: int | None) -> ProcessInfo:
@@ -473,7 +464,11 @@ class Attributor:
         self._inodes.put(inode, (pid, fd))
 
     def _user(self, uid: int) -> str | None:
-        return name_of(self._users, uid, lambda u: pwd.getpwuid(u).pw_name)
+        return name_of(self._users, uid, _user_name)
+
+
+def _user_name(uid: int) -> str:
+    return pwd.getpwuid(uid).pw_name
 
 
 def _clocks() -> tuple[int, int]:

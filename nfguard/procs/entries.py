@@ -17,6 +17,8 @@ from nfguard.procs.info import ProcEntry
 from nfguard.procs.owners import ExecTimes, image_unchanged
 from nfguard.procs.process import FdDirs, ProcReader, split_deleted
 
+LINK_RECHECK_NS = 1_000_000_000  # a cached entry's exe link is read at least this often
+
 
 class ProcessEntries:
     """The cache of ProcEntry by pid, and what it needs to tell a cached entry still holds.
@@ -35,6 +37,8 @@ class ProcessEntries:
         self._hz = os.sysconf("SC_CLK_TCK")
         self.cache: LRU[int, ProcEntry] = LRU(size)
         self._groups: LRU[int, tuple[str | None]] = LRU(4096)
+        # pid → when its exe link was last seen to be its cached entry's (boot ns)
+        self._linked: LRU[int, int] = LRU(size)
         # pid → when the process connector last saw it exec (boot ns): what stands in for
         # the kernel's exec record (owners.ExecTimes) where that cannot be loaded
         self.exec_seen: LRU[int, int] = LRU(size)
@@ -45,8 +49,10 @@ class ProcessEntries:
         """Forget what was read (exec and fork times stay: they are facts, not reads)."""
         self.cache.clear()
         self._groups.clear()
+        self._linked.clear()
 
-    def get(self, pid: int, proven: bool, want_cgroup: bool) -> ProcEntry | None:
+    def get(self, pid: int, proven: bool, want_cgroup: bool,
+            exec_checked: bool = False) -> ProcEntry | None:
         """Process info for pid, from cache when the exe link and start time still match.
 
         With process events (drained by every lookup before this), an exec, exit or fork
@@ -57,6 +63,13 @@ class ProcessEntries:
         with.
         `want_cgroup`: the socket's cgroup is unknown, so read the process's (skipped
         otherwise: ~10 µs).
+        `exec_checked`: the caller holds the entry's read_at against the kernel's exec
+        times afterwards (the recorded route: an exec begun or ended since the reading is
+        seen there, and read again). Where the kernel sees every exec from its start, a
+        cached entry of the same process (its kept directory) then needs no exe link read,
+        but for one every LINK_RECHECK_NS: the kernel's exec record is an LRU map, and
+        the link catches an exec whose record later ones pushed out (a map's worth of
+        execs, tens of thousands, takes seconds).
         """
         entry = self.cache.get(pid)
         if entry is not None and want_cgroup and entry.cgroup is None:
@@ -66,12 +79,18 @@ class ProcessEntries:
         serial = self._fds.serial(pid)
         same_process = entry is not None and serial is not None and serial == entry.fd_serial
         read_at = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        if same_process and exec_checked and self._sees_exec_begin():
+            linked = self._linked.get(pid)
+            if linked is not None and read_at - linked < LINK_RECHECK_NS:
+                return entry
         link = self._proc.exe_link(pid)
         if entry is not None and entry.exe_link == link:
             if proven or same_process:
+                self._linked.put(pid, read_at)
                 return self._vouched(pid, entry, serial)
             st = self._proc.stat(pid)
             if st is not None and st.starttime == entry.starttime:
+                self._linked.put(pid, read_at)
                 return self._vouched(pid, entry, serial)
         st = self._proc.stat(pid)
         if st is None:
@@ -102,7 +121,12 @@ class ProcessEntries:
             read_at=read_at,
         )
         self.cache.put(pid, entry)
+        self._linked.put(pid, read_at)
         return entry
+
+    def _sees_exec_begin(self) -> bool:
+        execs = self._execs()
+        return execs is not None and execs.sees_exec_begin
 
     def _vouched(self, pid: int, entry: ProcEntry, serial: int | None) -> ProcEntry:
         """The entry, just shown to describe pid's process, tied to the fd directory kept

@@ -154,7 +154,7 @@ class SocketOwners:
                  execs: ExecTimes | None = None, exec_error: str | None = None) -> None:
         self._map_fd = map_fd
         self._link_fds = link_fds
-        self._map = _MapReader(map_fd, _KEY.size, _VALUE.size)
+        self._map = _MapReader(map_fd, _KEY, _VALUE)
         self.execs = execs  # None: the kernel does not say when processes exec
         self.exec_error = exec_error  # why not
 
@@ -191,10 +191,10 @@ class SocketOwners:
 
     def lookup(self, cookie: int) -> tuple[int, int] | None:
         """(pid, boot ns) recorded for the socket, or None."""
-        raw = self._map.get(_KEY.pack(cookie))
-        if raw is None:
+        found = self._map.get(cookie)
+        if found is None:
             return None
-        pid_tgid, boot_ns = _VALUE.unpack(raw)
+        pid_tgid, boot_ns = found
         return pid_tgid >> 32, boot_ns
 
     def close(self) -> None:
@@ -214,7 +214,7 @@ class ExecTimes:
     raw tracepoints recorded them in one map. Needs CAP_PERFMON besides CAP_BPF."""
 
     def __init__(self, map_fd: int, fds: list[int], sees_exec_begin: bool) -> None:
-        self._map = _MapReader(map_fd, _TGID.size, _EXECS.size)
+        self._map = _MapReader(map_fd, _TGID, _EXECS)
         self._fds = fds
         self.sees_exec_begin = sees_exec_begin  # not only an exec's end (sched_prepare_exec)
 
@@ -240,10 +240,10 @@ class ExecTimes:
 
     def of(self, pid: int) -> tuple[int | None, int | None]:
         """(began, done) of pid's last exec seen, boot ns; None for what was not seen."""
-        raw = self._map.get(_TGID.pack(pid))
-        if raw is None:
+        found = self._map.get(pid)
+        if found is None:
             return None, None
-        began, done = _EXECS.unpack(raw)
+        began, done = found
         return began or None, done or None
 
     def close(self) -> None:
@@ -253,20 +253,23 @@ class ExecTimes:
 
 
 class _MapReader:
-    """Lookups in one BPF map through buffers made once (a flow makes up to three)."""
+    """Lookups in one BPF map through buffers made once (a flow makes up to three): the
+    key is packed into, and the value read from, the buffers the kernel is pointed at."""
 
-    def __init__(self, map_fd: int, key_size: int, value_size: int) -> None:
-        self._key = ctypes.create_string_buffer(key_size)
-        self._value = ctypes.create_string_buffer(value_size)
+    def __init__(self, map_fd: int, key: struct.Struct, value: struct.Struct) -> None:
+        self._key = ctypes.create_string_buffer(key.size)
+        self._value = ctypes.create_string_buffer(value.size)
+        self._pack_key = key.pack_into
+        self._unpack_value = value.unpack_from
         self._attr = ctypes.create_string_buffer(
             _LOOKUP_ATTR.pack(map_fd, 0, ctypes.addressof(self._key),
                               ctypes.addressof(self._value), 0), 128)
 
-    def get(self, key: bytes) -> bytes | None:
-        ctypes.memmove(self._key, key, len(key))
+    def get(self, *key: int) -> tuple[int, ...] | None:
+        self._pack_key(self._key, 0, *key)
         if _syscall(_NR_BPF, _MAP_LOOKUP_ELEM, self._attr, 128) < 0:
             return None
-        return self._value.raw
+        return self._unpack_value(self._value)
 
 
 def _raw_tracepoint(map_fd: int, name: bytes, field: int) -> int:

@@ -12,11 +12,13 @@ import socket
 import struct
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from nfguard import marks
-from nfguard.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSGHDR, attributes
+from nfguard import undecided as undecided_module
+from nfguard.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSGHDR, attributes
 from nfguard.undecided import (
     CTA_FILTER,
     CTA_MARK,
@@ -29,6 +31,7 @@ from nfguard.undecided import (
     Flow,
     dump_request,
     flow_of,
+    kernel_pending,
     parse_dump,
     started_here,
     verdict_request,
@@ -162,3 +165,27 @@ def test_kernel_pending_flows_are_asked_for_by_their_whole_mark() -> None:
     assert attrs[CTA_MARK] == struct.pack("!I", marks.KERNEL_PENDING)
     assert attrs[CTA_MARK_MASK] == struct.pack("!I", marks.MASK)
     assert CTA_FILTER not in attrs
+
+
+def test_kernel_pending_walks_the_conntrack_table_once_for_both_families(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every dump walks the kernel's whole table, whatever matches: one, of every family."""
+    sent: list[bytes] = []
+
+    class Socket:
+        def __enter__(self) -> Socket:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def send(self, data: bytes) -> None:
+            sent.append(data)
+
+        def recv(self, _size: int) -> bytes:
+            return NLMSGHDR.pack(NLMSGHDR.size, NLMSG_DONE, 0, 1, 0)
+
+    monkeypatch.setattr(undecided_module, "_socket", Socket)
+    assert kernel_pending() == []
+    (request,) = sent
+    assert request[NLMSGHDR.size] == socket.AF_UNSPEC

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nfguard.procs import UNKNOWN, Attributor, ProcessInfo
+from nfguard.procs import UNKNOWN, Attributor, ProcessInfo, entries
 from nfguard.procs.cnproc import ProcEvent
 from nfguard.procs.process import ProcReader
 from tests.unit.procs.fakes import (
@@ -168,6 +168,38 @@ def test_attributor_rereads_an_entry_read_before_the_last_exec(tmp_path: Path) -
     owners.records[72 << 8] = (700, exec_done + 10)
     info = attr.lookup(second[0], 4, *second[1:])
     assert (info.pid, info.exe, info.cmdline) == (700, "/usr/bin/curl", ("curl",))
+
+
+@pytest.mark.parametrize("sees_exec_begin", [True, False])
+def test_attributor_reads_a_recorded_process_s_exe_link_once_a_second(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sees_exec_begin: bool) -> None:
+    """Without process events, where the kernel records every exec from its start, a
+    recorded flow of a process already read (the same one: its kept fd directory) costs no
+    exe link read: an exec since the reading shows in the exec times. The link is still read
+    once every LINK_RECHECK_NS, which catches an exec whose record was pushed out of the
+    kernel's map; where only an exec's end is recorded, it is read for every flow."""
+    attr, diag, owners, _ev, proc, _cg, ids = recorded_attributor(tmp_path, events=False)
+    owners.execs.sees_exec_begin = sees_exec_begin  # type: ignore[misc]
+    reads: list[int] = []
+    exe_link = ProcReader.exe_link
+    monkeypatch.setattr(ProcReader, "exe_link",
+                        lambda self, pid: reads.append(pid) or exe_link(self, pid))
+    hz = os.sysconf("SC_CLK_TCK")
+    fake_proc(proc, 700, exe="/usr/bin/wrk", argv=["wrk"], ppid=1, sockets={5: 71, 6: 72},
+               starttime=1 * hz)
+    connected = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 10
+    flows = [diag_answer(diag, inode, ids["/user.slice"]) for inode in (71, 72)]
+    for inode in (71, 72):
+        owners.records[inode << 8] = (700, connected)
+    assert attr.lookup(flows[0][0], 4, *flows[0][1:]).exe == "/usr/bin/wrk"
+    assert attr.lookup(flows[0][0], 4, *flows[0][1:]).exe == "/usr/bin/wrk"  # the fd dir kept
+    reads.clear()
+    assert attr.lookup(flows[1][0], 4, *flows[1][1:]).exe == "/usr/bin/wrk"
+    assert reads.count(700) == (0 if sees_exec_begin else 1)
+    # an exec whose record is lost: the link shows it at its next reading
+    fake_proc(proc, 700, exe="/usr/bin/curl", argv=["curl"], ppid=1, starttime=1 * hz)
+    monkeypatch.setattr(entries, "LINK_RECHECK_NS", 0)
+    assert attr.lookup(flows[0][0], 4, *flows[0][1:]).exe == "/usr/bin/curl"
 
 
 def test_attributor_marks_a_path_that_does_not_name_its_file(tmp_path: Path) -> None:
