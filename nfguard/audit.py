@@ -64,38 +64,82 @@ def _event_fields(decision_type: str, verdict: str, action: str, reason: str) ->
     }
 
 
+class _Who(NamedTuple):
+    """What a process adds to each of its events, shared by them (read-only)."""
+
+    observer: dict[str, Any]  # with the interface a forwarded flow came in on
+    nfguard: dict[str, Any]  # nfguard.cgroup, unit and the flags on the executable
+    fields: dict[str, Any]  # process, user, container
+    users: list[str] | None  # related.user
+
+
+class _Parts(NamedTuple):
+    """What the events of one decision for one process share (read-only): all but the
+    time, the addresses and ports, and the related addresses."""
+
+    decision: Decision  # held, so that its id stays its own while remembered
+    process: ProcessInfo | None  # likewise
+    head: dict[str, Any]  # ecs, event, nfguard, rule, observer, in the events' order
+    who: _Who
+
+
 def audit_event(
     decision: Decision, packet: Packet | None, now: float, process: ProcessInfo | None = None
 ) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "@timestamp": timestamp(now),
-        "ecs": _ECS,
-        "event": _event_fields("connection", decision.verdict, decision.action, decision.reason),
-        "nfguard": {
-            "mode": decision.mode,
-            "verdict": decision.verdict,
-            "evidence": decision.evidence,
-        },
+    """A flow's event: a few inserts into what its decision and process share (the
+    engine hands out one Decision per remembered decision, the attributor one
+    ProcessInfo per process, so they are known by identity)."""
+    key = (id(decision), id(process))  # the memo holds both: no other can have their ids
+    parts = _parts_memo.get(key)
+    if parts is None:
+        parts = _parts_memo.put(key, _parts(decision, process))
+    event = {"@timestamp": timestamp(now), **parts.head}
+    host = None
+    if packet is not None:
+        _where(event, packet)
+        host = decision.domain
+        if host is not None:
+            event["destination"]["domain"] = host
+    who = parts.who
+    event.update(who.fields)
+    _related(event, packet, host, who.users)
+    return event
+
+
+def _parts(decision: Decision, process: ProcessInfo | None) -> _Parts:
+    who = _who(process)
+    nfguard: dict[str, Any] = {
+        "mode": decision.mode,
+        "verdict": decision.verdict,
+        "evidence": decision.evidence,
     }
     if decision.client is not None:
-        event["nfguard"]["client"] = decision.client
+        nfguard["client"] = decision.client
     if decision.unreadable is not None:  # why the client's name could not be known
-        event["nfguard"]["unreadable"] = decision.unreadable
+        nfguard["unreadable"] = decision.unreadable
     if decision.private is not None:  # the internal address a name alone was kept from
-        event["nfguard"]["private"] = decision.private
+        nfguard["private"] = decision.private
+    nfguard.update(who.nfguard)
+    head: dict[str, Any] = {
+        "ecs": _ECS,
+        "event": _event_fields("connection", decision.verdict, decision.action,
+                               decision.reason),
+        "nfguard": nfguard,
+    }
     if decision.rule is not None:
-        event["rule"] = _rule(decision.rule)
-    _where_and_who(event, packet, process)
-    if packet is not None and decision.domain is not None:
-        event["destination"]["domain"] = decision.domain
-    _related(event, decision.domain if packet is not None else None)
-    return event
+        head["rule"] = _rule(decision.rule)
+    head["observer"] = who.observer
+    return _Parts(decision, process, head, who)
+
+
+_parts_memo: Memo[tuple[int, int], _Parts] = Memo(4096)
 
 
 def query_event(decision: QueryDecision, qtype: str, mode: str, verdict: str, packet: Packet,
                 now: float, process: ProcessInfo | None = None) -> dict[str, Any]:
     """One DNS query's decision: `dns.question` says what was asked, `event.action` what
     the policy says of it, `nfguard.verdict` what happened (audit mode lets it out)."""
+    who = _who(process)
     event: dict[str, Any] = {
         "@timestamp": timestamp(now),
         "ecs": _ECS,
@@ -105,10 +149,13 @@ def query_event(decision: QueryDecision, qtype: str, mode: str, verdict: str, pa
     }
     if decision.client is not None:
         event["nfguard"]["client"] = decision.client
+    event["nfguard"].update(who.nfguard)
     if decision.rule is not None:
         event["rule"] = _rule(decision.rule)
-    _where_and_who(event, packet, process)
-    _related(event, decision.name or None)
+    event["observer"] = who.observer
+    _where(event, packet)
+    event.update(who.fields)
+    _related(event, packet, decision.name or None, who.users)
     return event
 
 
@@ -118,59 +165,75 @@ def _rule(name: str) -> dict[str, str]:
     return {"name": name, "ruleset": name.rpartition("/")[0]}
 
 
-def _related(event: dict[str, Any], host: str | None) -> None:
+def _related(event: dict[str, Any], packet: Packet | None, host: str | None,
+             users: list[str] | None) -> None:
     """ECS `related`: the addresses, the name and the user of the event, for pivoting."""
     related: dict[str, Any] = {}
-    source, destination = event.get("source"), event.get("destination")
-    if source is not None and destination is not None:
-        ips = [source["ip"], destination["ip"]]
-        related["ip"] = ips if ips[0] != ips[1] else ips[:1]
+    if packet is not None:
+        src, dst = packet.src, packet.dst
+        related["ip"] = [src, dst] if src != dst else [src]
     if host:
         related["hosts"] = [host]
-    user = event.get("user", {}).get("name")
-    if user is not None:
-        related["user"] = [user]
+    if users is not None:
+        related["user"] = users
     if related:
         event["related"] = related
 
 
-def _where_and_who(event: dict[str, Any], packet: Packet | None,
-                   process: ProcessInfo | None) -> None:
-    """The addresses, and the observer, process, user, unit and container fields of an
-    event."""
-    event["observer"] = OBSERVER
-    if packet is not None:
-        event["source"] = {"ip": packet.src, "port": packet.sport}
-        event["destination"] = {"ip": packet.dst, "port": packet.dport}
-        event["network"] = {"transport": packet.transport, "type": packet.network_type,
-                            "direction": "egress"}
-    if process is not None:
-        event.update(_process_fields(process))
-        if process.cgroup is not None:
-            event["nfguard"]["cgroup"] = process.cgroup
-        if process.unit is not None:
-            event["nfguard"]["unit"] = process.unit
-        if process.exe_deleted:  # replaced or unlinked while running
-            event["nfguard"]["exe_deleted"] = True
-        if process.exe_mismatch:  # the path names another file in a tree the sender made
-            event["nfguard"]["exe_mismatch"] = True
-        if process.unproven:  # found holding the socket, not seen connecting it
-            event["nfguard"]["unproven"] = True
-        if process.interface is not None:  # forwarded: a container's or a VM's flow
-            event["observer"] = {**OBSERVER,
-                                 "ingress": {"interface": {"name": process.interface}}}
-        container = process.container
-        if container is not None:  # ECS container.*
-            event["container"] = {"id": container.id, "runtime": container.runtime}
-            if container.name is not None:
-                event["container"]["name"] = container.name
-            image: dict[str, Any] = {}
-            if container.image is not None:
-                image["name"] = container.image
-            if container.image_id is not None:
-                image["hash"] = {"all": [container.image_id]}
-            if image:
-                event["container"]["image"] = image
+_NETWORKS = {(transport, version): {"transport": transport, "type": kind,
+                                    "direction": "egress"}
+             for transport in ("tcp", "udp") for version, kind in ((4, "ipv4"), (6, "ipv6"))}
+
+
+def _where(event: dict[str, Any], packet: Packet) -> None:
+    """The addresses and ports of an event, and its `network`."""
+    event["source"] = {"ip": packet.src, "port": packet.sport}
+    event["destination"] = {"ip": packet.dst, "port": packet.dport}
+    transport = packet.transport
+    network = _NETWORKS.get((transport, packet.version))
+    if network is None:  # shared by the events of tcp and udp; another is built
+        network = {"transport": transport, "type": packet.network_type,
+                   "direction": "egress"}
+    event["network"] = network
+
+
+_NOBODY = _Who(OBSERVER, {}, {}, None)
+
+
+def _who(process: ProcessInfo | None) -> _Who:
+    """The observer, process, user, unit and container fields of a process's events."""
+    if process is None:
+        return _NOBODY
+    nfguard: dict[str, Any] = {}
+    if process.cgroup is not None:
+        nfguard["cgroup"] = process.cgroup
+    if process.unit is not None:
+        nfguard["unit"] = process.unit
+    if process.exe_deleted:  # replaced or unlinked while running
+        nfguard["exe_deleted"] = True
+    if process.exe_mismatch:  # the path names another file in a tree the sender made
+        nfguard["exe_mismatch"] = True
+    if process.unproven:  # found holding the socket, not seen connecting it
+        nfguard["unproven"] = True
+    observer: dict[str, Any] = OBSERVER
+    if process.interface is not None:  # forwarded: a container's or a VM's flow
+        observer = {**OBSERVER, "ingress": {"interface": {"name": process.interface}}}
+    fields = dict(_process_fields(process))
+    container = process.container
+    if container is not None:  # ECS container.*
+        about: dict[str, Any] = {"id": container.id, "runtime": container.runtime}
+        if container.name is not None:
+            about["name"] = container.name
+        image: dict[str, Any] = {}
+        if container.image is not None:
+            image["name"] = container.image
+        if container.image_id is not None:
+            image["hash"] = {"all": [container.image_id]}
+        if image:
+            about["image"] = image
+        fields["container"] = about
+    user = fields.get("user", {}).get("name")
+    return _Who(observer, nfguard, fields, None if user is None else [user])
 
 
 _process_memo: Memo[tuple, dict[str, Any]] = Memo(4096)

@@ -508,13 +508,13 @@ def test_the_ecs_check_finds_what_elastic_would_flag() -> None:
     """The check itself can fail: unknown fields, wrong types, values outside the lists."""
     event = audit_event(ALLOW, V4, NOW, PROCESS)
     assert ecs_problems(event) == []
-    event["network"]["direction"] = ["egress"]
-    event["event"]["kind"] = "flow"
-    event["event"]["type"] = ["connection", "blocked"]
+    # What the events of a decision and a process share is changed by copy, not in place.
+    event["network"] = {**event["network"], "direction": ["egress"]}
+    event["event"] = {**event["event"], "kind": "flow", "type": ["connection", "blocked"]}
     event["destination"]["port"] = "443"
-    event["process"] = {**event["process"], "pid": True}  # shared by events: not in place
+    event["process"] = {**event["process"], "pid": True}
     event["source"]["ip"] = "10.0.0.300"
-    event["rule"]["policy"] = "github"
+    event["rule"] = {**event["rule"], "policy": "github"}
     problems = "\n".join(ecs_problems(event))
     for needle in ("network.direction: one value expected", "event.kind: 'flow'",
                    "event.type: 'blocked'", "destination.port: '443'", "process.pid: True",
