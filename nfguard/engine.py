@@ -132,6 +132,8 @@ class Engine:
         # opens flow after flow to the same few destinations.
         self._decided: Memo[tuple, Decision | None] = Memo(DECISION_MEMO_MAX)
         self._named: Memo[tuple, NamedPlan] = Memo(DECISION_MEMO_MAX)
+        # `resolvers` where an address's being a resolver can matter ("@resolvers" rules).
+        self._asked_resolvers = resolvers if policies.uses_resolvers else None
 
     @property
     def verify(self) -> bool:
@@ -186,20 +188,22 @@ class Engine:
         self, packet: Packet, process: Process | None, names: Iterable[tuple[str, str]],
         may_wait: bool,
     ) -> Decision | None:
-        client, mode = self._client_and_mode(process)
+        client = self.client_for(process)
         if client is None:
-            return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT)
+            return self._finish(self.settings.default, self._mode(None), NO_CLIENT_MATCH,
+                                DEFAULT)
         if not isinstance(names, tuple):
             names = tuple(names)
-        version, address, dst = packet.version, packet.dst_int, packet.dst
-        resolver = self._is_resolver(dst)
+        version, address = packet.version, packet.dst_int
+        ask = self._asked_resolvers
+        resolver = ask is not None and ask(packet.dst)
         # The clients live as long as this engine and its memo: their identity tells them.
         key = (may_wait, id(client), version, address, packet.proto, packet.dport, names,
-               resolver, self._kept_from(version, address))
+               resolver, self.internal(version, address))
         decision = self._decided.get(key, _UNDECIDED)
         if decision is _UNDECIDED:
             decision = self._decided.put(key, self._evaluated(
-                packet, client, mode, names, resolver, may_wait))
+                packet, client, self._mode(client), names, resolver, may_wait))
         return decision  # type: ignore[return-value]
 
     def _evaluated(
@@ -299,7 +303,11 @@ class Engine:
     def _client_and_mode(self, process: Process | None) -> tuple[Client | None, str]:
         """The client deciding for the process, and the mode its flows run in."""
         client = self.client_for(process)
-        return client, (client.mode if client is not None else None) or self.settings.mode
+        return client, self._mode(client)
+
+    def _mode(self, client: Client | None) -> str:
+        """The mode a client's flows run in (no client: engine.mode)."""
+        return (client.mode if client is not None else None) or self.settings.mode
 
     def decide_named(
         self,
@@ -320,6 +328,8 @@ class Engine:
         `aliases`: names one DNS answer chained to `name` for this address (CNAME
         targets and sources); they stand with the presented name's evidence.
         """
+        if not self.transients:  # the usual case, without a call per judge
+            return self._decide_named(packet, name, evidence, process, resolved, aliases)
         decision = self._judged(process, lambda engine: engine._decide_named(
             packet, name, evidence, process, resolved, aliases), _denies)
         assert decision is not None
@@ -329,20 +339,21 @@ class Engine:
         self, packet: Packet, name: str, evidence: str, process: Process | None,
         resolved: Callable[[str, str], bool] | None, aliases: Iterable[str],
     ) -> Decision:
-        client, mode = self._client_and_mode(process)
+        client = self.client_for(process)
         if client is None:
-            return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
-                                domain=name)
+            return self._finish(self.settings.default, self._mode(None), NO_CLIENT_MATCH,
+                                DEFAULT, domain=name)
         if not isinstance(aliases, tuple):
             aliases = tuple(aliases)
         version, address, dst = packet.version, packet.dst_int, packet.dst
-        resolver = self._is_resolver(dst)
+        ask = self._asked_resolvers
+        resolver = ask is not None and ask(dst)
         key = (id(client), version, address, packet.proto, packet.dport, name, evidence,
-               aliases, resolver, self._kept_from(version, address))
+               aliases, resolver, self.internal(version, address))
         plan = self._named.get(key)
         if plan is None:
-            plan = self._named.put(key, self._plan_named(packet, name, evidence, client, mode,
-                                                         aliases, resolver))
+            plan = self._named.put(key, self._plan_named(
+                packet, name, evidence, client, self._mode(client), aliases, resolver))
         checked = plan.checked
         if checked is None or (resolved is not None and resolved(dst, checked)):
             return plan.decision
@@ -420,12 +431,8 @@ class Engine:
 
     def destination(self, packet: Packet, names: tuple[tuple[str, str], ...]) -> Destination:
         """What the rules see of where a flow goes (`names` normalised)."""
-        return self._destination(packet, names, self._is_resolver(packet.dst))
-
-    def _is_resolver(self, dst: str) -> bool:
-        """Whether the address is one of the host's DNS resolvers now, when a rule asks."""
-        return bool(self.policies.uses_resolvers and self.resolvers is not None
-                    and self.resolvers(dst))
+        ask = self._asked_resolvers
+        return self._destination(packet, names, ask is not None and ask(packet.dst))
 
     @staticmethod
     def _destination(packet: Packet, names: tuple[tuple[str, str], ...],
