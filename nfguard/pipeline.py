@@ -36,6 +36,7 @@ from nfguard.config import NamesConfig
 from nfguard.denies import Denies
 from nfguard.engine import DNS, Decision, Engine
 from nfguard.hostnets import HostNetworks, no_networks
+from nfguard.lru import Memo
 from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names.cache import NameCache
@@ -74,6 +75,7 @@ MAX_DNS_FLOWS = 4096  # flows to DNS servers whose verdict their later queries m
 DNS_FLOW_IDLE = 30.0  # seconds: idle longer, the kernel's entry may be gone (a new flow)
 _SYN = 0x02
 UNSEEN_INTERVAL = 1.0  # seconds between looks at flows the kernel made pending (one trip)
+MAX_NAME_SETS = 4096  # sets of an address's DNS names remembered in the engine's form
 
 
 class Pipeline:
@@ -118,6 +120,7 @@ class Pipeline:
             trusted or TrustedServers(self.settings.resolvers, clock=clock),
             stats, clock, peers, self.hostnets.kind_of)
         self.names: NameCache = self.learner.names
+        self._dns_pairs: Memo[frozenset[str], tuple[tuple[str, str], ...]] = Memo(MAX_NAME_SETS)
         self.trusted: TrustedServers = self.learner.trusted
         self.learn = self.learner.learn
         self.receive_peers = self.learner.receive_peers
@@ -356,8 +359,15 @@ class Pipeline:
 
     # -- pending flows -------------------------------------------------------------------
     def _dns_names(self, ip: str, now: float) -> tuple[tuple[str, str], ...]:
+        """The address's DNS names now, in order, as the engine takes them (one tuple per
+        set of names: the engine remembers decisions by them)."""
         found = self.names.names_for(ip, now)
-        return tuple((name, DNS) for name in sorted(found)) if found else ()
+        if not found:
+            return ()
+        pairs = self._dns_pairs.get(found)
+        if pairs is None:
+            pairs = self._dns_pairs.put(found, tuple((name, DNS) for name in sorted(found)))
+        return pairs
 
     def _track(self, flow: PendingFlow, now: float) -> PendingFlow:
         """Remember a new pending flow; flows evicted while holding are decided now, and
