@@ -121,6 +121,8 @@ class PrivateEngine:
         self.queue = QueueAdapter(queue, self.pipeline.handle, fail_open=False,
                                   maxlen=settings.queue_maxlen, latency=Latency())
         self.pipeline.release = self.queue.release
+        self.pipeline.defer_events = True  # written after the verdicts of each batch
+        self.queue.after_batch = self.pipeline.flush_events
         self._next_flush = time.monotonic() + FLUSH_INTERVAL
 
     def _engine(self, policies: PolicySet) -> Engine:
@@ -154,5 +156,6 @@ class PrivateEngine:
         self.queue.close()
         self.attributor.close()
         self.refusals.close()
+        self.pipeline.flush_events()
         self.audit.close()
         return self.audit.records
