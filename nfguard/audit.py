@@ -25,19 +25,21 @@ from nfguard.wire.ip import Packet
 log = logging.getLogger(__name__)
 
 _second_cache: list[Any] = [None, ""]
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 
 def timestamp(now: float) -> str:
     """RFC 3339 UTC with milliseconds, as ECS `@timestamp` expects.
 
-    The formatted second is cached: many events share it, and strftime is the costly part.
+    The formatted second is cached: many events share it, and strftime is the costly part;
+    the milliseconds' text is looked up.
     """
     seconds, millis = divmod(round(now * 1000), 1000)
     cached_second, text = _second_cache
     if cached_second != seconds:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _second_cache[:] = [seconds, text]
-    return f"{text}.{millis:03d}Z"
+    return text + _MILLIS[millis]
 
 
 # ECS: the schema version the events follow (tests/data holds its field reference), and
