@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 from nfguard import marks
-from nfguard.audit import AuditLog, audit_event
+from nfguard.audit import AuditLog, audit_event, flow_line
 from nfguard.config import NamesConfig
 from nfguard.denies import Denies
 from nfguard.engine import DNS, Decision, Engine
@@ -57,7 +57,7 @@ from nfguard.pending import (
     Why,
 )
 from nfguard.policy.clients import match_key
-from nfguard.policy.model import ALLOW
+from nfguard.policy.model import ALLOW, DENY
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.wire.dns import DNS_PORT
 from nfguard.wire.errors import WireError
@@ -228,7 +228,22 @@ class Pipeline:
         if self.defer_events:
             self._deferred.append((decision, packet, when, process))
         else:
-            self._write(audit_event(decision, packet, when, process), process)
+            self._record(decision, packet, when, process)
+
+    def _record(self, decision: Decision, packet: Packet | None, when: float,
+                process: ProcessInfo | None) -> None:
+        """Build and write a flow's event: as a line when nothing reads it as a dict (an
+        allow, in a log that takes lines, of no `nfguard exec` command's process)."""
+        audit = self.audit
+        if (packet is not None and decision.action != DENY and audit.takes_lines
+                and not (process is not None and self.engine.transients)):
+            try:
+                audit.write_line(flow_line(decision, packet, when, process))
+            except Exception:
+                self.stats.errors += 1  # as in _write: never the verdict path's concern
+                log.exception("cannot write audit event")
+            return
+        self._write(audit_event(decision, packet, when, process), process)
 
     def flush_events(self) -> None:
         """Build and write the deferred audit events (after their verdicts left), in the
@@ -242,12 +257,10 @@ class Pipeline:
                 self._write(*item)
                 continue
             try:
-                event = audit_event(*item)
+                self._record(*item)
             except Exception:
                 self.stats.errors += 1
                 log.exception("cannot build an audit event")
-                continue
-            self._write(event, item[3])
 
     def write(self, event: dict[str, Any], process: ProcessInfo | None = None) -> None:
         """Write an event built elsewhere (a DNS query's), after the verdicts if deferred."""

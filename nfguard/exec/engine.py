@@ -81,6 +81,7 @@ class RecordingLog(AuditLog):
     def __init__(self, path: str, fmt: str) -> None:
         super().__init__(path, fmt)
         self.seen: dict[tuple[Any, ...], FlowRecord] = {}
+        self.takes_lines = False  # every event is read, as a dict
 
     def write(self, event: dict[str, Any]) -> None:
         record = from_event(event)

@@ -540,3 +540,34 @@ def test_events_hold_plain_values_not_enum_members(tmp_path: Path) -> None:
     events = real_events(tmp_path)
     assert {name: list(enums(event)) for name, event in events.items()} == {
         name: [] for name in events}
+
+
+def test_a_flows_line_is_its_events_json_byte_for_byte() -> None:
+    """flow_line writes what render_json writes of audit_event, for every kind of decision,
+    packet and sender: hostile names and arguments, forwarded and contained senders, the
+    same address at both ends, a transport other than tcp and udp."""
+    decisions = [ALLOW, DENY_AUDIT, NO_CLIENT,
+                 ALLOW._replace(domain='a"b\\c\n\u00e9.example'), ALLOW._replace(domain=""),
+                 Decision(Action.DENY, Action.DENY, Mode.ENFORCE, Reason.NAME_UNREADABLE,
+                          Evidence.UNREADABLE, "c", None, None, "hello_timeout"),
+                 Decision(Action.ALLOW, Action.ALLOW, Mode.ENFORCE, Reason.RULE_MATCH,
+                          Evidence.DNS, "c", "p/r", "x.test", None, "private")]
+    packets = [V4, V6, parse_packet(bytes(IP(src="10.0.0.2", dst="10.0.0.2")
+                                          / UDP(sport=1, dport=53))),
+               parse_packet(bytes(IP(src="10.0.0.2", dst="10.0.0.3") / b"\x08\x00\x00\x00"))]
+    container = Container("docker", "c" * 64, "ci", "python:3.12", "sha256:" + "d" * 64)
+    senders = [None, PROCESS, ProcessInfo(uid=0), ProcessInfo(pid=9, exe="/tmp/a\"\n",
+                                                              cmdline=("\u00fc", "x\ny")),
+               ProcessInfo(pid=9, exe="/x", exe_deleted=True, exe_mismatch=True,
+                           unproven=True, interface="eth0", container=container)]
+    for decision in decisions:
+        for packet in packets:
+            for sender in senders:
+                for _twice in range(2):  # built, then from what is remembered
+                    assert audit.flow_line(decision, packet, NOW, sender) == audit.render_json(
+                        audit_event(decision, packet, NOW, sender))
+
+
+def test_only_a_json_log_takes_lines(tmp_path: Path) -> None:
+    assert AuditLog(str(tmp_path / "a.jsonl")).takes_lines
+    assert not AuditLog(str(tmp_path / "a.txt"), "text").takes_lines
