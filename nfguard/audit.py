@@ -20,7 +20,7 @@ from nfguard.lru import Memo
 from nfguard.policy.resolve import QueryDecision
 from nfguard.procs import ProcessInfo
 from nfguard.version import version
-from nfguard.wire.ip import Packet
+from nfguard.wire.ip import TCP, TRANSPORT_NAMES, UDP, Packet
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,13 @@ class _Parts(NamedTuple):
     process: ProcessInfo | None  # likewise
     head: dict[str, Any]  # ecs, event, nfguard, rule, observer, in the events' order
     who: _Who
-    # The same in JSON, for flow_line: the head's members, the process's (with a leading
-    # comma, or none), and related.user's (likewise).
+    # The same in JSON, for flow_line: the head's members, then (each with a leading
+    # comma, or none) destination.domain, the process's members, related.hosts and
+    # related.user.
     head_json: str
+    domain_json: str
     who_json: str
+    hosts_json: str
     users_json: str
 
 
@@ -118,22 +121,15 @@ def flow_line(decision: Decision, packet: Packet, now: float,
     nothing reads it as a dict (an allow, in a JSON log, of no `nfguard exec` command)."""
     parts = _parts_of(decision, process)
     src, dst = packet.src, packet.dst  # addresses as inet_ntop writes them: nothing to escape
-    host = decision.domain
-    if host is None:
-        domain = hosts = ""
-    else:
-        quoted = orjson.dumps(host).decode()
-        domain = ',"domain":' + quoted
-        hosts = ',"hosts":[' + quoted + "]" if host else ""
-    network = _NETWORK_JSON.get((packet.transport, packet.version))
+    network = _NETWORK_JSON.get((packet.proto, packet.version))
     if network is None:
         network = orjson.dumps(_network(packet)).decode()
     ips = f'"{src}","{dst}"' if src != dst else f'"{src}"'
     return (f'{{"@timestamp":"{timestamp(now)}",{parts.head_json},'
             f'"source":{{"ip":"{src}","port":{packet.sport}}},'
-            f'"destination":{{"ip":"{dst}","port":{packet.dport}{domain}}},'
+            f'"destination":{{"ip":"{dst}","port":{packet.dport}{parts.domain_json}}},'
             f'"network":{network}{parts.who_json},'
-            f'"related":{{"ip":[{ips}]{hosts}{parts.users_json}}}}}\n').encode()
+            f'"related":{{"ip":[{ips}]{parts.hosts_json}{parts.users_json}}}}}\n').encode()
 
 
 def _parts_of(decision: Decision, process: ProcessInfo | None) -> _Parts:
@@ -170,9 +166,13 @@ def _parts(decision: Decision, process: ProcessInfo | None) -> _Parts:
     if decision.rule is not None:
         head["rule"] = _rule(decision.rule)
     head["observer"] = who.observer
+    host = decision.domain
+    quoted = "" if host is None else orjson.dumps(host).decode()
     fields = orjson.dumps(who.fields)[1:-1].decode()
     return _Parts(decision, process, head, who, orjson.dumps(head)[1:-1].decode(),
+                  "" if host is None else ',"domain":' + quoted,
                   "," + fields if fields else "",
+                  ',"hosts":[' + quoted + "]" if host else "",
                   ',"user":' + orjson.dumps(who.users).decode() if who.users else "")
 
 
@@ -225,9 +225,9 @@ def _related(event: dict[str, Any], packet: Packet | None, host: str | None,
         event["related"] = related
 
 
-_NETWORKS = {(transport, version): {"transport": transport, "type": kind,
-                                    "direction": "egress"}
-             for transport in ("tcp", "udp") for version, kind in ((4, "ipv4"), (6, "ipv6"))}
+_NETWORKS = {(proto, version): {"transport": TRANSPORT_NAMES[proto], "type": kind,
+                                "direction": "egress"}
+             for proto in (TCP, UDP) for version, kind in ((4, "ipv4"), (6, "ipv6"))}
 _NETWORK_JSON = {key: orjson.dumps(network).decode() for key, network in _NETWORKS.items()}
 
 
@@ -240,10 +240,9 @@ def _where(event: dict[str, Any], packet: Packet) -> None:
 
 def _network(packet: Packet) -> dict[str, Any]:
     """ECS `network`: shared by the events of tcp and udp, built for another transport."""
-    transport = packet.transport
-    network = _NETWORKS.get((transport, packet.version))
+    network = _NETWORKS.get((packet.proto, packet.version))
     if network is None:
-        network = {"transport": transport, "type": packet.network_type,
+        network = {"transport": packet.transport, "type": packet.network_type,
                    "direction": "egress"}
     return network
 
