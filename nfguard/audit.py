@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections import deque
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
@@ -79,13 +80,11 @@ class _Who(NamedTuple):
 
 
 class _Parts(NamedTuple):
-    """What the events of one decision for one process share (read-only): all but the
+    """What the events of one decision for one sender share (read-only): all but the
     time, the addresses and ports, and the related addresses."""
 
-    decision: Decision  # held, so that its id stays its own while remembered
-    process: ProcessInfo | None  # likewise
     head: dict[str, Any]  # ecs, event, nfguard, rule, observer, in the events' order
-    who: _Who
+    who: _Who  # held, so that its id stays its own while remembered
     # The same in JSON, for flow_line: the head's members, then (each with a leading
     # comma, or none) destination.domain, the process's members, related.hosts and
     # related.user.
@@ -133,18 +132,17 @@ def flow_line(decision: Decision, packet: Packet, now: float,
 
 
 def _parts_of(decision: Decision, process: ProcessInfo | None) -> _Parts:
-    """What the events of the decision for the process share, remembered by identity: the
-    engine hands out one Decision per remembered decision, the attributor one ProcessInfo
-    per process."""
-    key = (id(decision), id(process))  # the memo holds both: no other can have their ids
+    """What the events of the decision for the sender share, remembered (a busy program
+    opens flow after flow, each decided alike)."""
+    who = _who(process)
+    key = (decision, id(who))  # the memo holds `who`: no other can have its id
     parts = _parts_memo.get(key)
     if parts is None:
-        parts = _parts_memo.put(key, _parts(decision, process))
+        parts = _parts_memo.put(key, _parts(decision, who))
     return parts
 
 
-def _parts(decision: Decision, process: ProcessInfo | None) -> _Parts:
-    who = _who(process)
+def _parts(decision: Decision, who: _Who) -> _Parts:
     nfguard: dict[str, Any] = {
         "mode": str(decision.mode),
         "verdict": str(decision.verdict),
@@ -169,14 +167,14 @@ def _parts(decision: Decision, process: ProcessInfo | None) -> _Parts:
     host = decision.domain
     quoted = "" if host is None else orjson.dumps(host).decode()
     fields = orjson.dumps(who.fields)[1:-1].decode()
-    return _Parts(decision, process, head, who, orjson.dumps(head)[1:-1].decode(),
+    return _Parts(head, who, orjson.dumps(head)[1:-1].decode(),
                   "" if host is None else ',"domain":' + quoted,
                   "," + fields if fields else "",
                   ',"hosts":[' + quoted + "]" if host else "",
                   ',"user":' + orjson.dumps(who.users).decode() if who.users else "")
 
 
-_parts_memo: Memo[tuple[int, int], _Parts] = Memo(4096)
+_parts_memo: Memo[tuple[Decision, int], _Parts] = Memo(4096)
 
 
 def query_event(decision: QueryDecision, qtype: str, mode: str, verdict: str, packet: Packet,
@@ -250,10 +248,27 @@ def _network(packet: Packet) -> dict[str, Any]:
 _NOBODY = _Who(OBSERVER, {}, {}, None)
 
 
+# What events show of a sender: every field but the socket's inode, the groups (matched,
+# not shown) and a forwarded flow's source (shown as source.ip): the senders' events that
+# differ in these alone are alike.
+_shown = itemgetter(*(index for index, field in enumerate(ProcessInfo._fields)
+                      if field not in {"inode", "gids", "groups", "source"}))
+_who_memo: Memo[tuple, _Who] = Memo(4096)
+
+
 def _who(process: ProcessInfo | None) -> _Who:
-    """The observer, process, user, unit and container fields of a process's events."""
+    """The observer, process, user, unit and container fields of a sender's events,
+    remembered by what they show (each flow's sender is a new ProcessInfo: its socket's)."""
     if process is None:
         return _NOBODY
+    key = _shown(process)
+    who = _who_memo.get(key)
+    if who is None:
+        who = _who_memo.put(key, _build_who(process))
+    return who
+
+
+def _build_who(process: ProcessInfo) -> _Who:
     nfguard: dict[str, Any] = {}
     if process.cgroup is not None:
         nfguard["cgroup"] = process.cgroup
@@ -268,7 +283,7 @@ def _who(process: ProcessInfo | None) -> _Who:
     observer: dict[str, Any] = OBSERVER
     if process.interface is not None:  # forwarded: a container's or a VM's flow
         observer = {**OBSERVER, "ingress": {"interface": {"name": process.interface}}}
-    fields = dict(_process_fields(process))
+    fields = _process_fields(process)
     container = process.container
     if container is not None:  # ECS container.*
         about: dict[str, Any] = {"id": container.id, "runtime": container.runtime}
@@ -286,20 +301,8 @@ def _who(process: ProcessInfo | None) -> _Who:
     return _Who(observer, nfguard, fields, None if user is None else [user])
 
 
-_process_memo: Memo[tuple, dict[str, Any]] = Memo(4096)
-
-
 def _process_fields(process: ProcessInfo) -> dict[str, Any]:
-    """The `process` and `user` fields, shared by the events of one process (read-only)."""
-    key = (process.pid, process.exe, process.cmdline, process.ppid, process.parent_exe,
-           process.sha256, process.uid, process.user)
-    fields = _process_memo.get(key)
-    if fields is None:
-        fields = _process_memo.put(key, _build_process_fields(process))
-    return fields
-
-
-def _build_process_fields(process: ProcessInfo) -> dict[str, Any]:
+    """The `process` and `user` fields."""
     fields: dict[str, Any] = {}
     info: dict[str, Any] = {
         "pid": process.pid,

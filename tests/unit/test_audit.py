@@ -571,3 +571,13 @@ def test_a_flows_line_is_its_events_json_byte_for_byte() -> None:
 def test_only_a_json_log_takes_lines(tmp_path: Path) -> None:
     assert AuditLog(str(tmp_path / "a.jsonl")).takes_lines
     assert not AuditLog(str(tmp_path / "a.txt"), "text").takes_lines
+
+
+def test_senders_alike_but_for_their_sockets_share_what_their_events_show() -> None:
+    """Each flow's sender is a new ProcessInfo (its socket's inode); what its events show
+    of it is built once per sender that shows alike."""
+    first = PROCESS._replace(inode=1, gids=(1,), groups=("a",))
+    second = PROCESS._replace(inode=2, gids=(2,), groups=("b",), source="10.1.1.1")
+    assert audit._who(first) is audit._who(second)
+    assert audit_event(ALLOW, V4, NOW, first) == audit_event(ALLOW, V4, NOW, second)
+    assert audit._who(PROCESS._replace(unproven=True)) is not audit._who(PROCESS)
