@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections import deque
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import orjson
@@ -20,24 +21,26 @@ from nfguard.lru import Memo
 from nfguard.policy.resolve import QueryDecision
 from nfguard.procs import ProcessInfo
 from nfguard.version import version
-from nfguard.wire.ip import Packet
+from nfguard.wire.ip import TCP, TRANSPORT_NAMES, UDP, Packet
 
 log = logging.getLogger(__name__)
 
 _second_cache: list[Any] = [None, ""]
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 
 def timestamp(now: float) -> str:
     """RFC 3339 UTC with milliseconds, as ECS `@timestamp` expects.
 
-    The formatted second is cached: many events share it, and strftime is the costly part.
+    The formatted second is cached: many events share it, and strftime is the costly part;
+    the milliseconds' text is looked up.
     """
     seconds, millis = divmod(round(now * 1000), 1000)
     cached_second, text = _second_cache
     if cached_second != seconds:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _second_cache[:] = [seconds, text]
-    return f"{text}.{millis:03d}Z"
+    return text + _MILLIS[millis]
 
 
 # ECS: the schema version the events follow (tests/data holds its field reference), and
@@ -51,64 +54,151 @@ DATASET, MODULE = "nfguard.audit", "nfguard"
 def _event_fields(decision_type: str, verdict: str, action: str, reason: str) -> dict[str, Any]:
     """ECS `event`: a network event of `decision_type` ("connection" or, for DNS queries,
     "protocol") that the kernel let through ("allowed") or not ("denied"). Its outcome is
-    whether nfguard could decide: an internal error decided by the fail mode instead."""
+    whether nfguard could decide: an internal error decided by the fail mode instead.
+
+    Values go in as plain strings (str() of the enums): orjson writes an enum member
+    several times slower than a str."""
     return {
         "kind": "event",
         "category": ["network"],
         "type": [decision_type, "allowed" if verdict == "allow" else "denied"],
-        "action": action,
-        "reason": reason,
+        "action": str(action),
+        "reason": str(reason),
         "outcome": "failure" if reason == Reason.ENGINE_ERROR else "success",
         "dataset": DATASET,
         "module": MODULE,
     }
 
 
+class _Who(NamedTuple):
+    """What a process adds to each of its events, shared by them (read-only)."""
+
+    observer: dict[str, Any]  # with the interface a forwarded flow came in on
+    nfguard: dict[str, Any]  # nfguard.cgroup, unit and the flags on the executable
+    fields: dict[str, Any]  # process, user, container
+    users: list[str] | None  # related.user
+
+
+class _Parts(NamedTuple):
+    """What the events of one decision for one sender share (read-only): all but the
+    time, the addresses and ports, and the related addresses."""
+
+    head: dict[str, Any]  # ecs, event, nfguard, rule, observer, in the events' order
+    who: _Who  # held, so that its id stays its own while remembered
+    # The same in JSON, for flow_line: the head's members, then (each with a leading
+    # comma, or none) destination.domain, the process's members, related.hosts and
+    # related.user.
+    head_json: str
+    domain_json: str
+    who_json: str
+    hosts_json: str
+    users_json: str
+
+
 def audit_event(
     decision: Decision, packet: Packet | None, now: float, process: ProcessInfo | None = None
 ) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "@timestamp": timestamp(now),
-        "ecs": _ECS,
-        "event": _event_fields("connection", decision.verdict, decision.action, decision.reason),
-        "nfguard": {
-            "mode": decision.mode,
-            "verdict": decision.verdict,
-            "evidence": decision.evidence,
-        },
+    """A flow's event: a few inserts into what its decision and process share."""
+    parts = _parts_of(decision, process)
+    event = {"@timestamp": timestamp(now), **parts.head}
+    host = None
+    if packet is not None:
+        _where(event, packet)
+        host = decision.domain
+        if host is not None:
+            event["destination"]["domain"] = host
+    who = parts.who
+    event.update(who.fields)
+    _related(event, packet, host, who.users)
+    return event
+
+
+def flow_line(decision: Decision, packet: Packet, now: float,
+              process: ProcessInfo | None = None) -> bytes:
+    """`render_json(audit_event(...))` of a flow with its packet, written out around what
+    its decision and process share, already in JSON: the verdict path's usual event, where
+    nothing reads it as a dict (an allow, in a JSON log, of no `nfguard exec` command)."""
+    parts = _parts_of(decision, process)
+    src, dst = packet.src, packet.dst  # addresses as inet_ntop writes them: nothing to escape
+    network = _NETWORK_JSON.get((packet.proto, packet.version))
+    if network is None:
+        network = orjson.dumps(_network(packet)).decode()
+    ips = f'"{src}","{dst}"' if src != dst else f'"{src}"'
+    return (f'{{"@timestamp":"{timestamp(now)}",{parts.head_json},'
+            f'"source":{{"ip":"{src}","port":{packet.sport}}},'
+            f'"destination":{{"ip":"{dst}","port":{packet.dport}{parts.domain_json}}},'
+            f'"network":{network}{parts.who_json},'
+            f'"related":{{"ip":[{ips}]{parts.hosts_json}{parts.users_json}}}}}\n').encode()
+
+
+def _parts_of(decision: Decision, process: ProcessInfo | None) -> _Parts:
+    """What the events of the decision for the sender share, remembered (a busy program
+    opens flow after flow, each decided alike)."""
+    who = _who(process)
+    key = (decision, id(who))  # the memo holds `who`: no other can have its id
+    parts = _parts_memo.get(key)
+    if parts is None:
+        parts = _parts_memo.put(key, _parts(decision, who))
+    return parts
+
+
+def _parts(decision: Decision, who: _Who) -> _Parts:
+    nfguard: dict[str, Any] = {
+        "mode": str(decision.mode),
+        "verdict": str(decision.verdict),
+        "evidence": str(decision.evidence),
     }
     if decision.client is not None:
-        event["nfguard"]["client"] = decision.client
+        nfguard["client"] = decision.client
     if decision.unreadable is not None:  # why the client's name could not be known
-        event["nfguard"]["unreadable"] = decision.unreadable
+        nfguard["unreadable"] = str(decision.unreadable)
     if decision.private is not None:  # the internal address a name alone was kept from
-        event["nfguard"]["private"] = decision.private
+        nfguard["private"] = str(decision.private)
+    nfguard.update(who.nfguard)
+    head: dict[str, Any] = {
+        "ecs": _ECS,
+        "event": _event_fields("connection", decision.verdict, decision.action,
+                               decision.reason),
+        "nfguard": nfguard,
+    }
     if decision.rule is not None:
-        event["rule"] = _rule(decision.rule)
-    _where_and_who(event, packet, process)
-    if packet is not None and decision.domain is not None:
-        event["destination"]["domain"] = decision.domain
-    _related(event, decision.domain if packet is not None else None)
-    return event
+        head["rule"] = _rule(decision.rule)
+    head["observer"] = who.observer
+    host = decision.domain
+    quoted = "" if host is None else orjson.dumps(host).decode()
+    fields = orjson.dumps(who.fields)[1:-1].decode()
+    return _Parts(head, who, orjson.dumps(head)[1:-1].decode(),
+                  "" if host is None else ',"domain":' + quoted,
+                  "," + fields if fields else "",
+                  ',"hosts":[' + quoted + "]" if host else "",
+                  ',"user":' + orjson.dumps(who.users).decode() if who.users else "")
+
+
+_parts_memo: Memo[tuple[Decision, int], _Parts] = Memo(4096)
 
 
 def query_event(decision: QueryDecision, qtype: str, mode: str, verdict: str, packet: Packet,
                 now: float, process: ProcessInfo | None = None) -> dict[str, Any]:
     """One DNS query's decision: `dns.question` says what was asked, `event.action` what
     the policy says of it, `nfguard.verdict` what happened (audit mode lets it out)."""
+    who = _who(process)
     event: dict[str, Any] = {
         "@timestamp": timestamp(now),
         "ecs": _ECS,
         "event": _event_fields("protocol", verdict, decision.action, decision.reason),
         "dns": {"type": "query", "question": {"name": decision.name, "type": qtype}},
-        "nfguard": {"mode": mode, "verdict": verdict, "evidence": decision.evidence},
+        "nfguard": {"mode": str(mode), "verdict": str(verdict),
+                    "evidence": str(decision.evidence)},
     }
     if decision.client is not None:
         event["nfguard"]["client"] = decision.client
+    event["nfguard"].update(who.nfguard)
     if decision.rule is not None:
         event["rule"] = _rule(decision.rule)
-    _where_and_who(event, packet, process)
-    _related(event, decision.name or None)
+    event["observer"] = who.observer
+    _where(event, packet)
+    event.update(who.fields)
+    _related(event, packet, decision.name or None, who.users)
     return event
 
 
@@ -118,75 +208,101 @@ def _rule(name: str) -> dict[str, str]:
     return {"name": name, "ruleset": name.rpartition("/")[0]}
 
 
-def _related(event: dict[str, Any], host: str | None) -> None:
+def _related(event: dict[str, Any], packet: Packet | None, host: str | None,
+             users: list[str] | None) -> None:
     """ECS `related`: the addresses, the name and the user of the event, for pivoting."""
     related: dict[str, Any] = {}
-    source, destination = event.get("source"), event.get("destination")
-    if source is not None and destination is not None:
-        ips = [source["ip"], destination["ip"]]
-        related["ip"] = ips if ips[0] != ips[1] else ips[:1]
+    if packet is not None:
+        src, dst = packet.src, packet.dst
+        related["ip"] = [src, dst] if src != dst else [src]
     if host:
         related["hosts"] = [host]
-    user = event.get("user", {}).get("name")
-    if user is not None:
-        related["user"] = [user]
+    if users is not None:
+        related["user"] = users
     if related:
         event["related"] = related
 
 
-def _where_and_who(event: dict[str, Any], packet: Packet | None,
-                   process: ProcessInfo | None) -> None:
-    """The addresses, and the observer, process, user, unit and container fields of an
-    event."""
-    event["observer"] = OBSERVER
-    if packet is not None:
-        event["source"] = {"ip": packet.src, "port": packet.sport}
-        event["destination"] = {"ip": packet.dst, "port": packet.dport}
-        event["network"] = {"transport": packet.transport, "type": packet.network_type,
-                            "direction": "egress"}
-    if process is not None:
-        event.update(_process_fields(process))
-        if process.cgroup is not None:
-            event["nfguard"]["cgroup"] = process.cgroup
-        if process.unit is not None:
-            event["nfguard"]["unit"] = process.unit
-        if process.exe_deleted:  # replaced or unlinked while running
-            event["nfguard"]["exe_deleted"] = True
-        if process.exe_mismatch:  # the path names another file in a tree the sender made
-            event["nfguard"]["exe_mismatch"] = True
-        if process.unproven:  # found holding the socket, not seen connecting it
-            event["nfguard"]["unproven"] = True
-        if process.interface is not None:  # forwarded: a container's or a VM's flow
-            event["observer"] = {**OBSERVER,
-                                 "ingress": {"interface": {"name": process.interface}}}
-        container = process.container
-        if container is not None:  # ECS container.*
-            event["container"] = {"id": container.id, "runtime": container.runtime}
-            if container.name is not None:
-                event["container"]["name"] = container.name
-            image: dict[str, Any] = {}
-            if container.image is not None:
-                image["name"] = container.image
-            if container.image_id is not None:
-                image["hash"] = {"all": [container.image_id]}
-            if image:
-                event["container"]["image"] = image
+_NETWORKS = {(proto, version): {"transport": TRANSPORT_NAMES[proto], "type": kind,
+                                "direction": "egress"}
+             for proto in (TCP, UDP) for version, kind in ((4, "ipv4"), (6, "ipv6"))}
+_NETWORK_JSON = {key: orjson.dumps(network).decode() for key, network in _NETWORKS.items()}
 
 
-_process_memo: Memo[tuple, dict[str, Any]] = Memo(4096)
+def _where(event: dict[str, Any], packet: Packet) -> None:
+    """The addresses and ports of an event, and its `network`."""
+    event["source"] = {"ip": packet.src, "port": packet.sport}
+    event["destination"] = {"ip": packet.dst, "port": packet.dport}
+    event["network"] = _network(packet)
+
+
+def _network(packet: Packet) -> dict[str, Any]:
+    """ECS `network`: shared by the events of tcp and udp, built for another transport."""
+    network = _NETWORKS.get((packet.proto, packet.version))
+    if network is None:
+        network = {"transport": packet.transport, "type": packet.network_type,
+                   "direction": "egress"}
+    return network
+
+
+_NOBODY = _Who(OBSERVER, {}, {}, None)
+
+
+# What events show of a sender: every field but the socket's inode, the groups (matched,
+# not shown) and a forwarded flow's source (shown as source.ip): the senders' events that
+# differ in these alone are alike.
+_shown = itemgetter(*(index for index, field in enumerate(ProcessInfo._fields)
+                      if field not in {"inode", "gids", "groups", "source"}))
+_who_memo: Memo[tuple, _Who] = Memo(4096)
+
+
+def _who(process: ProcessInfo | None) -> _Who:
+    """The observer, process, user, unit and container fields of a sender's events,
+    remembered by what they show (each flow's sender is a new ProcessInfo: its socket's)."""
+    if process is None:
+        return _NOBODY
+    key = _shown(process)
+    who = _who_memo.get(key)
+    if who is None:
+        who = _who_memo.put(key, _build_who(process))
+    return who
+
+
+def _build_who(process: ProcessInfo) -> _Who:
+    nfguard: dict[str, Any] = {}
+    if process.cgroup is not None:
+        nfguard["cgroup"] = process.cgroup
+    if process.unit is not None:
+        nfguard["unit"] = process.unit
+    if process.exe_deleted:  # replaced or unlinked while running
+        nfguard["exe_deleted"] = True
+    if process.exe_mismatch:  # the path names another file in a tree the sender made
+        nfguard["exe_mismatch"] = True
+    if process.unproven:  # found holding the socket, not seen connecting it
+        nfguard["unproven"] = True
+    observer: dict[str, Any] = OBSERVER
+    if process.interface is not None:  # forwarded: a container's or a VM's flow
+        observer = {**OBSERVER, "ingress": {"interface": {"name": process.interface}}}
+    fields = _process_fields(process)
+    container = process.container
+    if container is not None:  # ECS container.*
+        about: dict[str, Any] = {"id": container.id, "runtime": container.runtime}
+        if container.name is not None:
+            about["name"] = container.name
+        image: dict[str, Any] = {}
+        if container.image is not None:
+            image["name"] = container.image
+        if container.image_id is not None:
+            image["hash"] = {"all": [container.image_id]}
+        if image:
+            about["image"] = image
+        fields["container"] = about
+    user = fields.get("user", {}).get("name")
+    return _Who(observer, nfguard, fields, None if user is None else [user])
 
 
 def _process_fields(process: ProcessInfo) -> dict[str, Any]:
-    """The `process` and `user` fields, shared by the events of one process (read-only)."""
-    key = (process.pid, process.exe, process.cmdline, process.ppid, process.parent_exe,
-           process.sha256, process.uid, process.user)
-    fields = _process_memo.get(key)
-    if fields is None:
-        fields = _process_memo.put(key, _build_process_fields(process))
-    return fields
-
-
-def _build_process_fields(process: ProcessInfo) -> dict[str, Any]:
+    """The `process` and `user` fields."""
     fields: dict[str, Any] = {}
     info: dict[str, Any] = {
         "pid": process.pid,
@@ -275,6 +391,9 @@ class AuditLog:
     def __init__(self, path: str, fmt: str = "json") -> None:
         self.path = path
         self.render = render_text if fmt == "text" else render_json
+        # Whether lines may come rendered already (write_line: flow_line's): JSON, and no
+        # reader of the events as dicts (a subclass that reads them says not).
+        self.takes_lines = self.render is render_json
         self.written = 0  # events handed to the writer
         self.errors = 0  # failed writes (the data is kept for the next flush, up to KEEP)
         self.lost = 0  # bytes dropped past KEEP, or left unwritten at close
@@ -295,9 +414,12 @@ class AuditLog:
         return AuditFigures(self.written, self.errors, self._size, self.lost)
 
     def write(self, event: dict[str, Any]) -> None:
+        self.write_line(self.render(event))
+
+    def write_line(self, line: bytes) -> None:
+        """One event's line, rendered as this log renders (see takes_lines)."""
         if self._fd is None:
             raise ValueError("the audit log is closed")
-        line = self.render(event)
         self._lines.append(line)
         self._size += len(line)
         self.written += 1

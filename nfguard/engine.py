@@ -67,6 +67,8 @@ _ACTIONS: dict[str, Action] = {action: action for action in Action}
 _MODES: dict[str, Mode] = {mode: mode for mode in Mode}
 _EVIDENCE: dict[str, Evidence] = {evidence: evidence for evidence in Evidence}
 CLIENT_MEMO_MAX = 4096  # process identities whose client is remembered
+DECISION_MEMO_MAX = 1 << 14  # decisions remembered by all they depend on (Engine._decided)
+_UNDECIDED = object()  # not remembered yet (a remembered None: the flow waits for its name)
 
 
 class Decision(NamedTuple):
@@ -82,8 +84,23 @@ class Decision(NamedTuple):
     private: str | None = None  # the kind of internal address a name was kept from, if one was
 
 
+class NamedPlan(NamedTuple):
+    """A presented name's decision, but for whether the name resolves to the address: the
+    one part the name cache answers live, per flow."""
+
+    checked: str | None  # the name anti-fronting asks about; None: the decision stands
+    decision: Decision  # when the name resolves there (or none is checked)
+    mismatch: Decision | None  # when it does not: name_mismatch
+
+
 class Engine:
-    """Holds the compiled policy and the engine settings; `decide` is the verdict path."""
+    """Holds the compiled policy and the engine settings; `decide` is the verdict path.
+
+    The settings and the policy are fixed once an engine is built (a reload builds a new
+    one): decisions are remembered by all else they depend on (the client, the address,
+    its kind and whether it is a resolver now, the proto, the port, the names), and what
+    the name cache says of a presented name is asked again for each flow.
+    """
 
     def __init__(
         self, settings: EngineConfig, policies: CompiledPolicySet, verify: bool = True,
@@ -96,7 +113,7 @@ class Engine:
         # Whether an address is one of the host's DNS resolvers now, for "@resolvers"
         # (resolvers.TrustedServers.serves); None: no address is.
         self.resolvers = resolvers
-        self.verify = verify  # anti-fronting ([names] verify)
+        self._verify = verify  # anti-fronting ([names] verify)
         # The DNS rebinding guard: [names] private, and what kind of address one is
         # ((version, address) -> Internal: nfguard.hostnets knows this host's networks).
         self.private = Private(private)
@@ -111,6 +128,17 @@ class Engine:
         # own engine, `explain`, tests).
         self.transients: Transients | None = None
         self._query_judge: QueryJudge | None = None
+        # Decisions by their inputs (first trips, then presented names): a busy client
+        # opens flow after flow to the same few destinations.
+        self._decided: Memo[tuple, Decision | None] = Memo(DECISION_MEMO_MAX)
+        self._named: Memo[tuple, NamedPlan] = Memo(DECISION_MEMO_MAX)
+        # `resolvers` where an address's being a resolver can matter ("@resolvers" rules).
+        self._asked_resolvers = resolvers if policies.uses_resolvers else None
+
+    @property
+    def verify(self) -> bool:
+        """Anti-fronting ([names] verify); set at construction only, as every setting."""
+        return self._verify
 
     def decide(
         self,
@@ -160,10 +188,29 @@ class Engine:
         self, packet: Packet, process: Process | None, names: Iterable[tuple[str, str]],
         may_wait: bool,
     ) -> Decision | None:
-        client, mode = self._client_and_mode(process)
+        client = self.client_for(process)
         if client is None:
-            return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT)
-        dest = self.destination(packet, destination_names(names) if names else ())
+            return self._finish(self.settings.default, self._mode(None), NO_CLIENT_MATCH,
+                                DEFAULT)
+        if not isinstance(names, tuple):
+            names = tuple(names)
+        version, address = packet.version, packet.dst_int
+        ask = self._asked_resolvers
+        resolver = ask is not None and ask(packet.dst)
+        # The clients live as long as this engine and its memo: their identity tells them.
+        key = (may_wait, id(client), version, address, packet.proto, packet.dport, names,
+               resolver, self.internal(version, address))
+        decision = self._decided.get(key, _UNDECIDED)
+        if decision is _UNDECIDED:
+            decision = self._decided.put(key, self._evaluated(
+                packet, client, self._mode(client), names, resolver, may_wait))
+        return decision  # type: ignore[return-value]
+
+    def _evaluated(
+        self, packet: Packet, client: Client, mode: str, names: tuple[tuple[str, str], ...],
+        resolver: bool, may_wait: bool,
+    ) -> Decision | None:
+        dest = self._destination(packet, destination_names(names) if names else (), resolver)
         if not may_wait:
             found = self.policies.first_match(client.policies, dest)
         else:
@@ -256,7 +303,11 @@ class Engine:
     def _client_and_mode(self, process: Process | None) -> tuple[Client | None, str]:
         """The client deciding for the process, and the mode its flows run in."""
         client = self.client_for(process)
-        return client, (client.mode if client is not None else None) or self.settings.mode
+        return client, self._mode(client)
+
+    def _mode(self, client: Client | None) -> str:
+        """The mode a client's flows run in (no client: engine.mode)."""
+        return (client.mode if client is not None else None) or self.settings.mode
 
     def decide_named(
         self,
@@ -277,44 +328,68 @@ class Engine:
         `aliases`: names one DNS answer chained to `name` for this address (CNAME
         targets and sources); they stand with the presented name's evidence.
         """
+        if not self.transients:  # the usual case, without a call per judge
+            return self._decide_named(packet, name, evidence, process, resolved, aliases)
         decision = self._judged(process, lambda engine: engine._decide_named(
-            packet, name, evidence, process, dns_names, resolved, aliases), _denies)
+            packet, name, evidence, process, resolved, aliases), _denies)
         assert decision is not None
         return decision
 
     def _decide_named(
         self, packet: Packet, name: str, evidence: str, process: Process | None,
-        dns_names: Iterable[tuple[str, str]], resolved: Callable[[str, str], bool] | None,
-        aliases: Iterable[str],
+        resolved: Callable[[str, str], bool] | None, aliases: Iterable[str],
     ) -> Decision:
-        client, mode = self._client_and_mode(process)
+        client = self.client_for(process)
         if client is None:
-            return self._finish(self.settings.default, mode, NO_CLIENT_MATCH, DEFAULT,
-                                domain=name)
-        dest = self.destination(packet, destination_names(
-            ((name, evidence), *((alias, evidence) for alias in aliases))))
+            return self._finish(self.settings.default, self._mode(None), NO_CLIENT_MATCH,
+                                DEFAULT, domain=name)
+        if not isinstance(aliases, tuple):
+            aliases = tuple(aliases)
+        version, address, dst = packet.version, packet.dst_int, packet.dst
+        ask = self._asked_resolvers
+        resolver = ask is not None and ask(dst)
+        key = (id(client), version, address, packet.proto, packet.dport, name, evidence,
+               aliases, resolver, self.internal(version, address))
+        plan = self._named.get(key)
+        if plan is None:
+            plan = self._named.put(key, self._plan_named(
+                packet, name, evidence, client, self._mode(client), aliases, resolver))
+        checked = plan.checked
+        if checked is None or (resolved is not None and resolved(dst, checked)):
+            return plan.decision
+        assert plan.mismatch is not None
+        return plan.mismatch
+
+    def _plan_named(
+        self, packet: Packet, name: str, evidence: str, client: Client, mode: str,
+        aliases: tuple[str, ...], resolver: bool,
+    ) -> NamedPlan:
+        """A presented name's decisions either way the name cache may answer."""
+        dest = self._destination(packet, destination_names(
+            ((name, evidence), *((alias, evidence) for alias in aliases))), resolver)
         found = self.policies.first_match(client.policies, dest)
-        refused = PUBLIC
-        if not self._fronted(packet, dest, found, resolved):
-            found, refused = self._guard(found, client, dest)
-        if refused is not PUBLIC:
-            return self._refuse(found, mode, client, refused)
-        if self._fronted(packet, dest, found, resolved):
+        checked = self._fronting_checks(packet, dest, found)
+        mismatch = None
+        if checked is not None:
             assert found is not None
-            return self._finish(DENY, mode, NAME_MISMATCH, evidence, client.name,
-                                found.rule.name, found.name)
+            mismatch = self._finish(DENY, mode, NAME_MISMATCH, evidence, client.name,
+                                    found.rule.name, found.name)
+        found, refused = self._guard(found, client, dest)
+        if refused is not PUBLIC:
+            return NamedPlan(checked, self._refuse(found, mode, client, refused), mismatch)
         if found is not None and found.name is None:
             found = found._replace(name=dest.names[0][0])  # show the presented name
-        return self._result(found, mode, client, dest.names)
+        return NamedPlan(checked, self._result(found, mode, client, dest.names), mismatch)
 
-    def _fronted(self, packet: Packet, dest: Destination, found: RuleMatch | None,
-                 resolved: Callable[[str, str], bool] | None) -> bool:
-        """Anti-fronting: whether an allow matched by a presented name goes to an address
-        that name does not resolve to, outside the rule's networks."""
-        return (self.verify and found is not None and found.rule.action == ALLOW
-                and found.name is not None
-                and not (resolved is not None and resolved(packet.dst, found.name))
-                and not _inside(packet.dst, dest, found.rule))
+    def _fronting_checks(self, packet: Packet, dest: Destination,
+                         found: RuleMatch | None) -> str | None:
+        """Anti-fronting: the name an allow matched by a presented name needs to resolve
+        to the address (else it is fronted), or None when the allow stands without (no
+        such allow, or the address alone is among the rule's destinations)."""
+        if (self.verify and found is not None and found.rule.action == ALLOW
+                and found.name is not None and not _inside(packet.dst, dest, found.rule)):
+            return found.name
+        return None
 
     def decide_unreadable(self, packet: Packet, why: str,
                           process: Process | None = None) -> Decision:
@@ -356,8 +431,12 @@ class Engine:
 
     def destination(self, packet: Packet, names: tuple[tuple[str, str], ...]) -> Destination:
         """What the rules see of where a flow goes (`names` normalised)."""
-        resolver = (self.policies.uses_resolvers and self.resolvers is not None
-                    and self.resolvers(packet.dst))
+        ask = self._asked_resolvers
+        return self._destination(packet, names, ask is not None and ask(packet.dst))
+
+    @staticmethod
+    def _destination(packet: Packet, names: tuple[tuple[str, str], ...],
+                     resolver: bool) -> Destination:
         return Destination(packet.version, packet.dst_int, packet.transport, packet.dport,
                            names, resolver)
 

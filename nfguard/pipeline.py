@@ -31,11 +31,12 @@ from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 from nfguard import marks
-from nfguard.audit import AuditLog, audit_event
+from nfguard.audit import AuditLog, audit_event, flow_line
 from nfguard.config import NamesConfig
 from nfguard.denies import Denies
 from nfguard.engine import DNS, Decision, Engine
 from nfguard.hostnets import HostNetworks, no_networks
+from nfguard.lru import Memo
 from nfguard.marks import HOLD, Held
 from nfguard.metrics import Stats
 from nfguard.names.cache import NameCache
@@ -56,7 +57,7 @@ from nfguard.pending import (
     Why,
 )
 from nfguard.policy.clients import match_key
-from nfguard.policy.model import ALLOW
+from nfguard.policy.model import ALLOW, DENY
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.wire.dns import DNS_PORT
 from nfguard.wire.errors import WireError
@@ -74,6 +75,7 @@ MAX_DNS_FLOWS = 4096  # flows to DNS servers whose verdict their later queries m
 DNS_FLOW_IDLE = 30.0  # seconds: idle longer, the kernel's entry may be gone (a new flow)
 _SYN = 0x02
 UNSEEN_INTERVAL = 1.0  # seconds between looks at flows the kernel made pending (one trip)
+MAX_NAME_SETS = 4096  # sets of an address's DNS names remembered in the engine's form
 
 
 class Pipeline:
@@ -118,6 +120,7 @@ class Pipeline:
             trusted or TrustedServers(self.settings.resolvers, clock=clock),
             stats, clock, peers, self.hostnets.kind_of)
         self.names: NameCache = self.learner.names
+        self._dns_pairs: Memo[frozenset[str], tuple[tuple[str, str], ...]] = Memo(MAX_NAME_SETS)
         self.trusted: TrustedServers = self.learner.trusted
         self.learn = self.learner.learn
         self.receive_peers = self.learner.receive_peers
@@ -225,7 +228,22 @@ class Pipeline:
         if self.defer_events:
             self._deferred.append((decision, packet, when, process))
         else:
-            self._write(audit_event(decision, packet, when, process), process)
+            self._record(decision, packet, when, process)
+
+    def _record(self, decision: Decision, packet: Packet | None, when: float,
+                process: ProcessInfo | None) -> None:
+        """Build and write a flow's event: as a line when nothing reads it as a dict (an
+        allow, in a log that takes lines, of no `nfguard exec` command's process)."""
+        audit = self.audit
+        if (packet is not None and decision.action != DENY and audit.takes_lines
+                and not (process is not None and self.engine.transients)):
+            try:
+                audit.write_line(flow_line(decision, packet, when, process))
+            except Exception:
+                self.stats.errors += 1  # as in _write: never the verdict path's concern
+                log.exception("cannot write audit event")
+            return
+        self._write(audit_event(decision, packet, when, process), process)
 
     def flush_events(self) -> None:
         """Build and write the deferred audit events (after their verdicts left), in the
@@ -239,12 +257,10 @@ class Pipeline:
                 self._write(*item)
                 continue
             try:
-                event = audit_event(*item)
+                self._record(*item)
             except Exception:
                 self.stats.errors += 1
                 log.exception("cannot build an audit event")
-                continue
-            self._write(event, item[3])
 
     def write(self, event: dict[str, Any], process: ProcessInfo | None = None) -> None:
         """Write an event built elsewhere (a DNS query's), after the verdicts if deferred."""
@@ -356,8 +372,15 @@ class Pipeline:
 
     # -- pending flows -------------------------------------------------------------------
     def _dns_names(self, ip: str, now: float) -> tuple[tuple[str, str], ...]:
+        """The address's DNS names now, in order, as the engine takes them (one tuple per
+        set of names: the engine remembers decisions by them)."""
         found = self.names.names_for(ip, now)
-        return tuple((name, DNS) for name in sorted(found)) if found else ()
+        if not found:
+            return ()
+        pairs = self._dns_pairs.get(found)
+        if pairs is None:
+            pairs = self._dns_pairs.put(found, tuple((name, DNS) for name in sorted(found)))
+        return pairs
 
     def _track(self, flow: PendingFlow, now: float) -> PendingFlow:
         """Remember a new pending flow; flows evicted while holding are decided now, and

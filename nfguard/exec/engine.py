@@ -81,6 +81,7 @@ class RecordingLog(AuditLog):
     def __init__(self, path: str, fmt: str) -> None:
         super().__init__(path, fmt)
         self.seen: dict[tuple[Any, ...], FlowRecord] = {}
+        self.takes_lines = False  # every event is read, as a dict
 
     def write(self, event: dict[str, Any]) -> None:
         record = from_event(event)
@@ -121,6 +122,8 @@ class PrivateEngine:
         self.queue = QueueAdapter(queue, self.pipeline.handle, fail_open=False,
                                   maxlen=settings.queue_maxlen, latency=Latency())
         self.pipeline.release = self.queue.release
+        self.pipeline.defer_events = True  # written after the verdicts of each batch
+        self.queue.after_batch = self.pipeline.flush_events
         self._next_flush = time.monotonic() + FLUSH_INTERVAL
 
     def _engine(self, policies: PolicySet) -> Engine:
@@ -154,5 +157,6 @@ class PrivateEngine:
         self.queue.close()
         self.attributor.close()
         self.refusals.close()
+        self.pipeline.flush_events()
         self.audit.close()
         return self.audit.records

@@ -7,6 +7,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -508,15 +509,75 @@ def test_the_ecs_check_finds_what_elastic_would_flag() -> None:
     """The check itself can fail: unknown fields, wrong types, values outside the lists."""
     event = audit_event(ALLOW, V4, NOW, PROCESS)
     assert ecs_problems(event) == []
-    event["network"]["direction"] = ["egress"]
-    event["event"]["kind"] = "flow"
-    event["event"]["type"] = ["connection", "blocked"]
+    # What the events of a decision and a process share is changed by copy, not in place.
+    event["network"] = {**event["network"], "direction": ["egress"]}
+    event["event"] = {**event["event"], "kind": "flow", "type": ["connection", "blocked"]}
     event["destination"]["port"] = "443"
-    event["process"] = {**event["process"], "pid": True}  # shared by events: not in place
+    event["process"] = {**event["process"], "pid": True}
     event["source"]["ip"] = "10.0.0.300"
-    event["rule"]["policy"] = "github"
+    event["rule"] = {**event["rule"], "policy": "github"}
     problems = "\n".join(ecs_problems(event))
     for needle in ("network.direction: one value expected", "event.kind: 'flow'",
                    "event.type: 'blocked'", "destination.port: '443'", "process.pid: True",
                    "rule.policy: not an ECS"):
         assert needle in problems, needle
+
+
+def test_events_hold_plain_values_not_enum_members(tmp_path: Path) -> None:
+    """orjson writes an enum member several times slower than a str: the verdict path's
+    events carry plain strings only."""
+
+    def enums(value: Any) -> Iterator[Any]:
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from enums(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from enums(item)
+        elif isinstance(value, Enum):
+            yield value
+
+    events = real_events(tmp_path)
+    assert {name: list(enums(event)) for name, event in events.items()} == {
+        name: [] for name in events}
+
+
+def test_a_flows_line_is_its_events_json_byte_for_byte() -> None:
+    """flow_line writes what render_json writes of audit_event, for every kind of decision,
+    packet and sender: hostile names and arguments, forwarded and contained senders, the
+    same address at both ends, a transport other than tcp and udp."""
+    decisions = [ALLOW, DENY_AUDIT, NO_CLIENT,
+                 ALLOW._replace(domain='a"b\\c\n\u00e9.example'), ALLOW._replace(domain=""),
+                 Decision(Action.DENY, Action.DENY, Mode.ENFORCE, Reason.NAME_UNREADABLE,
+                          Evidence.UNREADABLE, "c", None, None, "hello_timeout"),
+                 Decision(Action.ALLOW, Action.ALLOW, Mode.ENFORCE, Reason.RULE_MATCH,
+                          Evidence.DNS, "c", "p/r", "x.test", None, "private")]
+    packets = [V4, V6, parse_packet(bytes(IP(src="10.0.0.2", dst="10.0.0.2")
+                                          / UDP(sport=1, dport=53))),
+               parse_packet(bytes(IP(src="10.0.0.2", dst="10.0.0.3") / b"\x08\x00\x00\x00"))]
+    container = Container("docker", "c" * 64, "ci", "python:3.12", "sha256:" + "d" * 64)
+    senders = [None, PROCESS, ProcessInfo(uid=0), ProcessInfo(pid=9, exe="/tmp/a\"\n",
+                                                              cmdline=("\u00fc", "x\ny")),
+               ProcessInfo(pid=9, exe="/x", exe_deleted=True, exe_mismatch=True,
+                           unproven=True, interface="eth0", container=container)]
+    for decision in decisions:
+        for packet in packets:
+            for sender in senders:
+                for _twice in range(2):  # built, then from what is remembered
+                    assert audit.flow_line(decision, packet, NOW, sender) == audit.render_json(
+                        audit_event(decision, packet, NOW, sender))
+
+
+def test_only_a_json_log_takes_lines(tmp_path: Path) -> None:
+    assert AuditLog(str(tmp_path / "a.jsonl")).takes_lines
+    assert not AuditLog(str(tmp_path / "a.txt"), "text").takes_lines
+
+
+def test_senders_alike_but_for_their_sockets_share_what_their_events_show() -> None:
+    """Each flow's sender is a new ProcessInfo (its socket's inode); what its events show
+    of it is built once per sender that shows alike."""
+    first = PROCESS._replace(inode=1, gids=(1,), groups=("a",))
+    second = PROCESS._replace(inode=2, gids=(2,), groups=("b",), source="10.1.1.1")
+    assert audit._who(first) is audit._who(second)
+    assert audit_event(ALLOW, V4, NOW, first) == audit_event(ALLOW, V4, NOW, second)
+    assert audit._who(PROCESS._replace(unproven=True)) is not audit._who(PROCESS)

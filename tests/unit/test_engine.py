@@ -302,10 +302,11 @@ LENIENT = ProcessInfo(uid=1004, user="lenient", exe="/usr/bin/curl")
 CONNECTED = network("203.0.113.0/24")
 
 
-def private_engine(private: str = "allow", **settings: object) -> Engine:
+def private_engine(private: str = "allow", verify: bool = True, **settings: object) -> Engine:
     policies = CompiledPolicySet(parse_policy_texts([("rules.toml", PRIVATE_NAMES)]))
     return Engine(EngineConfig(**settings), policies, private=private,  # type: ignore[arg-type]
-                  internal=lambda version, address: classify(version, address, (CONNECTED,)))
+                  internal=lambda version, address: classify(version, address, (CONNECTED,)),
+                  verify=verify)
 
 
 def syn(dst: str, dport: int = 443) -> bytes:
@@ -424,8 +425,7 @@ def test_with_verify_off_only_an_opted_in_rule_makes_a_flow_inside_wait() -> Non
     """Any name may be presented then, but inside only a rule with private = true could
     allow it: without one the SYN is decided, so not even a handshake reaches inside."""
     packet = parse_packet(syn("10.0.0.5", 80))
-    engine = private_engine("deny")
-    engine.verify = False
+    engine = private_engine("deny", verify=False)
     assert engine.assess(packet, None, API) is None  # corp's names (private) hold on 80
     decided = engine.assess(parse_packet(syn("10.0.0.5", 5001)), None, API)
     assert decided is not None and decided.action == "deny"
@@ -435,3 +435,72 @@ def test_with_verify_off_only_an_opted_in_rule_makes_a_flow_inside_wait() -> Non
     refused = strict.assess(packet, None, API)
     assert refused is not None and refused.reason == "name_private_address"
     assert strict.assess(parse_packet(syn("8.8.8.8", 80)), None, API) is None
+
+
+# -- remembered decisions: never staler than what they depend on ---------------------------
+
+def test_a_remembered_named_decision_asks_the_name_cache_every_time() -> None:
+    """The presented name's decision is remembered, whether the name resolves to the
+    address is not: an answer learnt or expired changes the very next flow's verdict."""
+    engine = private_engine("allow")
+    packet = parse_packet(syn("8.8.8.8"))
+    answers = {"api.example.com": True}
+
+    def named() -> Decision:
+        return engine.decide_named(packet, "api.example.com", "sni",
+                                   resolved=lambda _ip, name: answers.get(name, False))
+
+    assert (named().action, named().rule) == ("allow", "web/api")
+    answers.clear()  # the binding expired
+    assert (named().action, named().reason) == ("deny", "name_mismatch")
+    answers["api.example.com"] = True  # a new answer
+    assert named().action == "allow"
+
+
+def test_a_remembered_decision_follows_the_hosts_networks() -> None:
+    """The kind of an address is asked again per flow: a network the host joins keeps a
+    name from it at once ([names] private = "deny")."""
+    connected: list = []
+    engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts(
+        [("rules.toml", PRIVATE_NAMES)])), private="deny",
+        internal=lambda version, address: classify(version, address, connected))
+    packet = parse_packet(syn("198.51.100.7"))
+    assert engine.decide(packet, None, API).action == "allow"
+    connected.append(network("198.51.100.0/24"))
+    refused = engine.decide(packet, None, API)
+    assert (refused.action, refused.private) == ("deny", "connected")
+    named = engine.decide_named(packet, "api.example.com", "sni", resolved=lambda *_: True)
+    assert (named.action, named.private) == ("deny", "connected")
+    connected.clear()
+    assert engine.decide(packet, None, API).action == "allow"
+
+
+def test_a_remembered_decision_follows_the_hosts_resolvers() -> None:
+    """"@resolvers" is asked again per flow: an address that stops being a resolver
+    loses the rule at once."""
+    policies = CompiledPolicySet(parse_policy_texts([("r.toml", """\
+[[client]]
+name = "all"
+policies = ["p"]
+
+[[policy]]
+name = "p"
+
+[[policy.rule]]
+name = "dns"
+action = "allow"
+to = ["@resolvers"]
+ports = [53]
+""")]))
+    resolvers = {"192.0.2.53"}
+    engine = Engine(EngineConfig(), policies, resolvers=lambda ip: ip in resolvers)
+    packet = parse_packet(v4_udp("192.0.2.53", 53))
+    assert engine.decide(packet).action == "allow"
+    resolvers.clear()
+    assert engine.decide(packet).action == "deny"
+
+
+def test_the_settings_of_an_engine_are_fixed_once_built() -> None:
+    """Its decisions are remembered: a setting changed afterwards could not reach them."""
+    with pytest.raises(AttributeError):
+        make_engine().verify = False  # type: ignore[misc]

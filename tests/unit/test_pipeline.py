@@ -421,3 +421,48 @@ def test_a_flow_replaced_while_holding_is_decided_not_left_in_the_queue(tmp_path
     assert t.send(tcp(SITE, "PA", 900, hello), token="new", unseen=True) is HOLD
     assert t.released == [("old", marks.DENY), ("new", marks.ALLOW)]
     assert [e["nfguard"].get("unreadable") for e in t.events()] == ["evicted", None]
+
+
+def test_a_name_expired_or_learnt_changes_the_next_flows_verdict(tmp_path: Path) -> None:
+    """Decisions are remembered by what they depend on: the names the cache holds for the
+    address now, and whether the presented name resolves there now."""
+    t = Transcript(tmp_path)
+    hello = client_hello("site.example")
+
+    def segment(sport: int, flags: str, data: bytes = b"") -> bytes:
+        return bytes(IP(src=CLIENT, dst=SITE) / TCP(sport=sport, dport=443, flags=flags,
+                                                    seq=100 if data else 99) / Raw(data))
+
+    assert t.send(segment(40001, "S")) == marks.PENDING  # site.example's address: may wait
+    assert t.send(segment(40001, "PA", hello), True, "a") is HOLD
+    assert t.released[-1] == ("a", marks.ALLOW)
+    assert t.send(segment(40002, "S")) == marks.PENDING
+    t.now += 601  # 300 s of TTL and 300 of grace later, the binding is gone
+    assert t.send(segment(40002, "PA", hello), True, "b") is HOLD
+    assert t.released[-1] == ("b", marks.DENY)
+    assert t.events()[-1]["event"]["reason"] == "name_mismatch"
+    # No name of the address could allow a flow to it now: decided at its first sight.
+    assert t.send(segment(40003, "PA", hello), unseen=True) == marks.DENY
+    t.pipeline.learn(t.now, [(SITE, "site.example", 300)])  # a new answer
+    assert t.send(segment(40004, "PA", hello), token="c", unseen=True) is HOLD
+    assert t.released[-1] == ("c", marks.ALLOW)
+
+
+def test_a_reload_changes_the_next_flows_verdict(tmp_path: Path) -> None:
+    t = Transcript(tmp_path)
+    hello = client_hello("site.example")
+    assert t.send(tcp(SITE, "PA", 100, hello), token="a", unseen=True) is HOLD
+    assert t.released[-1] == ("a", marks.ALLOW)
+
+    def reload(old: str, new: str) -> None:
+        t.pipeline.engine = Engine(EngineConfig(), CompiledPolicySet(parse_policy_texts(
+            [("p.toml", NAMES_POLICY.replace(old, new))])))
+
+    reload('name = "site"', 'name = "renamed"')
+    assert t.send(tcp(SITE, "PA", 100, hello), token="b", unseen=True) is HOLD
+    assert t.released[-1] == ("b", marks.ALLOW)
+    assert t.events()[-1]["rule"]["name"] == "p/renamed"
+    reload('action = "allow"\nto = ["site.example"]', 'action = "deny"\nto = ["site.example"]')
+    # Denied by its DNS name now: no name could allow it, so decided at its first sight.
+    assert t.send(tcp(SITE, "PA", 100, hello), unseen=True) == marks.DENY
+    assert t.events()[-1]["rule"]["name"] == "p/site"
