@@ -148,7 +148,8 @@ def test_a_guest_that_dies_before_its_runner_reports_shows_its_console(
     module = runner()
     script = ("echo 'vm-test: guest kernel 6.1'; echo 'Kernel panic - not syncing' >&2; "
               "{report}exit 1")
-    for report, reported in (("", False), (f"echo '{module.REPORTED} 1 after 9 s'; ", True)):
+    for report, reported in (("", False), *((f"echo '{line} 1 after 9 s'; ", True)
+                                            for line in module.REPORTED)):
         proc = subprocess.Popen(["sh", "-c", script.format(report=report)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert module.relay(proc) == (reported, ["Kernel panic - not syncing\n"])
