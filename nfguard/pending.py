@@ -31,10 +31,10 @@ from typing import Any, NamedTuple
 
 from nfguard.policy.match import Evidence
 from nfguard.wire.errors import WireError
-from nfguard.wire.http import RequestHead, RequestHeadReader, could_start_request
+from nfguard.wire.http import RequestHead, RequestHeadReader, could_start_request, head_in
 from nfguard.wire.ip import TCP, Packet
 from nfguard.wire.quic import QuicHelloAssembler
-from nfguard.wire.tls import ClientHelloReader, HelloResult
+from nfguard.wire.tls import ClientHelloReader, HelloResult, hello_in
 
 MAX_FLOWS = 65536  # pending flows remembered (LRU)
 MAX_HELD_PER_FLOW = 64  # packets one flow may hold; a hello needs a handful
@@ -75,6 +75,8 @@ class OtherProtocol(NamedTuple):
 
 
 OTHER_PROTOCOL = OtherProtocol()
+_MALFORMED = Unreadable(Why.MALFORMED)
+_NO_NAME = Unreadable(Why.NO_NAME)
 Outcome = Named | Unreadable | OtherProtocol
 
 
@@ -92,6 +94,8 @@ class Kind(Enum):
 
 
 _TLS_RECORDS = frozenset(range(0x14, 0x18))  # change_cipher_spec, alert, handshake, data
+# First bytes that could start an HTTP request (a token character, CR, LF), asked once.
+_REQUEST_STARTS = frozenset(b for b in range(256) if could_start_request(bytes((b,))))
 _SSH = b"SSH-"
 # An SSH client's identification line, and nothing an HTTP server could take for a
 # request line ("SSH-2.0-x / HTTP/1.1" has a token method).
@@ -114,7 +118,7 @@ def classify(prefix: bytes) -> Kind | None:
     first = prefix[0]
     if first in _TLS_RECORDS:
         return Kind.TLS
-    if not could_start_request(prefix[:1]):  # neither a token character nor CR/LF
+    if first not in _REQUEST_STARTS:  # neither a token character nor CR/LF
         return Kind.OTHER
     if prefix[:len(_SSH)] == _SSH[:len(prefix)]:
         end = prefix.find(b"\n")
@@ -246,20 +250,36 @@ class PendingFlow:
 
     def _feed(self, data: bytes) -> None:
         self._next += len(data)
-        if self._reader is None:
-            self._prefix += data
-            kind = classify(self._prefix)
-            if kind is None:
-                return
-            if kind is Kind.OTHER:
-                self.outcome = OTHER_PROTOCOL
-                return
-            if kind is Kind.TLS:
-                self._reader, self.evidence = ClientHelloReader(), Evidence.SNI
-            else:
-                self._reader, self.evidence = RequestHeadReader(), Evidence.HOST
-            data, self._prefix = self._prefix, b""
-        self._read(data)
+        if self._reader is not None:
+            self._read(data)
+            return
+        data = self._prefix + data
+        kind = classify(data)
+        if kind is None:
+            self._prefix = data
+            return
+        self._prefix = b""
+        if kind is Kind.OTHER:
+            self.outcome = OTHER_PROTOCOL
+            return
+        # The stream's first bytes: most hold the whole hello or head, read at once
+        # (`hello_in`, `head_in`); the others go to a reader, which reassembles.
+        if kind is Kind.TLS:
+            self.evidence = Evidence.SNI
+            whole, reader = hello_in, ClientHelloReader
+        else:
+            self.evidence = Evidence.HOST
+            whole, reader = head_in, RequestHeadReader
+        try:
+            found = whole(data)
+        except WireError:
+            self.outcome = _MALFORMED
+            return
+        if found is None:
+            self._reader = reader()
+            self._read(data)
+        else:
+            self._found(found)
 
     # -- UDP (QUIC) --------------------------------------------------------------------
     def datagram(self, packet: Packet, raw: bytes, token: Any, mark: int,
@@ -294,14 +314,15 @@ class PendingFlow:
         try:
             found = reader.feed(data)
         except WireError:
-            self.outcome = Unreadable(Why.MALFORMED)
+            self.outcome = _MALFORMED
             return
-        if isinstance(found, HelloResult):
-            self.outcome = (Named(found.sni, self.evidence) if found.sni
-                            else Unreadable(Why.NO_NAME))
-        elif isinstance(found, RequestHead):
-            self.outcome = (Named(found.host, Evidence.HOST) if found.host
-                            else Unreadable(Why.NO_NAME))
+        if found is not None:
+            self._found(found)
+
+    def _found(self, found: HelloResult | RequestHead) -> None:
+        """The outcome of what a reader read whole: the name it presents, if any."""
+        name = found.sni if isinstance(found, HelloResult) else found.host
+        self.outcome = Named(name, self.evidence) if name else _NO_NAME
 
     def give_up(self, why: Why) -> Outcome:
         """The outcome of a flow that must be decided now (timeout, eviction, a segment
