@@ -203,14 +203,14 @@ class PendingFlow:
     def segment(self, packet: Packet, raw: bytes, token: Any, mark: int,
                 now: float) -> Outcome | Step:
         """One TCP segment of the flow (the SYN too, when it carries data)."""
-        if packet.total_length <= packet.payload_offset:
+        _v, _p, _s, _d, _sp, _dp, _di, total, start, flags, seq = packet  # one unpacking
+        if total <= start:
             if carries_nothing(packet, raw):
                 return Step.BARE  # ACK, FIN, RST with nothing on them
             self._hold(self._next, token, mark, now)
             return self.give_up(Why.NOT_BARE)
-        data = raw[packet.payload_offset:packet.total_length]
-        seq = packet.tcp_seq
-        if packet.tcp_flags & _SYN:
+        data = raw[start:total]
+        if flags & _SYN:
             seq = (seq + 1) & _SEQ  # Fast Open: the SYN's data starts after the SYN
         if self.base is None:
             self.base = seq  # no SYN seen (engine restarted): sync on this segment
@@ -220,18 +220,20 @@ class PendingFlow:
         self._hold(offset, token, mark, now)
         if self.outcome is not None:
             return self.outcome
-        if packet.tcp_flags & _URG:
+        if flags & _URG:
             return self.give_up(Why.URGENT)
-        end = offset + len(data)
-        if end > self._next:
-            if offset <= self._next:
-                self._feed(data[self._next - offset:])
-                self._drain_ahead()
+        following = self._next
+        if offset + len(data) > following:
+            if offset <= following:
+                self._feed(data[following - offset:] if offset < following else data)
+                if self._ahead:
+                    self._drain_ahead()
             elif len(self._ahead) < MAX_AHEAD:
                 self._ahead[offset] = data
             else:
                 return self.give_up(Why.GAP)
-        return self._after_feed(packet, raw)
+        outcome = self.outcome
+        return outcome if outcome is not None else self._after_feed(packet, raw)
 
     def _drain_ahead(self) -> None:
         while self._ahead and self.outcome is None:
@@ -264,22 +266,22 @@ class PendingFlow:
             return
         # The stream's first bytes: most hold the whole hello or head, read at once
         # (`hello_in`, `head_in`); the others go to a reader, which reassembles.
-        if kind is Kind.TLS:
-            self.evidence = Evidence.SNI
-            whole, reader = hello_in, ClientHelloReader
-        else:
-            self.evidence = Evidence.HOST
-            whole, reader = head_in, RequestHeadReader
+        found: HelloResult | RequestHead | None
         try:
-            found = whole(data)
+            if kind is Kind.TLS:
+                self.evidence = Evidence.SNI
+                found = hello_in(data)
+            else:
+                self.evidence = Evidence.HOST
+                found = head_in(data)
         except WireError:
             self.outcome = _MALFORMED
             return
-        if found is None:
-            self._reader = reader()
-            self._read(data)
-        else:
+        if found is not None:
             self._found(found)
+            return
+        self._reader = ClientHelloReader() if kind is Kind.TLS else RequestHeadReader()
+        self._read(data)
 
     # -- UDP (QUIC) --------------------------------------------------------------------
     def datagram(self, packet: Packet, raw: bytes, token: Any, mark: int,

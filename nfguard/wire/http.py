@@ -179,6 +179,9 @@ def _request(parsed: re.Match[bytes]) -> RequestHead:
         raise WireError("http: HTTP/1.1 request without Host")  # RFC 9112 3.2: a 400
     host = parse_host(host_values[0].decode("latin-1")) if host_values else None
     method_s, target_s = method.decode("ascii"), target.decode("ascii")
+    if method != b"CONNECT" and (target[:1] == b"/"
+                                 or (target == b"*" and method == b"OPTIONS")):
+        return RequestHead(method=method_s, target=target_s, host=host)  # origin-form
     absolute = _ABSOLUTE.match(target)
     if absolute is not None:
         named = parse_host(absolute.group(2).decode("ascii"))
@@ -186,8 +189,6 @@ def _request(parsed: re.Match[bytes]) -> RequestHead:
         if "/" in target_s or ":" not in target_s:
             raise WireError("http: CONNECT target is not authority-form")
         named = parse_host(target_s)
-    elif target.startswith(b"/") or (target == b"*" and method == b"OPTIONS"):
-        return RequestHead(method=method_s, target=target_s, host=host)
     else:
         raise WireError("http: request target form does not fit the method")
     if named is None:
