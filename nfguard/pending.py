@@ -31,10 +31,10 @@ from typing import Any, NamedTuple
 
 from nfguard.policy.match import Evidence
 from nfguard.wire.errors import WireError
-from nfguard.wire.http import RequestHead, RequestHeadReader, could_start_request
+from nfguard.wire.http import RequestHead, RequestHeadReader, could_start_request, head_in
 from nfguard.wire.ip import TCP, Packet
 from nfguard.wire.quic import QuicHelloAssembler
-from nfguard.wire.tls import ClientHelloReader, HelloResult
+from nfguard.wire.tls import ClientHelloReader, HelloResult, hello_in
 
 MAX_FLOWS = 65536  # pending flows remembered (LRU)
 MAX_HELD_PER_FLOW = 64  # packets one flow may hold; a hello needs a handful
@@ -75,6 +75,8 @@ class OtherProtocol(NamedTuple):
 
 
 OTHER_PROTOCOL = OtherProtocol()
+_MALFORMED = Unreadable(Why.MALFORMED)
+_NO_NAME = Unreadable(Why.NO_NAME)
 Outcome = Named | Unreadable | OtherProtocol
 
 
@@ -92,6 +94,8 @@ class Kind(Enum):
 
 
 _TLS_RECORDS = frozenset(range(0x14, 0x18))  # change_cipher_spec, alert, handshake, data
+# First bytes that could start an HTTP request (a token character, CR, LF), asked once.
+_REQUEST_STARTS = frozenset(b for b in range(256) if could_start_request(bytes((b,))))
 _SSH = b"SSH-"
 # An SSH client's identification line, and nothing an HTTP server could take for a
 # request line ("SSH-2.0-x / HTTP/1.1" has a token method).
@@ -114,7 +118,7 @@ def classify(prefix: bytes) -> Kind | None:
     first = prefix[0]
     if first in _TLS_RECORDS:
         return Kind.TLS
-    if not could_start_request(prefix[:1]):  # neither a token character nor CR/LF
+    if first not in _REQUEST_STARTS:  # neither a token character nor CR/LF
         return Kind.OTHER
     if prefix[:len(_SSH)] == _SSH[:len(prefix)]:
         end = prefix.find(b"\n")
@@ -199,14 +203,14 @@ class PendingFlow:
     def segment(self, packet: Packet, raw: bytes, token: Any, mark: int,
                 now: float) -> Outcome | Step:
         """One TCP segment of the flow (the SYN too, when it carries data)."""
-        if packet.total_length <= packet.payload_offset:
+        _v, _p, _s, _d, _sp, _dp, _di, total, start, flags, seq = packet  # one unpacking
+        if total <= start:
             if carries_nothing(packet, raw):
                 return Step.BARE  # ACK, FIN, RST with nothing on them
             self._hold(self._next, token, mark, now)
             return self.give_up(Why.NOT_BARE)
-        data = raw[packet.payload_offset:packet.total_length]
-        seq = packet.tcp_seq
-        if packet.tcp_flags & _SYN:
+        data = raw[start:total]
+        if flags & _SYN:
             seq = (seq + 1) & _SEQ  # Fast Open: the SYN's data starts after the SYN
         if self.base is None:
             self.base = seq  # no SYN seen (engine restarted): sync on this segment
@@ -216,18 +220,20 @@ class PendingFlow:
         self._hold(offset, token, mark, now)
         if self.outcome is not None:
             return self.outcome
-        if packet.tcp_flags & _URG:
+        if flags & _URG:
             return self.give_up(Why.URGENT)
-        end = offset + len(data)
-        if end > self._next:
-            if offset <= self._next:
-                self._feed(data[self._next - offset:])
-                self._drain_ahead()
+        following = self._next
+        if offset + len(data) > following:
+            if offset <= following:
+                self._feed(data[following - offset:] if offset < following else data)
+                if self._ahead:
+                    self._drain_ahead()
             elif len(self._ahead) < MAX_AHEAD:
                 self._ahead[offset] = data
             else:
                 return self.give_up(Why.GAP)
-        return self._after_feed(packet, raw)
+        outcome = self.outcome
+        return outcome if outcome is not None else self._after_feed(packet, raw)
 
     def _drain_ahead(self) -> None:
         while self._ahead and self.outcome is None:
@@ -246,19 +252,35 @@ class PendingFlow:
 
     def _feed(self, data: bytes) -> None:
         self._next += len(data)
-        if self._reader is None:
-            self._prefix += data
-            kind = classify(self._prefix)
-            if kind is None:
-                return
-            if kind is Kind.OTHER:
-                self.outcome = OTHER_PROTOCOL
-                return
+        if self._reader is not None:
+            self._read(data)
+            return
+        data = self._prefix + data
+        kind = classify(data)
+        if kind is None:
+            self._prefix = data
+            return
+        self._prefix = b""
+        if kind is Kind.OTHER:
+            self.outcome = OTHER_PROTOCOL
+            return
+        # The stream's first bytes: most hold the whole hello or head, read at once
+        # (`hello_in`, `head_in`); the others go to a reader, which reassembles.
+        found: HelloResult | RequestHead | None
+        try:
             if kind is Kind.TLS:
-                self._reader, self.evidence = ClientHelloReader(), Evidence.SNI
+                self.evidence = Evidence.SNI
+                found = hello_in(data)
             else:
-                self._reader, self.evidence = RequestHeadReader(), Evidence.HOST
-            data, self._prefix = self._prefix, b""
+                self.evidence = Evidence.HOST
+                found = head_in(data)
+        except WireError:
+            self.outcome = _MALFORMED
+            return
+        if found is not None:
+            self._found(found)
+            return
+        self._reader = ClientHelloReader() if kind is Kind.TLS else RequestHeadReader()
         self._read(data)
 
     # -- UDP (QUIC) --------------------------------------------------------------------
@@ -294,14 +316,15 @@ class PendingFlow:
         try:
             found = reader.feed(data)
         except WireError:
-            self.outcome = Unreadable(Why.MALFORMED)
+            self.outcome = _MALFORMED
             return
-        if isinstance(found, HelloResult):
-            self.outcome = (Named(found.sni, self.evidence) if found.sni
-                            else Unreadable(Why.NO_NAME))
-        elif isinstance(found, RequestHead):
-            self.outcome = (Named(found.host, Evidence.HOST) if found.host
-                            else Unreadable(Why.NO_NAME))
+        if found is not None:
+            self._found(found)
+
+    def _found(self, found: HelloResult | RequestHead) -> None:
+        """The outcome of what a reader read whole: the name it presents, if any."""
+        name = found.sni if isinstance(found, HelloResult) else found.host
+        self.outcome = Named(name, self.evidence) if name else _NO_NAME
 
     def give_up(self, why: Why) -> Outcome:
         """The outcome of a flow that must be decided now (timeout, eviction, a segment

@@ -25,9 +25,12 @@ _IPV6_FRAGMENT = 44
 _IPV6_AH = 51  # its length field counts 4-byte words, minus 2
 _MAX_IPV6_EXTENSIONS = 8
 
-_v4_header = struct.Struct("!BBHHHBBH4s4s")
+_v4_header = struct.Struct("!BxHxxHxBxx4s4s")  # version/IHL, total, fragment, proto, addresses
 _ports = struct.Struct("!HH")
-_tcp_head = struct.Struct("!HHI")
+_tcp_head = struct.Struct("!HHIxxxxBB")  # ports, seq, (ack), data offset, flags
+_tuple = tuple.__new__  # a Packet without the Python-level __new__ NamedTuple gives it
+MAX_ADDRESSES = 4096  # addresses whose text is remembered (then forgotten all at once)
+_addresses: dict[bytes, tuple[str, int]] = {}  # packed address -> (text, integer)
 
 
 class Packet(NamedTuple):
@@ -51,7 +54,7 @@ class Packet(NamedTuple):
 
     @property
     def transport(self) -> str:
-        return TRANSPORT_NAMES.get(self.proto, str(self.proto))
+        return TRANSPORT_NAMES.get(self.proto) or str(self.proto)
 
     @property
     def network_type(self) -> str:
@@ -73,7 +76,7 @@ def parse_packet(data: bytes) -> Packet:
 def _parse_v4(data: bytes) -> Packet:
     if len(data) < 20:
         raise WireError("truncated IPv4 header")
-    ver_ihl, _tos, total, _id, frag, _ttl, proto, _csum, src, dst = _v4_header.unpack_from(data)
+    ver_ihl, total, frag, proto, src, dst = _v4_header.unpack_from(data)
     ihl = (ver_ihl & 0x0F) * 4
     if ihl < 20 or len(data) < ihl:
         raise WireError("bad IPv4 header length")
@@ -81,7 +84,7 @@ def _parse_v4(data: bytes) -> Packet:
         raise WireError("bad IPv4 total length")
     if frag & 0x1FFF:
         raise WireError("IPv4 non-first fragment")
-    return _transport(4, proto, src, dst, socket.AF_INET, data, ihl, total)
+    return _transport(4, proto, src, dst, data, ihl, total)
 
 
 def _parse_v6(data: bytes) -> Packet:
@@ -114,33 +117,40 @@ def _parse_v6(data: bytes) -> Packet:
         raise WireError("too many IPv6 extension headers")
     if offset > len(data):
         raise WireError("truncated IPv6 extension header")
-    return _transport(
-        6, next_header, data[8:24], data[24:40], socket.AF_INET6, data, offset,
-        40 + payload_length,
-    )
+    return _transport(6, next_header, data[8:24], data[24:40], data, offset, 40 + payload_length)
 
 
-def _transport(
-    version: int, proto: int, src_raw: bytes, dst_raw: bytes, family: int, data: bytes,
-    offset: int, total: int,
-) -> Packet:
-    src = socket.inet_ntop(family, src_raw)
-    dst = socket.inet_ntop(family, dst_raw)
-    dst_int = int.from_bytes(dst_raw)
+def _transport(version: int, proto: int, src_raw: bytes, dst_raw: bytes, data: bytes,
+               offset: int, total: int) -> Packet:
+    known = _addresses
+    src = (known.get(src_raw) or _address(src_raw))[0]
+    dst, dst_int = known.get(dst_raw) or _address(dst_raw)
     if proto == TCP:
         if len(data) < offset + 20:
             raise WireError("truncated TCP header")
-        sport, dport, seq = _tcp_head.unpack_from(data, offset)
-        data_offset = (data[offset + 12] >> 4) * 4
+        sport, dport, seq, data_offset, flags = _tcp_head.unpack_from(data, offset)
+        data_offset = (data_offset >> 4) * 4
         if data_offset < 20:
             raise WireError("bad TCP data offset")
         if offset + data_offset > len(data):
             raise WireError("truncated TCP options")
-        return Packet(version, proto, src, dst, sport, dport, dst_int, total, offset + data_offset,
-                      data[offset + 13], seq)
+        return _tuple(Packet, (version, proto, src, dst, sport, dport, dst_int, total,
+                               offset + data_offset, flags, seq))
     if proto == UDP:
         if len(data) < offset + 8:
             raise WireError("truncated UDP header")
         sport, dport = _ports.unpack_from(data, offset)
-        return Packet(version, proto, src, dst, sport, dport, dst_int, total, offset + 8, 0)
-    return Packet(version, proto, src, dst, 0, 0, dst_int, total, offset, 0)
+        return _tuple(Packet, (version, proto, src, dst, sport, dport, dst_int, total,
+                               offset + 8, 0, 0))
+    return _tuple(Packet, (version, proto, src, dst, 0, 0, dst_int, total, offset, 0, 0))
+
+
+def _address(raw: bytes) -> tuple[str, int]:
+    """A packed address's text and integer, remembered: a host talks with few addresses
+    over and over, and inet_ntop costs more than a lookup."""
+    if len(_addresses) >= MAX_ADDRESSES:
+        _addresses.clear()
+    found = _addresses[raw] = (
+        socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw),
+        int.from_bytes(raw))
+    return found

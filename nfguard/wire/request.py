@@ -7,6 +7,7 @@ authority, for Host fields, absolute-form targets and HTTP/2's ``:authority`` al
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ class RequestHead:
     host: str | None
 
 
+# Remembered: a host's clients name the same few hosts over and over (a value it rejects
+# raises, and is not remembered).
+@functools.lru_cache(maxsize=1024)
 def parse_host(value: str) -> str | None:
     """Normalise a ``uri-host [":" port]`` authority to a lower-case host without port.
 

@@ -16,6 +16,7 @@ not guesses.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_HELLO",
     "ClientHelloReader",
     "HelloResult",
+    "hello_in",
     "parse_client_hello",
     "validate_hostname",
 ]
@@ -60,6 +62,7 @@ class HelloResult:
     alpn: tuple[str, ...]
 
 
+@functools.lru_cache(maxsize=1024)  # clients name the same few hosts over and over
 def validate_hostname(raw: bytes) -> str:
     """Return ``raw`` as a lower-case host name without trailing dot, or raise WireError.
 
@@ -181,6 +184,23 @@ def parse_client_hello(handshake_body: bytes) -> HelloResult:
             ech = True
         ext_pos = dend
     return HelloResult(sni=sni, ech=ech, alpn=alpn)
+
+
+def hello_in(data: bytes) -> HelloResult | None:
+    """The ClientHello when a stream's first bytes open with one handshake record that
+    holds it whole (the common case: one parse, no reassembly), as a ``ClientHelloReader``
+    fed `data` would read it; None when that reader must read the stream (a hello over
+    several records or segments, bytes it rejects). Raises ``WireError`` as the reader
+    would for a hello it rejects."""
+    if len(data) < 9 or data[0] != CONTENT_HANDSHAKE or data[1] != 3:
+        return None
+    (length,) = _U16.unpack_from(data, 3)
+    if length > MAX_RECORD or len(data) < 5 + length or data[5] != HANDSHAKE_CLIENT_HELLO:
+        return None
+    hello = int.from_bytes(data[6:9])  # <= MAX_RECORD - 4 here: within MAX_HELLO
+    if 4 + hello > length:
+        return None
+    return parse_client_hello(data[9:9 + hello])
 
 
 class ClientHelloReader(StickyReader[HelloResult]):

@@ -25,7 +25,7 @@ from nfguard.wire.h2 import MAX_BYTES as H2_MAX_BYTES
 from nfguard.wire.h2 import PREFACE
 from nfguard.wire.hpack import decode_block, huffman_decode
 from nfguard.wire.http import _HEAD as HTTP_HEAD
-from nfguard.wire.http import RequestHeadReader, could_start_request
+from nfguard.wire.http import RequestHeadReader, could_start_request, head_in
 from nfguard.wire.http import _fault as http_fault
 from nfguard.wire.quic import (
     VERSION_1,
@@ -35,7 +35,7 @@ from nfguard.wire.quic import (
     decrypt_initials,
     initial_keys,
 )
-from nfguard.wire.tls import ClientHelloReader, parse_client_hello
+from nfguard.wire.tls import ClientHelloReader, hello_in, parse_client_hello
 
 FUZZ = settings(
     max_examples=300,
@@ -324,17 +324,22 @@ HEAD_LINES = st.tuples(
 )
 
 
+def _head(parts: tuple) -> bytes:
+    """The head HEAD_LINES' pieces make."""
+    lead, method, space, target, version, fields, ends, last = parts
+    head = lead + method + space + target + version + ends[0]
+    head += b"".join(field + end for field, end in zip(fields, ends[1:], strict=False))
+    return head + last
+
+
 @FUZZ
 @given(HEAD_LINES)
 def test_http_head_rule_and_fault_finder_agree(parts: tuple) -> None:
     """The head's one regular expression and the walk that names a rejected head's fault
     must judge alike: every head the expression rejects has a named fault, and no head it
     accepts has one."""
-    lead, method, space, target, version, fields, ends, last = parts
-    head = lead + method + space + target + version + ends[0]
-    head += b"".join(field + end for field, end in zip(fields, ends[1:], strict=False))
-    assume(head.endswith(b"\n"))  # else the reader had not cut the head here
-    head += last
+    head = _head(parts)
+    assume(head[:-len(parts[-1])].endswith(b"\n"))  # else the reader had not cut it here
     fault = http_fault(head)
     if HTTP_HEAD.fullmatch(head) is None:
         assert fault != "http: malformed request head", head
@@ -351,6 +356,75 @@ def test_could_start_request_never_rejects_what_the_reader_would_read(data: byte
         except WireError:
             return
         raise AssertionError(f"the reader took {data!r}")
+
+
+# --- a stream's first bytes read at once ----------------------------------------------------
+
+
+def _reads_as_the_reader(whole, reader, data: bytes) -> None:
+    """`whole` (hello_in, head_in) gives what `reader` fed `data` gives, or the error it
+    raises, whenever it does not leave `data` to the reader (None)."""
+    try:
+        found = whole(data)
+    except WireError:
+        with pytest.raises(WireError):
+            reader().feed(data)
+        return
+    if found is not None:
+        assert reader().feed(data) == found
+
+
+def test_whole_hello_and_head_are_read_at_once() -> None:
+    assert hello_in(TLS_SEED) == ClientHelloReader().feed(TLS_SEED)
+    assert hello_in(TLS_SEED).sni == "fuzz.example.org"
+    assert head_in(HTTP_SEED) == RequestHeadReader().feed(HTTP_SEED)
+    assert head_in(HTTP_SEED).host == "a.example"
+    assert head_in(b"\r\n" * 10 + HTTP_SEED) == head_in(HTTP_SEED)
+    assert head_in(b"\n" * 21 + HTTP_SEED) is None  # past MAX_LEADING: the reader rejects it
+
+
+def _in_record(body: bytes, extra: bytes) -> bytes:
+    """A ClientHello of `body` in one record, `extra` after it in the record."""
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body + extra
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
+
+
+@FUZZ
+@given(st.one_of(mutated(TLS_SEED), st.binary(max_size=600),
+                 st.binary(max_size=600).map(lambda b: b"\x16\x03\x01" + b),
+                 st.builds(_in_record, mostly(HELLO_BODY, b"", HELLO_BODY[:-1]),
+                           st.binary(max_size=8)),
+                 st.builds(_in_record, mutated(HELLO_BODY), st.binary(max_size=8))),
+       st.binary(max_size=16))
+def test_hello_in_reads_as_the_reader(blob: bytes, after: bytes) -> None:
+    _reads_as_the_reader(hello_in, ClientHelloReader, blob + after)
+
+
+# Heads that match the head's rule, with Host fields and targets of every kind.
+WELL_FORMED_HEADS = st.builds(
+    lambda method, target, version, fields, end: (
+        method + b" " + target + b" " + version + end
+        + b"".join(field + end for field in fields) + end),
+    st.sampled_from([b"GET", b"POST", b"OPTIONS", b"CONNECT", b"PRI"]),
+    st.sampled_from([b"/", b"/x?y", b"*", b"http://A.example:80/", b"HTTPS://a.example.",
+                     b"https://u@a.example/", b"a.example:443", b"[::1]:443", b"a.example"]),
+    mostly(b"HTTP/1.1", b"HTTP/1.0"),
+    st.lists(st.sampled_from([b"Host: a.example", b"host:\tA.EXAMPLE. ", b"HOST:a.example:80",
+                              b"Host: [::1]:443", b"Host:", b"Host: b.example", b"Host: a b",
+                              b"Accept: */*", b"X-Host: c.example", b"Hostx: c.example"]),
+             max_size=3),
+    st.sampled_from([b"\r\n", b"\n"]),
+)
+
+
+@FUZZ
+@given(st.sampled_from([b"", b"", b"\n", b"\r\n" * 10, b"\n" * 21, b"\r\n" * 11, PREFACE,
+                        PREFACE[:5]]),
+       st.one_of(WELL_FORMED_HEADS, mutated(HTTP_SEED), st.binary(max_size=600),
+                 HEAD_LINES.map(_head)),
+       st.binary(max_size=16))
+def test_head_in_reads_as_the_reader(lead: bytes, blob: bytes, after: bytes) -> None:
+    _reads_as_the_reader(head_in, RequestHeadReader, lead + blob + after)
 
 
 # --- h2c and HPACK --------------------------------------------------------------------------
