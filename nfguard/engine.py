@@ -315,7 +315,6 @@ class Engine:
         name: str,
         evidence: str,
         process: Process | None = None,
-        dns_names: Iterable[tuple[str, str]] = (),
         resolved: Callable[[str, str], bool] | None = None,
         aliases: Iterable[str] = (),
     ) -> Decision:

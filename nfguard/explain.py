@@ -158,7 +158,7 @@ def _explain_one(
         # The engine would hold the flow for the name the client presents (see pipeline).
         out.append("  first packet: pending; the name the client presents decides")
         for presented, _ in names:
-            named = engine.decide_named(packet, presented, SNI, process, names,
+            named = engine.decide_named(packet, presented, SNI, process,
                                         resolved=lambda _ip, _name: True)
             out.append(f"  if it presents {presented} (TLS SNI / HTTP Host): {named.action} "
                        f"({named.reason}, rule {named.rule or '-'})")

@@ -422,13 +422,17 @@ class Pipeline:
         packet = flow.packet
         try:
             if isinstance(outcome, Named):
-                names = self.names
-                dst = packet.dst
-                aliases = (self.learner.aliases(dst, outcome.name)
-                           if names.resolved(dst, outcome.name, now) else ())
-                decision = engine.decide_named(
-                    packet, outcome.name, outcome.evidence, flow.process, flow.dns_names,
-                    resolved=lambda ip, name: names.resolved(ip, name, now), aliases=aliases)
+                names, dst, presented = self.names, packet.dst, outcome.name
+                hit = names.resolved(dst, presented, now)
+                aliases = self.learner.aliases(dst, presented) if hit else ()
+
+                def resolved(ip: str, name: str) -> bool:  # the presented name asked once
+                    if ip == dst and name == presented:
+                        return hit
+                    return names.resolved(ip, name, now)
+
+                decision = engine.decide_named(packet, presented, outcome.evidence,
+                                               flow.process, resolved=resolved, aliases=aliases)
             elif isinstance(outcome, Unreadable):
                 decision = engine.decide_unreadable(packet, outcome.why, flow.process)
             else:  # clearly another protocol: the address and its DNS names, as at the SYN

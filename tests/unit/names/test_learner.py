@@ -274,10 +274,10 @@ def test_verify_off_trusts_the_presented_name() -> None:
 
 
 def test_presented_name_replaces_dns_names() -> None:
-    # The address stands for github.com in DNS, but the client asks for another name.
+    # The address stands for github.com in DNS, but the client asks for another name: the
+    # engine decides on the presented name alone (it is not given the address's names).
     decision = make_engine().decide_named(
-        parse_packet(syn(GH, 443)), "example.org", "sni",
-        dns_names=(("github.com", "dns"),), resolved=lambda ip, n: True)
+        parse_packet(syn(GH, 443)), "example.org", "sni", resolved=lambda ip, n: True)
     assert decision.action == "deny" and decision.domain == "example.org"
 
 
