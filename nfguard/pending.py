@@ -121,7 +121,7 @@ def classify(prefix: bytes) -> Kind | None:
     if first not in _REQUEST_STARTS:  # neither a token character nor CR/LF
         return Kind.OTHER
     if prefix[:len(_SSH)] == _SSH[:len(prefix)]:
-        end = prefix.find(b"\n")
+        end = prefix.find(b"\n", 0, MAX_BANNER)  # the same answer however the line came
         if end < 0:
             return None if len(prefix) < MAX_BANNER else Kind.HTTP
         line = prefix[:end + 1]

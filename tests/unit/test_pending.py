@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from nfguard import pending
-from nfguard.pending import Named, Outcome, PendingFlow, Step, Unreadable, Why
+from nfguard.pending import MAX_BANNER, Named, Outcome, PendingFlow, Step, Unreadable, Why
 from nfguard.policy.match import Evidence
 from nfguard.wire.ip import parse_packet
 from tests.unit.wire.test_fuzz import (
@@ -69,12 +69,27 @@ def test_a_hello_or_head_in_pieces_is_read_by_a_reader() -> None:
     assert read([HTTP_SEED[:20]]) is Step.HELD
 
 
+# SSH identification lines around the RFC's 255 bytes, and what may follow them.
+SSH_LINES = st.builds(lambda length, end, tail: b"SSH-2.0-" + b"x" * length + end + tail,
+                      st.integers(0, 300), st.sampled_from([b"\r\n", b"\n", b""]),
+                      st.binary(max_size=20))
+
+
 @FUZZ
 @given(st.one_of(st.sampled_from([TLS_SEED, HTTP_SEED]), mutated(TLS_SEED),
-                 mutated(HTTP_SEED), WELL_FORMED_HEADS, st.binary(max_size=300)),
+                 mutated(HTTP_SEED), WELL_FORMED_HEADS, SSH_LINES, st.binary(max_size=300)),
        st.data())
 def test_the_first_segment_read_at_once_and_in_pieces_agree(data: bytes,
                                                            draw: st.DataObject) -> None:
     assume(data)  # a bare segment passes, read by nothing
     chunks = [chunk for chunk in pieces(data, draw.draw(split_points(data))) if chunk]
     assert read([data]) == read(chunks)
+
+
+@pytest.mark.parametrize("length", [240, 245, 246, 300])
+def test_an_ssh_line_is_told_alike_whole_and_cut_past_the_rfcs_255_bytes(length: int) -> None:
+    line = b"SSH-2.0-" + b"x" * length + b"\r\n"
+    whole = read([line + b"data"])
+    assert whole == read([line[:MAX_BANNER + 1], line[MAX_BANNER + 1:] + b"data"])
+    # Longer than RFC 4253 allows: not a banner, so a request that cannot be read.
+    assert (whole == pending.OTHER_PROTOCOL) == (len(line) <= MAX_BANNER)
