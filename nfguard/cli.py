@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from nfguard import journal
@@ -223,41 +224,34 @@ def _daemon_request(args: argparse.Namespace, command: str, **arguments: Any) ->
 
 
 def _status(args: argparse.Namespace) -> int:
-    import json
-
+    from nfguard.logview import wants_colour
     from nfguard.status import render_status
 
-    answer = _daemon_request(args, "status")
-    if answer is None:
-        return 1
-    if not answer.get("ok"):
-        print(f"nfguard: {answer.get('error')}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(answer["status"], indent=2))
-    else:
-        from nfguard.logview import wants_colour
-
-        print(render_status(answer["status"], wants_colour(sys.stdout.isatty(), os.environ)),
-              end="")
-    return 0
+    colour = wants_colour(sys.stdout.isatty(), os.environ)
+    return _show(args, "status", "status", lambda status: render_status(status, colour))
 
 
 def _names(args: argparse.Namespace) -> int:
-    import json
-
     from nfguard.names import listing
 
-    answer = _daemon_request(args, "names", query=args.query)
+    return _show(args, "names", "names", listing.render, query=args.query)
+
+
+def _show(args: argparse.Namespace, command: str, key: str, render: Callable[[Any], str],
+          **arguments: Any) -> int:
+    """Ask the daemon and print its answer's `key`: as JSON with --json, else rendered."""
+    import json
+
+    answer = _daemon_request(args, command, **arguments)
     if answer is None:
         return 1
     if not answer.get("ok"):
         print(f"nfguard: {answer.get('error')}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(answer["names"], indent=2))
+        print(json.dumps(answer[key], indent=2))
     else:
-        print(listing.render(answer["names"]), end="")
+        print(render(answer[key]), end="")
     return 0
 
 
