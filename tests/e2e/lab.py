@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -190,6 +191,23 @@ class Recording:
         return [bytes.fromhex(line if line[:1] != "{" else json.loads(line)["data"])
                 for line in self.lines()]
 
+
+
+def reachable_by_others(*paths: str) -> bool:
+    """Whether a user other than root can reach `paths` (each directory above them open to
+    others): tests that run nfguard as nobody need the checkout and its venv so, which a
+    clone under a mode-0700 directory (/root, mktemp -d) is not."""
+    for path in paths:
+        for directory in Path(path).resolve().parents:
+            if not os.stat(directory).st_mode & stat.S_IXOTH:
+                return False
+    return True
+
+
+NOT_REACHABLE_BY_NOBODY = (
+    "the checkout or its venv sits under a directory others cannot enter (mode 0700, as "
+    "/root): clone it where other users can read it, e.g. under /opt or /srv")
+NOBODY_CAN_RUN_NFGUARD = reachable_by_others(str(Path(__file__).resolve()), sys.prefix)
 
 
 def run(

@@ -16,7 +16,17 @@ import pytest
 
 from nfguard.exec.engine import SLOT_DIR
 from nfguard.procs.cgroups import find_cgroup2_root
-from tests.e2e.lab import ALLOWED_V4, OTHER_V4, SERVER_V4, SLOWDOWN, Lab, in_netns, with_resolv_conf
+from tests.e2e.lab import (
+    ALLOWED_V4,
+    NOBODY_CAN_RUN_NFGUARD,
+    NOT_REACHABLE_BY_NOBODY,
+    OTHER_V4,
+    SERVER_V4,
+    SLOWDOWN,
+    Lab,
+    in_netns,
+    with_resolv_conf,
+)
 from tests.e2e.policies import LAB_NETS, allow, everyone, policy
 from tests.e2e.test_names import DNS_RECORDS
 
@@ -265,6 +275,7 @@ def test_under_sudo_the_command_runs_as_the_caller(lab: Lab, via: str) -> None:
     assert done.stdout.strip() == "0"
 
 
+@pytest.mark.skipif(not NOBODY_CAN_RUN_NFGUARD, reason=NOT_REACHABLE_BY_NOBODY)
 def test_not_root_and_no_service_says_what_is_needed(lab: Lab) -> None:
     argv = exec_argv(lab, "--", "true")
     python = argv.index(sys.executable)

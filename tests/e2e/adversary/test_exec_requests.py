@@ -28,7 +28,7 @@ import pytest
 
 from nfguard.control import request
 from tests.e2e.conftest import made_cgroup
-from tests.e2e.lab import ALLOWED_V4, Lab
+from tests.e2e.lab import ALLOWED_V4, NOBODY_CAN_RUN_NFGUARD, NOT_REACHABLE_BY_NOBODY, Lab
 from tests.e2e.policies import allow, everyone, policy
 
 REPO = Path(__file__).resolve().parents[3]
@@ -39,7 +39,10 @@ HOST = everyone(policy("lab", allow("web", "198.18.1.0/24", ports=(80,))))  # no
 LOOSE = everyone(policy("all", allow("anything")), name="command")
 ONLY_81 = everyone(policy("cmd", allow("web81", "198.18.1.0/24", ports=(81,))), name="command")
 
-pytestmark = pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv"),
+    pytest.mark.skipif(not NOBODY_CAN_RUN_NFGUARD, reason=NOT_REACHABLE_BY_NOBODY),
+]
 
 
 def as_user(uid: int, gid: int) -> tuple[str, ...]:
