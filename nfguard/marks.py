@@ -10,6 +10,7 @@ from enum import Enum
 from typing import Final
 
 MASK = 0x70000000  # all bits nfguard owns, in packet and ct marks
+USER_BITS = ~MASK & 0xFFFFFFFF  # the others: kept as they are wherever nfguard sets its own
 VERDICT_MASK = 0x30000000  # the verdict field inside MASK
 ALLOW = 0x10000000
 DENY = 0x20000000
@@ -49,7 +50,7 @@ def is_answer(mark: int) -> bool:
 
 def with_verdict(mark: int, verdict: int) -> int:
     """The packet mark to hand back: the user's bits kept, ours replaced by the verdict."""
-    return (mark & ~MASK & 0xFFFFFFFF) | verdict
+    return (mark & USER_BITS) | verdict
 
 
 class Held(Enum):
