@@ -155,7 +155,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from nfguard.nft import NATIVE, PATH_DESCRIPTIONS, Installer, NftError, render
+    from nfguard.nft import NATIVE, PATH_DESCRIPTIONS
+    from nfguard.nft.installer import Installer, NftError
+    from nfguard.nft.ruleset import render
 
     if args.systemd:
         return _install_unit(args)
@@ -270,7 +272,7 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _uninstall(args: argparse.Namespace) -> int:
-    from nfguard.nft import Installer
+    from nfguard.nft.installer import Installer
 
     # The config is not read: what install added is known without it, and a config broken
     # since (or gone) must not keep the ruleset in place (the Debian package's prerm).

@@ -21,7 +21,7 @@ from nfguard.audit import AuditFigures, AuditLog
 from nfguard.config import MetricsConfig, parse_listen
 from nfguard.engine import Decision
 from nfguard.names.cache import NameCache
-from nfguard.nft import COUNTERS
+from nfguard.nft.counters import COUNTERS
 from nfguard.policy.model import Client, Mode
 from nfguard.version import version
 
@@ -222,7 +222,7 @@ class Sources:
     build: Build | None = None
     modes: Callable[[], Modes] | None = None  # the running config and policy's
     audit: Callable[[], AuditFigures] | None = None  # this process's audit writer
-    # the ruleset's named counters, read from the kernel (see nfguard.nft.CounterReader)
+    # the ruleset's named counters, read from the kernel (see nfguard.nft.counters.CounterReader)
     kernel_counters: Callable[[], dict[str, int]] | None = None
 
     def kernel_queue(self) -> QueueCounters | None:
@@ -433,7 +433,7 @@ class StatsCollector:
             yield family
 
     def _ruleset_counters(self, counter: type) -> Iterator[object]:
-        """What the ruleset dropped or let pass without the engine (nfguard.nft.COUNTERS);
+        """What the ruleset dropped or let pass without the engine (nfguard.nft.counters.COUNTERS);
         nothing while the table is not loaded."""
         if self.sources.kernel_counters is None:
             return

@@ -29,7 +29,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from nfguard.nft import ONE_TRIP_SET_SIZE, TABLE
+from nfguard.nft import TABLE
+from nfguard.nft.onetrip import ONE_TRIP_SET_SIZE
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.policy.model import ALLOW
 

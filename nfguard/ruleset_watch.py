@@ -25,7 +25,9 @@ from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from nfguard.netlink import NLMSGHDR, Buffer, attributes
-from nfguard.nft import TABLE, XT_CHAINS, XT_COMMENT, XT_TABLE, Ruleset
+from nfguard.nft import TABLE
+from nfguard.nft.ruleset import Ruleset
+from nfguard.nft.xt import XT_CHAINS, XT_COMMENT, XT_TABLE
 
 log = logging.getLogger(__name__)
 

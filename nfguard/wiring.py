@@ -25,7 +25,10 @@ from nfguard.names.inject import Refusals
 from nfguard.names.peers import Peers
 from nfguard.names.queries import queued
 from nfguard.names.resolvers import TrustedServers
-from nfguard.nft import PATH_DESCRIPTIONS, CounterReader, Installer, Ruleset, render
+from nfguard.nft import PATH_DESCRIPTIONS
+from nfguard.nft.counters import CounterReader
+from nfguard.nft.installer import Installer
+from nfguard.nft.ruleset import Ruleset, render
 from nfguard.onetrip import OneTrip, nft_apply
 from nfguard.pipeline import Pipeline, make_name_cache
 from nfguard.policy.build import build_engine

@@ -157,7 +157,7 @@ class Standalone(Run):
         from nfguard.exec.engine import PrivateEngine, Slot, engine_settings
         from nfguard.exec.ruleset import install, render_scoped, uninstall
         from nfguard.exec.watchdog import Watchdog
-        from nfguard.nft import Installer
+        from nfguard.nft.installer import Installer
 
         settings = engine_settings(config, "audit" if self.args.audit else "enforce")
         slot = Slot()

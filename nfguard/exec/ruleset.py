@@ -1,8 +1,8 @@
 """The private engine's ruleset: the service's, scoped to one command's cgroup.
 
-`nft.render` makes the same chains the service installs; `scope` renames the table and
-puts a classifier in front of each hook chain, so only the command's packets meet the
-rest (everything else passes there, in the kernel, without a trip to user space):
+`nfguard.nft.ruleset.render` makes the same chains the service installs; `scope` renames
+the table and puts a classifier in front of each hook chain, so only the command's packets
+meet the rest (everything else passes there, in the kernel, without a trip to user space):
 - on output, `socket cgroupv2 level N "<path>"` picks the command's sockets and tags
   the conntrack entries of the flows they start with a ct label of this exec's own (an
   entry another process made is not the command's to reuse: its packets there are cut);
@@ -23,7 +23,10 @@ from typing import NamedTuple
 
 from nfguard import marks
 from nfguard.config import EngineConfig
-from nfguard.nft import XT, XT_TABLE, XT_TOOLS, NftError, Ruleset, XtRule, render
+from nfguard.nft import XT
+from nfguard.nft.installer import NftError
+from nfguard.nft.ruleset import Ruleset, render
+from nfguard.nft.xt import XT_TABLE, XT_TOOLS, XtRule
 
 NFT_CGROUP_ROOT = "/sys/fs/cgroup"  # where nft looks a cgroupv2 path up
 # The hook chains the classifier guards; `refusals` (before conntrack) stays as it is:

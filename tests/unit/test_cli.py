@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nfguard import cli, nft
+from nfguard import cli
+from nfguard.nft import NATIVE, XT, installer
+from nfguard.nft.ruleset import render
 from nfguard.suggest.build import suggest
 from tests.unit.policies import PRIVATE_NAMES
 from tests.unit.suggest.samples import APT_LOG, MIXED, flows_of, lines
@@ -154,7 +156,7 @@ class _NoKernel:
 def test_install_dry_run_without_root_prints_native(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(nft, "Installer", _NoKernel)
+    monkeypatch.setattr(installer, "Installer", _NoKernel)
     config = write_config(tmp_path, engine="queue = 4\n")
     code, out, err = run(capsys, "install", "--config", str(config), "--dry-run")
     assert code == 0
@@ -162,13 +164,13 @@ def test_install_dry_run_without_root_prints_native(
     assert "table inet nfguard {" in out
     assert "queue num 4" in out
     assert "cannot probe the kernel" in err
-    assert out == nft.render(cli.load_config(config).engine, nft.NATIVE).describe()
+    assert out == render(cli.load_config(config).engine, NATIVE).describe()
 
 
 def test_install_without_dry_run_needs_the_kernel(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(nft, "Installer", _NoKernel)
+    monkeypatch.setattr(installer, "Installer", _NoKernel)
     config = write_config(tmp_path)
     code, _out, err = run(capsys, "install", "--config", str(config))
     assert code == 1
@@ -180,12 +182,12 @@ def test_install_dry_run_uses_the_probed_path_and_loads_nothing(
 ) -> None:
     class Probed:
         def probe_path(self) -> str:
-            return nft.XT
+            return XT
 
         def install(self, ruleset: object) -> None:
             raise AssertionError("dry run loaded the ruleset")
 
-    monkeypatch.setattr(nft, "Installer", Probed)
+    monkeypatch.setattr(installer, "Installer", Probed)
     config = write_config(tmp_path, engine='fail = "open"\n')
     code, out, _err = run(capsys, "install", "--config", str(config), "--dry-run")
     assert code == 0

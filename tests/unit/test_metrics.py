@@ -37,7 +37,7 @@ from nfguard.metrics import (
     serve,
 )
 from nfguard.names.cache import NameCache
-from nfguard.nft import COUNTERS
+from nfguard.nft.counters import COUNTERS
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor

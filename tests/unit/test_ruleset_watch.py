@@ -19,7 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nfguard.config import EngineConfig
-from nfguard.nft import NATIVE, XT, NftError, Ruleset, render
+from nfguard.nft import NATIVE, XT
+from nfguard.nft.installer import NftError
+from nfguard.nft.ruleset import Ruleset, render
 from nfguard.ruleset_watch import (
     Action,
     Batch,
