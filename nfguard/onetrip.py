@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from nfguard.nft import TABLE
-from nfguard.nft.onetrip import ONE_TRIP_SET_SIZE
+from nfguard.nft.onetrip import ONE_TRIP_SET_SIZE, ONE_TRIP_SETS
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.policy.model import ALLOW
 
@@ -72,7 +72,7 @@ class Batch(NamedTuple):
 
     def commands(self) -> str:
         """The batch as nft commands (one transaction when given whole to libnftables)."""
-        lines = [f"flush set inet {TABLE} {name}" for name in _SET_NAMES] if self.flush else []
+        lines = [f"flush set inet {TABLE} {name}" for name in ONE_TRIP_SETS] if self.flush else []
         for element in self.deletes:
             lines.append(f"delete element inet {TABLE} {element.set_name} {{ {element.key} }}")
         by_set: dict[str, list[str]] = {}
@@ -83,7 +83,6 @@ class Batch(NamedTuple):
         return "\n".join(lines) + ("\n" if lines else "")
 
 
-_SET_NAMES = ("onetrip4", "onetrip_any4", "onetrip6", "onetrip_any6")
 NOTHING = Batch(False, (), ())
 
 
