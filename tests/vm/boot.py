@@ -8,7 +8,9 @@ NFGUARD_VM_SERIAL=1 boots it only when its test comes, after the rest of the sui
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +36,7 @@ class Boot:
         self._proc = subprocess.Popen(
             [sys.executable, str(RUNNER), "--systemd", "--timeout", str(GUEST_TIMEOUT)],
             cwd=RUNNER.parent.parent, stdin=subprocess.DEVNULL, stdout=self._output,
-            stderr=subprocess.STDOUT, text=True)
+            stderr=subprocess.STDOUT, text=True, preexec_fn=_end_with_parent)
 
     def output(self) -> str:
         """All the runner printed, once it has exited (killed after WAIT_TIMEOUT s)."""
@@ -60,6 +62,13 @@ class Boot:
                 self._proc.wait()
 
 
+def _end_with_parent() -> None:
+    """In the runner: SIGTERM when pytest ends, however it ends (the runner then stops
+    its guest), so no guest outlives a killed session."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
 _boot: Boot | None = None
 
 
