@@ -24,6 +24,7 @@ from typing import Any
 
 from nfguard.control_handlers import Handlers, status_handler, status_report
 from nfguard.names.listing import names_handler
+from nfguard.policy.collector import for_service
 from nfguard.reloader import Reloader
 from nfguard.sdnotify import Notifier
 from nfguard.wiring import Services, build_services
@@ -71,6 +72,7 @@ class Daemon:
         # From the start: logrotate may signal while the policy is still being built, and
         # SIGUSR1's default action would end the process.
         signal.signal(signal.SIGUSR1, self._on_signal)
+        for_service()
         self.services = services = build_services(self.config_path, self.worker)
         self.reloader = reloader = Reloader(services, self.notifier)
         self.handlers = self._handlers()

@@ -11,6 +11,12 @@ When the last one ends well, what is alive is frozen first (gc.freeze: left out 
 later collection), else the first collections would scan the whole new policy at once,
 and each full one later would again. Reference counting still frees a replaced policy.
 After an error nothing is frozen: a traceback's reference cycles must stay collectable.
+
+A running engine collects less often than CPython's default (`for_service`): most of a
+flow's objects die within its decision, but a few stay in its tables, so at 700
+allocations the young generation was collected every ~150 flows and every survivor
+visited again; at 10,000, objects that die in between are never visited. Collection per
+connection in the connection benchmark: ~4 µs before, ~2.8 µs after, out of ~80 µs.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ import gc
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# (young, middle, old): a collection of the young generation every 10,000 allocations
+# (CPython: 700), the middle one every 10 of those, the old one every 10 of those and, as
+# always, only once the objects added since its last outnumber a quarter of it.
+SERVICE_THRESHOLDS = (10_000, 10, 10)
 
 _lock = threading.Lock()
 _pauses = 0
@@ -45,3 +56,8 @@ def collector_paused() -> Iterator[None]:
                     gc.freeze()
                 if _was_enabled:
                     gc.enable()
+
+
+def for_service() -> None:
+    """The collector's thresholds for a long-running engine (module docstring)."""
+    gc.set_threshold(*SERVICE_THRESHOLDS)

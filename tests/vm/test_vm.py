@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from importlib.machinery import SourceFileLoader
 from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
@@ -19,8 +18,10 @@ from types import ModuleType
 
 import pytest
 
-VAGRANT_DIR = Path(__file__).resolve().parents[2] / "vagrant"
-RUNNER = VAGRANT_DIR / "vm-test"
+from tests.vm import boot
+
+RUNNER = boot.RUNNER
+VAGRANT_DIR = RUNNER.parent
 
 pytestmark = pytest.mark.vm
 
@@ -41,15 +42,12 @@ def skip_or_fail(reason: str) -> None:
 
 @pytest.fixture(scope="module")
 def vm_run() -> str:
-    """One boot for both tests: systemd as init, the e2e subset, then the unit checks."""
+    """One boot for both tests: systemd as init, the e2e subset, then the unit checks
+    (booted when the session began, unless NFGUARD_VM_SERIAL says now: see boot.py)."""
     missing = runner().missing_prerequisites(systemd=True)
     if missing:
         skip_or_fail("the VM test needs " + "; ".join(missing))
-    # About 15 minutes on a quiet machine; twice that and more where other work shares it.
-    result = subprocess.run([sys.executable, str(RUNNER), "--systemd", "--timeout", "2700"],
-                            cwd=RUNNER.parent.parent, capture_output=True, text=True,
-                            timeout=2800)
-    out = result.stdout + result.stderr
+    out = boot.output()
     assert re.search(r"^vm-test: guest \S+ exited \d+ after \d+ s$", out, re.M), out
     return out
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from nfguard.policy.collector import collector_paused
+from nfguard.policy.collector import SERVICE_THRESHOLDS, collector_paused, for_service
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +72,13 @@ def test_what_a_build_made_is_frozen_unless_it_failed() -> None:
         assert gc.get_freeze_count() == 0  # not before the outer pause ends
     assert gc.get_freeze_count() >= len(kept)
     gc.unfreeze()
+
+
+def test_a_service_collects_its_young_generation_less_often() -> None:
+    was = gc.get_threshold()
+    try:
+        for_service()
+        assert gc.get_threshold() == SERVICE_THRESHOLDS
+        assert SERVICE_THRESHOLDS[0] > was[0]
+    finally:
+        gc.set_threshold(*was)
