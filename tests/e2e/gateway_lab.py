@@ -82,10 +82,13 @@ class GatewayLab(Lab):
 
     def masquerade(self) -> None:
         """SNAT toward the uplink, both families (a table of the lab's own name)."""
-        self.exec(self.gateway, "nft", "-f", "-", check=True, input=(
-            f"table inet {self.nat_table} {{\n chain postrouting {{\n"
-            "  type nat hook postrouting priority srcnat; policy accept;\n"
-            f'  oifname "{UPLINK}" masquerade\n }}\n}}\n'))
+        self.exec(self.gateway, "nft", "-f", "-", check=True, input=self.nat_rules())
+
+    def nat_rules(self) -> str:
+        """The masquerade's table, as `nft -f` reads it."""
+        return (f"table inet {self.nat_table} {{\n chain postrouting {{\n"
+                "  type nat hook postrouting priority srcnat; policy accept;\n"
+                f'  oifname "{UPLINK}" masquerade\n }}\n}}\n')
 
     def route_back(self) -> None:
         """No NAT: the server routes the LANs to the gateway and sees their addresses."""

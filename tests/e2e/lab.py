@@ -139,16 +139,19 @@ while True:
     threading.Thread(target=record, args=s.accept(), daemon=True).start()
 """
 
-# Records every UDP datagram that reaches the server, one JSON line each.
+# Records every UDP datagram that reaches the server, one JSON line each; with "echo", it
+# also sends each back (a flow with replies is established to conntrack).
 UDP_RECORDER = """
 import json, socket, sys
 s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
-out = open(sys.argv[3], "a")
+out, echo = open(sys.argv[3], "a"), sys.argv[4] == "echo"
 while True:
     data, peer = s.recvfrom(65536)
     out.write(json.dumps({"peer": list(peer[:2]), "data": data.hex()}) + "\\n")
     out.flush()
+    if echo:
+        s.sendto(data, peer)
 """
 
 # Captures every frame the server's veth0 receives (AF_PACKET, below netfilter and the
@@ -405,11 +408,13 @@ class Lab:
         self.wait_listening(port, "tcp", ns=ns)
         return recording
 
-    def record_udp(self, host: str, port: int) -> Recording:
-        """A UDP listener on the server that records every datagram it receives."""
+    def record_udp(self, host: str, port: int, echo: bool = False) -> Recording:
+        """A UDP listener on the server that records every datagram it receives (and with
+        `echo` sends it back)."""
         recording = Recording(self.workdir / f"udp-{host}-{port}.jsonl")
         self.spawn(self.server, sys.executable, "-c", UDP_RECORDER, host, str(port),
-                   str(recording.path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   str(recording.path), "echo" if echo else "",
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_listening(port, "udp")
         return recording
 

@@ -1,0 +1,159 @@
+"""A LAN client behind the gateway opens a flow while another program has flushed the
+gateway's ruleset (nftables.service, iptables-restore): no rule judges it then, and what
+it sends in that gap gets out (README's limits). Once nfguard's table is back the flow
+must not stay open as a channel: its next packet is cut, and the log says so. The gap is
+held open here by stopping the daemon across the flush (its change events wait in its
+socket), so a handshake always fits in it. A forwarded flow that predates nfguard's start
+is left alone, as the host's own are."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.gateway_lab import LAN_A_V4, LAN_A_V6, GatewayLab
+from tests.e2e.lab import SERVER_V4, SERVER_V6, Recording
+from tests.e2e.policies import gateway_policy
+from tests.e2e.test_gateway import DNSMASQ
+
+PORT = 7200  # no LAN client's policy allows it (tests.e2e.policies.gateway_policy)
+# (server, LAN A's address, masquerade or routed as they are)
+FAMILIES = {"ipv4-nat": (SERVER_V4, LAN_A_V4, True),
+            "ipv6-routed": (SERVER_V6, LAN_A_V6, False)}
+
+# One flow (TCP or UDP) that sends "first-TAG" at once (over UDP, waits for its echo),
+# then for each line on stdin sends the line, waits and sends it again (a cut shows at the
+# second send at the latest): prints "open", then "sent" or "cut ..." for each line.
+FLOW = """
+import socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM if sys.argv[3] == "tcp" else socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(("first-" + sys.argv[4]).encode())
+if s.type == socket.SOCK_DGRAM:
+    s.recv(2048)  # the echo: conntrack has seen a reply, the flow is established
+print("open", flush=True)
+for line in sys.stdin:
+    try:
+        s.send(line.strip().encode()); time.sleep(0.3); s.send(line.strip().encode())
+        print("sent", flush=True)
+    except OSError as exc:
+        print("cut", exc, flush=True)
+"""
+
+
+class Flow:
+    """A flow from a LAN client, kept open by a process of its own."""
+
+    def __init__(self, gateway: GatewayLab, ns: str, server: str, port: int, proto: str,
+                 tag: str) -> None:
+        self.proc = gateway.spawn(ns, sys.executable, "-u", "-c", FLOW, server, str(port),
+                                  proto, tag, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
+        assert self._line() == "open", "the flow did not open"
+
+    def send(self, text: str) -> str:
+        """'sent', or 'cut ...' when the connection was cut."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self._line()
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+
+def recorder(gateway: GatewayLab, server: str, port: int, proto: str) -> Recording:
+    """What reaches the server's port; over UDP it answers, as a channel's server would."""
+    if proto == "tcp":
+        return gateway.record_tcp(server, port)
+    return gateway.record_udp(server, port, echo=True)
+
+
+def host_ruleset(gateway: GatewayLab, nat: bool) -> str:
+    """The gateway's own firewall (it tracks connections, as a router's does: conntrack
+    stays on while nfguard's table is gone) and its NAT, as /etc/nftables.conf has them."""
+    firewall = (f"table inet {gateway.tag}fw {{\n chain forward {{\n"
+                "  type filter hook forward priority filter; policy accept;\n"
+                "  ct state established,related accept\n }\n}\n")
+    return firewall + (gateway.nat_rules() if nat else "")
+
+
+def start(gateway: GatewayLab, nat: bool) -> None:
+    """The gateway's own ruleset, masquerading or routing the LANs as they are (no DNS
+    needed here)."""
+    gateway.exec(gateway.gateway, "nft", "-f", "-", check=True,
+                 input=host_ruleset(gateway, nat))
+    if not nat:
+        gateway.route_back()
+
+
+def start_engine(gateway: GatewayLab) -> None:
+    gateway.start_engine(gateway.write_config(
+        gateway_policy(DNSMASQ, (SERVER_V4, SERVER_V6)), forward_from=["lan*"]))
+
+
+def restores(gateway: GatewayLab) -> int:
+    return gateway.engine_log.read_text().count("ruleset was changed")
+
+
+@contextlib.contextmanager
+def gap(gateway: GatewayLab, nat: bool) -> Iterator[None]:
+    """The gateway's ruleset reloaded by another program (nftables.service: `flush
+    ruleset`, then its own tables), nfguard's table back only on the way out: the daemon
+    is stopped across the reload, and restores once it goes on."""
+    assert gateway.engine is not None
+    before = restores(gateway)
+    gateway.engine.send_signal(signal.SIGSTOP)
+    try:
+        gateway.exec(gateway.gateway, "nft", "-f", "-", check=True,
+                     input="flush ruleset\n" + host_ruleset(gateway, nat))
+        yield
+    finally:
+        gateway.engine.send_signal(signal.SIGCONT)
+    gateway.wait_until(lambda: restores(gateway) > before, timeout=5)
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_forwarded_flow_opened_in_the_gap_is_cut_at_the_restore(
+        gateway: GatewayLab, family: str, proto: str) -> None:
+    server, lan_a, nat = FAMILIES[family]
+    start(gateway, nat)
+    recording = recorder(gateway, server, PORT, proto)
+    start_engine(gateway)
+    tag = uuid.uuid4().hex
+    with gap(gateway, nat):
+        flow = Flow(gateway, gateway.lan_a, server, PORT, proto, tag)
+    after = f"after-{tag}"
+    assert flow.send(after).startswith("cut"), "the flow made in the gap was not cut"
+    gateway.wait_until(lambda: recording.contains(f"first-{tag}".encode()), timeout=10)
+    assert not recording.contains(after.encode()), "the flow made in the gap kept sending"
+    log = gateway.engine_log.read_text()
+    assert f"cut a flow made while the ruleset was gone: {proto} {lan_a} -> {server}" in log
+    assert "1 flow(s) made meanwhile cut" in log
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_forwarded_flow_that_predates_nfguard_is_left_alone(
+        gateway: GatewayLab, family: str) -> None:
+    server, _lan_a, nat = FAMILIES[family]
+    start(gateway, nat)
+    recording = recorder(gateway, server, PORT, "tcp")
+    tag = uuid.uuid4().hex
+    old = Flow(gateway, gateway.lan_a, server, PORT, "tcp", tag)
+    start_engine(gateway)
+    with gap(gateway, nat):
+        pass
+    after = f"after-{tag}"
+    assert old.send(after) == "sent"
+    gateway.wait_until(lambda: recording.contains(after.encode()), timeout=10)
+    assert "0 flow(s) made meanwhile cut" in gateway.engine_log.read_text()
