@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import psutil  # type: ignore[import-untyped]
 
@@ -35,44 +36,65 @@ _RTF_GATEWAY, _RTF_REJECT = 0x0002, 0x0200
 Addresses = Iterable[tuple[str, str | None, str | None]]  # (address, netmask, peer)
 
 
-def parse_routes_v4(text: str) -> list[Network]:
-    """The on-link networks of /proc/net/route (the main table): no gateway, not reject."""
+class Route(NamedTuple):
+    """A route of the kernel's table: where it leads, out of which interface."""
+
+    network: Network
+    device: str
+    metric: int
+    onlink: bool  # no gateway: the network is on the link (or the tunnel) itself
+
+
+def routes_v4(text: str) -> list[Route]:
+    """The routes of /proc/net/route (the main table), but reject ones."""
     found = []
     for line in text.splitlines()[1:]:
         fields = line.split()
         if len(fields) < 8:
             continue
         try:
-            destination, flags, mask = (int(fields[1], 16), int(fields[3], 16),
-                                        int(fields[7], 16))
+            destination, flags, metric, mask = (int(fields[1], 16), int(fields[3], 16),
+                                                int(fields[6]), int(fields[7], 16))
         except ValueError:
             continue
-        if flags & (_RTF_GATEWAY | _RTF_REJECT):
+        if flags & _RTF_REJECT:
             continue
         # The kernel prints the network-order word as a native integer.
         address = int.from_bytes(destination.to_bytes(4, sys.byteorder), "big")
         netmask = int.from_bytes(mask.to_bytes(4, sys.byteorder), "big")
-        found.append(Network(4, address & netmask, netmask))
-    return _wide_enough(found)
+        found.append(Route(Network(4, address & netmask, netmask), fields[0], metric,
+                           not flags & _RTF_GATEWAY))
+    return found
 
 
-def parse_routes_v6(text: str) -> list[Network]:
-    """The on-link networks of /proc/net/ipv6_route: no gateway, not reject."""
+def routes_v6(text: str) -> list[Route]:
+    """The routes of /proc/net/ipv6_route, but reject ones."""
     found = []
     for line in text.splitlines():
         fields = line.split()
         if len(fields) < 10:
             continue
         try:
-            destination, prefix, flags = (int(fields[0], 16), int(fields[1], 16),
-                                          int(fields[8], 16))
+            destination, prefix, metric, flags = (int(fields[0], 16), int(fields[1], 16),
+                                                  int(fields[5], 16), int(fields[8], 16))
         except ValueError:
             continue
-        if flags & (_RTF_GATEWAY | _RTF_REJECT) or not 0 <= prefix <= 128:
+        if flags & _RTF_REJECT or not 0 <= prefix <= 128:
             continue
         mask = ((1 << 128) - 1) ^ ((1 << (128 - prefix)) - 1)
-        found.append(Network(6, destination & mask, mask))
-    return _wide_enough(found)
+        found.append(Route(Network(6, destination & mask, mask), fields[9], metric,
+                           not flags & _RTF_GATEWAY))
+    return found
+
+
+def parse_routes_v4(text: str) -> list[Network]:
+    """The on-link networks of /proc/net/route (the main table): no gateway, not reject."""
+    return _wide_enough([route.network for route in routes_v4(text) if route.onlink])
+
+
+def parse_routes_v6(text: str) -> list[Network]:
+    """The on-link networks of /proc/net/ipv6_route: no gateway, not reject."""
+    return _wide_enough([route.network for route in routes_v6(text) if route.onlink])
 
 
 def address_networks(addresses: Addresses) -> list[Network]:
@@ -108,6 +130,11 @@ def read_addresses() -> list[tuple[str, str | None, str | None]]:
     return [(a.address, a.netmask, a.ptp)
             for addresses in psutil.net_if_addrs().values() for a in addresses
             if a.family in (socket.AF_INET, socket.AF_INET6)]
+
+
+def read_routes() -> list[Route]:
+    """The kernel's routes now, both families."""
+    return routes_v4(_read(ROUTE_V4)) + routes_v6(_read(ROUTE_V6))
 
 
 def read_networks() -> tuple[Network, ...]:

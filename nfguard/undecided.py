@@ -5,7 +5,8 @@ gap has no verdict in its ct mark, and the ruleset lets such established flows p
 it does the flows that predate nfguard). Left alone, it would stay open as a channel. At a
 restore (enforce mode, fail closed) the kernel's conntrack table is asked for flows with
 no verdict that this host started (original source one of its own addresses, not
-loopback), and each gets DENY in its ct mark: its next packet is cut. Flows that were
+loopback) or forwarded from a client behind engine.forward_from (see `Clients`), and that
+do not end here; each gets DENY in its ct mark: its next packet is cut. Flows that were
 there before nfguard started are remembered by conntrack id and left alone.
 
 Conntrack over netlink (NETLINK_NETFILTER, NFNL_SUBSYS_CTNETLINK): a dump filtered by
@@ -20,9 +21,11 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
+from fnmatch import fnmatchcase
 from typing import NamedTuple, cast
 
 from nfguard import marks
+from nfguard.hostnets import Route, read_routes
 from nfguard.netlink import (
     NLM_F_ACK,
     NLM_F_REQUEST,
@@ -40,7 +43,8 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
 NLM_F_DUMP = 0x300
-CTA_TUPLE_ORIG, CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_ID, CTA_ZONE = 1, 4, 7, 8, 12, 18
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY = 1, 2
+CTA_PROTOINFO, CTA_TIMEOUT, CTA_MARK, CTA_ID, CTA_ZONE = 4, 7, 8, 12, 18
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
 TCP_CONNTRACK_ESTABLISHED = 3
 CTA_MARK_MASK, CTA_FILTER = 21, 25
@@ -53,7 +57,7 @@ CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 NFGENMSG = struct.Struct("!BBH")
 _BE32 = struct.Struct("!I")
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-_PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
+_PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 
 
 class Flow(NamedTuple):
@@ -69,6 +73,13 @@ class Flow(NamedTuple):
     dport: int = 0
     timeout: int = 0  # seconds left before conntrack forgets it (reset by each packet)
     tcp_state: int = 0  # conntrack's TCP state (TCP_CONNTRACK_*), 0 for others
+    answerer: Address | None = None  # the reply direction's source: who answers, after NAT
+
+    def ends_here(self, local: Collection[Address]) -> bool:
+        """Whether this host answers it (addressed to it, or redirected to it): the flow
+        never leaves."""
+        answerer = self.answerer or self.destination
+        return answerer is None or answerer in local
 
 
 def dump_request(family: int, source: Address | None = None, seq: int = 1,
@@ -76,7 +87,7 @@ def dump_request(family: int, source: Address | None = None, seq: int = 1,
     """The conntrack entries of `family` (AF_UNSPEC: of every family) whose ct mark has
     no verdict (CTA_MARK under CTA_MARK_MASK) and, given a `source`, whose original source
     it is (CTA_FILTER, Linux 5.8+; an older kernel ignores it and sends all, which
-    started_here sorts out): the kernel filters, so a server's many inbound flows are not
+    made_meanwhile sorts out): the kernel filters, so a server's many inbound flows are not
     read. IPv4 only: up to 6.18 at least, the kernel's IPv6 address filter matches every
     address but the one given."""
     filters = b""
@@ -156,12 +167,14 @@ def parse_dump(data: Buffer) -> tuple[list[Flow], bool]:
 def _flow(data: Buffer, body: int, end: int) -> Flow:
     family = data[body]
     ident = protocol = sport = dport = timeout = state = 0
-    source = destination = None
+    source = destination = answerer = None
     name = b""
     for kind, start, stop in attributes(data, body + NFGENMSG.size, end):
         if kind == CTA_TUPLE_ORIG:
             name += bytes(data[start - 4:(stop + 3) & ~3])
             source, destination, protocol, sport, dport = _tuple(data, start, stop)
+        elif kind == CTA_TUPLE_REPLY:
+            answerer = _tuple(data, start, stop)[0]
         elif kind == CTA_ZONE:
             name += bytes(data[start - 4:(stop + 3) & ~3])
         elif kind == CTA_ID and stop - start == 4:
@@ -175,7 +188,7 @@ def _flow(data: Buffer, body: int, end: int) -> Flow:
                         if item == CTA_PROTOINFO_TCP_STATE and last > value:
                             state = data[value]
     return Flow(family, ident, source, destination, protocol, name, sport, dport, timeout,
-                state)
+                state, answerer)
 
 
 def _tuple(data: Buffer, start: int,
@@ -201,14 +214,55 @@ def _tuple(data: Buffer, start: int,
     return source, destination, protocol, sport, dport
 
 
-def started_here(flows: Iterable[Flow], local: Collection[Address],
-                 known: Collection[int]) -> list[Flow]:
-    """The flows this host started (from one of its addresses, not loopback, to another
-    host) that are not among `known` (ids of flows that predate nfguard)."""
+class Clients:
+    """Where the clients behind engine.forward_from are: the addresses whose route leaves
+    through one of those interfaces (longest prefix first, then the lowest metric; the
+    main table). The forward hook drops a packet from such an interface whose source is
+    not routed back through it (strict reverse path), so a flow that could still send
+    once the table is back has its source here, whatever a client wrote in it; an inbound
+    flow from the uplink to a LAN host has not, and is not egress."""
+
+    def __init__(self, routes: Iterable[Route], interfaces: Collection[str]) -> None:
+        best: dict[tuple[int, int, int], Route] = {}
+        for route in routes:
+            net = route.network
+            key = (net.version, net.mask, net.address)
+            if key not in best or route.metric < best[key].metric:
+                best[key] = route
+        tables: dict[tuple[int, int], dict[int, bool]] = {}
+        for (version, mask, address), route in best.items():
+            tables.setdefault((version, mask), {})[address] = any(
+                fnmatchcase(route.device, pattern) for pattern in interfaces)
+        # Per family, the masks longest first, each with its networks.
+        self._tables = {version: [(mask, table) for (v, mask), table
+                                  in sorted(tables.items(), key=lambda kv: -kv[0][1])
+                                  if v == version] for version in (4, 6)}
+
+    def __bool__(self) -> bool:
+        return any(forwarded for tables in self._tables.values()
+                   for _mask, table in tables for forwarded in table.values())
+
+    def __contains__(self, address: Address) -> bool:
+        value = int(address)
+        for mask, table in self._tables[address.version]:
+            forwarded = table.get(value & mask)
+            if forwarded is not None:
+                return forwarded
+        return False
+
+
+NO_CLIENTS = Clients((), ())
+
+
+def made_meanwhile(flows: Iterable[Flow], local: Collection[Address], clients: Clients,
+                   known: Collection[int]) -> list[Flow]:
+    """The flows that leave this host (that it does not answer itself), started by it
+    (from one of its addresses, not loopback) or by a client behind engine.forward_from,
+    and not among `known` (ids of flows that predate nfguard)."""
     return [f for f in flows
-            if f.source is not None and f.source in local and not f.source.is_loopback
-            and f.destination is not None and f.destination not in local
-            and f.id not in known]
+            if f.source is not None and not f.ends_here(local) and f.id not in known
+            and ((f.source in local and not f.source.is_loopback)
+                 or (f.source not in local and f.source in clients))]
 
 
 def local_addresses() -> set[Address]:
@@ -230,13 +284,18 @@ def _socket() -> socket.socket:
     return sock
 
 
-def undecided(local: Iterable[Address]) -> Iterator[Flow]:
-    """The flows with no verdict in their ct mark that may be from `local` addresses: one
-    dump per IPv4 address (not loopback), one of all IPv6 flows."""
-    requests = [dump_request(socket.AF_INET, address) for address in local
-                if address.version == 4 and not address.is_loopback]
-    if any(address.version == 6 and not address.is_loopback for address in local):
-        requests.append(dump_request(socket.AF_INET6))
+def undecided(local: Iterable[Address], forwarded: bool) -> Iterator[Flow]:
+    """The flows with no verdict in their ct mark that may be from `local` addresses, or,
+    when some clients are `forwarded`, from anywhere: then one dump of every such flow
+    (inbound ones too, which the per-address dumps spare a server), else one per IPv4
+    address (not loopback) and one of all IPv6 flows."""
+    if forwarded:
+        requests = [dump_request(socket.AF_UNSPEC)]
+    else:
+        requests = [dump_request(socket.AF_INET, address) for address in local
+                    if address.version == 4 and not address.is_loopback]
+        if any(address.version == 6 and not address.is_loopback for address in local):
+            requests.append(dump_request(socket.AF_INET6))
     with _socket() as sock:
         for request in requests:
             sock.send(request)
@@ -282,21 +341,29 @@ def kernel_pending(clock: Callable[[], float] = time.time) -> list[tuple[Hashabl
 
 class Undecided:
     """Remembers the flows that predate nfguard; cuts the ones made since that have no
-    verdict (those that got out while the ruleset was gone)."""
+    verdict (those that got out while the ruleset was gone). `forward_from`: the
+    interfaces whose clients' flows are egress too (engine.forward_from)."""
 
-    def __init__(self) -> None:
-        local = local_addresses()
+    def __init__(self, forward_from: Collection[str] = (),
+                 routes: Callable[[], list[Route]] = read_routes) -> None:
+        self.forward_from = forward_from
+        self.routes = routes
         try:
-            self.known = {f.id for f in started_here(undecided(local), local, ())}
+            self.known = {f.id for f in self._undecided(())}
         except OSError as exc:
             log.warning("conntrack could not be read (%s): flows that predate nfguard "
                         "are cut too if the ruleset is ever restored", exc)
             self.known = set()
 
+    def _undecided(self, known: Collection[int]) -> list[Flow]:
+        local = local_addresses()
+        clients = Clients(self.routes(), self.forward_from) if self.forward_from \
+            else NO_CLIENTS
+        return made_meanwhile(undecided(local, bool(clients)), local, clients, known)
+
     def cut(self) -> int:
         """DENY in the ct mark of each such flow; how many."""
-        local = local_addresses()
-        flows = started_here(undecided(local), local, self.known)
+        flows = self._undecided(self.known)
         if not flows:
             return 0
         _set((flow, marks.DENY) for flow in flows)

@@ -144,7 +144,8 @@ def build_services(config_path: str, worker: WorkerLink | None) -> Services:
         queue_path = installer.probe_path()
         enforcing = config.engine.mode == "enforce" and config.engine.fail == "closed"
         guard = RulesetGuard(ruleset_for(config, engine, queue_path), installer,
-                             open_events(), Undecided().cut if enforcing else None)
+                             open_events(),
+                             Undecided(config.engine.forward_from).cut if enforcing else None)
         guard.install()
         log.info("ruleset installed; queue path: %s", PATH_DESCRIPTIONS[queue_path])
     else:

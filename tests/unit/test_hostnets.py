@@ -8,9 +8,12 @@ import sys
 
 from nfguard.hostnets import (
     HostNetworks,
+    Route,
     address_networks,
     parse_routes_v4,
     parse_routes_v6,
+    routes_v4,
+    routes_v6,
 )
 from nfguard.policy.internal import PUBLIC, Internal, network
 
@@ -20,16 +23,16 @@ def _word(ip: str) -> str:
     return f"{int.from_bytes(ipaddress.IPv4Address(ip).packed, sys.byteorder):08X}"
 
 
-def _route(iface: str, dest: str, gateway: str, flags: int, mask: str) -> str:
-    return (f"{iface}\t{_word(dest)}\t{_word(gateway)}\t{flags:04X}\t0\t0\t0\t{_word(mask)}"
-            "\t0\t0\t0")
+def _route(iface: str, dest: str, gateway: str, flags: int, mask: str, metric: int = 0) -> str:
+    return (f"{iface}\t{_word(dest)}\t{_word(gateway)}\t{flags:04X}\t0\t0\t{metric}"
+            f"\t{_word(mask)}\t0\t0\t0")
 
 
 ROUTES_V4 = "\n".join([
     "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT",
     _route("eth0", "0.0.0.0", "192.0.2.1", 0x0003, "0.0.0.0"),  # default via a gateway
     _route("eth0", "192.0.2.0", "0.0.0.0", 0x0001, "255.255.255.0"),  # on-link
-    _route("wg0", "10.8.0.0", "0.0.0.0", 0x0001, "255.255.0.0"),  # a VPN's network
+    _route("wg0", "10.8.0.0", "0.0.0.0", 0x0001, "255.255.0.0", 7),  # a VPN's network
     _route("eth0", "198.51.100.0", "192.0.2.1", 0x0003, "255.255.255.0"),  # via a gateway
     _route("lo", "203.0.113.0", "0.0.0.0", 0x0201, "255.255.255.0"),  # unreachable
     _route("tun0", "0.0.0.0", "0.0.0.0", 0x0001, "128.0.0.0"),  # a VPN's half of it all
@@ -62,6 +65,22 @@ def test_on_link_ipv4_routes_without_the_internet() -> None:
 def test_on_link_ipv6_routes() -> None:
     assert _texts(parse_routes_v6(ROUTES_V6)) == ["2001:db8:5::/64", "fe80::/64",
                                                   "2001:db8:5::2/128"]
+
+
+def test_every_route_with_its_interface_and_metric() -> None:
+    """What tells a forwarded client's address (nfguard.undecided.Clients): gateway routes
+    too, reject ones not."""
+    found = [(_texts([r.network])[0], r.device, r.metric, r.onlink)
+             for r in routes_v4(ROUTES_V4)]
+    assert found == [("0.0.0.0/0", "eth0", 0, False), ("192.0.2.0/24", "eth0", 0, True),
+                     ("10.8.0.0/16", "wg0", 7, True), ("198.51.100.0/24", "eth0", 0, False),
+                     ("0.0.0.0/1", "tun0", 0, True), ("0.0.0.0/0", "ppp0", 0, True)]
+    v6 = routes_v6(ROUTES_V6)
+    assert all(isinstance(r, Route) for r in v6)
+    assert [(_texts([r.network])[0], r.device, r.metric, r.onlink) for r in v6] == [
+        ("2001:db8:5::/64", "eth0", 256, True), ("fe80::/64", "eth0", 256, True),
+        ("::/0", "eth0", 1024, False), ("2001:db8:99::/64", "eth0", 1024, False),
+        ("2001:db8:5::2/128", "eth0", 0, True)]
 
 
 def test_address_networks_from_getifaddrs() -> None:

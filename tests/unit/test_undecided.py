@@ -1,6 +1,6 @@
 """Flows made while the ruleset was gone: the conntrack dump the kernel answered (recorded
-by record_nft_events.py) read back, the host's own outbound flows picked, and the
-requests that ask for them and cut them."""
+by record_nft_events.py) read back, the host's own outbound flows and its forwarded
+clients' picked, and the requests that ask for them and cut them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from nfguard import marks
 from nfguard import undecided as undecided_module
+from nfguard.hostnets import Route
 from nfguard.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSGHDR, attributes
+from nfguard.policy.internal import network
 from nfguard.undecided import (
     CTA_FILTER,
     CTA_MARK,
@@ -28,12 +30,15 @@ from nfguard.undecided import (
     CTA_TUPLE_ORIG,
     CTA_TUPLE_PROTO,
     NLM_F_DUMP,
+    NO_CLIENTS,
+    Clients,
     Flow,
     dump_request,
     flow_of,
     kernel_pending,
+    made_meanwhile,
     parse_dump,
-    started_here,
+    undecided,
     verdict_request,
 )
 
@@ -71,13 +76,116 @@ def test_the_kernels_dump_is_read() -> None:
 def test_only_this_hosts_own_outbound_flows_not_known_before() -> None:
     flows, _ = recorded()
     local = {V4, V6, LOOPBACK}
-    assert {f.source for f in started_here(flows, local, ())} == {V4, V6}
+    assert {f.source for f in made_meanwhile(flows, local, NO_CLIENTS, ())} == {V4, V6}
     known = {f.id for f in flows if f.source == V4}
-    assert [f.source for f in started_here(flows, local, known)] == [V6]
-    assert started_here(flows, {LOOPBACK}, ()) == [], "not from here: forwarded, or inbound"
-    inbound = [f._replace(destination=V4, source=ipaddress.ip_address("198.51.100.7"))
-               for f in flows]
-    assert started_here(inbound, local, ()) == []
+    assert [f.source for f in made_meanwhile(flows, local, NO_CLIENTS, known)] == [V6]
+    assert made_meanwhile(flows, {LOOPBACK}, NO_CLIENTS, ()) == [], "not from here"
+    inbound = [f._replace(destination=V4, answerer=V4,
+                          source=ipaddress.ip_address("198.51.100.7")) for f in flows]
+    assert made_meanwhile(inbound, local, NO_CLIENTS, ()) == []
+
+
+def test_the_reply_direction_tells_who_answers() -> None:
+    flows, _ = recorded()
+    assert all(f.answerer == f.destination for f in flows), "no NAT in the recording"
+
+
+def address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(text)
+
+
+def route(cidr: str, device: str, metric: int = 0, onlink: bool = True) -> Route:
+    return Route(network(cidr), device, metric, onlink)
+
+
+# A gateway: the uplink eth0 (default route), LAN ports lan1 (a network behind a router
+# on it too) and lan2, a container bridge, a WireGuard tunnel not in forward_from.
+ROUTES = [
+    route("0.0.0.0/0", "eth0", onlink=False),
+    route("192.0.2.0/24", "eth0"),
+    route("10.1.0.0/24", "lan1"),
+    route("10.50.0.0/16", "lan1", onlink=False),
+    route("10.50.7.0/24", "eth0", onlink=False),  # more specific: back out the uplink
+    route("10.2.0.0/24", "lan2"),
+    route("10.2.0.0/24", "eth0", metric=100),  # the same network, a worse metric
+    route("172.17.0.0/16", "docker0"),
+    route("10.8.0.0/24", "wg0"),
+    route("::/0", "eth0", onlink=False),
+    route("2001:db8:1::/64", "lan1"),
+    route("2001:db8:7::/48", "eth0", onlink=False),
+]
+FORWARD_FROM = ("lan*", "docker0")
+
+
+def test_with_forwarded_clients_one_dump_of_every_undecided_flow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their addresses are not this host's, so no dump by source finds them: one dump of
+    both families, by mark; without them, one per IPv4 address and one of IPv6."""
+    sent = fake_socket(monkeypatch)
+    local = [V4, V6, LOOPBACK]
+    assert list(undecided(local, forwarded=True)) == []
+    (request,) = sent
+    assert request[NLMSGHDR.size] == socket.AF_UNSPEC
+    assert set(message(request)[2]) == {CTA_MARK, CTA_MARK_MASK}
+    sent.clear()
+    assert list(undecided(local, forwarded=False)) == []
+    assert [r[NLMSGHDR.size] for r in sent] == [socket.AF_INET, socket.AF_INET6]
+
+
+@pytest.mark.parametrize(("source", "forwarded"), [
+    ("10.1.0.5", True), ("10.50.3.3", True), ("10.50.7.1", False), ("10.2.0.9", True),
+    ("172.17.0.2", True), ("10.8.0.2", False), ("192.0.2.9", False), ("198.51.100.1", False),
+    ("2001:db8:1::5", True), ("2001:db8:7::5", False), ("2001:db8:2::5", False)])
+def test_clients_are_where_the_route_back_leaves_through_forward_from(
+        source: str, forwarded: bool) -> None:
+    clients = Clients(ROUTES, FORWARD_FROM)
+    assert (address(source) in clients) is forwarded
+    assert address(source) not in Clients(ROUTES, ())
+
+
+def test_no_route_through_forward_from_no_clients() -> None:
+    assert Clients(ROUTES, FORWARD_FROM)
+    assert not Clients(ROUTES, ("podman*",)), "no such interface: the cheaper dumps"
+    assert not NO_CLIENTS and address("10.1.0.5") not in NO_CLIENTS
+
+
+def forwarded(source: str, destination: str, answerer: str | None = None,
+              ident: int = 1) -> Flow:
+    return Flow(socket.AF_INET6 if ":" in source else socket.AF_INET, ident, address(source),
+                address(destination), 6, b"", 40000, 443,
+                answerer=address(answerer or destination))
+
+
+def test_forwarded_clients_flows_made_meanwhile_are_picked() -> None:
+    """A LAN client's flow out (masqueraded or not) is egress; one that predates nfguard,
+    one to this host itself (or redirected to it), one from the uplink to a LAN host, and
+    one from a client on an interface not in forward_from are not."""
+    gateway = {address("192.0.2.1"), address("10.1.0.1"), address("2001:db8:1::1")}
+    clients = Clients(ROUTES, FORWARD_FROM)
+    out = forwarded("10.1.0.5", "198.51.100.7", ident=1)
+    out_v6 = forwarded("2001:db8:1::5", "2001:db8:9::7", ident=2)
+    behind_router = forwarded("10.50.3.3", "198.51.100.7", ident=3)
+    container = forwarded("172.17.0.2", "198.51.100.7", ident=4)
+    flows = [
+        out, out_v6, behind_router, container,
+        forwarded("10.1.0.6", "198.51.100.7", ident=5),  # known: predates nfguard
+        forwarded("10.1.0.5", "10.1.0.1", ident=6),  # to the gateway itself
+        forwarded("10.1.0.5", "198.51.100.8", "10.1.0.1", ident=7),  # redirected to it
+        forwarded("198.51.100.7", "10.1.0.5", ident=8),  # inbound, routed to a LAN host
+        forwarded("10.8.0.2", "198.51.100.7", ident=9),  # wg0 is not in forward_from
+    ]
+    assert made_meanwhile(flows, gateway, clients, {5}) == [out, out_v6, behind_router,
+                                                            container]
+    assert made_meanwhile(flows, gateway, NO_CLIENTS, ()) == [], "forward_from empty"
+
+
+def test_a_local_flow_redirected_to_this_host_is_left_alone() -> None:
+    """A transparent proxy's redirect: from here, to a remote address, answered here (over
+    loopback, never judged): not a flow that got out."""
+    here = address("192.0.2.1")
+    flows = [forwarded("192.0.2.1", "198.51.100.7", "192.0.2.1"),
+             forwarded("192.0.2.1", "198.51.100.7", ident=2)]
+    assert made_meanwhile(flows, {here}, NO_CLIENTS, ()) == flows[1:]
 
 
 def message(data: bytes) -> tuple[int, int, dict[int, bytes]]:
@@ -167,9 +275,8 @@ def test_kernel_pending_flows_are_asked_for_by_their_whole_mark() -> None:
     assert CTA_FILTER not in attrs
 
 
-def test_kernel_pending_walks_the_conntrack_table_once_for_both_families(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every dump walks the kernel's whole table, whatever matches: one, of every family."""
+def fake_socket(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Netlink sockets that keep what is sent and answer every dump with an empty one."""
     sent: list[bytes] = []
 
     class Socket:
@@ -186,6 +293,13 @@ def test_kernel_pending_walks_the_conntrack_table_once_for_both_families(
             return NLMSGHDR.pack(NLMSGHDR.size, NLMSG_DONE, 0, 1, 0)
 
     monkeypatch.setattr(undecided_module, "_socket", Socket)
+    return sent
+
+
+def test_kernel_pending_walks_the_conntrack_table_once_for_both_families(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every dump walks the kernel's whole table, whatever matches: one, of every family."""
+    sent = fake_socket(monkeypatch)
     assert kernel_pending() == []
     (request,) = sent
     assert request[NLMSGHDR.size] == socket.AF_UNSPEC
