@@ -7,6 +7,8 @@ WireGuard peer's networks). A route covering a quarter of the address space or m
 on-link default, a VPN's 0.0.0.0/1 halves) is the internet, not a network of the host's.
 The kernel is read on a timer (`tend`, from the daemon's loop, never on the verdict path),
 so a DHCP lease or a VPN coming up is followed within a second; the parsers are pure.
+The same routes, each with its interface (`read_routes`), tell which addresses are
+forwarded clients' (nfguard.undecided).
 """
 
 from __future__ import annotations

@@ -275,8 +275,10 @@ def test_kernel_pending_flows_are_asked_for_by_their_whole_mark() -> None:
     assert CTA_FILTER not in attrs
 
 
-def fake_socket(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Netlink sockets that keep what is sent and answer every dump with an empty one."""
+def fake_socket(monkeypatch: pytest.MonkeyPatch,
+                dump: bytes = NLMSGHDR.pack(NLMSGHDR.size, NLMSG_DONE, 0, 1, 0)) -> list[bytes]:
+    """Netlink sockets that keep what is sent and answer every dump with `dump` (an empty
+    one unless given), anything else with nothing (an acknowledgement)."""
     sent: list[bytes] = []
 
     class Socket:
@@ -290,10 +292,34 @@ def fake_socket(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
             sent.append(data)
 
         def recv(self, _size: int) -> bytes:
-            return NLMSGHDR.pack(NLMSGHDR.size, NLMSG_DONE, 0, 1, 0)
+            flags = NLMSGHDR.unpack_from(sent[-1])[2]
+            return dump if flags & NLM_F_DUMP == NLM_F_DUMP else b""
 
     monkeypatch.setattr(undecided_module, "_socket", Socket)
     return sent
+
+
+def test_forwarded_flows_are_remembered_at_start_and_cut_if_made_since(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded flows as a gateway's clients' (their network routed out lan1): known
+    at start, left alone; made since (forgotten here), each gets DENY, named as the dump
+    named it."""
+    sent = fake_socket(monkeypatch, b"".join(
+        base64.b64decode(text) for texts in RECORDED.values() for text in texts))
+    monkeypatch.setattr(undecided_module, "local_addresses", lambda: {LOOPBACK})
+    routes = [route("192.0.2.0/24", "lan1"), route("2001:db8::/64", "eth1"),
+              route("0.0.0.0/0", "eth0", onlink=False)]
+    gateway = undecided_module.Undecided(("lan*",), routes=lambda: routes)
+    (v4,) = [f for f in recorded()[0] if f.source == V4]
+    assert gateway.known == {v4.id}, "the v6 client is behind eth1, not forward_from"
+    sent.clear()
+    assert gateway.cut() == 0
+    assert [r[NLMSGHDR.size] for r in sent] == [socket.AF_UNSPEC], "no update"
+    gateway.known.clear()
+    assert gateway.cut() == 1
+    kind, _flags, found = message(sent[-1])
+    assert kind == 1 << 8 | 0 and found[CTA_MARK] == struct.pack("!I", marks.DENY)
+    assert v4.name in sent[-1]
 
 
 def test_kernel_pending_walks_the_conntrack_table_once_for_both_families(
