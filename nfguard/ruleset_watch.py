@@ -251,7 +251,7 @@ def open_events() -> socket.socket:
 
 
 class Installs(Protocol):
-    """What the guard needs of nft.Installer."""
+    """What the guard needs of nft.installer.Installer."""
 
     @property
     def pids(self) -> Container[int]: ...
