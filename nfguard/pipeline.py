@@ -38,7 +38,7 @@ from nfguard.engine import DNS, Decision, Engine
 from nfguard.hostnets import HostNetworks, no_networks
 from nfguard.lru import Memo
 from nfguard.marks import HOLD, Held
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.names.cache import NameCache
 from nfguard.names.inject import Refusals
 from nfguard.names.learner import MAX_CHAINS, Learner, configure_name_cache, make_name_cache

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from nfguard import marks
-from nfguard.metrics import Latency
+from nfguard.metrics.counts import Latency
 from nfguard.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSGHDR, Buffer
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,9 @@ from nfguard.exec.requests import COMMANDS as EXEC_COMMANDS
 from nfguard.exec.requests import ExecRequests
 from nfguard.exec.transient import Transients
 from nfguard.hostnets import HostNetworks
-from nfguard.metrics import Latency, Sources, Stats, build, running_modes, serve
+from nfguard.metrics.counts import Latency, Stats
+from nfguard.metrics.exporter import serve
+from nfguard.metrics.sources import Sources, build, running_modes
 from nfguard.names.inject import Refusals
 from nfguard.names.peers import Peers
 from nfguard.names.queries import queued

@@ -21,7 +21,7 @@ from nfguard.config import Config, EngineConfig
 from nfguard.engine import Engine
 from nfguard.exec.report import FlowRecord, from_event, tally
 from nfguard.exec.ruleset import Scope
-from nfguard.metrics import Latency, Stats
+from nfguard.metrics.counts import Latency, Stats
 from nfguard.names.inject import Refusals
 from nfguard.names.resolvers import TrustedServers
 from nfguard.pipeline import Pipeline, make_name_cache

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from nfguard import marks
 from nfguard.config import NamesConfig
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.names.cache import NameCache
 from nfguard.names.peers import Peers
 from nfguard.names.resolvers import TrustedServers

@@ -36,7 +36,7 @@ from nfguard import marks
 from nfguard.audit import query_event
 from nfguard.engine import Engine
 from nfguard.marks import DROP, HOLD, Held
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.names.inject import Refusals, Unsent
 from nfguard.names.streams import HALF, RST, SEQ, URG, bound, flow_key, in_order
 from nfguard.policy.clients import match_key

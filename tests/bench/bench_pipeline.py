@@ -32,7 +32,7 @@ from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
 from nfguard.hostnets import HostNetworks
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.pipeline import LOCAL_OUT, Pipeline
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet

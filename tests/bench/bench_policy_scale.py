@@ -23,7 +23,7 @@ from nfguard import marks
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.pipeline import LOCAL_IN, Pipeline
 from nfguard.policy.build import compile_policy_dir
 from nfguard.policy.load import parse_policy_texts

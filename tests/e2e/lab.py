@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from nfguard.metrics import NFQUEUE_PROC, QueueCounters, parse_nfqueue
+from nfguard.metrics.sources import NFQUEUE_PROC, QueueCounters, parse_nfqueue
 
 CLIENT_V4 = "198.18.0.1"
 SERVER_V4 = "198.18.0.2"

@@ -17,7 +17,7 @@ from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import ENGINE_ERROR, UNPARSEABLE, Decision, Engine
 from nfguard.marks import HOLD
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.pipeline import Pipeline
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet

@@ -19,7 +19,7 @@ from nfguard.exec.transient import (
     normalize_cgroup,
 )
 from nfguard.marks import DROP
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.names.queries import QueryPath
 from nfguard.policy.load import PolicyError, parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet

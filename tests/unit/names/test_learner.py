@@ -20,7 +20,7 @@ from nfguard.config import EngineConfig, NamesConfig, parse_config
 from nfguard.engine import NAME_MISMATCH, Engine
 from nfguard.hostnets import HostNetworks
 from nfguard.marks import HOLD
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.pending import (
     OTHER_PROTOCOL,
     FlowTable,

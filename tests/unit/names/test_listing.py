@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, TCP, UDP
 
 from nfguard import marks
 from nfguard.control import Reply
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.names.cache import NameCache
 from nfguard.names.learner import MAX_ORIGINS, Learner
 from nfguard.names.listing import listing, names_handler, normalise, render

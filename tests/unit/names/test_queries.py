@@ -17,7 +17,7 @@ from nfguard import marks
 from nfguard.audit import AuditLog
 from nfguard.config import EngineConfig, NamesConfig
 from nfguard.engine import Engine
-from nfguard.metrics import Stats
+from nfguard.metrics.counts import Stats
 from nfguard.names import queries
 from nfguard.names.inject import Unsent
 from nfguard.names.queries import queued

@@ -1,5 +1,6 @@
-"""Metrics: the plain-int histogram, the kernel's queue counters, what the collector
-exports, and the Grafana dashboard asking only for what is exported."""
+"""The exporter: what the collector exports from every source, summed over workers and
+bounded in series, the server, and the Grafana dashboard and alert rules asking only for
+what is exported."""
 
 from __future__ import annotations
 
@@ -20,83 +21,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from nfguard.audit import AuditFigures
 from nfguard.config import MetricsConfig
 from nfguard.engine import Decision
-from nfguard.metrics import ATTRIBUTION as ATTRIBUTION_FIGURES
-from nfguard.metrics import (
-    CLIENT_SERIES,
-    LATENCY_BOUNDS_NS,
-    OTHER_CLIENTS,
-    Build,
-    Latency,
-    Modes,
-    Sources,
-    Stats,
-    StatsCollector,
-    parse_nfqueue,
-    read_nfqueue,
-    running_modes,
-    serve,
-)
+from nfguard.metrics.counts import LATENCY_BOUNDS_NS, Latency, Stats
+from nfguard.metrics.exporter import ATTRIBUTION as ATTRIBUTION_FIGURES
+from nfguard.metrics.exporter import CLIENT_SERIES, OTHER_CLIENTS, StatsCollector, serve
+from nfguard.metrics.sources import Build, Modes, Sources, running_modes
 from nfguard.names.cache import NameCache
 from nfguard.nft.counters import COUNTERS
 from nfguard.policy.load import parse_policy_texts
 from nfguard.policy.match import CompiledPolicySet
 from nfguard.procs import Attributor
+from tests.unit.metrics.samples import NFQUEUE_TEXT
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DASHBOARD = REPO / "contrib" / "grafana" / "nfguard-dashboard.json"
 ALERTS = REPO / "contrib" / "prometheus" / "nfguard-alerts.yml"
 ALERTS_TEST = REPO / "tests" / "data" / "nfguard-alerts-test.yml"
 
-# /proc/net/netfilter/nfnetlink_queue as the kernel prints it (seq_show's format).
-NFQUEUE_TEXT = (
-    "    0  23927     3 2  4016  1500    27       4100  1\n"
-    "    5      0     0 2  4016     0     0          0  1\n"
-)
 # The figures nfguard.procs.Attributor.stats() gives (a real one, so its keys stay in step).
 with Attributor(events=False) as _attributor:
     ATTRIBUTION = {key: 10 + i for i, key in enumerate(_attributor.stats())}
-
-
-def test_latency_buckets_are_cumulative_and_sum_in_seconds() -> None:
-    latency = Latency()
-    for ns in (5_000, 10_000, 10_001, 2_000_000, 5_000_000_000):
-        latency.observe(ns)
-    buckets = dict(latency.buckets())
-    assert buckets["1e-05"] == 2, "a bound includes its own value (le)"
-    assert buckets["2.5e-05"] == 3
-    assert buckets["0.0025"] == 4
-    assert buckets["1.0"] == 4
-    assert buckets["+Inf"] == 5
-    assert len(buckets) == len(LATENCY_BOUNDS_NS) + 1
-    assert latency.total_ns == 5_000 + 10_000 + 10_001 + 2_000_000 + 5_000_000_000
-
-
-def test_latency_quantiles() -> None:
-    latency = Latency()
-    assert latency.quantile(0.5) is None
-    for _ in range(98):
-        latency.observe(30_000)
-    latency.observe(400_000)
-    latency.observe(3_000_000_000)
-    assert latency.quantile(0.5) == 50e-6
-    assert latency.quantile(0.99) == 500e-6
-    assert latency.quantile(1.0) == float("inf")
-
-
-def test_parse_nfqueue() -> None:
-    queues = parse_nfqueue(NFQUEUE_TEXT + "garbage line\n\n")
-    assert set(queues) == {0, 5}
-    q = queues[0]
-    assert (q.queue, q.peer_portid, q.length, q.copy_range, q.dropped, q.user_dropped) == (
-        0, 23927, 3, 4016, 1500, 27)
-
-
-def test_read_nfqueue(tmp_path: Path) -> None:
-    path = tmp_path / "nfnetlink_queue"
-    path.write_text(NFQUEUE_TEXT)
-    assert read_nfqueue(5, str(path)).dropped == 0  # type: ignore[union-attr]
-    assert read_nfqueue(9, str(path)) is None
-    assert read_nfqueue(0, str(tmp_path / "missing")) is None
 
 
 # A worker that has done nothing yet (its process: this one): its figures add nothing.
@@ -442,9 +385,6 @@ def test_exporter_serves_on_loopback_and_shuts_down(tmp_path: Path) -> None:
     start_http_server returns its server only from 0.20 on (pyproject's floor)."""
     import socket
     import urllib.request
-
-    from nfguard.config import MetricsConfig
-    from nfguard.metrics import serve
 
     with socket.socket() as probe:  # a free port (the config takes no port 0)
         probe.bind(("127.0.0.1", 0))

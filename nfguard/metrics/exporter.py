@@ -1,142 +1,21 @@
-"""Counters kept on the verdict path as plain ints and dicts (cheap), exported to
-Prometheus by a collector that reads them only when scraped.
-
-Nothing here runs per packet except `Stats.count` and `Latency.observe` (an int add and a
-bisect); the kernel's queue counters, cache sizes and attribution figures are read at
-scrape time.
-"""
+"""The Prometheus exporter: a collector that reads the sources only when scraped, and the
+HTTP(S) server it is served on."""
 
 from __future__ import annotations
 
 import functools
 import logging
-import platform
-from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import Any
 
-from nfguard.audit import AuditFigures, AuditLog
+from nfguard.audit import AuditLog
 from nfguard.config import MetricsConfig, parse_listen
-from nfguard.engine import Decision
-from nfguard.names.cache import NameCache
+from nfguard.metrics.sources import Build, Modes, Sources
 from nfguard.nft.counters import COUNTERS
-from nfguard.policy.model import Client, Mode
-from nfguard.version import version
+from nfguard.policy.model import Mode
 
 log = logging.getLogger(__name__)
-
-NFQUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"  # per network namespace
-
-
-@dataclass
-class Stats:
-    packets: int = 0
-    unparseable: int = 0
-    errors: int = 0
-    pending_flows: int = 0  # flows that waited for a presented name
-    hello_timeouts: int = 0  # pending flows decided without a name after hello_timeout
-    dns_answers: int = 0  # DNS answers learnt from
-    dns_bindings: int = 0  # (address, name) bindings learnt
-    dns_cut: int = 0  # answers cut by the queue's copy range (accepted, not learnt)
-    dns_unparseable: int = 0  # answers that could not be parsed (accepted, not learnt)
-    dns_untrusted: int = 0  # answers from servers not in [names] resolvers (accepted, not learnt)
-    dns_out_of_order: int = 0  # DNS-over-TCP segments dropped for the server to resend
-    dns_queries: int = 0  # DNS queries judged by their name
-    dns_queries_refused: int = 0  # queries that did not leave (a refusal went to the client)
-    dns_queries_unparseable: int = 0  # query packets that could not be read (dropped)
-    dns_streams_cut: int = 0  # DNS-over-TCP query streams cut when no longer followed
-    # DNS bindings of names to internal addresses, by kind (nfguard.policy.internal), and
-    # the last one ("name -> address (kind)")
-    dns_private: Counter[str] = field(default_factory=Counter)
-    dns_private_last: str = ""
-    reloads: int = 0  # reloads that swapped in a new policy
-    reload_failures: int = 0  # reloads rejected; the running policy stayed
-    policy_loaded_at: float = 0.0  # wall-clock time the running policy was loaded
-    policy_rules: int = 0
-    decisions: Counter[tuple[str, str, str, str, str]] = field(default_factory=Counter)
-
-    def count(self, decision: Decision) -> None:
-        self.decisions[(decision.action, decision.verdict, decision.client or "",
-                        decision.rule or "", decision.evidence)] += 1
-
-
-# Upper bounds of the verdict latency buckets, in nanoseconds (10 µs .. 1 s).
-LATENCY_BOUNDS_NS = (10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-                     5_000_000, 10_000_000, 25_000_000, 100_000_000, 1_000_000_000)
-
-
-class Latency:
-    """A histogram of plain ints: the time the engine took to answer a queued packet."""
-
-    __slots__ = ("counts", "total_ns")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BOUNDS_NS) + 1)  # the last one is +Inf
-        self.total_ns = 0
-
-    def observe(self, ns: int) -> None:
-        self.counts[bisect_left(LATENCY_BOUNDS_NS, ns)] += 1
-        self.total_ns += ns
-
-    def quantile(self, q: float) -> float | None:
-        """The upper bound (seconds) of the bucket holding quantile `q`; None before any
-        packet, inf past the last bound."""
-        counts = list(self.counts)
-        total = sum(counts)
-        if not total:
-            return None
-        running = 0
-        for bound, count in zip((*LATENCY_BOUNDS_NS, None), counts, strict=True):
-            running += count
-            if running >= q * total:
-                return float("inf") if bound is None else bound / 1e9
-        return float("inf")
-
-    def buckets(self) -> list[tuple[str, int]]:
-        """Cumulative (le, count) pairs in seconds, as Prometheus histograms want them."""
-        counts = list(self.counts)  # one consistent copy (the packet thread keeps adding)
-        out, running = [], 0
-        for bound, count in zip((*LATENCY_BOUNDS_NS, None), counts, strict=True):
-            running += count
-            out.append(("+Inf" if bound is None else repr(bound / 1e9), running))
-        return out
-
-
-class QueueCounters(NamedTuple):
-    """One line of /proc/net/netfilter/nfnetlink_queue."""
-
-    queue: int
-    peer_portid: int  # the bound listener's netlink port id
-    length: int  # packets waiting for a verdict now
-    copy_mode: int
-    copy_range: int
-    dropped: int  # dropped because the queue was full
-    user_dropped: int  # dropped because the listener's socket buffer was full (ENOBUFS)
-    id_sequence: int
-
-
-def parse_nfqueue(text: str) -> dict[int, QueueCounters]:
-    """The kernel's per-queue counters; lines that do not parse are skipped."""
-    found = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 8 or not all(f.isdigit() for f in fields[:8]):
-            continue
-        counters = QueueCounters(*(int(f) for f in fields[:8]))
-        found[counters.queue] = counters
-    return found
-
-
-def read_nfqueue(queue: int, path: str = NFQUEUE_PROC) -> QueueCounters | None:
-    """The counters of one queue in this process's network namespace, or None."""
-    try:
-        with open(path, encoding="ascii") as file:
-            return parse_nfqueue(file.read()).get(queue)
-    except OSError:
-        return None
-
 
 # What each figure of nfguard.procs.Attributor.stats() counts: the metric's name after
 # "nfguard_attribution_", whether it is a size (a gauge) or a count (a counter), and its help.
@@ -179,123 +58,6 @@ ATTRIBUTION = {
 # thousands of clients still makes a bounded number of series.
 CLIENT_SERIES = 100
 OTHER_CLIENTS = "(other)"
-
-
-class Build(NamedTuple):
-    """nfguard_build_info's labels."""
-
-    version: str
-    python: str
-    queue_path: str  # nfguard.nft.NATIVE or XT
-
-
-def build(queue_path: str) -> Build:
-    return Build(version(), platform.python_version(), queue_path)
-
-
-class Modes(NamedTuple):
-    """The running mode: the engine's, and each client's own (policy order; None: the
-    engine's)."""
-
-    engine: str
-    clients: tuple[tuple[str, str | None], ...]
-
-
-def running_modes(engine_mode: str, clients: Iterable[Client]) -> Modes:
-    return Modes(engine_mode, tuple((client.name, client.mode) for client in clients))
-
-
-@dataclass
-class Sources:
-    """Everything the collector (and `nfguard status`) reads, at scrape time."""
-
-    stats: Stats
-    latency: Latency = field(default_factory=Latency)
-    queue: int | None = None  # NFQUEUE number whose kernel counters are exported
-    names: NameCache | None = None
-    attribution: Callable[[], dict[str, int]] | None = None
-    queue_errors: Callable[[], int] | None = None  # verdicts the queue adapter could not give
-    nfqueue_path: str = NFQUEUE_PROC
-    # engine.workers > 1: the other workers' latest reports (see nfguard.workers.snapshot)
-    workers: Callable[[], list[dict[str, Any]]] | None = None
-    restores: Callable[[], int] | None = None  # nfguard.ruleset_watch: the ruleset put back
-    build: Build | None = None
-    modes: Callable[[], Modes] | None = None  # the running config and policy's
-    audit: Callable[[], AuditFigures] | None = None  # this process's audit writer
-    # the ruleset's named counters, read from the kernel (see nfguard.nft.counters.CounterReader)
-    kernel_counters: Callable[[], dict[str, int]] | None = None
-
-    def kernel_queue(self) -> QueueCounters | None:
-        return None if self.queue is None else read_nfqueue(self.queue, self.nfqueue_path)
-
-    def kernel_queues(self) -> list[QueueCounters]:
-        """The counters of this process's queue and of every worker's."""
-        numbers = [] if self.queue is None else [self.queue]
-        numbers += [report["queue"] for report in self._reports()]
-        found = []
-        for number in sorted(set(numbers)):
-            counters = read_nfqueue(number, self.nfqueue_path)
-            if counters is not None:
-                found.append(counters)
-        return found
-
-    def _reports(self) -> list[dict[str, Any]]:
-        return self.workers() if self.workers is not None else []
-
-    def total_stats(self) -> Stats:
-        """This process's counters plus every worker's (policy fields: this process's)."""
-        reports = self._reports()
-        if not reports:
-            return self.stats
-        total = replace(self.stats, decisions=Counter(self.stats.decisions),
-                        dns_private=Counter(self.stats.dns_private))
-        for report in reports:
-            other: Stats = report["stats"]
-            for name in _SUMMED:
-                setattr(total, name, getattr(total, name) + getattr(other, name))
-            total.decisions.update(other.decisions)
-            total.dns_private.update(other.dns_private)
-            total.dns_private_last = total.dns_private_last or other.dns_private_last
-        return total
-
-    def total_latency(self) -> Latency:
-        reports = self._reports()
-        if not reports:
-            return self.latency
-        total = Latency()
-        total.counts = list(self.latency.counts)
-        total.total_ns = self.latency.total_ns
-        for report in reports:
-            counts, total_ns = report["latency"]
-            total.counts = [a + b for a, b in zip(total.counts, counts, strict=True)]
-            total.total_ns += total_ns
-        return total
-
-    def total_attribution(self) -> dict[str, int] | None:
-        if self.attribution is None:
-            return None
-        total = Counter(self.attribution())
-        for report in self._reports():
-            total.update(report["attribution"])
-        return dict(total)
-
-    def total_queue_errors(self) -> int:
-        own = self.queue_errors() if self.queue_errors is not None else 0
-        return own + sum(report["queue_errors"] for report in self._reports())
-
-    def total_audit(self) -> AuditFigures | None:
-        """This process's audit writer's figures plus every worker's (each has its own)."""
-        if self.audit is None:
-            return None
-        figures = [self.audit(), *(report["audit"] for report in self._reports())]
-        return AuditFigures(*(sum(column) for column in zip(*figures, strict=True)))
-
-
-# Stats fields that add up over workers (the rest describe the policy this process runs).
-_SUMMED = ("packets", "unparseable", "errors", "pending_flows", "hello_timeouts",
-           "dns_answers", "dns_bindings", "dns_cut", "dns_unparseable", "dns_untrusted",
-           "dns_out_of_order", "dns_queries", "dns_queries_refused", "dns_queries_unparseable",
-           "dns_streams_cut")
 
 
 class StatsCollector:
