@@ -181,7 +181,7 @@ def _request(parsed: re.Match[bytes]) -> RequestHead:
     method_s, target_s = method.decode("ascii"), target.decode("ascii")
     if method != b"CONNECT" and (target[:1] == b"/"
                                  or (target == b"*" and method == b"OPTIONS")):
-        return RequestHead(method=method_s, target=target_s, host=host)  # origin-form
+        return RequestHead(method_s, target_s, host)  # origin-form
     absolute = _ABSOLUTE.match(target)
     if absolute is not None:
         named = parse_host(absolute.group(2).decode("ascii"))
@@ -195,7 +195,7 @@ def _request(parsed: re.Match[bytes]) -> RequestHead:
         raise WireError("http: request target without a host")
     if host_values and host != named:
         raise WireError("http: Host names another host than the request target")
-    return RequestHead(method=method_s, target=target_s, host=named)
+    return RequestHead(method_s, target_s, named)
 
 
 def _fault(head: bytes) -> str:
