@@ -61,7 +61,7 @@ from nfguard.policy.model import ALLOW, DENY
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.wire.dns import DNS_PORT
 from nfguard.wire.errors import WireError
-from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
+from nfguard.wire.ip import TCP, TRANSPORT_NAMES, UDP, Packet, parse_packet
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +301,8 @@ class Pipeline:
                 packet.transport, packet.version, packet.src, packet.sport, packet.dst,
                 packet.dport, interface, hash_exe=self.engine.matches_sha256,
             )._replace(source=packet.src)
-        return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
-                                 packet.dst, packet.dport,
+        return attributor.lookup(TRANSPORT_NAMES[packet.proto], packet.version, packet.src,
+                                 packet.sport, packet.dst, packet.dport,
                                  hash_exe=self.engine.matches_sha256, uid=uid)
 
     # -- DNS queries ---------------------------------------------------------------------
