@@ -422,17 +422,16 @@ class Pipeline:
         packet = flow.packet
         try:
             if isinstance(outcome, Named):
-                names, dst, presented = self.names, packet.dst, outcome.name
-                hit = names.resolved(dst, presented, now)
+                # The presented name asked once (its answer counts once in the cache's
+                # figures); the cache is asked again only about its aliases, which a name
+                # has only while it resolves there. The readers hand out names normalised.
+                dst, presented = packet.dst, outcome.name
+                hit = self.names.resolved(dst, presented, now)
                 aliases = self.learner.aliases(dst, presented) if hit else ()
-
-                def resolved(ip: str, name: str) -> bool:  # the presented name asked once
-                    if ip == dst and name == presented:
-                        return hit
-                    return names.resolved(ip, name, now)
-
-                decision = engine.decide_named(packet, presented, outcome.evidence,
-                                               flow.process, resolved=resolved, aliases=aliases)
+                decision = engine.decide_named(
+                    packet, presented, outcome.evidence, flow.process,
+                    resolved=self._resolved_at(now) if aliases else None, aliases=aliases,
+                    resolves=hit)
             elif isinstance(outcome, Unreadable):
                 decision = engine.decide_unreadable(packet, outcome.why, flow.process)
             else:  # clearly another protocol: the address and its DNS names, as at the SYN
@@ -450,6 +449,11 @@ class Pipeline:
             except Exception:
                 self.stats.errors += 1
                 log.exception("cannot release a held packet")
+
+    def _resolved_at(self, now: float) -> Callable[[str, str], bool]:
+        """Whether a name resolves to an address at `now`, as the engine asks it."""
+        names = self.names
+        return lambda ip, name: names.resolved(ip, name, now)
 
     def sweep(self, now: float | None = None) -> int:
         """Decide the flows that have waited hello_timeout: those holding packets that long
