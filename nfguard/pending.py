@@ -27,6 +27,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Hashable
 from enum import Enum, StrEnum
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from nfguard.policy.match import Evidence
@@ -75,6 +76,7 @@ class OtherProtocol(NamedTuple):
 
 
 OTHER_PROTOCOL = OtherProtocol()
+_named = tuple.__new__  # a Named without the Python-level __new__ NamedTuple gives it
 _MALFORMED = Unreadable(Why.MALFORMED)
 _NO_NAME = Unreadable(Why.NO_NAME)
 Outcome = Named | Unreadable | OtherProtocol
@@ -324,7 +326,7 @@ class PendingFlow:
     def _found(self, found: HelloResult | RequestHead) -> None:
         """The outcome of what a reader read whole: the name it presents, if any."""
         name = found.sni if isinstance(found, HelloResult) else found.host
-        self.outcome = Named(name, self.evidence) if name else _NO_NAME
+        self.outcome = _named(Named, (name, self.evidence)) if name else _NO_NAME
 
     def give_up(self, why: Why) -> Outcome:
         """The outcome of a flow that must be decided now (timeout, eviction, a segment
@@ -340,12 +342,16 @@ class PendingFlow:
 
     def release(self) -> list[tuple[Any, int]]:
         """The held (token, mark) pairs in stream order (arrival order for equal offsets)."""
-        held = self.held if len(self.held) < 2 else sorted(self.held, key=lambda h: (h[0], h[1]))
+        held = self.held if len(self.held) < 2 else sorted(self.held, key=_STREAM_ORDER)
         self.held = []
         self._ahead.clear()
         self._reader = None
         self._prefix = b""
-        return [(token, mark) for _offset, _arrival, token, mark in held]
+        return list(map(_TOKEN_MARK, held))
+
+
+_STREAM_ORDER = itemgetter(0, 1)  # of a held packet: (offset, arrival)
+_TOKEN_MARK = itemgetter(2, 3)  # of a held packet: what releases it
 
 
 class FlowTable:
