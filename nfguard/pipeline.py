@@ -48,11 +48,12 @@ from nfguard.names.resolvers import TrustedServers
 from nfguard.names.streams import bound, flow_key
 from nfguard.onetrip import OneTrip
 from nfguard.pending import (
+    BARE,
+    HELD,
     FlowTable,
     Named,
     Outcome,
     PendingFlow,
-    Step,
     Unreadable,
     Why,
 )
@@ -405,9 +406,9 @@ class Pipeline:
             step = flow.segment(packet, payload, token, mark, now)
         else:
             step = flow.datagram(packet, payload, token, mark, now)
-        if step is Step.BARE:
+        if step is BARE:
             return marks.with_verdict(mark, marks.PENDING)
-        if step is Step.HELD:  # holders past the table's budget are decided now
+        if step is HELD:  # holders past the table's budget are decided now
             for old in self.flows.mark_holding(flow):
                 self._settle(old, old.give_up(Why.EVICTED))
         else:
