@@ -130,7 +130,8 @@ def classify(prefix: bytes) -> Kind | None:
         return _TLS
     if first not in _REQUEST_STARTS:  # neither a token character nor CR/LF
         return _OTHER
-    if prefix[:len(_SSH)] == _SSH[:len(prefix)]:
+    # Slices are compared only when the first byte is SSH's "S" (a request rarely starts so).
+    if first == _SSH[0] and prefix[:len(_SSH)] == _SSH[:len(prefix)]:
         end = prefix.find(b"\n", 0, MAX_BANNER)  # the same answer however the line came
         if end < 0:
             return None if len(prefix) < MAX_BANNER else _HTTP
