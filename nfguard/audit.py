@@ -84,7 +84,7 @@ class _Parts(NamedTuple):
     time, the addresses and ports, and the related addresses."""
 
     head: dict[str, Any]  # ecs, event, nfguard, rule, observer, in the events' order
-    who: _Who  # held, so that its id stays its own while remembered
+    who: _Who
     # The same in JSON, for flow_line: the head's members, then (each with a leading
     # comma, or none) destination.domain, the process's members, related.hosts and
     # related.user.
@@ -132,13 +132,13 @@ def flow_line(decision: Decision, packet: Packet, now: float,
 
 
 def _parts_of(decision: Decision, process: ProcessInfo | None) -> _Parts:
-    """What the events of the decision for the sender share, remembered (a busy program
-    opens flow after flow, each decided alike)."""
-    who = _who(process)
-    key = (decision, id(who))  # the memo holds `who`: no other can have its id
+    """What the events of the decision for the sender share, remembered by the decision
+    and what the events show of the sender (a busy program opens flow after flow, each
+    decided alike): one lookup, where asking `_who` first took two."""
+    key = (decision, None if process is None else _shown(process))
     parts = _parts_memo.get(key)
     if parts is None:
-        parts = _parts_memo.put(key, _parts(decision, who))
+        parts = _parts_memo.put(key, _parts(decision, _who(process)))
     return parts
 
 
@@ -174,7 +174,7 @@ def _parts(decision: Decision, who: _Who) -> _Parts:
                   ',"user":' + orjson.dumps(who.users).decode() if who.users else "")
 
 
-_parts_memo: Memo[tuple[Decision, int], _Parts] = Memo(4096)
+_parts_memo: Memo[tuple[Decision, tuple | None], _Parts] = Memo(4096)
 
 
 def query_event(decision: QueryDecision, qtype: str, mode: str, verdict: str, packet: Packet,

@@ -317,6 +317,7 @@ class Engine:
         process: Process | None = None,
         resolved: Callable[[str, str], bool] | None = None,
         aliases: Iterable[str] = (),
+        resolves: bool | None = None,
     ) -> Decision:
         """The final decision of a pending flow, once the client presented `name`.
 
@@ -326,17 +327,21 @@ class Engine:
         that rule's networks; otherwise the flow is denied with reason name_mismatch.
         `aliases`: names one DNS answer chained to `name` for this address (CNAME
         targets and sources); they stand with the presented name's evidence.
+        `resolves`: what `resolved` says of `name` at the address, when the caller asked
+        already (then `resolved` is asked about the aliases only).
         """
         if not self.transients:  # the usual case, without a call per judge
-            return self._decide_named(packet, name, evidence, process, resolved, aliases)
+            return self._decide_named(packet, name, evidence, process, resolved, aliases,
+                                      resolves)
         decision = self._judged(process, lambda engine: engine._decide_named(
-            packet, name, evidence, process, resolved, aliases), _denies)
+            packet, name, evidence, process, resolved, aliases, resolves), _denies)
         assert decision is not None
         return decision
 
     def _decide_named(
         self, packet: Packet, name: str, evidence: str, process: Process | None,
         resolved: Callable[[str, str], bool] | None, aliases: Iterable[str],
+        resolves: bool | None,
     ) -> Decision:
         client = self.client_for(process)
         if client is None:
@@ -354,7 +359,13 @@ class Engine:
             plan = self._named.put(key, self._plan_named(
                 packet, name, evidence, client, self._mode(client), aliases, resolver))
         checked = plan.checked
-        if checked is None or (resolved is not None and resolved(dst, checked)):
+        if checked is None:
+            return plan.decision
+        if checked == name and resolves is not None:
+            holds = resolves
+        else:
+            holds = resolved is not None and resolved(dst, checked)
+        if holds:
             return plan.decision
         assert plan.mismatch is not None
         return plan.mismatch

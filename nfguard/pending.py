@@ -27,7 +27,8 @@ import re
 from collections import OrderedDict
 from collections.abc import Hashable
 from enum import Enum, StrEnum
-from typing import Any, NamedTuple
+from operator import itemgetter
+from typing import Any, Final, NamedTuple
 
 from nfguard.policy.match import Evidence
 from nfguard.wire.errors import WireError
@@ -75,6 +76,7 @@ class OtherProtocol(NamedTuple):
 
 
 OTHER_PROTOCOL = OtherProtocol()
+_named = tuple.__new__  # a Named without the Python-level __new__ NamedTuple gives it
 _MALFORMED = Unreadable(Why.MALFORMED)
 _NO_NAME = Unreadable(Why.NO_NAME)
 Outcome = Named | Unreadable | OtherProtocol
@@ -91,6 +93,14 @@ class Kind(Enum):
     TLS = "tls"
     HTTP = "http"
     OTHER = "other"
+
+
+# Members as module constants: one read off its Enum class costs a few hundred
+# instructions, and a flow's packets meet several of them.
+HELD: Final = Step.HELD
+BARE: Final = Step.BARE
+_TLS, _HTTP, _OTHER = Kind.TLS, Kind.HTTP, Kind.OTHER
+_SNI, _HOST, _QUIC = Evidence.SNI, Evidence.HOST, Evidence.QUIC
 
 
 _TLS_RECORDS = frozenset(range(0x14, 0x18))  # change_cipher_spec, alert, handshake, data
@@ -117,17 +127,18 @@ def classify(prefix: bytes) -> Kind | None:
         return None
     first = prefix[0]
     if first in _TLS_RECORDS:
-        return Kind.TLS
+        return _TLS
     if first not in _REQUEST_STARTS:  # neither a token character nor CR/LF
-        return Kind.OTHER
-    if prefix[:len(_SSH)] == _SSH[:len(prefix)]:
+        return _OTHER
+    # Slices are compared only when the first byte is SSH's "S" (a request rarely starts so).
+    if first == _SSH[0] and prefix[:len(_SSH)] == _SSH[:len(prefix)]:
         end = prefix.find(b"\n", 0, MAX_BANNER)  # the same answer however the line came
         if end < 0:
-            return None if len(prefix) < MAX_BANNER else Kind.HTTP
+            return None if len(prefix) < MAX_BANNER else _HTTP
         line = prefix[:end + 1]
         if _SSH_LINE.fullmatch(line) and not _HTTP_VERSION.search(line):
-            return Kind.OTHER
-    return Kind.HTTP
+            return _OTHER
+    return _HTTP
 
 
 def carries_nothing(packet: Packet, raw: bytes) -> bool:
@@ -193,7 +204,7 @@ class PendingFlow:
         self._ahead: dict[int, bytes] = {}  # TCP: offset -> payload beyond a gap
         self._prefix = b""  # TCP: first bytes, until `classify` can tell
         self._reader: ClientHelloReader | RequestHeadReader | QuicHelloAssembler | None = None
-        self.evidence = Evidence.SNI
+        self.evidence = _SNI
         self.held: list[tuple[int, int, Any, int]] = []  # (offset, arrival, token, mark)
         self.since: float | None = None  # when it first held a packet
         self.outcome: Outcome | None = None  # set once known
@@ -206,7 +217,7 @@ class PendingFlow:
         _v, _p, _s, _d, _sp, _dp, _di, total, start, flags, seq = packet  # one unpacking
         if total <= start:
             if carries_nothing(packet, raw):
-                return Step.BARE  # ACK, FIN, RST with nothing on them
+                return BARE  # ACK, FIN, RST with nothing on them
             self._hold(self._next, token, mark, now)
             return self.give_up(Why.NOT_BARE)
         data = raw[start:total]
@@ -261,18 +272,18 @@ class PendingFlow:
             self._prefix = data
             return
         self._prefix = b""
-        if kind is Kind.OTHER:
+        if kind is _OTHER:
             self.outcome = OTHER_PROTOCOL
             return
         # The stream's first bytes: most hold the whole hello or head, read at once
         # (`hello_in`, `head_in`); the others go to a reader, which reassembles.
         found: HelloResult | RequestHead | None
         try:
-            if kind is Kind.TLS:
-                self.evidence = Evidence.SNI
+            if kind is _TLS:
+                self.evidence = _SNI
                 found = hello_in(data)
             else:
-                self.evidence = Evidence.HOST
+                self.evidence = _HOST
                 found = head_in(data)
         except WireError:
             self.outcome = _MALFORMED
@@ -280,7 +291,7 @@ class PendingFlow:
         if found is not None:
             self._found(found)
             return
-        self._reader = ClientHelloReader() if kind is Kind.TLS else RequestHeadReader()
+        self._reader = ClientHelloReader() if kind is _TLS else RequestHeadReader()
         self._read(data)
 
     # -- UDP (QUIC) --------------------------------------------------------------------
@@ -294,7 +305,7 @@ class PendingFlow:
         if self._reader is None:
             if not data or not data[0] & 0x80:
                 return self.give_up(Why.NOT_QUIC_INITIAL)
-            self._reader, self.evidence = QuicHelloAssembler(), Evidence.QUIC
+            self._reader, self.evidence = QuicHelloAssembler(), _QUIC
         self._read(data)
         return self._after_feed(packet, raw)
 
@@ -308,7 +319,7 @@ class PendingFlow:
             return self.give_up(Why.COPY_CUT)
         if len(self.held) > MAX_HELD_PER_FLOW:
             return self.give_up(Why.TOO_MANY_SEGMENTS)
-        return Step.HELD
+        return HELD
 
     def _read(self, data: bytes) -> None:
         reader = self._reader
@@ -324,7 +335,7 @@ class PendingFlow:
     def _found(self, found: HelloResult | RequestHead) -> None:
         """The outcome of what a reader read whole: the name it presents, if any."""
         name = found.sni if isinstance(found, HelloResult) else found.host
-        self.outcome = Named(name, self.evidence) if name else _NO_NAME
+        self.outcome = _named(Named, (name, self.evidence)) if name else _NO_NAME
 
     def give_up(self, why: Why) -> Outcome:
         """The outcome of a flow that must be decided now (timeout, eviction, a segment
@@ -340,12 +351,16 @@ class PendingFlow:
 
     def release(self) -> list[tuple[Any, int]]:
         """The held (token, mark) pairs in stream order (arrival order for equal offsets)."""
-        held = self.held if len(self.held) < 2 else sorted(self.held, key=lambda h: (h[0], h[1]))
+        held = self.held if len(self.held) < 2 else sorted(self.held, key=_STREAM_ORDER)
         self.held = []
         self._ahead.clear()
         self._reader = None
         self._prefix = b""
-        return [(token, mark) for _offset, _arrival, token, mark in held]
+        return list(map(_TOKEN_MARK, held))
+
+
+_STREAM_ORDER = itemgetter(0, 1)  # of a held packet: (offset, arrival)
+_TOKEN_MARK = itemgetter(2, 3)  # of a held packet: what releases it
 
 
 class FlowTable:

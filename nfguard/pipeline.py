@@ -48,11 +48,12 @@ from nfguard.names.resolvers import TrustedServers
 from nfguard.names.streams import bound, flow_key
 from nfguard.onetrip import OneTrip
 from nfguard.pending import (
+    BARE,
+    HELD,
     FlowTable,
     Named,
     Outcome,
     PendingFlow,
-    Step,
     Unreadable,
     Why,
 )
@@ -61,7 +62,7 @@ from nfguard.policy.model import ALLOW, DENY
 from nfguard.procs import Attributor, ProcessInfo
 from nfguard.wire.dns import DNS_PORT
 from nfguard.wire.errors import WireError
-from nfguard.wire.ip import TCP, UDP, Packet, parse_packet
+from nfguard.wire.ip import TCP, TRANSPORT_NAMES, UDP, Packet, parse_packet
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +302,8 @@ class Pipeline:
                 packet.transport, packet.version, packet.src, packet.sport, packet.dst,
                 packet.dport, interface, hash_exe=self.engine.matches_sha256,
             )._replace(source=packet.src)
-        return attributor.lookup(packet.transport, packet.version, packet.src, packet.sport,
-                                 packet.dst, packet.dport,
+        return attributor.lookup(TRANSPORT_NAMES[packet.proto], packet.version, packet.src,
+                                 packet.sport, packet.dst, packet.dport,
                                  hash_exe=self.engine.matches_sha256, uid=uid)
 
     # -- DNS queries ---------------------------------------------------------------------
@@ -405,9 +406,9 @@ class Pipeline:
             step = flow.segment(packet, payload, token, mark, now)
         else:
             step = flow.datagram(packet, payload, token, mark, now)
-        if step is Step.BARE:
+        if step is BARE:
             return marks.with_verdict(mark, marks.PENDING)
-        if step is Step.HELD:  # holders past the table's budget are decided now
+        if step is HELD:  # holders past the table's budget are decided now
             for old in self.flows.mark_holding(flow):
                 self._settle(old, old.give_up(Why.EVICTED))
         else:
@@ -422,17 +423,16 @@ class Pipeline:
         packet = flow.packet
         try:
             if isinstance(outcome, Named):
-                names, dst, presented = self.names, packet.dst, outcome.name
-                hit = names.resolved(dst, presented, now)
+                # The presented name asked once (its answer counts once in the cache's
+                # figures); the cache is asked again only about its aliases, which a name
+                # has only while it resolves there. The readers hand out names normalised.
+                dst, presented = packet.dst, outcome.name
+                hit = self.names.resolved(dst, presented, now)
                 aliases = self.learner.aliases(dst, presented) if hit else ()
-
-                def resolved(ip: str, name: str) -> bool:  # the presented name asked once
-                    if ip == dst and name == presented:
-                        return hit
-                    return names.resolved(ip, name, now)
-
-                decision = engine.decide_named(packet, presented, outcome.evidence,
-                                               flow.process, resolved=resolved, aliases=aliases)
+                decision = engine.decide_named(
+                    packet, presented, outcome.evidence, flow.process,
+                    resolved=self._resolved_at(now) if aliases else None, aliases=aliases,
+                    resolves=hit)
             elif isinstance(outcome, Unreadable):
                 decision = engine.decide_unreadable(packet, outcome.why, flow.process)
             else:  # clearly another protocol: the address and its DNS names, as at the SYN
@@ -450,6 +450,11 @@ class Pipeline:
             except Exception:
                 self.stats.errors += 1
                 log.exception("cannot release a held packet")
+
+    def _resolved_at(self, now: float) -> Callable[[str, str], bool]:
+        """Whether a name resolves to an address at `now`, as the engine asks it."""
+        names = self.names
+        return lambda ip, name: names.resolved(ip, name, now)
 
     def sweep(self, now: float | None = None) -> int:
         """Decide the flows that have waited hello_timeout: those holding packets that long

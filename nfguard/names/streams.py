@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any
 
 from nfguard.wire.ip import Packet
@@ -17,8 +18,10 @@ SYN, FIN, RST, URG = 0x02, 0x01, 0x04, 0x20
 SEQ = 0xFFFFFFFF  # sequence numbers wrap at 2**32
 HALF = 1 << 31  # a difference past half the space is negative
 
-def flow_key(packet: Packet) -> tuple:
-    return (packet.proto, packet.src, packet.sport, packet.dst, packet.dport)
+# A packet's flow: (proto, src, sport, dst, dport), taken by position in one C call (a
+# function reading five attributes costs several times more, once per queued packet).
+flow_key: Callable[[Packet], tuple] = itemgetter(
+    *(Packet._fields.index(field) for field in ("proto", "src", "sport", "dst", "dport")))
 
 
 def bound(table: OrderedDict, limit: int) -> None:

@@ -42,6 +42,7 @@ _VERSION = re.compile(rb"HTTP/1\.[0-9]\Z")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")  # visible ASCII, no spaces or controls
 _ABSOLUTE = re.compile(rb"(https?)://([^/?#]*)", re.IGNORECASE)
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
+_head = tuple.__new__  # a RequestHead without the Python-level __new__ NamedTuple gives it
 
 
 def could_start_request(data: bytes) -> bool:
@@ -145,6 +146,7 @@ _HEAD = re.compile(
     + rb"((?:" + TCHARS + rb"+:[\t\x20-\x7e\x80-\xff]*\r?\n)*)"
     rb"\r?\n")
 _HOST_FIELD = b"\nhost:"  # in "\n" + the fields, lower-cased: a Host field's start
+_HOST_VALUE = len(_HOST_FIELD) - 1  # from a Host field's start in the fields to its value
 
 
 def _parse_head(head: bytes) -> RequestHead:
@@ -163,7 +165,9 @@ def _host_values(fields: bytes) -> list[bytes]:
     at = lowered.find(_HOST_FIELD)
     while at >= 0:
         end = lowered.index(b"\n", at + 1)
-        values.append(fields[at + len(_HOST_FIELD) - 1:end - 1].rstrip(b"\r").strip(b" \t"))
+        # A value's only CR is its line's last byte (`_HEAD` takes no bare CR): stripped
+        # with the whitespace around the value.
+        values.append(fields[at + _HOST_VALUE:end - 1].strip(b" \t\r"))
         at = lowered.find(_HOST_FIELD, end)
     return values
 
@@ -181,7 +185,7 @@ def _request(parsed: re.Match[bytes]) -> RequestHead:
     method_s, target_s = method.decode("ascii"), target.decode("ascii")
     if method != b"CONNECT" and (target[:1] == b"/"
                                  or (target == b"*" and method == b"OPTIONS")):
-        return RequestHead(method=method_s, target=target_s, host=host)  # origin-form
+        return _head(RequestHead, (method_s, target_s, host))  # origin-form
     absolute = _ABSOLUTE.match(target)
     if absolute is not None:
         named = parse_host(absolute.group(2).decode("ascii"))
@@ -195,7 +199,7 @@ def _request(parsed: re.Match[bytes]) -> RequestHead:
         raise WireError("http: request target without a host")
     if host_values and host != named:
         raise WireError("http: Host names another host than the request target")
-    return RequestHead(method=method_s, target=target_s, host=named)
+    return _head(RequestHead, (method_s, target_s, named))
 
 
 def _fault(head: bytes) -> str:

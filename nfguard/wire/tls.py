@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from nfguard.wire.errors import WireError
 from nfguard.wire.reader import StickyReader
@@ -48,9 +48,9 @@ _EXT = struct.Struct("!HH")
 _LABEL = re.compile(r"[a-z0-9_-]{1,63}\Z")
 
 
-@dataclass(frozen=True, slots=True)
-class HelloResult:
-    """What a ClientHello says about its destination.
+class HelloResult(NamedTuple):
+    """What a ClientHello says about its destination (a NamedTuple: one is built for every
+    TLS flow, and a tuple costs a fraction of a frozen dataclass).
 
     ``sni`` is the host name the client asked for (None when absent); ``ech`` tells that an
     encrypted_client_hello extension is present, in which case ``sni`` is only the outer

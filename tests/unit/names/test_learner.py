@@ -289,6 +289,28 @@ def test_cname_aliases_stand_with_the_presented_name() -> None:
     assert decision.action == "allow" and decision.domain == "github.com"
 
 
+def test_a_known_answer_for_the_presented_name_is_not_asked_again() -> None:
+    engine = make_engine()
+    asked: list[tuple[str, str]] = []
+
+    def resolved(ip: str, name: str) -> bool:
+        asked.append((ip, name))
+        return True
+
+    packet = parse_packet(syn(GH, 443))
+    ok = engine.decide_named(packet, "github.com", "sni", resolved=resolved, resolves=True)
+    fronted = engine.decide_named(packet, "github.com", "sni", resolved=resolved,
+                                  resolves=False)
+    assert (ok.action, fronted.reason, asked) == ("allow", NAME_MISMATCH, [])
+    # an alias that decides is asked about; with nothing to ask, it does not resolve
+    alias = engine.decide_named(packet, "alias.example", "sni", resolved=resolved,
+                                aliases=("github.com",), resolves=True)
+    assert (alias.action, asked) == ("allow", [(GH, "github.com")])
+    unasked = engine.decide_named(packet, "alias.example", "sni", aliases=("github.com",),
+                                  resolves=True)
+    assert unasked.reason == NAME_MISMATCH
+
+
 def test_audit_mode_records_the_mismatch_but_lets_it_pass() -> None:
     decision = named(make_engine(mode="audit"), OTHER, "github.com", set())
     assert (decision.action, decision.verdict, decision.reason) == ("deny", "allow",
