@@ -201,7 +201,7 @@ class Pipeline:
                 bits = self._recent_udp(key, now, process)
                 if bits is not None:  # A and AAAA on one socket: the first's verdict
                     return marks.with_verdict(mark, bits)
-            # Most addresses have no DNS names: one dict probe, no call.
+            # Most addresses have no DNS names: a membership test, not the lookup and its list.
             names = self._dns_names(packet.dst, now) if packet.dst in self.names else ()
             decision = engine.assess(packet, process, names)
             if decision is None:  # the SYN too is the pending flow's (its options, TFO data)
