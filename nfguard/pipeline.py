@@ -28,6 +28,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from functools import partial
 from typing import Any, cast
 
 from nfguard import marks
@@ -137,8 +138,8 @@ class Pipeline:
         # Audit events wait here when deferred (defer_events): the verdict leaves first,
         # then flush_events builds and writes them, in the same process.
         self.defer_events = False
-        self._deferred: list[tuple[Decision, Packet | None, float, ProcessInfo | None]
-                             | tuple[dict[str, Any], ProcessInfo | None]] = []
+        # Audit work held back until the batch's verdicts left: each a call to make then.
+        self._deferred: list[Callable[[], None]] = []
 
     def use_one_trip(self, one_trip: OneTrip) -> None:
         """Keep the kernel's one-trip sets after what DNS teaches and the policy allows."""
@@ -227,7 +228,7 @@ class Pipeline:
         self.stats.count(decision)
         when = self.clock() if now is None else now
         if self.defer_events:
-            self._deferred.append((decision, packet, when, process))
+            self._deferred.append(partial(self._record, decision, packet, when, process))
         else:
             self._record(decision, packet, when, process)
 
@@ -253,20 +254,17 @@ class Pipeline:
         if not deferred:
             return
         self._deferred = []
-        for item in deferred:
-            if len(item) == 2:  # an event built elsewhere, and its process
-                self._write(*item)
-                continue
+        for call in deferred:
             try:
-                self._record(*item)
+                call()
             except Exception:
                 self.stats.errors += 1
-                log.exception("cannot build an audit event")
+                log.exception("cannot build or record an audit event")
 
     def write(self, event: dict[str, Any], process: ProcessInfo | None = None) -> None:
         """Write an event built elsewhere (a DNS query's), after the verdicts if deferred."""
         if self.defer_events:
-            self._deferred.append((event, process))
+            self._deferred.append(partial(self._write, event, process))
         else:
             self._write(event, process)
 
