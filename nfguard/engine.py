@@ -5,7 +5,7 @@ the policy. No I/O here; the queue adapter feeds it and acts on what it returns.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
@@ -194,17 +194,24 @@ class Engine:
                                 DEFAULT)
         if not isinstance(names, tuple):
             names = tuple(names)
-        version, address = packet.version, packet.dst_int
-        ask = self._asked_resolvers
-        resolver = ask is not None and ask(packet.dst)
-        # The clients live as long as this engine and its memo: their identity tells them.
-        key = (may_wait, id(client), version, address, packet.proto, packet.dport, names,
-               resolver, self.internal(version, address))
+        where, resolver = self._where(packet, client)
+        key = (may_wait, names, where)
         decision = self._decided.get(key, _UNDECIDED)
         if decision is _UNDECIDED:
             decision = self._decided.put(key, self._evaluated(
                 packet, client, self._mode(client), names, resolver, may_wait))
         return decision  # type: ignore[return-value]
+
+    def _where(self, packet: Packet, client: Client) -> tuple[Hashable, bool]:
+        """What a remembered decision of `client`'s depends on besides the names: the
+        client (it lives as long as this engine and its memos: its identity tells it), the
+        destination, its kind now, and whether it is a resolver the client asked; and
+        that last alone."""
+        version, address = packet.version, packet.dst_int
+        ask = self._asked_resolvers
+        resolver = ask is not None and ask(packet.dst)
+        return (id(client), version, address, packet.proto, packet.dport, resolver,
+                self.internal(version, address)), resolver
 
     def _evaluated(
         self, packet: Packet, client: Client, mode: str, names: tuple[tuple[str, str], ...],
@@ -349,11 +356,8 @@ class Engine:
                                 DEFAULT, domain=name)
         if not isinstance(aliases, tuple):
             aliases = tuple(aliases)
-        version, address, dst = packet.version, packet.dst_int, packet.dst
-        ask = self._asked_resolvers
-        resolver = ask is not None and ask(dst)
-        key = (id(client), version, address, packet.proto, packet.dport, name, evidence,
-               aliases, resolver, self.internal(version, address))
+        where, resolver = self._where(packet, client)
+        key = (name, evidence, aliases, where)
         plan = self._named.get(key)
         if plan is None:
             plan = self._named.put(key, self._plan_named(
@@ -364,7 +368,7 @@ class Engine:
         if checked == name and resolves is not None:
             holds = resolves
         else:
-            holds = resolved is not None and resolved(dst, checked)
+            holds = resolved is not None and resolved(packet.dst, checked)
         if holds:
             return plan.decision
         assert plan.mismatch is not None
