@@ -8,17 +8,13 @@ is left alone, as the host's own are."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.adversary.gap import Flow, gap, recorder
 from tests.e2e.gateway_lab import LAN_A_V4, LAN_A_V6, GatewayLab
-from tests.e2e.lab import CONTAINER_V4, SERVER_V4, SERVER_V6, Recording
+from tests.e2e.lab import CONTAINER_V4, SERVER_V4, SERVER_V6
 from tests.e2e.policies import gateway_policy
 from tests.e2e.test_gateway import DNSMASQ
 
@@ -28,56 +24,6 @@ PORT = 7200  # no client's policy allows it (tests.e2e.policies.gateway_policy)
 FAMILIES = {"ipv4-nat": (SERVER_V4, LAN_A_V4, True, False),
             "ipv6-routed": (SERVER_V6, LAN_A_V6, False, False)}
 CASES = {**FAMILIES, "container-ipv4-nat": (SERVER_V4, CONTAINER_V4, True, True)}
-
-# One flow (TCP or UDP) that sends "first-TAG" at once (over UDP, waits for its echo),
-# then for each line on stdin sends the line, waits and sends it again (a cut shows at the
-# second send at the latest): prints "open", then "sent" or "cut ..." for each line.
-FLOW = """
-import socket, sys, time
-family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
-s = socket.socket(family, socket.SOCK_STREAM if sys.argv[3] == "tcp" else socket.SOCK_DGRAM)
-s.settimeout(3)
-s.connect((sys.argv[1], int(sys.argv[2])))
-s.send(("first-" + sys.argv[4]).encode())
-if s.type == socket.SOCK_DGRAM:
-    s.recv(2048)  # the echo: conntrack has seen a reply, the flow is established
-print("open", flush=True)
-for line in sys.stdin:
-    try:
-        s.send(line.strip().encode()); time.sleep(0.3); s.send(line.strip().encode())
-        print("sent", flush=True)
-    except OSError as exc:
-        print("cut", exc, flush=True)
-"""
-
-
-class Flow:
-    """A flow from a LAN client, kept open by a process of its own."""
-
-    def __init__(self, gateway: GatewayLab, ns: str, server: str, port: int, proto: str,
-                 tag: str) -> None:
-        self.proc = gateway.spawn(ns, sys.executable, "-u", "-c", FLOW, server, str(port),
-                                  proto, tag, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True)
-        assert self._line() == "open", "the flow did not open"
-
-    def send(self, text: str) -> str:
-        """'sent', or 'cut ...' when the connection was cut."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return self._line()
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.readline().strip()
-
-
-def recorder(gateway: GatewayLab, server: str, port: int, proto: str) -> Recording:
-    """What reaches the server's port; over UDP it answers, as a channel's server would."""
-    if proto == "tcp":
-        return gateway.record_tcp(server, port)
-    return gateway.record_udp(server, port, echo=True)
 
 
 def host_ruleset(gateway: GatewayLab, nat: bool) -> str:
@@ -107,27 +53,6 @@ def start_engine(gateway: GatewayLab) -> None:
         gateway_policy(DNSMASQ, (SERVER_V4, SERVER_V6)), forward_from=["lan*", "docker0"]))
 
 
-def restores(gateway: GatewayLab) -> int:
-    return gateway.engine_log.read_text().count("ruleset was changed")
-
-
-@contextlib.contextmanager
-def gap(gateway: GatewayLab, nat: bool) -> Iterator[None]:
-    """The gateway's ruleset reloaded by another program (nftables.service: `flush
-    ruleset`, then its own tables), nfguard's table back only on the way out: the daemon
-    is stopped across the reload, and restores once it goes on."""
-    assert gateway.engine is not None
-    before = restores(gateway)
-    gateway.engine.send_signal(signal.SIGSTOP)
-    try:
-        gateway.exec(gateway.gateway, "nft", "-f", "-", check=True,
-                     input="flush ruleset\n" + host_ruleset(gateway, nat))
-        yield
-    finally:
-        gateway.engine.send_signal(signal.SIGCONT)
-    gateway.wait_until(lambda: restores(gateway) > before, timeout=5)
-
-
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_forwarded_flow_opened_in_the_gap_is_cut_at_the_restore(
@@ -137,7 +62,7 @@ def test_a_forwarded_flow_opened_in_the_gap_is_cut_at_the_restore(
     recording = recorder(gateway, server, PORT, proto)
     start_engine(gateway)
     tag = uuid.uuid4().hex
-    with gap(gateway, nat):
+    with gap(gateway, gateway.gateway, host_ruleset(gateway, nat)):
         flow = Flow(gateway, client, server, PORT, proto, tag)
     after = f"after-{tag}"
     assert flow.send(after).startswith("cut"), "the flow made in the gap was not cut"
@@ -157,7 +82,7 @@ def test_a_forwarded_flow_that_predates_nfguard_is_left_alone(
     tag = uuid.uuid4().hex
     old = Flow(gateway, client, server, PORT, "tcp", tag)
     start_engine(gateway)
-    with gap(gateway, nat):
+    with gap(gateway, gateway.gateway, host_ruleset(gateway, nat)):
         pass
     after = f"after-{tag}"
     assert old.send(after) == "sent"
