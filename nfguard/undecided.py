@@ -254,13 +254,20 @@ class Clients:
 NO_CLIENTS = Clients((), ())
 
 
+# Tracked by conntrack, but the ruleset passes it by its shape (link_control), never by a
+# verdict: a mark on its entry would change nothing, and the cut would only be noise.
+_IGMP = 2
+
+
 def made_meanwhile(flows: Iterable[Flow], local: Collection[Address], clients: Clients,
                    known: Collection[int]) -> list[Flow]:
     """The flows that leave this host (that it does not answer itself), started by it
     (from one of its addresses, not loopback) or by a client behind engine.forward_from,
-    and not among `known` (ids of flows that predate nfguard)."""
+    not among `known` (ids of flows that predate nfguard), and judged by a verdict (not
+    IGMP membership reports)."""
     return [f for f in flows
-            if f.source is not None and not f.ends_here(local) and f.id not in known
+            if f.source is not None and f.protocol != _IGMP and not f.ends_here(local)
+            and f.id not in known
             and ((f.source in local and not f.source.is_loopback)
                  or (f.source not in local and f.source in clients))]
 

@@ -188,6 +188,15 @@ def test_a_local_flow_redirected_to_this_host_is_left_alone() -> None:
     assert made_meanwhile(flows, {here}, NO_CLIENTS, ()) == flows[1:]
 
 
+def test_a_membership_report_made_meanwhile_is_not_cut() -> None:
+    """IGMP passes by its shape, never by a verdict (the ruleset's link_control): seen in
+    the lab, a bridge that came up in the gap reported its groups, and was "cut"."""
+    here = address("192.0.2.1")
+    report = forwarded("192.0.2.1", "224.0.0.22")._replace(protocol=2, sport=0, dport=0)
+    flows = [report, forwarded("192.0.2.1", "198.51.100.7", ident=2)]
+    assert made_meanwhile(flows, {here}, NO_CLIENTS, ()) == flows[1:]
+
+
 def message(data: bytes) -> tuple[int, int, dict[int, bytes]]:
     length, kind, flags, _seq, _pid = NLMSGHDR.unpack_from(data)
     assert length == len(data)
